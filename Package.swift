@@ -1,0 +1,168 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One settings array for every target: Swift 6 language mode (complete strict concurrency)
+// and `any` spelled out for existentials.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny")
+]
+
+let package = Package(
+    name: "Autonomous",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Autonomous", targets: ["Autonomous"]),
+        .library(name: "Components", targets: ["Components"]),
+        .executable(name: "autonomous", targets: ["AutonomousCLI"]),
+        .executable(name: "OrderFlow", targets: ["OrderFlow"]),
+        .executable(name: "SlackBot", targets: ["SlackBot"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.24.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.10.0"),
+    ],
+    targets: [
+        // nats.c (Debian's libnats-dev) as a system library.
+        .systemLibrary(
+            name: "CNATS",
+            pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]
+        ),
+        // The only Swift target that imports CNATS: connection, JetStream publish/pull, admin.
+        .target(
+            name: "NATS",
+            dependencies: [
+                "CNATS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ClusterCore",
+            dependencies: [
+                "NATS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Coordinator",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Worker",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Ingress",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Components",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Autonomous",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                "Coordinator",
+                "Worker",
+                "Ingress",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "AutonomousCLI",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "OrderFlow",
+            dependencies: ["Autonomous"],
+            path: "Examples/OrderFlow",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "SlackBot",
+            dependencies: ["Autonomous", "Components"],
+            path: "Examples/SlackBot",
+            swiftSettings: swiftSettings
+        ),
+        // Test support: starts real nats-server processes on free loopback ports.
+        .target(
+            name: "AutonomousTesting",
+            dependencies: [
+                "NATS",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ClusterCoreTests",
+            dependencies: ["ClusterCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "Autonomous",
+                "Components",
+                "AutonomousTesting",
+                "NATS",
+                "OrderFlow",
+                "SlackBot",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

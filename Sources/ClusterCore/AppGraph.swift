@@ -1,0 +1,164 @@
+import Foundation
+
+/// A checked, frozen app: what `describe` prints and what every role runs.
+public struct AppGraph: Sendable {
+    public let name: String
+    public let tables: [TableDefinition]
+    public let handlers: [HandlerDefinition]
+    public let routes: [RouteDefinition]
+    public let webhooks: [WebhookDefinition]
+    public let schedules: [ScheduleDefinition]
+
+    /// Paths the ingress serves itself.
+    public static let reservedPaths = ["/healthz", "/readyz", "/metrics"]
+    public static let reservedPrefix = "/v1/"
+
+    public func table(_ name: String) -> TableDefinition? {
+        tables.first { $0.name == name && $0.kind == .table }
+    }
+
+    public func source(of handler: HandlerDefinition) -> TableDefinition? {
+        tables.first { $0.name == handler.source && $0.kind == handler.sourceKind }
+    }
+
+    /// Every secret a worker needs to run all handlers.
+    public var secrets: [Secret] {
+        var seen = Set<Secret>()
+        return (handlers.flatMap(\.secrets) + webhooks.flatMap(\.verification.secrets)).filter { seen.insert($0).inserted }
+    }
+
+    func problems() -> [String] {
+        var problems: [String] = []
+        var tableNames = Set<String>()
+        for table in tables where table.kind == .table {
+            if let problem = Names.problem(with: table.name, kind: "table") { problems.append(problem) }
+            tableNames.insert(table.name)
+        }
+        var scheduleNames = Set<String>()
+        for schedule in schedules {
+            if let problem = Names.problem(with: schedule.name, kind: "schedule") { problems.append(problem) }
+            if !scheduleNames.insert(schedule.name).inserted {
+                problems.append("schedule '\(schedule.name)' is declared twice")
+            }
+            if let problem = schedule.schedule.problem {
+                problems.append("schedule '\(schedule.name)': \(problem)")
+            }
+        }
+        var handlerNames = Set<String>()
+        for handler in handlers {
+            if let problem = Names.problem(with: handler.name, kind: "handler") { problems.append(problem) }
+            if !handlerNames.insert(handler.name).inserted {
+                problems.append("two handlers are named '\(handler.name)'; handler names must be unique (they name durable consumers)")
+            }
+            guard let source = source(of: handler) else {
+                problems.append("handler '\(handler.name)' is bound to table '\(handler.source)', which is not declared")
+                continue
+            }
+            if handler.options.batchSize < 1 || handler.options.batchSize > 10_000 {
+                problems.append("handler '\(handler.name)': batchSize must be between 1 and 10000")
+            }
+            if handler.options.concurrency < 1 || handler.options.concurrency > 64 {
+                problems.append("handler '\(handler.name)': concurrency must be between 1 and 64")
+            }
+            if handler.options.maxAttempts < 1 {
+                problems.append("handler '\(handler.name)': maxAttempts must be at least 1")
+            }
+            if let fields = source.knownFields {
+                for field in handler.requiredFields where !fields.contains(field) {
+                    problems.append(
+                        "handler '\(handler.name)' (\(handler.component ?? "handler")) needs field '\(field)', "
+                            + "but records of table '\(source.name)' (\(source.typeName ?? "JSON")) have no such field"
+                    )
+                }
+            }
+            for (output, fields) in handler.producedFields.sorted(by: { $0.key < $1.key }) {
+                guard let target = table(output) else {
+                    problems.append("handler '\(handler.name)' writes to table '\(output)', which is not declared")
+                    continue
+                }
+                for field in target.requiredFields ?? [] where !fields.contains(field) {
+                    problems.append(
+                        "handler '\(handler.name)' (\(handler.component ?? "handler")) writes records without field '\(field)' "
+                            + "to table '\(output)', whose type \(target.typeName ?? "JSON") requires it"
+                    )
+                }
+            }
+        }
+        var routeKeys = Set<String>()
+        func checkPath(_ method: String, _ path: String, _ what: String) {
+            if !path.hasPrefix("/") { problems.append("\(what) path '\(path)' must start with '/'") }
+            if Self.reservedPaths.contains(path) || path.hasPrefix(Self.reservedPrefix) {
+                problems.append("\(what) path '\(path)' is reserved by the ingress")
+            }
+            if !routeKeys.insert("\(method) \(path)").inserted {
+                problems.append("route \(method) \(path) is registered twice")
+            }
+        }
+        for route in routes { checkPath(route.method, route.path, "route") }
+        for webhook in webhooks {
+            checkPath("POST", webhook.path, "webhook")
+            if !tableNames.contains(webhook.table) {
+                problems.append("webhook \(webhook.path) writes to table '\(webhook.table)', which is not declared")
+            }
+        }
+        return problems
+    }
+
+    /// The graph as JSON (`<app> describe`).
+    public func describe(tenant: String) -> JSONValue {
+        var tableValues: [JSONValue] = []
+        for table in tables {
+            var value: [String: JSONValue] = [
+                "name": .string(table.name),
+                "kind": .string(table.kind.rawValue),
+                "semantic_type": .string(table.semanticType.description),
+                "subject": .string(table.subject(tenant: tenant)),
+                "record_type": table.typeName.map { .string($0) } ?? "JSON",
+            ]
+            if let fields = table.knownFields { value["fields"] = .array(fields.map { .string($0) }) }
+            if let required = table.requiredFields { value["required_fields"] = .array(required.map { .string($0) }) }
+            tableValues.append(.object(value))
+        }
+        let handlerValues: [JSONValue] = handlers.map { handler in
+            var value: [String: JSONValue] = [
+                "name": .string(handler.name),
+                "source": .string(handler.source),
+                "source_kind": .string(handler.sourceKind.rawValue),
+                "consumer": .string(handler.consumerName),
+                "batch_size": .int(Int64(handler.options.batchSize)),
+                "concurrency": .int(Int64(handler.options.concurrency)),
+                "max_attempts": .int(Int64(handler.options.maxAttempts)),
+                "dead_letter_subject": .string(Wire.deadLetterSubject(tenant: tenant, handler: handler.name)),
+            ]
+            if let component = handler.component { value["component"] = .string(component) }
+            if !handler.outputs.isEmpty { value["outputs"] = .array(handler.outputs.map { .string($0) }) }
+            if !handler.secrets.isEmpty { value["secrets"] = .array(handler.secrets.map { .string($0.name) }) }
+            return .object(value)
+        }
+        let routeValues: [JSONValue] =
+            routes.map { ["method": .string($0.method), "path": .string($0.path), "kind": "route"] }
+            + webhooks.map {
+                [
+                    "method": "POST", "path": .string($0.path), "kind": "webhook", "table": .string($0.table),
+                    "verification": .string($0.verification.label),
+                ]
+            }
+        let scheduleValues: [JSONValue] = schedules.map {
+            [
+                "name": .string($0.name),
+                "schedule": .string($0.schedule.description),
+                "time_zone": .string($0.schedule.timeZoneIdentifier),
+                "subject": .string(Wire.scheduleSubject(tenant: tenant, schedule: $0.name)),
+            ]
+        }
+        return [
+            "app": .string(name),
+            "tenant": .string(tenant),
+            "stream": .string(Wire.streamName(tenant: tenant)),
+            "tables": .array(tableValues),
+            "handlers": .array(handlerValues),
+            "routes": .array(routeValues),
+            "schedules": .array(scheduleValues),
+        ]
+    }
+}

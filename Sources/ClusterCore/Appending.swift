@@ -1,0 +1,182 @@
+import Foundation
+import Logging
+import NATS
+import NIOCore
+import Synchronization
+
+/// Publishes messages to JetStream and returns when all have their PubAck.
+/// `NATSConnection` is the production implementation.
+public protocol MessagePublisher: Sendable {
+    func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck]
+}
+
+extension NATSConnection: MessagePublisher {}
+
+/// A record body waiting to be appended, with the record it was derived from.
+public struct PendingRecord: Sendable {
+    public var payload: [UInt8]
+    public var cause: RecordMetadata?
+
+    public init(payload: [UInt8], cause: RecordMetadata?) {
+        self.payload = payload
+        self.cause = cause
+    }
+}
+
+/// Where appends go: a handler's context (outputs published after the handler returns) or a
+/// route's context (published at once; `append` returns after the PubAck).
+public protocol AppendContext: Sendable {
+    var tenant: String { get }
+    func append(_ records: [PendingRecord], to table: TableDefinition) async throws
+}
+
+extension Wire {
+    /// Builds the message for one record with every header of the wire contract.
+    public static func message(
+        payload: [UInt8],
+        id: String,
+        table: TableDefinition,
+        tenant: String,
+        cause: RecordMetadata?
+    ) -> OutgoingMessage {
+        var headers: [(String, String)] = [
+            (Header.messageID, id),
+            (Header.table, table.name),
+            (Header.tenant, tenant),
+            (Header.type, table.semanticType.description),
+        ]
+        if let cause {
+            headers.append((Header.causedBy, cause.id))
+            if let trace = cause.traceparent { headers.append((Header.traceparent, trace)) }
+        }
+        return OutgoingMessage(
+            subject: table.subject(tenant: tenant),
+            payload: ByteBuffer(bytes: payload),
+            headers: headers
+        )
+    }
+}
+
+/// The context a handler receives with each batch.
+///
+/// Appends are buffered and published when the handler returns (or in chunks while it runs);
+/// the worker acknowledges the batch only after every output has its PubAck. Output ids are
+/// derived from the source record, the handler name and the output's position, so a
+/// redelivered batch produces the same ids and JetStream drops the repeats.
+public final class HandlerContext: AppendContext {
+    public let handler: String
+    public let tenant: String
+    public let logger: Logger
+    /// The records of the batch being handled.
+    public let inputs: [RecordMetadata]
+    let publisher: any MessagePublisher
+    private let flushThreshold: Int
+
+    private struct State {
+        var outputs: [OutgoingMessage] = []
+        var counters: [String: Int] = [:]
+        var published = 0
+    }
+
+    private let state = Mutex(State())
+    /// The cause of outputs appended without one: the only record of the batch, or a
+    /// composite of the whole batch (whose id is then only as stable as the batch itself).
+    private let batchCause: RecordMetadata?
+
+    public init(
+        handler: String,
+        tenant: String,
+        inputs: [RecordMetadata],
+        publisher: any MessagePublisher,
+        logger: Logger,
+        flushThreshold: Int = 4096
+    ) {
+        self.handler = handler
+        self.tenant = tenant
+        self.inputs = inputs
+        self.publisher = publisher
+        self.logger = logger
+        self.flushThreshold = flushThreshold
+        if inputs.count == 1 {
+            batchCause = inputs[0]
+        } else if var cause = inputs.first {
+            let joined = inputs.map(\.id).sorted().joined(separator: ",")
+            cause.id = "batch-" + Wire.outputID(source: joined, handler: handler, index: 0)
+            batchCause = cause
+        } else {
+            batchCause = nil
+        }
+    }
+
+    public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
+        let fallback = batchCause
+        let shouldFlush = state.withLock { state -> Bool in
+            for record in records {
+                let cause = record.cause ?? fallback
+                let source = cause?.id ?? "none"
+                let index = state.counters[source, default: 0]
+                state.counters[source] = index + 1
+                let id = Wire.outputID(source: source, handler: handler, index: index)
+                state.outputs.append(Wire.message(payload: record.payload, id: id, table: table, tenant: tenant, cause: cause))
+            }
+            return state.outputs.count >= flushThreshold
+        }
+        if shouldFlush { try await flush() }
+    }
+
+    /// Publishes buffered outputs and waits for their PubAcks.
+    public func flush() async throws {
+        let pending = state.withLock { state -> [OutgoingMessage] in
+            defer { state.outputs.removeAll(keepingCapacity: true) }
+            return state.outputs
+        }
+        guard !pending.isEmpty else { return }
+        _ = try await publisher.publish(pending)
+        state.withLock { $0.published += pending.count }
+    }
+
+    /// How many outputs this context has published so far.
+    public var publishedCount: Int { state.withLock { $0.published } }
+}
+
+/// The context of an HTTP route: appends are published at once and `append` returns after
+/// the PubAck, so a route that answers 2xx after appending has made its records durable.
+public final class RouteContext: AppendContext {
+    public let tenant: String
+    public let logger: Logger
+    private let publisher: any MessagePublisher
+    private let ids: RecordIDGenerator
+    private let idempotencyKey: String?
+    private let counter = Mutex(0)
+
+    public init(
+        tenant: String,
+        publisher: any MessagePublisher,
+        ids: RecordIDGenerator,
+        idempotencyKey: String?,
+        logger: Logger
+    ) {
+        self.tenant = tenant
+        self.publisher = publisher
+        self.ids = ids
+        self.idempotencyKey = idempotencyKey
+        self.logger = logger
+    }
+
+    public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
+        let messages = records.map { record -> OutgoingMessage in
+            let id: String
+            if let key = idempotencyKey {
+                let n = counter.withLock { n -> Int in
+                    defer { n += 1 }
+                    return n
+                }
+                id = n == 0 ? key : "\(key)-\(n)"
+            } else {
+                id = ids.next()
+            }
+            return Wire.message(payload: record.payload, id: id, table: table, tenant: tenant, cause: record.cause)
+        }
+        _ = try await publisher.publish(messages)
+    }
+}

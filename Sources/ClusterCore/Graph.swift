@@ -1,0 +1,462 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// A table as the runtime sees it, typed or dynamic.
+public struct TableDefinition: Sendable {
+    public enum Kind: String, Sendable {
+        /// An ordinary table, subject `aut.<tenant>.tbl.<name>`.
+        case table
+        /// A schedule's table of ticks, subject `aut.<tenant>.sched.<name>`.
+        case schedule
+    }
+
+    public let name: String
+    public let kind: Kind
+    public let semanticType: SemanticType
+    /// Swift type name for typed tables, `nil` for dynamic (JSON) tables.
+    public let typeName: String?
+    /// Top-level fields every record has (typed tables whose fields could be probed).
+    public let requiredFields: [String]?
+    /// All top-level fields a record may have, when known.
+    public let knownFields: [String]?
+    /// Checks one record body against the table's type: `nil` when it fits, else (field, problem).
+    let check: @Sendable ([UInt8]) -> (field: String?, problem: String)?
+
+    public func subject(tenant: String) -> String {
+        switch kind {
+        case .table: return Wire.tableSubject(tenant: tenant, table: name)
+        case .schedule: return Wire.scheduleSubject(tenant: tenant, schedule: name)
+        }
+    }
+
+    /// Validates a record body against the table's type.
+    public func validate(_ body: [UInt8]) -> (field: String?, problem: String)? { check(body) }
+
+    public var isTyped: Bool { typeName != nil }
+
+    static func make<Row: Record>(_ name: String, kind: Kind, of type: Row.Type) -> TableDefinition {
+        if Row.self == JSONValue.self {
+            return TableDefinition(
+                name: name,
+                kind: kind,
+                semanticType: Row.semanticType,
+                typeName: nil,
+                requiredFields: nil,
+                knownFields: nil,
+                check: { _ in nil }
+            )
+        }
+        let probe = SchemaProbe.fields(of: Row.self)
+        return TableDefinition(
+            name: name,
+            kind: kind,
+            semanticType: Row.semanticType,
+            typeName: String(describing: Row.self),
+            requiredFields: probe?.required,
+            knownFields: probe?.all,
+            check: { body in
+                do {
+                    _ = try JSONDecoder().decode(Row.self, from: Data(body))
+                    return nil
+                } catch let error as DecodingError {
+                    return SchemaProbe.describe(error)
+                } catch {
+                    return (nil, "\(error)")
+                }
+            }
+        )
+    }
+}
+
+/// How a handler consumes: batch size, wait, concurrency, retries.
+public struct HandlerOptions: Sendable {
+    /// Most records per batch.
+    public var batchSize: Int
+    /// Longest wait for a batch to fill once the first record is there.
+    public var maxWait: Duration
+    /// Batches in flight at once in one worker process.
+    public var concurrency: Int
+    /// Deliveries before a record goes to the dead-letter subject.
+    public var maxAttempts: Int
+    /// Delay before redelivery after a failure, by attempt (the last entry repeats).
+    public var retryBackoff: [Duration]
+
+    public init(
+        batchSize: Int = 256,
+        maxWait: Duration = .milliseconds(500),
+        concurrency: Int = 2,
+        maxAttempts: Int = 5,
+        retryBackoff: [Duration] = [.seconds(1), .seconds(5), .seconds(30), .seconds(120)]
+    ) {
+        self.batchSize = batchSize
+        self.maxWait = maxWait
+        self.concurrency = concurrency
+        self.maxAttempts = maxAttempts
+        self.retryBackoff = retryBackoff
+    }
+
+    public func backoff(afterAttempt attempt: Int) -> Duration {
+        guard !retryBackoff.isEmpty else { return .seconds(1) }
+        return retryBackoff[min(max(attempt - 1, 0), retryBackoff.count - 1)]
+    }
+}
+
+/// What a component or handler may read at startup: the environment (for secrets and base
+/// URLs) and a logger.
+public struct ComponentEnvironment: Sendable {
+    public var environment: [String: String]
+    public var logger: Logger
+
+    public init(environment: [String: String], logger: Logger) {
+        self.environment = environment
+        self.logger = logger
+    }
+}
+
+/// Runs one batch of raw records.
+public typealias HandlerInvoker = @Sendable ([IncomingRecord], HandlerContext) async throws -> Void
+
+/// A record that does not fit the table's type. The worker sends it to the dead-letter
+/// subject instead of retrying it.
+public struct UndecodableRecordError: Error, Sendable, CustomStringConvertible {
+    public var recordID: String
+    public var message: String
+    public var description: String { "record \(recordID) does not decode: \(message)" }
+}
+
+public struct HandlerDefinition: Sendable {
+    public let name: String
+    /// The table (or schedule) whose new records the handler receives.
+    public let source: String
+    public let sourceKind: TableDefinition.Kind
+    public let options: HandlerOptions
+    /// The component kind, for handlers that are components.
+    public let component: String?
+    /// Fields the handler reads from every record (components declare them).
+    public let requiredFields: [String]
+    /// Tables the handler appends to, when declared.
+    public let outputs: [String]
+    /// Output tables and the fields the handler writes into each.
+    public let producedFields: [String: [String]]
+    public let secrets: [Secret]
+    /// Resolves secrets and settings and returns the function that runs batches.
+    public let prepare: @Sendable (ComponentEnvironment) throws -> HandlerInvoker
+
+    public var consumerName: String { Wire.consumerName(handler: name) }
+}
+
+/// A reusable handler: declares what it reads and writes so the graph can be checked at
+/// startup, and builds its invoker from the environment (secrets, base URLs).
+public protocol Component: Sendable {
+    /// A short kind, e.g. `openai-completion`; the default handler name is `<kind>-<source table>`.
+    var kind: String { get }
+    /// Fields every input record must have.
+    var requiredFields: [String] { get }
+    /// Output table names and the fields written into each.
+    var produces: [String: [String]] { get }
+    /// Secrets the component needs.
+    var secrets: [Secret] { get }
+    /// Resolves secrets and settings (throwing a clear error when one is missing).
+    func makeHandler(_ environment: ComponentEnvironment) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void
+}
+
+/// A named schedule and its tick table.
+public struct ScheduleDefinition: Sendable {
+    public let name: String
+    public let schedule: Schedule
+}
+
+/// A reactive table handle: append records, react to new ones.
+public struct Table<Row: Record>: Sendable {
+    public let name: String
+    let registry: GraphRegistry
+
+    public var definition: TableDefinition { registry.table(named: name)! }
+
+    func encode(_ row: Row) throws -> [UInt8] {
+        if let json = row as? JSONValue {
+            guard case .object = json else {
+                throw ConfigurationError("records appended to table '\(name)' must be JSON objects")
+            }
+            return JSONWriter.encode(json)
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return Array(try encoder.encode(row))
+    }
+
+    /// Appends one record.
+    public func append(_ row: Row, _ ctx: some AppendContext) async throws {
+        try await ctx.append([PendingRecord(payload: encode(row), cause: nil)], to: definition)
+    }
+
+    /// Appends one record derived from `source` (its lineage and id follow from it).
+    public func append(_ row: Row, causedBy source: RecordMetadata, _ ctx: some AppendContext) async throws {
+        try await ctx.append([PendingRecord(payload: encode(row), cause: source)], to: definition)
+    }
+
+    /// Appends records.
+    public func append<S: Sequence>(_ rows: S, _ ctx: some AppendContext) async throws where S.Element == Row {
+        let pending = try rows.map { PendingRecord(payload: try encode($0), cause: nil) }
+        if pending.isEmpty { return }
+        try await ctx.append(pending, to: definition)
+    }
+
+    /// Appends records derived from a batch (`records.map { … }`), each with its source's lineage.
+    public func append(_ derived: Derived<Row>, _ ctx: some AppendContext) async throws {
+        var pending: [PendingRecord] = []
+        pending.reserveCapacity(derived.count)
+        for (value, cause) in zip(derived.values, derived.causes) {
+            pending.append(PendingRecord(payload: try encode(value), cause: cause))
+        }
+        if pending.isEmpty { return }
+        try await ctx.append(pending, to: definition)
+    }
+
+    /// Runs `body` with every batch of new records.
+    public func onNewRecords(
+        _ name: String,
+        options: HandlerOptions = HandlerOptions(),
+        _ body: @escaping @Sendable (Records<Row>, HandlerContext) async throws -> Void
+    ) {
+        let table = self.name
+        registry.addHandler(
+            HandlerDefinition(
+                name: name,
+                source: table,
+                sourceKind: .table,
+                options: options,
+                component: nil,
+                requiredFields: [],
+                outputs: [],
+                producedFields: [:],
+                secrets: [],
+                prepare: { _ in
+                    { raw, ctx in try await body(Records<Row>.decoding(raw), ctx) }
+                }
+            )
+        )
+    }
+
+    /// Binds a component to this table's new records.
+    public func onNewRecords<C: Component>(_ component: C, name: String? = nil, options: HandlerOptions = HandlerOptions()) {
+        let table = self.name
+        registry.addHandler(
+            HandlerDefinition(
+                name: name ?? "\(component.kind)-\(table)",
+                source: table,
+                sourceKind: .table,
+                options: options,
+                component: component.kind,
+                requiredFields: component.requiredFields,
+                outputs: component.produces.keys.sorted(),
+                producedFields: component.produces,
+                secrets: component.secrets,
+                prepare: { environment in
+                    let run = try component.makeHandler(environment)
+                    return { raw, ctx in try await run(Records<JSONValue>.decoding(raw), ctx) }
+                }
+            )
+        )
+    }
+}
+
+extension Records {
+    /// Decodes raw records; a record that does not fit `Row` throws ``UndecodableRecordError``.
+    public static func decoding(_ raw: [IncomingRecord]) throws -> Records<Row> {
+        var entries: [Entry<Row>] = []
+        entries.reserveCapacity(raw.count)
+        if Row.self == JSONValue.self {
+            for record in raw {
+                do {
+                    let value = try JSONParser.parse(record.payload)
+                    entries.append(Entry(value: value as! Row, metadata: record.metadata))
+                } catch {
+                    throw UndecodableRecordError(recordID: record.metadata.id, message: error.description)
+                }
+            }
+        } else {
+            let decoder = JSONDecoder()
+            for record in raw {
+                do {
+                    entries.append(Entry(value: try decoder.decode(Row.self, from: Data(record.payload)), metadata: record.metadata))
+                } catch let error as DecodingError {
+                    let (field, problem) = SchemaProbe.describe(error)
+                    throw UndecodableRecordError(recordID: record.metadata.id, message: field.map { "\($0): \(problem)" } ?? problem)
+                }
+            }
+        }
+        return Records(entries)
+    }
+}
+
+/// Collects the app's definitions while `build` runs. Thread safe, though building is
+/// normally single threaded.
+final class GraphRegistry: Sendable {
+    struct State {
+        var tables: [TableDefinition] = []
+        var handlers: [HandlerDefinition] = []
+        var routes: [RouteDefinition] = []
+        var webhooks: [WebhookDefinition] = []
+        var schedules: [ScheduleDefinition] = []
+        var problems: [String] = []
+        var handlerSubscriptions: [(handler: String, table: String)] = []
+    }
+
+    let state = Mutex(State())
+
+    func table(named name: String) -> TableDefinition? {
+        state.withLock { state in state.tables.first { $0.name == name && $0.kind == .table } }
+    }
+
+    func addTable(_ definition: TableDefinition) {
+        state.withLock { state in
+            if let existing = state.tables.first(where: { $0.name == definition.name && $0.kind == definition.kind }) {
+                if existing.typeName != definition.typeName || existing.semanticType != definition.semanticType {
+                    state.problems.append(
+                        "table '\(definition.name)' is declared twice with different types "
+                            + "(\(existing.typeName ?? "JSON") and \(definition.typeName ?? "JSON"))"
+                    )
+                }
+                return
+            }
+            state.tables.append(definition)
+        }
+    }
+
+    func addHandler(_ handler: HandlerDefinition) {
+        state.withLock { $0.handlers.append(handler) }
+    }
+}
+
+/// Declares an app: tables, handlers, routes, webhooks and schedules.
+public struct AppBuilder {
+    let registry = GraphRegistry()
+    public var name: String
+
+    public init(name: String) {
+        self.name = name
+    }
+
+    /// A dynamic table of JSON objects.
+    public mutating func table(_ name: String) -> Table<JSONValue> {
+        table(name, of: JSONValue.self)
+    }
+
+    /// A typed table of `Row` records.
+    public mutating func table<Row: Record>(_ name: String, of type: Row.Type) -> Table<Row> {
+        registry.addTable(.make(name, kind: .table, of: Row.self))
+        return Table(name: name, registry: registry)
+    }
+
+    /// Runs `handler` for `method path`. The handler may append records (through `ctx`) and answer.
+    public mutating func route(_ method: String, _ path: String, _ handler: @escaping RouteHandler) {
+        registry.state.withLock { $0.routes.append(RouteDefinition(method: method.uppercased(), path: path, handler: handler)) }
+    }
+
+    /// `POST path` runs `handler`.
+    public mutating func post(_ path: String, _ handler: @escaping RouteHandler) {
+        route("POST", path, handler)
+    }
+
+    /// `GET path` runs `handler`.
+    public mutating func get(_ path: String, _ handler: @escaping RouteHandler) {
+        route("GET", path, handler)
+    }
+
+    /// `POST path` appends the verified request body (a JSON object) to `table`.
+    public mutating func webhook<Row: Record>(_ path: String, into table: Table<Row>, verify: WebhookVerification = .none) {
+        registry.state.withLock {
+            $0.webhooks.append(WebhookDefinition(path: path, table: table.name, verification: verify))
+        }
+    }
+
+    /// Fires `schedule` and runs `body` with each tick. Each tick is a record in the
+    /// schedule's own table (subject `aut.<tenant>.sched.<name>`).
+    public mutating func schedule(
+        _ name: String,
+        _ schedule: Schedule,
+        options: HandlerOptions = HandlerOptions(batchSize: 16, concurrency: 1),
+        _ body: @escaping @Sendable (Tick, HandlerContext) async throws -> Void
+    ) {
+        registry.addTable(.make(name, kind: .schedule, of: Tick.self))
+        registry.state.withLock { $0.schedules.append(ScheduleDefinition(name: name, schedule: schedule)) }
+        registry.addHandler(
+            HandlerDefinition(
+                name: "schedule-\(name)",
+                source: name,
+                sourceKind: .schedule,
+                options: options,
+                component: nil,
+                requiredFields: [],
+                outputs: [],
+                producedFields: [:],
+                secrets: [],
+                prepare: { _ in
+                    { raw, ctx in
+                        for entry in try Records<Tick>.decoding(raw).entries {
+                            let single = HandlerContext(
+                                handler: ctx.handler,
+                                tenant: ctx.tenant,
+                                inputs: [entry.metadata],
+                                publisher: ctx.publisher,
+                                logger: ctx.logger
+                            )
+                            try await body(entry.value, single)
+                            try await single.flush()
+                        }
+                    }
+                }
+            )
+        )
+    }
+
+    /// Reacts to new records of the table named `table` (dynamic records). The graph check
+    /// fails if no such table exists.
+    public mutating func onNewRecords(
+        in table: String,
+        _ name: String,
+        options: HandlerOptions = HandlerOptions(),
+        _ body: @escaping @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void
+    ) {
+        registry.addHandler(
+            HandlerDefinition(
+                name: name,
+                source: table,
+                sourceKind: .table,
+                options: options,
+                component: nil,
+                requiredFields: [],
+                outputs: [],
+                producedFields: [:],
+                secrets: [],
+                prepare: { _ in { raw, ctx in try await body(Records<JSONValue>.decoding(raw), ctx) } }
+            )
+        )
+    }
+
+    /// Checks the graph and freezes it.
+    public func build() throws(AppGraphError) -> AppGraph {
+        let state = registry.state.withLock { $0 }
+        let graph = AppGraph(
+            name: name,
+            tables: state.tables,
+            handlers: state.handlers,
+            routes: state.routes,
+            webhooks: state.webhooks,
+            schedules: state.schedules
+        )
+        let problems = state.problems + graph.problems()
+        if !problems.isEmpty { throw AppGraphError(problems: problems) }
+        return graph
+    }
+}
+
+/// The app graph failed its startup check. Each problem names its culprit.
+public struct AppGraphError: Error, Sendable, CustomStringConvertible {
+    public var problems: [String]
+    public var description: String {
+        "the app graph is invalid:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}

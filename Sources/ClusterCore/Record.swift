@@ -1,0 +1,198 @@
+import Foundation
+
+/// A named, versioned meaning of a record, e.g. `llm.prompt@1`.
+public struct SemanticType: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral, Codable {
+    public var name: String
+    public var version: Int
+
+    public init(_ name: String, version: Int = 1) {
+        self.name = name
+        self.version = version
+    }
+
+    /// `"llm.prompt@2"` or `"llm.prompt"` (version 1).
+    public init(stringLiteral value: String) {
+        if let at = value.lastIndex(of: "@"), let version = Int(value[value.index(after: at)...]) {
+            self.init(String(value[..<at]), version: version)
+        } else {
+            self.init(value)
+        }
+    }
+
+    public var description: String { "\(name)@\(version)" }
+}
+
+/// A typed record: a `Codable` struct that names its semantic type.
+///
+/// ```swift
+/// struct Prompt: Record {
+///     static let semanticType: SemanticType = "llm.prompt@1"
+///     var prompt: String
+/// }
+/// ```
+public protocol Record: Codable, Sendable {
+    static var semanticType: SemanticType { get }
+}
+
+extension JSONValue: Record {
+    public static var semanticType: SemanticType { "json@1" }
+}
+
+/// Everything known about a record besides its JSON body.
+public struct RecordMetadata: Sendable, Hashable {
+    public var id: String
+    public var table: String
+    public var tenant: String
+    /// When JetStream stored the record.
+    public var ingestTime: Date
+    /// The id of the record whose handler produced this one, if any.
+    public var causedBy: String?
+    /// W3C trace context carried with the record.
+    public var traceparent: String?
+    /// `Aut-Type` as published.
+    public var semanticType: String?
+    /// 1 on first delivery to the current handler, more on redeliveries.
+    public var deliveryCount: Int
+
+    public init(
+        id: String,
+        table: String,
+        tenant: String,
+        ingestTime: Date = Date(),
+        causedBy: String? = nil,
+        traceparent: String? = nil,
+        semanticType: String? = nil,
+        deliveryCount: Int = 1
+    ) {
+        self.id = id
+        self.table = table
+        self.tenant = tenant
+        self.ingestTime = ingestTime
+        self.causedBy = causedBy
+        self.traceparent = traceparent
+        self.semanticType = semanticType
+        self.deliveryCount = deliveryCount
+    }
+}
+
+/// A record as it comes off the wire, before decoding.
+public struct IncomingRecord: Sendable {
+    public var metadata: RecordMetadata
+    public var payload: [UInt8]
+
+    public init(metadata: RecordMetadata, payload: [UInt8]) {
+        self.metadata = metadata
+        self.payload = payload
+    }
+}
+
+/// One decoded record and its metadata.
+public struct Entry<Row: Sendable>: Sendable {
+    public var value: Row
+    public var metadata: RecordMetadata
+
+    public init(value: Row, metadata: RecordMetadata) {
+        self.value = value
+        self.metadata = metadata
+    }
+
+    public var id: String { metadata.id }
+}
+
+extension Entry where Row == JSONValue {
+    public subscript(key: String) -> JSONValue { value[key] }
+}
+
+/// The batch a handler receives: a collection of rows, with their metadata in ``entries``.
+///
+/// `map`, `compactMap` and `flatMap` remember which record each result came from, so
+/// `outputs.append(records.map { … }, ctx)` gives every output its source's lineage and a
+/// deterministic id.
+public struct Records<Row: Record>: RandomAccessCollection, Sendable {
+    public let entries: [Entry<Row>]
+
+    public init(_ entries: [Entry<Row>]) { self.entries = entries }
+
+    public var startIndex: Int { entries.startIndex }
+    public var endIndex: Int { entries.endIndex }
+    public subscript(position: Int) -> Row { entries[position].value }
+
+    public func map<T>(_ transform: (Row) throws -> T) rethrows -> Derived<T> {
+        var values: [T] = []
+        var causes: [RecordMetadata] = []
+        values.reserveCapacity(entries.count)
+        causes.reserveCapacity(entries.count)
+        for entry in entries {
+            values.append(try transform(entry.value))
+            causes.append(entry.metadata)
+        }
+        return Derived(values: values, causes: causes)
+    }
+
+    public func compactMap<T>(_ transform: (Row) throws -> T?) rethrows -> Derived<T> {
+        var values: [T] = []
+        var causes: [RecordMetadata] = []
+        for entry in entries {
+            if let value = try transform(entry.value) {
+                values.append(value)
+                causes.append(entry.metadata)
+            }
+        }
+        return Derived(values: values, causes: causes)
+    }
+
+    public func flatMap<S: Sequence>(_ transform: (Row) throws -> S) rethrows -> Derived<S.Element> {
+        var values: [S.Element] = []
+        var causes: [RecordMetadata] = []
+        for entry in entries {
+            for value in try transform(entry.value) {
+                values.append(value)
+                causes.append(entry.metadata)
+            }
+        }
+        return Derived(values: values, causes: causes)
+    }
+
+    public func filter(_ isIncluded: (Row) throws -> Bool) rethrows -> Records<Row> {
+        Records(try entries.filter { try isIncluded($0.value) })
+    }
+}
+
+/// Values derived from a batch, each remembering the record it came from.
+public struct Derived<Value>: RandomAccessCollection {
+    public let values: [Value]
+    public let causes: [RecordMetadata]
+
+    public init(values: [Value], causes: [RecordMetadata]) {
+        precondition(values.count == causes.count, "every derived value needs a cause")
+        self.values = values
+        self.causes = causes
+    }
+
+    public var startIndex: Int { values.startIndex }
+    public var endIndex: Int { values.endIndex }
+    public subscript(position: Int) -> Value { values[position] }
+}
+
+extension Derived: Sendable where Value: Sendable {}
+
+/// A schedule firing: the record in a schedule's table.
+public struct Tick: Record, Hashable {
+    public static let semanticType: SemanticType = "autonomous.tick@1"
+
+    public var schedule: String
+    /// The instant the tick was due (not when it was published).
+    public var fireTime: String
+
+    public init(schedule: String, fireTime: Date) {
+        self.schedule = schedule
+        self.fireTime = ISO8601.format(fireTime)
+    }
+
+    public var fireDate: Date? { ISO8601.parse(fireTime) }
+
+    enum CodingKeys: String, CodingKey {
+        case schedule
+        case fireTime = "fire_time"
+    }
+}

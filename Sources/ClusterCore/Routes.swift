@@ -1,0 +1,143 @@
+import Foundation
+
+/// An HTTP request as a route handler sees it.
+public struct RouteRequest: Sendable {
+    public var method: String
+    public var path: String
+    /// Query parameters (last value wins).
+    public var query: [String: String]
+    /// Header values by lower-cased name.
+    public var headers: [String: String]
+    public var body: [UInt8]
+
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8]) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+    }
+
+    /// The body parsed as JSON. A malformed body makes the route answer 400.
+    public func json() throws -> JSONValue {
+        do {
+            return try JSONParser.parse(body)
+        } catch {
+            throw RouteError(status: 400, code: "invalid_json", message: error.description, field: "body")
+        }
+    }
+
+    /// The body decoded as `T`. A body that does not decode makes the route answer 422.
+    public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
+        _ = try json()
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(body))
+        } catch let error as DecodingError {
+            let (field, message) = SchemaProbe.describe(error)
+            throw RouteError(status: 422, code: "invalid_record", message: message, field: field)
+        }
+    }
+
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+/// What a route answers.
+public struct RouteResponse: Sendable {
+    public var status: Int
+    public var body: JSONValue?
+    public var headers: [String: String]
+
+    public init(status: Int, body: JSONValue? = nil, headers: [String: String] = [:]) {
+        self.status = status
+        self.body = body
+        self.headers = headers
+    }
+
+    public static let ok = RouteResponse(status: 200, body: ["status": "ok"])
+    public static let accepted = RouteResponse(status: 202, body: ["status": "accepted"])
+    public static let created = RouteResponse(status: 201, body: ["status": "created"])
+    public static let noContent = RouteResponse(status: 204)
+
+    public static func json(_ body: JSONValue, status: Int = 200) -> RouteResponse {
+        RouteResponse(status: status, body: body)
+    }
+
+    public static func status(_ status: Int) -> RouteResponse { RouteResponse(status: status) }
+}
+
+/// Throw from a route to answer with a 4xx/5xx and a JSON error body
+/// `{"error": {"code": …, "message": …, "field": …}}`.
+public struct RouteError: Error, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var field: String?
+
+    public init(status: Int, code: String, message: String, field: String? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+    }
+
+    public var description: String { "\(status) \(code): \(message)" }
+
+    public var body: JSONValue {
+        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        if let field { error["field"] = .string(field) }
+        return ["error": .object(error)]
+    }
+}
+
+public typealias RouteHandler = @Sendable (RouteRequest, RouteContext) async throws -> RouteResponse
+
+public struct RouteDefinition: Sendable {
+    public var method: String
+    public var path: String
+    public var handler: RouteHandler
+}
+
+/// How a webhook checks that a request really comes from its sender.
+public struct WebhookVerification: Sendable {
+    enum Kind: Sendable {
+        case none
+        case slack(signingSecret: Secret, tolerance: Duration)
+        case custom(@Sendable (RouteRequest, [String: String]) throws -> Void)
+    }
+
+    let kind: Kind
+
+    /// Accept every request (for senders that cannot sign).
+    public static let none = WebhookVerification(kind: .none)
+
+    /// Slack's `X-Slack-Signature` (HMAC-SHA256 over `v0:<timestamp>:<body>`), rejecting
+    /// timestamps older than `tolerance`.
+    public static func slack(signingSecret: Secret, tolerance: Duration = .seconds(300)) -> WebhookVerification {
+        WebhookVerification(kind: .slack(signingSecret: signingSecret, tolerance: tolerance))
+    }
+
+    /// Your own check: throw a ``RouteError`` (401/403) to reject the request. The second
+    /// argument is the process environment, for secrets.
+    public static func custom(_ verify: @escaping @Sendable (RouteRequest, [String: String]) throws -> Void) -> WebhookVerification {
+        WebhookVerification(kind: .custom(verify))
+    }
+
+    public var secrets: [Secret] {
+        if case .slack(let secret, _) = kind { return [secret] }
+        return []
+    }
+
+    public var label: String {
+        switch kind {
+        case .none: return "none"
+        case .slack: return "slack"
+        case .custom: return "custom"
+        }
+    }
+}
+
+public struct WebhookDefinition: Sendable {
+    public var path: String
+    public var table: String
+    public var verification: WebhookVerification
+}

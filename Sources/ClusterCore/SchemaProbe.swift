@@ -1,0 +1,159 @@
+/// Finds the top-level fields of a `Decodable` type by decoding it once with a decoder that
+/// records which keys are asked for and answers with placeholder values.
+///
+/// This works for synthesized `Codable` conformances, which is what typed records use. A type
+/// whose `init(from:)` rejects the placeholders (for example a `URL` field) gives `nil`; its
+/// fields are then unknown and only the runtime decode checks them.
+public enum SchemaProbe {
+    public static func fields<T: Decodable>(of type: T.Type) -> (required: [String], all: [String])? {
+        let recorder = KeyRecorder()
+        do {
+            _ = try T(from: ProbeDecoder(recorder: recorder, codingPath: []))
+        } catch {
+            return nil
+        }
+        return (recorder.required, recorder.required + recorder.optional.filter { !recorder.required.contains($0) })
+    }
+
+    /// The field path and a user-facing sentence for a decoding failure.
+    public static func describe(_ error: DecodingError) -> (field: String?, problem: String) {
+        func path(_ codingPath: [any CodingKey]) -> String? {
+            let parts = codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+            guard !parts.isEmpty else { return nil }
+            return parts.enumerated().map { i, part in i == 0 || part.hasPrefix("[") ? part : "." + part }.joined()
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let full = path(context.codingPath + [key])
+            return (full, "missing required field '\(full ?? key.stringValue)'")
+        case .typeMismatch(let type, let context):
+            return (path(context.codingPath), "field '\(path(context.codingPath) ?? "record")' must be \(typeName(type))")
+        case .valueNotFound(let type, let context):
+            return (path(context.codingPath), "field '\(path(context.codingPath) ?? "record")' must be \(typeName(type)), not null")
+        case .dataCorrupted(let context):
+            return (path(context.codingPath), context.debugDescription)
+        @unknown default:
+            return (nil, "record does not match the table's type")
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "a string"
+        case is Bool.Type: return "a boolean"
+        case is Int.Type, is Int64.Type, is Int32.Type, is UInt.Type, is UInt64.Type: return "an integer"
+        case is Double.Type, is Float.Type: return "a number"
+        default:
+            let name = String(describing: type)
+            if name.hasPrefix("Array") { return "an array" }
+            if name.hasPrefix("Dictionary") { return "an object" }
+            return "of type \(name)"
+        }
+    }
+}
+
+private final class KeyRecorder {
+    var required: [String] = []
+    var optional: [String] = []
+}
+
+private struct ProbeDecoder: Decoder {
+    let recorder: KeyRecorder?
+    var codingPath: [any CodingKey]
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
+        KeyedDecodingContainer(ProbeKeyed<Key>(recorder: recorder, codingPath: codingPath))
+    }
+
+    func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
+        ProbeUnkeyed(codingPath: codingPath)
+    }
+
+    func singleValueContainer() throws -> any SingleValueDecodingContainer {
+        ProbeSingle(codingPath: codingPath)
+    }
+}
+
+private func placeholder<T: Decodable>(_ type: T.Type, codingPath: [any CodingKey]) throws -> T {
+    switch type {
+    case is String.Type: return "" as! T
+    case is Bool.Type: return false as! T
+    case is Int.Type: return 0 as! T
+    case is Int64.Type: return Int64(0) as! T
+    case is Int32.Type: return Int32(0) as! T
+    case is UInt.Type: return UInt(0) as! T
+    case is UInt64.Type: return UInt64(0) as! T
+    case is Double.Type: return 0.0 as! T
+    case is Float.Type: return Float(0) as! T
+    default:
+        guard codingPath.count < 16 else {
+            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "too deep"))
+        }
+        return try T(from: ProbeDecoder(recorder: nil, codingPath: codingPath))
+    }
+}
+
+private struct ProbeKeyed<Key: CodingKey>: KeyedDecodingContainerProtocol {
+    let recorder: KeyRecorder?
+    var codingPath: [any CodingKey]
+    var allKeys: [Key] { [] }
+
+    func contains(_ key: Key) -> Bool { true }
+
+    func decodeNil(forKey key: Key) throws -> Bool {
+        recorder?.optional.append(key.stringValue)
+        return true
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        recorder?.required.append(key.stringValue)
+        return try placeholder(T.self, codingPath: codingPath + [key])
+    }
+
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        recorder?.optional.append(key.stringValue)
+        return nil
+    }
+
+    func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws
+        -> KeyedDecodingContainer<NestedKey>
+    {
+        recorder?.required.append(key.stringValue)
+        return KeyedDecodingContainer(ProbeKeyed<NestedKey>(recorder: nil, codingPath: codingPath + [key]))
+    }
+
+    func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
+        recorder?.required.append(key.stringValue)
+        return ProbeUnkeyed(codingPath: codingPath + [key])
+    }
+
+    func superDecoder() throws -> any Decoder { ProbeDecoder(recorder: nil, codingPath: codingPath) }
+    func superDecoder(forKey key: Key) throws -> any Decoder { ProbeDecoder(recorder: nil, codingPath: codingPath + [key]) }
+}
+
+private struct ProbeUnkeyed: UnkeyedDecodingContainer {
+    var codingPath: [any CodingKey]
+    var count: Int? { 0 }
+    var isAtEnd: Bool { true }
+    var currentIndex: Int { 0 }
+
+    mutating func decodeNil() throws -> Bool { true }
+
+    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath, debugDescription: "empty"))
+    }
+
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
+        KeyedDecodingContainer(ProbeKeyed<NestedKey>(recorder: nil, codingPath: codingPath))
+    }
+
+    mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer { self }
+    mutating func superDecoder() throws -> any Decoder { ProbeDecoder(recorder: nil, codingPath: codingPath) }
+}
+
+private struct ProbeSingle: SingleValueDecodingContainer {
+    var codingPath: [any CodingKey]
+    func decodeNil() -> Bool { false }
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try placeholder(T.self, codingPath: codingPath) }
+}

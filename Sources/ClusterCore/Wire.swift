@@ -1,0 +1,83 @@
+import Crypto
+import Foundation
+import Synchronization
+
+/// The wire contract (docs/wire.md): subjects, stream and consumer names, headers, record ids.
+public enum Wire {
+    public enum Header {
+        public static let messageID = "Nats-Msg-Id"
+        public static let table = "Aut-Table"
+        public static let tenant = "Aut-Tenant"
+        public static let type = "Aut-Type"
+        public static let causedBy = "Aut-Caused-By"
+        public static let traceparent = "traceparent"
+        public static let error = "Aut-Error"
+        public static let attempts = "Aut-Attempts"
+        public static let handler = "Aut-Handler"
+        public static let firstFailure = "Aut-First-Failure"
+        public static let lastFailure = "Aut-Last-Failure"
+        public static let sourceSubject = "Aut-Source-Subject"
+    }
+
+    /// Headers a worker reads from every fetched record, in this order.
+    public static let consumedHeaders = [Header.messageID, Header.causedBy, Header.type, Header.traceparent]
+
+    /// `aut.<tenant>.tbl.<table>`
+    public static func tableSubject(tenant: String, table: String) -> String { "aut.\(tenant).tbl.\(table)" }
+    /// `aut.<tenant>.sched.<schedule>`
+    public static func scheduleSubject(tenant: String, schedule: String) -> String { "aut.\(tenant).sched.\(schedule)" }
+    /// `aut.<tenant>.dlq.<handler>`
+    public static func deadLetterSubject(tenant: String, handler: String) -> String { "aut.\(tenant).dlq.\(handler)" }
+    /// `AUT_<TENANT>` (the tenant name upper-cased).
+    public static func streamName(tenant: String) -> String { "AUT_" + tenant.uppercased() }
+    /// `aut.<tenant>.>`
+    public static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).>"] }
+    /// `h_<handler>`
+    public static func consumerName(handler: String) -> String { "h_" + handler }
+
+    /// The id of output number `index` that `handler` derived from the record `sourceID`.
+    ///
+    /// Deterministic, so a redelivered source produces the same ids and JetStream drops the
+    /// repeats inside the stream's duplicate window.
+    public static func outputID(source sourceID: String, handler: String, index: Int) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Array(sourceID.utf8))
+        hasher.update(data: [0])
+        hasher.update(data: Array(handler.utf8))
+        hasher.update(data: [0])
+        hasher.update(data: Array(String(index).utf8))
+        let digest = hasher.finalize()
+        return "o" + hex(digest.prefix(15))
+    }
+
+    static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Generates unique record ids: a random per-process prefix and a counter.
+///
+/// 64 random bits per process make a collision between processes negligible; the counter
+/// makes ids of one process distinct and roughly ordered.
+public final class RecordIDGenerator: Sendable {
+    private let prefix: String
+    private let counter = Atomic<UInt64>(0)
+
+    public init() {
+        var generator = SystemRandomNumberGenerator()
+        let random = generator.next() as UInt64
+        let millis = UInt64(Date().timeIntervalSince1970 * 1000)
+        prefix = "r" + String(millis, radix: 36) + String(random, radix: 36) + "-"
+    }
+
+    public func next() -> String {
+        let n = counter.add(1, ordering: .relaxed).newValue
+        return prefix + String(n, radix: 36)
+    }
+}

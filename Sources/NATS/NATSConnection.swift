@@ -1,0 +1,510 @@
+import CNATS
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A connection to NATS with a JetStream context, over nats.c.
+///
+/// Every blocking nats.c call (connect, stream and consumer administration, fetch, close) runs
+/// on the connection's own `NIOThreadPool`, never on the Swift cooperative pool or an event loop.
+/// Publishing is asynchronous: ``publish(_:)`` returns once JetStream has acknowledged every
+/// message, and the acknowledgment is delivered by a nats.c callback that only resumes a
+/// continuation.
+///
+/// The connection reconnects by itself for as long as it is open. Call ``close()`` when done.
+public final class NATSConnection: Sendable {
+    public struct Configuration: Sendable {
+        /// Server URLs, e.g. `nats://127.0.0.1:4222`. Several URLs form one cluster.
+        public var servers: [String]
+        /// Connection name shown by the server's monitoring endpoints.
+        public var name: String = "autonomous"
+        /// How long ``connect(configuration:logger:)`` keeps trying before it gives up.
+        public var connectTimeout: Duration = .seconds(10)
+        /// Delay between reconnect attempts once connected.
+        public var reconnectWait: Duration = .milliseconds(250)
+        /// How long a publish waits for its PubAck before failing with `.timeout`.
+        public var publishTimeout: Duration = .seconds(5)
+        /// Timeout for JetStream API requests (stream/consumer administration).
+        public var apiTimeout: Duration = .seconds(5)
+        /// Upper bound of asynchronous publishes in flight inside nats.c.
+        public var maxPendingPublishes: Int = 262_144
+        /// Threads for blocking nats.c calls; each concurrent fetch loop holds one while it waits.
+        public var blockingThreads: Int = 16
+        /// How often the client pings the server to detect a dead connection.
+        public var pingInterval: Duration = .seconds(2)
+
+        public init(servers: [String]) {
+            self.servers = servers
+        }
+
+        public init(url: String) {
+            self.servers = url.split(separator: ",").map { String($0).trimmingSpaces() }
+        }
+    }
+
+    // nats.c connections and JetStream contexts are thread safe (documented in nats.h). The
+    // pointers are set once in init and freed only in deinit, when nothing else can use them.
+    private nonisolated(unsafe) let connection: OpaquePointer
+    private nonisolated(unsafe) let jetStream: OpaquePointer
+    private let tracker: PublishTracker
+    private let trackerContext: Unmanaged<PublishTracker>
+    let threadPool: NIOThreadPool
+    private let closed = Atomic<Bool>(false)
+    public let configuration: Configuration
+    let logger: Logger
+
+    private init(
+        connection: OpaquePointer,
+        jetStream: OpaquePointer,
+        tracker: PublishTracker,
+        trackerContext: Unmanaged<PublishTracker>,
+        threadPool: NIOThreadPool,
+        configuration: Configuration,
+        logger: Logger
+    ) {
+        self.connection = connection
+        self.jetStream = jetStream
+        self.tracker = tracker
+        self.trackerContext = trackerContext
+        self.threadPool = threadPool
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    deinit {
+        jsCtx_Destroy(jetStream)
+        natsConnection_Destroy(connection)
+        trackerContext.release()
+        if !closed.load(ordering: .relaxed) {
+            threadPool.shutdownGracefully { _ in }
+        }
+    }
+
+    /// Connects, retrying until `configuration.connectTimeout` has passed.
+    public static func connect(configuration: Configuration, logger: Logger) async throws -> NATSConnection {
+        guard !configuration.servers.isEmpty else {
+            throw NATSError(code: .invalidArgument, message: "no NATS server URL given")
+        }
+        let pool = NIOThreadPool(numberOfThreads: max(2, configuration.blockingThreads))
+        pool.start()
+        let tracker = PublishTracker()
+        let context = Unmanaged.passRetained(tracker)
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: configuration.connectTimeout)
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let handles = try await pool.runIfActive {
+                    try Self.openBlocking(configuration: configuration, trackerContext: context)
+                }
+                logger.debug("Connected to NATS", metadata: ["nats.attempt": "\(attempt)"])
+                return NATSConnection(
+                    connection: handles.connection,
+                    jetStream: handles.jetStream,
+                    tracker: tracker,
+                    trackerContext: context,
+                    threadPool: pool,
+                    configuration: configuration,
+                    logger: logger
+                )
+            } catch let error as NATSError where error.code == .connectionFailed && clock.now < deadline {
+                logger.debug("NATS not reachable yet, retrying", metadata: ["nats.attempt": "\(attempt)"])
+                try await Task.sleep(for: .milliseconds(min(1000, 50 * attempt)))
+            } catch {
+                context.release()
+                try? await pool.shutdownGracefully()
+                throw error
+            }
+        }
+    }
+
+    private struct Handles: @unchecked Sendable {
+        // Only moved from the opening thread to the owner; never used concurrently before that.
+        var connection: OpaquePointer
+        var jetStream: OpaquePointer
+    }
+
+    private static func openBlocking(
+        configuration: Configuration,
+        trackerContext: Unmanaged<PublishTracker>
+    ) throws -> Handles {
+        var options: OpaquePointer?
+        try check(natsOptions_Create(&options), "creating NATS options")
+        defer { natsOptions_Destroy(options) }
+        var cStrings = configuration.servers.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        let serverStatus = cStrings.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
+                natsOptions_SetServers(options, $0, Int32(buffer.count))
+            }
+        }
+        try check(serverStatus, "setting NATS servers")
+        try check(natsOptions_SetName(options, configuration.name), "setting connection name")
+        try check(natsOptions_SetMaxReconnect(options, -1), "setting reconnect")
+        try check(natsOptions_SetReconnectWait(options, configuration.reconnectWait.milliseconds), "setting reconnect wait")
+        try check(natsOptions_SetTimeout(options, 2000), "setting connect timeout")
+        try check(natsOptions_SetPingInterval(options, configuration.pingInterval.milliseconds), "setting ping interval")
+        try check(natsOptions_SetMaxPingsOut(options, 3), "setting max pings out")
+        try check(natsOptions_SetReconnectBufSize(options, 64 * 1024 * 1024), "setting reconnect buffer")
+        try check(natsOptions_SetIOBufSize(options, 256 * 1024), "setting IO buffer")
+        try check(natsOptions_SetNoRandomize(options, true), "setting server order")
+
+        var connection: OpaquePointer?
+        let status = natsConnection_Connect(&connection, options)
+        guard status == NATS_OK, let connection else {
+            throw NATSError.from(status: status, context: "connecting to \(configuration.servers.joined(separator: ","))")
+        }
+
+        var jsOptions = jsOptions()
+        jsOptions_Init(&jsOptions)
+        jsOptions.Wait = configuration.apiTimeout.milliseconds
+        jsOptions.PublishAsync.MaxPending = Int64(configuration.maxPendingPublishes)
+        jsOptions.PublishAsync.StallWait = 50
+        jsOptions.PublishAsync.AckHandler = publishAckHandler
+        jsOptions.PublishAsync.AckHandlerClosure = trackerContext.toOpaque()
+        var jetStream: OpaquePointer?
+        let jsStatus = natsConnection_JetStream(&jetStream, connection, &jsOptions)
+        guard jsStatus == NATS_OK, let jetStream else {
+            natsConnection_Destroy(connection)
+            throw NATSError.from(status: jsStatus, context: "creating JetStream context")
+        }
+        return Handles(connection: connection, jetStream: jetStream)
+    }
+
+    /// `true` while the connection is up (not reconnecting, not closed).
+    public var isConnected: Bool {
+        natsConnection_Status(connection) == NATS_CONN_STATUS_CONNECTED
+    }
+
+    public var isClosed: Bool { closed.load(ordering: .relaxed) }
+
+    /// Publishes in flight inside this connection, waiting for their PubAck.
+    public var publishesInFlight: Int { tracker.inFlight }
+
+    /// Flushes buffered messages and closes the connection. Pending publishes fail with `.connectionClosed`.
+    public func close() async {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        let handle = UnsafeHandle(connection)
+        _ = try? await threadPool.runIfActive {
+            _ = natsConnection_FlushTimeout(handle.pointer, 1000)
+            natsConnection_Close(handle.pointer)
+        }
+        tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
+        try? await threadPool.shutdownGracefully()
+    }
+
+    // MARK: Publishing
+
+    /// Publishes one message and returns its PubAck.
+    public func publish(_ message: OutgoingMessage) async throws -> PublishAck {
+        try await publish([message])[0]
+    }
+
+    /// Publishes all messages asynchronously and returns when every PubAck has arrived.
+    ///
+    /// Throws the first failure if any message was not acknowledged (the others may be stored;
+    /// give each message a `Nats-Msg-Id` so that a retry of the whole batch is safe).
+    public func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
+        if messages.isEmpty { return [] }
+        if isClosed { throw NATSError(code: .connectionClosed, message: "connection closed") }
+        let timeout = configuration.publishTimeout.milliseconds
+        return try await withCheckedThrowingContinuation { continuation in
+            let batch = PublishBatch(count: messages.count, continuation: continuation)
+            for index in messages.indices {
+                publishOne(messages[index], batch: batch, index: index, timeout: timeout)
+            }
+        }
+    }
+
+    private func publishOne(_ message: OutgoingMessage, batch: PublishBatch, index: Int, timeout: Int64) {
+        var msg: OpaquePointer?
+        var status = message.payload.withUnsafeReadableBytes { bytes in
+            natsMsg_Create(
+                &msg,
+                message.subject,
+                nil,
+                bytes.baseAddress?.assumingMemoryBound(to: CChar.self),
+                Int32(bytes.count)
+            )
+        }
+        guard status == NATS_OK, let created = msg else {
+            batch.complete(index: index, result: .failure(.from(status: status, context: "creating message")))
+            return
+        }
+        for (name, value) in message.headers {
+            status = natsMsgHeader_Set(created, name, value)
+            if status != NATS_OK {
+                natsMsg_Destroy(created)
+                batch.complete(index: index, result: .failure(.from(status: status, context: "setting header \(name)")))
+                return
+            }
+        }
+        let key = UInt(bitPattern: created)
+        tracker.register(key, batch: batch, index: index)
+        var options = jsPubOptions()
+        jsPubOptions_Init(&options)
+        options.MaxWait = timeout
+        status = js_PublishMsgAsync(jetStream, &msg, &options)
+        if status != NATS_OK {
+            // The library did not take the message; nobody else will complete this entry.
+            natsMsg_Destroy(msg)
+            tracker.complete(key, result: .failure(.from(status: status, context: "publishing")))
+        }
+    }
+
+    // MARK: Administration
+
+    /// Creates the stream, or updates it when it exists with another configuration.
+    public func createOrUpdateStream(_ config: StreamConfiguration) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            try Self.withStreamConfig(config) { cfg in
+                var info: UnsafeMutablePointer<jsStreamInfo>?
+                var errCode = jsErrCode(rawValue: 0)
+                var status = js_AddStream(&info, js.pointer, cfg, nil, &errCode)
+                if status != NATS_OK && errCode == JSStreamNameExistErr {
+                    errCode = jsErrCode(rawValue: 0)
+                    status = js_UpdateStream(&info, js.pointer, cfg, nil, &errCode)
+                }
+                jsStreamInfo_Destroy(info)
+                if status != NATS_OK {
+                    throw NATSError.from(status: status, jsError: errCode, context: "creating stream \(config.name)")
+                }
+            }
+        }
+    }
+
+    private static func withStreamConfig<T>(
+        _ config: StreamConfiguration,
+        _ body: (UnsafeMutablePointer<jsStreamConfig>) throws -> T
+    ) throws -> T {
+        var cfg = jsStreamConfig()
+        jsStreamConfig_Init(&cfg)
+        var subjects = config.subjects.map { UnsafePointer(strdup($0)) }
+        let name = strdup(config.name)
+        let description = config.description.map { strdup($0) } ?? nil
+        defer {
+            subjects.forEach { free(UnsafeMutablePointer(mutating: $0)) }
+            free(name)
+            free(description)
+        }
+        cfg.Name = UnsafePointer(name)
+        cfg.Description = UnsafePointer(description)
+        cfg.Storage = config.storage == .memory ? js_MemoryStorage : js_FileStorage
+        cfg.Replicas = Int64(config.replicas)
+        cfg.Duplicates = config.duplicateWindow.nanoseconds
+        cfg.MaxAge = config.maxAge.nanoseconds
+        cfg.MaxBytes = config.maxBytes
+        cfg.MaxMsgSize = config.maxMessageSize
+        return try subjects.withUnsafeMutableBufferPointer { buffer in
+            cfg.Subjects = buffer.baseAddress
+            cfg.SubjectsLen = Int32(buffer.count)
+            return try body(&cfg)
+        }
+    }
+
+    /// Creates the durable pull consumer on `stream`, or updates it when it exists.
+    public func createOrUpdateConsumer(stream: String, _ config: ConsumerConfiguration) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            var cfg = jsConsumerConfig()
+            jsConsumerConfig_Init(&cfg)
+            let durable = strdup(config.durableName)
+            let filter = config.filterSubject.map { strdup($0) } ?? nil
+            let description = config.description.map { strdup($0) } ?? nil
+            defer {
+                free(durable)
+                free(filter)
+                free(description)
+            }
+            cfg.Durable = UnsafePointer(durable)
+            cfg.Name = UnsafePointer(durable)
+            cfg.FilterSubject = UnsafePointer(filter)
+            cfg.Description = UnsafePointer(description)
+            cfg.AckPolicy = js_AckExplicit
+            cfg.DeliverPolicy = js_DeliverAll
+            cfg.AckWait = config.ackWait.nanoseconds
+            cfg.MaxDeliver = Int64(config.maxDeliver)
+            cfg.MaxAckPending = Int64(config.maxAckPending)
+            cfg.MaxWaiting = Int64(config.maxWaiting)
+            var backoff = config.backoff.map { $0.nanoseconds }
+            try backoff.withUnsafeMutableBufferPointer { buffer in
+                if !buffer.isEmpty {
+                    cfg.BackOff = buffer.baseAddress
+                    cfg.BackOffLen = Int32(buffer.count)
+                }
+                var info: UnsafeMutablePointer<jsConsumerInfo>?
+                var errCode = jsErrCode(rawValue: 0)
+                var status = js_AddConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
+                if status != NATS_OK && (errCode == JSConsumerNameExistErr || errCode == JSConsumerExistingActiveErr || errCode.rawValue == 10148) {
+                    errCode = jsErrCode(rawValue: 0)
+                    status = js_UpdateConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
+                }
+                jsConsumerInfo_Destroy(info)
+                if status != NATS_OK {
+                    throw NATSError.from(
+                        status: status,
+                        jsError: errCode,
+                        context: "creating consumer \(config.durableName) on \(stream)"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The stream's message counts, or `nil` when it does not exist.
+    public func streamState(_ stream: String) async throws -> StreamState? {
+        let js = UnsafeHandle(jetStream)
+        return try await threadPool.runIfActive {
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_GetStreamInfo(&info, js.pointer, stream, nil, &errCode)
+            defer { jsStreamInfo_Destroy(info) }
+            if status == NATS_NOT_FOUND || errCode == JSStreamNotFoundErr { return nil }
+            guard status == NATS_OK, let info else {
+                throw NATSError.from(status: status, jsError: errCode, context: "reading stream \(stream)")
+            }
+            let s = info.pointee.State
+            return StreamState(messages: s.Msgs, bytes: s.Bytes, firstSequence: s.FirstSeq, lastSequence: s.LastSeq)
+        }
+    }
+
+    /// The consumer's progress, or `nil` when it does not exist.
+    public func consumerState(stream: String, consumer: String) async throws -> ConsumerState? {
+        let js = UnsafeHandle(jetStream)
+        return try await threadPool.runIfActive {
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_GetConsumerInfo(&info, js.pointer, stream, consumer, nil, &errCode)
+            defer { jsConsumerInfo_Destroy(info) }
+            if status == NATS_NOT_FOUND || errCode == JSConsumerNotFoundErr || errCode == JSStreamNotFoundErr {
+                return nil
+            }
+            guard status == NATS_OK, let info else {
+                throw NATSError.from(status: status, jsError: errCode, context: "reading consumer \(consumer)")
+            }
+            return ConsumerState(
+                numPending: info.pointee.NumPending,
+                numAckPending: info.pointee.NumAckPending,
+                numRedelivered: info.pointee.NumRedelivered,
+                ackFloorStreamSequence: info.pointee.AckFloor.Stream
+            )
+        }
+    }
+
+    public func deleteConsumer(stream: String, consumer: String) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_DeleteConsumer(js.pointer, stream, consumer, nil, &errCode)
+            if status != NATS_OK && errCode != JSConsumerNotFoundErr {
+                throw NATSError.from(status: status, jsError: errCode, context: "deleting consumer \(consumer)")
+            }
+        }
+    }
+
+    public func deleteStream(_ stream: String) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_DeleteStream(js.pointer, stream, nil, &errCode)
+            if status != NATS_OK && errCode != JSStreamNotFoundErr {
+                throw NATSError.from(status: status, jsError: errCode, context: "deleting stream \(stream)")
+            }
+        }
+    }
+
+    /// Reads the message stored at `sequence`, or `nil` when there is none.
+    public func message(stream: String, sequence: UInt64) async throws -> StoredMessage? {
+        let js = UnsafeHandle(jetStream)
+        return try await threadPool.runIfActive {
+            var msg: OpaquePointer?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_GetMsg(&msg, js.pointer, stream, sequence, nil, &errCode)
+            defer { natsMsg_Destroy(msg) }
+            if status == NATS_NOT_FOUND || errCode.rawValue == 10037 { return nil }
+            guard status == NATS_OK, let msg else {
+                throw NATSError.from(status: status, jsError: errCode, context: "reading message \(sequence)")
+            }
+            return StoredMessage(
+                subject: String(cString: natsMsg_GetSubject(msg)),
+                sequence: sequence,
+                payload: copyPayload(msg),
+                headers: allHeaders(msg)
+            )
+        }
+    }
+
+    /// Binds a pull subscription to an existing durable consumer.
+    ///
+    /// - Parameter headers: names of the headers to copy out of each fetched message.
+    public func pullSubscription(
+        stream: String,
+        consumer: String,
+        filterSubject: String,
+        headers: [String]
+    ) async throws -> PullSubscription {
+        let js = UnsafeHandle(jetStream)
+        let handle = try await threadPool.runIfActive { () throws -> UnsafeHandle in
+            var options = jsSubOptions()
+            jsSubOptions_Init(&options)
+            var sub: OpaquePointer?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = stream.withCString { streamName in
+                consumer.withCString { consumerName in
+                    options.Stream = streamName
+                    options.Consumer = consumerName
+                    options.ManualAck = true
+                    return js_PullSubscribe(&sub, js.pointer, filterSubject, consumerName, nil, &options, &errCode)
+                }
+            }
+            guard status == NATS_OK, let sub else {
+                throw NATSError.from(status: status, jsError: errCode, context: "binding to consumer \(consumer)")
+            }
+            return UnsafeHandle(sub)
+        }
+        return PullSubscription(subscription: handle.pointer, headerNames: headers, connection: self)
+    }
+}
+
+/// Moves a nats.c handle into a `@Sendable` closure.
+///
+/// Safe because every handle wrapped here is documented thread safe by nats.c (connection,
+/// JetStream context, subscription) and outlives the closure it is captured in.
+struct UnsafeHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
+func copyPayload(_ msg: OpaquePointer) -> [UInt8] {
+    let count = Int(natsMsg_GetDataLength(msg))
+    guard count > 0, let data = natsMsg_GetData(msg) else { return [] }
+    return data.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+}
+
+func allHeaders(_ msg: OpaquePointer) -> [String: String] {
+    var keys: UnsafeMutablePointer<UnsafePointer<CChar>?>?
+    var count: Int32 = 0
+    guard natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK, let keys else { return [:] }
+    defer { free(keys) }
+    var result: [String: String] = [:]
+    for i in 0..<Int(count) {
+        guard let key = keys[i] else { continue }
+        var value: UnsafePointer<CChar>?
+        if natsMsgHeader_Get(msg, key, &value) == NATS_OK, let value {
+            result[String(cString: key)] = String(cString: value)
+        }
+    }
+    return result
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,107 @@
+import CNATS
+
+/// An error from the NATS/JetStream client.
+///
+/// `description` is safe to show to users; it never contains payloads or credentials.
+/// Equality compares only the ``code``.
+public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Hashable, Sendable {
+            case connectionFailed
+            case connectionClosed
+            case timeout
+            case notFound
+            case publishFailed
+            case jetStream
+            case invalidArgument
+            case other
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// No server could be reached (at connect time).
+        public static let connectionFailed = Code(.connectionFailed)
+        /// The connection is closed or was closed while the operation was in flight.
+        public static let connectionClosed = Code(.connectionClosed)
+        /// The operation did not complete in time (also: no PubAck within the publish timeout).
+        public static let timeout = Code(.timeout)
+        /// A stream, consumer or message does not exist.
+        public static let notFound = Code(.notFound)
+        /// JetStream refused or did not acknowledge a publish.
+        public static let publishFailed = Code(.publishFailed)
+        /// JetStream answered an API request with an error.
+        public static let jetStream = Code(.jetStream)
+        /// A caller passed a value nats.c refused.
+        public static let invalidArgument = Code(.invalidArgument)
+        /// Any other nats.c failure.
+        public static let other = Code(.other)
+
+        public var description: String { base.rawValue }
+    }
+
+    public var code: Code
+    /// A short, user-safe explanation.
+    public var message: String
+    /// The nats.c status code, when the error came from nats.c.
+    public var status: Int32
+    /// The JetStream API error code (`err_code`), or 0.
+    public var jetStreamErrorCode: Int
+
+    public init(code: Code, message: String, status: Int32 = 0, jetStreamErrorCode: Int = 0) {
+        self.code = code
+        self.message = message
+        self.status = status
+        self.jetStreamErrorCode = jetStreamErrorCode
+    }
+
+    public static func == (lhs: NATSError, rhs: NATSError) -> Bool { lhs.code == rhs.code }
+
+    public var description: String { "NATSError(\(code)): \(message)" }
+
+    public var debugDescription: String {
+        "NATSError(code: \(code), message: \(message), status: \(status), jsErrorCode: \(jetStreamErrorCode))"
+    }
+
+    /// `true` for failures that may go away by themselves (server restarting, reconnecting).
+    public var isTransient: Bool {
+        code == .timeout || code == .connectionClosed || code == .connectionFailed || code == .publishFailed
+    }
+}
+
+extension NATSError {
+    /// The one place that maps a nats.c status (and JetStream error code) to a ``NATSError``.
+    static func from(status: natsStatus, jsError: jsErrCode = jsErrCode(rawValue: 0), context: String) -> NATSError {
+        let text = String(cString: natsStatus_GetText(status))
+        let jsCode = Int(jsError.rawValue)
+        let code: Code
+        switch status {
+        case NATS_TIMEOUT: code = .timeout
+        case NATS_NOT_FOUND: code = .notFound
+        case NATS_CONNECTION_CLOSED, NATS_CONNECTION_DISCONNECTED, NATS_STALE_CONNECTION, NATS_DRAINING:
+            code = .connectionClosed
+        case NATS_NO_SERVER, NATS_NOT_YET_CONNECTED, NATS_CONNECTION_AUTH_FAILED: code = .connectionFailed
+        case NATS_INVALID_ARG, NATS_INVALID_SUBJECT, NATS_INVALID_TIMEOUT: code = .invalidArgument
+        case NATS_NO_RESPONDERS: code = .timeout
+        default:
+            if jsCode == Int(JSStreamNotFoundErr.rawValue) || jsCode == Int(JSConsumerNotFoundErr.rawValue) {
+                code = .notFound
+            } else if jsCode != 0 {
+                code = .jetStream
+            } else {
+                code = .other
+            }
+        }
+        if code == .other || code == .jetStream, jsCode == Int(JSStreamNotFoundErr.rawValue) || jsCode == Int(JSConsumerNotFoundErr.rawValue) {
+            return NATSError(code: .notFound, message: "\(context): \(text)", status: Int32(status.rawValue), jetStreamErrorCode: jsCode)
+        }
+        var message = "\(context): \(text)"
+        if jsCode != 0 { message += " (JetStream error \(jsCode))" }
+        return NATSError(code: code, message: message, status: Int32(status.rawValue), jetStreamErrorCode: jsCode)
+    }
+}
+
+@inline(__always)
+func check(_ status: natsStatus, _ context: @autoclosure () -> String) throws(NATSError) {
+    if status != NATS_OK { throw NATSError.from(status: status, context: context()) }
+}
