@@ -141,3 +141,50 @@ public struct WebhookDefinition: Sendable {
     public var table: String
     public var verification: WebhookVerification
 }
+
+import Crypto
+
+extension WebhookVerification {
+    /// Checks `request`; throws a ``RouteError`` (401) naming what is wrong.
+    public func verify(_ request: RouteRequest, environment: [String: String], now: Date = Date()) throws {
+        switch kind {
+        case .none:
+            return
+        case .custom(let check):
+            try check(request, environment)
+        case .slack(let secret, let tolerance):
+            let key = try secret.resolve(in: environment)
+            guard let timestamp = request.header("X-Slack-Request-Timestamp"), let seconds = Double(timestamp) else {
+                throw RouteError(status: 401, code: "invalid_signature", message: "missing X-Slack-Request-Timestamp header", field: "X-Slack-Request-Timestamp")
+            }
+            guard abs(now.timeIntervalSince1970 - seconds) <= Double(tolerance.components.seconds) else {
+                throw RouteError(status: 401, code: "invalid_signature", message: "request timestamp is too old", field: "X-Slack-Request-Timestamp")
+            }
+            guard let signature = request.header("X-Slack-Signature"), signature.hasPrefix("v0=") else {
+                throw RouteError(status: 401, code: "invalid_signature", message: "missing X-Slack-Signature header", field: "X-Slack-Signature")
+            }
+            var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(key.utf8)))
+            hmac.update(data: Array("v0:\(timestamp):".utf8))
+            hmac.update(data: request.body)
+            let expected = "v0=" + Wire.hex(hmac.finalize())
+            guard constantTimeEqual(Array(expected.utf8), Array(signature.utf8)) else {
+                throw RouteError(status: 401, code: "invalid_signature", message: "signature does not match", field: "X-Slack-Signature")
+            }
+        }
+    }
+
+    /// Computes the `X-Slack-Signature` value for a body (for senders and tests).
+    public static func slackSignature(secret: String, timestamp: String, body: [UInt8]) -> String {
+        var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8)))
+        hmac.update(data: Array("v0:\(timestamp):".utf8))
+        hmac.update(data: body)
+        return "v0=" + Wire.hex(hmac.finalize())
+    }
+}
+
+private func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var difference: UInt8 = 0
+    for i in a.indices { difference |= a[i] ^ b[i] }
+    return difference == 0
+}

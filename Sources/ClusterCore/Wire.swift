@@ -17,6 +17,7 @@ public enum Wire {
         public static let firstFailure = "Aut-First-Failure"
         public static let lastFailure = "Aut-Last-Failure"
         public static let sourceSubject = "Aut-Source-Subject"
+        public static let recordID = "Aut-Record-Id"
     }
 
     /// Headers a worker reads from every fetched record, in this order.

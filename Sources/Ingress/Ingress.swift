@@ -1,0 +1,78 @@
+public import ClusterCore
+import Foundation
+import Hummingbird
+public import Logging
+public import NATS
+import NIOCore
+public import ServiceLifecycle
+import Synchronization
+
+/// The HTTP entry point: user routes, webhooks and the record API, on Hummingbird 2.
+///
+/// Every 2xx that carries records is sent only after JetStream acknowledged all of them.
+/// When JetStream is unreachable or slow the ingress answers 503, and 429 when more records
+/// are in flight than configured, both with `Retry-After`.
+public struct Ingress: Service {
+    public struct Configuration: Sendable {
+        public var host: String = "127.0.0.1"
+        /// 0 picks a free port (see `onListening`).
+        public var port: Int = 3000
+        /// Tenant whose tables the ingress writes.
+        public var tenant: String
+        /// Largest accepted request body.
+        public var maxBodyBytes: Int = 16 * 1024 * 1024
+        /// Records waiting for their PubAck across all requests before new requests get 429.
+        public var maxInFlightRecords: Int = 200_000
+        /// Seconds clients are told to wait in `Retry-After`.
+        public var retryAfterSeconds: Int = 1
+        /// Process environment, for webhook secrets.
+        public var environment: [String: String]
+        /// Called with the bound port once the server listens.
+        public var onListening: (@Sendable (Int) async -> Void)?
+
+        public init(tenant: String, environment: [String: String]) {
+            self.tenant = tenant
+            self.environment = environment
+        }
+    }
+
+    let graph: AppGraph
+    let configuration: Configuration
+    let connection: NATSConnection
+    let logger: Logger
+
+    public init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
+        for webhook in graph.webhooks {
+            for secret in webhook.verification.secrets {
+                do {
+                    _ = try secret.resolve(in: configuration.environment)
+                } catch {
+                    throw ConfigurationError("webhook \(webhook.path): \(error)")
+                }
+            }
+        }
+        self.graph = graph
+        self.configuration = configuration
+        self.connection = connection
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let responder = IngressResponder(
+            state: IngressState(graph: graph, configuration: configuration, connection: connection, logger: logger)
+        )
+        let onListening = configuration.onListening
+        let app = Application(
+            responder: responder,
+            configuration: ApplicationConfiguration(
+                address: .hostname(configuration.host, port: configuration.port),
+                serverName: "autonomous"
+            ),
+            onServerRunning: { channel in
+                if let onListening, let port = channel.localAddress?.port { await onListening(port) }
+            },
+            logger: logger
+        )
+        try await app.run()
+    }
+}

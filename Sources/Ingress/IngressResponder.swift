@@ -1,0 +1,402 @@
+import ClusterCore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Metrics
+import NATS
+import NIOCore
+import Synchronization
+
+/// Shared, immutable-after-init state of the ingress plus its in-flight counter.
+final class IngressState: Sendable {
+    let graph: AppGraph
+    let configuration: Ingress.Configuration
+    let connection: NATSConnection
+    let logger: Logger
+    let ids = RecordIDGenerator()
+    let routes: [String: RouteDefinition]
+    let webhooks: [String: WebhookDefinition]
+    let paths: Set<String>
+    let inFlight = Atomic<Int>(0)
+    let streamReady = Atomic<Bool>(false)
+    let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
+    let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
+
+    init(graph: AppGraph, configuration: Ingress.Configuration, connection: NATSConnection, logger: Logger) {
+        self.graph = graph
+        self.configuration = configuration
+        self.connection = connection
+        self.logger = logger
+        var routes: [String: RouteDefinition] = [:]
+        var paths = Set<String>()
+        for route in graph.routes {
+            routes["\(route.method) \(route.path)"] = route
+            paths.insert(route.path)
+        }
+        var webhooks: [String: WebhookDefinition] = [:]
+        for webhook in graph.webhooks {
+            webhooks[webhook.path] = webhook
+            paths.insert(webhook.path)
+        }
+        self.routes = routes
+        self.webhooks = webhooks
+        self.paths = paths
+    }
+
+    /// Reserves room for `count` records in flight, or returns false when over the limit.
+    func reserve(_ count: Int) -> Bool {
+        let limit = configuration.maxInFlightRecords
+        let after = inFlight.add(count, ordering: .relaxed).newValue
+        if after > limit && after != count {
+            inFlight.subtract(count, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func release(_ count: Int) { inFlight.subtract(count, ordering: .relaxed) }
+}
+
+struct IngressResponder: HTTPResponder {
+    typealias Context = BasicRequestContext
+    let state: IngressState
+
+    private static let recordsPrefix = "/v1/tables/"
+    private static let recordsSuffix = "/records"
+
+    func respond(to request: Request, context: Context) async throws -> Response {
+        let path = request.uri.path
+        let method = request.method.rawValue
+        do {
+            switch path {
+            case "/healthz":
+                return json(200, ["status": "ok"])
+            case "/readyz":
+                return await readiness()
+            default:
+                break
+            }
+            if path.hasPrefix(Self.recordsPrefix) && path.hasSuffix(Self.recordsSuffix)
+                && path.utf8.count > Self.recordsPrefix.utf8.count + Self.recordsSuffix.utf8.count
+            {
+                guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
+                let start = path.index(path.startIndex, offsetBy: Self.recordsPrefix.count)
+                let end = path.index(path.endIndex, offsetBy: -Self.recordsSuffix.count)
+                return try await ingest(table: String(path[start..<end]), request: request)
+            }
+            if let route = state.routes["\(method) \(path)"] {
+                return try await runRoute(route, request: request)
+            }
+            if let webhook = state.webhooks[path] {
+                guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
+                return try await receiveWebhook(webhook, request: request)
+            }
+            if state.paths.contains(path) {
+                throw RouteError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on this path")
+            }
+            throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
+        } catch let error as RouteError {
+            state.rejectedRequests.increment()
+            var response = json(error.status, error.body)
+            if error.status == 429 || error.status == 503 {
+                response.headers[.retryAfter] = String(state.configuration.retryAfterSeconds)
+            }
+            return response
+        }
+    }
+
+    // MARK: - Health
+
+    private func readiness() async -> Response {
+        guard state.connection.isConnected else {
+            return json(503, ["status": "unavailable", "reason": "NATS is not connected"])
+        }
+        if !state.streamReady.load(ordering: .relaxed) {
+            let stream = Wire.streamName(tenant: state.configuration.tenant)
+            guard (try? await state.connection.streamState(stream)) != nil else {
+                return json(503, ["status": "unavailable", "reason": "stream \(stream) does not exist yet"])
+            }
+            state.streamReady.store(true, ordering: .relaxed)
+        }
+        return json(200, ["status": "ready"])
+    }
+
+    // MARK: - Bodies
+
+    private func collectBody(_ request: Request) async throws -> ByteBuffer {
+        do {
+            return try await request.body.collect(upTo: state.configuration.maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw RouteError(
+                status: 413,
+                code: "body_too_large",
+                message: "request body is larger than \(state.configuration.maxBodyBytes) bytes",
+                field: "body"
+            )
+        }
+    }
+
+    private func idempotencyKey(_ request: Request) throws -> String? {
+        guard let key = request.headers[HTTPField.Name("Idempotency-Key")!] else { return nil }
+        guard Names.isValidRecordID(key) else {
+            throw RouteError(
+                status: 400,
+                code: "invalid_idempotency_key",
+                message: "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                field: "Idempotency-Key"
+            )
+        }
+        return key
+    }
+
+    // MARK: - Record API
+
+    private func ingest(table name: String, request: Request) async throws -> Response {
+        if let problem = Names.problem(with: name, kind: "table") {
+            throw RouteError(status: 400, code: "invalid_table_name", message: problem, field: "table")
+        }
+        guard let table = state.graph.table(name) else {
+            throw RouteError(status: 404, code: "unknown_table", message: "table '\(name)' does not exist", field: "table")
+        }
+        let key = try idempotencyKey(request)
+        let body = try await collectBody(request)
+        let contentType = request.headers[.contentType]?.lowercased() ?? "application/json"
+        let isNDJSON = contentType.hasPrefix("application/x-ndjson") || contentType.hasPrefix("application/jsonl")
+            || contentType.hasPrefix("application/ndjson")
+        guard isNDJSON || contentType.hasPrefix("application/json") else {
+            throw RouteError(
+                status: 415,
+                code: "unsupported_media_type",
+                message: "send application/json (an object or an array of objects) or application/x-ndjson",
+                field: "Content-Type"
+            )
+        }
+        let payloads = try isNDJSON ? splitNDJSON(body) : splitJSON(body)
+        guard !payloads.isEmpty else {
+            throw RouteError(status: 400, code: "no_records", message: "the body contains no records", field: "body")
+        }
+        if table.isTyped {
+            for (i, payload) in payloads.enumerated() {
+                if let (field, problem) = table.validate(Array(payload.readableBytesView)) {
+                    let location = isNDJSON ? "line \(i + 1)" : (payloads.count > 1 || isArray(body) ? "records[\(i)]" : "record")
+                    throw RouteError(
+                        status: 422,
+                        code: "invalid_record",
+                        message: "\(location): \(problem)",
+                        field: field.map { isArray(body) || isNDJSON ? "records[\(i)].\($0)" : $0 } ?? location
+                    )
+                }
+            }
+        }
+        let tenant = state.configuration.tenant
+        var ids: [String] = []
+        ids.reserveCapacity(payloads.count)
+        var messages: [OutgoingMessage] = []
+        messages.reserveCapacity(payloads.count)
+        for (i, payload) in payloads.enumerated() {
+            let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? state.ids.next()
+            ids.append(id)
+            var message = Wire.message(payload: [], id: id, table: table, tenant: tenant, cause: nil)
+            message.payload = payload
+            messages.append(message)
+        }
+        try await publish(messages)
+        var answer: [String: JSONValue] = ["accepted": .int(Int64(ids.count))]
+        if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
+        return json(202, .object(answer))
+    }
+
+    private func isArray(_ body: ByteBuffer) -> Bool {
+        body.readableBytesView.first { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 } == UInt8(ascii: "[")
+    }
+
+    /// One object or an array of objects; returns each record's bytes (slices of `body`).
+    private func splitJSON(_ body: ByteBuffer) throws -> [ByteBuffer] {
+        let shape: JSONParser.Shape
+        do {
+            shape = try body.withUnsafeReadableBytes { raw in
+                try JSONParser.validate(raw.bindMemory(to: UInt8.self))
+            }
+        } catch let error as JSONParseError {
+            throw RouteError(status: 400, code: "invalid_json", message: error.description, field: "body")
+        }
+        switch shape {
+        case .object(let range):
+            return [body.getSlice(at: body.readerIndex + range.lowerBound, length: range.count)!]
+        case .array(let elements):
+            return try elements.enumerated().map { i, element in
+                guard element.isObject else {
+                    throw RouteError(
+                        status: 422,
+                        code: "not_an_object",
+                        message: "records[\(i)] is not a JSON object; every record must be an object",
+                        field: "records[\(i)]"
+                    )
+                }
+                return body.getSlice(at: body.readerIndex + element.range.lowerBound, length: element.range.count)!
+            }
+        case .scalar:
+            throw RouteError(status: 422, code: "not_an_object", message: "a record must be a JSON object", field: "body")
+        }
+    }
+
+    /// One JSON object per line; blank lines are skipped.
+    private func splitNDJSON(_ body: ByteBuffer) throws -> [ByteBuffer] {
+        var records: [ByteBuffer] = []
+        let view = body.readableBytesView
+        var lineStart = view.startIndex
+        var lineNumber = 0
+        func handleLine(_ end: Int) throws {
+            lineNumber += 1
+            var lower = lineStart
+            var upper = end
+            while lower < upper, view[lower] == 0x20 || view[lower] == 0x09 || view[lower] == 0x0D { lower += 1 }
+            while upper > lower, view[upper - 1] == 0x20 || view[upper - 1] == 0x09 || view[upper - 1] == 0x0D { upper -= 1 }
+            guard lower < upper else { return }
+            let slice = body.getSlice(at: lower, length: upper - lower)!
+            let shape: JSONParser.Shape
+            do {
+                shape = try slice.withUnsafeReadableBytes { try JSONParser.validate($0.bindMemory(to: UInt8.self)) }
+            } catch let error as JSONParseError {
+                throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error.description)", field: "line \(lineNumber)")
+            }
+            guard case .object = shape else {
+                throw RouteError(status: 422, code: "not_an_object", message: "line \(lineNumber) is not a JSON object", field: "line \(lineNumber)")
+            }
+            records.append(slice)
+        }
+        var i = view.startIndex
+        while i < view.endIndex {
+            if view[i] == 0x0A {
+                try handleLine(i)
+                lineStart = i + 1
+            }
+            i += 1
+        }
+        if lineStart < view.endIndex { try handleLine(view.endIndex) }
+        return records
+    }
+
+    /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
+    private func publish(_ messages: [OutgoingMessage]) async throws {
+        guard state.connection.isConnected else {
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
+        }
+        guard state.reserve(messages.count) else {
+            throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
+        }
+        defer { state.release(messages.count) }
+        do {
+            _ = try await state.connection.publish(messages)
+            state.acceptedRecords.increment(by: messages.count)
+        } catch let error as NATSError {
+            state.logger.warning("Publish failed", metadata: ["error": "\(error)"])
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
+        }
+    }
+
+    // MARK: - Routes and webhooks
+
+    private func routeRequest(_ request: Request, body: ByteBuffer) -> RouteRequest {
+        var headers: [String: String] = [:]
+        for field in request.headers { headers[field.name.canonicalName] = field.value }
+        var query: [String: String] = [:]
+        for (key, value) in request.uri.queryParameters { query[String(key)] = String(value) }
+        return RouteRequest(
+            method: request.method.rawValue,
+            path: request.uri.path,
+            query: query,
+            headers: headers,
+            body: Array(body.readableBytesView)
+        )
+    }
+
+    private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
+        let body = try await collectBody(request)
+        let routeRequest = routeRequest(request, body: body)
+        let ctx = RouteContext(
+            tenant: state.configuration.tenant,
+            publisher: GuardedPublisher(state: state),
+            ids: state.ids,
+            idempotencyKey: try idempotencyKey(request),
+            logger: state.logger
+        )
+        let response: RouteResponse
+        do {
+            response = try await route.handler(routeRequest, ctx)
+        } catch let error as RouteError {
+            throw error
+        } catch let error as ConfigurationError {
+            throw RouteError(status: 422, code: "invalid_record", message: error.message)
+        } catch {
+            state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
+            throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")
+        }
+        var answer = response.body.map { json(response.status, $0) } ?? Response(status: .init(code: response.status))
+        for (name, value) in response.headers {
+            if let field = HTTPField.Name(name) { answer.headers[field] = value }
+        }
+        return answer
+    }
+
+    private func receiveWebhook(_ webhook: WebhookDefinition, request: Request) async throws -> Response {
+        let body = try await collectBody(request)
+        let routeRequest = routeRequest(request, body: body)
+        try webhook.verification.verify(routeRequest, environment: state.configuration.environment)
+        let payloads = try splitJSON(body)
+        guard payloads.count == 1, !isArray(body) else {
+            throw RouteError(status: 422, code: "not_an_object", message: "a webhook body must be one JSON object", field: "body")
+        }
+        // Slack's Events API checks a new endpoint with a challenge it expects echoed back.
+        if let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
+            let challenge = value["challenge"].stringValue
+        {
+            return json(200, ["challenge": .string(challenge)])
+        }
+        guard let table = state.graph.table(webhook.table) else {
+            throw RouteError(status: 500, code: "internal_error", message: "webhook table is missing")
+        }
+        if let (field, problem) = table.validate(routeRequest.body) {
+            throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
+        }
+        let id = try idempotencyKey(request) ?? state.ids.next()
+        var message = Wire.message(payload: [], id: id, table: table, tenant: state.configuration.tenant, cause: nil)
+        message.payload = payloads[0]
+        try await publish([message])
+        return json(200, ["status": "accepted", "id": .string(id)])
+    }
+
+    private func json(_ status: Int, _ value: JSONValue) -> Response {
+        var buffer = ByteBuffer()
+        buffer.writeBytes(JSONWriter.encode(value))
+        return Response(
+            status: .init(code: status),
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: buffer)
+        )
+    }
+}
+
+/// Routes publish through the same connection checks and in-flight limit as the record API.
+struct GuardedPublisher: MessagePublisher {
+    let state: IngressState
+
+    func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
+        guard state.connection.isConnected else {
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
+        }
+        guard state.reserve(messages.count) else {
+            throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
+        }
+        defer { state.release(messages.count) }
+        do {
+            let acks = try await state.connection.publish(messages)
+            state.acceptedRecords.increment(by: messages.count)
+            return acks
+        } catch let error as NATSError {
+            state.logger.warning("Publish failed", metadata: ["error": "\(error)"])
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
+        }
+    }
+}

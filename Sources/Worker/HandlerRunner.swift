@@ -1,0 +1,283 @@
+public import ClusterCore
+import Foundation
+public import Logging
+import Metrics
+public import NATS
+import ServiceLifecycle
+
+/// Owns one handler's durable pull consumer for one tenant and runs its batches.
+///
+/// `options.concurrency` loops each bind their own subscription to the shared consumer and
+/// repeat: fetch a batch → decode → run the handler → publish its outputs → wait for their
+/// PubAcks → ack the inputs. Every replica binds the same consumer, so JetStream spreads the
+/// records over all of them. A failing batch is retried record by record; a record that keeps
+/// failing is naked with backoff and, after `maxAttempts`, moved to the dead-letter subject.
+public actor HandlerRunner {
+    public nonisolated let handler: HandlerDefinition
+    public nonisolated let tenant: String
+    private nonisolated let invoker: HandlerInvoker
+    private nonisolated let connection: NATSConnection
+    private nonisolated let logger: Logger
+    private nonisolated let ackWait: Duration
+    private nonisolated let stream: String
+    private nonisolated let filterSubject: String
+    private nonisolated let counters: Counters
+
+    public struct Statistics: Sendable, Equatable {
+        public var batches = 0
+        public var processed = 0
+        public var retried = 0
+        public var deadLettered = 0
+    }
+
+    private var statistics = Statistics()
+
+    struct Counters: Sendable {
+        let processed: Counter
+        let retried: Counter
+        let deadLettered: Counter
+        let batchDuration: Metrics.Timer
+    }
+
+    init(
+        handler: HandlerDefinition,
+        invoker: @escaping HandlerInvoker,
+        tenant: String,
+        ackWait: Duration,
+        connection: NATSConnection,
+        logger: Logger
+    ) {
+        self.handler = handler
+        self.invoker = invoker
+        self.tenant = tenant
+        self.ackWait = ackWait
+        self.connection = connection
+        var logger = logger
+        logger[metadataKey: "worker.handler"] = "\(handler.name)"
+        logger[metadataKey: "worker.tenant"] = "\(tenant)"
+        self.logger = logger
+        self.stream = Wire.streamName(tenant: tenant)
+        self.filterSubject =
+            handler.sourceKind == .table
+            ? Wire.tableSubject(tenant: tenant, table: handler.source)
+            : Wire.scheduleSubject(tenant: tenant, schedule: handler.source)
+        let dimensions = [("handler", handler.name)]
+        self.counters = Counters(
+            processed: Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions),
+            retried: Counter(label: "autonomous_worker_records_retried_total", dimensions: dimensions),
+            deadLettered: Counter(label: "autonomous_worker_records_dead_lettered_total", dimensions: dimensions),
+            batchDuration: Metrics.Timer(label: "autonomous_worker_batch_duration_seconds", dimensions: dimensions)
+        )
+    }
+
+    public var currentStatistics: Statistics { statistics }
+
+    private func record(_ update: (inout Statistics) -> Void) { update(&statistics) }
+
+    public func run() async throws {
+        var subscriptions: [PullSubscription] = []
+        defer { subscriptions.forEach { $0.close() } }
+        for _ in 0..<handler.options.concurrency {
+            guard let subscription = try await bind() else { return }
+            subscriptions.append(subscription)
+        }
+        logger.info("Handler started", metadata: ["worker.concurrency": "\(handler.options.concurrency)"])
+        await withDiscardingTaskGroup { group in
+            for subscription in subscriptions {
+                group.addTask { await self.loop(subscription) }
+            }
+        }
+        logger.info("Handler stopped")
+    }
+
+    /// Binds to the consumer, waiting for the coordinator to create it. `nil` on shutdown.
+    private nonisolated func bind() async throws -> PullSubscription? {
+        var warned = false
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                return try await connection.pullSubscription(
+                    stream: stream,
+                    consumer: handler.consumerName,
+                    filterSubject: filterSubject,
+                    headers: Wire.consumedHeaders
+                )
+            } catch let error as NATSError {
+                if !warned {
+                    logger.info("Waiting for consumer", metadata: ["worker.consumer": "\(handler.consumerName)", "error": "\(error)"])
+                    warned = true
+                }
+                try? await Task.sleep(for: .milliseconds(250))
+            }
+        }
+        return nil
+    }
+
+    private nonisolated func loop(_ subscription: PullSubscription) async {
+        var failures = 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: handler.options.maxWait)
+                failures = 0
+                if batch.isEmpty { continue }
+                await process(batch)
+            } catch {
+                failures += 1
+                if failures == 1 || failures % 50 == 0 {
+                    logger.warning("Fetch failed", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .milliseconds(min(2000, 100 * failures)))
+            }
+        }
+    }
+
+    private nonisolated func incoming(_ message: JetStreamMessage) -> IncomingRecord {
+        let values = message.headerValues
+        return IncomingRecord(
+            metadata: RecordMetadata(
+                id: values[0] ?? "seq-\(message.streamSequence)",
+                table: handler.source,
+                tenant: tenant,
+                ingestTime: Date(timeIntervalSince1970: Double(message.timestamp) / 1e9),
+                causedBy: values[1],
+                traceparent: values[3],
+                semanticType: values[2],
+                deliveryCount: Int(message.deliveryCount)
+            ),
+            payload: message.payload
+        )
+    }
+
+    private nonisolated func process(_ batch: FetchedBatch) async {
+        let start = ContinuousClock.now
+        let records = batch.messages.map(incoming)
+        let outcome = await withProgressHeartbeat(batch) { await self.attempt(records) }
+        switch outcome {
+        case nil:
+            for i in 0..<batch.count { batch.ack(i) }
+            counters.processed.increment(by: records.count)
+            await record {
+                $0.batches += 1
+                $0.processed += records.count
+            }
+        case let error? where records.count > 1 && !Self.isTransient(error):
+            // Find the record(s) at fault: the others are processed and acked now.
+            for i in records.indices {
+                if let error = await attempt([records[i]]) {
+                    await fail(batch, index: i, record: records[i], error: error)
+                } else {
+                    batch.ack(i)
+                    counters.processed.increment()
+                    await record { $0.processed += 1 }
+                }
+            }
+            await record { $0.batches += 1 }
+        case let error?:
+            for i in records.indices { await fail(batch, index: i, record: records[i], error: error) }
+            await record { $0.batches += 1 }
+        }
+        counters.batchDuration.recordNanoseconds(Int64((ContinuousClock.now - start).components.attoseconds / 1_000_000_000 + (ContinuousClock.now - start).components.seconds * 1_000_000_000))
+    }
+
+    /// Runs the handler and publishes its outputs; returns the error, if any.
+    private nonisolated func attempt(_ records: [IncomingRecord]) async -> (any Error)? {
+        let ctx = HandlerContext(
+            handler: handler.name,
+            tenant: tenant,
+            inputs: records.map(\.metadata),
+            publisher: connection,
+            logger: logger
+        )
+        do {
+            try await invoker(records, ctx)
+            try await ctx.flush()
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    private static func isTransient(_ error: any Error) -> Bool {
+        if let error = error as? NATSError { return error.isTransient }
+        return false
+    }
+
+    private nonisolated func fail(_ batch: FetchedBatch, index: Int, record: IncomingRecord, error: any Error) async {
+        let attempt = record.metadata.deliveryCount
+        let permanent = error is UndecodableRecordError
+        if Self.isTransient(error) || (!permanent && attempt < handler.options.maxAttempts) {
+            let delay = handler.options.backoff(afterAttempt: attempt)
+            logger.info(
+                "Handler failed, will retry",
+                metadata: ["worker.record.id": "\(record.metadata.id)", "worker.attempt": "\(attempt)", "error": "\(error)"]
+            )
+            batch.nak(index, delay: delay)
+            counters.retried.increment()
+            await self.record { $0.retried += 1 }
+            return
+        }
+        do {
+            try await deadLetter(record, error: error, attempts: attempt)
+            batch.term(index)
+            counters.deadLettered.increment()
+            await self.record { $0.deadLettered += 1 }
+            logger.warning(
+                "Record moved to dead-letter subject",
+                metadata: ["worker.record.id": "\(record.metadata.id)", "worker.attempt": "\(attempt)", "error": "\(error)"]
+            )
+        } catch {
+            logger.warning("Dead-letter publish failed, will retry", metadata: ["error": "\(error)"])
+            batch.nak(index, delay: handler.options.backoff(afterAttempt: attempt))
+        }
+    }
+
+    private nonisolated func deadLetter(_ record: IncomingRecord, error: any Error, attempts: Int) async throws {
+        var text = String(describing: error).map { $0.isNewline ? " " : $0 }.reduce(into: "") { $0.append($1) }
+        if text.utf8.count > 1024 { text = String(text.prefix(1000)) + "…" }
+        let now = ISO8601.format(Date())
+        var headers: [(String, String)] = [
+            (Wire.Header.messageID, "dlq-\(handler.name)-\(record.metadata.id)"),
+            (Wire.Header.recordID, record.metadata.id),
+            (Wire.Header.table, record.metadata.table),
+            (Wire.Header.tenant, tenant),
+            (Wire.Header.handler, handler.name),
+            (Wire.Header.error, text),
+            (Wire.Header.attempts, String(attempts)),
+            (Wire.Header.lastFailure, now),
+            (Wire.Header.sourceSubject, filterSubject),
+        ]
+        if let type = record.metadata.semanticType { headers.append((Wire.Header.type, type)) }
+        if let cause = record.metadata.causedBy { headers.append((Wire.Header.causedBy, cause)) }
+        _ = try await connection.publish(
+            OutgoingMessage(
+                subject: Wire.deadLetterSubject(tenant: tenant, handler: handler.name),
+                payload: .init(bytes: record.payload),
+                headers: headers
+            )
+        )
+    }
+
+    /// Tells JetStream the batch is still being worked on while `body` runs longer than a
+    /// third of the ack wait, so slow handlers (LLM calls) are not redelivered meanwhile.
+    private nonisolated func withProgressHeartbeat<T: Sendable>(_ batch: FetchedBatch, _ body: @escaping @Sendable () async -> T) async -> T {
+        let interval = ackWait / 3
+        return await withTaskGroup(of: T?.self) { group in
+            group.addTask { await body() }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    if Task.isCancelled { break }
+                    for i in 0..<batch.count { batch.inProgress(i) }
+                }
+                return nil
+            }
+            var result: T?
+            while let next = await group.next() {
+                if let value = next {
+                    result = value
+                    group.cancelAll()
+                }
+            }
+            return result!
+        }
+    }
+}
