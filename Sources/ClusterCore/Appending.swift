@@ -89,8 +89,10 @@ public final class HandlerContext: AppendContext {
         inputs: [RecordMetadata],
         publisher: any MessagePublisher,
         logger: Logger,
+        tables: [String: TableDefinition] = [:],
         flushThreshold: Int = 4096
     ) {
+        self.tables = tables
         self.handler = handler
         self.tenant = tenant
         self.inputs = inputs
@@ -122,6 +124,15 @@ public final class HandlerContext: AppendContext {
             return state.outputs.count >= flushThreshold
         }
         if shouldFlush { try await flush() }
+    }
+
+    /// Tables this context may append to by name (components address outputs by name).
+    let tables: [String: TableDefinition]
+
+    /// Appends to the table named `name`.
+    public func append(name: String, _ records: [PendingRecord]) async throws {
+        guard let table = tables[name] else { throw ConfigurationError("table '\(name)' is not declared") }
+        try await append(records, to: table)
     }
 
     /// Publishes buffered outputs and waits for their PubAcks.

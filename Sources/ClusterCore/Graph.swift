@@ -401,7 +401,8 @@ public struct AppBuilder {
                                 tenant: ctx.tenant,
                                 inputs: [entry.metadata],
                                 publisher: ctx.publisher,
-                                logger: ctx.logger
+                                logger: ctx.logger,
+                                tables: ctx.tables
                             )
                             try await body(entry.value, single)
                             try await single.flush()

@@ -42,6 +42,17 @@ public struct Coordinator: Service {
     public func run() async throws {
         try await store.migrate()
         try await provisionWithRetry()
+        do {
+            try await runSchedulers()
+        } catch is CancellationError {
+            // Graceful shutdown cancels the schedulers' sleeps; that is a normal stop.
+        }
+        // With no schedules there is nothing to run, but the role stays up until shutdown
+        // (a service that returns early stops its whole group).
+        try? await gracefulShutdown()
+    }
+
+    private func runSchedulers() async throws {
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { group in
                 for tenant in configuration.tenants {

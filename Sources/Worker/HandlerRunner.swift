@@ -22,6 +22,7 @@ public actor HandlerRunner {
     private nonisolated let stream: String
     private nonisolated let filterSubject: String
     private nonisolated let counters: Counters
+    private nonisolated let tables: [String: TableDefinition]
 
     public struct Statistics: Sendable, Equatable {
         public var batches = 0
@@ -43,6 +44,7 @@ public actor HandlerRunner {
         handler: HandlerDefinition,
         invoker: @escaping HandlerInvoker,
         tenant: String,
+        tables: [String: TableDefinition],
         ackWait: Duration,
         connection: NATSConnection,
         logger: Logger
@@ -51,6 +53,7 @@ public actor HandlerRunner {
         self.invoker = invoker
         self.tenant = tenant
         self.ackWait = ackWait
+        self.tables = tables
         self.connection = connection
         var logger = logger
         logger[metadataKey: "worker.handler"] = "\(handler.name)"
@@ -185,7 +188,8 @@ public actor HandlerRunner {
             tenant: tenant,
             inputs: records.map(\.metadata),
             publisher: connection,
-            logger: logger
+            logger: logger,
+            tables: tables
         )
         do {
             try await invoker(records, ctx)

@@ -29,6 +29,8 @@ public struct Worker: Service {
 
     public init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
         var runners: [HandlerRunner] = []
+        var tables: [String: TableDefinition] = [:]
+        for table in graph.tables where table.kind == .table { tables[table.name] = table }
         let environment = ComponentEnvironment(environment: configuration.environment, logger: logger)
         for handler in graph.handlers where configuration.handlers?.contains(handler.name) ?? true {
             let invoker: HandlerInvoker
@@ -43,6 +45,7 @@ public struct Worker: Service {
                         handler: handler,
                         invoker: invoker,
                         tenant: tenant,
+                        tables: tables,
                         ackWait: configuration.ackWait,
                         connection: connection,
                         logger: logger
@@ -54,6 +57,11 @@ public struct Worker: Service {
     }
 
     public func run() async throws {
+        if runners.isEmpty {
+            // Nothing to consume; stay up until shutdown like every other role.
+            try? await gracefulShutdown()
+            return
+        }
         try await withThrowingDiscardingTaskGroup { group in
             for runner in runners {
                 group.addTask { try await runner.run() }

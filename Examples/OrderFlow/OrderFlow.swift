@@ -1,0 +1,127 @@
+import Autonomous
+import Foundation
+
+// OrderFlow: orders arrive by webhook (or the /orders route), a handler enriches and totals
+// them, high-value orders go to a review table, and a schedule writes a summary every minute.
+// It needs no API keys:
+//
+//     swift run OrderFlow dev
+//     curl -X POST localhost:3000/webhooks/orders -H 'Content-Type: application/json' \
+//          -d '{"order_id":"A-1","customer":"ada","items":[{"sku":"book","quantity":2,"unit_price":12.5}]}'
+
+struct Item: Codable, Sendable {
+    var sku: String
+    var quantity: Int
+    var unit_price: Double
+}
+
+struct Order: Record {
+    static let semanticType: SemanticType = "commerce.order@1"
+    var order_id: String
+    var customer: String
+    var items: [Item]
+    var currency: String?
+}
+
+struct EnrichedOrder: Record {
+    static let semanticType: SemanticType = "commerce.order.enriched@1"
+    var order_id: String
+    var customer: String
+    var currency: String
+    var item_count: Int
+    var total: Double
+    var high_value: Bool
+}
+
+struct Review: Record {
+    static let semanticType: SemanticType = "commerce.order.review@1"
+    var order_id: String
+    var customer: String
+    var total: Double
+    var reason: String
+}
+
+/// Totals seen by this process since the last summary. Each worker process summarises the
+/// orders it enriched; with several workers, add their summaries up.
+actor OrderStats {
+    private var orders = 0
+    private var revenue = 0.0
+    private var highValue = 0
+
+    func add(_ order: EnrichedOrder) {
+        orders += 1
+        revenue += order.total
+        if order.high_value { highValue += 1 }
+    }
+
+    func drain() -> (orders: Int, revenue: Double, highValue: Int) {
+        defer { (orders, revenue, highValue) = (0, 0, 0) }
+        return (orders, revenue, highValue)
+    }
+}
+
+@main
+struct OrderFlowApp: AutonomousApp {
+    var name: String { "OrderFlow" }
+
+    /// Orders at or above this total go to review.
+    static let reviewThreshold = 1000.0
+
+    func build(_ app: inout AppBuilder) {
+        let orders = app.table("orders", of: Order.self)
+        let enriched = app.table("enriched_orders", of: EnrichedOrder.self)
+        let reviews = app.table("order_reviews", of: Review.self)
+        let summaries = app.table("order_summaries")
+        let stats = OrderStats()
+
+        // A shop platform posts orders here.
+        app.webhook("/webhooks/orders", into: orders)
+
+        // Our own checkout posts here; the route checks the order and answers with its total.
+        app.post("/orders") { request, ctx in
+            let order = try request.decode(Order.self)
+            guard !order.items.isEmpty else {
+                throw RouteError(status: 422, code: "invalid_record", message: "an order needs at least one item", field: "items")
+            }
+            try await orders.append(order, ctx)
+            let total = order.items.reduce(0) { $0 + Double($1.quantity) * $1.unit_price }
+            return .json(["status": "accepted", "order_id": .string(order.order_id), "total": .double(total)], status: 202)
+        }
+
+        orders.onNewRecords("enrich-orders", options: HandlerOptions(batchSize: 512)) { records, ctx in
+            let out = records.map { order -> EnrichedOrder in
+                let total = order.items.reduce(0) { $0 + Double($1.quantity) * $1.unit_price }
+                return EnrichedOrder(
+                    order_id: order.order_id,
+                    customer: order.customer,
+                    currency: order.currency ?? "EUR",
+                    item_count: order.items.reduce(0) { $0 + $1.quantity },
+                    total: (total * 100).rounded() / 100,
+                    high_value: total >= Self.reviewThreshold
+                )
+            }
+            try await enriched.append(out, ctx)
+            for order in out.values { await stats.add(order) }
+        }
+
+        enriched.onNewRecords("flag-high-value") { records, ctx in
+            let flagged = records.filter(\.high_value).map { order in
+                Review(order_id: order.order_id, customer: order.customer, total: order.total, reason: "total ≥ \(Int(Self.reviewThreshold))")
+            }
+            try await reviews.append(flagged, ctx)
+        }
+
+        app.schedule("minute-summary", .every(.seconds(60))) { tick, ctx in
+            let (count, revenue, highValue) = await stats.drain()
+            try await summaries.append(
+                [
+                    "minute": .string(tick.fireTime),
+                    "orders": .int(Int64(count)),
+                    "revenue": .double((revenue * 100).rounded() / 100),
+                    "high_value_orders": .int(Int64(highValue)),
+                ],
+                ctx
+            )
+        }
+    }
+}

@@ -1,0 +1,260 @@
+import ArgumentParser
+import ClusterCore
+import Foundation
+import Logging
+import NATS
+import ServiceLifecycle
+
+/// The command line of every app binary.
+struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: App().name,
+            abstract: "An Autonomous app. Pick the role this process plays.",
+            discussion: """
+                Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST,
+                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_DATA_DIR, AUTONOMOUS_LOG_LEVEL (trace…critical).
+                Flags win over the environment.
+                """,
+            subcommands: [
+                DevCommand<App>.self,
+                RoleCommand<App, IngressRole>.self,
+                RoleCommand<App, WorkerRole>.self,
+                RoleCommand<App, CoordinatorRole>.self,
+                RoleCommand<App, AllRole>.self,
+                DescribeCommand<App>.self,
+            ]
+        )
+    }
+}
+
+/// Options every role shares.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .customLong("nats-url"), help: "NATS server URL(s), comma separated. [env: AUTONOMOUS_NATS_URL]")
+    var natsURL: String?
+
+    @Option(help: "Tenant to serve. [env: AUTONOMOUS_TENANT, default: default]")
+    var tenant: String?
+
+    @Option(help: "HTTP listen address. [env: AUTONOMOUS_HTTP_HOST, default: 127.0.0.1]")
+    var host: String?
+
+    @Option(help: "HTTP port; 0 picks a free one. [env: AUTONOMOUS_HTTP_PORT, default: 3000]")
+    var port: Int?
+
+    @Option(name: .customLong("data-dir"), help: "Directory for embedded NATS data and SQLite. [env: AUTONOMOUS_DATA_DIR, default: .autonomous]")
+    var dataDirectory: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [env: AUTONOMOUS_LOG_LEVEL, default: info]")
+    var logLevel: String?
+
+    /// Reads flags, then environment variables (the only place the environment is read).
+    func runtimeConfiguration() throws -> RuntimeConfiguration {
+        let environment = ProcessInfo.processInfo.environment
+        var configuration = RuntimeConfiguration()
+        configuration.environment = environment
+        configuration.natsURL = natsURL ?? environment["AUTONOMOUS_NATS_URL"]
+        configuration.tenant = tenant ?? environment["AUTONOMOUS_TENANT"] ?? "default"
+        configuration.httpHost = host ?? environment["AUTONOMOUS_HTTP_HOST"] ?? "127.0.0.1"
+        if let port = port {
+            configuration.httpPort = port
+        } else if let text = environment["AUTONOMOUS_HTTP_PORT"] {
+            guard let port = Int(text), (0...65535).contains(port) else {
+                throw ValidationError("AUTONOMOUS_HTTP_PORT '\(text)' is not a port number")
+            }
+            configuration.httpPort = port
+        }
+        guard (0...65535).contains(configuration.httpPort) else { throw ValidationError("--port must be 0-65535") }
+        configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
+        if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
+        return configuration
+    }
+
+    func makeLogger(label: String) throws -> Logger {
+        let text = logLevel ?? ProcessInfo.processInfo.environment["AUTONOMOUS_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw ValidationError("log level '\(text)' must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+protocol RoleName {
+    static var role: Role { get }
+    static var name: String { get }
+    static var abstract: String { get }
+}
+
+enum IngressRole: RoleName {
+    static let role = Role.ingress
+    static let name = "ingress"
+    static let abstract = "Serve HTTP routes, webhooks and the record API; publish to JetStream."
+}
+
+enum WorkerRole: RoleName {
+    static let role = Role.worker
+    static let name = "worker"
+    static let abstract = "Run the app's handlers on records from JetStream."
+}
+
+enum CoordinatorRole: RoleName {
+    static let role = Role.coordinator
+    static let name = "coordinator"
+    static let abstract = "Provision streams and consumers and fire schedules."
+}
+
+enum AllRole: RoleName {
+    static let role = Role.all
+    static let name = "all"
+    static let abstract = "Run ingress, worker and coordinator in one process against an existing NATS."
+}
+
+struct RoleCommand<App: AutonomousApp, R: RoleName>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: R.name, abstract: R.abstract)
+    }
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let logger = try options.makeLogger(label: "autonomous.\(R.name)")
+        let configuration = try options.runtimeConfiguration()
+        guard configuration.natsURL != nil else {
+            throw ValidationError("\(R.name) needs a NATS server: pass --nats-url or set AUTONOMOUS_NATS_URL")
+        }
+        let graph: AppGraph
+        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        let runtime = AppRuntime(graph: graph, configuration: configuration)
+        try await runtime.run(role: R.role, logger: logger)
+    }
+}
+
+struct DescribeCommand<App: AutonomousApp>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "describe", abstract: "Print the app graph as JSON: tables, handlers, routes, schedules.")
+    }
+
+    @Option(help: "Tenant whose subjects to show. [default: default]")
+    var tenant: String = "default"
+
+    func run() async throws {
+        let graph: AppGraph
+        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
+        print(pretty(graph.describe(tenant: tenant)))
+    }
+}
+
+struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "dev",
+            abstract: "Run everything in one process with embedded defaults.",
+            discussion: """
+                Starts nats-server -js as a child process on a free loopback port with its data in
+                <data-dir>/nats (unless --nats-url is given), keeps coordinator state in
+                <data-dir>/coordinator.sqlite, and serves HTTP on port 3000. Ctrl-C stops it all;
+                the next run reuses the stored data.
+                """
+        )
+    }
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let logger = try options.makeLogger(label: "autonomous.dev")
+        var configuration = try options.runtimeConfiguration()
+        let graph: AppGraph
+        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        var embedded: NATSServerProcess?
+        if configuration.natsURL == nil {
+            let server = try await NATSServerProcess.start(directory: configuration.dataDirectory + "/nats", logger: logger)
+            embedded = server
+            configuration.natsURL = server.url
+        }
+        let natsURL = configuration.natsURL!
+        let dataDirectory = configuration.dataDirectory
+        let tenant = configuration.tenant
+        let sqlite = configuration.sqlitePath
+        let host = configuration.httpHost
+        let isEmbedded = embedded != nil
+        configuration.onListening = { port in
+            let banner = DevBanner.render(graph: graph, tenant: tenant, host: host, port: port, natsURL: natsURL, embedded: isEmbedded, dataDirectory: dataDirectory, sqlitePath: sqlite)
+            FileHandle.standardOutput.write(Data((banner + "\n").utf8))
+        }
+        let runtime = AppRuntime(graph: graph, configuration: configuration)
+        do {
+            try await runtime.run(role: .all, logger: logger)
+        } catch {
+            await embedded?.stop()
+            throw error
+        }
+        await embedded?.stop()
+    }
+}
+
+/// What `dev` prints once it is up, in the shape of the original README.
+enum DevBanner {
+    static func render(
+        graph: AppGraph,
+        tenant: String,
+        host: String,
+        port: Int,
+        natsURL: String,
+        embedded: Bool,
+        dataDirectory: String,
+        sqlitePath: String
+    ) -> String {
+        let shownHost = host == "127.0.0.1" || host == "0.0.0.0" ? "localhost" : host
+        var lines = ["", "\(graph.name) is running (tenant '\(tenant)'). Ctrl-C stops it.", "", "Live endpoints:"]
+        for route in graph.routes { lines.append("  \(shownHost):\(port)\(route.path) \(route.method)") }
+        for webhook in graph.webhooks {
+            lines.append("  \(shownHost):\(port)\(webhook.path) POST  (webhook → \(webhook.table))")
+        }
+        lines.append("  \(shownHost):\(port)/v1/tables/{table}/records POST  (tables: \(graph.tables.filter { $0.kind == .table }.map(\.name).joined(separator: ", ")))")
+        lines.append("")
+        lines.append("Live schedules:")
+        if graph.schedules.isEmpty { lines.append("  (none)") }
+        let width = (graph.schedules.map(\.name.count).max() ?? 0) + 4
+        for schedule in graph.schedules {
+            let padding = String(repeating: " ", count: max(1, width - schedule.name.count))
+            lines.append("  \(schedule.name)\(padding)\(schedule.schedule.description) (\(schedule.schedule.timeZoneIdentifier))")
+        }
+        lines.append("")
+        lines.append("Handlers:")
+        for handler in graph.handlers {
+            lines.append("  \(handler.name) ← \(handler.source)\(handler.component.map { "  [\($0)]" } ?? "")")
+        }
+        lines.append("")
+        lines.append("Storages online:")
+        lines.append("  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), stream \(Wire.streamName(tenant: tenant)))")
+        lines.append("  sqlite://\(sqlitePath) (coordinator state)")
+        lines.append("")
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Indented JSON for people.
+func pretty(_ value: JSONValue, indent: String = "") -> String {
+    let next = indent + "  "
+    switch value {
+    case .array(let items):
+        if items.isEmpty { return "[]" }
+        return "[\n" + items.map { next + pretty($0, indent: next) }.joined(separator: ",\n") + "\n\(indent)]"
+    case .object(let object):
+        if object.isEmpty { return "{}" }
+        let body = object.keys.sorted().map { key in
+            next + JSONValue.string(key).jsonText + ": " + pretty(object[key]!, indent: next)
+        }
+        return "{\n" + body.joined(separator: ",\n") + "\n\(indent)}"
+    default:
+        return value.jsonText
+    }
+}

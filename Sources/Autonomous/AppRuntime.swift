@@ -1,0 +1,152 @@
+import ClusterCore
+import Coordinator
+import Foundation
+import Ingress
+import Logging
+import NATS
+import ServiceLifecycle
+import UnixSignals
+import Worker
+
+/// Which parts of the app a process runs.
+public struct Role: Sendable, Hashable, CustomStringConvertible {
+    let runsIngress: Bool
+    let runsWorker: Bool
+    let runsCoordinator: Bool
+    public let description: String
+
+    public static let ingress = Role(runsIngress: true, runsWorker: false, runsCoordinator: false, description: "ingress")
+    public static let worker = Role(runsIngress: false, runsWorker: true, runsCoordinator: false, description: "worker")
+    public static let coordinator = Role(runsIngress: false, runsWorker: false, runsCoordinator: true, description: "coordinator")
+    /// Every role in one process.
+    public static let all = Role(runsIngress: true, runsWorker: true, runsCoordinator: true, description: "all")
+}
+
+/// Settings of a running app process. The command line fills it from flags and environment
+/// variables; tests fill it directly.
+public struct RuntimeConfiguration: Sendable {
+    /// NATS server URL(s), comma separated. `nil` in `dev` starts an embedded nats-server.
+    public var natsURL: String?
+    /// The tenant this process serves.
+    public var tenant: String = "default"
+    public var httpHost: String = "127.0.0.1"
+    public var httpPort: Int = 3000
+    /// Where `dev` keeps NATS data and the coordinator's SQLite file.
+    public var dataDirectory: String = ".autonomous"
+    /// Process environment, for secrets and component settings.
+    public var environment: [String: String] = [:]
+    public var topology = Topology.Configuration()
+    public var connectTimeout: Duration = .seconds(30)
+    public var publishTimeout: Duration = .seconds(5)
+    public var maxBodyBytes: Int = 16 * 1024 * 1024
+    public var maxInFlightRecords: Int = 200_000
+    /// Longest time a graceful shutdown may take before the process stops anyway.
+    public var shutdownTimeout: Duration = .seconds(30)
+    /// Called with the HTTP port once the ingress listens.
+    public var onListening: (@Sendable (Int) async -> Void)?
+
+    public init() {}
+
+    public var sqlitePath: String { dataDirectory + "/coordinator.sqlite" }
+}
+
+/// Runs an app graph in one of its roles.
+public struct AppRuntime: Sendable {
+    public let graph: AppGraph
+    public var configuration: RuntimeConfiguration
+
+    public init(graph: AppGraph, configuration: RuntimeConfiguration) {
+        self.graph = graph
+        self.configuration = configuration
+    }
+
+    /// Connects to NATS, builds the role's services and runs them until SIGTERM/SIGINT (or
+    /// until `shutdown` is triggered). Services stop in reverse order: ingress first, then
+    /// workers finish their batches, then the coordinator, then the NATS connection.
+    public func run(
+        role: Role,
+        logger: Logger,
+        signals: [UnixSignal] = [.sigterm, .sigint],
+        onStarted: (@Sendable (ServiceGroup) async -> Void)? = nil
+    ) async throws {
+        guard let url = configuration.natsURL else { throw ConfigurationError("no NATS URL configured (--nats-url or AUTONOMOUS_NATS_URL)") }
+        if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ConfigurationError(problem) }
+        var natsConfiguration = NATSConnection.Configuration(url: url)
+        natsConfiguration.name = "\(graph.name)-\(role)"
+        natsConfiguration.connectTimeout = configuration.connectTimeout
+        natsConfiguration.publishTimeout = configuration.publishTimeout
+        natsConfiguration.blockingThreads = max(8, graph.handlers.reduce(0) { $0 + $1.options.concurrency } + 4)
+        let connection = try await NATSConnection.connect(configuration: natsConfiguration, logger: logger)
+        var services: [any Service] = [ConnectionService(connection: connection)]
+        var store: (any CoordinatorStore)?
+        do {
+            if role.runsCoordinator {
+                let sqlite = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
+                store = sqlite
+                try await sqlite.migrate()
+                // Provision before ingress and workers start so their first publish or bind succeeds.
+                try await Topology.provision(
+                    graph: graph,
+                    tenants: [configuration.tenant],
+                    configuration: configuration.topology,
+                    connection: connection
+                )
+                services.append(
+                    Coordinator(
+                        graph: graph,
+                        configuration: .init(tenants: [configuration.tenant], topology: configuration.topology),
+                        connection: connection,
+                        store: sqlite,
+                        logger: logger
+                    )
+                )
+            }
+            if role.runsWorker {
+                var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
+                workerConfiguration.ackWait = configuration.topology.ackWait
+                services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
+            }
+            if role.runsIngress {
+                var ingressConfiguration = Ingress.Configuration(tenant: configuration.tenant, environment: configuration.environment)
+                ingressConfiguration.host = configuration.httpHost
+                ingressConfiguration.port = configuration.httpPort
+                ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
+                ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
+                ingressConfiguration.onListening = configuration.onListening
+                services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
+            }
+        } catch {
+            try? await store?.close()
+            await connection.close()
+            throw error
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: signals,
+                cancellationSignals: [],
+                logger: logger
+            )
+        )
+        if let onStarted { await onStarted(group) }
+        do {
+            try await group.run()
+        } catch {
+            try? await store?.close()
+            await connection.close()
+            throw error
+        }
+        try? await store?.close()
+        await connection.close()
+    }
+}
+
+/// Keeps the NATS connection open for the services after it and closes it last.
+struct ConnectionService: Service {
+    let connection: NATSConnection
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await connection.close()
+    }
+}

@@ -1,0 +1,100 @@
+public import Foundation
+public import Logging
+public import NATS
+
+/// A fresh `nats-server -js` on a free loopback port with its data in a temporary directory,
+/// for one test. Use ``withTestNATSServer(_:)`` so it is always stopped.
+public struct TestNATSServer: Sendable {
+    public let process: NATSServerProcess
+    public let connection: NATSConnection
+    public var url: String { process.url }
+
+    public static let logger: Logger = {
+        var logger = Logger(label: "autonomous.tests")
+        logger.logLevel = ProcessInfo.processInfo.environment["AUTONOMOUS_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+        return logger
+    }()
+}
+
+/// Runs `body` with a started server and a connection to it; stops both afterwards.
+public func withTestNATSServer<T: Sendable>(
+    directory: String? = nil,
+    _ body: (TestNATSServer) async throws -> T
+) async throws -> T {
+    let dir = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("aut-test-\(UUID().uuidString)").path
+    let process = try await NATSServerProcess.start(directory: dir, logger: TestNATSServer.logger)
+    var configuration = NATSConnection.Configuration(url: process.url)
+    configuration.connectTimeout = .seconds(5)
+    let connection: NATSConnection
+    do {
+        connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+    } catch {
+        await process.stop()
+        throw error
+    }
+    let server = TestNATSServer(process: process, connection: connection)
+    do {
+        let result = try await body(server)
+        await connection.close()
+        await process.stop()
+        if directory == nil { try? FileManager.default.removeItem(atPath: dir) }
+        return result
+    } catch {
+        await connection.close()
+        await process.stop()
+        if directory == nil { try? FileManager.default.removeItem(atPath: dir) }
+        throw error
+    }
+}
+
+/// A record read back from a stream, with every wire header.
+public struct AuditedRecord: Sendable {
+    public var subject: String
+    public var payload: [UInt8]
+    public var headers: [String: String]
+    public var deliveryCount: UInt64
+
+    public var id: String? { headers["Nats-Msg-Id"] }
+    public var causedBy: String? { headers["Aut-Caused-By"] }
+    public var text: String { String(decoding: payload, as: UTF8.self) }
+}
+
+public enum StreamAudit {
+    static let headerNames = [
+        "Nats-Msg-Id", "Aut-Table", "Aut-Tenant", "Aut-Type", "Aut-Caused-By", "traceparent",
+        "Aut-Error", "Aut-Attempts", "Aut-Handler", "Aut-Record-Id", "Aut-Last-Failure", "Aut-Source-Subject",
+    ]
+
+    /// Reads every message on `subject` from the start of `stream`, waiting up to `timeout`
+    /// for at least `atLeast` of them, then keeps reading until the subject is drained.
+    /// Uses its own durable consumer, deleted afterwards.
+    public static func read(
+        connection: NATSConnection,
+        stream: String,
+        subject: String,
+        atLeast: Int,
+        timeout: Duration = .seconds(30)
+    ) async throws -> [AuditedRecord] {
+        let name = "audit_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        var consumer = ConsumerConfiguration(durableName: name, filterSubject: subject)
+        consumer.ackWait = .seconds(120)
+        try await connection.createOrUpdateConsumer(stream: stream, consumer)
+        let subscription = try await connection.pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headerNames)
+        defer { subscription.close() }
+        var records: [AuditedRecord] = []
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while clock.now < deadline {
+            let batch = try await subscription.fetch(maxMessages: 1024, timeout: .milliseconds(200))
+            for (i, message) in batch.messages.enumerated() {
+                var headers: [String: String] = [:]
+                for (name, value) in zip(headerNames, message.headerValues) { if let value { headers[name] = value } }
+                records.append(AuditedRecord(subject: message.subject, payload: message.payload, headers: headers, deliveryCount: message.deliveryCount))
+                batch.ack(i)
+            }
+            if batch.isEmpty && records.count >= atLeast { break }
+        }
+        try? await connection.deleteConsumer(stream: stream, consumer: name)
+        return records
+    }
+}

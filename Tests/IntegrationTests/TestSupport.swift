@@ -1,0 +1,117 @@
+import AsyncHTTPClient
+import Autonomous
+import AutonomousTesting
+import Foundation
+import Logging
+import NATS
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// An app running in-process (role `all`) against a test nats-server, on a free HTTP port.
+struct RunningApp: Sendable {
+    let server: TestNATSServer
+    let port: Int
+    let graph: AppGraph
+    let tenant: String
+
+    var baseURL: String { "http://127.0.0.1:\(port)" }
+    var stream: String { Wire.streamName(tenant: tenant) }
+    var connection: NATSConnection { server.connection }
+
+    func records(in table: String, atLeast: Int, timeout: Duration = .seconds(30)) async throws -> [AuditedRecord] {
+        try await StreamAudit.read(
+            connection: connection,
+            stream: stream,
+            subject: Wire.tableSubject(tenant: tenant, table: table),
+            atLeast: atLeast,
+            timeout: timeout
+        )
+    }
+
+    func post(_ path: String, body: String, contentType: String? = "application/json", headers: [(String, String)] = []) async throws -> (status: Int, body: JSONValue) {
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = .POST
+        if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        request.body = .bytes(ByteBuffer(string: body))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+        let bytes = try await response.body.collect(upTo: 64 * 1024 * 1024)
+        let value = (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null
+        return (Int(response.status.code), value)
+    }
+
+    func get(_ path: String) async throws -> (status: Int, body: JSONValue) {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: baseURL + path), timeout: .seconds(10))
+        let bytes = try await response.body.collect(upTo: 1024 * 1024)
+        return (Int(response.status.code), (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null)
+    }
+}
+
+/// Starts nats-server and the app, runs `body`, then shuts the app down gracefully.
+func withRunningApp<T: Sendable>(
+    _ graph: AppGraph,
+    environment: [String: String] = [:],
+    configure: (inout RuntimeConfiguration) -> Void = { _ in },
+    _ body: @Sendable (RunningApp) async throws -> T
+) async throws -> T {
+    try await withTestNATSServer { server in
+        var configuration = RuntimeConfiguration()
+        configuration.natsURL = server.url
+        configuration.httpPort = 0
+        configuration.environment = environment
+        configuration.dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-app-\(UUID().uuidString)").path
+        configuration.connectTimeout = .seconds(5)
+        configure(&configuration)
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        configuration.onListening = { port in portContinuation.yield(port) }
+        let groupBox = GroupBox()
+        let runtime = AppRuntime(graph: graph, configuration: configuration)
+        let dataDirectory = configuration.dataDirectory
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await runtime.run(role: .all, logger: TestNATSServer.logger, signals: []) { serviceGroup in
+                    groupBox.value.withLock { $0 = serviceGroup }
+                }
+                portContinuation.finish()
+                return nil
+            }
+            var iterator = portStream.makeAsyncIterator()
+            guard let port = await iterator.next() else {
+                // The runtime ended before listening; surface its error.
+                while let _ = try await group.next() {}
+                throw ConfigurationError("app stopped before listening")
+            }
+            let app = RunningApp(server: server, port: port, graph: graph, tenant: configuration.tenant)
+            let result: T
+            do {
+                result = try await body(app)
+            } catch {
+                if let serviceGroup = groupBox.value.withLock({ $0 }) { await serviceGroup.triggerGracefulShutdown() }
+                try? await group.waitForAll()
+                try? FileManager.default.removeItem(atPath: dataDirectory)
+                throw error
+            }
+            if let serviceGroup = groupBox.value.withLock({ $0 }) { await serviceGroup.triggerGracefulShutdown() }
+            try await group.waitForAll()
+            try? FileManager.default.removeItem(atPath: dataDirectory)
+            return result
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(20), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now.advanced(by: timeout)
+    while clock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+final class GroupBox: Sendable {
+    let value = Mutex<ServiceGroup?>(nil)
+}
