@@ -71,10 +71,10 @@ func withRunningApp<T: Sendable>(
         let dataDirectory = configuration.dataDirectory
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
+                defer { portContinuation.finish() }
                 try await runtime.run(role: .all, logger: TestNATSServer.logger, signals: []) { serviceGroup in
                     groupBox.value.withLock { $0 = serviceGroup }
                 }
-                portContinuation.finish()
                 return nil
             }
             var iterator = portStream.makeAsyncIterator()

@@ -1,0 +1,110 @@
+import AsyncHTTPClient
+import Autonomous
+import AutonomousTesting
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import SlackBot
+
+/// Loopback stand-ins for the OpenAI and Slack HTTP APIs that speak their real formats and
+/// remember what they were sent.
+final class FakeAPIs: Sendable {
+    let completionRequests = Mutex<[(authorization: String?, body: JSONValue)]>([])
+    let slackMessages = Mutex<[(authorization: String?, body: JSONValue)]>([])
+    let answer: String
+
+    init(answer: String) { self.answer = answer }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.post("/v1/chat/completions") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            let value = try JSONParser.parse(Array(body.readableBytesView))
+            self.completionRequests.withLock { $0.append((request.headers[.authorization], value)) }
+            let reply: JSONValue = [
+                "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini-2024-07-18",
+                "choices": [["index": 0, "message": ["role": "assistant", "content": .string(self.answer)], "finish_reason": "stop"]],
+                "usage": ["prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25],
+            ]
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply))))
+        }
+        router.post("/api/chat.postMessage") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            let value = try JSONParser.parse(Array(body.readableBytesView))
+            self.slackMessages.withLock { $0.append((request.headers[.authorization], value)) }
+            let reply: JSONValue = ["ok": true, "channel": value["channel"], "ts": "1700000000.000100", "message": ["text": value["text"]]]
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply))))
+        }
+        return router
+    }
+}
+
+@Suite("SlackBot example end to end against fake OpenAI and Slack", .serialized)
+struct SlackBotTests {
+    @Test("A Slack mention becomes a prompt, a completion and a Slack message with the completion text")
+    func mentionToSlackMessage() async throws {
+        let fakes = FakeAPIs(answer: "Happy to help, friend!")
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let fakeServer = Application(
+            router: fakes.router(),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
+            logger: TestNATSServer.logger
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fakeServer.run() }
+            var ports = portStream.makeAsyncIterator()
+            let fakePort = try #require(await ports.next())
+            let environment = [
+                "OPENAI_API_KEY": "sk-test-key",
+                "OPENAI_BASE_URL": "http://127.0.0.1:\(fakePort)/v1",
+                "SLACK_BOT_TOKEN": "xoxb-test-token",
+                "SLACK_API_URL": "http://127.0.0.1:\(fakePort)/api",
+                "SLACK_SIGNING_SECRET": "signing-secret",
+            ]
+            try await withRunningApp(try SlackBotApp.graph(), environment: environment) { app in
+                let mention = #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
+                let response = try await app.post("/slack-mentions", body: mention)
+                #expect(response.status == 200)
+
+                let delivered = try await eventually { fakes.slackMessages.withLock { !$0.isEmpty } }
+                #expect(delivered)
+                let message = try #require(fakes.slackMessages.withLock { $0.first })
+                #expect(message.body["text"] == "Happy to help, friend!")
+                #expect(message.body["channel"] == "C123")
+                #expect(message.authorization == "Bearer xoxb-test-token")
+
+                let request = try #require(fakes.completionRequests.withLock { $0.first })
+                #expect(request.authorization == "Bearer sk-test-key")
+                #expect(request.body["messages"][0]["role"] == "user")
+                #expect(request.body["messages"][0]["content"].stringValue?.contains("how do I deploy?") == true)
+                #expect(request.body["temperature"].doubleValue == 0.8)
+
+                let completions = try await app.records(in: "completions", atLeast: 1)
+                #expect(completions.count == 1)
+                let completion = try JSONParser.parse(try #require(completions.first).payload)
+                #expect(completion["completion"] == "Happy to help, friend!")
+                #expect(completion["channel"] == "C123")
+                // The Slack challenge handshake is answered without storing anything.
+                let challenge = try await app.post("/slack-mentions", body: #"{"type":"url_verification","challenge":"abc123"}"#)
+                #expect(challenge.body["challenge"] == "abc123")
+                // One message per mention: nothing was sent twice.
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(fakes.slackMessages.withLock { $0.count } == 1)
+            }
+            group.cancelAll()
+        }
+    }
+
+    @Test("A missing secret fails at startup and names the variable")
+    func missingSecret() async throws {
+        let error = await #expect(throws: ConfigurationError.self) {
+            try await withRunningApp(try SlackBotApp.graph(), environment: ["SLACK_SIGNING_SECRET": "x", "SLACK_BOT_TOKEN": "y"]) { _ in }
+        }
+        #expect(error?.message.contains("OPENAI_API_KEY") == true)
+    }
+}
