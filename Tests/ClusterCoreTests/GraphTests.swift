@@ -1,0 +1,170 @@
+import ClusterCore
+import Testing
+
+struct Prompt: Record {
+    static let semanticType: SemanticType = "llm.prompt@1"
+    var prompt: String
+    var channel: String?
+}
+
+struct Note: Record {
+    static let semanticType: SemanticType = "test.note@1"
+    var text: String
+}
+
+struct Summary: Record {
+    static let semanticType: SemanticType = "test.summary@1"
+    var summary: String
+    var words: Int
+}
+
+/// A component that reads `prompt` and writes `completion` to `output`.
+struct NeedsPrompt: Component {
+    let kind = "needs-prompt"
+    var output: String
+    var requiredFields: [String] { ["prompt"] }
+    var produces: [String: [String]] { [output: ["completion"]] }
+    var secrets: [Secret] { [] }
+    func makeHandler(_ environment: ComponentEnvironment) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void {
+        { _, _ in }
+    }
+}
+
+@Suite("App graph checks")
+struct GraphTests {
+    @Test("A correct graph builds and describes itself")
+    func valid() throws {
+        var app = AppBuilder(name: "Ok")
+        let prompts = app.table("prompts", of: Prompt.self)
+        _ = app.table("completions")
+        prompts.onNewRecords(NeedsPrompt(output: "completions"))
+        app.post("/in") { _, _ in .ok }
+        app.schedule("nightly", .daily(at: "03:00")) { _, _ in }
+        let graph = try app.build()
+        let described = graph.describe(tenant: "acme")
+        #expect(described["stream"] == "AUT_ACME")
+        #expect(described["handlers"][0]["consumer"] == "h_needs-prompt-prompts")
+        #expect(described["tables"][0]["subject"] == "aut.acme.tbl.prompts")
+        #expect(described["tables"][0]["fields"] == ["prompt", "channel"])
+        #expect(described["schedules"][0]["subject"] == "aut.acme.sched.nightly")
+    }
+
+    func problems(_ build: (inout AppBuilder) -> Void) -> [String] {
+        var app = AppBuilder(name: "Broken")
+        build(&app)
+        do {
+            _ = try app.build()
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test("A handler bound to a missing table is named")
+    func missingTable() {
+        let found = problems { app in app.onNewRecords(in: "ghosts", "haunt") { _, _ in } }
+        #expect(found == ["handler 'haunt' is bound to table 'ghosts', which is not declared"])
+    }
+
+    @Test("Two handlers with one name are named")
+    func duplicateHandler() {
+        let found = problems { app in
+            let t = app.table("t")
+            t.onNewRecords("same") { _, _ in }
+            t.onNewRecords("same") { _, _ in }
+        }
+        #expect(found.count == 1)
+        #expect(found.first?.contains("two handlers are named 'same'") == true)
+    }
+
+    @Test("A route registered twice, or on a reserved path, is named")
+    func duplicateRoute() {
+        let found = problems { app in
+            let t = app.table("t")
+            app.post("/hook") { _, _ in .ok }
+            app.webhook("/hook", into: t)
+            app.post("/healthz") { _, _ in .ok }
+            app.post("/v1/tables/t/records") { _, _ in .ok }
+        }
+        #expect(found.contains("route POST /hook is registered twice"))
+        #expect(found.contains("route path '/healthz' is reserved by the ingress"))
+        #expect(found.contains("route path '/v1/tables/t/records' is reserved by the ingress"))
+    }
+
+    @Test("A component needing a field the table's type lacks is named")
+    func missingField() {
+        let found = problems { app in
+            let notes = app.table("notes", of: Note.self)
+            _ = app.table("out")
+            notes.onNewRecords(NeedsPrompt(output: "out"))
+        }
+        #expect(found == [
+            "handler 'needs-prompt-notes' (needs-prompt) needs field 'prompt', but records of table 'notes' (Note) have no such field"
+        ])
+    }
+
+    @Test("A component writing records without a field the output type requires is named")
+    func outputMismatch() {
+        let found = problems { app in
+            let prompts = app.table("prompts", of: Prompt.self)
+            _ = app.table("summaries", of: Summary.self)
+            prompts.onNewRecords(NeedsPrompt(output: "summaries"))
+        }
+        #expect(found.contains { $0.contains("without field 'summary'") && $0.contains("'summaries'") })
+        #expect(found.contains { $0.contains("without field 'words'") })
+    }
+
+    @Test("Invalid names and schedules are named")
+    func invalidNames() {
+        let found = problems { app in
+            _ = app.table("Bad.Table")
+            app.schedule("bad cron", .cron("nope")) { _, _ in }
+        }
+        #expect(found.contains("table name 'Bad.Table' may contain only lowercase letters, digits, '_' and '-'"))
+        #expect(found.contains { $0.contains("schedule 'bad cron': invalid cron expression") })
+        #expect(found.contains { $0.hasPrefix("schedule name 'bad cron'") })
+    }
+
+    @Test("A table declared twice with different types is named")
+    func conflictingTypes() {
+        let found = problems { app in
+            _ = app.table("notes", of: Note.self)
+            _ = app.table("notes")
+        }
+        #expect(found == ["table 'notes' is declared twice with different types (Note and JSON)"])
+    }
+}
+
+@Suite("Schema probe and names")
+struct SchemaTests {
+    @Test("Typed records report their fields; optional ones are not required")
+    func probe() throws {
+        let fields = try #require(SchemaProbe.fields(of: Prompt.self))
+        #expect(fields.required == ["prompt"])
+        #expect(fields.all == ["prompt", "channel"])
+    }
+
+    @Test("Record ids and names are validated before they reach a subject")
+    func names() {
+        #expect(Names.isValid("orders_2024-eu"))
+        #expect(!Names.isValid("orders.eu"))
+        #expect(!Names.isValid("aut.>"))
+        #expect(!Names.isValid("-leading"))
+        #expect(!Names.isValid(String(repeating: "a", count: 65)))
+        #expect(!Names.isValid("Upper"))
+        #expect(Names.isValidRecordID("order-77:v2"))
+        #expect(!Names.isValidRecordID("with space"))
+        #expect(!Names.isValidRecordID(""))
+    }
+
+    @Test("Output ids are deterministic and distinct")
+    func outputIDs() {
+        let a = Wire.outputID(source: "r1", handler: "h", index: 0)
+        #expect(a == Wire.outputID(source: "r1", handler: "h", index: 0))
+        #expect(a != Wire.outputID(source: "r1", handler: "h", index: 1))
+        #expect(a != Wire.outputID(source: "r1", handler: "g", index: 0))
+        #expect(a.count == 31)
+        let ids = RecordIDGenerator()
+        #expect(ids.next() != ids.next())
+    }
+}

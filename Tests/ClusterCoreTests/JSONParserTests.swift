@@ -1,0 +1,71 @@
+import ClusterCore
+import Testing
+
+@Suite("JSON parsing and writing")
+struct JSONParserTests {
+    @Test("Parses every kind of value")
+    func parsesValues() throws {
+        let value = try JSONValue(parsing: #" {"a": [1, -2.5e2, true, false, null, "x\n\u00e9\ud83d\ude00"], "b": {"c": 9007199254740993}} "#)
+        #expect(value["a"][0] == 1)
+        #expect(value["a"][1].doubleValue == -250)
+        #expect(value["a"][2] == true)
+        #expect(value["a"][4].isNull)
+        #expect(value["a"][5] == "x\né😀")
+        #expect(value["b"]["c"] == .int(9_007_199_254_740_993))
+        #expect(value["missing"]["deeper"].isNull)
+        #expect(value[path: "b.c"].intValue == 9_007_199_254_740_993)
+    }
+
+    @Test(
+        "Rejects malformed text with a byte offset",
+        arguments: [
+            ("{", 1), ("{\"a\" 1}", 5), ("[1,]", 3), ("01", 1), ("\"\u{01}\"", 1), ("[1] x", 4), ("tru", 0),
+            ("\"\\x\"", 2), ("{\"a\":1,}", 7), ("\"\\ud800\"", 7), ("", 0), ("-", 0), ("1.", 2),
+        ]
+    )
+    func rejectsMalformed(text: String, offset: Int) {
+        #expect(throws: JSONParseError.self) { try JSONValue(parsing: text) }
+        do {
+            _ = try JSONValue(parsing: text)
+        } catch {
+            #expect(error.offset == offset, "\(text): \(error)")
+        }
+    }
+
+    @Test("Rejects invalid UTF-8 and absurd nesting without crashing")
+    func rejectsHostileInput() {
+        #expect(throws: JSONParseError.self) { try JSONValue(parsing: [0x22, 0xC3, 0x28, 0x22]) }
+        #expect(throws: JSONParseError.self) { try JSONValue(parsing: [0x22, 0xED, 0xA0, 0x80, 0x22]) }
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(throws: JSONParseError.self) { try JSONValue(parsing: deep) }
+        let bytes = Array(deep.utf8)
+        bytes.withUnsafeBufferPointer { buffer in
+            #expect(throws: JSONParseError.self) { try JSONParser.validate(buffer) }
+        }
+    }
+
+    @Test("Validation reports the shape and the byte ranges of array elements")
+    func validateShape() throws {
+        let text = Array(#" [ {"a":1} , 2, {"b":[{}]} ] "#.utf8)
+        let shape = try text.withUnsafeBufferPointer { try JSONParser.validate($0) }
+        guard case .array(let elements) = shape else {
+            Issue.record("expected an array, got \(shape)")
+            return
+        }
+        #expect(elements.count == 3)
+        #expect(elements.map(\.isObject) == [true, false, true])
+        #expect(String(decoding: text[elements[0].range], as: UTF8.self) == #"{"a":1}"#)
+        #expect(String(decoding: text[elements[2].range], as: UTF8.self) == #"{"b":[{}]}"#)
+        let object = Array(#"{"k":"v"}"#.utf8)
+        #expect(try object.withUnsafeBufferPointer { try JSONParser.validate($0) } == .object(0..<9))
+    }
+
+    @Test("Writer output parses back to the same value")
+    func roundTrip() throws {
+        let value: JSONValue = ["s": "quote\" backslash\\ newline\n tab\t ctrl\u{01}", "n": [1, 2.5, -0.001, 1e300], "o": ["x": nil, "t": true]]
+        let text = JSONWriter.encode(value)
+        #expect(try JSONParser.parse(text) == value)
+        #expect("\(JSONValue.string("plain"))" == "plain")
+        #expect(JSONValue.int(3).description == "3")
+    }
+}
