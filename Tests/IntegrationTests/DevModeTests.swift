@@ -1,0 +1,121 @@
+import AsyncHTTPClient
+import Autonomous
+import AutonomousTesting
+import Foundation
+import Logging
+import NATS
+import NIOCore
+import Testing
+
+/// Runs the real `OrderFlow dev` binary as a user would.
+@Suite("OrderFlow dev mode", .serialized)
+struct DevModeTests {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    final class DevProcess: Sendable {
+        let process: Process
+        let output: String
+
+        init(dataDirectory: String) throws {
+            let binary = DevModeTests.packageRoot.appendingPathComponent(".build/debug/OrderFlow").path
+            guard FileManager.default.isExecutableFile(atPath: binary) else {
+                throw ConfigurationError("\(binary) is missing; run `swift build --build-tests` first")
+            }
+            output = dataDirectory + ".stdout"
+            FileManager.default.createFile(atPath: output, contents: nil)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["dev", "--port", "0", "--data-dir", dataDirectory, "--log-level", "warning"]
+            process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+            process.standardError = FileHandle.standardError
+            try process.run()
+            self.process = process
+        }
+
+        /// Waits for the banner and returns (HTTP port, NATS URL).
+        func waitForBanner() async throws -> (port: Int, natsURL: String) {
+            for _ in 0..<600 {
+                let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+                if text.contains("Storages online:"),
+                    let port = text.firstMatch(of: /localhost:(\d+)\/orders POST/).flatMap({ Int($0.1) }),
+                    let url = text.firstMatch(of: /(nats:\/\/127\.0\.0\.1:\d+)/).map({ String($0.1) })
+                {
+                    return (port, url)
+                }
+                guard process.isRunning else { throw ConfigurationError("OrderFlow dev exited early:\n\(text)") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            throw ConfigurationError("no banner from OrderFlow dev")
+        }
+
+        func stop(signal: Int32) async -> Int32 {
+            kill(process.processIdentifier, signal)
+            for _ in 0..<400 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                return -1
+            }
+            return process.terminationStatus
+        }
+    }
+
+    func post(_ url: String, _ body: String) async throws -> Int {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: body))
+        return Int(try await HTTPClient.shared.execute(request, timeout: .seconds(30)).status.code)
+    }
+
+    func enrichedOrders(natsURL: String, atLeast: Int) async throws -> [AuditedRecord] {
+        var configuration = NATSConnection.Configuration(url: natsURL)
+        configuration.connectTimeout = .seconds(5)
+        let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+        do {
+            let records = try await StreamAudit.read(
+                connection: connection,
+                stream: "AUT_DEFAULT",
+                subject: "aut.default.tbl.enriched_orders",
+                atLeast: atLeast,
+                timeout: .seconds(20)
+            )
+            await connection.close()
+            return records
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    @Test("dev starts NATS, runs the pipeline, stops the child on SIGTERM and reuses its data")
+    func devLifecycle() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
+
+        let first = try DevProcess(dataDirectory: dataDirectory)
+        let (port, natsURL) = try await first.waitForBanner()
+        let status = try await post(
+            "http://127.0.0.1:\(port)/webhooks/orders",
+            #"{"order_id":"A-1","customer":"ada","items":[{"sku":"tv","quantity":1,"unit_price":1500}]}"#
+        )
+        #expect(status == 200)
+        let enriched = try await enrichedOrders(natsURL: natsURL, atLeast: 1)
+        #expect(enriched.count == 1)
+        let order = try JSONParser.parse(try #require(enriched.first).payload)
+        #expect(order["total"].doubleValue == 1500)
+        #expect(order["high_value"] == true)
+
+        let pidText = try String(contentsOfFile: dataDirectory + "/nats/nats-server.pid", encoding: .utf8)
+        let natsPID = try #require(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(kill(natsPID, 0) == 0)
+        #expect(await first.stop(signal: SIGTERM) == 0)
+        #expect(kill(natsPID, 0) != 0, "the embedded nats-server must stop with dev")
+
+        // A second run finds the first run's records.
+        let second = try DevProcess(dataDirectory: dataDirectory)
+        let (_, secondURL) = try await second.waitForBanner()
+        let again = try await enrichedOrders(natsURL: secondURL, atLeast: 1)
+        #expect(again.count == 1)
+        #expect(await second.stop(signal: SIGINT) == 0)
+    }
+}
