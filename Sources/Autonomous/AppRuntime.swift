@@ -147,6 +147,6 @@ struct ConnectionService: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        await connection.close()
+        await connection.drain()
     }
 }

@@ -39,6 +39,17 @@ extension Wire {
         tenant: String,
         cause: RecordMetadata?
     ) -> OutgoingMessage {
+        message(payload: ByteBuffer(bytes: payload), id: id, table: table, tenant: tenant, cause: cause)
+    }
+
+    /// Builds the message for one record with every header of the wire contract.
+    public static func message(
+        payload: ByteBuffer,
+        id: String,
+        table: TableDefinition,
+        tenant: String,
+        cause: RecordMetadata?
+    ) -> OutgoingMessage {
         var headers: [(String, String)] = [
             (Header.messageID, id),
             (Header.table, table.name),
@@ -49,11 +60,7 @@ extension Wire {
             headers.append((Header.causedBy, cause.id))
             if let trace = cause.traceparent { headers.append((Header.traceparent, trace)) }
         }
-        return OutgoingMessage(
-            subject: table.subject(tenant: tenant),
-            payload: ByteBuffer(bytes: payload),
-            headers: headers
-        )
+        return OutgoingMessage(subject: table.subject(tenant: tenant), payload: payload, headers: headers)
     }
 }
 

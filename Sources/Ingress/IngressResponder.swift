@@ -177,14 +177,15 @@ struct IngressResponder: HTTPResponder {
             throw RouteError(status: 400, code: "no_records", message: "the body contains no records", field: "body")
         }
         if table.isTyped {
+            let many = isNDJSON || isArray(body)
             for (i, payload) in payloads.enumerated() {
                 if let (field, problem) = table.validate(Array(payload.readableBytesView)) {
-                    let location = isNDJSON ? "line \(i + 1)" : (payloads.count > 1 || isArray(body) ? "records[\(i)]" : "record")
+                    let location = isNDJSON ? "line \(i + 1)" : (many ? "records[\(i)]" : "record")
                     throw RouteError(
                         status: 422,
                         code: "invalid_record",
                         message: "\(location): \(problem)",
-                        field: field.map { isArray(body) || isNDJSON ? "records[\(i)].\($0)" : $0 } ?? location
+                        field: field.map { many ? "\(location).\($0)" : $0 } ?? location
                     )
                 }
             }
@@ -197,9 +198,7 @@ struct IngressResponder: HTTPResponder {
         for (i, payload) in payloads.enumerated() {
             let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? state.ids.next()
             ids.append(id)
-            var message = Wire.message(payload: [], id: id, table: table, tenant: tenant, cause: nil)
-            message.payload = payload
-            messages.append(message)
+            messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
         }
         try await publish(messages)
         var answer: [String: JSONValue] = ["accepted": .int(Int64(ids.count))]
@@ -361,9 +360,7 @@ struct IngressResponder: HTTPResponder {
             throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
         }
         let id = try idempotencyKey(request) ?? state.ids.next()
-        var message = Wire.message(payload: [], id: id, table: table, tenant: state.configuration.tenant, cause: nil)
-        message.payload = payloads[0]
-        try await publish([message])
+        try await publish([Wire.message(payload: payloads[0], id: id, table: table, tenant: state.configuration.tenant, cause: nil)])
         return json(200, ["status": "accepted", "id": .string(id)])
     }
 

@@ -183,6 +183,27 @@ public final class NATSConnection: Sendable {
     /// Publishes in flight inside this connection, waiting for their PubAck.
     public var publishesInFlight: Int { tracker.inFlight }
 
+    /// Drains the connection: subscriptions stop receiving, buffered publishes are flushed,
+    /// then the connection closes (waiting at most `timeout`). Publishes still waiting for
+    /// a PubAck afterwards fail with `.connectionClosed`.
+    public func drain(timeout: Duration = .seconds(10)) async {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        let handle = UnsafeHandle(connection)
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        let started = (try? await threadPool.runIfActive {
+            natsConnection_DrainTimeout(handle.pointer, timeout.milliseconds) == NATS_OK
+        }) ?? false
+        if started {
+            while natsConnection_Status(connection) != NATS_CONN_STATUS_CLOSED && clock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        _ = try? await threadPool.runIfActive { natsConnection_Close(handle.pointer) }
+        tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
+        try? await threadPool.shutdownGracefully()
+    }
+
     /// Flushes buffered messages and closes the connection. Pending publishes fail with `.connectionClosed`.
     public func close() async {
         guard !closed.exchange(true, ordering: .relaxed) else { return }

@@ -178,7 +178,8 @@ public actor HandlerRunner {
             for i in records.indices { await fail(batch, index: i, record: records[i], error: error) }
             await record { $0.batches += 1 }
         }
-        counters.batchDuration.recordNanoseconds(Int64((ContinuousClock.now - start).components.attoseconds / 1_000_000_000 + (ContinuousClock.now - start).components.seconds * 1_000_000_000))
+        let elapsed = (ContinuousClock.now - start).components
+        counters.batchDuration.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
     }
 
     /// Runs the handler and publishes its outputs; returns the error, if any.
