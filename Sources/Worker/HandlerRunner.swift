@@ -184,6 +184,12 @@ public actor HandlerRunner {
 
     /// Runs the handler and publishes its outputs; returns the error, if any.
     private nonisolated func attempt(_ records: [IncomingRecord]) async -> (any Error)? {
+        if case .failure(let error) = await run(records) { return error }
+        return nil
+    }
+
+    /// Runs the handler and publishes its outputs; returns how many outputs it published.
+    private nonisolated func run(_ records: [IncomingRecord]) async -> Result<Int, any Error> {
         let ctx = HandlerContext(
             handler: handler.name,
             tenant: tenant,
@@ -195,9 +201,10 @@ public actor HandlerRunner {
         do {
             try await invoker(records, ctx)
             try await ctx.flush()
-            return nil
+            logger.debug("Batch handled", metadata: ["worker.records": "\(records.count)", "worker.outputs": "\(ctx.publishedCount)"])
+            return .success(ctx.publishedCount)
         } catch {
-            return error
+            return .failure(error)
         }
     }
 
