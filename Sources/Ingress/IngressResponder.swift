@@ -279,20 +279,7 @@ struct IngressResponder: HTTPResponder {
 
     /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
     private func publish(_ messages: [OutgoingMessage]) async throws {
-        guard state.connection.isConnected else {
-            throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
-        }
-        guard state.reserve(messages.count) else {
-            throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
-        }
-        defer { state.release(messages.count) }
-        do {
-            _ = try await state.connection.publish(messages)
-            state.acceptedRecords.increment(by: messages.count)
-        } catch let error as NATSError {
-            state.logger.warning("Publish failed", metadata: ["error": "\(error)"])
-            throw RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
-        }
+        _ = try await GuardedPublisher(state: state).publish(messages)
     }
 
     // MARK: - Routes and webhooks
@@ -375,7 +362,8 @@ struct IngressResponder: HTTPResponder {
     }
 }
 
-/// Routes publish through the same connection checks and in-flight limit as the record API.
+/// Every ingress publish goes through here: the connection check, the in-flight limit, and
+/// the mapping of JetStream trouble to 429/503.
 struct GuardedPublisher: MessagePublisher {
     let state: IngressState
 
