@@ -13,7 +13,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
             abstract: "An Autonomous app. Pick the role this process plays.",
             discussion: """
                 Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST,
-                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_DATA_DIR, AUTONOMOUS_LOG_LEVEL (trace…critical).
+                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR,
+                AUTONOMOUS_LOG_LEVEL (trace…critical).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -42,6 +43,9 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "HTTP port; 0 picks a free one. [env: AUTONOMOUS_HTTP_PORT, default: 3000]")
     var port: Int?
 
+    @Option(name: .customLong("health-port"), help: "Port of /healthz and /readyz for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
+    var healthPort: Int?
+
     @Option(name: .customLong("data-dir"), help: "Directory for embedded NATS data and SQLite. [env: AUTONOMOUS_DATA_DIR, default: .autonomous]")
     var dataDirectory: String?
 
@@ -65,6 +69,14 @@ struct CommonOptions: ParsableArguments {
             configuration.httpPort = port
         }
         guard (0...65535).contains(configuration.httpPort) else { throw ValidationError("--port must be 0-65535") }
+        if let port = healthPort {
+            configuration.healthPort = port
+        } else if let text = environment["AUTONOMOUS_HEALTH_PORT"] {
+            guard let port = Int(text), (0...65535).contains(port) else {
+                throw ValidationError("AUTONOMOUS_HEALTH_PORT '\(text)' is not a port number")
+            }
+            configuration.healthPort = port
+        }
         configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration

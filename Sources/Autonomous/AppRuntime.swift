@@ -31,6 +31,8 @@ public struct RuntimeConfiguration: Sendable {
     public var tenant: String = "default"
     public var httpHost: String = "127.0.0.1"
     public var httpPort: Int = 3000
+    /// Port of `/healthz` and `/readyz` for processes without the ingress (`nil`: none).
+    public var healthPort: Int?
     /// Where `dev` keeps NATS data and the coordinator's SQLite file.
     public var dataDirectory: String = ".autonomous"
     /// Process environment, for secrets and component settings.
@@ -114,6 +116,8 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.onListening = configuration.onListening
                 services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
+            } else if let healthPort = configuration.healthPort {
+                services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))
             }
         } catch {
             try? await store?.close()

@@ -1,0 +1,274 @@
+# Autonomous app on Nomad: ingress, worker and coordinator groups from one app image.
+#   nomad job run -var image=registry.example.com/autonomous/orderflow:0.1.0 deploy/nomad/autonomous.nomad.hcl
+# Secrets (API keys, signing secrets, the Postgres URL) come from Nomad Variables at
+# nomad/jobs/autonomous; nothing secret is written in this file.
+
+variable "image" {
+  type        = string
+  description = "The app image (built with the project's Dockerfile)."
+  default     = "registry.example.com/autonomous/app:0.1.0"
+}
+
+variable "nats_url" {
+  type    = string
+  default = "nats://nats.service.consul:4222"
+}
+
+variable "tenant" {
+  type    = string
+  default = "default"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+job "autonomous" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  update {
+    max_parallel      = 1
+    min_healthy_time  = "10s"
+    healthy_deadline  = "3m"
+    progress_deadline = "10m"
+    auto_revert       = true
+    canary            = 0
+  }
+
+  migrate {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "10s"
+    healthy_deadline = "5m"
+  }
+
+  group "ingress" {
+    count = 2
+
+    network {
+      port "http" {
+        to = 3000
+      }
+    }
+
+    scaling {
+      enabled = true
+      min     = 2
+      max     = 20
+
+      policy {
+        cooldown            = "1m"
+        evaluation_interval = "30s"
+
+        check "cpu" {
+          source = "nomad-apm"
+          query  = "avg_cpu"
+
+          strategy "target-value" {
+            target = 70
+          }
+        }
+      }
+    }
+
+    service {
+      name     = "autonomous-ingress"
+      port     = "http"
+      provider = "nomad"
+
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+
+    task "ingress" {
+      driver       = "docker"
+      kill_timeout = "45s"
+      kill_signal  = "SIGTERM"
+
+      config {
+        image    = var.image
+        args     = ["ingress"]
+        ports    = ["http"]
+        readonly_rootfs = true
+      }
+
+      env {
+        AUTONOMOUS_NATS_URL    = var.nats_url
+        AUTONOMOUS_TENANT      = var.tenant
+        AUTONOMOUS_HTTP_HOST   = "0.0.0.0"
+        AUTONOMOUS_HTTP_PORT   = "3000"
+        AUTONOMOUS_LOG_LEVEL   = "info"
+      }
+
+      template {
+        destination = "secrets/app.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{ .K }}={{ .V | toJSON }}
+        {{- end }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 256
+      }
+    }
+  }
+
+  group "worker" {
+    count = 2
+
+    network {
+      port "health" {
+        to = 8081
+      }
+    }
+
+    scaling {
+      enabled = true
+      min     = 1
+      max     = 50
+
+      policy {
+        cooldown            = "1m"
+        evaluation_interval = "30s"
+
+        check "cpu" {
+          source = "nomad-apm"
+          query  = "avg_cpu"
+
+          strategy "target-value" {
+            target = 70
+          }
+        }
+      }
+    }
+
+    service {
+      name     = "autonomous-worker"
+      port     = "health"
+      provider = "nomad"
+
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "worker" {
+      driver       = "docker"
+      kill_timeout = "45s"
+      kill_signal  = "SIGTERM"
+
+      config {
+        image    = var.image
+        args     = ["worker"]
+        ports    = ["health"]
+        readonly_rootfs = true
+      }
+
+      env {
+        AUTONOMOUS_NATS_URL    = var.nats_url
+        AUTONOMOUS_TENANT      = var.tenant
+        AUTONOMOUS_HEALTH_PORT = "8081"
+        AUTONOMOUS_LOG_LEVEL   = "info"
+      }
+
+      template {
+        destination = "secrets/app.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{ .K }}={{ .V | toJSON }}
+        {{- end }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+
+  group "coordinator" {
+    # One coordinator until leader election lands.
+    count = 1
+
+    network {
+      port "health" {
+        to = 8081
+      }
+    }
+
+    scaling {
+      enabled = false
+      min     = 1
+      max     = 1
+    }
+
+    service {
+      name     = "autonomous-coordinator"
+      port     = "health"
+      provider = "nomad"
+
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "coordinator" {
+      driver       = "docker"
+      kill_timeout = "30s"
+      kill_signal  = "SIGTERM"
+
+      config {
+        image    = var.image
+        args     = ["coordinator", "--data-dir", "/alloc/data"]
+        ports    = ["health"]
+        readonly_rootfs = true
+      }
+
+      env {
+        AUTONOMOUS_NATS_URL    = var.nats_url
+        AUTONOMOUS_TENANT      = var.tenant
+        AUTONOMOUS_HEALTH_PORT = "8081"
+        AUTONOMOUS_LOG_LEVEL   = "info"
+      }
+
+      template {
+        destination = "secrets/app.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{ .K }}={{ .V | toJSON }}
+        {{- end }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}

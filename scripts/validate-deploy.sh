@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Validates the deployment files offline, as CI does:
+#  - renders every kustomize overlay with `kubectl kustomize`;
+#  - validates the rendered manifests with kubernetes-validate (strict) for each Kubernetes
+#    version we claim;
+#  - scans them with checkov (in its own virtualenv: it installs a conflicting `hcl2`);
+#  - parses the Nomad job with python-hcl2 and checks its groups, checks and scaling blocks.
+# Each validator is also run on a deliberately broken copy, which must fail, so a validator
+# that silently checks nothing fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSIONS=(1.29 1.30 1.31 1.32 1.33)
+# Checkov checks we do not satisfy, and why (also in docs/deploy.md):
+#  CKV_K8S_43 "Image should use digest": images are pinned by release tag; a digest exists
+#    only after the image is pushed. Set `images: - digest:` in your overlay, or pass
+#    `autonomous deploy --image name@sha256:…`, to pin digests in production.
+#  CKV_K8S_35 "Prefer secrets as files over environment variables": Autonomous reads secrets
+#    from the environment by design (Secret.secret("NAME")); they come from the Secret
+#    `autonomous-secrets` and are never logged.
+CHECKOV_SKIPS="CKV_K8S_43,CKV_K8S_35"
+
+venvs=${VENV_DIR:-.build-venv}
+if [ ! -x "$venvs/validate/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venvs/validate"
+  "$venvs/validate/bin/pip" install -q kubernetes-validate python-hcl2
+fi
+if [ ! -x "$venvs/checkov/bin/checkov" ]; then
+  python3 -m venv "$venvs/checkov"
+  "$venvs/checkov/bin/pip" install -q checkov
+fi
+validate="$venvs/validate/bin/kubernetes-validate"
+checkov="$venvs/checkov/bin/checkov"
+python="$venvs/validate/bin/python"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+failures=0
+
+for overlay in deploy/k8s/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" > "$out/$name.yaml"
+  count=$(grep -c '^kind:' "$out/$name.yaml")
+  for version in "${K8S_VERSIONS[@]}"; do
+    if ! "$validate" --strict --quiet -k "$version" "$out/$name.yaml"; then
+      echo "FAIL kubernetes-validate $name (Kubernetes $version)"; failures=$((failures + 1))
+    fi
+  done
+  if "$checkov" -f "$out/$name.yaml" --framework kubernetes --compact --quiet --skip-download \
+      --skip-check "$CHECKOV_SKIPS" > "$out/$name.checkov" 2>&1; then
+    echo "ok   $name: $count resources valid for Kubernetes ${K8S_VERSIONS[*]}; checkov: $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*' "$out/$name.checkov")"
+  else
+    cat "$out/$name.checkov"; echo "FAIL checkov $name"; failures=$((failures + 1))
+  fi
+done
+
+if "$python" scripts/check-nomad-job.py deploy/nomad/autonomous.nomad.hcl; then :; else
+  echo "FAIL nomad job"; failures=$((failures + 1))
+fi
+
+# Self-checks: broken inputs must be refused.
+sed 's/replicas: 2/replicas: "two"/' deploy/k8s/base/worker-deployment.yaml > "$out/broken.yaml"
+if "$validate" --strict --quiet -k 1.29 "$out/broken.yaml" > /dev/null 2>&1; then
+  echo "FAIL kubernetes-validate accepted a broken manifest"; failures=$((failures + 1))
+fi
+sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/' "$out/production.yaml" > "$out/insecure.yaml"
+if "$checkov" -f "$out/insecure.yaml" --framework kubernetes --compact --quiet --skip-download --skip-check "$CHECKOV_SKIPS" > /dev/null 2>&1; then
+  echo "FAIL checkov accepted a writable root filesystem"; failures=$((failures + 1))
+fi
+awk '/^  group "worker"/{skip=1} skip&&/^  group "coordinator"/{skip=0} !skip' deploy/nomad/autonomous.nomad.hcl > "$out/broken.nomad.hcl"
+if "$python" scripts/check-nomad-job.py "$out/broken.nomad.hcl" > /dev/null 2>&1; then
+  echo "FAIL the Nomad check accepted a job without a worker group"; failures=$((failures + 1))
+fi
+
+if [ "$failures" -gt 0 ]; then
+  echo "$failures deployment check(s) failed"
+  exit 1
+fi
+echo "deployment files: all checks passed"
