@@ -117,11 +117,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `autonomous deploy`: autonomous.json, manifest rendering, the process engine.
+        .target(
+            name: "Deploy",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
                 "ClusterCore",
+                "Deploy",
+                "NATS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -152,11 +166,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "DeployTests",
+            dependencies: ["Deploy", "ClusterCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "Autonomous",
                 "Components",
                 "AutonomousTesting",
+                "Deploy",
                 "NATS",
                 "OrderFlow",
                 "SlackBot",

@@ -1,0 +1,311 @@
+public import ClusterCore
+import Foundation
+
+/// `autonomous.json`: storages, runtimes and the deployment (engine, target, replicas).
+///
+/// Secrets are referenced, never inlined: a URL with a password is refused; use
+/// `{"secret": "ENV_NAME"}` instead of a string where a value is secret.
+/// The schema is `docs/autonomous.schema.json`.
+public struct DeploymentConfiguration: Sendable, Equatable {
+    public struct Storage: Sendable, Equatable {
+        public enum Kind: String, Sendable, CaseIterable { case database, file }
+        public var name: String
+        public var kind: Kind
+        public var url: Value
+    }
+
+    /// A plain value or a reference to a secret in the environment.
+    public enum Value: Sendable, Equatable, CustomStringConvertible {
+        case plain(String)
+        case secret(String)
+
+        public var description: String {
+            switch self {
+            case .plain(let text): return text
+            case .secret(let name): return "secret(\(name))"
+            }
+        }
+    }
+
+    public struct Runtime: Sendable, Equatable {
+        public var name: String
+        public var dockerfile: String
+    }
+
+    public struct Engine: Sendable, Hashable, CustomStringConvertible {
+        public let name: String
+        public static let kubernetes = Engine(name: "kubernetes")
+        public static let nomad = Engine(name: "nomad")
+        public static let process = Engine(name: "process")
+        public static let all: [Engine] = [.kubernetes, .nomad, .process]
+        public var description: String { name }
+
+        public init?(_ name: String) {
+            guard let engine = Self.all.first(where: { $0.name == name }) else { return nil }
+            self = engine
+        }
+
+        private init(name: String) { self.name = name }
+    }
+
+    public struct WorkerGroup: Sendable, Equatable {
+        public var name: String
+        public var handlers: [String]
+        public var replicas: Int
+    }
+
+    public struct Deployment: Sendable, Equatable {
+        public var engine: Engine = .process
+        public var target: String = "local"
+        public var image: String?
+        public var namespace: String?
+        public var tenant: String = "default"
+        public var natsURL: String?
+        public var replicas: [String: Int] = ["ingress": 1, "worker": 1, "coordinator": 1]
+        public var workerGroups: [WorkerGroup] = []
+        public var httpPort: Int = 3000
+    }
+
+    public var storages: [Storage] = []
+    public var runtimes: [Runtime] = []
+    public var deployment = Deployment()
+
+    public init() {}
+
+    /// Reads and validates a file; errors name the file, and the line or JSON path.
+    public static func load(path: String) throws(DeploymentConfigurationError) -> DeploymentConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw DeploymentConfigurationError(file: path, problems: ["cannot read the file"])
+        }
+        return try parse(Array(data), file: path)
+    }
+
+    public static func parse(_ bytes: [UInt8], file: String = "autonomous.json") throws(DeploymentConfigurationError) -> DeploymentConfiguration {
+        let root: JSONValue
+        do {
+            root = try JSONParser.parse(bytes)
+        } catch {
+            let (line, column) = position(of: error.offset, in: bytes)
+            throw DeploymentConfigurationError(file: file, problems: ["line \(line), column \(column): \(error.reason)"])
+        }
+        var reader = Reader()
+        let configuration = reader.configuration(root)
+        if !reader.problems.isEmpty { throw DeploymentConfigurationError(file: file, problems: reader.problems) }
+        return configuration
+    }
+
+    static func position(of offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
+        var line = 1
+        var column = 1
+        for byte in bytes.prefix(offset) {
+            if byte == 0x0A {
+                line += 1
+                column = 1
+            } else {
+                column += 1
+            }
+        }
+        return (line, column)
+    }
+}
+
+/// `autonomous.json` is invalid. Each problem starts with the JSON path it concerns.
+public struct DeploymentConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var file: String
+    public var problems: [String]
+    public var description: String {
+        problems.map { "\(file): \($0)" }.joined(separator: "\n")
+    }
+}
+
+/// Walks the JSON and collects every problem with its path.
+private struct Reader {
+    var problems: [String] = []
+
+    mutating func fail(_ path: String, _ message: String) { problems.append("\(path): \(message)") }
+
+    func kind(_ value: JSONValue) -> String {
+        switch value {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .int, .double: return "a number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
+
+    mutating func object(_ value: JSONValue, _ path: String, allowed: Set<String>) -> [String: JSONValue]? {
+        guard case .object(let object) = value else {
+            fail(path, "expected an object, got \(kind(value))")
+            return nil
+        }
+        for key in object.keys.sorted() where !allowed.contains(key) {
+            fail("\(path).\(key)", "unknown key; expected one of \(allowed.sorted().joined(separator: ", "))")
+        }
+        return object
+    }
+
+    mutating func string(_ object: [String: JSONValue], _ key: String, _ path: String, required: Bool) -> String? {
+        guard let value = object[key] else {
+            if required { fail("\(path).\(key)", "missing") }
+            return nil
+        }
+        guard case .string(let text) = value, !text.isEmpty else {
+            fail("\(path).\(key)", value.stringValue != nil ? "must not be empty" : "expected a string, got \(kind(value))")
+            return nil
+        }
+        return text
+    }
+
+    mutating func integer(_ value: JSONValue, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard case .int(let n) = value else {
+            fail(path, "expected an integer, got \(kind(value))")
+            return nil
+        }
+        guard range.contains(Int(n)) else {
+            fail(path, "must be between \(range.lowerBound) and \(range.upperBound)")
+            return nil
+        }
+        return Int(n)
+    }
+
+    mutating func secretOrPlain(_ object: [String: JSONValue], _ key: String, _ path: String) -> DeploymentConfiguration.Value? {
+        guard let value = object[key] else {
+            fail("\(path).\(key)", "missing")
+            return nil
+        }
+        switch value {
+        case .string(let text):
+            guard !text.isEmpty else {
+                fail("\(path).\(key)", "must not be empty")
+                return nil
+            }
+            if let url = URLComponents(string: text), url.password != nil {
+                fail("\(path).\(key)", "contains a password; reference a secret instead: {\"secret\": \"ENV_NAME\"}")
+                return nil
+            }
+            return .plain(text)
+        case .object(let reference):
+            guard let name = reference["secret"]?.stringValue, reference.count == 1 else {
+                fail("\(path).\(key)", "a reference must be {\"secret\": \"ENV_NAME\"}")
+                return nil
+            }
+            guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), !name.isEmpty else {
+                fail("\(path).\(key).secret", "must be an environment variable name ([A-Za-z0-9_])")
+                return nil
+            }
+            return .secret(name)
+        default:
+            fail("\(path).\(key)", "expected a string or {\"secret\": \"ENV_NAME\"}, got \(kind(value))")
+            return nil
+        }
+    }
+
+    mutating func configuration(_ root: JSONValue) -> DeploymentConfiguration {
+        var configuration = DeploymentConfiguration()
+        guard let object = object(root, "$", allowed: ["$schema", "storages", "runtimes", "deployment"]) else { return configuration }
+        if let storages = object["storages"] {
+            if case .array(let items) = storages {
+                var names = Set<String>()
+                for (i, item) in items.enumerated() {
+                    let path = "storages[\(i)]"
+                    guard let storage = self.object(item, path, allowed: ["type", "url", "name"]) else { continue }
+                    let name = string(storage, "name", path, required: true)
+                    if let name, !names.insert(name).inserted { fail("\(path).name", "duplicate storage name '\(name)'") }
+                    var kind: DeploymentConfiguration.Storage.Kind?
+                    if let type = string(storage, "type", path, required: true) {
+                        kind = .init(rawValue: type)
+                        if kind == nil { fail("\(path).type", "unknown storage type '\(type)'; expected database or file") }
+                    }
+                    let url = secretOrPlain(storage, "url", path)
+                    if case .plain(let text)? = url, let kind {
+                        let schemes = kind == .database ? ["postgres", "postgresql", "sqlite"] : ["s3", "file"]
+                        let scheme = URLComponents(string: text)?.scheme ?? ""
+                        if !schemes.contains(scheme) {
+                            fail("\(path).url", "a \(kind.rawValue) URL must start with \(schemes.map { $0 + "://" }.joined(separator: " or "))")
+                        }
+                    }
+                    if let name, let kind, let url { configuration.storages.append(.init(name: name, kind: kind, url: url)) }
+                }
+            } else {
+                fail("storages", "expected an array, got \(kind(storages))")
+            }
+        }
+        if let runtimes = object["runtimes"] {
+            if case .array(let items) = runtimes {
+                for (i, item) in items.enumerated() {
+                    let path = "runtimes[\(i)]"
+                    guard let runtime = self.object(item, path, allowed: ["dockerfile", "name"]) else { continue }
+                    let name = string(runtime, "name", path, required: true)
+                    let dockerfile = string(runtime, "dockerfile", path, required: true)
+                    if let name, let dockerfile { configuration.runtimes.append(.init(name: name, dockerfile: dockerfile)) }
+                }
+            } else {
+                fail("runtimes", "expected an array, got \(kind(runtimes))")
+            }
+        }
+        if let deployment = object["deployment"],
+            let fields = self.object(
+                deployment,
+                "deployment",
+                allowed: ["engine", "target", "image", "namespace", "tenant", "nats_url", "replicas", "worker_groups", "http_port"]
+            )
+        {
+            var d = DeploymentConfiguration.Deployment()
+            if let engine = string(fields, "engine", "deployment", required: true) {
+                if let value = DeploymentConfiguration.Engine(engine) {
+                    d.engine = value
+                } else {
+                    fail("deployment.engine", "unknown engine '\(engine)'; expected kubernetes, nomad or process")
+                }
+            }
+            if let target = string(fields, "target", "deployment", required: false) { d.target = target }
+            d.image = string(fields, "image", "deployment", required: false)
+            d.namespace = string(fields, "namespace", "deployment", required: false)
+            if let tenant = string(fields, "tenant", "deployment", required: false) {
+                if let problem = Names.problem(with: tenant, kind: "tenant") { fail("deployment.tenant", problem) } else { d.tenant = tenant }
+            }
+            if let url = string(fields, "nats_url", "deployment", required: false) {
+                if let components = URLComponents(string: url), components.password != nil {
+                    fail("deployment.nats_url", "contains a password; put credentials in the environment, not in autonomous.json")
+                } else {
+                    d.natsURL = url
+                }
+            }
+            if let port = fields["http_port"], let value = integer(port, "deployment.http_port", range: 1...65535) { d.httpPort = value }
+            if let replicas = fields["replicas"], let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator"]) {
+                for (role, value) in map {
+                    let range = role == "coordinator" ? 1...1 : 0...1000
+                    if let n = integer(value, "deployment.replicas.\(role)", range: range) { d.replicas[role] = n }
+                }
+            }
+            if let groups = fields["worker_groups"] {
+                if case .array(let items) = groups {
+                    for (i, item) in items.enumerated() {
+                        let path = "deployment.worker_groups[\(i)]"
+                        guard let group = self.object(item, path, allowed: ["name", "handlers", "replicas"]) else { continue }
+                        let name = string(group, "name", path, required: true)
+                        if let name, let problem = Names.problem(with: name, kind: "worker group") { fail("\(path).name", problem) }
+                        var handlers: [String] = []
+                        if case .array(let list)? = group["handlers"], !list.isEmpty {
+                            for (j, handler) in list.enumerated() {
+                                if let text = handler.stringValue { handlers.append(text) } else {
+                                    fail("\(path).handlers[\(j)]", "expected a handler name (string), got \(kind(handler))")
+                                }
+                            }
+                        } else {
+                            fail("\(path).handlers", "expected a non-empty array of handler names")
+                        }
+                        let replicas = group["replicas"].flatMap { integer($0, "\(path).replicas", range: 0...1000) } ?? 1
+                        if let name { d.workerGroups.append(.init(name: name, handlers: handlers, replicas: replicas)) }
+                    }
+                } else {
+                    fail("deployment.worker_groups", "expected an array, got \(kind(groups))")
+                }
+            }
+            configuration.deployment = d
+        }
+        return configuration
+    }
+}

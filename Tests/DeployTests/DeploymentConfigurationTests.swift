@@ -1,0 +1,81 @@
+import Deploy
+import Testing
+
+@Suite("autonomous.json")
+struct DeploymentConfigurationTests {
+    func problems(_ text: String) -> [String] {
+        do {
+            _ = try DeploymentConfiguration.parse(Array(text.utf8), file: "autonomous.json")
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test("The original README's file parses")
+    func originalExample() throws {
+        let text = """
+            {
+              "storages": [
+                {"type": "database", "url": "postgresql://localhost/db", "name": "local-pg"},
+                {"type": "file", "url": "s3://bucket/path", "name": "s3-fs"}
+              ],
+              "runtimes": [{"dockerfile": "docker/DOCKERFILE", "name": "custom-node"}],
+              "deployment": {"engine": "kubernetes", "target": "local"}
+            }
+            """
+        let configuration = try DeploymentConfiguration.parse(Array(text.utf8))
+        #expect(configuration.storages.count == 2)
+        #expect(configuration.storages[0].url == .plain("postgresql://localhost/db"))
+        #expect(configuration.deployment.engine == .kubernetes)
+        #expect(configuration.deployment.target == "local")
+    }
+
+    @Test("Replicas, worker groups and secret references")
+    func fullDeployment() throws {
+        let text = """
+            {"storages": [{"type": "database", "url": {"secret": "DATABASE_URL"}, "name": "pg"}],
+             "deployment": {"engine": "process", "replicas": {"ingress": 2, "worker": 3, "coordinator": 1},
+                            "worker_groups": [{"name": "llm", "handlers": ["openai-completion-prompts"], "replicas": 2}]}}
+            """
+        let configuration = try DeploymentConfiguration.parse(Array(text.utf8))
+        #expect(configuration.storages[0].url == .secret("DATABASE_URL"))
+        #expect(configuration.deployment.replicas["worker"] == 3)
+        #expect(configuration.deployment.workerGroups.first?.handlers == ["openai-completion-prompts"])
+    }
+
+    @Test("Malformed files name the path and the problem", arguments: [
+        (#"{"deployment": {"engine": "docker"}}"#, "deployment.engine: unknown engine 'docker'; expected kubernetes, nomad or process"),
+        (#"{"storages": [{"type": "database", "name": "pg"}]}"#, "storages[0].url: missing"),
+        (#"{"storages": {"type": "database"}}"#, "storages: expected an array, got an object"),
+        (#"{"storages": [{"type": 5, "url": "postgres://h/db", "name": "pg"}]}"#, "storages[0].type: expected a string, got a number"),
+        (#"{"storages": [{"type": "database", "url": "postgres://u:hunter2@h/db", "name": "pg"}]}"#, "storages[0].url: contains a password"),
+        (#"{"storages": [{"type": "database", "url": "mysql://h/db", "name": "pg"}]}"#, "storages[0].url: a database URL must start with"),
+        (#"{"deployment": {"engine": "process", "replicas": {"worker": "three"}}}"#, "deployment.replicas.worker: expected an integer, got a string"),
+        (#"{"deployment": {"engine": "process", "replicas": {"coordinator": 2}}}"#, "deployment.replicas.coordinator: must be between 1 and 1"),
+        (#"{"deployment": {"engine": "process", "worker_groups": [{"name": "g"}]}}"#, "deployment.worker_groups[0].handlers: expected a non-empty array"),
+        (#"{"deployment": {"engine": "process", "tenant": "Acme"}}"#, "deployment.tenant: tenant name 'Acme'"),
+        (#"{"storage": []}"#, "$.storage: unknown key"),
+        (#"{"deployment": {}}"#, "deployment.engine: missing"),
+    ])
+    func malformed(text: String, expected: String) {
+        let found = problems(text)
+        #expect(found.contains { $0.hasPrefix(expected) }, "\(found)")
+    }
+
+    @Test("Syntax errors give the line and column")
+    func syntax() {
+        let found = problems("{\n  \"deployment\": {\n    \"engine\": \"process\",\n  }\n}")
+        #expect(found == ["line 4, column 3: expected a string key in object"])
+    }
+
+    @Test("The error message names the file")
+    func fileName() {
+        do {
+            _ = try DeploymentConfiguration.parse(Array(#"{"deployment": 1}"#.utf8), file: "ops/autonomous.json")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description == "ops/autonomous.json: deployment: expected an object, got a number")
+        }
+    }
+}
