@@ -35,8 +35,9 @@ def main(path):
                 problems.append(f"job {name}: missing group '{group_name}'")
                 continue
             where = f"group {group_name}"
-            if not isinstance(group.get("count"), int) or group["count"] < 1:
-                problems.append(f"{where}: count must be a positive integer")
+            count = group.get("count")
+            if not ((isinstance(count, int) and count >= 1) or (isinstance(count, str) and count.startswith("${var."))):
+                problems.append(f"{where}: count must be a positive integer or a variable")
             scaling = blocks(group.get("scaling"))
             if not scaling:
                 problems.append(f"{where}: missing scaling block")

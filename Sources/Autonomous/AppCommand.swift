@@ -46,6 +46,12 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("health-port"), help: "Port of /healthz and /readyz for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
     var healthPort: Int?
 
+    @Option(help: "Worker: run only these handlers (comma separated). [env: AUTONOMOUS_HANDLERS]")
+    var handlers: String?
+
+    @Option(name: .customLong("except-handlers"), help: "Worker: run every handler but these (comma separated).")
+    var exceptHandlers: String?
+
     @Option(name: .customLong("data-dir"), help: "Directory for embedded NATS data and SQLite. [env: AUTONOMOUS_DATA_DIR, default: .autonomous]")
     var dataDirectory: String?
 
@@ -78,6 +84,12 @@ struct CommonOptions: ParsableArguments {
             configuration.healthPort = port
         }
         configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
+        if let list = handlers ?? environment["AUTONOMOUS_HANDLERS"] {
+            configuration.handlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
+        }
+        if let list = exceptHandlers {
+            configuration.excludedHandlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
+        }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration
     }

@@ -31,6 +31,10 @@ public struct RuntimeConfiguration: Sendable {
     public var tenant: String = "default"
     public var httpHost: String = "127.0.0.1"
     public var httpPort: Int = 3000
+    /// Worker: run only these handlers (`nil`: all).
+    public var handlers: Set<String>?
+    /// Worker: run every handler but these.
+    public var excludedHandlers: Set<String> = []
     /// Port of `/healthz` and `/readyz` for processes without the ingress (`nil`: none).
     public var healthPort: Int?
     /// Where `dev` keeps NATS data and the coordinator's SQLite file.
@@ -105,6 +109,13 @@ public struct AppRuntime: Sendable {
             }
             if role.runsWorker {
                 var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
+                let known = Set(graph.handlers.map(\.name))
+                for name in configuration.handlers.map({ $0.union(configuration.excludedHandlers) }) ?? configuration.excludedHandlers
+                where !known.contains(name) {
+                    throw ConfigurationError("unknown handler '\(name)'; the app has \(known.sorted().joined(separator: ", "))")
+                }
+                let selected = (configuration.handlers ?? known).subtracting(configuration.excludedHandlers)
+                workerConfiguration.handlers = selected
                 workerConfiguration.ackWait = configuration.topology.ackWait
                 services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
             }

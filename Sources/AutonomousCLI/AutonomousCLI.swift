@@ -1,35 +1,270 @@
 import ArgumentParser
 import ClusterCore
+import Deploy
 import Foundation
+import Logging
 
-/// The operator's tool. `deploy`, `dlq` and `tenants` arrive with later releases; today it
-/// describes an app binary's graph.
+/// The operator's tool: deploy an app, stop a local cluster, describe an app.
 @main
 struct AutonomousCLI: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "autonomous",
         abstract: "Operate Autonomous apps.",
-        subcommands: [Describe.self]
+        subcommands: [DeployCommand.self, DownCommand.self, DescribeCommand.self, SuperviseCommand.self]
+    )
+}
+
+/// Finds an app binary: a path, or a product name under `.build/{debug,release}`.
+func resolveApp(_ app: String) throws -> String {
+    let candidates = [app, ".build/debug/\(app)", ".build/release/\(app)"]
+    for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate) {
+        return URL(fileURLWithPath: candidate).standardizedFileURL.path
+    }
+    throw ValidationError("app '\(app)' not found: pass the binary's path or build it (swift build --product \(app))")
+}
+
+func makeLogger(_ level: String) -> Logger {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = Logger.Level(rawValue: level) ?? .info
+        return handler
+    }
+    return Logger(label: "autonomous")
+}
+
+struct DescribeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "describe", abstract: "Print an app's graph (runs `<app> describe`).")
+
+    @Argument(help: "The app binary or product name, e.g. OrderFlow.")
+    var app: String
+
+    func run() async throws {
+        let binary = try resolveApp(app)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["describe"]
+        try process.run()
+        process.waitUntilExit()
+        if process.terminationStatus != 0 { throw ExitCode(process.terminationStatus) }
+    }
+}
+
+struct DeployCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "deploy",
+        abstract: "Deploy an app as autonomous.json describes.",
+        discussion: """
+            kubernetes: writes a kustomize overlay for the app on top of deploy/k8s/overlays/<target>
+            and runs `kubectl apply -k` when kubectl reaches a cluster (otherwise prints the command).
+            nomad: writes the variables file for deploy/nomad/autonomous.nomad.hcl and runs
+            `nomad job run` when nomad is installed (otherwise prints the command).
+            process: runs the cluster on this machine as supervised processes (nats-server, the
+            coordinator, ingress and worker processes), logs in .autonomous/process/<target>/logs.
+            Run it again with --scale to change replicas; `autonomous down` stops it.
+            """
     )
 
-    struct Describe: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Print an app's graph (runs `<app> describe`)."
-        )
+    @Argument(help: "The app binary or product name, e.g. OrderFlow.")
+    var app: String
 
-        @Argument(help: "Path of the app binary, e.g. .build/debug/OrderFlow.")
-        var app: String
+    @Option(help: "kubernetes, nomad or process (default: autonomous.json's deployment.engine).")
+    var engine: String?
 
-        func run() async throws {
-            guard FileManager.default.isExecutableFile(atPath: app) else {
-                throw ValidationError("\(app): not an executable file")
-            }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: app)
-            process.arguments = ["describe"]
-            try process.run()
-            process.waitUntilExit()
-            if process.terminationStatus != 0 { throw ExitCode(process.terminationStatus) }
+    @Option(help: "Overlay (kubernetes), datacenter (nomad) or cluster name (process).")
+    var target: String?
+
+    @Option(name: .customLong("config"), help: "Path of autonomous.json (missing file: process engine defaults).")
+    var configPath: String = "autonomous.json"
+
+    @Flag(name: .customLong("dry-run"), help: "Render and print what would run, change nothing.")
+    var dryRun = false
+
+    @Option(name: .customLong("out"), help: "Where rendered files go (default .autonomous/deploy/<engine>-<target>).")
+    var outputDirectory: String?
+
+    @Option(help: "Replicas, e.g. --scale worker=4 (repeatable).")
+    var scale: [String] = []
+
+    @Option(help: "App image for kubernetes/nomad (name:tag or name@sha256:…).")
+    var image: String?
+
+    @Option(help: "Directory with the project's kustomize base and overlays.")
+    var manifests: String = "deploy/k8s"
+
+    @Option(name: .customLong("nomad-job"), help: "The Nomad job file.")
+    var nomadJob: String = "deploy/nomad/autonomous.nomad.hcl"
+
+    @Option(name: .customLong("log-level"))
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var configuration = DeploymentConfiguration()
+        if FileManager.default.fileExists(atPath: configPath) {
+            do { configuration = try DeploymentConfiguration.load(path: configPath) } catch { throw ValidationError(error.description) }
+        } else if configPath != "autonomous.json" {
+            throw ValidationError("\(configPath): no such file")
         }
+        var deployment = configuration.deployment
+        if let engine {
+            guard let value = DeploymentConfiguration.Engine(engine) else {
+                throw ValidationError("--engine: unknown engine '\(engine)'; expected kubernetes, nomad or process")
+            }
+            deployment.engine = value
+        }
+        if let target { deployment.target = target }
+        if let image { deployment.image = image }
+        for item in scale {
+            let parts = item.split(separator: "=")
+            guard parts.count == 2, let n = Int(parts[1]), n >= 0 else {
+                throw ValidationError("--scale \(item): expected ROLE=COUNT, e.g. worker=4")
+            }
+            deployment.replicas[String(parts[0])] = n
+        }
+        guard Names.isValid(deployment.target) || deployment.engine != .process else {
+            throw ValidationError("target '\(deployment.target)' must be [a-z0-9_-]")
+        }
+        let binary = try resolveApp(app)
+        let description = try AppDescription.of(binary: binary)
+        do { try description.check(deployment) } catch let error as DeployError { throw ValidationError(error.message) }
+        let out = outputDirectory ?? ".autonomous/deploy/\(deployment.engine)-\(deployment.target)"
+        let result: String
+        switch deployment.engine {
+        case .kubernetes:
+            let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
+            try write(files, to: out)
+            result = try apply(tool: "kubectl", probe: ["cluster-info", "--request-timeout=5s"], command: ["apply", "-k", out], render: ["kustomize", out], renderedFile: out + "/rendered.yaml")
+        case .nomad:
+            let files = try NomadRenderer.render(app: description, deployment: deployment)
+            try write(files, to: out)
+            result = try apply(tool: "nomad", probe: ["node", "status"], command: ["job", "run", "-var-file=\(out)/autonomous.vars.hcl", nomadJob], render: nil, renderedFile: nil)
+        default:
+            result = try await deployProcesses(binary: binary, deployment: deployment)
+        }
+        print("Deploying '\(description.name)' to '\(deployment.target)' with \(deployment.engine)... \(result)")
+        print("")
+        print("Live endpoints:")
+        let host = deployment.engine == .process ? "localhost:\(deployment.httpPort)" : "<ingress>"
+        for route in description.routes { print("  \(host)\(route.path) \(route.method)") }
+        print("  \(host)/v1/tables/{table}/records POST")
+        print("")
+        print("Live schedules:")
+        if description.schedules.isEmpty { print("  (none)") }
+        for schedule in description.schedules { print("  \(schedule.name)    \(schedule.schedule)") }
+        print("")
+        print("Storages online:")
+        print("  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (stream \(Wire.streamName(tenant: deployment.tenant)))")
+        for storage in configuration.storages { print("  \(storage.url) (\(storage.name))") }
+    }
+
+    private func write(_ files: [String: String], to directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (name, contents) in files.sorted(by: { $0.key < $1.key }) {
+            try contents.write(toFile: "\(directory)/\(name)", atomically: true, encoding: .utf8)
+            print("wrote \(directory)/\(name)")
+        }
+    }
+
+    private func toolPath(_ tool: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let candidate = "\(directory)/\(tool)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Runs `tool args`, returning (status, output).
+    private func runTool(_ path: String, _ arguments: [String], capture: Bool) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let pipe = Pipe()
+        if capture {
+            process.standardOutput = pipe
+            process.standardError = pipe
+        }
+        try process.run()
+        let data = capture ? pipe.fileHandleForReading.readDataToEndOfFile() : Data()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    private func apply(tool: String, probe: [String], command: [String], render: [String]?, renderedFile: String?) throws -> String {
+        let shown = ([tool] + command).joined(separator: " ")
+        guard let path = toolPath(tool) else {
+            print("\(tool) is not installed; to deploy, run: \(shown)")
+            return "RENDERED"
+        }
+        if let render, let renderedFile {
+            let (status, output) = try runTool(path, render, capture: true)
+            guard status == 0 else { throw ValidationError("\(tool) \(render.joined(separator: " ")) failed:\n\(output)") }
+            try output.write(toFile: renderedFile, atomically: true, encoding: .utf8)
+            print("wrote \(renderedFile)")
+        }
+        if dryRun {
+            print("dry run; would run: \(shown)")
+            return "RENDERED (dry run)"
+        }
+        let (probeStatus, _) = try runTool(path, probe, capture: true)
+        guard probeStatus == 0 else {
+            print("\(tool) reaches no cluster; to deploy, run: \(shown)")
+            return "RENDERED"
+        }
+        let (status, _) = try runTool(path, command, capture: false)
+        guard status == 0 else { throw ExitCode(status) }
+        return "DONE"
+    }
+
+    private func deployProcesses(binary: String, deployment: DeploymentConfiguration.Deployment) async throws -> String {
+        let directory = URL(fileURLWithPath: ".autonomous/process/\(deployment.target)").standardizedFileURL.path
+        var specification = ProcessCluster.Specification(app: binary, directory: directory)
+        specification.tenant = deployment.tenant
+        specification.natsURL = deployment.natsURL
+        specification.httpPort = deployment.httpPort
+        specification.healthPort = deployment.httpPort + 100
+        specification.logLevel = logLevel
+        specification.replicas = ["ingress": deployment.replicas["ingress"] ?? 1, "worker": deployment.replicas["worker"] ?? 1]
+        for group in deployment.workerGroups {
+            specification.workerGroups[group.name] = group.handlers
+            specification.replicas["worker-\(group.name)"] = group.replicas
+        }
+        if dryRun {
+            print("dry run; would start: \(specification.replicas.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) coordinator=1")
+            return "RENDERED (dry run)"
+        }
+        let daemon = SupervisorControl(directory: directory)
+        try daemon.apply(specification)
+        return "DONE"
+    }
+}
+
+struct DownCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "down",
+        abstract: "Stop a cluster started with `autonomous deploy --engine process`."
+    )
+
+    @Option(help: "The cluster name (deploy's --target).")
+    var target: String = "local"
+
+    func run() async throws {
+        let directory = URL(fileURLWithPath: ".autonomous/process/\(target)").standardizedFileURL.path
+        let stopped = try SupervisorControl(directory: directory).stop()
+        print(stopped ? "Stopped the '\(target)' cluster; no process is left." : "No '\(target)' cluster is running.")
+    }
+}
+
+struct SuperviseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "supervise",
+        abstract: "Run a process cluster in the foreground (started by `deploy --engine process`).",
+        shouldDisplay: false
+    )
+
+    @Option(help: "The cluster's state directory.")
+    var state: String
+
+    func run() async throws {
+        let logger = makeLogger(ProcessInfo.processInfo.environment["AUTONOMOUS_LOG_LEVEL"] ?? "info")
+        try await SupervisorControl(directory: state).runSupervisor(logger: logger)
     }
 }

@@ -19,6 +19,16 @@ variable "tenant" {
   default = "default"
 }
 
+variable "ingress_count" {
+  type    = number
+  default = 2
+}
+
+variable "worker_count" {
+  type    = number
+  default = 2
+}
+
 variable "datacenters" {
   type    = list(string)
   default = ["dc1"]
@@ -45,7 +55,7 @@ job "autonomous" {
   }
 
   group "ingress" {
-    count = 2
+    count = var.ingress_count
 
     network {
       port "http" {
@@ -126,7 +136,7 @@ job "autonomous" {
   }
 
   group "worker" {
-    count = 2
+    count = var.worker_count
 
     network {
       port "health" {

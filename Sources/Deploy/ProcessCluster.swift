@@ -1,0 +1,273 @@
+import AsyncHTTPClient
+import Foundation
+public import Logging
+public import NATS
+
+/// The `process` deploy engine: a whole cluster as supervised processes on this machine —
+/// nats-server (unless an external URL is given), one coordinator, N ingress and M worker
+/// processes of an app binary — with logs under `directory/logs`.
+///
+/// Children that crash are restarted. ``scale(_:to:)`` adds or drains replicas (SIGTERM, so a
+/// stopping worker finishes and acks what it holds); ``down()`` stops everything in reverse
+/// dependency order. The fault and load tests drive clusters through this API; the
+/// `autonomous` command runs it as a daemon.
+public actor ProcessCluster {
+    public struct Specification: Sendable, Codable, Equatable {
+        /// Path of the app binary.
+        public var app: String
+        /// Logs, NATS data and coordinator state go here.
+        public var directory: String
+        public var tenant: String = "default"
+        /// An existing NATS; `nil` starts nats-server under `directory/nats`.
+        public var natsURL: String?
+        /// Ingress `i` listens on `httpPort + i`.
+        public var httpPort: Int = 3000
+        /// Workers and the coordinator serve health on `healthPort + slot`.
+        public var healthPort: Int = 3100
+        /// Replicas by role: `ingress`, `worker`, and `worker-<group>` for worker groups.
+        public var replicas: [String: Int] = ["ingress": 1, "worker": 1]
+        /// Handlers of each worker group (role `worker-<group>` runs only these).
+        public var workerGroups: [String: [String]] = [:]
+        /// Extra environment for every child (secrets come from here or the parent's environment).
+        public var environment: [String: String] = [:]
+        /// Log level of the children.
+        public var logLevel: String = "info"
+
+        public init(app: String, directory: String) {
+            self.app = app
+            self.directory = directory
+        }
+    }
+
+    struct Child {
+        let slot: Int
+        let process: Process
+        let port: Int
+    }
+
+    public nonisolated let specification: Specification
+    public nonisolated let natsURL: String
+    private let logger: Logger
+    private let nats: NATSServerProcess?
+    private var children: [String: [Int: Child]] = [:]
+    private var desired: [String: Int] = [:]
+    private var monitor: Task<Void, Never>?
+    private var stopping = false
+    public private(set) var restarts = 0
+
+    private init(specification: Specification, natsURL: String, nats: NATSServerProcess?, logger: Logger) {
+        self.specification = specification
+        self.natsURL = natsURL
+        self.nats = nats
+        self.logger = logger
+    }
+
+    /// Starts the cluster and returns once every process is ready.
+    public static func up(_ specification: Specification, logger: Logger) async throws -> ProcessCluster {
+        guard FileManager.default.isExecutableFile(atPath: specification.app) else {
+            throw DeployError("app binary \(specification.app) does not exist or is not executable")
+        }
+        try FileManager.default.createDirectory(atPath: specification.directory + "/logs", withIntermediateDirectories: true)
+        var nats: NATSServerProcess?
+        let url: String
+        if let external = specification.natsURL {
+            url = external
+        } else {
+            let server = try await NATSServerProcess.start(directory: specification.directory + "/nats", logger: logger)
+            nats = server
+            url = server.url
+        }
+        let cluster = ProcessCluster(specification: specification, natsURL: url, nats: nats, logger: logger)
+        do {
+            try await cluster.start()
+        } catch {
+            await cluster.down()
+            throw error
+        }
+        return cluster
+    }
+
+    private func start() async throws {
+        desired["coordinator"] = 1
+        try await scale("coordinator", to: 1)
+        for (role, count) in specification.replicas.sorted(by: { $0.key < $1.key }) where role != "ingress" {
+            try await scale(role, to: count)
+        }
+        try await scale("ingress", to: specification.replicas["ingress"] ?? 1)
+        let interval = Duration.milliseconds(250)
+        monitor = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                await self?.restartCrashed()
+            }
+        }
+    }
+
+    /// Roles and their running process ids.
+    public func processIDs() -> [String: [Int32]] {
+        children.mapValues { $0.values.sorted { $0.slot < $1.slot }.map(\.process.processIdentifier) }
+    }
+
+    /// Every process id of the cluster, nats-server included.
+    public func allProcessIDs() -> [Int32] {
+        children.values.flatMap { $0.values.map(\.process.processIdentifier) } + (nats.map { [$0.processIdentifier] } ?? [])
+    }
+
+    /// The ingress base URLs, by slot.
+    public func ingressURLs() -> [String] {
+        (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map { "http://127.0.0.1:\($0.port)" }
+    }
+
+    public func replicas(of role: String) -> Int { children[role]?.count ?? 0 }
+
+    /// Changes the number of replicas of `role`, waiting until new ones are ready and removed
+    /// ones have drained and exited.
+    public func scale(_ role: String, to count: Int) async throws {
+        guard role == "ingress" || role == "worker" || role == "coordinator" || role.hasPrefix("worker-") else {
+            throw DeployError("unknown role '\(role)'; expected ingress, worker, worker-<group> or coordinator")
+        }
+        if role.hasPrefix("worker-") && specification.workerGroups[String(role.dropFirst("worker-".count))] == nil {
+            throw DeployError("unknown worker group '\(role.dropFirst("worker-".count))'")
+        }
+        guard count >= 0, role != "coordinator" || count <= 1 else { throw DeployError("invalid replica count \(count) for \(role)") }
+        desired[role] = count
+        var current = children[role] ?? [:]
+        while current.count > count, let slot = current.keys.max() {
+            let child = current.removeValue(forKey: slot)!
+            children[role] = current
+            await Self.terminate(child.process, timeout: .seconds(60))
+        }
+        var started: [Child] = []
+        while current.count < count {
+            let slot = (0...).first { current[$0] == nil }!
+            let child = try launch(role: role, slot: slot)
+            current[slot] = child
+            children[role] = current
+            started.append(child)
+        }
+        for child in started { try await waitUntilReady(role: role, child: child) }
+    }
+
+    private func port(role: String, slot: Int) -> Int {
+        switch role {
+        case "ingress": return specification.httpPort + slot
+        case "coordinator": return specification.healthPort
+        case "worker": return specification.healthPort + 1 + slot
+        default:
+            let groups = specification.workerGroups.keys.sorted()
+            let index = groups.firstIndex(of: String(role.dropFirst("worker-".count))) ?? 0
+            return specification.healthPort + 100 * (index + 1) + slot
+        }
+    }
+
+    private func launch(role: String, slot: Int) throws -> Child {
+        let port = port(role: role, slot: slot)
+        let logPath = "\(specification.directory)/logs/\(role)-\(slot).log"
+        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: specification.app)
+        var arguments = [
+            role.hasPrefix("worker") ? "worker" : role,
+            "--nats-url", natsURL,
+            "--tenant", specification.tenant,
+            "--log-level", specification.logLevel,
+            "--data-dir", "\(specification.directory)/\(role)-\(slot)",
+        ]
+        if role == "ingress" {
+            arguments += ["--port", String(port)]
+        } else {
+            arguments += ["--health-port", String(port)]
+        }
+        if role.hasPrefix("worker-"), let handlers = specification.workerGroups[String(role.dropFirst("worker-".count))] {
+            arguments += ["--handlers", handlers.joined(separator: ",")]
+        } else if role == "worker", !specification.workerGroups.isEmpty {
+            arguments += ["--except-handlers", specification.workerGroups.values.flatMap { $0 }.sorted().joined(separator: ",")]
+        }
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        try? log.close()
+        logger.info("Started", metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"])
+        return Child(slot: slot, process: process, port: port)
+    }
+
+    private func waitUntilReady(role: String, child: Child, timeout: Duration = .seconds(60)) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        let url = "http://127.0.0.1:\(child.port)/readyz"
+        while clock.now < deadline {
+            guard child.process.isRunning else {
+                throw DeployError("\(role) \(child.slot) exited at startup; see \(specification.directory)/logs/\(role)-\(child.slot).log")
+            }
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)),
+                response.status.code == 200
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw DeployError("\(role) \(child.slot) was not ready within \(timeout); see \(specification.directory)/logs/\(role)-\(child.slot).log")
+    }
+
+    private func restartCrashed() async {
+        guard !stopping else { return }
+        for (role, slots) in children {
+            for (slot, child) in slots where !child.process.isRunning {
+                restarts += 1
+                logger.warning(
+                    "Process exited; restarting",
+                    metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.status": "\(child.process.terminationStatus)"]
+                )
+                if let replacement = try? launch(role: role, slot: slot) {
+                    children[role]?[slot] = replacement
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to one replica (fault tests); the supervisor restarts it if it dies.
+    public func signal(_ signal: Int32, role: String, slot: Int) {
+        if let child = children[role]?[slot] { kill(child.process.processIdentifier, signal) }
+    }
+
+    /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.
+    public func down() async {
+        stopping = true
+        monitor?.cancel()
+        monitor = nil
+        let order = ["ingress"] + children.keys.filter { $0.hasPrefix("worker") }.sorted() + ["coordinator"]
+        for role in order {
+            let stopping = (children.removeValue(forKey: role) ?? [:]).values.map(\.process)
+            await withTaskGroup(of: Void.self) { group in
+                for process in stopping {
+                    group.addTask { await Self.terminate(process, timeout: .seconds(60)) }
+                }
+            }
+        }
+        await nats?.stop()
+    }
+
+    static func terminate(_ process: Process, timeout: Duration) async {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while process.isRunning && clock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+        }
+    }
+}
+
+/// A deployment failed; the message says what to fix.
+public struct DeployError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

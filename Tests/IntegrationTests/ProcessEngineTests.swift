@@ -1,0 +1,200 @@
+import AsyncHTTPClient
+import Autonomous
+import AutonomousTesting
+import Foundation
+import NATS
+import NIOCore
+import Synchronization
+import Testing
+
+/// Drives the `autonomous` command as an operator would.
+@Suite("Process deploy engine", .serialized)
+struct ProcessEngineTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let cli = root.appendingPathComponent(".build/debug/autonomous").path
+    static let orderFlow = root.appendingPathComponent(".build/debug/OrderFlow").path
+
+    @discardableResult
+    func autonomous(_ arguments: [String], in directory: String) throws -> (status: Int32, output: String) {
+        guard FileManager.default.isExecutableFile(atPath: Self.cli) else {
+            throw ConfigurationError("\(Self.cli) is missing; run `swift build --build-tests` first")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.cli)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func status(in directory: String) throws -> JSONValue {
+        try JSONParser.parse(Array(FileManager.default.contents(atPath: directory + "/.autonomous/process/local/status.json") ?? Data()))
+    }
+
+    /// Posts `batch` as NDJSON with an idempotency key, retrying 429/503 and connection errors.
+    func post(_ url: String, key: String, lines: [String]) async throws {
+        for attempt in 0..<100 {
+            var request = HTTPClientRequest(url: url + "/v1/tables/orders/records")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+            request.headers.add(name: "Idempotency-Key", value: key)
+            request.body = .bytes(ByteBuffer(string: lines.joined(separator: "\n")))
+            if let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(30)) {
+                _ = try? await response.body.collect(upTo: 1 << 20)
+                if response.status.code == 202 { return }
+                #expect(response.status.code == 429 || response.status.code == 503, "unexpected \(response.status)")
+            }
+            try await Task.sleep(for: .milliseconds(100 * min(attempt + 1, 10)))
+        }
+        throw ConfigurationError("batch \(key) was never accepted")
+    }
+
+    @Test("2 ingress, 3 workers, 1 coordinator; scale workers 3 → 1 → 3 under load; exactly once; down leaves nothing")
+    func deployScaleDown() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-process-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = Int.random(in: 20_000..<40_000)
+        try #"{"deployment": {"engine": "process", "http_port": \#(port), "replicas": {"ingress": 2, "worker": 3}}}"#
+            .write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+
+        let up = try autonomous(["deploy", Self.orderFlow, "--log-level", "warning"], in: directory)
+        #expect(up.status == 0, "\(up.output)")
+        #expect(up.output.contains("Deploying 'OrderFlow' to 'local' with process... DONE"))
+        #expect(up.output.contains("Live endpoints:"))
+        var cluster = try status(in: directory)
+        #expect(cluster["processes"]["ingress"].arrayValue?.count == 2)
+        #expect(cluster["processes"]["worker"].arrayValue?.count == 3)
+        #expect(cluster["processes"]["coordinator"].arrayValue?.count == 1)
+        let ingress = (cluster["ingress"].arrayValue ?? []).compactMap(\.stringValue)
+        #expect(ingress.count == 2)
+        let natsURL = try #require(cluster["natsURL"].stringValue)
+        let allPIDs = (cluster["allPIDs"].arrayValue ?? []).compactMap(\.intValue).map { Int32($0) }
+        #expect(allPIDs.count == 7)
+
+        // Traffic on both ingress processes while workers are scaled down and up again.
+        let batches = 40
+        let perBatch = 500
+        let accepted = Counter()
+        let load = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for b in 0..<batches {
+                    group.addTask {
+                        let lines = (0..<perBatch).map { i in
+                            #"{"order_id":"o-\#(b)-\#(i)","customer":"c\#(i % 7)","items":[{"sku":"s","quantity":\#(i % 3 + 1),"unit_price":\#(i)}]}"#
+                        }
+                        try await post(ingress[b % ingress.count], key: "batch-\(b)", lines: lines)
+                        accepted.increment()
+                    }
+                    if b % 4 == 3 { try await group.next() }
+                }
+                try await group.waitForAll()
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(accepted.value < batches, "scaling must happen while load is still being sent")
+        let down = try autonomous(["deploy", Self.orderFlow, "--scale", "worker=1", "--log-level", "warning"], in: directory)
+        #expect(down.status == 0, "\(down.output)")
+        #expect(try status(in: directory)["processes"]["worker"].arrayValue?.count == 1)
+        try await Task.sleep(for: .milliseconds(300))
+        let upAgain = try autonomous(["deploy", Self.orderFlow, "--scale", "worker=3", "--log-level", "warning"], in: directory)
+        #expect(upAgain.status == 0, "\(upAgain.output)")
+        cluster = try status(in: directory)
+        #expect(cluster["processes"]["worker"].arrayValue?.count == 3)
+        try await load.value
+
+        // Audit: every accepted order enriched exactly once.
+        let total = batches * perBatch
+        var configuration = NATSConnection.Configuration(url: natsURL)
+        configuration.connectTimeout = .seconds(5)
+        let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+        let enriched = try await StreamAudit.read(
+            connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.enriched_orders", atLeast: total, timeout: .seconds(120)
+        )
+        let orders = try await StreamAudit.read(
+            connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.orders", atLeast: total, timeout: .seconds(30)
+        )
+        await connection.close()
+        #expect(orders.count == total)
+        #expect(enriched.count == total)
+        let ids = enriched.compactMap { try? JSONParser.parse($0.payload)["order_id"].stringValue }
+        #expect(Set(ids).count == total, "every order exactly once")
+        #expect(Set(enriched.compactMap(\.causedBy)) == Set(orders.compactMap(\.id)))
+
+        let stopped = try autonomous(["down"], in: directory)
+        #expect(stopped.status == 0, "\(stopped.output)")
+        #expect(stopped.output.contains("no process is left"))
+        let finalPIDs = (try status(in: directory)["allPIDs"].arrayValue ?? []).compactMap(\.intValue).map { Int32($0) }
+        for pid in Set(allPIDs + finalPIDs) {
+            #expect(kill(pid, 0) != 0, "process \(pid) is still running")
+        }
+        let again = try autonomous(["down"], in: directory)
+        #expect(again.output.contains("No 'local' cluster is running."))
+    }
+
+    @Test("A malformed autonomous.json fails with a message naming the file and path")
+    func malformedConfiguration() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cases = [
+            (#"{"deployment": {"engine": "swarm"}}"#, "autonomous.json: deployment.engine: unknown engine 'swarm'; expected kubernetes, nomad or process"),
+            (#"{"storages": [{"type": "database", "name": "pg"}], "deployment": {"engine": "process"}}"#, "autonomous.json: storages[0].url: missing"),
+            (#"{"deployment": {"engine": "process", "replicas": {"worker": true}}}"#, "autonomous.json: deployment.replicas.worker: expected an integer, got a boolean"),
+        ]
+        for (text, message) in cases {
+            try text.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+            let result = try autonomous(["deploy", Self.orderFlow, "--dry-run"], in: directory)
+            #expect(result.status != 0)
+            #expect(result.output.contains(message), "\(result.output)")
+        }
+    }
+
+    @Test("Kubernetes and Nomad deploys render files and say what they would run")
+    func renderDryRun() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-render-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try """
+            {"deployment": {"engine": "kubernetes", "target": "production", "image": "registry.example.com/shop/orderflow:1.2.3",
+              "replicas": {"ingress": 3, "worker": 4},
+              "worker_groups": [{"name": "enrich", "handlers": ["enrich-orders"], "replicas": 2}]}}
+            """.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        let manifests = Self.root.appendingPathComponent("deploy/k8s").path
+        let k8s = try autonomous(["deploy", Self.orderFlow, "--dry-run", "--manifests", manifests], in: directory)
+        #expect(k8s.status == 0, "\(k8s.output)")
+        #expect(k8s.output.contains("would run: kubectl apply -k .autonomous/deploy/kubernetes-production") || k8s.output.contains("kubectl is not installed"))
+        let kustomization = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/kustomization.yaml", encoding: .utf8)
+        #expect(kustomization.contains("newTag: \"1.2.3\""))
+        let group = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/worker-enrich.yaml", encoding: .utf8)
+        #expect(group.contains(#"args: ["worker", "--handlers", "enrich-orders"]"#))
+        if FileManager.default.fileExists(atPath: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml") {
+            let rendered = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml", encoding: .utf8)
+            #expect(rendered.contains("image: registry.example.com/shop/orderflow:1.2.3"))
+            #expect(rendered.contains("name: worker-enrich"))
+            #expect(rendered.contains("--except-handlers"))
+        }
+        let unknown = try autonomous(["deploy", Self.orderFlow, "--dry-run", "--engine", "kubernetes", "--target", "mars", "--manifests", manifests], in: directory)
+        #expect(unknown.status != 0)
+        #expect(unknown.output.contains("no kustomize overlay 'mars'"))
+
+        try #"{"deployment": {"engine": "nomad", "target": "dc1", "image": "registry.example.com/shop/orderflow:1.2.3"}}"#
+            .write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        let nomad = try autonomous(["deploy", Self.orderFlow, "--dry-run"], in: directory)
+        #expect(nomad.status == 0, "\(nomad.output)")
+        #expect(nomad.output.contains("nomad job run -var-file=.autonomous/deploy/nomad-dc1/autonomous.vars.hcl"))
+        let vars = try String(contentsOfFile: directory + "/.autonomous/deploy/nomad-dc1/autonomous.vars.hcl", encoding: .utf8)
+        #expect(vars.contains(#"image = "registry.example.com/shop/orderflow:1.2.3""#))
+    }
+}
+
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
