@@ -54,12 +54,14 @@ struct DeployCommand: AsyncParsableCommand {
         commandName: "deploy",
         abstract: "Deploy an app as autonomous.json describes.",
         discussion: """
-            kubernetes: writes a kustomize overlay for the app on top of deploy/k8s/overlays/<target>
+            kubernetes: writes a kustomize overlay for the app on top of deploy/k8s/overlays/<target> \
             and runs `kubectl apply -k` when kubectl reaches a cluster (otherwise prints the command).
-            nomad: writes the variables file for deploy/nomad/autonomous.nomad.hcl and runs
+
+            nomad: writes the variables file for deploy/nomad/autonomous.nomad.hcl and runs \
             `nomad job run` when nomad is installed (otherwise prints the command).
-            process: runs the cluster on this machine as supervised processes (nats-server, the
-            coordinator, ingress and worker processes), logs in .autonomous/process/<target>/logs.
+
+            process: runs the cluster on this machine as supervised processes (nats-server, the \
+            coordinator, ingress and worker processes), logs in .autonomous/process/<target>/logs. \
             Run it again with --scale to change replicas; `autonomous down` stops it.
             """
     )
