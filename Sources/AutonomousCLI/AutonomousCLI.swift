@@ -234,7 +234,7 @@ struct DeployCommand: AsyncParsableCommand {
             return "RENDERED (dry run)"
         }
         let daemon = SupervisorControl(directory: directory)
-        try daemon.apply(specification)
+        try await daemon.apply(specification)
         return "DONE"
     }
 }
@@ -250,7 +250,7 @@ struct DownCommand: AsyncParsableCommand {
 
     func run() async throws {
         let directory = URL(fileURLWithPath: ".autonomous/process/\(target)").standardizedFileURL.path
-        let stopped = try SupervisorControl(directory: directory).stop()
+        let stopped = try await SupervisorControl(directory: directory).stop()
         print(stopped ? "Stopped the '\(target)' cluster; no process is left." : "No '\(target)' cluster is running.")
     }
 }

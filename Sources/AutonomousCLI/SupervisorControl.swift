@@ -44,13 +44,14 @@ struct SupervisorControl {
     }
 
     /// Writes the desired state and starts or signals the daemon; waits until it is applied.
-    func apply(_ specification: ProcessCluster.Specification) throws {
+    func apply(_ specification: ProcessCluster.Specification) async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let previous = (try? JSONDecoder().decode(DesiredState.self, from: FileManager.default.contents(atPath: specPath) ?? Data()))?.generation ?? 0
         let generation = previous + 1
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(DesiredState(generation: generation, specification: specification)).write(to: URL(fileURLWithPath: specPath))
+        var spawned: Process?
         if let pid = runningPID() {
             kill(pid, SIGHUP)
         } else {
@@ -64,6 +65,7 @@ struct SupervisorControl {
             process.standardOutput = handle
             process.standardError = handle
             try process.run()
+            spawned = process
         }
         let deadline = Date().addingTimeInterval(180)
         while Date() < deadline {
@@ -72,18 +74,23 @@ struct SupervisorControl {
                 for url in status.ingress { print("ingress \(url)") }
                 return
             }
-            usleep(100_000)
+            // setsid execs the supervisor in place, so `spawned` is the supervisor itself.
+            let alive = spawned.map(\.isRunning) ?? (runningPID() != nil)
+            guard alive || readStatus()?.generation == generation else {
+                throw ValidationError("the supervisor exited; see \(directory)/supervisor.log")
+            }
+            try await Task.sleep(for: .milliseconds(100))
         }
         throw ValidationError("the cluster did not come up within 180 s; see \(directory)/supervisor.log")
     }
 
     /// Stops the daemon and everything it runs. Returns false when nothing was running.
-    func stop() throws -> Bool {
+    func stop() async throws -> Bool {
         guard let pid = runningPID() else { return false }
         let pids = readStatus()?.allPIDs ?? []
         kill(pid, SIGTERM)
         let deadline = Date().addingTimeInterval(180)
-        while kill(pid, 0) == 0 && Date() < deadline { usleep(100_000) }
+        while kill(pid, 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
         if kill(pid, 0) == 0 { throw ValidationError("the supervisor (pid \(pid)) did not stop within 180 s") }
         let left = pids.filter { kill($0, 0) == 0 }
         if !left.isEmpty {

@@ -48,7 +48,7 @@ public final class NATSServerProcess: Sendable {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let pidFile = directory + "/nats-server.pid"
-        stopStale(pidFile: pidFile, logger: logger)
+        await stopStale(pidFile: pidFile, logger: logger)
         // Old ports files would be mistaken for this run's.
         for file in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] where file.hasSuffix(".ports") {
             try? fm.removeItem(atPath: directory + "/" + file)
@@ -89,7 +89,7 @@ public final class NATSServerProcess: Sendable {
     }
 
     /// Stops a server left running by an earlier process that died without stopping it.
-    private static func stopStale(pidFile: String, logger: Logger) {
+    private static func stopStale(pidFile: String, logger: Logger) async {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
         else { return }
@@ -97,7 +97,7 @@ public final class NATSServerProcess: Sendable {
         guard cmdline.contains("nats-server") else { return }
         logger.info("Stopping a nats-server left running by an earlier run", metadata: ["nats.pid": "\(pid)"])
         kill(pid, SIGTERM)
-        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(50_000) }
+        for _ in 0..<100 where kill(pid, 0) == 0 { try? await Task.sleep(for: .milliseconds(50)) }
         if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
     }
 
