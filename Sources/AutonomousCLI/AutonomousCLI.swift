@@ -140,7 +140,7 @@ struct DeployCommand: AsyncParsableCommand {
             try write(files, to: out)
             result = try apply(tool: "nomad", probe: ["node", "status"], command: ["job", "run", "-var-file=\(out)/autonomous.vars.hcl", nomadJob], render: nil, renderedFile: nil)
         default:
-            result = try await deployProcesses(binary: binary, deployment: deployment)
+            result = try await deployProcesses(binary: binary, deployment: deployment, configuration: configuration)
         }
         print("Deploying '\(description.name)' to '\(deployment.target)' with \(deployment.engine)... \(result)")
         print("")
@@ -216,7 +216,11 @@ struct DeployCommand: AsyncParsableCommand {
         return "DONE"
     }
 
-    private func deployProcesses(binary: String, deployment: DeploymentConfiguration.Deployment) async throws -> String {
+    private func deployProcesses(
+        binary: String,
+        deployment: DeploymentConfiguration.Deployment,
+        configuration: DeploymentConfiguration
+    ) async throws -> String {
         let directory = URL(fileURLWithPath: ".autonomous/process/\(deployment.target)").standardizedFileURL.path
         var specification = ProcessCluster.Specification(app: binary, directory: directory)
         specification.tenant = deployment.tenant
@@ -225,6 +229,16 @@ struct DeployCommand: AsyncParsableCommand {
         specification.healthPort = deployment.httpPort + 100
         specification.logLevel = logLevel
         specification.replicas = ["ingress": deployment.replicas["ingress"] ?? 1, "worker": deployment.replicas["worker"] ?? 1]
+        // A database storage on this machine is run by the engine as well.
+        for storage in configuration.storages where storage.kind == .database {
+            guard case .plain(let text) = storage.url, let url = URLComponents(string: text),
+                url.scheme == "postgres" || url.scheme == "postgresql",
+                url.host == "127.0.0.1" || url.host == "localhost"
+            else { continue }
+            let database = url.path.split(separator: "/").first.map(String.init) ?? "autonomous"
+            specification.postgres = .init(port: url.port ?? 5432, database: database)
+            break
+        }
         for group in deployment.workerGroups {
             specification.workerGroups[group.name] = group.handlers
             specification.replicas["worker-\(group.name)"] = group.replicas

@@ -22,6 +22,8 @@ struct SupervisorControl {
         var error: String?
         var supervisorPID: Int32
         var natsURL: String?
+        var postgresURL: String?
+        var postgresData: String?
         var ingress: [String]
         var processes: [String: [Int32]]
         var allPIDs: [Int32]
@@ -120,6 +122,8 @@ struct SupervisorControl {
             error: error,
             supervisorPID: getpid(),
             natsURL: cluster.natsURL,
+            postgresURL: cluster.postgresURL,
+            postgresData: cluster.postgresDataDirectory,
             ingress: await cluster.ingressURLs(),
             processes: await cluster.processIDs(),
             allPIDs: await cluster.allProcessIDs()
@@ -139,7 +143,7 @@ struct SupervisorControl {
         do {
             cluster = try await ProcessCluster.up(current.specification, logger: logger)
         } catch {
-            write(Status(generation: current.generation, state: "failed", error: "\(error)", supervisorPID: getpid(), natsURL: nil, ingress: [], processes: [:], allPIDs: []))
+            write(Status(generation: current.generation, state: "failed", error: "\(error)", supervisorPID: getpid(), natsURL: nil, postgresURL: nil, postgresData: nil, ingress: [], processes: [:], allPIDs: []))
             throw error
         }
         write(await status(cluster, generation: current.generation, state: "running"))

@@ -32,6 +32,17 @@ public actor ProcessCluster {
         public var environment: [String: String] = [:]
         /// Log level of the children.
         public var logLevel: String = "info"
+        /// A local PostgreSQL to run for the app (`autonomous.json` storage on 127.0.0.1).
+        public var postgres: Postgres?
+
+        public struct Postgres: Sendable, Codable, Equatable {
+            public var port: Int
+            public var database: String
+            public init(port: Int, database: String) {
+                self.port = port
+                self.database = database
+            }
+        }
 
         public init(app: String, directory: String) {
             self.app = app
@@ -49,16 +60,18 @@ public actor ProcessCluster {
     public nonisolated let natsURL: String
     private let logger: Logger
     private let nats: NATSServerProcess?
+    private let postgres: LocalPostgres?
     private var children: [String: [Int: Child]] = [:]
     private var desired: [String: Int] = [:]
     private var monitor: Task<Void, Never>?
     private var stopping = false
     public private(set) var restarts = 0
 
-    private init(specification: Specification, natsURL: String, nats: NATSServerProcess?, logger: Logger) {
+    private init(specification: Specification, natsURL: String, nats: NATSServerProcess?, postgres: LocalPostgres?, logger: Logger) {
         self.specification = specification
         self.natsURL = natsURL
         self.nats = nats
+        self.postgres = postgres
         self.logger = logger
     }
 
@@ -77,7 +90,21 @@ public actor ProcessCluster {
             nats = server
             url = server.url
         }
-        let cluster = ProcessCluster(specification: specification, natsURL: url, nats: nats, logger: logger)
+        var postgres: LocalPostgres?
+        if let database = specification.postgres {
+            do {
+                postgres = try await LocalPostgres.start(
+                    directory: specification.directory + "/postgres",
+                    port: database.port,
+                    database: database.database,
+                    logger: logger
+                )
+            } catch {
+                await nats?.stop()
+                throw error
+            }
+        }
+        let cluster = ProcessCluster(specification: specification, natsURL: url, nats: nats, postgres: postgres, logger: logger)
         do {
             try await cluster.start()
         } catch {
@@ -111,7 +138,14 @@ public actor ProcessCluster {
     /// Every process id of the cluster, nats-server included.
     public func allProcessIDs() -> [Int32] {
         children.values.flatMap { $0.values.map(\.process.processIdentifier) } + (nats.map { [$0.processIdentifier] } ?? [])
+            + (postgres?.processIdentifier.map { [$0] } ?? [])
     }
+
+    /// The local PostgreSQL's URL, when the cluster runs one.
+    public nonisolated var postgresURL: String? { postgres?.url }
+
+    /// Where the local PostgreSQL keeps its data (kept by `down`).
+    public nonisolated var postgresDataDirectory: String? { postgres?.dataDirectory }
 
     /// The ingress base URLs, by slot.
     public func ingressURLs() -> [String] {
@@ -186,7 +220,9 @@ public actor ProcessCluster {
             arguments += ["--except-handlers", specification.workerGroups.values.flatMap { $0 }.sorted().joined(separator: ",")]
         }
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
+        var environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
+        if let postgres { environment["AUTONOMOUS_POSTGRES_URL"] = postgres.url }
+        process.environment = environment
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = log
         process.standardError = log
@@ -249,6 +285,7 @@ public actor ProcessCluster {
                 }
             }
         }
+        await postgres?.stop()
         await nats?.stop()
     }
 

@@ -32,6 +32,22 @@ struct ProcessEngineTests {
         return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
+    func pgIsReady(port: Int) throws -> Bool {
+        let candidates = ["/usr/bin/pg_isready"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).map {
+            "/usr/lib/postgresql/\($0)/bin/pg_isready"
+        }
+        guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw ConfigurationError("pg_isready not found")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["-h", "127.0.0.1", "-p", String(port), "-d", "orders", "-U", "postgres"]
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
+
     func status(in directory: String) throws -> JSONValue {
         try JSONParser.parse(Array(FileManager.default.contents(atPath: directory + "/.autonomous/process/local/status.json") ?? Data()))
     }
@@ -60,8 +76,11 @@ struct ProcessEngineTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let port = Int.random(in: 20_000..<40_000)
-        try #"{"deployment": {"engine": "process", "http_port": \#(port), "replicas": {"ingress": 2, "worker": 3}}}"#
-            .write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        let postgresPort = port + 500
+        try #"""
+            {"storages": [{"type": "database", "url": "postgresql://127.0.0.1:\#(postgresPort)/orders", "name": "local-pg"}],
+             "deployment": {"engine": "process", "http_port": \#(port), "replicas": {"ingress": 2, "worker": 3}}}
+            """#.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
 
         let up = try autonomous(["deploy", Self.orderFlow, "--log-level", "warning"], in: directory)
         #expect(up.status == 0, "\(up.output)")
@@ -75,7 +94,10 @@ struct ProcessEngineTests {
         #expect(ingress.count == 2)
         let natsURL = try #require(cluster["natsURL"].stringValue)
         let allPIDs = (cluster["allPIDs"].arrayValue ?? []).compactMap(\.intValue).map { Int32($0) }
-        #expect(allPIDs.count == 7)
+        #expect(allPIDs.count == 8, "nats-server, postgres, coordinator, 2 ingress, 3 workers")
+        #expect(cluster["postgresURL"] == .string("postgres://postgres@127.0.0.1:\(postgresPort)/orders"))
+        #expect(up.output.contains("postgresql://127.0.0.1:\(postgresPort)/orders (local-pg)"))
+        #expect(try pgIsReady(port: postgresPort))
 
         // Traffic on both ingress processes while workers are scaled down and up again.
         let batches = 40
@@ -132,6 +154,9 @@ struct ProcessEngineTests {
         let finalPIDs = (try status(in: directory)["allPIDs"].arrayValue ?? []).compactMap(\.intValue).map { Int32($0) }
         for pid in Set(allPIDs + finalPIDs) {
             #expect(kill(pid, 0) != 0, "process \(pid) is still running")
+        }
+        if let data = cluster["postgresData"].stringValue, data.hasPrefix("/var/tmp/autonomous-postgres-") {
+            try? FileManager.default.removeItem(atPath: data)
         }
         let again = try autonomous(["down"], in: directory)
         #expect(again.output.contains("No 'local' cluster is running."))
