@@ -52,6 +52,7 @@ let package = Package(
             name: "ClusterCore",
             dependencies: [
                 "NATS",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -14,7 +14,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
             discussion: """
                 Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST,
                 AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR,
-                AUTONOMOUS_LOG_LEVEL (trace…critical).
+                AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may
+                stay unacknowledged before redelivery; default 30).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -84,6 +85,12 @@ struct CommonOptions: ParsableArguments {
             configuration.healthPort = port
         }
         configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
+        if let text = environment["AUTONOMOUS_ACK_WAIT"] {
+            guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
+                throw ValidationError("AUTONOMOUS_ACK_WAIT '\(text)' must be seconds between 1 and 3600")
+            }
+            configuration.topology.ackWait = .milliseconds(Int64(seconds * 1000))
+        }
         if let list = handlers ?? environment["AUTONOMOUS_HANDLERS"] {
             configuration.handlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
         }

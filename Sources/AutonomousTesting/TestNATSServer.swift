@@ -75,26 +75,11 @@ public enum StreamAudit {
         atLeast: Int,
         timeout: Duration = .seconds(30)
     ) async throws -> [AuditedRecord] {
-        let name = "audit_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
-        var consumer = ConsumerConfiguration(durableName: name, filterSubject: subject)
-        consumer.ackWait = .seconds(120)
-        try await connection.createOrUpdateConsumer(stream: stream, consumer)
-        let subscription = try await connection.pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headerNames)
-        defer { subscription.close() }
-        var records: [AuditedRecord] = []
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
-        while clock.now < deadline {
-            let batch = try await subscription.fetch(maxMessages: 1024, timeout: .milliseconds(200))
-            for (i, message) in batch.messages.enumerated() {
-                var headers: [String: String] = [:]
-                for (name, value) in zip(headerNames, message.headerValues) { if let value { headers[name] = value } }
-                records.append(AuditedRecord(subject: message.subject, payload: message.payload, headers: headers, deliveryCount: message.deliveryCount))
-                batch.ack(i)
-            }
-            if batch.isEmpty && records.count >= atLeast { break }
+        let messages = try await connection.readAll(stream: stream, subject: subject, headers: headerNames, atLeast: atLeast, timeout: timeout)
+        return messages.map { message in
+            var headers: [String: String] = [:]
+            for (name, value) in zip(headerNames, message.headerValues) { if let value { headers[name] = value } }
+            return AuditedRecord(subject: message.subject, payload: message.payload, headers: headers, deliveryCount: message.deliveryCount)
         }
-        try? await connection.deleteConsumer(stream: stream, consumer: name)
-        return records
     }
 }

@@ -18,10 +18,12 @@ public enum Wire {
         public static let lastFailure = "Aut-Last-Failure"
         public static let sourceSubject = "Aut-Source-Subject"
         public static let recordID = "Aut-Record-Id"
+        /// On a replayed dead letter: the only handler that processes it.
+        public static let replayFor = "Aut-Replay-For"
     }
 
     /// Headers a worker reads from every fetched record, in this order.
-    public static let consumedHeaders = [Header.messageID, Header.causedBy, Header.type, Header.traceparent]
+    public static let consumedHeaders = [Header.messageID, Header.causedBy, Header.type, Header.traceparent, Header.replayFor]
 
     /// `aut.<tenant>.tbl.<table>`
     public static func tableSubject(tenant: String, table: String) -> String { "aut.\(tenant).tbl.\(table)" }

@@ -529,3 +529,69 @@ extension String {
         return String(s)
     }
 }
+
+extension NATSConnection {
+    /// Deletes the message at `sequence` from `stream`.
+    public func deleteMessage(stream: String, sequence: UInt64) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_DeleteMsg(js.pointer, stream, sequence, nil, &errCode)
+            if status != NATS_OK {
+                throw NATSError.from(status: status, jsError: errCode, context: "deleting message \(sequence) of \(stream)")
+            }
+        }
+    }
+
+    /// Removes every message on `subject` from `stream`.
+    public func purge(stream: String, subject: String) async throws {
+        let js = UnsafeHandle(jetStream)
+        try await threadPool.runIfActive {
+            var options = jsOptions()
+            jsOptions_Init(&options)
+            var errCode = jsErrCode(rawValue: 0)
+            let status = subject.withCString { filter in
+                options.Stream.Purge.Subject = filter
+                return js_PurgeStream(js.pointer, stream, &options, &errCode)
+            }
+            if status != NATS_OK {
+                throw NATSError.from(status: status, jsError: errCode, context: "purging \(subject) from \(stream)")
+            }
+        }
+    }
+
+    /// Reads every message on `subject` from the start of `stream`, waiting up to `timeout`
+    /// for at least `atLeast` of them, then until the subject is drained. Uses a temporary
+    /// durable consumer that is deleted afterwards; the messages stay in the stream.
+    public func readAll(
+        stream: String,
+        subject: String,
+        headers: [String],
+        atLeast: Int = 0,
+        timeout: Duration = .seconds(10)
+    ) async throws -> [JetStreamMessage] {
+        var random = SystemRandomNumberGenerator()
+        let name = "read_" + String(random.next() as UInt64, radix: 36)
+        var consumer = ConsumerConfiguration(durableName: name, filterSubject: subject)
+        consumer.ackWait = .seconds(300)
+        try await createOrUpdateConsumer(stream: stream, consumer)
+        do {
+            let subscription = try await pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headers)
+            defer { subscription.close() }
+            var messages: [JetStreamMessage] = []
+            let clock = ContinuousClock()
+            let deadline = clock.now.advanced(by: timeout)
+            while clock.now < deadline {
+                let batch = try await subscription.fetch(maxMessages: 1024, timeout: .milliseconds(200))
+                messages += batch.messages
+                for i in 0..<batch.count { batch.ack(i) }
+                if batch.isEmpty && messages.count >= atLeast { break }
+            }
+            try? await deleteConsumer(stream: stream, consumer: name)
+            return messages
+        } catch {
+            try? await deleteConsumer(stream: stream, consumer: name)
+            throw error
+        }
+    }
+}

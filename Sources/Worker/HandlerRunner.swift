@@ -152,11 +152,29 @@ public actor HandlerRunner {
 
     private nonisolated func process(_ batch: FetchedBatch) async {
         let start = ContinuousClock.now
-        let records = batch.messages.map(incoming)
+        // A replayed dead letter is for one handler only; the others have processed the original.
+        var indices: [Int] = []
+        for (i, message) in batch.messages.enumerated() {
+            if let target = message.headerValues[4], target != handler.name {
+                batch.ack(i)
+            } else {
+                indices.append(i)
+            }
+        }
+        if indices.count < batch.count {
+            guard !indices.isEmpty else { return }
+            await process(batch, indices: indices, start: start)
+            return
+        }
+        await process(batch, indices: Array(batch.messages.indices), start: start)
+    }
+
+    private nonisolated func process(_ batch: FetchedBatch, indices: [Int], start: ContinuousClock.Instant) async {
+        let records = indices.map { incoming(batch.messages[$0]) }
         let outcome = await withProgressHeartbeat(batch) { await self.attempt(records) }
         switch outcome {
         case nil:
-            for i in 0..<batch.count { batch.ack(i) }
+            for i in indices { batch.ack(i) }
             counters.processed.increment(by: records.count)
             await record {
                 $0.batches += 1
@@ -164,18 +182,18 @@ public actor HandlerRunner {
             }
         case let error? where records.count > 1 && !Self.isTransient(error):
             // Find the record(s) at fault: the others are processed and acked now.
-            for i in records.indices {
+            for (i, index) in indices.enumerated() {
                 if let error = await attempt([records[i]]) {
-                    await fail(batch, index: i, record: records[i], error: error)
+                    await fail(batch, index: index, record: records[i], error: error)
                 } else {
-                    batch.ack(i)
+                    batch.ack(index)
                     counters.processed.increment()
                     await record { $0.processed += 1 }
                 }
             }
             await record { $0.batches += 1 }
         case let error?:
-            for i in records.indices { await fail(batch, index: i, record: records[i], error: error) }
+            for (i, index) in indices.enumerated() { await fail(batch, index: index, record: records[i], error: error) }
             await record { $0.batches += 1 }
         }
         let elapsed = (ContinuousClock.now - start).components

@@ -16,20 +16,7 @@ struct ProcessEngineTests {
 
     @discardableResult
     func autonomous(_ arguments: [String], in directory: String) throws -> (status: Int32, output: String) {
-        guard FileManager.default.isExecutableFile(atPath: Self.cli) else {
-            throw ConfigurationError("\(Self.cli) is missing; run `swift build --build-tests` first")
-        }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.cli)
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runAutonomousCLI(arguments, in: directory)
     }
 
     func pgIsReady(port: Int) throws -> Bool {

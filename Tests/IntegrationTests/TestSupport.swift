@@ -115,3 +115,24 @@ func eventually(timeout: Duration = .seconds(20), _ condition: @Sendable () asyn
 final class GroupBox: Sendable {
     let value = Mutex<ServiceGroup?>(nil)
 }
+
+/// Runs the built `autonomous` command in `directory` and returns its exit status and output.
+@discardableResult
+func runAutonomousCLI(_ arguments: [String], in directory: String = FileManager.default.temporaryDirectory.path) throws -> (status: Int32, output: String) {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let cli = root.appendingPathComponent(".build/debug/autonomous").path
+    guard FileManager.default.isExecutableFile(atPath: cli) else {
+        throw ConfigurationError("\(cli) is missing; run `swift build --build-tests` first")
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: cli)
+    process.arguments = arguments
+    process.currentDirectoryURL = URL(fileURLWithPath: directory)
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}

@@ -1,0 +1,91 @@
+import Autonomous
+import AutonomousTesting
+import Foundation
+import NATS
+import Synchronization
+import Testing
+
+@Suite("Delivery guarantees", .serialized)
+struct GuaranteeTests {
+    @Test("A handler slower than the ack wait completes without being redelivered")
+    func slowHandler() async throws {
+        let invocations = Mutex<[String: Int]>([:])
+        var app = AppBuilder(name: "Slow")
+        let inputs = app.table("inputs")
+        let outputs = app.table("outputs")
+        inputs.onNewRecords("slow", options: HandlerOptions(batchSize: 5, concurrency: 1)) { records, ctx in
+            for entry in records.entries { invocations.withLock { $0[entry.id, default: 0] += 1 } }
+            try await Task.sleep(for: .seconds(4))  // twice the ack wait below
+            try await outputs.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
+        }
+        let graph = try app.build()
+        try await withRunningApp(graph, configure: { $0.topology.ackWait = .seconds(2) }) { app in
+            let response = try await app.post("/v1/tables/inputs/records", body: #"[{"n":1},{"n":2},{"n":3}]"#)
+            #expect(response.status == 202)
+            let out = try await app.records(in: "outputs", atLeast: 3, timeout: .seconds(20))
+            #expect(out.count == 3)
+            // Wait past another ack-wait period: a missed heartbeat would show up as a redelivery.
+            try await Task.sleep(for: .seconds(3))
+            let counts = invocations.withLock { $0 }
+            #expect(counts.count == 3)
+            #expect(counts.values.allSatisfy { $0 == 1 }, "each record handled once: \(counts)")
+            let state = try await app.connection.consumerState(stream: app.stream, consumer: "h_slow")
+            #expect(state?.numRedelivered == 0)
+            #expect(state?.numAckPending == 0)
+        }
+    }
+
+    @Test("Dead letters carry the error; `dlq replay` after the fix processes them once, only in that handler")
+    func deadLetterReplay() async throws {
+        let broken = Mutex(true)
+        let steadyRuns = Mutex(0)
+        var app = AppBuilder(name: "Replay")
+        let inputs = app.table("inputs")
+        let fixed = app.table("fixed")
+        let steady = app.table("steady_out")
+        inputs.onNewRecords("fragile", options: HandlerOptions(batchSize: 10, maxAttempts: 2, retryBackoff: [.milliseconds(50)])) { records, ctx in
+            if broken.withLock({ $0 }) { throw ConfigurationError("upstream API returned 500") }
+            try await fixed.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
+        }
+        inputs.onNewRecords("steady") { records, ctx in
+            steadyRuns.withLock { $0 += records.count }
+            try await steady.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
+        }
+        let graph = try app.build()
+        try await withRunningApp(graph) { app in
+            let response = try await app.post("/v1/tables/inputs/records", body: #"[{"n":1},{"n":2},{"n":3}]"#)
+            #expect(response.status == 202)
+            let dlqSubject = Wire.deadLetterSubject(tenant: "default", handler: "fragile")
+            let dead = try await StreamAudit.read(connection: app.connection, stream: app.stream, subject: dlqSubject, atLeast: 3)
+            #expect(dead.count == 3)
+
+            let listed = try runAutonomousCLI(["dlq", "list", "--nats-url", app.server.url, "--handler", "fragile"])
+            #expect(listed.status == 0, "\(listed.output)")
+            #expect(listed.output.contains("upstream API returned 500"))
+            #expect(listed.output.contains("attempts=2"))
+            #expect(listed.output.contains("3 dead letter(s)."))
+
+            broken.withLock { $0 = false }
+            let replayed = try runAutonomousCLI(["dlq", "replay", "--nats-url", app.server.url, "--handler", "fragile"])
+            #expect(replayed.status == 0, "\(replayed.output)")
+            #expect(replayed.output.contains("Replayed 3 dead letter(s)."))
+            let again = try runAutonomousCLI(["dlq", "replay", "--nats-url", app.server.url])
+            #expect(again.output.contains("Replayed 0 dead letter(s)."))
+
+            let outputs = try await app.records(in: "fixed", atLeast: 3)
+            #expect(outputs.count == 3)
+            #expect(Set(outputs.compactMap { try? JSONParser.parse($0.payload)["n"].intValue }) == [1, 2, 3])
+            let steadyOutputs = try await app.records(in: "steady_out", atLeast: 3)
+            #expect(steadyOutputs.count == 3)
+            #expect(steadyRuns.withLock { $0 } == 3, "the replay is for 'fragile' only")
+            let left = try await DeadLetters.list(connection: app.connection, tenant: "default")
+            #expect(left.isEmpty)
+
+            let purgeNothing = try runAutonomousCLI(["dlq", "purge", "--nats-url", app.server.url])
+            #expect(purgeNothing.output.contains("Purged 0 dead letter(s)."))
+            let badName = try runAutonomousCLI(["dlq", "list", "--nats-url", app.server.url, "--handler", "a.b"])
+            #expect(badName.status != 0)
+            #expect(badName.output.contains("handler name 'a.b'"))
+        }
+    }
+}
