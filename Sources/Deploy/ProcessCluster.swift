@@ -59,7 +59,7 @@ public actor ProcessCluster {
     public nonisolated let specification: Specification
     public nonisolated let natsURL: String
     private let logger: Logger
-    private let nats: NATSServerProcess?
+    private var nats: NATSServerProcess?
     private let postgres: LocalPostgres?
     private var children: [String: [Int: Child]] = [:]
     private var desired: [String: Int] = [:]
@@ -264,6 +264,21 @@ public actor ProcessCluster {
                 }
             }
         }
+    }
+
+    /// Stops the embedded nats-server (fault tests). The app processes keep running and
+    /// reconnect once ``restartNATS()`` brings it back.
+    public func stopNATS(kill: Bool = false) async throws {
+        guard let nats else { throw DeployError("the cluster uses an external NATS") }
+        if kill { nats.kill9() } else { await nats.stop() }
+    }
+
+    /// Starts the embedded nats-server again on the same port and data directory.
+    public func restartNATS() async throws {
+        guard let old = nats else { throw DeployError("the cluster uses an external NATS") }
+        guard let port = URLComponents(string: natsURL)?.port else { throw DeployError("cannot read the NATS port from \(natsURL)") }
+        if old.isRunning { await old.stop() }
+        nats = try await NATSServerProcess.start(directory: old.directory, port: port, logger: logger)
     }
 
     /// Sends `signal` to one replica (fault tests); the supervisor restarts it if it dies.

@@ -1,0 +1,164 @@
+import AsyncHTTPClient
+import Autonomous
+import AutonomousTesting
+import Deploy
+import Foundation
+import NATS
+import NIOCore
+import Synchronization
+import Testing
+
+/// Faults injected into real processes started by the `process` deploy engine.
+@Suite("Faults against real processes", .serialized)
+struct FaultTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let orderFlow = root.appendingPathComponent(".build/debug/OrderFlow").path
+
+    func specification(_ name: String) throws -> ProcessCluster.Specification {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-fault-\(name)-\(UUID().uuidString)").path
+        var specification = ProcessCluster.Specification(app: Self.orderFlow, directory: directory)
+        specification.httpPort = Int.random(in: 20_000..<40_000)
+        specification.healthPort = specification.httpPort + 100
+        specification.logLevel = "warning"
+        // Records held by a killed worker come back after this many seconds.
+        specification.environment = ["AUTONOMOUS_ACK_WAIT": "3"]
+        return specification
+    }
+
+    static func order(_ batch: Int, _ i: Int) -> String {
+        #"{"order_id":"o-\#(batch)-\#(i)","customer":"c\#(i % 11)","items":[{"sku":"s","quantity":1,"unit_price":\#(i % 500)}]}"#
+    }
+
+    /// Posts one NDJSON batch; returns the status (0 for a transport error) and how long it took.
+    func post(_ url: String, key: String, body: String, timeout: Duration = .seconds(30)) async -> (Int, Duration) {
+        let start = ContinuousClock.now
+        var request = HTTPClientRequest(url: url + "/v1/tables/orders/records")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+        request.headers.add(name: "Idempotency-Key", value: key)
+        request.body = .bytes(ByteBuffer(string: body))
+        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(timeout.components.seconds)) else {
+            return (0, ContinuousClock.now - start)
+        }
+        _ = try? await response.body.collect(upTo: 1 << 20)
+        return (Int(response.status.code), ContinuousClock.now - start)
+    }
+
+    func audit(_ natsURL: String, expected: Set<String>) async throws -> (outputs: Int, unique: Set<String>) {
+        var configuration = NATSConnection.Configuration(url: natsURL)
+        configuration.connectTimeout = .seconds(10)
+        let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+        do {
+            let enriched = try await StreamAudit.read(
+                connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.enriched_orders",
+                atLeast: expected.count, timeout: .seconds(180)
+            )
+            await connection.close()
+            let ids = enriched.compactMap { try? JSONParser.parse($0.payload)["order_id"].stringValue }
+            return (enriched.count, Set(ids))
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    @Test("100,000 records while workers are killed with kill -9 and restarted: every output exactly once")
+    func killWorkers() async throws {
+        var specification = try specification("kill")
+        specification.replicas = ["ingress": 1, "worker": 2]
+        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+        let ingress = await cluster.ingressURLs()[0]
+        let batches = 100
+        let perBatch = 1_000
+        let done = Mutex(false)
+        let start = ContinuousClock.now
+        let chaos = Task {
+            var kills = 0
+            while !done.withLock({ $0 }) {
+                try? await Task.sleep(for: .seconds(2))
+                if done.withLock({ $0 }) { break }
+                await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
+                kills += 1
+            }
+            return kills
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    for b in stride(from: worker, to: batches, by: 4) {
+                        let body = (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
+                        var accepted = false
+                        for _ in 0..<50 where !accepted {
+                            let (status, _) = await post(ingress, key: "b\(b)", body: body)
+                            accepted = status == 202
+                            if !accepted { try await Task.sleep(for: .milliseconds(200)) }
+                        }
+                        #expect(accepted, "batch \(b) was never accepted")
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let expected = Set((0..<batches).flatMap { b in (0..<perBatch).map { "o-\(b)-\($0)" } })
+        let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
+        done.withLock { $0 = true }
+        let kills = await chaos.value
+        let elapsed = ContinuousClock.now - start
+        let restarts = await cluster.restarts
+        await cluster.down()
+        try? FileManager.default.removeItem(atPath: specification.directory)
+        print("kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)")
+        #expect(kills >= 2)
+        #expect(outputs == expected.count, "no output lost or doubled")
+        #expect(unique == expected)
+    }
+
+    @Test("nats-server stopped for 5 s mid-load: 503s during the outage, no hang, every 2xx record processed")
+    func natsOutage() async throws {
+        var specification = try specification("outage")
+        specification.replicas = ["ingress": 1, "worker": 1]
+        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+        let ingress = await cluster.ingressURLs()[0]
+        let outcomes = Mutex<[(key: String, status: Int, seconds: Double)]>([])
+        let stop = Mutex(false)
+        let load = Task {
+            var n = 0
+            while !stop.withLock({ $0 }) {
+                let key = "k\(n)"
+                let body = (0..<20).map { Self.order(n, $0) }.joined(separator: "\n")
+                let (status, duration) = await post(ingress, key: key, body: body, timeout: .seconds(20))
+                let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+                outcomes.withLock { $0.append((key, status, seconds)) }
+                n += 1
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await Task.sleep(for: .seconds(2))
+        try await cluster.stopNATS()
+        try await Task.sleep(for: .seconds(5))
+        try await cluster.restartNATS()
+        try await Task.sleep(for: .seconds(4))
+        stop.withLock { $0 = true }
+        await load.value
+
+        let all = outcomes.withLock { $0 }
+        let accepted = all.filter { $0.status == 202 }
+        let refused = all.filter { $0.status != 202 }
+        print("outage test: \(all.count) requests, \(accepted.count) accepted, \(refused.count) refused (\(Set(refused.map(\.status))))")
+        #expect(!refused.isEmpty, "some requests fell in the outage")
+        #expect(refused.allSatisfy { $0.status == 503 }, "refusals are 503: \(Set(refused.map(\.status)))")
+        #expect(all.allSatisfy { $0.seconds < 7 }, "no request hung past the publish timeout (5 s)")
+        #expect(accepted.count > 10)
+        #expect(all.suffix(5).allSatisfy { $0.status == 202 }, "the ingress recovered by itself")
+
+        // Every record of every 2xx is enriched exactly once.
+        let expected = Set(accepted.flatMap { outcome in
+            let n = Int(outcome.key.dropFirst())!
+            return (0..<20).map { "o-\(n)-\($0)" }
+        })
+        let (_, unique) = try await audit(cluster.natsURL, expected: expected)
+        await cluster.down()
+        try? FileManager.default.removeItem(atPath: specification.directory)
+        #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
+    }
+}
