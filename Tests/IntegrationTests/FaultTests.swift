@@ -161,4 +161,79 @@ struct FaultTests {
         try? FileManager.default.removeItem(atPath: specification.directory)
         #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
     }
+
+    @Test("A worker stopped with SIGTERM finishes and acks what it holds: no redeliveries")
+    func gracefulWorkerStop() async throws {
+        var specification = try specification("sigterm")
+        specification.replicas = ["ingress": 1, "worker": 2]
+        specification.environment = [:]  // default 30 s ack wait: a redelivery would show in the audit
+        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+        let ingress = await cluster.ingressURLs()[0]
+        let batches = 30
+        let load = Task {
+            for b in 0..<batches {
+                let body = (0..<500).map { Self.order(b, $0) }.joined(separator: "\n")
+                let (status, _) = await post(ingress, key: "g\(b)", body: body)
+                #expect(status == 202)
+            }
+        }
+        try await Task.sleep(for: .seconds(1))
+        try await cluster.scale("worker", to: 1)
+        await load.value
+        let expected = Set((0..<batches).flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
+        let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
+        var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+        configuration.connectTimeout = .seconds(5)
+        let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+        let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders")
+        await connection.close()
+        await cluster.down()
+        try? FileManager.default.removeItem(atPath: specification.directory)
+        #expect(outputs == expected.count)
+        #expect(unique == expected)
+        #expect(state?.numRedelivered == 0, "a draining worker caused redeliveries")
+        #expect(state?.numAckPending == 0)
+    }
+
+    @Test("Scale-out: the same backlog with 1, 2 and 4 worker processes (figures, not thresholds)")
+    func scaleOut() async throws {
+        var figures: [String] = []
+        for workers in [1, 2, 4] {
+            var specification = try specification("scale\(workers)")
+            specification.replicas = ["ingress": 1, "worker": 0]
+            let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+            let ingress = await cluster.ingressURLs()[0]
+            let total = 40_000
+            for b in 0..<(total / 1000) {
+                let body = (0..<1000).map { Self.order(b, $0) }.joined(separator: "\n")
+                let (status, _) = await post(ingress, key: "s\(b)", body: body)
+                #expect(status == 202)
+            }
+            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            configuration.connectTimeout = .seconds(5)
+            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+            let start = ContinuousClock.now
+            try await cluster.scale("worker", to: workers)
+            var drained = false
+            while ContinuousClock.now - start < .seconds(120) {
+                if let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_flag-high-value"),
+                    let enrich = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders"),
+                    enrich.numPending == 0, enrich.numAckPending == 0, state.numPending == 0, state.numAckPending == 0,
+                    enrich.ackFloorStreamSequence > 0
+                {
+                    drained = true
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let elapsed = ContinuousClock.now - start
+            await connection.close()
+            await cluster.down()
+            try? FileManager.default.removeItem(atPath: specification.directory)
+            #expect(drained)
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            figures.append("\(workers) worker(s): \(Int(Double(total) / seconds)) orders/s through 2 handlers (incl. process start)")
+        }
+        print("scale-out (debug build, 2 cores): " + figures.joined(separator: "; "))
+    }
 }

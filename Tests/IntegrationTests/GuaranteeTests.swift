@@ -88,4 +88,31 @@ struct GuaranteeTests {
             #expect(badName.output.contains("handler name 'a.b'"))
         }
     }
+
+    @Test("A slow handler does not starve another handler in the same worker")
+    func slowDoesNotStarve() async throws {
+        var app = AppBuilder(name: "Mixed")
+        let slowIn = app.table("slow_in")
+        let fastIn = app.table("fast_in")
+        let fastOut = app.table("fast_out")
+        slowIn.onNewRecords("slow", options: HandlerOptions(batchSize: 1, concurrency: 2)) { _, _ in
+            try await Task.sleep(for: .seconds(5))
+        }
+        fastIn.onNewRecords("fast") { records, ctx in
+            try await fastOut.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
+        }
+        let graph = try app.build()
+        try await withRunningApp(graph) { app in
+            // Occupy every slot of the slow handler first.
+            let slow = try await app.post("/v1/tables/slow_in/records", body: #"[{"n":1},{"n":2},{"n":3},{"n":4}]"#)
+            #expect(slow.status == 202)
+            try await Task.sleep(for: .milliseconds(300))
+            let start = ContinuousClock.now
+            let fast = try await app.post("/v1/tables/fast_in/records", body: #"[{"n":1},{"n":2}]"#)
+            #expect(fast.status == 202)
+            let out = try await app.records(in: "fast_out", atLeast: 2, timeout: .seconds(4))
+            #expect(out.count == 2)
+            #expect(ContinuousClock.now - start < .seconds(3), "fast records waited for the slow handler")
+        }
+    }
 }
