@@ -15,7 +15,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST,
                 AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR,
                 AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may
-                stay unacknowledged before redelivery; default 30).
+                stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS
+                (1 for one server, 3 for a NATS cluster; default 1).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -85,6 +86,12 @@ struct CommonOptions: ParsableArguments {
             configuration.healthPort = port
         }
         configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
+        if let text = environment["AUTONOMOUS_STREAM_REPLICAS"] {
+            guard let replicas = Int(text), (1...5).contains(replicas) else {
+                throw ValidationError("AUTONOMOUS_STREAM_REPLICAS '\(text)' must be 1 to 5")
+            }
+            configuration.topology.replicas = replicas
+        }
         if let text = environment["AUTONOMOUS_ACK_WAIT"] {
             guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
                 throw ValidationError("AUTONOMOUS_ACK_WAIT '\(text)' must be seconds between 1 and 3600")

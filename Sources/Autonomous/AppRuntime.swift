@@ -90,13 +90,25 @@ public struct AppRuntime: Sendable {
                 let sqlite = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
                 store = sqlite
                 try await sqlite.migrate()
-                // Provision before ingress and workers start so their first publish or bind succeeds.
-                try await Topology.provision(
-                    graph: graph,
-                    tenants: [configuration.tenant],
-                    configuration: configuration.topology,
-                    connection: connection
-                )
+                // Provision before ingress and workers start so their first publish or bind
+                // succeeds. A new NATS cluster answers JetStream requests only once it has
+                // elected a meta leader, so keep trying until the connect timeout.
+                let clock = ContinuousClock()
+                let deadline = clock.now.advanced(by: configuration.connectTimeout)
+                while true {
+                    do {
+                        try await Topology.provision(
+                            graph: graph,
+                            tenants: [configuration.tenant],
+                            configuration: configuration.topology,
+                            connection: connection
+                        )
+                        break
+                    } catch let error as NATSError where clock.now < deadline {
+                        logger.info("JetStream not ready for provisioning yet, retrying", metadata: ["error": "\(error)"])
+                        try await Task.sleep(for: .milliseconds(500))
+                    }
+                }
                 services.append(
                     Coordinator(
                         graph: graph,

@@ -32,6 +32,9 @@ public actor ProcessCluster {
         public var environment: [String: String] = [:]
         /// Log level of the children.
         public var logLevel: String = "info"
+        /// nats-server nodes to run when `natsURL` is nil: 1, or 3 for a JetStream cluster
+        /// whose streams get 3 replicas.
+        public var natsNodes: Int = 1
         /// A local PostgreSQL to run for the app (`autonomous.json` storage on 127.0.0.1).
         public var postgres: Postgres?
 
@@ -59,7 +62,8 @@ public actor ProcessCluster {
     public nonisolated let specification: Specification
     public nonisolated let natsURL: String
     private let logger: Logger
-    private var nats: NATSServerProcess?
+    private var natsNodes: [NATSServerProcess] = []
+    private var nats: NATSServerProcess? { natsNodes.first }
     private let postgres: LocalPostgres?
     private var children: [String: [Int: Child]] = [:]
     private var desired: [String: Int] = [:]
@@ -67,10 +71,10 @@ public actor ProcessCluster {
     private var stopping = false
     public private(set) var restarts = 0
 
-    private init(specification: Specification, natsURL: String, nats: NATSServerProcess?, postgres: LocalPostgres?, logger: Logger) {
+    private init(specification: Specification, natsURL: String, nats: [NATSServerProcess], postgres: LocalPostgres?, logger: Logger) {
         self.specification = specification
         self.natsURL = natsURL
-        self.nats = nats
+        self.natsNodes = nats
         self.postgres = postgres
         self.logger = logger
     }
@@ -81,13 +85,35 @@ public actor ProcessCluster {
             throw DeployError("app binary \(specification.app) does not exist or is not executable")
         }
         try FileManager.default.createDirectory(atPath: specification.directory + "/logs", withIntermediateDirectories: true)
-        var nats: NATSServerProcess?
+        var nats: [NATSServerProcess] = []
         let url: String
         if let external = specification.natsURL {
             url = external
+        } else if specification.natsNodes > 1 {
+            // A JetStream cluster on loopback: fixed route ports, client ports picked by each node.
+            let routeBase = Int.random(in: 41_000..<60_000)
+            let routes = (0..<specification.natsNodes).map { "nats://127.0.0.1:\(routeBase + $0)" }.joined(separator: ",")
+            do {
+                for node in 0..<specification.natsNodes {
+                    nats.append(
+                        try await NATSServerProcess.start(
+                            directory: specification.directory + "/nats-\(node)",
+                            extraArguments: [
+                                "-n", "node\(node)", "--cluster_name", "autonomous",
+                                "--cluster", "nats://127.0.0.1:\(routeBase + node)", "--routes", routes,
+                            ],
+                            logger: logger
+                        )
+                    )
+                }
+            } catch {
+                for node in nats { await node.stop() }
+                throw error
+            }
+            url = nats.map(\.url).joined(separator: ",")
         } else {
             let server = try await NATSServerProcess.start(directory: specification.directory + "/nats", logger: logger)
-            nats = server
+            nats = [server]
             url = server.url
         }
         var postgres: LocalPostgres?
@@ -100,7 +126,7 @@ public actor ProcessCluster {
                     logger: logger
                 )
             } catch {
-                await nats?.stop()
+                for node in nats { await node.stop() }
                 throw error
             }
         }
@@ -137,7 +163,7 @@ public actor ProcessCluster {
 
     /// Every process id of the cluster, nats-server included.
     public func allProcessIDs() -> [Int32] {
-        children.values.flatMap { $0.values.map(\.process.processIdentifier) } + (nats.map { [$0.processIdentifier] } ?? [])
+        children.values.flatMap { $0.values.map(\.process.processIdentifier) } + natsNodes.map(\.processIdentifier)
             + (postgres?.processIdentifier.map { [$0] } ?? [])
     }
 
@@ -221,6 +247,9 @@ public actor ProcessCluster {
         }
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
+        if specification.natsNodes > 1 && specification.natsURL == nil {
+            environment["AUTONOMOUS_STREAM_REPLICAS"] = String(min(3, specification.natsNodes))
+        }
         if let postgres { environment["AUTONOMOUS_POSTGRES_URL"] = postgres.url }
         process.environment = environment
         process.standardInput = FileHandle.nullDevice
@@ -278,7 +307,7 @@ public actor ProcessCluster {
         guard let old = nats else { throw DeployError("the cluster uses an external NATS") }
         guard let port = URLComponents(string: natsURL)?.port else { throw DeployError("cannot read the NATS port from \(natsURL)") }
         if old.isRunning { await old.stop() }
-        nats = try await NATSServerProcess.start(directory: old.directory, port: port, logger: logger)
+        natsNodes[0] = try await NATSServerProcess.start(directory: old.directory, port: port, logger: logger)
     }
 
     /// Sends `signal` to one replica (fault tests); the supervisor restarts it if it dies.
@@ -301,7 +330,13 @@ public actor ProcessCluster {
             }
         }
         await postgres?.stop()
-        await nats?.stop()
+        for node in natsNodes { await node.stop() }
+    }
+
+    /// Kills one node of the NATS cluster with SIGKILL (fault tests).
+    public func killNATSNode(_ node: Int) {
+        guard natsNodes.indices.contains(node) else { return }
+        natsNodes[node].kill9()
     }
 
     static func terminate(_ process: Process, timeout: Duration) async {

@@ -40,6 +40,10 @@ public struct ConsumerConfiguration: Sendable, Hashable {
     public var backoff: [Duration] = []
     public var maxAckPending: Int = 65_536
     public var maxWaiting: Int = 512
+    /// 0 inherits the stream's replicas.
+    public var replicas: Int = 0
+    /// Keep the consumer's state in memory (for short-lived readers).
+    public var memoryStorage = false
     public var description: String?
 
     public init(durableName: String, filterSubject: String? = nil) {
@@ -50,6 +54,8 @@ public struct ConsumerConfiguration: Sendable, Hashable {
 
 /// What `StreamInfo` reports.
 public struct StreamState: Sendable, Hashable {
+    /// Configured replicas.
+    public var replicas: Int
     public var messages: UInt64
     public var bytes: UInt64
     public var firstSequence: UInt64

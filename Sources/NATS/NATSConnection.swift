@@ -350,6 +350,8 @@ public final class NATSConnection: Sendable {
             cfg.MaxDeliver = Int64(config.maxDeliver)
             cfg.MaxAckPending = Int64(config.maxAckPending)
             cfg.MaxWaiting = Int64(config.maxWaiting)
+            cfg.Replicas = Int64(config.replicas)
+            cfg.MemoryStorage = config.memoryStorage
             var backoff = config.backoff.map { $0.nanoseconds }
             try backoff.withUnsafeMutableBufferPointer { buffer in
                 if !buffer.isEmpty {
@@ -388,7 +390,8 @@ public final class NATSConnection: Sendable {
                 throw NATSError.from(status: status, jsError: errCode, context: "reading stream \(stream)")
             }
             let s = info.pointee.State
-            return StreamState(messages: s.Msgs, bytes: s.Bytes, firstSequence: s.FirstSeq, lastSequence: s.LastSeq)
+            let replicas = Int(info.pointee.Config?.pointee.Replicas ?? 1)
+            return StreamState(replicas: replicas, messages: s.Msgs, bytes: s.Bytes, firstSequence: s.FirstSeq, lastSequence: s.LastSeq)
         }
     }
 
@@ -574,13 +577,25 @@ extension NATSConnection {
         let name = "read_" + String(random.next() as UInt64, radix: 36)
         var consumer = ConsumerConfiguration(durableName: name, filterSubject: subject)
         consumer.ackWait = .seconds(300)
-        try await createOrUpdateConsumer(stream: stream, consumer)
+        // One replica: a reader must work even when a cluster node is down.
+        consumer.replicas = 1
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        // Right after a cluster node is lost, JetStream may take seconds to elect new leaders.
+        var subscription: PullSubscription?
+        while subscription == nil {
+            do {
+                try await createOrUpdateConsumer(stream: stream, consumer)
+                subscription = try await pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headers)
+            } catch let error as NATSError where clock.now < deadline && error.code != .invalidArgument {
+                logger.debug("Reader not ready, retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
         do {
-            let subscription = try await pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headers)
+            let subscription = subscription!
             defer { subscription.close() }
             var messages: [JetStreamMessage] = []
-            let clock = ContinuousClock()
-            let deadline = clock.now.advanced(by: timeout)
             while clock.now < deadline {
                 let batch = try await subscription.fetch(maxMessages: 1024, timeout: .milliseconds(200))
                 messages += batch.messages

@@ -25,6 +25,21 @@ struct FaultTests {
         return specification
     }
 
+    /// Starts a cluster, runs `body`, and always stops the cluster and removes its directory.
+    func withCluster<T: Sendable>(_ specification: ProcessCluster.Specification, _ body: (ProcessCluster) async throws -> T) async throws -> T {
+        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+        do {
+            let result = try await body(cluster)
+            await cluster.down()
+            try? FileManager.default.removeItem(atPath: specification.directory)
+            return result
+        } catch {
+            await cluster.down()
+            try? FileManager.default.removeItem(atPath: specification.directory)
+            throw error
+        }
+    }
+
     static func order(_ batch: Int, _ i: Int) -> String {
         #"{"order_id":"o-\#(batch)-\#(i)","customer":"c\#(i % 11)","items":[{"sku":"s","quantity":1,"unit_price":\#(i % 500)}]}"#
     }
@@ -66,100 +81,101 @@ struct FaultTests {
     func killWorkers() async throws {
         var specification = try specification("kill")
         specification.replicas = ["ingress": 1, "worker": 2]
-        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-        let ingress = await cluster.ingressURLs()[0]
-        let batches = 100
-        let perBatch = 1_000
-        let done = Mutex(false)
-        let start = ContinuousClock.now
-        let chaos = Task {
-            var kills = 0
-            while !done.withLock({ $0 }) {
-                try? await Task.sleep(for: .seconds(2))
-                if done.withLock({ $0 }) { break }
-                await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
-                kills += 1
+        try await withCluster(specification) { cluster in
+            let ingress = await cluster.ingressURLs()[0]
+            let batches = 100
+            let perBatch = 1_000
+            let done = Mutex(false)
+            let start = ContinuousClock.now
+            let chaos = Task {
+                var kills = 0
+                while !done.withLock({ $0 }) {
+                    try? await Task.sleep(for: .seconds(2))
+                    if done.withLock({ $0 }) { break }
+                    await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
+                    kills += 1
+                }
+                return kills
             }
-            return kills
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for worker in 0..<4 {
-                group.addTask {
-                    for b in stride(from: worker, to: batches, by: 4) {
-                        let body = (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
-                        var accepted = false
-                        for _ in 0..<50 where !accepted {
-                            let (status, _) = await post(ingress, key: "b\(b)", body: body)
-                            accepted = status == 202
-                            if !accepted { try await Task.sleep(for: .milliseconds(200)) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<4 {
+                    group.addTask {
+                        for b in stride(from: worker, to: batches, by: 4) {
+                            let body = (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
+                            var accepted = false
+                            for _ in 0..<50 where !accepted {
+                                let (status, _) = await post(ingress, key: "b\(b)", body: body)
+                                accepted = status == 202
+                                if !accepted { try await Task.sleep(for: .milliseconds(200)) }
+                            }
+                            #expect(accepted, "batch \(b) was never accepted")
                         }
-                        #expect(accepted, "batch \(b) was never accepted")
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+            let expected = Set((0..<batches).flatMap { b in (0..<perBatch).map { "o-\(b)-\($0)" } })
+            let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
+            done.withLock { $0 = true }
+            let kills = await chaos.value
+            let elapsed = ContinuousClock.now - start
+            let restarts = await cluster.restarts
+            print("kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)")
+            #expect(kills >= 2)
+            #expect(outputs == expected.count, "no output lost or doubled")
+            #expect(unique == expected)
         }
-        let expected = Set((0..<batches).flatMap { b in (0..<perBatch).map { "o-\(b)-\($0)" } })
-        let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
-        done.withLock { $0 = true }
-        let kills = await chaos.value
-        let elapsed = ContinuousClock.now - start
-        let restarts = await cluster.restarts
-        await cluster.down()
-        try? FileManager.default.removeItem(atPath: specification.directory)
-        print("kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)")
-        #expect(kills >= 2)
-        #expect(outputs == expected.count, "no output lost or doubled")
-        #expect(unique == expected)
     }
 
     @Test("nats-server stopped for 5 s mid-load: 503s during the outage, no hang, every 2xx record processed")
     func natsOutage() async throws {
         var specification = try specification("outage")
         specification.replicas = ["ingress": 1, "worker": 1]
-        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-        let ingress = await cluster.ingressURLs()[0]
-        let outcomes = Mutex<[(key: String, status: Int, seconds: Double)]>([])
-        let stop = Mutex(false)
-        let load = Task {
-            var n = 0
-            while !stop.withLock({ $0 }) {
-                let key = "k\(n)"
-                let body = (0..<20).map { Self.order(n, $0) }.joined(separator: "\n")
-                let (status, duration) = await post(ingress, key: key, body: body, timeout: .seconds(20))
-                let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-                outcomes.withLock { $0.append((key, status, seconds)) }
-                n += 1
-                try? await Task.sleep(for: .milliseconds(20))
+        try await withCluster(specification) { cluster in
+            let ingress = await cluster.ingressURLs()[0]
+            let outcomes = Mutex<[(key: String, status: Int, seconds: Double)]>([])
+            let stop = Mutex(false)
+            let load = Task {
+                var n = 0
+                while !stop.withLock({ $0 }) {
+                    let key = "k\(n)"
+                    let body = (0..<20).map { Self.order(n, $0) }.joined(separator: "\n")
+                    let (status, duration) = await post(ingress, key: key, body: body, timeout: .seconds(20))
+                    let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+                    outcomes.withLock { $0.append((key, status, seconds)) }
+                    n += 1
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
             }
+            try await Task.sleep(for: .seconds(2))
+            try await cluster.stopNATS()
+            try await Task.sleep(for: .seconds(5))
+            try await cluster.restartNATS()
+            try await Task.sleep(for: .seconds(4))
+            stop.withLock { $0 = true }
+            await load.value
+
+            let all = outcomes.withLock { $0 }
+            let accepted = all.filter { $0.status == 202 }
+            let refused = all.filter { $0.status != 202 }
+            print("outage test: \(all.count) requests, \(accepted.count) accepted, \(refused.count) refused (\(Set(refused.map(\.status))))")
+            #expect(!refused.isEmpty, "some requests fell in the outage")
+            let statuses = Set(refused.map(\.status))
+            let slowest = all.map(\.seconds).max() ?? 0
+            let recovered = all.suffix(5).filter { $0.status == 202 }.count
+            #expect(statuses == [503], "refusals are 503: \(statuses)")
+            #expect(slowest < 7, "no request hung past the publish timeout (5 s); slowest \(slowest) s")
+            #expect(accepted.count > 10)
+            #expect(recovered == 5, "the ingress recovered by itself")
+
+            // Every record of every 2xx is enriched exactly once.
+            let expected = Set(accepted.flatMap { outcome in
+                let n = Int(outcome.key.dropFirst())!
+                return (0..<20).map { "o-\(n)-\($0)" }
+            })
+            let (_, unique) = try await audit(cluster.natsURL, expected: expected)
+            #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
         }
-        try await Task.sleep(for: .seconds(2))
-        try await cluster.stopNATS()
-        try await Task.sleep(for: .seconds(5))
-        try await cluster.restartNATS()
-        try await Task.sleep(for: .seconds(4))
-        stop.withLock { $0 = true }
-        await load.value
-
-        let all = outcomes.withLock { $0 }
-        let accepted = all.filter { $0.status == 202 }
-        let refused = all.filter { $0.status != 202 }
-        print("outage test: \(all.count) requests, \(accepted.count) accepted, \(refused.count) refused (\(Set(refused.map(\.status))))")
-        #expect(!refused.isEmpty, "some requests fell in the outage")
-        #expect(refused.allSatisfy { $0.status == 503 }, "refusals are 503: \(Set(refused.map(\.status)))")
-        #expect(all.allSatisfy { $0.seconds < 7 }, "no request hung past the publish timeout (5 s)")
-        #expect(accepted.count > 10)
-        #expect(all.suffix(5).allSatisfy { $0.status == 202 }, "the ingress recovered by itself")
-
-        // Every record of every 2xx is enriched exactly once.
-        let expected = Set(accepted.flatMap { outcome in
-            let n = Int(outcome.key.dropFirst())!
-            return (0..<20).map { "o-\(n)-\($0)" }
-        })
-        let (_, unique) = try await audit(cluster.natsURL, expected: expected)
-        await cluster.down()
-        try? FileManager.default.removeItem(atPath: specification.directory)
-        #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
     }
 
     @Test("A worker stopped with SIGTERM finishes and acks what it holds: no redeliveries")
@@ -167,32 +183,31 @@ struct FaultTests {
         var specification = try specification("sigterm")
         specification.replicas = ["ingress": 1, "worker": 2]
         specification.environment = [:]  // default 30 s ack wait: a redelivery would show in the audit
-        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-        let ingress = await cluster.ingressURLs()[0]
-        let batches = 30
-        let load = Task {
-            for b in 0..<batches {
-                let body = (0..<500).map { Self.order(b, $0) }.joined(separator: "\n")
-                let (status, _) = await post(ingress, key: "g\(b)", body: body)
-                #expect(status == 202)
+        try await withCluster(specification) { cluster in
+            let ingress = await cluster.ingressURLs()[0]
+            let batches = 30
+            let load = Task {
+                for b in 0..<batches {
+                    let body = (0..<500).map { Self.order(b, $0) }.joined(separator: "\n")
+                    let (status, _) = await post(ingress, key: "g\(b)", body: body)
+                    #expect(status == 202)
+                }
             }
+            try await Task.sleep(for: .seconds(1))
+            try await cluster.scale("worker", to: 1)
+            await load.value
+            let expected = Set((0..<batches).flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
+            let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
+            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            configuration.connectTimeout = .seconds(5)
+            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+            let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders")
+            await connection.close()
+            #expect(outputs == expected.count)
+            #expect(unique == expected)
+            #expect(state?.numRedelivered == 0, "a draining worker caused redeliveries")
+            #expect(state?.numAckPending == 0)
         }
-        try await Task.sleep(for: .seconds(1))
-        try await cluster.scale("worker", to: 1)
-        await load.value
-        let expected = Set((0..<batches).flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
-        let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
-        var configuration = NATSConnection.Configuration(url: cluster.natsURL)
-        configuration.connectTimeout = .seconds(5)
-        let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-        let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders")
-        await connection.close()
-        await cluster.down()
-        try? FileManager.default.removeItem(atPath: specification.directory)
-        #expect(outputs == expected.count)
-        #expect(unique == expected)
-        #expect(state?.numRedelivered == 0, "a draining worker caused redeliveries")
-        #expect(state?.numAckPending == 0)
     }
 
     @Test("Scale-out: the same backlog with 1, 2 and 4 worker processes (figures, not thresholds)")
@@ -201,39 +216,82 @@ struct FaultTests {
         for workers in [1, 2, 4] {
             var specification = try specification("scale\(workers)")
             specification.replicas = ["ingress": 1, "worker": 0]
-            let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-            let ingress = await cluster.ingressURLs()[0]
-            let total = 40_000
-            for b in 0..<(total / 1000) {
-                let body = (0..<1000).map { Self.order(b, $0) }.joined(separator: "\n")
-                let (status, _) = await post(ingress, key: "s\(b)", body: body)
-                #expect(status == 202)
-            }
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
-            configuration.connectTimeout = .seconds(5)
-            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-            let start = ContinuousClock.now
-            try await cluster.scale("worker", to: workers)
-            var drained = false
-            while ContinuousClock.now - start < .seconds(120) {
-                if let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_flag-high-value"),
-                    let enrich = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders"),
-                    enrich.numPending == 0, enrich.numAckPending == 0, state.numPending == 0, state.numAckPending == 0,
-                    enrich.ackFloorStreamSequence > 0
-                {
-                    drained = true
-                    break
+            try await withCluster(specification) { cluster in
+                let ingress = await cluster.ingressURLs()[0]
+                let total = 40_000
+                for b in 0..<(total / 1000) {
+                    let body = (0..<1000).map { Self.order(b, $0) }.joined(separator: "\n")
+                    let (status, _) = await post(ingress, key: "s\(b)", body: body)
+                    #expect(status == 202)
                 }
-                try await Task.sleep(for: .milliseconds(50))
+                var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+                configuration.connectTimeout = .seconds(5)
+                let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+                let start = ContinuousClock.now
+                try await cluster.scale("worker", to: workers)
+                var drained = false
+                while ContinuousClock.now - start < .seconds(120) {
+                    if let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_flag-high-value"),
+                        let enrich = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders"),
+                        enrich.numPending == 0, enrich.numAckPending == 0, state.numPending == 0, state.numAckPending == 0,
+                        enrich.ackFloorStreamSequence > 0
+                    {
+                        drained = true
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let elapsed = ContinuousClock.now - start
+                await connection.close()
+                #expect(drained)
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                figures.append("\(workers) worker(s): \(Int(Double(total) / seconds)) orders/s through 2 handlers (incl. process start)")
             }
-            let elapsed = ContinuousClock.now - start
-            await connection.close()
-            await cluster.down()
-            try? FileManager.default.removeItem(atPath: specification.directory)
-            #expect(drained)
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            figures.append("\(workers) worker(s): \(Int(Double(total) / seconds)) orders/s through 2 handlers (incl. process start)")
         }
         print("scale-out (debug build, 2 cores): " + figures.joined(separator: "; "))
+    }
+
+    @Test("Three-node NATS cluster with R3 streams: one node killed mid-load, nothing acknowledged is lost")
+    func clusterNodeLoss() async throws {
+        var specification = try specification("r3")
+        specification.natsNodes = 3
+        specification.replicas = ["ingress": 1, "worker": 2]
+        try await withCluster(specification) { cluster in
+            let ingress = await cluster.ingressURLs()[0]
+            let accepted = Mutex<[Int]>([])
+            let batches = 60
+            let load = Task {
+                for b in 0..<batches {
+                    let body = (0..<500).map { Self.order(b, $0) }.joined(separator: "\n")
+                    for _ in 0..<40 {
+                        let (status, _) = await post(ingress, key: "r\(b)", body: body)
+                        if status == 202 {
+                            accepted.withLock { $0.append(b) }
+                            break
+                        }
+                        try? await Task.sleep(for: .milliseconds(250))
+                    }
+                }
+            }
+            try await Task.sleep(for: .seconds(2))
+            // Node 0 is the one every client connected to first: its loss forces reconnects too.
+            await cluster.killNATSNode(0)
+            #expect(accepted.withLock { $0.count } < batches, "the node must die while load is still being sent")
+            await load.value
+            let batchesAccepted = accepted.withLock { $0 }
+            let expected = Set(batchesAccepted.flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
+            let survivors = cluster.natsURL.split(separator: ",").dropFirst().joined(separator: ",")
+            let (outputs, unique) = try await audit(survivors, expected: expected)
+            var configuration = NATSConnection.Configuration(url: survivors)
+            configuration.connectTimeout = .seconds(5)
+            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+            let stream = try await connection.streamState("AUT_DEFAULT")
+            await connection.close()
+            #expect(stream?.replicas == 3)
+            print("R3 test: \(batchesAccepted.count) of \(batches) batches accepted, \(outputs) outputs")
+            #expect(batchesAccepted.count == batches, "every batch was accepted in the end (retries after the node loss)")
+            #expect(outputs == expected.count)
+            #expect(unique == expected)
+        }
     }
 }
