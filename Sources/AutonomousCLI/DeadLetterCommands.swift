@@ -72,8 +72,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 return
             }
             for letter in letters {
-                let when = letter.lastFailure.map(ISO8601.format) ?? "?"
-                print("\(letter.sequence)  \(when)  \(letter.handler)  \(letter.table)  \(letter.recordID)  attempts=\(letter.attempts)  \(letter.error)")
+                let first = letter.firstFailure.map(ISO8601.format) ?? "?"
+                let last = letter.lastFailure.map(ISO8601.format) ?? "?"
+                print("\(letter.sequence)  first=\(first)  last=\(last)  \(letter.handler)  \(letter.table)  \(letter.recordID)  attempts=\(letter.attempts)  \(letter.error)")
             }
             print("\(letters.count) dead letter(s).")
         }

@@ -62,7 +62,7 @@ public struct AuditedRecord: Sendable {
 public enum StreamAudit {
     static let headerNames = [
         "Nats-Msg-Id", "Aut-Table", "Aut-Tenant", "Aut-Type", "Aut-Caused-By", "traceparent",
-        "Aut-Error", "Aut-Attempts", "Aut-Handler", "Aut-Record-Id", "Aut-Last-Failure", "Aut-Source-Subject",
+        "Aut-Error", "Aut-Attempts", "Aut-Handler", "Aut-Record-Id", "Aut-First-Failure", "Aut-Last-Failure", "Aut-Source-Subject",
     ]
 
     /// Reads every message on `subject` from the start of `stream`, waiting up to `timeout`

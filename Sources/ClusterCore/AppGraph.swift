@@ -60,6 +60,9 @@ public struct AppGraph: Sendable {
             if handler.options.concurrency < 1 || handler.options.concurrency > 64 {
                 problems.append("handler '\(handler.name)': concurrency must be between 1 and 64")
             }
+            if let pending = handler.options.maxAckPending, pending < handler.options.batchSize {
+                problems.append("handler '\(handler.name)': maxAckPending must be at least batchSize (\(handler.options.batchSize))")
+            }
             if handler.options.maxAttempts < 1 {
                 problems.append("handler '\(handler.name)': maxAttempts must be at least 1")
             }

@@ -11,6 +11,7 @@ public struct DeadLetter: Sendable {
     public var table: String
     public var error: String
     public var attempts: Int
+    public var firstFailure: Date?
     public var lastFailure: Date?
     public var sourceSubject: String
     public var payload: [UInt8]
@@ -21,7 +22,7 @@ public struct DeadLetter: Sendable {
 public enum DeadLetters {
     static let headerNames = [
         Wire.Header.recordID, Wire.Header.handler, Wire.Header.table, Wire.Header.error, Wire.Header.attempts,
-        Wire.Header.lastFailure, Wire.Header.sourceSubject, Wire.Header.type, Wire.Header.causedBy, Wire.Header.traceparent,
+        Wire.Header.firstFailure, Wire.Header.lastFailure, Wire.Header.sourceSubject, Wire.Header.type, Wire.Header.causedBy, Wire.Header.traceparent,
     ]
 
     static func subject(tenant: String, handler: String?) -> String {
@@ -52,6 +53,7 @@ public enum DeadLetters {
                 table: headers[Wire.Header.table] ?? "",
                 error: headers[Wire.Header.error] ?? "",
                 attempts: Int(headers[Wire.Header.attempts] ?? "") ?? 0,
+                firstFailure: headers[Wire.Header.firstFailure].flatMap(ISO8601.parse),
                 lastFailure: headers[Wire.Header.lastFailure].flatMap(ISO8601.parse),
                 sourceSubject: headers[Wire.Header.sourceSubject] ?? "",
                 payload: message.payload,

@@ -81,14 +81,19 @@ public struct HandlerOptions: Sendable {
     public var maxAttempts: Int
     /// Delay before redelivery after a failure, by attempt (the last entry repeats).
     public var retryBackoff: [Duration]
+    /// Records delivered to this handler but not yet acked, across all workers (flow
+    /// control); `nil` uses the deployment's default.
+    public var maxAckPending: Int?
 
     public init(
         batchSize: Int = 256,
         maxWait: Duration = .milliseconds(500),
         concurrency: Int = 2,
         maxAttempts: Int = 5,
-        retryBackoff: [Duration] = [.seconds(1), .seconds(5), .seconds(30), .seconds(120)]
+        retryBackoff: [Duration] = [.seconds(1), .seconds(5), .seconds(30), .seconds(120)],
+        maxAckPending: Int? = nil
     ) {
+        self.maxAckPending = maxAckPending
         self.batchSize = batchSize
         self.maxWait = maxWait
         self.concurrency = concurrency

@@ -136,7 +136,7 @@ public enum Topology {
                     ? Wire.tableSubject(tenant: tenant, table: handler.source)
                     : Wire.scheduleSubject(tenant: tenant, schedule: handler.source)
                 consumer.ackWait = configuration.ackWait
-                consumer.maxAckPending = configuration.maxAckPending
+                consumer.maxAckPending = handler.options.maxAckPending ?? configuration.maxAckPending
                 consumer.description = "Autonomous handler \(handler.name)"
                 try await connection.createOrUpdateConsumer(stream: stream.name, consumer)
             }

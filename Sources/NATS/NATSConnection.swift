@@ -534,6 +534,34 @@ extension String {
 }
 
 extension NATSConnection {
+    /// Creates an ephemeral pull consumer on `stream` (one replica, in memory, removed by the
+    /// server shortly after the subscription goes away) and binds to it.
+    public func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
+        let js = UnsafeHandle(jetStream)
+        let handle = try await threadPool.runIfActive { () throws -> UnsafeHandle in
+            var options = jsSubOptions()
+            jsSubOptions_Init(&options)
+            var sub: OpaquePointer?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = stream.withCString { streamName in
+                options.Stream = streamName
+                options.ManualAck = true
+                options.Config.AckPolicy = js_AckExplicit
+                options.Config.DeliverPolicy = js_DeliverAll
+                options.Config.AckWait = Duration.seconds(300).nanoseconds
+                options.Config.MemoryStorage = true
+                options.Config.Replicas = 1
+                options.Config.InactiveThreshold = Duration.seconds(30).nanoseconds
+                return js_PullSubscribe(&sub, js.pointer, filterSubject, nil, nil, &options, &errCode)
+            }
+            guard status == NATS_OK, let sub else {
+                throw NATSError.from(status: status, jsError: errCode, context: "creating a reader on \(stream)")
+            }
+            return UnsafeHandle(sub)
+        }
+        return PullSubscription(subscription: handle.pointer, headerNames: headers, connection: self)
+    }
+
     /// Deletes the message at `sequence` from `stream`.
     public func deleteMessage(stream: String, sequence: UInt64) async throws {
         let js = UnsafeHandle(jetStream)
@@ -564,8 +592,9 @@ extension NATSConnection {
     }
 
     /// Reads every message on `subject` from the start of `stream`, waiting up to `timeout`
-    /// for at least `atLeast` of them, then until the subject is drained. Uses a temporary
-    /// durable consumer that is deleted afterwards; the messages stay in the stream.
+    /// for at least `atLeast` of them, then until the subject is drained. Uses an ephemeral
+    /// consumer (one replica, in memory, hosted by the stream leader, so it works while a
+    /// cluster node is down); the messages stay in the stream.
     public func readAll(
         stream: String,
         subject: String,
@@ -573,20 +602,13 @@ extension NATSConnection {
         atLeast: Int = 0,
         timeout: Duration = .seconds(10)
     ) async throws -> [JetStreamMessage] {
-        var random = SystemRandomNumberGenerator()
-        let name = "read_" + String(random.next() as UInt64, radix: 36)
-        var consumer = ConsumerConfiguration(durableName: name, filterSubject: subject)
-        consumer.ackWait = .seconds(300)
-        // One replica: a reader must work even when a cluster node is down.
-        consumer.replicas = 1
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         // Right after a cluster node is lost, JetStream may take seconds to elect new leaders.
         var subscription: PullSubscription?
         while subscription == nil {
             do {
-                try await createOrUpdateConsumer(stream: stream, consumer)
-                subscription = try await pullSubscription(stream: stream, consumer: name, filterSubject: subject, headers: headers)
+                subscription = try await ephemeralPullSubscription(stream: stream, filterSubject: subject, headers: headers)
             } catch let error as NATSError where clock.now < deadline && error.code != .invalidArgument {
                 logger.debug("Reader not ready, retrying", metadata: ["error": "\(error)"])
                 try await Task.sleep(for: .milliseconds(500))
@@ -602,11 +624,7 @@ extension NATSConnection {
                 for i in 0..<batch.count { batch.ack(i) }
                 if batch.isEmpty && messages.count >= atLeast { break }
             }
-            try? await deleteConsumer(stream: stream, consumer: name)
             return messages
-        } catch {
-            try? await deleteConsumer(stream: stream, consumer: name)
-            throw error
         }
     }
 }

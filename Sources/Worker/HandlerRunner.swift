@@ -4,6 +4,7 @@ public import Logging
 import Metrics
 public import NATS
 import ServiceLifecycle
+import Synchronization
 
 /// Owns one handler's durable pull consumer for one tenant and runs its batches.
 ///
@@ -32,6 +33,10 @@ public actor HandlerRunner {
     }
 
     private var statistics = Statistics()
+    /// When this worker first saw each failing record fail (bounded; a record that failed
+    /// on other workers first shows its first failure here).
+    private nonisolated let firstFailures = Mutex<[String: Date]>([:])
+    private static let firstFailureLimit = 65_536
 
     struct Counters: Sendable {
         let processed: Counter
@@ -175,6 +180,7 @@ public actor HandlerRunner {
         switch outcome {
         case nil:
             for i in indices { batch.ack(i) }
+            forgetFailures(records)
             counters.processed.increment(by: records.count)
             await record {
                 $0.batches += 1
@@ -187,6 +193,7 @@ public actor HandlerRunner {
                     await fail(batch, index: index, record: records[i], error: error)
                 } else {
                     batch.ack(index)
+                    forgetFailures([records[i]])
                     counters.processed.increment()
                     await record { $0.processed += 1 }
                 }
@@ -198,6 +205,13 @@ public actor HandlerRunner {
         }
         let elapsed = (ContinuousClock.now - start).components
         counters.batchDuration.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+    }
+
+    private nonisolated func forgetFailures(_ records: [IncomingRecord]) {
+        guard records.contains(where: { $0.metadata.deliveryCount > 1 }) else { return }
+        firstFailures.withLock { failures in
+            for record in records { failures.removeValue(forKey: record.metadata.id) }
+        }
     }
 
     /// Runs the handler and publishes its outputs; returns the error, if any.
@@ -233,6 +247,13 @@ public actor HandlerRunner {
 
     private nonisolated func fail(_ batch: FetchedBatch, index: Int, record: IncomingRecord, error: any Error) async {
         let attempt = record.metadata.deliveryCount
+        let now = Date()
+        let firstFailure = firstFailures.withLock { failures -> Date in
+            if let first = failures[record.metadata.id] { return first }
+            if failures.count >= Self.firstFailureLimit, let any = failures.keys.first { failures.removeValue(forKey: any) }
+            failures[record.metadata.id] = now
+            return now
+        }
         let permanent = error is UndecodableRecordError
         if Self.isTransient(error) || (!permanent && attempt < handler.options.maxAttempts) {
             let delay = handler.options.backoff(afterAttempt: attempt)
@@ -246,7 +267,8 @@ public actor HandlerRunner {
             return
         }
         do {
-            try await deadLetter(record, error: error, attempts: attempt)
+            try await deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
+            firstFailures.withLock { _ = $0.removeValue(forKey: record.metadata.id) }
             batch.term(index)
             counters.deadLettered.increment()
             await self.record { $0.deadLettered += 1 }
@@ -260,7 +282,7 @@ public actor HandlerRunner {
         }
     }
 
-    private nonisolated func deadLetter(_ record: IncomingRecord, error: any Error, attempts: Int) async throws {
+    private nonisolated func deadLetter(_ record: IncomingRecord, error: any Error, attempts: Int, firstFailure: Date) async throws {
         var text = String(describing: error).map { $0.isNewline ? " " : $0 }.reduce(into: "") { $0.append($1) }
         if text.utf8.count > 1024 { text = String(text.prefix(1000)) + "…" }
         let now = ISO8601.format(Date())
@@ -272,6 +294,7 @@ public actor HandlerRunner {
             (Wire.Header.handler, handler.name),
             (Wire.Header.error, text),
             (Wire.Header.attempts, String(attempts)),
+            (Wire.Header.firstFailure, ISO8601.format(firstFailure)),
             (Wire.Header.lastFailure, now),
             (Wire.Header.sourceSubject, filterSubject),
         ]

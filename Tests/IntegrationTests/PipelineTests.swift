@@ -144,6 +144,9 @@ struct PipelineTests {
             #expect(record.headers["Aut-Attempts"] == "2")
             #expect(record.headers["Aut-Handler"] == "always-fails")
             #expect(record.headers["Aut-Record-Id"] == inputID)
+            let first = try #require(record.headers["Aut-First-Failure"].flatMap(ISO8601.parse))
+            let last = try #require(record.headers["Aut-Last-Failure"].flatMap(ISO8601.parse))
+            #expect(first < last, "first failure \(first) before last \(last)")
             #expect(try JSONParser.parse(record.payload)["n"] == 7)
         }
     }
