@@ -1,6 +1,8 @@
+import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Foundation
+import NIOCore
 import NATS
 import Synchronization
 import Testing
@@ -113,6 +115,44 @@ struct GuaranteeTests {
             let out = try await app.records(in: "fast_out", atLeast: 2, timeout: .seconds(4))
             #expect(out.count == 2)
             #expect(ContinuousClock.now - start < .seconds(3), "fast records waited for the slow handler")
+        }
+    }
+
+    @Test("Over its in-flight limit the ingress answers 429 with Retry-After at once; a frozen JetStream gets 503, never 2xx")
+    func backpressure() async throws {
+        var app = AppBuilder(name: "Pressure")
+        _ = app.table("events")
+        let graph = try app.build()
+        try await withRunningApp(graph, configure: {
+            $0.maxInFlightRecords = 50
+            $0.publishTimeout = .seconds(3)
+        }) { app in
+            #expect(try await app.post("/v1/tables/events/records", body: #"{"warm":"up"}"#).status == 202)
+            // Freeze nats-server: the TCP connection stays up, PubAcks stop.
+            let pid = app.server.process.processIdentifier
+            kill(pid, SIGSTOP)
+            let big = (0..<50).map { #"{"n":\#($0)}"# }.joined(separator: "\n")
+            let held = Task { try await app.post("/v1/tables/events/records", body: big, contentType: "application/x-ndjson") }
+            try await Task.sleep(for: .milliseconds(500))
+            let start = ContinuousClock.now
+            var request = HTTPClientRequest(url: app.baseURL + "/v1/tables/events/records")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: #"{"n":"extra"}"#))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            let elapsed = ContinuousClock.now - start
+            #expect(response.status.code == 429)
+            #expect(response.headers.first(name: "Retry-After") == "1")
+            #expect(elapsed < .seconds(1), "429 is immediate")
+            let stalled = try await held.value
+            kill(pid, SIGCONT)
+            #expect(stalled.status == 503, "no 2xx without a PubAck")
+            #expect(stalled.body["error"]["code"] == "unavailable")
+            // Once JetStream answers again, so does the ingress.
+            let recovered = try await eventually(timeout: .seconds(15)) {
+                (try? await app.post("/v1/tables/events/records", body: #"{"after":"thaw"}"#).status) == 202
+            }
+            #expect(recovered)
         }
     }
 }
