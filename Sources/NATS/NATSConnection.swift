@@ -470,22 +470,42 @@ public final class NATSConnection: Sendable {
         filterSubject: String,
         headers: [String]
     ) async throws -> PullSubscription {
+        try await subscribe(stream: stream, consumer: consumer, filterSubject: filterSubject, headers: headers)
+    }
+
+    /// Creates an ephemeral pull consumer on `stream` (one replica, in memory, removed by the
+    /// server shortly after the subscription goes away) and binds to it.
+    public func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
+        try await subscribe(stream: stream, consumer: nil, filterSubject: filterSubject, headers: headers)
+    }
+
+    /// `js_PullSubscribe`, bound to `consumer`, or creating an ephemeral one when it is nil.
+    private func subscribe(stream: String, consumer: String?, filterSubject: String, headers: [String]) async throws -> PullSubscription {
         let js = UnsafeHandle(jetStream)
         let handle = try await threadPool.runIfActive { () throws -> UnsafeHandle in
             var options = jsSubOptions()
             jsSubOptions_Init(&options)
+            options.ManualAck = true
             var sub: OpaquePointer?
             var errCode = jsErrCode(rawValue: 0)
-            let status = stream.withCString { streamName in
-                consumer.withCString { consumerName in
-                    options.Stream = streamName
+            let status = stream.withCString { streamName -> natsStatus in
+                options.Stream = streamName
+                guard let consumer else {
+                    options.Config.AckPolicy = js_AckExplicit
+                    options.Config.DeliverPolicy = js_DeliverAll
+                    options.Config.AckWait = Duration.seconds(300).nanoseconds
+                    options.Config.MemoryStorage = true
+                    options.Config.Replicas = 1
+                    options.Config.InactiveThreshold = Duration.seconds(30).nanoseconds
+                    return js_PullSubscribe(&sub, js.pointer, filterSubject, nil, nil, &options, &errCode)
+                }
+                return consumer.withCString { consumerName in
                     options.Consumer = consumerName
-                    options.ManualAck = true
                     return js_PullSubscribe(&sub, js.pointer, filterSubject, consumerName, nil, &options, &errCode)
                 }
             }
             guard status == NATS_OK, let sub else {
-                throw NATSError.from(status: status, jsError: errCode, context: "binding to consumer \(consumer)")
+                throw NATSError.from(status: status, jsError: errCode, context: "subscribing to \(consumer ?? "a new reader") on \(stream)")
             }
             return UnsafeHandle(sub)
         }
@@ -534,34 +554,6 @@ extension String {
 }
 
 extension NATSConnection {
-    /// Creates an ephemeral pull consumer on `stream` (one replica, in memory, removed by the
-    /// server shortly after the subscription goes away) and binds to it.
-    public func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
-        let js = UnsafeHandle(jetStream)
-        let handle = try await threadPool.runIfActive { () throws -> UnsafeHandle in
-            var options = jsSubOptions()
-            jsSubOptions_Init(&options)
-            var sub: OpaquePointer?
-            var errCode = jsErrCode(rawValue: 0)
-            let status = stream.withCString { streamName in
-                options.Stream = streamName
-                options.ManualAck = true
-                options.Config.AckPolicy = js_AckExplicit
-                options.Config.DeliverPolicy = js_DeliverAll
-                options.Config.AckWait = Duration.seconds(300).nanoseconds
-                options.Config.MemoryStorage = true
-                options.Config.Replicas = 1
-                options.Config.InactiveThreshold = Duration.seconds(30).nanoseconds
-                return js_PullSubscribe(&sub, js.pointer, filterSubject, nil, nil, &options, &errCode)
-            }
-            guard status == NATS_OK, let sub else {
-                throw NATSError.from(status: status, jsError: errCode, context: "creating a reader on \(stream)")
-            }
-            return UnsafeHandle(sub)
-        }
-        return PullSubscription(subscription: handle.pointer, headerNames: headers, connection: self)
-    }
-
     /// Deletes the message at `sequence` from `stream`.
     public func deleteMessage(stream: String, sequence: UInt64) async throws {
         let js = UnsafeHandle(jetStream)
