@@ -61,7 +61,7 @@ struct SupervisorControl {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
             process.arguments = [try selfPath(), "supervise", "--state", directory]
             let log = directory + "/supervisor.log"
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
             process.standardInput = FileHandle.nullDevice
             process.standardOutput = handle

@@ -1,4 +1,4 @@
-public import ClusterCore
+import ClusterCore
 import Foundation
 
 /// `autonomous.json`: storages, runtimes and the deployment (engine, target, replicas).

@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 public import Logging
-public import NATS
+import NATS
 
 /// The `process` deploy engine: a whole cluster as supervised processes on this machine —
 /// nats-server (unless an external URL is given), one coordinator, N ingress and M worker
@@ -223,7 +223,7 @@ public actor ProcessCluster {
     private func launch(role: String, slot: Int) throws -> Child {
         let port = port(role: role, slot: slot)
         let logPath = "\(specification.directory)/logs/\(role)-\(slot).log"
-        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         log.seekToEndOfFile()
         let process = Process()

@@ -1,8 +1,8 @@
 public import ClusterCore
 import Foundation
-public import Logging
+import Logging
 import Metrics
-public import NATS
+import NATS
 import ServiceLifecycle
 import Synchronization
 
@@ -166,12 +166,8 @@ public actor HandlerRunner {
                 indices.append(i)
             }
         }
-        if indices.count < batch.count {
-            guard !indices.isEmpty else { return }
-            await process(batch, indices: indices, start: start)
-            return
-        }
-        await process(batch, indices: Array(batch.messages.indices), start: start)
+        guard !indices.isEmpty else { return }
+        await process(batch, indices: indices, start: start)
     }
 
     private nonisolated func process(_ batch: FetchedBatch, indices: [Int], start: ContinuousClock.Instant) async {
@@ -186,7 +182,7 @@ public actor HandlerRunner {
                 $0.batches += 1
                 $0.processed += records.count
             }
-        case let error? where records.count > 1 && !Self.isTransient(error):
+        case .some(let error) where records.count > 1 && !Self.isTransient(error):
             // Find the record(s) at fault: the others are processed and acked now.
             for (i, index) in indices.enumerated() {
                 if let error = await attempt([records[i]]) {

@@ -22,7 +22,7 @@ struct DevModeTests {
                 throw ConfigurationError("\(binary) is missing; run `swift build --build-tests` first")
             }
             output = dataDirectory + ".stdout"
-            FileManager.default.createFile(atPath: output, contents: nil)
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = ["dev", "--port", "0", "--data-dir", dataDirectory, "--log-level", "warning"]
