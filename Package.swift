@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.24.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.21.0"),
     ],
     targets: [
         // nats.c (Debian's libnats-dev) as a system library.
@@ -66,6 +67,7 @@ let package = Package(
                 "ClusterCore",
                 "NATS",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -178,6 +180,7 @@ let package = Package(
                 "Autonomous",
                 "Components",
                 "AutonomousTesting",
+                "Coordinator",
                 "Deploy",
                 "NATS",
                 "OrderFlow",

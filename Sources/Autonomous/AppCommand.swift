@@ -48,6 +48,9 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("health-port"), help: "Port of /healthz and /readyz for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
     var healthPort: Int?
 
+    @Option(name: .customLong("postgres-url"), help: "Coordinator state in PostgreSQL (postgres://user@host:port/db; password via AUTONOMOUS_POSTGRES_PASSWORD). [env: AUTONOMOUS_POSTGRES_URL, default: SQLite in the data directory]")
+    var postgresURL: String?
+
     @Option(help: "Worker: run only these handlers (comma separated). [env: AUTONOMOUS_HANDLERS]")
     var handlers: String?
 
@@ -66,6 +69,10 @@ struct CommonOptions: ParsableArguments {
         var configuration = RuntimeConfiguration()
         configuration.environment = environment
         configuration.natsURL = natsURL ?? environment["AUTONOMOUS_NATS_URL"]
+        configuration.postgresURL = postgresURL ?? environment["AUTONOMOUS_POSTGRES_URL"]
+        if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {
+            throw ValidationError("the Postgres URL contains a password; pass it in AUTONOMOUS_POSTGRES_PASSWORD instead")
+        }
         configuration.tenant = tenant ?? environment["AUTONOMOUS_TENANT"] ?? "default"
         configuration.httpHost = host ?? environment["AUTONOMOUS_HTTP_HOST"] ?? "127.0.0.1"
         if let port = port {
@@ -220,7 +227,11 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         let natsURL = configuration.natsURL!
         let dataDirectory = configuration.dataDirectory
         let tenant = configuration.tenant
-        let sqlite = configuration.sqlitePath
+        let sqlite = configuration.postgresURL.map { url -> String in
+            var components = URLComponents(string: url)
+            components?.user = nil
+            return components?.string ?? "postgres"
+        } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
         let isEmbedded = embedded != nil
         configuration.onListening = { port in
@@ -273,7 +284,7 @@ enum DevBanner {
         lines.append("")
         lines.append("Storages online:")
         lines.append("  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), stream \(Wire.streamName(tenant: tenant)))")
-        lines.append("  sqlite://\(sqlitePath) (coordinator state)")
+        lines.append("  \(sqlitePath) (coordinator state)")
         lines.append("")
         return lines.joined(separator: "\n")
     }

@@ -37,6 +37,9 @@ public struct RuntimeConfiguration: Sendable {
     public var excludedHandlers: Set<String> = []
     /// Port of `/healthz` and `/readyz` for processes without the ingress (`nil`: none).
     public var healthPort: Int?
+    /// PostgreSQL for the coordinator's state (`postgres://user@host:port/db`); `nil` keeps it
+    /// in SQLite under `dataDirectory`.
+    public var postgresURL: String?
     /// Where `dev` keeps NATS data and the coordinator's SQLite file.
     public var dataDirectory: String = ".autonomous"
     /// Process environment, for secrets and component settings.
@@ -87,9 +90,14 @@ public struct AppRuntime: Sendable {
         var store: (any CoordinatorStore)?
         do {
             if role.runsCoordinator {
-                let sqlite = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
-                store = sqlite
-                try await sqlite.migrate()
+                let coordinatorStore: any CoordinatorStore
+                if let url = configuration.postgresURL {
+                    coordinatorStore = try PostgresStore.open(url: url, password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"], logger: logger)
+                } else {
+                    coordinatorStore = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
+                }
+                store = coordinatorStore
+                try await coordinatorStore.migrate()
                 // Provision before ingress and workers start so their first publish or bind
                 // succeeds. A new NATS cluster answers JetStream requests only once it has
                 // elected a meta leader, so keep trying until the connect timeout.
@@ -114,7 +122,7 @@ public struct AppRuntime: Sendable {
                         graph: graph,
                         configuration: .init(tenants: [configuration.tenant], topology: configuration.topology),
                         connection: connection,
-                        store: sqlite,
+                        store: coordinatorStore,
                         logger: logger
                     )
                 )
