@@ -14,9 +14,8 @@ struct StoreContractTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-store-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        switch kind {
-        case .sqlite:
-            let store = try await SQLiteStore.open(path: directory + "/state.sqlite", logger: TestNATSServer.logger)
+        /// Runs `body` with `store` and always closes it.
+        func use(_ store: any CoordinatorStore) async throws {
             do {
                 try await body(store)
                 try await store.close()
@@ -24,6 +23,10 @@ struct StoreContractTests {
                 try? await store.close()
                 throw error
             }
+        }
+        switch kind {
+        case .sqlite:
+            try await use(try await SQLiteStore.open(path: directory + "/state.sqlite", logger: TestNATSServer.logger))
         case .postgres:
             let server = try await LocalPostgres.start(
                 directory: directory + "/pg",
@@ -32,14 +35,7 @@ struct StoreContractTests {
                 logger: TestNATSServer.logger
             )
             do {
-                let store = try PostgresStore.open(url: server.url, logger: TestNATSServer.logger)
-                do {
-                    try await body(store)
-                    try await store.close()
-                } catch {
-                    try? await store.close()
-                    throw error
-                }
+                try await use(try PostgresStore.open(url: server.url, logger: TestNATSServer.logger))
                 await server.stop()
                 try? FileManager.default.removeItem(atPath: server.dataDirectory)
             } catch {
