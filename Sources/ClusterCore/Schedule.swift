@@ -7,6 +7,13 @@ import Foundation
 /// `@monthly`, `@weekly`, `@daily`, `@hourly`. When both day fields are restricted a day
 /// matching either fires (as in Vixie cron). Intervals fire at multiples of the interval since
 /// the Unix epoch, so every coordinator computes the same instants.
+///
+/// Daylight saving time, as cron does it:
+/// - a wall-clock time that does not exist (02:30 on a spring-forward day) fires once, at the
+///   instant the clocks jump (03:00 local);
+/// - a wall-clock time that happens twice (01:30 on a fall-back day) fires once, at its first
+///   occurrence, unless the hour field is `*`: then the schedule keeps its rhythm and fires in
+///   both occurrences (an hourly job fires every 60 minutes across the change).
 public struct Schedule: Sendable, CustomStringConvertible {
     enum Kind: Sendable {
         case cron(CronExpression)
@@ -14,9 +21,32 @@ public struct Schedule: Sendable, CustomStringConvertible {
         case invalid(String)
     }
 
+    /// What a coordinator does with ticks that fell into a time when no coordinator led
+    /// (downtime, failover).
+    public enum CatchUpPolicy: Sendable, Hashable, CustomStringConvertible {
+        /// Missed ticks are dropped; the schedule continues with the next one.
+        case skip
+        /// The most recent missed tick fires once.
+        case fireOnce
+        /// Every missed tick fires, oldest first, but at most the `limit` most recent ones.
+        case fireAll(limit: Int)
+
+        public var description: String {
+            switch self {
+            case .skip: return "skip"
+            case .fireOnce: return "fire-once"
+            case .fireAll(let limit): return "fire-all(\(limit))"
+            }
+        }
+    }
+
     let kind: Kind
     public let timeZoneIdentifier: String
     let source: String
+    /// Missed ticks after downtime; `.fireOnce` unless set with ``catchUp(_:)``.
+    public private(set) var catchUpPolicy: CatchUpPolicy = .fireOnce
+    /// Each tick is published up to this much after its fire time (see ``jitter(_:)``).
+    public private(set) var maximumJitter: Duration = .zero
 
     /// A cron expression, evaluated in `timeZone` (an IANA name such as `Europe/Berlin`).
     public static func cron(_ expression: String, timeZone: String = "UTC") -> Schedule {
@@ -42,9 +72,8 @@ public struct Schedule: Sendable, CustomStringConvertible {
         else {
             return Schedule(kind: .invalid("daily time '\(time)' must be HH:mm"), timeZoneIdentifier: timeZone, source: "daily at \(time)")
         }
-        var schedule = cron("\(minute) \(hour) * * *", timeZone: timeZone)
-        schedule = Schedule(kind: schedule.kind, timeZoneIdentifier: timeZone, source: "daily at \(time)")
-        return schedule
+        let schedule = cron("\(minute) \(hour) * * *", timeZone: timeZone)
+        return Schedule(kind: schedule.kind, timeZoneIdentifier: timeZone, source: "daily at \(time)")
     }
 
     /// Fires once an hour at `minute`.
@@ -52,12 +81,36 @@ public struct Schedule: Sendable, CustomStringConvertible {
         cron("\(minute) * * * *")
     }
 
-    public var description: String { source }
+    /// Sets what happens to ticks missed while no coordinator led.
+    public func catchUp(_ policy: CatchUpPolicy) -> Schedule {
+        var copy = self
+        copy.catchUpPolicy = policy
+        return copy
+    }
+
+    /// Spreads publication: each tick goes out up to `maximum` after its fire time, by an
+    /// offset derived from the schedule, tenant and fire time (the same on every coordinator).
+    /// The tick's `fireTime` and id stay the nominal instant.
+    public func jitter(_ maximum: Duration) -> Schedule {
+        var copy = self
+        copy.maximumJitter = maximum
+        return copy
+    }
+
+    public var description: String {
+        var text = source
+        if timeZoneIdentifier != "UTC" { text += " (\(timeZoneIdentifier))" }
+        return text
+    }
 
     /// Why the schedule cannot be used, or `nil`.
     public var problem: String? {
         if case .invalid(let message) = kind { return message }
         if TimeZone(identifier: timeZoneIdentifier) == nil { return "unknown time zone '\(timeZoneIdentifier)'" }
+        if maximumJitter < .zero { return "jitter must not be negative" }
+        if case .fireAll(let limit) = catchUpPolicy, !(1...100_000).contains(limit) {
+            return "catch-up limit must be between 1 and 100000, not \(limit)"
+        }
         return nil
     }
 
@@ -73,6 +126,43 @@ public struct Schedule: Sendable, CustomStringConvertible {
             guard let zone = TimeZone(identifier: timeZoneIdentifier) else { return nil }
             return cron.next(after: date, in: zone)
         }
+    }
+
+    /// The ticks to fire for the time between `last` (the last tick handled, exclusive) and
+    /// `now` (inclusive), according to the catch-up policy. `dropped` counts missed ticks the
+    /// policy left out (counted up to 1,000,000).
+    public func catchUpFires(after last: Date, upTo now: Date) -> (fires: [Date], dropped: Int) {
+        var missed: [Date] = []
+        var total = 0
+        let keep: Int
+        switch catchUpPolicy {
+        case .skip: keep = 0
+        case .fireOnce: keep = 1
+        case .fireAll(let limit): keep = limit
+        }
+        var cursor = last
+        while let next = nextFire(after: cursor), next <= now, total < 1_000_000 {
+            total += 1
+            if keep > 0 {
+                missed.append(next)
+                if missed.count > keep { missed.removeFirst(missed.count - keep) }
+            }
+            cursor = next
+        }
+        return (missed, total - missed.count)
+    }
+
+    /// How long after `fireTime` the tick is published (see ``jitter(_:)``).
+    public func jitterDelay(for fireTime: Date, key: String) -> Duration {
+        let window = maximumJitter.components.seconds * 1000 + maximumJitter.components.attoseconds / 1_000_000_000_000_000
+        guard window > 0 else { return .zero }
+        // FNV-1a over the key and the fire time: stable across processes and restarts.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "\(key)|\(Int64(fireTime.timeIntervalSince1970 * 1000))".utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        return .milliseconds(Int64(hash % UInt64(window)))
     }
 }
 
@@ -173,32 +263,75 @@ struct CronExpression: Sendable {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = zone
         let start = Date(timeIntervalSince1970: (date.timeIntervalSince1970).rounded(.down) + 1)
-        let startParts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: start)
+        // Start a day early, in case `start` falls in a repeated hour that began the day before
+        // in wall-clock terms; days ending before `start` are skipped cheaply below.
+        guard let earlier = calendar.date(byAdding: .day, value: -1, to: start) else { return nil }
+        let startParts = calendar.dateComponents([.year, .month, .day], from: earlier)
         guard var day = calendar.date(from: DateComponents(year: startParts.year, month: startParts.month, day: startParts.day, hour: 12))
         else { return nil }
         let sortedHours = hours.sorted()
         let sortedMinutes = minutes.sorted()
         let sortedSeconds = seconds.sorted()
-        for dayOffset in 0..<(366 * 5) {
+        let everyHour = hours.count == 24
+        for _ in 0..<(366 * 5 + 1) {
             defer { day = calendar.date(byAdding: .day, value: 1, to: day) ?? day }
             let parts = calendar.dateComponents([.year, .month, .day, .weekday], from: day)
             guard let y = parts.year, let m = parts.month, let d = parts.day, let wd = parts.weekday else { return nil }
             guard months.contains(m), dayMatches(day: d, weekday: wd - 1) else { continue }
-            let firstDay = dayOffset == 0
+            // Skip days that end before `start` without building every candidate.
+            if let endOfDay = calendar.date(from: DateComponents(year: y, month: m, day: d, hour: 23, minute: 59, second: 59)),
+                endOfDay.addingTimeInterval(3 * 3600) < start
+            {
+                continue
+            }
+            var best: Date?
             for h in sortedHours {
-                if firstDay, h < startParts.hour! { continue }
+                // Wall-clock order is instant order except inside one repeated (fall-back)
+                // hour, so an hour that ends more than the largest DST shift before `start`
+                // cannot hold the answer, and the first hour that holds one holds the earliest.
+                if let hourEnd = calendar.date(from: DateComponents(year: y, month: m, day: d, hour: h, minute: 59, second: 59)),
+                    hourEnd.addingTimeInterval(2 * 3600) < start
+                {
+                    continue
+                }
                 for mi in sortedMinutes {
-                    if firstDay, h == startParts.hour!, mi < startParts.minute! { continue }
+                    if let minuteEnd = calendar.date(from: DateComponents(year: y, month: m, day: d, hour: h, minute: mi, second: 59)),
+                        minuteEnd.addingTimeInterval(2 * 3600) < start
+                    {
+                        continue
+                    }
                     for s in sortedSeconds {
-                        guard let candidate = calendar.date(from: DateComponents(year: y, month: m, day: d, hour: h, minute: mi, second: s)),
-                            candidate >= start
+                        guard let wall = calendar.date(from: DateComponents(year: y, month: m, day: d, hour: h, minute: mi, second: s))
                         else { continue }
-                        // Skip wall-clock times that do not exist on this day (DST gaps).
-                        let check = calendar.dateComponents([.hour, .minute], from: candidate)
-                        if check.hour == h && check.minute == mi { return candidate }
+                        let check = calendar.dateComponents([.day, .hour, .minute, .second], from: wall)
+                        var candidates: [Date] = []
+                        if check.day == d && check.hour == h && check.minute == mi && check.second == s {
+                            candidates.append(wall)
+                            // A wall time that happens twice (fall back): the second occurrence
+                            // fires only for every-hour schedules.
+                            if everyHour, zone.isDaylightSavingTime(for: wall),
+                                let transition = zone.nextDaylightSavingTimeTransition(after: wall),
+                                transition.timeIntervalSince(wall) < 3 * 3600
+                            {
+                                let shift = zone.daylightSavingTimeOffset(for: wall) - zone.daylightSavingTimeOffset(for: transition)
+                                let repeated = wall.addingTimeInterval(shift)
+                                if shift > 0, repeated >= transition { candidates.append(repeated) }
+                            }
+                        } else if let transition = zone.nextDaylightSavingTimeTransition(after: wall.addingTimeInterval(-3 * 3600)),
+                            transition <= wall
+                        {
+                            // A wall time that does not exist (spring forward) fires when the
+                            // clocks jump.
+                            candidates.append(transition)
+                        }
+                        for candidate in candidates where candidate >= start {
+                            if best.map({ candidate < $0 }) ?? true { best = candidate }
+                        }
                     }
                 }
+                if let best { return best }
             }
+            if let best { return best }
         }
         return nil
     }

@@ -48,6 +48,9 @@ public final class NATSConnection: Sendable {
     private nonisolated(unsafe) let connection: OpaquePointer
     private nonisolated(unsafe) let jetStream: OpaquePointer
     private let tracker: PublishTracker
+    /// Requests waiting for their reply (see `request(_:timeout:)`).
+    let requests = RequestMux()
+    var rawConnection: OpaquePointer { connection }
     private let trackerContext: Unmanaged<PublishTracker>
     let threadPool: NIOThreadPool
     private let closed = Atomic<Bool>(false)

@@ -14,6 +14,7 @@ public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, Cu
             case publishFailed
             case jetStream
             case invalidArgument
+            case noResponders
             case other
         }
 
@@ -34,6 +35,8 @@ public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, Cu
         public static let jetStream = Code(.jetStream)
         /// A caller passed a value nats.c refused.
         public static let invalidArgument = Code(.invalidArgument)
+        /// A request found no subscriber on its subject (nobody is serving it).
+        public static let noResponders = Code(.noResponders)
         /// Any other nats.c failure.
         public static let other = Code(.other)
 
@@ -66,6 +69,7 @@ public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, Cu
     /// `true` for failures that may go away by themselves (server restarting, reconnecting).
     public var isTransient: Bool {
         code == .timeout || code == .connectionClosed || code == .connectionFailed || code == .publishFailed
+            || code == .noResponders
     }
 }
 
@@ -82,7 +86,7 @@ extension NATSError {
             code = .connectionClosed
         case NATS_NO_SERVER, NATS_NOT_YET_CONNECTED, NATS_CONNECTION_AUTH_FAILED: code = .connectionFailed
         case NATS_INVALID_ARG, NATS_INVALID_SUBJECT, NATS_INVALID_TIMEOUT: code = .invalidArgument
-        case NATS_NO_RESPONDERS: code = .timeout
+        case NATS_NO_RESPONDERS: code = .noResponders
         default:
             if jsCode == Int(JSStreamNotFoundErr.rawValue) || jsCode == Int(JSConsumerNotFoundErr.rawValue) {
                 code = .notFound
