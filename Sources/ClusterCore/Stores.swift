@@ -1,15 +1,174 @@
+import Crypto
 import Foundation
 
 /// The coordinator's durable state. Postgres in production and SQLite in embedded mode
-/// implement it; workers and ingress never use it directly.
+/// implement it; workers and ingress never use it directly (they ask a coordinator over NATS).
+///
+/// Every name reaches SQL as a bound parameter. Lease times come from the database's clock
+/// (Postgres `now()`), so coordinators on different machines agree on expiry.
 public protocol CoordinatorStore: Sendable {
-    /// Creates or upgrades the schema (idempotent).
+    /// Creates or upgrades the schema (idempotent, versioned).
     func migrate() async throws
-    /// The fire time of the last tick published for `schedule`, if any.
-    func lastFire(tenant: String, schedule: String) async throws -> Date?
-    /// Records that the tick at `fireTime` was published.
-    func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws
     /// A description for startup output, without credentials.
     var displayName: String { get }
     func close() async throws
+
+    // MARK: Schedules
+
+    /// The fire time of the last tick handled (published, or skipped while paused), if any.
+    func lastFire(tenant: String, schedule: String) async throws -> Date?
+    /// Records that the tick at `fireTime` was handled. It never moves backwards. With a
+    /// `fence`, the write happens only while that lease is still held with that token, and
+    /// throws ``StoreError/fenced`` otherwise.
+    func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws
+    func isPaused(tenant: String, schedule: String) async throws -> Bool
+    func setPaused(tenant: String, schedule: String, paused: Bool) async throws
+
+    // MARK: Leases
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now (database time).
+    /// Returns the fencing token when `holder` holds the lease after the call, `nil` when
+    /// another holder's lease is still valid. The token grows whenever the holder changes.
+    func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64?
+    /// Gives the lease up at once (only if `holder` holds it).
+    func releaseLease(name: String, holder: String) async throws
+    /// The unexpired leases whose names start with `prefix`.
+    func liveLeases(prefix: String) async throws -> [Lease]
+
+    // MARK: Tenants and API keys
+
+    /// Throws ``StoreError/duplicate`` when the tenant exists.
+    func createTenant(_ name: String) async throws
+    func tenants() async throws -> [TenantRecord]
+    /// Throws ``StoreError/notFound`` for an unknown tenant.
+    func setTenantDisabled(_ name: String, disabled: Bool) async throws
+    /// Stores a key's hash. Throws ``StoreError/notFound`` for an unknown tenant.
+    func insertAPIKey(id: String, tenant: String, hash: String) async throws
+    /// The tenant of the active key with this hash, if the key exists, is not revoked and its
+    /// tenant is enabled.
+    func tenantForAPIKey(hash: String) async throws -> String?
+    /// Revokes a key (idempotent). Throws ``StoreError/notFound`` when `id` is not a key of `tenant`.
+    func revokeAPIKey(id: String, tenant: String) async throws
+    func apiKeys(tenant: String) async throws -> [APIKeyRecord]
+}
+
+extension CoordinatorStore {
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws {
+        try await recordFire(tenant: tenant, schedule: schedule, at: fireTime, fence: nil)
+    }
+}
+
+/// A lease a write must still hold to take effect.
+public struct LeaseFence: Sendable, Hashable {
+    public var name: String
+    public var holder: String
+    public var token: Int64
+
+    public init(name: String, holder: String, token: Int64) {
+        self.name = name
+        self.holder = holder
+        self.token = token
+    }
+}
+
+public struct Lease: Sendable, Hashable, Codable {
+    public var name: String
+    public var holder: String
+    public var token: Int64
+
+    public init(name: String, holder: String, token: Int64) {
+        self.name = name
+        self.holder = holder
+        self.token = token
+    }
+}
+
+public struct TenantRecord: Sendable, Hashable, Codable {
+    public var name: String
+    public var disabled: Bool
+    public var createdAt: Date
+
+    public init(name: String, disabled: Bool, createdAt: Date) {
+        self.name = name
+        self.disabled = disabled
+        self.createdAt = createdAt
+    }
+}
+
+public struct APIKeyRecord: Sendable, Hashable, Codable {
+    public var id: String
+    public var tenant: String
+    public var createdAt: Date
+    public var revokedAt: Date?
+
+    public init(id: String, tenant: String, createdAt: Date, revokedAt: Date?) {
+        self.id = id
+        self.tenant = tenant
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+    }
+}
+
+/// A store refused an operation for a reason the caller can act on.
+public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Hashable {
+        case duplicate, notFound, fenced
+    }
+
+    public var kind: Kind
+    public var message: String
+
+    public static func duplicate(_ message: String) -> StoreError { StoreError(kind: .duplicate, message: message) }
+    public static func notFound(_ message: String) -> StoreError { StoreError(kind: .notFound, message: message) }
+    public static func fenced(_ message: String) -> StoreError { StoreError(kind: .fenced, message: message) }
+
+    public var description: String { message }
+
+    /// Compares only the ``kind``.
+    public static func == (lhs: StoreError, rhs: StoreError) -> Bool { lhs.kind == rhs.kind }
+    public func hash(into hasher: inout Hasher) { hasher.combine(kind) }
+}
+
+/// API keys: `aut_<id>_<secret>`. The id is public (listed, used to revoke); the whole key is
+/// shown once at creation and only its SHA-256 is stored.
+public enum APIKeys {
+    static let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+
+    static func random(_ count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        return String(decoding: (0..<count).map { _ in alphabet[Int(generator.next(upperBound: UInt(alphabet.count)))] }, as: UTF8.self)
+    }
+
+    /// A new key and its id.
+    public static func generate() -> (id: String, key: String) {
+        let id = random(12)
+        return (id, "aut_\(id)_\(random(40))")
+    }
+
+    /// The stored form of a key.
+    public static func hash(_ key: String) -> String {
+        SHA256.hash(data: Array(key.utf8)).map { byte in
+            let hex = Array("0123456789abcdef".utf8)
+            return String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xf)]], as: UTF8.self)
+        }.joined()
+    }
+
+    /// `true` when `key` has the shape of a key (checked before any lookup).
+    public static func isWellFormed(_ key: String) -> Bool {
+        let parts = key.split(separator: "_", omittingEmptySubsequences: false)
+        return parts.count == 3 && parts[0] == "aut" && parts[1].utf8.count == 12 && parts[2].utf8.count == 40
+            && parts[1].utf8.allSatisfy(alphabet.contains) && parts[2].utf8.allSatisfy(alphabet.contains)
+    }
+
+    /// `true` when `id` has the shape of a key id.
+    public static func isWellFormedID(_ id: String) -> Bool {
+        id.utf8.count == 12 && id.utf8.allSatisfy(alphabet.contains)
+    }
+}
+
+extension Duration {
+    /// The duration in (fractional) seconds.
+    public var inSeconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
 }

@@ -49,7 +49,7 @@ public final class PostgresStore: CoordinatorStore {
     }
 
     /// Versioned migrations; each runs once, in order, in its own transaction.
-    static let migrations: [PostgresQuery] = [
+    static let migrations: [String] = [
         """
         CREATE TABLE IF NOT EXISTS autonomous_schedule_state (
             tenant TEXT NOT NULL,
@@ -57,7 +57,34 @@ public final class PostgresStore: CoordinatorStore {
             last_fire DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (tenant, schedule)
         )
+        """,
         """
+        CREATE TABLE IF NOT EXISTS autonomous_schedule_controls (
+            tenant TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            paused BOOLEAN NOT NULL DEFAULT false,
+            PRIMARY KEY (tenant, schedule)
+        );
+        CREATE TABLE IF NOT EXISTS autonomous_leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token BIGINT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS autonomous_tenants (
+            name TEXT PRIMARY KEY,
+            disabled BOOLEAN NOT NULL DEFAULT false,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS autonomous_api_keys (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL REFERENCES autonomous_tenants(name),
+            hash TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            revoked_at TIMESTAMPTZ
+        );
+        CREATE INDEX IF NOT EXISTS autonomous_api_keys_tenant ON autonomous_api_keys (tenant)
+        """,
     ]
 
     public func migrate() async throws {
@@ -79,7 +106,9 @@ public final class PostgresStore: CoordinatorStore {
                 for (index, statement) in Self.migrations.enumerated() where index + 1 > current {
                     try await connection.query("BEGIN", logger: self.logger)
                     do {
-                        try await connection.query(statement, logger: self.logger)
+                        for part in statement.split(separator: ";") where !part.allSatisfy(\.isWhitespace) {
+                            try await connection.query(PostgresQuery(unsafeSQL: String(part)), logger: self.logger)
+                        }
                         try await connection.query("INSERT INTO autonomous_schema_migrations (version) VALUES (\(index + 1))", logger: self.logger)
                         try await connection.query("COMMIT", logger: self.logger)
                     } catch {
@@ -106,14 +135,176 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws {
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws {
+        let seconds = fireTime.timeIntervalSince1970
+        if let fence {
+            // One statement: the lease check and the write see the same snapshot.
+            let rows = try await client.query(
+                """
+                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire)
+                SELECT \(tenant), \(schedule), \(seconds)
+                WHERE EXISTS (
+                    SELECT 1 FROM autonomous_leases
+                    WHERE name = \(fence.name) AND holder = \(fence.holder) AND token = \(fence.token) AND expires_at > now()
+                )
+                ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
+                RETURNING 1
+                """,
+                logger: logger
+            )
+            var written = false
+            for try await _ in rows.decode(Int.self) { written = true }
+            if !written { throw StoreError.fenced("lease '\(fence.name)' is no longer held by \(fence.holder) with token \(fence.token)") }
+        } else {
+            try await client.query(
+                """
+                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire) VALUES (\(tenant), \(schedule), \(seconds))
+                ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+        let rows = try await client.query(
+            "SELECT paused FROM autonomous_schedule_controls WHERE tenant = \(tenant) AND schedule = \(schedule)",
+            logger: logger
+        )
+        for try await paused in rows.decode(Bool.self) { return paused }
+        return false
+    }
+
+    public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
         try await client.query(
             """
-            INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire) VALUES (\(tenant), \(schedule), \(fireTime.timeIntervalSince1970))
-            ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
+            INSERT INTO autonomous_schedule_controls (tenant, schedule, paused) VALUES (\(tenant), \(schedule), \(paused))
+            ON CONFLICT (tenant, schedule) DO UPDATE SET paused = EXCLUDED.paused
             """,
             logger: logger
         )
+    }
+
+    public func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
+        let seconds = ttl.inSeconds
+        let rows = try await client.query(
+            """
+            INSERT INTO autonomous_leases (name, holder, token, expires_at)
+            VALUES (\(name), \(holder), 1, now() + make_interval(secs => \(seconds)))
+            ON CONFLICT (name) DO UPDATE SET
+                token = CASE WHEN autonomous_leases.holder = EXCLUDED.holder THEN autonomous_leases.token ELSE autonomous_leases.token + 1 END,
+                holder = EXCLUDED.holder,
+                expires_at = EXCLUDED.expires_at
+            WHERE autonomous_leases.holder = EXCLUDED.holder OR autonomous_leases.expires_at <= now()
+            RETURNING token
+            """,
+            logger: logger
+        )
+        for try await token in rows.decode(Int64.self) { return token }
+        return nil
+    }
+
+    public func releaseLease(name: String, holder: String) async throws {
+        try await client.query(
+            "UPDATE autonomous_leases SET expires_at = now() - interval '1 second' WHERE name = \(name) AND holder = \(holder)",
+            logger: logger
+        )
+    }
+
+    public func liveLeases(prefix: String) async throws -> [Lease] {
+        let rows = try await client.query(
+            """
+            SELECT name, holder, token FROM autonomous_leases
+            WHERE starts_with(name, \(prefix)) AND expires_at > now() ORDER BY name
+            """,
+            logger: logger
+        )
+        var leases: [Lease] = []
+        for try await (name, holder, token) in rows.decode((String, String, Int64).self) {
+            leases.append(Lease(name: name, holder: holder, token: token))
+        }
+        return leases
+    }
+
+    public func createTenant(_ name: String) async throws {
+        let rows = try await client.query(
+            "INSERT INTO autonomous_tenants (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING RETURNING 1",
+            logger: logger
+        )
+        var created = false
+        for try await _ in rows.decode(Int.self) { created = true }
+        if !created { throw StoreError.duplicate("tenant '\(name)' already exists") }
+    }
+
+    public func tenants() async throws -> [TenantRecord] {
+        let rows = try await client.query(
+            "SELECT name, disabled, extract(epoch FROM created_at)::float8 FROM autonomous_tenants ORDER BY name",
+            logger: logger
+        )
+        var result: [TenantRecord] = []
+        for try await (name, disabled, created) in rows.decode((String, Bool, Double).self) {
+            result.append(TenantRecord(name: name, disabled: disabled, createdAt: Date(timeIntervalSince1970: created)))
+        }
+        return result
+    }
+
+    public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
+        let rows = try await client.query(
+            "UPDATE autonomous_tenants SET disabled = \(disabled) WHERE name = \(name) RETURNING 1",
+            logger: logger
+        )
+        var found = false
+        for try await _ in rows.decode(Int.self) { found = true }
+        if !found { throw StoreError.notFound("no tenant '\(name)'") }
+    }
+
+    public func insertAPIKey(id: String, tenant: String, hash: String) async throws {
+        let rows = try await client.query(
+            "INSERT INTO autonomous_api_keys (id, tenant, hash) SELECT \(id), name, \(hash) FROM autonomous_tenants WHERE name = \(tenant) RETURNING 1",
+            logger: logger
+        )
+        var inserted = false
+        for try await _ in rows.decode(Int.self) { inserted = true }
+        if !inserted { throw StoreError.notFound("no tenant '\(tenant)'") }
+    }
+
+    public func tenantForAPIKey(hash: String) async throws -> String? {
+        let rows = try await client.query(
+            """
+            SELECT k.tenant FROM autonomous_api_keys k JOIN autonomous_tenants t ON t.name = k.tenant
+            WHERE k.hash = \(hash) AND k.revoked_at IS NULL AND NOT t.disabled
+            """,
+            logger: logger
+        )
+        for try await tenant in rows.decode(String.self) { return tenant }
+        return nil
+    }
+
+    public func revokeAPIKey(id: String, tenant: String) async throws {
+        let rows = try await client.query(
+            "UPDATE autonomous_api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = \(id) AND tenant = \(tenant) RETURNING 1",
+            logger: logger
+        )
+        var found = false
+        for try await _ in rows.decode(Int.self) { found = true }
+        if !found { throw StoreError.notFound("tenant '\(tenant)' has no key '\(id)'") }
+    }
+
+    public func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
+        let rows = try await client.query(
+            """
+            SELECT id, tenant, extract(epoch FROM created_at)::float8, extract(epoch FROM revoked_at)::float8
+            FROM autonomous_api_keys WHERE tenant = \(tenant) ORDER BY created_at, id
+            """,
+            logger: logger
+        )
+        var result: [APIKeyRecord] = []
+        for try await (id, tenant, created, revoked) in rows.decode((String, String, Double, Double?).self) {
+            result.append(
+                APIKeyRecord(id: id, tenant: tenant, createdAt: Date(timeIntervalSince1970: created), revokedAt: revoked.map { Date(timeIntervalSince1970: $0) })
+            )
+        }
+        return result
     }
 
     public func close() async throws {

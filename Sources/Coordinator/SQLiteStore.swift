@@ -34,7 +34,34 @@ public actor SQLiteStore: CoordinatorStore {
             last_fire REAL NOT NULL,
             PRIMARY KEY (tenant, schedule)
         )
+        """,
         """
+        CREATE TABLE IF NOT EXISTS schedule_controls (
+            tenant TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (tenant, schedule)
+        );
+        CREATE TABLE IF NOT EXISTS leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS tenants (
+            name TEXT PRIMARY KEY,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS api_keys (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL REFERENCES tenants(name),
+            hash TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant)
+        """,
     ]
 
     public func migrate() async throws {
@@ -44,7 +71,9 @@ public actor SQLiteStore: CoordinatorStore {
         for (index, statement) in Self.migrations.enumerated() where index + 1 > current {
             _ = try await connection.query("BEGIN")
             do {
-                _ = try await connection.query(statement)
+                for part in statement.split(separator: ";") where !part.allSatisfy(\.isWhitespace) {
+                    _ = try await connection.query(String(part))
+                }
                 _ = try await connection.query("INSERT INTO schema_migrations (version) VALUES (?)", [.integer(index + 1)])
                 _ = try await connection.query("COMMIT")
             } catch {
@@ -62,14 +91,149 @@ public actor SQLiteStore: CoordinatorStore {
         return rows.first?.column("last_fire")?.double.map { Date(timeIntervalSince1970: $0) }
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws {
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws {
+        // One statement, so the fence check and the write cannot interleave with another
+        // call on this actor's connection.
+        var sql = """
+            INSERT INTO schedule_state (tenant, schedule, last_fire) SELECT ?, ?, ?
+            """
+        var binds: [SQLiteData] = [.text(tenant), .text(schedule), .float(fireTime.timeIntervalSince1970)]
+        if let fence {
+            sql += " WHERE EXISTS (SELECT 1 FROM leases WHERE name = ? AND holder = ? AND token = ? AND expires_at > ?)"
+            binds += [.text(fence.name), .text(fence.holder), .integer(Int(fence.token)), .float(Self.now())]
+        }
+        sql += """
+             ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = MAX(last_fire, excluded.last_fire) RETURNING 1 AS done
+            """
+        let rows = try await connection.query(sql, binds)
+        if fence != nil && rows.isEmpty {
+            throw StoreError.fenced("lease '\(fence!.name)' is no longer held by \(fence!.holder) with token \(fence!.token)")
+        }
+    }
+
+    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+        let rows = try await connection.query(
+            "SELECT paused FROM schedule_controls WHERE tenant = ? AND schedule = ?",
+            [.text(tenant), .text(schedule)]
+        )
+        return (rows.first?.column("paused")?.integer ?? 0) != 0
+    }
+
+    public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
         _ = try await connection.query(
             """
-            INSERT INTO schedule_state (tenant, schedule, last_fire) VALUES (?, ?, ?)
-            ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = MAX(last_fire, excluded.last_fire)
+            INSERT INTO schedule_controls (tenant, schedule, paused) VALUES (?, ?, ?)
+            ON CONFLICT (tenant, schedule) DO UPDATE SET paused = excluded.paused
             """,
-            [.text(tenant), .text(schedule), .float(fireTime.timeIntervalSince1970)]
+            [.text(tenant), .text(schedule), .integer(paused ? 1 : 0)]
         )
+    }
+
+    /// SQLite has no server clock; the embedded store runs on one machine, so its clock is used.
+    private static func now() -> Double { Date().timeIntervalSince1970 }
+
+    public func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
+        let now = Self.now()
+        let rows = try await connection.query(
+            """
+            INSERT INTO leases (name, holder, token, expires_at) VALUES (?, ?, 1, ?)
+            ON CONFLICT (name) DO UPDATE SET
+                token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,
+                holder = excluded.holder,
+                expires_at = excluded.expires_at
+            WHERE leases.holder = excluded.holder OR leases.expires_at <= ?
+            RETURNING token
+            """,
+            [.text(name), .text(holder), .float(now + ttl.inSeconds), .float(now)]
+        )
+        return rows.first?.column("token")?.integer.map(Int64.init)
+    }
+
+    public func releaseLease(name: String, holder: String) async throws {
+        _ = try await connection.query(
+            "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
+            [.float(Self.now() - 1), .text(name), .text(holder)]
+        )
+    }
+
+    public func liveLeases(prefix: String) async throws -> [Lease] {
+        let rows = try await connection.query(
+            "SELECT name, holder, token FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ? ORDER BY name",
+            [.integer(prefix.utf8.count), .text(prefix), .float(Self.now())]
+        )
+        return rows.compactMap { row in
+            guard let name = row.column("name")?.string, let holder = row.column("holder")?.string, let token = row.column("token")?.integer
+            else { return nil }
+            return Lease(name: name, holder: holder, token: Int64(token))
+        }
+    }
+
+    public func createTenant(_ name: String) async throws {
+        let rows = try await connection.query(
+            "INSERT INTO tenants (name, disabled, created_at) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING RETURNING 1 AS done",
+            [.text(name), .float(Self.now())]
+        )
+        if rows.isEmpty { throw StoreError.duplicate("tenant '\(name)' already exists") }
+    }
+
+    public func tenants() async throws -> [TenantRecord] {
+        let rows = try await connection.query("SELECT name, disabled, created_at FROM tenants ORDER BY name")
+        return rows.compactMap { row in
+            guard let name = row.column("name")?.string, let created = row.column("created_at")?.double else { return nil }
+            return TenantRecord(name: name, disabled: (row.column("disabled")?.integer ?? 0) != 0, createdAt: Date(timeIntervalSince1970: created))
+        }
+    }
+
+    public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
+        let rows = try await connection.query(
+            "UPDATE tenants SET disabled = ? WHERE name = ? RETURNING 1 AS done",
+            [.integer(disabled ? 1 : 0), .text(name)]
+        )
+        if rows.isEmpty { throw StoreError.notFound("no tenant '\(name)'") }
+    }
+
+    public func insertAPIKey(id: String, tenant: String, hash: String) async throws {
+        let rows = try await connection.query(
+            "INSERT INTO api_keys (id, tenant, hash, created_at) SELECT ?, name, ?, ? FROM tenants WHERE name = ? RETURNING 1 AS done",
+            [.text(id), .text(hash), .float(Self.now()), .text(tenant)]
+        )
+        if rows.isEmpty { throw StoreError.notFound("no tenant '\(tenant)'") }
+    }
+
+    public func tenantForAPIKey(hash: String) async throws -> String? {
+        let rows = try await connection.query(
+            """
+            SELECT k.tenant AS tenant FROM api_keys k JOIN tenants t ON t.name = k.tenant
+            WHERE k.hash = ? AND k.revoked_at IS NULL AND t.disabled = 0
+            """,
+            [.text(hash)]
+        )
+        return rows.first?.column("tenant")?.string
+    }
+
+    public func revokeAPIKey(id: String, tenant: String) async throws {
+        let rows = try await connection.query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND tenant = ? RETURNING 1 AS done",
+            [.float(Self.now()), .text(id), .text(tenant)]
+        )
+        if rows.isEmpty { throw StoreError.notFound("tenant '\(tenant)' has no key '\(id)'") }
+    }
+
+    public func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
+        let rows = try await connection.query(
+            "SELECT id, tenant, created_at, revoked_at FROM api_keys WHERE tenant = ? ORDER BY created_at, id",
+            [.text(tenant)]
+        )
+        return rows.compactMap { row in
+            guard let id = row.column("id")?.string, let tenant = row.column("tenant")?.string, let created = row.column("created_at")?.double
+            else { return nil }
+            return APIKeyRecord(
+                id: id,
+                tenant: tenant,
+                createdAt: Date(timeIntervalSince1970: created),
+                revokedAt: row.column("revoked_at")?.double.map { Date(timeIntervalSince1970: $0) }
+            )
+        }
     }
 
     public func close() async throws {

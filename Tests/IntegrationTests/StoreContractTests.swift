@@ -67,6 +67,90 @@ struct StoreContractTests {
         }
     }
 
+    @Test("Leases: one holder at a time, fencing tokens grow on takeover, fenced writes fail", arguments: Kind.allCases)
+    func leases(kind: Kind) async throws {
+        try await withStore(kind) { store in
+            try await store.migrate()
+            let a = try await store.acquireLease(name: "leader", holder: "a", ttl: .milliseconds(600))
+            #expect(a != nil)
+            #expect(try await store.acquireLease(name: "leader", holder: "b", ttl: .seconds(5)) == nil, "a holds it")
+            #expect(try await store.acquireLease(name: "leader", holder: "a", ttl: .milliseconds(600)) == a, "renewal keeps the token")
+            #expect(try await store.liveLeases(prefix: "lead").map(\.holder) == ["a"])
+            let fenceA = LeaseFence(name: "leader", holder: "a", token: a ?? -1)
+            let fire = Date(timeIntervalSince1970: 1_800_000_000)
+            try await store.recordFire(tenant: "t", schedule: "s", at: fire, fence: fenceA)
+            #expect(try await store.lastFire(tenant: "t", schedule: "s") == fire)
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(try await store.liveLeases(prefix: "leader").isEmpty, "expired")
+            let b = try await store.acquireLease(name: "leader", holder: "b", ttl: .seconds(30))
+            #expect(b != nil && b! > a!, "a new holder gets a larger token")
+            await #expect(throws: StoreError.fenced("")) {
+                try await store.recordFire(tenant: "t", schedule: "s", at: fire.addingTimeInterval(1), fence: fenceA)
+            }
+            #expect(try await store.lastFire(tenant: "t", schedule: "s") == fire, "the deposed holder wrote nothing")
+            try await store.recordFire(tenant: "t", schedule: "s", at: fire.addingTimeInterval(1), fence: LeaseFence(name: "leader", holder: "b", token: b!))
+            #expect(try await store.lastFire(tenant: "t", schedule: "s") == fire.addingTimeInterval(1))
+            try await store.releaseLease(name: "leader", holder: "a")
+            #expect(try await store.liveLeases(prefix: "leader").map(\.holder) == ["b"], "only the holder can release")
+            try await store.releaseLease(name: "leader", holder: "b")
+            #expect(try await store.liveLeases(prefix: "leader").isEmpty)
+            let c = try await store.acquireLease(name: "leader", holder: "c", ttl: .seconds(30))
+            #expect(c == b! + 1, "a released lease is free at once")
+            _ = try await store.acquireLease(name: "part/t/h/0", holder: "w1", ttl: .seconds(30))
+            _ = try await store.acquireLease(name: "part/t/h/1", holder: "w2", ttl: .seconds(30))
+            #expect(try await store.liveLeases(prefix: "part/t/h/").map(\.name) == ["part/t/h/0", "part/t/h/1"])
+            #expect(try await store.liveLeases(prefix: "part/t/x/").isEmpty)
+        }
+    }
+
+    @Test("Schedules can be paused and resumed", arguments: Kind.allCases)
+    func pause(kind: Kind) async throws {
+        try await withStore(kind) { store in
+            try await store.migrate()
+            #expect(try await store.isPaused(tenant: "t", schedule: "s") == false)
+            try await store.setPaused(tenant: "t", schedule: "s", paused: true)
+            #expect(try await store.isPaused(tenant: "t", schedule: "s"))
+            #expect(try await store.isPaused(tenant: "u", schedule: "s") == false)
+            try await store.setPaused(tenant: "t", schedule: "s", paused: false)
+            #expect(try await store.isPaused(tenant: "t", schedule: "s") == false)
+        }
+    }
+
+    @Test("Tenants and API keys: duplicates, unknown names, hashes only, revocation, disabled tenants", arguments: Kind.allCases)
+    func tenantsAndKeys(kind: Kind) async throws {
+        try await withStore(kind) { store in
+            try await store.migrate()
+            try await store.createTenant("acme")
+            try await store.createTenant("globex")
+            await #expect(throws: StoreError.duplicate("")) { try await store.createTenant("acme") }
+            #expect(try await store.tenants().map(\.name) == ["acme", "globex"])
+            await #expect(throws: StoreError.notFound("")) { try await store.setTenantDisabled("nope", disabled: true) }
+            await #expect(throws: StoreError.notFound("")) { try await store.insertAPIKey(id: "k0", tenant: "nope", hash: "h0") }
+
+            let (id, key) = APIKeys.generate()
+            #expect(APIKeys.isWellFormed(key))
+            try await store.insertAPIKey(id: id, tenant: "acme", hash: APIKeys.hash(key))
+            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme")
+            #expect(try await store.tenantForAPIKey(hash: key) == nil, "the key itself is not stored")
+            #expect(try await store.apiKeys(tenant: "acme").map(\.id) == [id])
+            #expect(try await store.apiKeys(tenant: "globex").isEmpty)
+
+            await #expect(throws: StoreError.notFound("")) { try await store.revokeAPIKey(id: id, tenant: "globex") }
+            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme", "another tenant cannot revoke it")
+
+            try await store.setTenantDisabled("acme", disabled: true)
+            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == nil, "a disabled tenant's keys do not resolve")
+            #expect(try await store.tenants().first { $0.name == "acme" }?.disabled == true)
+            try await store.setTenantDisabled("acme", disabled: false)
+            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme")
+
+            try await store.revokeAPIKey(id: id, tenant: "acme")
+            try await store.revokeAPIKey(id: id, tenant: "acme")
+            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == nil)
+            #expect(try await store.apiKeys(tenant: "acme").first?.revokedAt != nil)
+        }
+    }
+
     @Test("With a Postgres URL the coordinator keeps schedule state in Postgres")
     func coordinatorOnPostgres() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-pgcoord-\(UUID().uuidString)").path
