@@ -21,8 +21,12 @@ public protocol CoordinatorStore: Sendable {
     /// `fence`, the write happens only while that lease is still held with that token, and
     /// throws ``StoreError/fenced`` otherwise.
     func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws
-    func isPaused(tenant: String, schedule: String) async throws -> Bool
+    /// Pause flag and timing override of a schedule for one tenant.
+    func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl
     func setPaused(tenant: String, schedule: String, paused: Bool) async throws
+    /// Replaces the schedule's timing for one tenant (`nil` restores the app's own). The
+    /// caller validates the expression and the time zone.
+    func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws
 
     // MARK: Leases
 
@@ -52,7 +56,25 @@ public protocol CoordinatorStore: Sendable {
     func apiKeys(tenant: String) async throws -> [APIKeyRecord]
 }
 
+/// What an operator changed about a schedule for one tenant.
+public struct ScheduleControl: Sendable, Hashable, Codable {
+    public var paused: Bool
+    /// A cron expression replacing the app's timing, if set.
+    public var expression: String?
+    public var timeZone: String?
+
+    public init(paused: Bool = false, expression: String? = nil, timeZone: String? = nil) {
+        self.paused = paused
+        self.expression = expression
+        self.timeZone = timeZone
+    }
+}
+
 extension CoordinatorStore {
+    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+        try await scheduleControl(tenant: tenant, schedule: schedule).paused
+    }
+
     public func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws {
         try await recordFire(tenant: tenant, schedule: schedule, at: fireTime, fence: nil)
     }

@@ -63,6 +63,8 @@ public final class PostgresStore: CoordinatorStore {
             tenant TEXT NOT NULL,
             schedule TEXT NOT NULL,
             paused BOOLEAN NOT NULL DEFAULT false,
+            expression TEXT,
+            time_zone TEXT,
             PRIMARY KEY (tenant, schedule)
         );
         CREATE TABLE IF NOT EXISTS autonomous_leases (
@@ -166,13 +168,25 @@ public final class PostgresStore: CoordinatorStore {
         }
     }
 
-    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+    public func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
         let rows = try await client.query(
-            "SELECT paused FROM autonomous_schedule_controls WHERE tenant = \(tenant) AND schedule = \(schedule)",
+            "SELECT paused, expression, time_zone FROM autonomous_schedule_controls WHERE tenant = \(tenant) AND schedule = \(schedule)",
             logger: logger
         )
-        for try await paused in rows.decode(Bool.self) { return paused }
-        return false
+        for try await (paused, expression, timeZone) in rows.decode((Bool, String?, String?).self) {
+            return ScheduleControl(paused: paused, expression: expression, timeZone: timeZone)
+        }
+        return ScheduleControl()
+    }
+
+    public func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
+        try await client.query(
+            """
+            INSERT INTO autonomous_schedule_controls (tenant, schedule, expression, time_zone) VALUES (\(tenant), \(schedule), \(expression), \(timeZone))
+            ON CONFLICT (tenant, schedule) DO UPDATE SET expression = EXCLUDED.expression, time_zone = EXCLUDED.time_zone
+            """,
+            logger: logger
+        )
     }
 
     public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {

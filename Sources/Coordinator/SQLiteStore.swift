@@ -40,6 +40,8 @@ public actor SQLiteStore: CoordinatorStore {
             tenant TEXT NOT NULL,
             schedule TEXT NOT NULL,
             paused INTEGER NOT NULL DEFAULT 0,
+            expression TEXT,
+            time_zone TEXT,
             PRIMARY KEY (tenant, schedule)
         );
         CREATE TABLE IF NOT EXISTS leases (
@@ -111,12 +113,27 @@ public actor SQLiteStore: CoordinatorStore {
         }
     }
 
-    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+    public func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
         let rows = try await connection.query(
-            "SELECT paused FROM schedule_controls WHERE tenant = ? AND schedule = ?",
+            "SELECT paused, expression, time_zone FROM schedule_controls WHERE tenant = ? AND schedule = ?",
             [.text(tenant), .text(schedule)]
         )
-        return (rows.first?.column("paused")?.integer ?? 0) != 0
+        guard let row = rows.first else { return ScheduleControl() }
+        return ScheduleControl(
+            paused: (row.column("paused")?.integer ?? 0) != 0,
+            expression: row.column("expression")?.string,
+            timeZone: row.column("time_zone")?.string
+        )
+    }
+
+    public func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
+        _ = try await connection.query(
+            """
+            INSERT INTO schedule_controls (tenant, schedule, expression, time_zone) VALUES (?, ?, ?, ?)
+            ON CONFLICT (tenant, schedule) DO UPDATE SET expression = excluded.expression, time_zone = excluded.time_zone
+            """,
+            [.text(tenant), .text(schedule), expression.map { .text($0) } ?? .null, timeZone.map { .text($0) } ?? .null]
+        )
     }
 
     public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {

@@ -103,7 +103,7 @@ struct StoreContractTests {
         }
     }
 
-    @Test("Schedules can be paused and resumed", arguments: Kind.allCases)
+    @Test("Schedules can be paused, resumed and retimed per tenant", arguments: Kind.allCases)
     func pause(kind: Kind) async throws {
         try await withStore(kind) { store in
             try await store.migrate()
@@ -111,8 +111,14 @@ struct StoreContractTests {
             try await store.setPaused(tenant: "t", schedule: "s", paused: true)
             #expect(try await store.isPaused(tenant: "t", schedule: "s"))
             #expect(try await store.isPaused(tenant: "u", schedule: "s") == false)
+            try await store.setScheduleOverride(tenant: "t", schedule: "s", expression: "*/5 * * * *", timeZone: "Europe/Berlin")
+            #expect(try await store.scheduleControl(tenant: "t", schedule: "s") == ScheduleControl(paused: true, expression: "*/5 * * * *", timeZone: "Europe/Berlin"))
             try await store.setPaused(tenant: "t", schedule: "s", paused: false)
             #expect(try await store.isPaused(tenant: "t", schedule: "s") == false)
+            try await store.setScheduleOverride(tenant: "t", schedule: "s", expression: nil, timeZone: nil)
+            #expect(try await store.scheduleControl(tenant: "t", schedule: "s") == ScheduleControl())
+            try await store.setScheduleOverride(tenant: "t", schedule: "fresh", expression: "@daily", timeZone: nil)
+            #expect(try await store.scheduleControl(tenant: "t", schedule: "fresh") == ScheduleControl(expression: "@daily"))
         }
     }
 
