@@ -1,0 +1,92 @@
+public import Distributed
+
+/// What the coordinators answer for workers and ingress nodes (which never talk SQL).
+public protocol CoordinatorBackend: Sendable {
+    /// The tenant of an active API key of an enabled tenant, by the key's hash
+    /// (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an unknown,
+    /// revoked or disabled key.
+    func tenant(forKeyHash hash: String) async throws -> String?
+    /// Enabled tenants, whose records workers process.
+    func activeTenants() async throws -> [String]
+    /// Grants, renews and takes back partition leases of an ordered handler.
+    func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment
+}
+
+/// A worker's view of one ordered handler's partitions, sent with every lease renewal.
+public struct PartitionRequest: Codable, Sendable, Hashable {
+    public var tenant: String
+    public var handler: String
+    /// The asking worker's unique id (a new one per process start).
+    public var worker: String
+    /// Partitions the worker holds and keeps processing.
+    public var held: [Int]
+    /// Partitions the worker stopped processing since its last request.
+    public var released: [Int]
+
+    public init(tenant: String, handler: String, worker: String, held: [Int], released: [Int]) {
+        self.tenant = tenant
+        self.handler = handler
+        self.worker = worker
+        self.held = held
+        self.released = released
+    }
+}
+
+/// The coordinator's answer: which partitions the worker may process until the lease TTL
+/// has passed (counted from when it sent the request), and which it must give back.
+public struct PartitionAssignment: Codable, Sendable, Hashable {
+    /// Partition → fencing token, for every partition the worker holds now.
+    public var granted: [Int: Int64]
+    /// Partitions the worker holds but another worker should take: finish, then release.
+    public var revoke: [Int]
+    /// Lease length in milliseconds.
+    public var ttlMilliseconds: Int
+
+    public init(granted: [Int: Int64], revoke: [Int], ttlMilliseconds: Int) {
+        self.granted = granted
+        self.revoke = revoke
+        self.ttlMilliseconds = ttlMilliseconds
+    }
+}
+
+/// The coordinators' RPC surface. Every coordinator hosts one under
+/// ``ClusterActorID/coordinator`` (a NATS queue group); workers and ingress nodes call it
+/// through ``remote(in:)`` and get a ``ClusterCallError`` when none answers in time.
+public distributed actor CoordinatorEndpoint {
+    public typealias ActorSystem = ClusterActorSystem
+
+    private let backend: (any CoordinatorBackend)?
+
+    /// Hosts the endpoint in this process (coordinators only).
+    public static func host(in system: ClusterActorSystem, backend: any CoordinatorBackend) -> CoordinatorEndpoint {
+        ClusterActorSystem.withID(.coordinator) { CoordinatorEndpoint(actorSystem: system, backend: backend) }
+    }
+
+    /// The endpoint as seen from this process: local when this process hosts it, else a
+    /// proxy that calls a coordinator over NATS.
+    public static func remote(in system: ClusterActorSystem) throws -> CoordinatorEndpoint {
+        try resolve(id: .coordinator, using: system)
+    }
+
+    init(actorSystem: ClusterActorSystem, backend: any CoordinatorBackend) {
+        self.actorSystem = actorSystem
+        self.backend = backend
+    }
+
+    private func requireBackend() throws -> any CoordinatorBackend {
+        guard let backend else { throw ClusterCallError(.unavailable, "this process hosts no coordinator") }
+        return backend
+    }
+
+    public distributed func tenant(forKeyHash hash: String) async throws -> String? {
+        try await requireBackend().tenant(forKeyHash: hash)
+    }
+
+    public distributed func activeTenants() async throws -> [String] {
+        try await requireBackend().activeTenants()
+    }
+
+    public distributed func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment {
+        try await requireBackend().assignPartitions(request)
+    }
+}
