@@ -16,7 +16,10 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR,
                 AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may
                 stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS
-                (1 for one server, 3 for a NATS cluster; default 1).
+                (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL,
+                AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the
+                coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY,
+                AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -62,6 +65,12 @@ struct CommonOptions: ParsableArguments {
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [env: AUTONOMOUS_LOG_LEVEL, default: info]")
     var logLevel: String?
+
+    @Option(name: .customLong("admin-port"), help: "Coordinator: port of the admin API (token in AUTONOMOUS_ADMIN_TOKEN); 0 picks a free one. [env: AUTONOMOUS_ADMIN_PORT, default: the health port for a lone coordinator, a free port in dev]")
+    var adminPort: Int?
+
+    @Flag(name: .customLong("require-api-key"), help: "Ingress: refuse record API calls and routes without an API key. [env: AUTONOMOUS_REQUIRE_API_KEY=true]")
+    var requireAPIKey = false
 
     /// Reads flags, then environment variables (the only place the environment is read).
     func runtimeConfiguration() throws -> RuntimeConfiguration {
@@ -110,6 +119,32 @@ struct CommonOptions: ParsableArguments {
         }
         if let list = exceptHandlers {
             configuration.excludedHandlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
+        }
+        if let port = adminPort {
+            configuration.adminPort = port
+        } else if let text = environment["AUTONOMOUS_ADMIN_PORT"] {
+            guard let port = Int(text) else { throw ValidationError("AUTONOMOUS_ADMIN_PORT '\(text)' is not a port number") }
+            configuration.adminPort = port
+        }
+        if let port = configuration.adminPort, !(0...65535).contains(port) { throw ValidationError("--admin-port must be 0-65535") }
+        configuration.adminToken = environment["AUTONOMOUS_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        if let token = configuration.adminToken, token.utf8.count < 16 {
+            throw ValidationError("AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters")
+        }
+        if requireAPIKey {
+            configuration.requireAPIKey = true
+        } else if let text = environment["AUTONOMOUS_REQUIRE_API_KEY"] {
+            switch text.lowercased() {
+            case "1", "true", "yes": configuration.requireAPIKey = true
+            case "0", "false", "no", "": configuration.requireAPIKey = false
+            default: throw ValidationError("AUTONOMOUS_REQUIRE_API_KEY '\(text)' must be true or false")
+            }
+        }
+        if let text = environment["AUTONOMOUS_LEASE_TTL"] {
+            guard let seconds = Double(text), seconds >= 1, seconds <= 300 else {
+                throw ValidationError("AUTONOMOUS_LEASE_TTL '\(text)' must be seconds between 1 and 300")
+            }
+            configuration.leaseTTL = .milliseconds(Int64(seconds * 1000))
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration
@@ -234,6 +269,20 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
         let isEmbedded = embedded != nil
+        if configuration.adminPort == nil { configuration.adminPort = 0 }
+        var generatedToken: String?
+        if configuration.adminToken == nil {
+            let token = APIKeys.generate().key.replacingOccurrences(of: "aut_", with: "adm_")
+            configuration.adminToken = token
+            generatedToken = token
+        }
+        let shownToken = generatedToken
+        configuration.onAdminListening = { port in
+            let shownHost = host == "127.0.0.1" || host == "0.0.0.0" ? "localhost" : host
+            var line = "Admin API: http://\(shownHost):\(port)/v1/admin"
+            if let shownToken { line += " (token for this run: \(shownToken); set AUTONOMOUS_ADMIN_TOKEN to choose one)" }
+            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        }
         configuration.onListening = { port in
             let banner = DevBanner.render(graph: graph, tenant: tenant, host: host, port: port, natsURL: natsURL, embedded: isEmbedded, dataDirectory: dataDirectory, sqlitePath: sqlite)
             FileHandle.standardOutput.write(Data((banner + "\n").utf8))
@@ -274,7 +323,7 @@ enum DevBanner {
         let width = (graph.schedules.map(\.name.count).max() ?? 0) + 4
         for schedule in graph.schedules {
             let padding = String(repeating: " ", count: max(1, width - schedule.name.count))
-            lines.append("  \(schedule.name)\(padding)\(schedule.schedule.description) (\(schedule.schedule.timeZoneIdentifier))")
+            lines.append("  \(schedule.name)\(padding)\(schedule.schedule.description)")
         }
         lines.append("")
         lines.append("Handlers:")

@@ -53,6 +53,23 @@ public struct RuntimeConfiguration: Sendable {
     public var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
     public var onListening: (@Sendable (Int) async -> Void)?
+    /// Coordinator: port of the admin API (with `/healthz` and `/readyz`); 0 picks a free
+    /// one. `nil`: the coordinator serves it on `healthPort` when it runs alone, else not at all.
+    public var adminPort: Int?
+    /// Coordinator: the bearer token of the admin API (`nil`: admin API disabled).
+    public var adminToken: String?
+    /// Called with the admin port once the coordinator's admin server listens.
+    public var onAdminListening: (@Sendable (Int) async -> Void)?
+    /// Ingress: refuse requests without an API key.
+    public var requireAPIKey = false
+    /// Coordinator: leader lease length.
+    public var leaseTTL: Duration = .seconds(10)
+    /// Coordinator: partition lease length for ordered handlers.
+    public var partitionLeaseTTL: Duration = .seconds(6)
+    /// How long a call to the coordinators waits for an answer.
+    public var coordinatorCallTimeout: Duration = .seconds(5)
+    /// Coordinator: this process's name in leases (`nil`: host, pid and a random suffix).
+    public var coordinatorID: String?
 
     public init() {}
 
@@ -86,7 +103,9 @@ public struct AppRuntime: Sendable {
         natsConfiguration.publishTimeout = configuration.publishTimeout
         natsConfiguration.blockingThreads = max(8, graph.handlers.reduce(0) { $0 + $1.options.concurrency } + 4)
         let connection = try await NATSConnection.connect(configuration: natsConfiguration, logger: logger)
-        var services: [any Service] = [ConnectionService(connection: connection)]
+        let actorSystem = ClusterActorSystem(connection: connection, callTimeout: configuration.coordinatorCallTimeout, logger: logger)
+        let coordinatorEndpoint = try CoordinatorEndpoint.remote(in: actorSystem)
+        var services: [any Service] = [ConnectionService(connection: connection, actorSystem: actorSystem)]
         var store: (any CoordinatorStore)?
         do {
             if role.runsCoordinator {
@@ -117,15 +136,43 @@ public struct AppRuntime: Sendable {
                         try await Task.sleep(for: .milliseconds(500))
                     }
                 }
+                var coordinatorConfiguration = Coordinator.Configuration(
+                    defaultTenant: configuration.tenant,
+                    topology: configuration.topology,
+                    instanceID: configuration.coordinatorID
+                )
+                coordinatorConfiguration.leaseTTL = configuration.leaseTTL
+                coordinatorConfiguration.partitionLeaseTTL = configuration.partitionLeaseTTL
                 services.append(
                     Coordinator(
                         graph: graph,
-                        configuration: .init(tenants: [configuration.tenant], topology: configuration.topology),
+                        configuration: coordinatorConfiguration,
                         connection: connection,
+                        actorSystem: actorSystem,
                         store: coordinatorStore,
                         logger: logger
                     )
                 )
+                let adminPort = configuration.adminPort ?? (role == .coordinator ? configuration.healthPort : nil)
+                if let adminPort {
+                    services.append(
+                        AdminServer(
+                            host: configuration.httpHost,
+                            port: adminPort,
+                            adminToken: configuration.adminToken,
+                            administration: Administration(
+                                graph: graph,
+                                store: coordinatorStore,
+                                connection: connection,
+                                topology: configuration.topology,
+                                logger: logger
+                            ),
+                            connection: connection,
+                            logger: logger,
+                            onListening: configuration.onAdminListening
+                        )
+                    )
+                }
             }
             if role.runsWorker {
                 var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
@@ -137,6 +184,7 @@ public struct AppRuntime: Sendable {
                 let selected = (configuration.handlers ?? known).subtracting(configuration.excludedHandlers)
                 workerConfiguration.handlers = selected
                 workerConfiguration.ackWait = configuration.topology.ackWait
+                workerConfiguration.tenantDirectory = { try await coordinatorEndpoint.activeTenants() }
                 services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
             }
             if role.runsIngress {
@@ -146,8 +194,10 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.onListening = configuration.onListening
+                ingressConfiguration.requireAPIKey = configuration.requireAPIKey
+                ingressConfiguration.tenantForKeyHash = { hash in try await coordinatorEndpoint.tenant(forKeyHash: hash) }
                 services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
-            } else if let healthPort = configuration.healthPort {
+            } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
                 services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))
             }
         } catch {
@@ -179,9 +229,11 @@ public struct AppRuntime: Sendable {
 /// Keeps the NATS connection open for the services after it and closes it last.
 struct ConnectionService: Service {
     let connection: NATSConnection
+    let actorSystem: ClusterActorSystem
 
     func run() async throws {
         try? await gracefulShutdown()
+        actorSystem.shutdown()
         await connection.drain()
     }
 }

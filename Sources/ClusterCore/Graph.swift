@@ -84,6 +84,9 @@ public struct HandlerOptions: Sendable {
     /// Records delivered to this handler but not yet acked, across all workers (flow
     /// control); `nil` uses the deployment's default.
     public var maxAckPending: Int?
+    /// Set by ``ordered(by:partitions:)``: records with the same key are handled one at a
+    /// time, in order.
+    public var ordering: HandlerOrdering?
 
     public init(
         batchSize: Int = 256,
@@ -101,10 +104,27 @@ public struct HandlerOptions: Sendable {
         self.retryBackoff = retryBackoff
     }
 
+    /// Handles records with the same value of `field` in the order they were stored, one at a
+    /// time. Keys are hashed into `partitions` partition subjects, and the coordinator leases
+    /// each partition to one worker at a time (more partitions: more parallelism).
+    public func ordered(by field: String, partitions: Int = 16) -> HandlerOptions {
+        var copy = self
+        copy.ordering = HandlerOrdering(field: field, partitions: partitions)
+        return copy
+    }
+
     public func backoff(afterAttempt attempt: Int) -> Duration {
         guard !retryBackoff.isEmpty else { return .seconds(1) }
         return retryBackoff[min(max(attempt - 1, 0), retryBackoff.count - 1)]
     }
+}
+
+/// How an ordered handler partitions its records.
+public struct HandlerOrdering: Sendable, Hashable {
+    /// Top-level field whose value is the ordering key.
+    public var field: String
+    /// Number of partitions (1...1024).
+    public var partitions: Int
 }
 
 /// What a component or handler may read at startup: the environment (for secrets and base

@@ -183,10 +183,13 @@ public struct Tick: Record, Hashable {
     public var schedule: String
     /// The instant the tick was due (not when it was published).
     public var fireTime: String
+    /// `true` for a tick an operator triggered by hand (absent for scheduled ticks).
+    public var manual: Bool?
 
-    public init(schedule: String, fireTime: Date) {
+    public init(schedule: String, fireTime: Date, manual: Bool? = nil) {
         self.schedule = schedule
         self.fireTime = ISO8601.format(fireTime)
+        self.manual = manual
     }
 
     public var fireDate: Date? { ISO8601.parse(fireTime) }
@@ -194,5 +197,6 @@ public struct Tick: Record, Hashable {
     enum CodingKeys: String, CodingKey {
         case schedule
         case fireTime = "fire_time"
+        case manual
     }
 }

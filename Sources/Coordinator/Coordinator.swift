@@ -4,24 +4,41 @@ public import Logging
 public import NATS
 public import ServiceLifecycle
 
-/// The cluster's stateful role: provisions the JetStream topology and fires schedules.
+/// The cluster's stateful role.
 ///
-/// Provisioning is idempotent (create or update), so every coordinator start, and `dev`,
-/// brings streams and consumers in line with the app graph and configuration.
+/// Every coordinator provisions the JetStream topology, hosts the ``CoordinatorEndpoint``
+/// (tenant lookups and partition leases for workers and ingress nodes, answered from the
+/// store) and stands for election. The leader alone fires schedules and provisions tenants
+/// created since it took over. Run two or more for failover; they share one Postgres.
 public struct Coordinator: Service {
     public struct Configuration: Sendable {
-        public var tenants: [String]
+        /// The tenant created at startup (it serves records sent without an API key).
+        public var defaultTenant: String
         public var topology: Topology.Configuration
+        /// Leader lease length: a standby takes over at most this long (plus a tenth) after
+        /// the leader's last renewal.
+        public var leaseTTL: Duration = .seconds(10)
+        /// Partition lease length for ordered handlers.
+        public var partitionLeaseTTL: Duration = .seconds(6)
+        /// This coordinator's name in leases (unique per process).
+        public var instanceID: String
 
-        public init(tenants: [String], topology: Topology.Configuration = .init()) {
-            self.tenants = tenants
+        public init(defaultTenant: String, topology: Topology.Configuration = .init(), instanceID: String? = nil) {
+            self.defaultTenant = defaultTenant
             self.topology = topology
+            self.instanceID = instanceID ?? Self.makeInstanceID()
+        }
+
+        public static func makeInstanceID() -> String {
+            let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+            return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
         }
     }
 
     let graph: AppGraph
     let configuration: Configuration
     let connection: NATSConnection
+    let actorSystem: ClusterActorSystem
     let store: any CoordinatorStore
     let logger: Logger
 
@@ -29,62 +46,112 @@ public struct Coordinator: Service {
         graph: AppGraph,
         configuration: Configuration,
         connection: NATSConnection,
+        actorSystem: ClusterActorSystem,
         store: any CoordinatorStore,
         logger: Logger
     ) {
         self.graph = graph
         self.configuration = configuration
         self.connection = connection
+        self.actorSystem = actorSystem
         self.store = store
+        var logger = logger
+        logger[metadataKey: "coordinator.id"] = "\(configuration.instanceID)"
         self.logger = logger
     }
 
     public func run() async throws {
         try await store.migrate()
-        try await provisionWithRetry()
         do {
-            try await runSchedulers()
-        } catch is CancellationError {
-            // Graceful shutdown cancels the schedulers' sleeps; that is a normal stop.
+            try await store.createTenant(configuration.defaultTenant)
+        } catch let error as StoreError where error.kind == .duplicate {
+            // Created by an earlier start or another coordinator.
         }
-        // With no schedules there is nothing to run, but the role stays up until shutdown
-        // (a service that returns early stops its whole group).
-        try? await gracefulShutdown()
+        let backend = StoreBackend(graph: graph, store: store, partitionLeaseTTL: configuration.partitionLeaseTTL)
+        let endpoint = CoordinatorEndpoint.host(in: actorSystem, backend: backend)
+        let election = LeaderElection(store: store, holder: configuration.instanceID, ttl: configuration.leaseTTL, logger: logger)
+        let duties = LeaderDuties(
+            graph: graph,
+            configuration: configuration,
+            connection: connection,
+            store: store,
+            logger: logger
+        )
+        await cancelWhenGracefulShutdown {
+            await election.run { leadership in await duties.run(leadership) }
+        }
+        actorSystem.resignID(endpoint.id)
+    }
+}
+
+/// What only the leader does: fire schedules and provision tenants, for every enabled tenant.
+struct LeaderDuties: Sendable {
+    let graph: AppGraph
+    let configuration: Coordinator.Configuration
+    let connection: NATSConnection
+    let store: any CoordinatorStore
+    let logger: Logger
+
+    /// How often the leader looks for new, disabled and enabled tenants.
+    static let tenantRefresh: Duration = .seconds(1)
+
+    func run(_ leadership: Leadership) async {
+        await withDiscardingTaskGroup { group in
+            var schedulers: [String: [Scheduler]] = [:]
+            var provisioned: Set<String> = []
+            while !Task.isCancelled && leadership.isValid {
+                if let tenants = try? await store.tenants() {
+                    let enabled = Set(tenants.filter { !$0.disabled }.map(\.name))
+                    for tenant in enabled.sorted() where schedulers[tenant] == nil {
+                        if !provisioned.contains(tenant) {
+                            do {
+                                try await Topology.provision(graph: graph, tenants: [tenant], configuration: configuration.topology, connection: connection)
+                                provisioned.insert(tenant)
+                            } catch {
+                                logger.warning("Cannot provision tenant yet", metadata: ["coordinator.tenant": "\(tenant)", "error": "\(error)"])
+                                continue
+                            }
+                        }
+                        schedulers[tenant] = startSchedulers(tenant: tenant, leadership: leadership, in: &group)
+                    }
+                    for (tenant, running) in schedulers where !enabled.contains(tenant) {
+                        running.forEach { $0.stopped.store(true, ordering: .relaxed) }
+                        schedulers[tenant] = nil
+                    }
+                }
+                try? await Task.sleep(for: Self.tenantRefresh)
+            }
+            // Leadership ended: stop every scheduler now.
+            group.cancelAll()
+        }
     }
 
-    private func runSchedulers() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingDiscardingTaskGroup { group in
-                for tenant in configuration.tenants {
-                    for schedule in graph.schedules {
-                        let scheduler = Scheduler(
-                            definition: schedule,
-                            tenant: tenant,
-                            table: graph.tables.first { $0.name == schedule.name && $0.kind == .schedule }!,
-                            connection: connection,
-                            store: store,
-                            logger: logger
-                        )
-                        group.addTask { try await scheduler.run() }
+    private func startSchedulers(tenant: String, leadership: Leadership, in group: inout DiscardingTaskGroup) -> [Scheduler] {
+        var started: [Scheduler] = []
+        for definition in graph.schedules {
+            guard let table = graph.tables.first(where: { $0.name == definition.name && $0.kind == .schedule }) else { continue }
+            let scheduler = Scheduler(definition: definition, tenant: tenant, table: table, connection: connection, store: store, logger: logger)
+            started.append(scheduler)
+            let logger = self.logger
+            group.addTask {
+                var failures = 0
+                while !Task.isCancelled && leadership.isValid && !scheduler.stopped.load(ordering: .relaxed) {
+                    do {
+                        try await scheduler.run(leadership: leadership)
+                    } catch is LeadershipLost {
+                        return
+                    } catch is CancellationError {
+                        return
+                    } catch {
+                        // A store or NATS failure: start over (re-reading state) after a pause.
+                        failures += 1
+                        logger.warning("Scheduler failed, restarting", metadata: ["coordinator.schedule": "\(definition.name)", "error": "\(error)"])
+                        try? await Task.sleep(for: .milliseconds(min(5000, 250 * failures)))
                     }
                 }
             }
         }
-    }
-
-    private func provisionWithRetry() async throws {
-        var attempt = 0
-        while true {
-            do {
-                try await Topology.provision(graph: graph, tenants: configuration.tenants, configuration: configuration.topology, connection: connection)
-                logger.info("JetStream topology provisioned", metadata: ["coordinator.tenants": "\(configuration.tenants.joined(separator: ","))"])
-                return
-            } catch let error as NATSError where error.isTransient {
-                attempt += 1
-                if attempt == 1 { logger.warning("Provisioning failed, retrying", metadata: ["error": "\(error)"]) }
-                try await Task.sleep(for: .milliseconds(min(2000, 100 * attempt)))
-            }
-        }
+        return started
     }
 }
 

@@ -17,8 +17,16 @@ public struct Ingress: Service {
         public var host: String = "127.0.0.1"
         /// 0 picks a free port (see `onListening`).
         public var port: Int = 3000
-        /// Tenant whose tables the ingress writes.
+        /// Tenant of requests without an API key, and of webhooks.
         public var tenant: String
+        /// Resolves an API key's hash (``APIKeys/hash(_:)``) to its tenant, `nil` when the key
+        /// is unknown, revoked or its tenant disabled. Without it, API keys are refused.
+        public var tenantForKeyHash: (@Sendable (String) async throws -> String?)?
+        /// Refuse record API calls and routes without an API key (401).
+        public var requireAPIKey = false
+        /// How long a key's tenant (or its absence) is remembered: revocation takes effect
+        /// within this time.
+        public var keyCacheTTL: Duration = .seconds(2)
         /// Largest accepted request body.
         public var maxBodyBytes: Int = 16 * 1024 * 1024
         /// Records waiting for their PubAck across all requests before new requests get 429.

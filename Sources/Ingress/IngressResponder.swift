@@ -20,6 +20,7 @@ final class IngressState: Sendable {
     let paths: Set<String>
     let inFlight = Atomic<Int>(0)
     let streamReady = Atomic<Bool>(false)
+    let keys: TenantKeyCache
     let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
     let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
 
@@ -28,6 +29,7 @@ final class IngressState: Sendable {
         self.configuration = configuration
         self.connection = connection
         self.logger = logger
+        self.keys = TenantKeyCache(resolve: configuration.tenantForKeyHash, ttl: configuration.keyCacheTTL)
         var routes: [String: RouteDefinition] = [:]
         var paths = Set<String>()
         for route in graph.routes {
@@ -63,6 +65,7 @@ struct IngressResponder: HTTPResponder {
     let state: IngressState
 
     private static let recordsPrefix = "/v1/tables/"
+    private static let tenantsPrefix = "/v1/tenants/"
     private static let recordsSuffix = "/records"
 
     func respond(to request: Request, context: Context) async throws -> Response {
@@ -83,7 +86,17 @@ struct IngressResponder: HTTPResponder {
                 guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
                 let start = path.index(path.startIndex, offsetBy: Self.recordsPrefix.count)
                 let end = path.index(path.endIndex, offsetBy: -Self.recordsSuffix.count)
-                return try await ingest(table: String(path[start..<end]), request: request)
+                let tenant = try await tenant(of: request, named: nil)
+                return try await ingest(table: String(path[start..<end]), tenant: tenant, request: request)
+            }
+            if path.hasPrefix(Self.tenantsPrefix) {
+                // /v1/tenants/{tenant}/tables/{table}/records
+                let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+                if parts.count == 7, parts[4] == "tables", parts[6] == "records" {
+                    guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
+                    let tenant = try await tenant(of: request, named: String(parts[3]))
+                    return try await ingest(table: String(parts[5]), tenant: tenant, request: request)
+                }
             }
             if let route = state.routes["\(method) \(path)"] {
                 return try await runRoute(route, request: request)
@@ -104,6 +117,45 @@ struct IngressResponder: HTTPResponder {
             }
             return response
         }
+    }
+
+    // MARK: - Tenants
+
+    /// The tenant a request acts for: its API key's, else the ingress's default tenant.
+    /// `named` is a tenant the path names; it must be that tenant.
+    private func tenant(of request: Request, named: String?) async throws -> String {
+        let tenant: String
+        if let authorization = request.headers[.authorization] {
+            guard authorization.hasPrefix("Bearer ") else {
+                throw RouteError(status: 401, code: "unauthorized", message: "send the API key as Authorization: Bearer <key>", field: "Authorization")
+            }
+            let key = String(authorization.dropFirst(7))
+            guard APIKeys.isWellFormed(key) else {
+                throw RouteError(status: 401, code: "invalid_api_key", message: "the API key is malformed", field: "Authorization")
+            }
+            let resolved: String?
+            do {
+                resolved = try await state.keys.tenant(forKey: key)
+            } catch TenantKeyCache.Unsupported.noResolver {
+                throw RouteError(status: 401, code: "invalid_api_key", message: "this ingress does not accept API keys", field: "Authorization")
+            } catch {
+                state.logger.warning("Cannot check an API key", metadata: ["error": "\(error)"])
+                throw RouteError(status: 503, code: "unavailable", message: "cannot check the API key now (no coordinator answered); retry later")
+            }
+            guard let resolved else {
+                throw RouteError(status: 401, code: "invalid_api_key", message: "the API key is unknown, revoked, or its tenant is disabled", field: "Authorization")
+            }
+            tenant = resolved
+        } else if state.configuration.requireAPIKey {
+            throw RouteError(status: 401, code: "unauthorized", message: "an API key is required: send Authorization: Bearer <key>", field: "Authorization")
+        } else {
+            tenant = state.configuration.tenant
+        }
+        if let named, named != tenant {
+            // The same answer whether or not the named tenant exists: nothing leaks.
+            throw RouteError(status: 403, code: "forbidden", message: "this request may not act for tenant '\(named.prefix(64))'", field: "tenant")
+        }
+        return tenant
     }
 
     // MARK: - Health
@@ -152,7 +204,7 @@ struct IngressResponder: HTTPResponder {
 
     // MARK: - Record API
 
-    private func ingest(table name: String, request: Request) async throws -> Response {
+    private func ingest(table name: String, tenant: String, request: Request) async throws -> Response {
         if let problem = Names.problem(with: name, kind: "table") {
             throw RouteError(status: 400, code: "invalid_table_name", message: problem, field: "table")
         }
@@ -190,7 +242,6 @@ struct IngressResponder: HTTPResponder {
                 }
             }
         }
-        let tenant = state.configuration.tenant
         var ids: [String] = []
         ids.reserveCapacity(payloads.count)
         var messages: [OutgoingMessage] = []
@@ -299,10 +350,11 @@ struct IngressResponder: HTTPResponder {
     }
 
     private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
+        let tenant = try await tenant(of: request, named: nil)
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
         let ctx = RouteContext(
-            tenant: state.configuration.tenant,
+            tenant: tenant,
             publisher: GuardedPublisher(state: state),
             ids: state.ids,
             idempotencyKey: try idempotencyKey(request),

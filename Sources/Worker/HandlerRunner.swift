@@ -80,6 +80,14 @@ public actor HandlerRunner {
 
     public var currentStatistics: Statistics { statistics }
 
+    private nonisolated let stopped = Atomic<Bool>(false)
+    private nonisolated var isStopped: Bool { stopped.load(ordering: .relaxed) }
+
+    /// Stops fetching (for a tenant that was disabled); batches in flight finish first.
+    public nonisolated func stop() {
+        stopped.store(true, ordering: .relaxed)
+    }
+
     private func record(_ update: (inout Statistics) -> Void) { update(&statistics) }
 
     public func run() async throws {
@@ -101,7 +109,7 @@ public actor HandlerRunner {
     /// Binds to the consumer, waiting for the coordinator to create it. `nil` on shutdown.
     private nonisolated func bind() async throws -> PullSubscription? {
         var warned = false
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
                 return try await connection.pullSubscription(
                     stream: stream,
@@ -122,7 +130,7 @@ public actor HandlerRunner {
 
     private nonisolated func loop(_ subscription: PullSubscription) async {
         var failures = 0
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
                 let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: handler.options.maxWait)
                 failures = 0

@@ -18,6 +18,11 @@ public struct Worker: Service {
         public var environment: [String: String]
         /// Only run these handlers (`nil`: all).
         public var handlers: Set<String>?
+        /// Lists the active tenants (the coordinator); new ones are served, disabled ones
+        /// stopped. `nil`: only `tenants`.
+        public var tenantDirectory: (@Sendable () async throws -> [String])?
+        /// How often `tenantDirectory` is asked.
+        public var tenantRefresh: Duration = .seconds(2)
 
         public init(tenants: [String], environment: [String: String]) {
             self.tenants = tenants
@@ -25,46 +30,90 @@ public struct Worker: Service {
         }
     }
 
-    public let runners: [HandlerRunner]
+    struct Prepared: Sendable {
+        let handler: HandlerDefinition
+        let invoker: HandlerInvoker
+    }
+
+    let prepared: [Prepared]
+    let tables: [String: TableDefinition]
+    let configuration: Configuration
+    let connection: NATSConnection
+    let logger: Logger
 
     public init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
-        var runners: [HandlerRunner] = []
+        var prepared: [Prepared] = []
         var tables: [String: TableDefinition] = [:]
         for table in graph.tables where table.kind == .table { tables[table.name] = table }
         let environment = ComponentEnvironment(environment: configuration.environment, logger: logger)
         for handler in graph.handlers where configuration.handlers?.contains(handler.name) ?? true {
-            let invoker: HandlerInvoker
             do {
-                invoker = try handler.prepare(environment)
+                prepared.append(Prepared(handler: handler, invoker: try handler.prepare(environment)))
             } catch {
                 throw ConfigurationError("handler '\(handler.name)': \(error)")
             }
-            for tenant in configuration.tenants {
-                runners.append(
-                    HandlerRunner(
-                        handler: handler,
-                        invoker: invoker,
-                        tenant: tenant,
-                        tables: tables,
-                        ackWait: configuration.ackWait,
-                        connection: connection,
-                        logger: logger
-                    )
-                )
-            }
         }
-        self.runners = runners
+        self.prepared = prepared
+        self.tables = tables
+        self.configuration = configuration
+        self.connection = connection
+        self.logger = logger
+    }
+
+    func makeRunners(tenant: String) -> [HandlerRunner] {
+        prepared.map { entry in
+            HandlerRunner(
+                handler: entry.handler,
+                invoker: entry.invoker,
+                tenant: tenant,
+                tables: tables,
+                ackWait: configuration.ackWait,
+                connection: connection,
+                logger: logger
+            )
+        }
     }
 
     public func run() async throws {
-        if runners.isEmpty {
+        if prepared.isEmpty {
             // Nothing to consume; stay up until shutdown like every other role.
             try? await gracefulShutdown()
             return
         }
         try await withThrowingDiscardingTaskGroup { group in
-            for runner in runners {
-                group.addTask { try await runner.run() }
+            var running: [String: [HandlerRunner]] = [:]
+            func start(_ tenant: String) {
+                let runners = makeRunners(tenant: tenant)
+                running[tenant] = runners
+                for runner in runners {
+                    group.addTask { try await runner.run() }
+                }
+            }
+            for tenant in configuration.tenants { start(tenant) }
+            guard let directory = configuration.tenantDirectory else { return }
+            var warned = false
+            while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                do {
+                    // Once the coordinator answers, its list is authoritative: a disabled
+                    // tenant's handlers stop, a new tenant's start.
+                    let active = Set(try await directory().filter(Names.isValid))
+                    warned = false
+                    for tenant in active.sorted() where running[tenant] == nil {
+                        logger.info("Serving tenant", metadata: ["worker.tenant": "\(tenant)"])
+                        start(tenant)
+                    }
+                    for (tenant, runners) in running where !active.contains(tenant) {
+                        logger.info("Tenant no longer active; stopping its handlers", metadata: ["worker.tenant": "\(tenant)"])
+                        runners.forEach { $0.stop() }
+                        running[tenant] = nil
+                    }
+                } catch {
+                    if !warned {
+                        logger.warning("Cannot list tenants; serving the ones known", metadata: ["error": "\(error)"])
+                        warned = true
+                    }
+                }
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.tenantRefresh) }
             }
         }
     }

@@ -1,0 +1,289 @@
+public import ClusterCore
+import Foundation
+public import Logging
+public import NATS
+
+/// Operations on tenants, API keys and schedules, shared by the admin HTTP API and by the
+/// coordinators' RPC endpoint. Every failure is a ``ClusterCallError`` whose code maps to an
+/// HTTP status (404 unknown, 409 duplicate, 422 invalid, 503 unavailable).
+public struct Administration: Sendable {
+    let graph: AppGraph
+    let store: any CoordinatorStore
+    let connection: NATSConnection
+    let topology: Topology.Configuration
+    let logger: Logger
+
+    public init(graph: AppGraph, store: any CoordinatorStore, connection: NATSConnection, topology: Topology.Configuration, logger: Logger) {
+        self.graph = graph
+        self.store = store
+        self.connection = connection
+        self.topology = topology
+        self.logger = logger
+    }
+
+    // MARK: Tenants
+
+    public struct TenantInfo: Codable, Sendable {
+        public var name: String
+        public var disabled: Bool
+        public var createdAt: String
+        public var stream: String
+    }
+
+    func info(_ record: TenantRecord) -> TenantInfo {
+        TenantInfo(name: record.name, disabled: record.disabled, createdAt: ISO8601.format(record.createdAt), stream: Wire.streamName(tenant: record.name))
+    }
+
+    /// Creates the tenant and its stream and consumers.
+    public func createTenant(_ name: String) async throws -> TenantInfo {
+        if let problem = Names.problem(with: name, kind: "tenant") { throw ClusterCallError(.invalidArgument, problem) }
+        do {
+            try await store.createTenant(name)
+        } catch let error as StoreError where error.kind == .duplicate {
+            throw ClusterCallError(.duplicate, error.message)
+        }
+        do {
+            try await Topology.provision(graph: graph, tenants: [name], configuration: topology, connection: connection)
+        } catch {
+            // The leader provisions every tenant it does not know yet, so this heals itself.
+            logger.warning("Tenant created; its stream will be provisioned later", metadata: ["coordinator.tenant": "\(name)", "error": "\(error)"])
+        }
+        logger.notice("Tenant created", metadata: ["coordinator.tenant": "\(name)"])
+        return try await tenant(name)
+    }
+
+    public func tenants() async throws -> [TenantInfo] {
+        try await store.tenants().map(info)
+    }
+
+    public func tenant(_ name: String) async throws -> TenantInfo {
+        guard Names.isValid(name), let record = try await store.tenants().first(where: { $0.name == name }) else {
+            throw ClusterCallError(.notFound, "no tenant '\(name.prefix(100))'")
+        }
+        return info(record)
+    }
+
+    /// Disables (or enables) a tenant: its keys stop resolving within the ingress cache
+    /// lifetime, workers stop its handlers and the leader stops its schedules. Data stays.
+    public func setDisabled(_ name: String, _ disabled: Bool) async throws -> TenantInfo {
+        _ = try await tenant(name)
+        try await store.setTenantDisabled(name, disabled: disabled)
+        logger.notice(disabled ? "Tenant disabled" : "Tenant enabled", metadata: ["coordinator.tenant": "\(name)"])
+        return try await tenant(name)
+    }
+
+    // MARK: API keys
+
+    public struct KeyInfo: Codable, Sendable {
+        public var id: String
+        public var tenant: String
+        public var createdAt: String
+        public var revokedAt: String?
+        /// The key itself: only in the answer that created it.
+        public var key: String?
+    }
+
+    public func createKey(tenant name: String) async throws -> KeyInfo {
+        _ = try await tenant(name)
+        let (id, key) = APIKeys.generate()
+        try await store.insertAPIKey(id: id, tenant: name, hash: APIKeys.hash(key))
+        logger.notice("API key created", metadata: ["coordinator.tenant": "\(name)", "coordinator.key_id": "\(id)"])
+        return KeyInfo(id: id, tenant: name, createdAt: ISO8601.format(Date()), revokedAt: nil, key: key)
+    }
+
+    public func keys(tenant name: String) async throws -> [KeyInfo] {
+        _ = try await tenant(name)
+        return try await store.apiKeys(tenant: name).map {
+            KeyInfo(id: $0.id, tenant: $0.tenant, createdAt: ISO8601.format($0.createdAt), revokedAt: $0.revokedAt.map(ISO8601.format), key: nil)
+        }
+    }
+
+    public func revokeKey(tenant name: String, id: String) async throws -> KeyInfo {
+        _ = try await tenant(name)
+        guard APIKeys.isWellFormedID(id) else { throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'") }
+        do {
+            try await store.revokeAPIKey(id: id, tenant: name)
+        } catch let error as StoreError where error.kind == .notFound {
+            throw ClusterCallError(.notFound, error.message)
+        }
+        logger.notice("API key revoked", metadata: ["coordinator.tenant": "\(name)", "coordinator.key_id": "\(id)"])
+        guard let record = try await store.apiKeys(tenant: name).first(where: { $0.id == id }) else {
+            throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id)'")
+        }
+        return KeyInfo(id: id, tenant: name, createdAt: ISO8601.format(record.createdAt), revokedAt: record.revokedAt.map(ISO8601.format), key: nil)
+    }
+
+    /// Issues a new key and revokes `id`: the new key is shown once.
+    public func rotateKey(tenant name: String, id: String) async throws -> KeyInfo {
+        let existing = try await keys(tenant: name)
+        guard let old = existing.first(where: { $0.id == id }) else { throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'") }
+        guard old.revokedAt == nil else { throw ClusterCallError(.invalidArgument, "key '\(id)' is already revoked; create a new one") }
+        let fresh = try await createKey(tenant: name)
+        _ = try await revokeKey(tenant: name, id: id)
+        return fresh
+    }
+
+    // MARK: Schedules
+
+    public struct ScheduleInfo: Codable, Sendable {
+        public var name: String
+        public var tenant: String
+        /// The timing in effect (the app's, or an override).
+        public var schedule: String
+        public var timeZone: String
+        public var overridden: Bool
+        public var paused: Bool
+        public var catchUp: String
+        public var lastFire: String?
+        public var nextFire: String?
+    }
+
+    func definition(_ name: String) throws -> ScheduleDefinition {
+        guard let definition = graph.schedules.first(where: { $0.name == name }) else {
+            let known = graph.schedules.map(\.name).sorted().joined(separator: ", ")
+            throw ClusterCallError(.notFound, "no schedule '\(name.prefix(100))'" + (known.isEmpty ? "; the app has none" : "; the app has \(known)"))
+        }
+        return definition
+    }
+
+    public func schedules(tenant name: String) async throws -> [ScheduleInfo] {
+        _ = try await tenant(name)
+        var result: [ScheduleInfo] = []
+        for definition in graph.schedules {
+            result.append(try await schedule(definition.name, tenant: name))
+        }
+        return result
+    }
+
+    public func schedule(_ scheduleName: String, tenant name: String) async throws -> ScheduleInfo {
+        _ = try await tenant(name)
+        let definition = try definition(scheduleName)
+        let control = try await store.scheduleControl(tenant: name, schedule: scheduleName)
+        let effective = Scheduler.effective(definition.schedule, control: control)
+        let last = try await store.lastFire(tenant: name, schedule: scheduleName)
+        return ScheduleInfo(
+            name: scheduleName,
+            tenant: name,
+            schedule: control.expression ?? definition.schedule.description,
+            timeZone: effective.timeZoneIdentifier,
+            overridden: control.expression != nil,
+            paused: control.paused,
+            catchUp: effective.catchUpPolicy.description,
+            lastFire: last.map(ISO8601.format),
+            nextFire: effective.nextFire(after: max(Date(), last ?? .distantPast)).map(ISO8601.format)
+        )
+    }
+
+    public func setPaused(_ scheduleName: String, tenant name: String, paused: Bool) async throws -> ScheduleInfo {
+        _ = try await tenant(name)
+        _ = try definition(scheduleName)
+        try await store.setPaused(tenant: name, schedule: scheduleName, paused: paused)
+        logger.notice(paused ? "Schedule paused" : "Schedule resumed", metadata: ["coordinator.tenant": "\(name)", "coordinator.schedule": "\(scheduleName)"])
+        return try await schedule(scheduleName, tenant: name)
+    }
+
+    /// Replaces the schedule's timing for one tenant with a cron expression (`nil`: back to
+    /// the app's own timing).
+    public func retime(_ scheduleName: String, tenant name: String, cron: String?, timeZone: String?) async throws -> ScheduleInfo {
+        _ = try await tenant(name)
+        let definition = try definition(scheduleName)
+        if let cron {
+            let candidate = Schedule.cron(cron, timeZone: timeZone ?? definition.schedule.timeZoneIdentifier)
+            if let problem = candidate.problem {
+                throw ClusterCallError(.invalidArgument, problem.contains("time zone") ? "timeZone: \(problem)" : "cron: \(problem)")
+            }
+        } else if timeZone != nil {
+            throw ClusterCallError(.invalidArgument, "timeZone: only allowed together with cron")
+        }
+        try await store.setScheduleOverride(tenant: name, schedule: scheduleName, expression: cron, timeZone: cron == nil ? nil : timeZone)
+        return try await schedule(scheduleName, tenant: name)
+    }
+
+    /// Publishes a tick now, outside the schedule (marked `manual`).
+    public func trigger(_ scheduleName: String, tenant name: String) async throws -> [String: String] {
+        let info = try await tenant(name)
+        if info.disabled { throw ClusterCallError(.invalidArgument, "tenant '\(name)' is disabled") }
+        let definition = try definition(scheduleName)
+        guard let table = graph.tables.first(where: { $0.name == scheduleName && $0.kind == .schedule }) else {
+            throw ClusterCallError(.notFound, "no schedule '\(scheduleName)'")
+        }
+        let scheduler = Scheduler(definition: definition, tenant: name, table: table, connection: connection, store: store, logger: logger)
+        let now = Date()
+        do {
+            _ = try await scheduler.publishTick(at: now, manual: true)
+        } catch let error as NATSError {
+            throw ClusterCallError(.unavailable, "cannot publish the tick: \(error.message)")
+        }
+        logger.notice("Schedule triggered by hand", metadata: ["coordinator.tenant": "\(name)", "coordinator.schedule": "\(scheduleName)"])
+        return ["schedule": scheduleName, "tenant": name, "fireTime": ISO8601.format(now)]
+    }
+}
+
+/// Answers the workers' and ingress nodes' calls from the store. Any coordinator can answer
+/// (leases and tenants live in the store, not in one coordinator's memory).
+struct StoreBackend: CoordinatorBackend {
+    let graph: AppGraph
+    let store: any CoordinatorStore
+    let partitionLeaseTTL: Duration
+
+    func tenant(forKeyHash hash: String) async throws -> String? {
+        guard hash.utf8.count == 64, hash.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else { return nil }
+        return try await store.tenantForAPIKey(hash: hash)
+    }
+
+    func activeTenants() async throws -> [String] {
+        try await store.tenants().filter { !$0.disabled }.map(\.name)
+    }
+
+    /// Rendezvous hashing: each partition belongs to the live worker with the highest
+    /// hash(worker, partition), so a join or leave moves only that worker's share.
+    static func owner(of partition: Int, among workers: [String]) -> String? {
+        workers.max { score($0, partition) < score($1, partition) }
+    }
+
+    static func score(_ worker: String, _ partition: Int) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "\(worker)#\(partition)".utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        // Finalise (splitmix64) so similar names spread well.
+        hash ^= hash >> 30
+        hash &*= 0xbf58_476d_1ce4_e5b9
+        hash ^= hash >> 27
+        hash &*= 0x94d0_49bb_1331_11eb
+        hash ^= hash >> 31
+        return hash
+    }
+
+    static func leaseName(tenant: String, handler: String, partition: Int) -> String { "part/\(tenant)/\(handler)/\(partition)" }
+    static func memberPrefix(tenant: String, handler: String) -> String { "member/\(tenant)/\(handler)/" }
+
+    func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment {
+        guard Names.isValid(request.tenant), let handler = graph.handlers.first(where: { $0.name == request.handler }),
+            let ordering = handler.options.ordering
+        else {
+            throw ClusterCallError(.notFound, "no ordered handler '\(request.handler.prefix(100))' for tenant '\(request.tenant.prefix(100))'")
+        }
+        guard !request.worker.isEmpty, request.worker.utf8.count <= 200 else { throw ClusterCallError(.invalidArgument, "worker id must be 1-200 bytes") }
+        let prefix = Self.memberPrefix(tenant: request.tenant, handler: request.handler)
+        _ = try await store.acquireLease(name: prefix + request.worker, holder: request.worker, ttl: partitionLeaseTTL)
+        for partition in Set(request.released) where (0..<ordering.partitions).contains(partition) {
+            try await store.releaseLease(name: Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition), holder: request.worker)
+        }
+        let members = try await store.liveLeases(prefix: prefix).map(\.holder)
+        let held = Set(request.held).subtracting(request.released)
+        var granted: [Int: Int64] = [:]
+        var revoke: [Int] = []
+        for partition in 0..<ordering.partitions {
+            let mine = Self.owner(of: partition, among: members) == request.worker
+            guard mine || held.contains(partition) else { continue }
+            let name = Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition)
+            if let token = try await store.acquireLease(name: name, holder: request.worker, ttl: partitionLeaseTTL) {
+                granted[partition] = token
+                if !mine { revoke.append(partition) }
+            }
+        }
+        return PartitionAssignment(granted: granted, revoke: revoke, ttlMilliseconds: Int(partitionLeaseTTL.inSeconds * 1000))
+    }
+}

@@ -1,0 +1,131 @@
+import ClusterCore
+import Logging
+import Synchronization
+
+/// One tenure as leader: valid until its deadline, which each successful renewal pushes out.
+///
+/// The deadline is set from the instant the renewal was *sent*, shortened by a safety margin,
+/// so it always falls before the database's lease expiry: a leader that stops hearing from
+/// the store stops acting before any standby can take the lease.
+public final class Leadership: Sendable {
+    public let token: Int64
+    public let fence: LeaseFence
+    private let deadline: Mutex<ContinuousClock.Instant>
+
+    init(fence: LeaseFence, deadline: ContinuousClock.Instant) {
+        self.token = fence.token
+        self.fence = fence
+        self.deadline = Mutex(deadline)
+    }
+
+    /// `true` while this process may act as leader.
+    public var isValid: Bool { ContinuousClock.now < deadline.withLock { $0 } }
+
+    var validUntil: ContinuousClock.Instant { deadline.withLock { $0 } }
+
+    func extend(to instant: ContinuousClock.Instant) {
+        deadline.withLock { $0 = max($0, instant) }
+    }
+}
+
+/// The thing a deposed leader's actions fail with.
+struct LeadershipLost: Error, CustomStringConvertible {
+    var description: String { "leadership lost" }
+}
+
+/// Leader election by a lease in the coordinator store.
+///
+/// Every coordinator runs one. The leader renews every `ttl / 4`; standbys try every
+/// `ttl / 10`, so one takes over at most `ttl + ttl / 10` after the leader's last renewal.
+/// The leader's duties run in their own task, cancelled as soon as the tenure ends (lost to
+/// another holder, or its deadline passed without a successful renewal).
+struct LeaderElection: Sendable {
+    static let leaseName = "leader"
+
+    let store: any CoordinatorStore
+    let holder: String
+    let ttl: Duration
+    let logger: Logger
+
+    /// Acts as candidate until cancelled; runs `duties` during each tenure.
+    func run(duties: @escaping @Sendable (Leadership) async -> Void) async {
+        var current: (leadership: Leadership, task: Task<Void, Never>)?
+        let margin = max(ttl / 5, .milliseconds(100))
+        while !Task.isCancelled {
+            let attempt = ContinuousClock.now
+            var outcome: Result<Int64?, any Error>
+            do {
+                let store = self.store
+                let (holder, ttl) = (self.holder, self.ttl)
+                outcome = .success(
+                    try await withDeadline(ttl / 3) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: ttl) }
+                )
+            } catch {
+                outcome = .failure(error)
+            }
+            switch outcome {
+            case .success(let token?):
+                if let existing = current, existing.leadership.token == token {
+                    existing.leadership.extend(to: attempt + ttl - margin)
+                } else {
+                    if let existing = current { await stop(existing, reason: "the fencing token changed") }
+                    let leadership = Leadership(
+                        fence: LeaseFence(name: Self.leaseName, holder: holder, token: token),
+                        deadline: attempt + ttl - margin
+                    )
+                    logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
+                    current = (leadership, Task { await duties(leadership) })
+                }
+            case .success(nil):
+                if let existing = current {
+                    await stop(existing, reason: "another coordinator holds the lease")
+                    current = nil
+                }
+            case .failure(let error):
+                logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"])
+            }
+            if let existing = current, !existing.leadership.isValid {
+                await stop(existing, reason: "the lease could not be renewed in time")
+                current = nil
+            }
+            var pause = current == nil ? ttl / 10 : ttl / 4
+            if let existing = current {
+                pause = min(pause, max(.zero, existing.leadership.validUntil - ContinuousClock.now))
+            }
+            try? await Task.sleep(for: pause)
+        }
+        if let existing = current {
+            await stop(existing, reason: "shutting down")
+            // Hand over at once instead of making a standby wait for the TTL.
+            try? await store.releaseLease(name: Self.leaseName, holder: holder)
+        }
+    }
+
+    private func stop(_ tenure: (leadership: Leadership, task: Task<Void, Never>), reason: String) async {
+        logger.notice("This coordinator stops leading", metadata: ["coordinator.id": "\(holder)", "reason": "\(reason)"])
+        tenure.task.cancel()
+        await tenure.task.value
+    }
+}
+
+/// Runs `body`, throwing `DeadlineExceeded` when it takes longer than `limit` (the body is
+/// cancelled).
+func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw DeadlineExceeded(limit: limit)
+        }
+        return value
+    }
+}
+
+struct DeadlineExceeded: Error, CustomStringConvertible {
+    var limit: Duration
+    var description: String { "no answer within \(limit)" }
+}

@@ -1,0 +1,43 @@
+import ClusterCore
+import Synchronization
+
+/// Remembers which tenant an API key belongs to for a short time, so a busy client costs one
+/// coordinator call per key per `ttl`, and a revoked key stops working within `ttl`.
+///
+/// Keys are kept only as their SHA-256 (the same hash the store keeps). Bounded: past
+/// `capacity` entries the cache starts over.
+final class TenantKeyCache: Sendable {
+    enum Unsupported: Error { case noResolver }
+
+    private struct Entry {
+        var tenant: String?
+        var expires: ContinuousClock.Instant
+    }
+
+    private let resolve: (@Sendable (String) async throws -> String?)?
+    private let ttl: Duration
+    private let capacity: Int
+    private let entries = Mutex<[String: Entry]>([:])
+
+    init(resolve: (@Sendable (String) async throws -> String?)?, ttl: Duration, capacity: Int = 10_000) {
+        self.resolve = resolve
+        self.ttl = ttl
+        self.capacity = capacity
+    }
+
+    func tenant(forKey key: String) async throws -> String? {
+        guard let resolve else { throw Unsupported.noResolver }
+        let hash = APIKeys.hash(key)
+        let now = ContinuousClock.now
+        if let entry = entries.withLock({ $0[hash] }), entry.expires > now {
+            return entry.tenant
+        }
+        let tenant = try await resolve(hash)
+        let expires = ContinuousClock.now + ttl
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[hash] = Entry(tenant: tenant, expires: expires)
+        }
+        return tenant
+    }
+}
