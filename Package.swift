@@ -134,6 +134,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(
+            name: "ClusterFixture",
+            dependencies: ["Autonomous"],
+            path: "Tests/Fixtures/ClusterFixture",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
                 "ClusterCore",

@@ -35,10 +35,11 @@ struct LeadershipLost: Error, CustomStringConvertible {
 
 /// Leader election by a lease in the coordinator store.
 ///
-/// Every coordinator runs one. The leader renews every `ttl / 4`; standbys try every
-/// `ttl / 10`, so one takes over at most `ttl + ttl / 10` after the leader's last renewal.
-/// The leader's duties run in their own task, cancelled as soon as the tenure ends (lost to
-/// another holder, or its deadline passed without a successful renewal).
+/// Every coordinator runs one. `ttl` bounds the takeover: the lease is written for 85 % of it
+/// and standbys try every 10 %, so a standby leads at most `ttl` after the leader's last
+/// successful renewal (and so at most `ttl` after the leader died). The leader renews every
+/// 20 % of `ttl`. Its duties run in their own task, cancelled as soon as the tenure ends
+/// (lost to another holder, or its deadline passed without a successful renewal).
 struct LeaderElection: Sendable {
     static let leaseName = "leader"
 
@@ -50,15 +51,17 @@ struct LeaderElection: Sendable {
     /// Acts as candidate until cancelled; runs `duties` during each tenure.
     func run(duties: @escaping @Sendable (Leadership) async -> Void) async {
         var current: (leadership: Leadership, task: Task<Void, Never>)?
-        let margin = max(ttl / 5, .milliseconds(100))
+        let leaseLength = ttl / 20 * 17
+        // The local deadline ends before the database's expiry by this much.
+        let margin = max(ttl / 10, .milliseconds(100))
         while !Task.isCancelled {
             let attempt = ContinuousClock.now
             var outcome: Result<Int64?, any Error>
             do {
                 let store = self.store
-                let (holder, ttl) = (self.holder, self.ttl)
+                let holder = self.holder
                 outcome = .success(
-                    try await withDeadline(ttl / 3) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: ttl) }
+                    try await withDeadline(ttl / 5) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: leaseLength) }
                 )
             } catch {
                 outcome = .failure(error)
@@ -66,12 +69,12 @@ struct LeaderElection: Sendable {
             switch outcome {
             case .success(let token?):
                 if let existing = current, existing.leadership.token == token {
-                    existing.leadership.extend(to: attempt + ttl - margin)
+                    existing.leadership.extend(to: attempt + leaseLength - margin)
                 } else {
                     if let existing = current { await stop(existing, reason: "the fencing token changed") }
                     let leadership = Leadership(
                         fence: LeaseFence(name: Self.leaseName, holder: holder, token: token),
-                        deadline: attempt + ttl - margin
+                        deadline: attempt + leaseLength - margin
                     )
                     logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
                     current = (leadership, Task { await duties(leadership) })
@@ -88,7 +91,7 @@ struct LeaderElection: Sendable {
                 await stop(existing, reason: "the lease could not be renewed in time")
                 current = nil
             }
-            var pause = current == nil ? ttl / 10 : ttl / 4
+            var pause = current == nil ? ttl / 10 : ttl / 5
             if let existing = current {
                 pause = min(pause, max(.zero, existing.leadership.validUntil - ContinuousClock.now))
             }

@@ -276,7 +276,7 @@ private struct Reader {
             if let port = fields["http_port"], let value = integer(port, "deployment.http_port", range: 1...65535) { d.httpPort = value }
             if let replicas = fields["replicas"], let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator"]) {
                 for (role, value) in map {
-                    let range = role == "coordinator" ? 1...1 : 0...1000
+                    let range = role == "coordinator" ? 1...5 : 0...1000
                     if let n = integer(value, "deployment.replicas.\(role)", range: range) { d.replicas[role] = n }
                 }
             }
@@ -302,6 +302,16 @@ private struct Reader {
                     }
                 } else {
                     fail("deployment.worker_groups", "expected an array, got \(kind(groups))")
+                }
+            }
+            if (d.replicas["coordinator"] ?? 1) > 1 {
+                let postgres = configuration.storages.contains { storage in
+                    guard storage.kind == .database else { return false }
+                    if case .plain(let url) = storage.url { return url.hasPrefix("postgres") }
+                    return true  // a secret: assumed to hold a Postgres URL
+                }
+                if !postgres {
+                    fail("deployment.replicas.coordinator", "more than one coordinator needs a shared Postgres database storage")
                 }
             }
             configuration.deployment = d

@@ -4,7 +4,7 @@ public import Logging
 import NATS
 
 /// The `process` deploy engine: a whole cluster as supervised processes on this machine —
-/// nats-server (unless an external URL is given), one coordinator, N ingress and M worker
+/// nats-server (unless an external URL is given), coordinators, N ingress and M worker
 /// processes of an app binary — with logs under `directory/logs`.
 ///
 /// Children that crash are restarted. ``scale(_:to:)`` adds or drains replicas (SIGTERM, so a
@@ -22,9 +22,11 @@ public actor ProcessCluster {
         public var natsURL: String?
         /// Ingress `i` listens on `httpPort + i`.
         public var httpPort: Int = 3000
-        /// Workers and the coordinator serve health on `healthPort + slot`.
+        /// Coordinator 0 serves health and the admin API on `healthPort` (coordinator `n` on
+        /// `healthPort + 50 + n`), worker `n` serves health on `healthPort + 1 + n`.
         public var healthPort: Int = 3100
-        /// Replicas by role: `ingress`, `worker`, and `worker-<group>` for worker groups.
+        /// Replicas by role: `ingress`, `worker`, `worker-<group>` for worker groups, and
+        /// `coordinator` (default 1; more run as standbys, which needs Postgres).
         public var replicas: [String: Int] = ["ingress": 1, "worker": 1]
         /// Handlers of each worker group (role `worker-<group>` runs only these).
         public var workerGroups: [String: [String]] = [:]
@@ -141,9 +143,8 @@ public actor ProcessCluster {
     }
 
     private func start() async throws {
-        desired["coordinator"] = 1
-        try await scale("coordinator", to: 1)
-        for (role, count) in specification.replicas.sorted(by: { $0.key < $1.key }) where role != "ingress" {
+        try await scale("coordinator", to: specification.replicas["coordinator"] ?? 1)
+        for (role, count) in specification.replicas.sorted(by: { $0.key < $1.key }) where role != "ingress" && role != "coordinator" {
             try await scale(role, to: count)
         }
         try await scale("ingress", to: specification.replicas["ingress"] ?? 1)
@@ -189,7 +190,7 @@ public actor ProcessCluster {
         if role.hasPrefix("worker-") && specification.workerGroups[String(role.dropFirst("worker-".count))] == nil {
             throw DeployError("unknown worker group '\(role.dropFirst("worker-".count))'")
         }
-        guard count >= 0, role != "coordinator" || count <= 1 else { throw DeployError("invalid replica count \(count) for \(role)") }
+        guard count >= 0, count <= 49, role != "coordinator" || count >= 1 else { throw DeployError("invalid replica count \(count) for \(role)") }
         desired[role] = count
         var current = children[role] ?? [:]
         while current.count > count, let slot = current.keys.max() {
@@ -211,7 +212,7 @@ public actor ProcessCluster {
     private func port(role: String, slot: Int) -> Int {
         switch role {
         case "ingress": return specification.httpPort + slot
-        case "coordinator": return specification.healthPort
+        case "coordinator": return slot == 0 ? specification.healthPort : specification.healthPort + 50 + slot
         case "worker": return specification.healthPort + 1 + slot
         default:
             let groups = specification.workerGroups.keys.sorted()
