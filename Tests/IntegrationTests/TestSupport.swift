@@ -15,8 +15,35 @@ struct RunningApp: Sendable {
     let port: Int
     let graph: AppGraph
     let tenant: String
+    /// The coordinator's admin port, when the configuration asked for one.
+    var adminPort: Int?
 
     var baseURL: String { "http://127.0.0.1:\(port)" }
+    var adminURL: String { "http://127.0.0.1:\(adminPort ?? 0)" }
+
+    /// Any request; the body of the answer parsed as JSON (`.null` when it is not JSON).
+    func http(_ method: String, _ url: String, body: String? = nil, headers: [(String, String)] = []) async throws -> (status: Int, body: JSONValue) {
+        var request = HTTPClientRequest(url: url)
+        request.method = .init(rawValue: method)
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 16 * 1024 * 1024)
+        return (Int(response.status.code), (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null)
+    }
+
+    func records(in table: String, tenant: String, atLeast: Int, timeout: Duration = .seconds(30)) async throws -> [AuditedRecord] {
+        try await StreamAudit.read(
+            connection: connection,
+            stream: Wire.streamName(tenant: tenant),
+            subject: Wire.tableSubject(tenant: tenant, table: table),
+            atLeast: atLeast,
+            timeout: timeout
+        )
+    }
     var stream: String { Wire.streamName(tenant: tenant) }
     var connection: NATSConnection { server.connection }
 
@@ -66,12 +93,18 @@ func withRunningApp<T: Sendable>(
         configure(&configuration)
         let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
         configuration.onListening = { port in portContinuation.yield(port) }
+        let (adminStream, adminContinuation) = AsyncStream.makeStream(of: Int.self)
+        configuration.onAdminListening = { port in adminContinuation.yield(port) }
+        let wantsAdmin = configuration.adminPort != nil
         let groupBox = GroupBox()
         let runtime = AppRuntime(graph: graph, configuration: configuration)
         let dataDirectory = configuration.dataDirectory
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
-                defer { portContinuation.finish() }
+                defer {
+                    portContinuation.finish()
+                    adminContinuation.finish()
+                }
                 try await runtime.run(role: .all, logger: TestNATSServer.logger, signals: []) { serviceGroup in
                     groupBox.value.withLock { $0 = serviceGroup }
                 }
@@ -83,7 +116,11 @@ func withRunningApp<T: Sendable>(
                 while let _ = try await group.next() {}
                 throw ConfigurationError("app stopped before listening")
             }
-            let app = RunningApp(server: server, port: port, graph: graph, tenant: configuration.tenant)
+            var app = RunningApp(server: server, port: port, graph: graph, tenant: configuration.tenant)
+            if wantsAdmin {
+                var adminIterator = adminStream.makeAsyncIterator()
+                app.adminPort = await adminIterator.next()
+            }
             let result: T
             do {
                 result = try await body(app)

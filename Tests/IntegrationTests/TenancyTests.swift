@@ -1,0 +1,198 @@
+import Autonomous
+import AutonomousTesting
+import Foundation
+import Testing
+
+/// Tenants, API keys, isolation and the admin API, in one process against a real nats-server
+/// (coordinator state in SQLite; the same store contract runs on Postgres).
+@Suite("Tenancy and the admin API", .serialized)
+struct TenancyTests {
+    static let adminToken = "test-admin-token-0123456789"
+
+    static func graph() throws -> AppGraph {
+        var app = AppBuilder(name: "Tenants")
+        let notes = app.table("notes")
+        let out = app.table("notes_out")
+        notes.onNewRecords("copy-notes") { records, ctx in
+            try await out.append(records.map { ["text": $0["text"], "tenant": .string(ctx.tenant)] }, ctx)
+        }
+        app.schedule("hourly", .cron("0 * * * *", timeZone: "Europe/Berlin")) { _, _ in }
+        return try app.build()
+    }
+
+    func configure(_ configuration: inout RuntimeConfiguration) {
+        configuration.adminPort = 0
+        configuration.adminToken = Self.adminToken
+        configuration.requireAPIKey = true
+    }
+
+    @Test("A key of one tenant never reads or writes another's tables; every admin path refuses tenant keys")
+    func isolation() async throws {
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
+            func adminCall(_ method: String, _ path: String, body: String? = nil, headers: [(String, String)]? = nil) async throws -> (status: Int, body: JSONValue) {
+                try await app.http(method, app.adminURL + path, body: body, headers: headers ?? admin)
+            }
+            // Tenants.
+            #expect(try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
+            #expect(try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"globex"}"#).status == 201)
+            let duplicate = try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#)
+            #expect(duplicate.status == 409 && duplicate.body["error"]["message"].stringValue?.contains("acme") == true)
+            let invalid = try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"Not OK!"}"#)
+            #expect(invalid.status == 422)
+            let missing = try await adminCall("POST", "/v1/admin/tenants", body: "{}")
+            #expect(missing.status == 422 && missing.body["error"]["field"] == "name")
+            let listed = try await adminCall("GET", "/v1/admin/tenants")
+            #expect(listed.body.arrayValue?.compactMap { $0["name"].stringValue } == ["acme", "default", "globex"])
+
+            // Keys: shown once, listed without the secret.
+            let createdA = try await adminCall("POST", "/v1/admin/tenants/acme/keys")
+            let createdB = try await adminCall("POST", "/v1/admin/tenants/globex/keys")
+            #expect(createdA.status == 201 && createdB.status == 201)
+            let keyA = try #require(createdA.body["key"].stringValue)
+            let keyB = try #require(createdB.body["key"].stringValue)
+            let idA = try #require(createdA.body["id"].stringValue)
+            let keyList = try await adminCall("GET", "/v1/admin/tenants/acme/keys")
+            #expect(keyList.body.arrayValue?.count == 1 && keyList.body[0]["key"].isNull)
+            #expect(try await adminCall("POST", "/v1/admin/tenants/nope/keys").status == 404)
+
+            // Writes land in the key's tenant only.
+            @Sendable func write(_ key: String?, _ text: String, path: String = "/v1/tables/notes/records") async throws -> Int {
+                let headers = key.map { [("Authorization", "Bearer \($0)")] } ?? []
+                return try await app.http("POST", app.baseURL + path, body: #"{"text":"\#(text)"}"#, headers: headers).status
+            }
+            #expect(try await write(keyA, "a1") == 202)
+            #expect(try await write(keyB, "b1") == 202)
+            #expect(try await write(keyA, "a2", path: "/v1/tenants/acme/tables/notes/records") == 202)
+            #expect(try await write(keyA, "x1", path: "/v1/tenants/globex/tables/notes/records") == 403, "A's key cannot name B")
+            #expect(try await write(keyB, "x2", path: "/v1/tenants/acme/tables/notes/records") == 403, "B's key cannot name A")
+            #expect(try await write(keyA, "x3", path: "/v1/tenants/default/tables/notes/records") == 403)
+            #expect(try await write(nil, "x4") == 401, "keys are required")
+            #expect(try await write("aut_AAAAAAAAAAAA_" + String(repeating: "A", count: 40), "x5") == 401, "an unknown key")
+            #expect(try await write("not-a-key", "x6") == 401)
+            let headerTrick = try await app.http(
+                "POST", app.baseURL + "/v1/tables/notes/records?tenant=globex", body: #"{"text":"a3"}"#,
+                headers: [("Authorization", "Bearer \(keyA)"), ("Aut-Tenant", "globex")]
+            )
+            #expect(headerTrick.status == 202, "tenant hints in query or headers are ignored; the key decides")
+
+            let notesA = try await app.records(in: "notes", tenant: "acme", atLeast: 3)
+            let notesB = try await app.records(in: "notes", tenant: "globex", atLeast: 1)
+            #expect(Set(notesA.compactMap { try? JSONParser.parse($0.payload)["text"].stringValue }) == ["a1", "a2", "a3"])
+            #expect(notesB.compactMap { try? JSONParser.parse($0.payload)["text"].stringValue } == ["b1"])
+            #expect(notesA.allSatisfy { $0.headers["Aut-Tenant"] == "acme" } == true)
+            // Workers picked the new tenants up and processed each in its own stream.
+            let outA = try await app.records(in: "notes_out", tenant: "acme", atLeast: 3)
+            let outB = try await app.records(in: "notes_out", tenant: "globex", atLeast: 1)
+            let outATenants = Set(outA.compactMap { try? JSONParser.parse($0.payload)["tenant"].stringValue })
+            let outBTenants = Set(outB.compactMap { try? JSONParser.parse($0.payload)["tenant"].stringValue })
+            #expect(outATenants == ["acme"] && outBTenants == ["globex"])
+            let defaultState = try await app.connection.streamState("AUT_DEFAULT")
+            #expect(defaultState?.messages == 0, "nothing crossed into the default tenant")
+
+            // Every admin path with a tenant's key (its own or another's): 401.
+            let adminPaths: [(String, String)] = [
+                ("GET", "/v1/admin/tenants"), ("POST", "/v1/admin/tenants"),
+                ("GET", "/v1/admin/tenants/acme"), ("GET", "/v1/admin/tenants/globex"),
+                ("POST", "/v1/admin/tenants/globex/disable"), ("POST", "/v1/admin/tenants/acme/enable"),
+                ("GET", "/v1/admin/tenants/globex/keys"), ("POST", "/v1/admin/tenants/globex/keys"),
+                ("POST", "/v1/admin/tenants/globex/keys/\(idA)/rotate"), ("DELETE", "/v1/admin/tenants/acme/keys/\(idA)"),
+                ("GET", "/v1/admin/tenants/globex/schedules"), ("GET", "/v1/admin/tenants/globex/schedules/hourly"),
+                ("PUT", "/v1/admin/tenants/globex/schedules/hourly"), ("POST", "/v1/admin/tenants/globex/schedules/hourly/pause"),
+                ("POST", "/v1/admin/tenants/globex/schedules/hourly/resume"), ("POST", "/v1/admin/tenants/globex/schedules/hourly/trigger"),
+            ]
+            for key in [keyA, keyB] {
+                for (method, path) in adminPaths {
+                    let answer = try await adminCall(method, path, body: method == "GET" || method == "DELETE" ? nil : "{}", headers: [("Authorization", "Bearer \(key)")])
+                    #expect(answer.status == 401, "\(method) \(path) answered \(answer.status)")
+                }
+            }
+            #expect(try await adminCall("GET", "/v1/admin/tenants", headers: []).status == 401)
+            #expect(try await adminCall("GET", "/v1/admin/tenants", headers: [("Authorization", "Bearer wrong-token-0000000000")]).status == 401)
+            #expect(try await adminCall("GET", "/v1/admin/tenants/acme/keys").status == 200, "the admin token still works")
+
+            // Revocation and rotation take effect within seconds.
+            #expect(try await adminCall("DELETE", "/v1/admin/tenants/acme/keys/\(idA)").status == 200)
+            #expect(try await eventually(timeout: .seconds(5)) { try await write(keyA, "late") == 401 }, "a revoked key stops working")
+            let rotated = try await adminCall("POST", "/v1/admin/tenants/globex/keys/\(createdB.body["id"].stringValue!)/rotate")
+            #expect(rotated.status == 201)
+            let keyB2 = try #require(rotated.body["key"].stringValue)
+            #expect(keyB2 != keyB)
+            #expect(try await write(keyB2, "b2") == 202)
+            #expect(try await eventually(timeout: .seconds(5)) { try await write(keyB, "old") == 401 }, "the rotated-out key stops working")
+
+            // Disabling a tenant stops its keys.
+            #expect(try await adminCall("POST", "/v1/admin/tenants/globex/disable").body["disabled"] == true)
+            #expect(try await eventually(timeout: .seconds(5)) { try await write(keyB2, "off") == 401 })
+            #expect(try await adminCall("POST", "/v1/admin/tenants/globex/enable").body["disabled"] == false)
+            #expect(try await eventually(timeout: .seconds(5)) { try await write(keyB2, "on") == 202 })
+            let finalA = try await app.records(in: "notes", tenant: "acme", atLeast: 3)
+            #expect(finalA.count == 3, "no late write of the revoked key got in")
+        }
+    }
+
+    @Test("Schedules over the admin API: list, pause, resume, retime with clear errors, trigger by hand")
+    func schedules() async throws {
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
+            func call(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
+                try await app.http(method, app.adminURL + path, body: body, headers: admin)
+            }
+            let list = try await call("GET", "/v1/admin/tenants/default/schedules")
+            #expect(list.status == 200)
+            #expect(list.body[0]["name"] == "hourly" && list.body[0]["timeZone"] == "Europe/Berlin" && list.body[0]["paused"] == false)
+            #expect(list.body[0]["nextFire"].stringValue?.hasSuffix(":00:00.000Z") == true)
+
+            #expect(try await call("POST", "/v1/admin/tenants/default/schedules/hourly/pause").body["paused"] == true)
+            #expect(try await call("GET", "/v1/admin/tenants/default/schedules/hourly").body["paused"] == true)
+            #expect(try await call("POST", "/v1/admin/tenants/default/schedules/hourly/resume").body["paused"] == false)
+
+            let badCron = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"61 * * * *"}"#)
+            #expect(badCron.status == 422 && badCron.body["error"]["field"] == "cron")
+            #expect(badCron.body["error"]["message"].stringValue?.contains("minute '61'") == true)
+            let badZone = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"0 3 * * *","timeZone":"Mars/Olympus"}"#)
+            #expect(badZone.status == 422 && badZone.body["error"]["field"] == "timeZone")
+            let retimed = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"30 2 * * *","timeZone":"America/New_York"}"#)
+            #expect(retimed.status == 200 && retimed.body["overridden"] == true && retimed.body["schedule"] == "30 2 * * *")
+            #expect(retimed.body["timeZone"] == "America/New_York")
+            let restored = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":null}"#)
+            #expect(restored.body["overridden"] == false && restored.body["timeZone"] == "Europe/Berlin")
+
+            #expect(try await call("GET", "/v1/admin/tenants/default/schedules/nope").status == 404)
+            #expect(try await call("POST", "/v1/admin/tenants/ghost/schedules/hourly/pause").status == 404)
+            #expect(try await call("POST", "/v1/admin/tenants/default/schedules/hourly/explode").status == 404)
+            #expect(try await call("POST", "/v1/admin/tenants/default/schedules/hourly/pause", body: "{not json").status == 400)
+
+            let triggered = try await call("POST", "/v1/admin/tenants/default/schedules/hourly/trigger")
+            #expect(triggered.status == 202)
+            let ticks = try await StreamAudit.read(
+                connection: app.connection, stream: "AUT_DEFAULT", subject: "aut.default.sched.hourly", atLeast: 1, timeout: .seconds(10)
+            )
+            #expect(ticks.count == 1)
+            #expect(try JSONParser.parse(ticks[0].payload)["manual"] == true)
+        }
+    }
+
+    @Test("A paused every-second schedule publishes nothing until it is resumed")
+    func pauseStopsTicks() async throws {
+        var builder = AppBuilder(name: "Pausing")
+        builder.schedule("second", .every(.seconds(1))) { _, _ in }
+        let graph = try builder.build()
+        try await withRunningApp(graph, configure: configure) { app in
+            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
+            let subject = "aut.default.sched.second"
+            @Sendable func count() async throws -> Int {
+                try await app.connection.readAll(stream: "AUT_DEFAULT", subject: subject, headers: [], atLeast: 0, timeout: .seconds(1)).count
+            }
+            #expect(try await eventually(timeout: .seconds(10)) { try await count() >= 2 }, "ticks flow")
+            #expect(try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/pause", headers: admin).status == 200)
+            // The scheduler re-reads its controls at least every 2 s.
+            try await Task.sleep(for: .seconds(3))
+            let paused = try await count()
+            try await Task.sleep(for: .seconds(3))
+            #expect(try await count() == paused, "no tick while paused")
+            #expect(try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/resume", headers: admin).status == 200)
+            #expect(try await eventually(timeout: .seconds(10)) { try await count() >= paused + 2 }, "ticks resume")
+        }
+    }
+}
