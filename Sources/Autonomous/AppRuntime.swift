@@ -185,6 +185,7 @@ public struct AppRuntime: Sendable {
                 workerConfiguration.handlers = selected
                 workerConfiguration.ackWait = configuration.topology.ackWait
                 workerConfiguration.tenantDirectory = { try await coordinatorEndpoint.activeTenants() }
+                workerConfiguration.partitionAssigner = { request in try await coordinatorEndpoint.assignPartitions(request) }
                 services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
             }
             if role.runsIngress {

@@ -63,6 +63,22 @@ public struct AppGraph: Sendable {
             if let pending = handler.options.maxAckPending, pending < handler.options.batchSize {
                 problems.append("handler '\(handler.name)': maxAckPending must be at least batchSize (\(handler.options.batchSize))")
             }
+            if let ordering = handler.options.ordering {
+                if handler.sourceKind != .table {
+                    problems.append("handler '\(handler.name)': only handlers of tables can be ordered")
+                }
+                if !(1...1024).contains(ordering.partitions) {
+                    problems.append("handler '\(handler.name)': partitions must be between 1 and 1024")
+                }
+                if ordering.field.isEmpty {
+                    problems.append("handler '\(handler.name)': ordered(by:) needs a field name")
+                } else if let fields = source.knownFields, !fields.contains(ordering.field) {
+                    problems.append(
+                        "handler '\(handler.name)' is ordered by '\(ordering.field)', but records of table '\(source.name)' "
+                            + "(\(source.typeName ?? "JSON")) have no such field"
+                    )
+                }
+            }
             if handler.options.maxAttempts < 1 {
                 problems.append("handler '\(handler.name)': maxAttempts must be at least 1")
             }

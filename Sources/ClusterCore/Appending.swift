@@ -60,7 +60,7 @@ extension Wire {
             headers.append((Header.causedBy, cause.id))
             if let trace = cause.traceparent { headers.append((Header.traceparent, trace)) }
         }
-        return OutgoingMessage(subject: table.subject(tenant: tenant), payload: payload, headers: headers)
+        return OutgoingMessage(subject: table.subject(tenant: tenant, payload: payload), payload: payload, headers: headers)
     }
 }
 

@@ -1,4 +1,6 @@
 import Foundation
+import NATS
+import NIOCore
 import Logging
 import Synchronization
 
@@ -22,12 +24,28 @@ public struct TableDefinition: Sendable {
     public let knownFields: [String]?
     /// Checks one record body against the table's type: `nil` when it fits, else (field, problem).
     let check: @Sendable ([UInt8]) -> (field: String?, problem: String)?
+    /// Set when an ordered handler reads the table: its records go to partition subjects
+    /// `aut.<tenant>.tbl.<name>.<partition>`.
+    public internal(set) var partitioning: HandlerOrdering? = nil
 
+    /// The table's subject (without a partition).
     public func subject(tenant: String) -> String {
         switch kind {
         case .table: return Wire.tableSubject(tenant: tenant, table: name)
         case .schedule: return Wire.scheduleSubject(tenant: tenant, schedule: name)
         }
+    }
+
+    /// The subject of one record: its partition's for a partitioned table.
+    public func subject(tenant: String, payload: ByteBuffer) -> String {
+        guard let partitioning else { return subject(tenant: tenant) }
+        let key = Wire.partitionKey(payload, field: partitioning.field)
+        return subject(tenant: tenant) + "." + String(Wire.partition(key, of: partitioning.partitions))
+    }
+
+    /// What a consumer of every record of the table filters on.
+    public func filterSubject(tenant: String) -> String {
+        partitioning == nil ? subject(tenant: tenant) : subject(tenant: tenant) + ".>"
     }
 
     /// Validates a record body against the table's type.
@@ -125,6 +143,16 @@ public struct HandlerOrdering: Sendable, Hashable {
     public var field: String
     /// Number of partitions (1...1024).
     public var partitions: Int
+
+    public init(field: String, partitions: Int) {
+        self.field = field
+        self.partitions = partitions
+    }
+
+    /// `h_<handler>_p<partition>`: each partition has its own durable consumer.
+    public static func consumerName(handler: String, partition: Int) -> String {
+        Wire.consumerName(handler: handler) + "_p\(partition)"
+    }
 }
 
 /// What a component or handler may read at startup: the environment (for secrets and base
@@ -169,6 +197,18 @@ public struct HandlerDefinition: Sendable {
     public let prepare: @Sendable (ComponentEnvironment) throws -> HandlerInvoker
 
     public var consumerName: String { Wire.consumerName(handler: name) }
+
+    /// The durable consumer of one partition of an ordered handler. At most `batchSize`
+    /// records are unacknowledged, so a partition moves forward one batch at a time.
+    public func partitionConsumer(source: TableDefinition, tenant: String, partition: Int, ackWait: Duration, startSequence: UInt64? = nil) -> ConsumerConfiguration {
+        var consumer = ConsumerConfiguration(durableName: HandlerOrdering.consumerName(handler: name, partition: partition))
+        consumer.filterSubject = source.subject(tenant: tenant) + ".\(partition)"
+        consumer.ackWait = ackWait
+        consumer.maxAckPending = options.batchSize
+        consumer.startSequence = startSequence
+        consumer.description = "Autonomous ordered handler \(name), partition \(partition)"
+        return consumer
+    }
 }
 
 /// A reusable handler: declares what it reads and writes so the graph can be checked at
@@ -465,15 +505,29 @@ public struct AppBuilder {
     /// Checks the graph and freezes it.
     public func build() throws(AppGraphError) -> AppGraph {
         let state = registry.state.withLock { $0 }
+        var tables = state.tables
+        var problems = state.problems
+        for index in tables.indices where tables[index].kind == .table {
+            let orderings = Set(
+                state.handlers.filter { $0.source == tables[index].name && $0.sourceKind == .table }.compactMap(\.options.ordering)
+            )
+            if orderings.count > 1 {
+                problems.append(
+                    "table '\(tables[index].name)': its ordered handlers must use the same key and partition count "
+                        + "(found \(orderings.map { "\($0.field)/\($0.partitions)" }.sorted().joined(separator: ", ")))"
+                )
+            }
+            tables[index].partitioning = orderings.count == 1 ? orderings.first : nil
+        }
         let graph = AppGraph(
             name: name,
-            tables: state.tables,
+            tables: tables,
             handlers: state.handlers,
             routes: state.routes,
             webhooks: state.webhooks,
             schedules: state.schedules
         )
-        let problems = state.problems + graph.problems()
+        problems += graph.problems()
         if !problems.isEmpty { throw AppGraphError(problems: problems) }
         return graph
     }

@@ -79,10 +79,13 @@ public struct RecordMetadata: Sendable, Hashable {
 public struct IncomingRecord: Sendable {
     public var metadata: RecordMetadata
     public var payload: [UInt8]
+    /// The subject the record was stored under (its partition's, for partitioned tables).
+    public var subject: String
 
-    public init(metadata: RecordMetadata, payload: [UInt8]) {
+    public init(metadata: RecordMetadata, payload: [UInt8], subject: String = "") {
         self.metadata = metadata
         self.payload = payload
+        self.subject = subject
     }
 }
 

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import NIOCore
 import Synchronization
 
 /// The wire contract (docs/wire.md): subjects, stream and consumer names, headers, record ids.
@@ -37,6 +38,27 @@ public enum Wire {
     public static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).>"] }
     /// `h_<handler>`
     public static func consumerName(handler: String) -> String { "h_" + handler }
+
+    /// The bytes of a record's ordering key: a string field's UTF-8, any other value's JSON
+    /// text, nothing when the field is missing or null (all such records share a partition).
+    public static func partitionKey(_ payload: ByteBuffer, field: String) -> [UInt8] {
+        guard let record = try? JSONParser.parse(Array(payload.readableBytesView)) else { return [] }
+        switch record[field] {
+        case .null: return []
+        case .string(let text): return Array(text.utf8)
+        case let value: return JSONWriter.encode(value)
+        }
+    }
+
+    /// The partition of a key: 32-bit FNV-1a of its bytes, modulo `partitions`.
+    public static func partition(_ key: [UInt8], of partitions: Int) -> Int {
+        var hash: UInt32 = 0x811c_9dc5
+        for byte in key {
+            hash ^= UInt32(byte)
+            hash &*= 0x0100_0193
+        }
+        return Int(hash % UInt32(max(1, partitions)))
+    }
 
     /// The id of output number `index` that `handler` derived from the record `sourceID`.
     ///

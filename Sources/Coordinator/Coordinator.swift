@@ -197,13 +197,21 @@ public enum Topology {
             let stream = streamConfiguration(tenant: tenant, configuration: configuration)
             try await connection.createOrUpdateStream(stream)
             for handler in graph.handlers {
+                guard let source = graph.source(of: handler) else { continue }
+                let maxAckPending = handler.options.maxAckPending ?? configuration.maxAckPending
+                if let ordering = handler.options.ordering {
+                    // One consumer per partition. A worker that takes over a partition after
+                    // a crash may re-create it at its ack floor, so existing ones are kept.
+                    for partition in 0..<ordering.partitions {
+                        let consumer = handler.partitionConsumer(source: source, tenant: tenant, partition: partition, ackWait: configuration.ackWait)
+                        try await connection.createOrUpdateConsumer(stream: stream.name, consumer, updateExisting: false)
+                    }
+                    continue
+                }
                 var consumer = ConsumerConfiguration(durableName: handler.consumerName)
-                consumer.filterSubject =
-                    handler.sourceKind == .table
-                    ? Wire.tableSubject(tenant: tenant, table: handler.source)
-                    : Wire.scheduleSubject(tenant: tenant, schedule: handler.source)
+                consumer.filterSubject = source.filterSubject(tenant: tenant)
                 consumer.ackWait = configuration.ackWait
-                consumer.maxAckPending = handler.options.maxAckPending ?? configuration.maxAckPending
+                consumer.maxAckPending = maxAckPending
                 consumer.description = "Autonomous handler \(handler.name)"
                 try await connection.createOrUpdateConsumer(stream: stream.name, consumer)
             }

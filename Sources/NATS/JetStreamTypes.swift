@@ -44,6 +44,8 @@ public struct ConsumerConfiguration: Sendable, Hashable {
     public var replicas: Int = 0
     /// Keep the consumer's state in memory (for short-lived readers).
     public var memoryStorage = false
+    /// Start delivering at this stream sequence instead of the first message.
+    public var startSequence: UInt64?
     public var description: String?
 
     public init(durableName: String, filterSubject: String? = nil) {

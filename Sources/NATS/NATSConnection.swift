@@ -329,8 +329,9 @@ public final class NATSConnection: Sendable {
         }
     }
 
-    /// Creates the durable pull consumer on `stream`, or updates it when it exists.
-    public func createOrUpdateConsumer(stream: String, _ config: ConsumerConfiguration) async throws {
+    /// Creates the durable pull consumer on `stream`, or updates it when it exists (unless
+    /// `updateExisting` is false: then an existing consumer is left as it is).
+    public func createOrUpdateConsumer(stream: String, _ config: ConsumerConfiguration, updateExisting: Bool = true) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var cfg = jsConsumerConfig()
@@ -348,7 +349,12 @@ public final class NATSConnection: Sendable {
             cfg.FilterSubject = UnsafePointer(filter)
             cfg.Description = UnsafePointer(description)
             cfg.AckPolicy = js_AckExplicit
-            cfg.DeliverPolicy = js_DeliverAll
+            if let start = config.startSequence {
+                cfg.DeliverPolicy = js_DeliverByStartSequence
+                cfg.OptStartSeq = start
+            } else {
+                cfg.DeliverPolicy = js_DeliverAll
+            }
             cfg.AckWait = config.ackWait.nanoseconds
             cfg.MaxDeliver = Int64(config.maxDeliver)
             cfg.MaxAckPending = Int64(config.maxAckPending)
@@ -364,7 +370,12 @@ public final class NATSConnection: Sendable {
                 var info: UnsafeMutablePointer<jsConsumerInfo>?
                 var errCode = jsErrCode(rawValue: 0)
                 var status = js_AddConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
-                if status != NATS_OK && (errCode == JSConsumerNameExistErr || errCode == JSConsumerExistingActiveErr || errCode.rawValue == 10148) {
+                let exists = errCode == JSConsumerNameExistErr || errCode == JSConsumerExistingActiveErr || errCode.rawValue == 10148
+                if status != NATS_OK && exists && !updateExisting {
+                    jsConsumerInfo_Destroy(info)
+                    return
+                }
+                if status != NATS_OK && exists {
                     errCode = jsErrCode(rawValue: 0)
                     status = js_UpdateConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
                 }

@@ -24,6 +24,7 @@ public actor HandlerRunner {
     private nonisolated let filterSubject: String
     private nonisolated let counters: Counters
     private nonisolated let tables: [String: TableDefinition]
+    private nonisolated let execution: HandlerExecution
 
     public struct Statistics: Sendable, Equatable {
         public var batches = 0
@@ -65,10 +66,8 @@ public actor HandlerRunner {
         logger[metadataKey: "worker.tenant"] = "\(tenant)"
         self.logger = logger
         self.stream = Wire.streamName(tenant: tenant)
-        self.filterSubject =
-            handler.sourceKind == .table
-            ? Wire.tableSubject(tenant: tenant, table: handler.source)
-            : Wire.scheduleSubject(tenant: tenant, schedule: handler.source)
+        self.filterSubject = HandlerExecution.filterSubject(of: handler, tenant: tenant, tables: tables)
+        self.execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
         let dimensions = [("handler", handler.name)]
         self.counters = Counters(
             processed: Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions),
@@ -146,23 +145,6 @@ public actor HandlerRunner {
         }
     }
 
-    private nonisolated func incoming(_ message: JetStreamMessage) -> IncomingRecord {
-        let values = message.headerValues
-        return IncomingRecord(
-            metadata: RecordMetadata(
-                id: values[0] ?? "seq-\(message.streamSequence)",
-                table: handler.source,
-                tenant: tenant,
-                ingestTime: Date(timeIntervalSince1970: Double(message.timestamp) / 1e9),
-                causedBy: values[1],
-                traceparent: values[3],
-                semanticType: values[2],
-                deliveryCount: Int(message.deliveryCount)
-            ),
-            payload: message.payload
-        )
-    }
-
     private nonisolated func process(_ batch: FetchedBatch) async {
         let start = ContinuousClock.now
         // A replayed dead letter is for one handler only; the others have processed the original.
@@ -179,8 +161,8 @@ public actor HandlerRunner {
     }
 
     private nonisolated func process(_ batch: FetchedBatch, indices: [Int], start: ContinuousClock.Instant) async {
-        let records = indices.map { incoming(batch.messages[$0]) }
-        let outcome = await withProgressHeartbeat(batch) { await self.attempt(records) }
+        let records = indices.map { execution.incoming(batch.messages[$0]) }
+        let outcome = await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { await self.attempt(records) }
         switch outcome {
         case nil:
             for i in indices { batch.ack(i) }
@@ -220,31 +202,11 @@ public actor HandlerRunner {
 
     /// Runs the handler and publishes its outputs; returns the error, if any.
     private nonisolated func attempt(_ records: [IncomingRecord]) async -> (any Error)? {
-        if case .failure(let error) = await run(records) { return error }
+        if case .failure(let error) = await execution.run(records) { return error }
         return nil
     }
 
-    /// Runs the handler and publishes its outputs; returns how many outputs it published.
-    private nonisolated func run(_ records: [IncomingRecord]) async -> Result<Int, any Error> {
-        let ctx = HandlerContext(
-            handler: handler.name,
-            tenant: tenant,
-            inputs: records.map(\.metadata),
-            publisher: connection,
-            logger: logger,
-            tables: tables
-        )
-        do {
-            try await invoker(records, ctx)
-            try await ctx.flush()
-            logger.debug("Batch handled", metadata: ["worker.records": "\(records.count)", "worker.outputs": "\(ctx.publishedCount)"])
-            return .success(ctx.publishedCount)
-        } catch {
-            return .failure(error)
-        }
-    }
-
-    private static func isTransient(_ error: any Error) -> Bool {
+    static func isTransient(_ error: any Error) -> Bool {
         if let error = error as? NATSError { return error.isTransient }
         return false
     }
@@ -271,7 +233,7 @@ public actor HandlerRunner {
             return
         }
         do {
-            try await deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
+            try await execution.deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
             firstFailures.withLock { _ = $0.removeValue(forKey: record.metadata.id) }
             batch.term(index)
             counters.deadLettered.increment()
@@ -283,58 +245,6 @@ public actor HandlerRunner {
         } catch {
             logger.warning("Dead-letter publish failed, will retry", metadata: ["error": "\(error)"])
             batch.nak(index, delay: handler.options.backoff(afterAttempt: attempt))
-        }
-    }
-
-    private nonisolated func deadLetter(_ record: IncomingRecord, error: any Error, attempts: Int, firstFailure: Date) async throws {
-        var text = String(describing: error).map { $0.isNewline ? " " : $0 }.reduce(into: "") { $0.append($1) }
-        if text.utf8.count > 1024 { text = String(text.prefix(1000)) + "…" }
-        let now = ISO8601.format(Date())
-        var headers: [(String, String)] = [
-            (Wire.Header.messageID, "dlq-\(handler.name)-\(record.metadata.id)"),
-            (Wire.Header.recordID, record.metadata.id),
-            (Wire.Header.table, record.metadata.table),
-            (Wire.Header.tenant, tenant),
-            (Wire.Header.handler, handler.name),
-            (Wire.Header.error, text),
-            (Wire.Header.attempts, String(attempts)),
-            (Wire.Header.firstFailure, ISO8601.format(firstFailure)),
-            (Wire.Header.lastFailure, now),
-            (Wire.Header.sourceSubject, filterSubject),
-        ]
-        if let type = record.metadata.semanticType { headers.append((Wire.Header.type, type)) }
-        if let cause = record.metadata.causedBy { headers.append((Wire.Header.causedBy, cause)) }
-        _ = try await connection.publish(
-            OutgoingMessage(
-                subject: Wire.deadLetterSubject(tenant: tenant, handler: handler.name),
-                payload: .init(bytes: record.payload),
-                headers: headers
-            )
-        )
-    }
-
-    /// Tells JetStream the batch is still being worked on while `body` runs longer than a
-    /// third of the ack wait, so slow handlers (LLM calls) are not redelivered meanwhile.
-    private nonisolated func withProgressHeartbeat<T: Sendable>(_ batch: FetchedBatch, _ body: @escaping @Sendable () async -> T) async -> T {
-        let interval = ackWait / 3
-        return await withTaskGroup(of: T?.self) { group in
-            group.addTask { await body() }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    if Task.isCancelled { break }
-                    for i in 0..<batch.count { batch.inProgress(i) }
-                }
-                return nil
-            }
-            var result: T?
-            while let next = await group.next() {
-                if let value = next {
-                    result = value
-                    group.cancelAll()
-                }
-            }
-            return result!
         }
     }
 }

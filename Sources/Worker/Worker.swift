@@ -23,6 +23,14 @@ public struct Worker: Service {
         public var tenantDirectory: (@Sendable () async throws -> [String])?
         /// How often `tenantDirectory` is asked.
         public var tenantRefresh: Duration = .seconds(2)
+        /// Grants partition leases for ordered handlers (the coordinator). Ordered handlers
+        /// do not run without it.
+        public var partitionAssigner: (@Sendable (PartitionRequest) async throws -> PartitionAssignment)?
+        /// This process's name in partition leases (unique per process start).
+        public var workerID: String = {
+            let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+            return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
+        }()
 
         public init(tenants: [String], environment: [String: String]) {
             self.tenants = tenants
@@ -60,16 +68,59 @@ public struct Worker: Service {
         self.logger = logger
     }
 
-    func makeRunners(tenant: String) -> [HandlerRunner] {
-        prepared.map { entry in
-            HandlerRunner(
-                handler: entry.handler,
-                invoker: entry.invoker,
-                tenant: tenant,
-                tables: tables,
-                ackWait: configuration.ackWait,
-                connection: connection,
-                logger: logger
+    /// A handler's runner for one tenant.
+    enum Runner: Sendable {
+        case unordered(HandlerRunner)
+        case ordered(OrderedHandlerRunner)
+
+        func run() async throws {
+            switch self {
+            case .unordered(let runner): try await runner.run()
+            case .ordered(let runner): await runner.run()
+            }
+        }
+
+        func stop() {
+            switch self {
+            case .unordered(let runner): runner.stop()
+            case .ordered(let runner): runner.stop()
+            }
+        }
+    }
+
+    func makeRunners(tenant: String) -> [Runner] {
+        prepared.compactMap { entry in
+            if let ordering = entry.handler.options.ordering {
+                guard let assign = configuration.partitionAssigner, let source = tables[entry.handler.source] else {
+                    logger.error("Ordered handler needs a coordinator to lease partitions; not running it", metadata: ["worker.handler": "\(entry.handler.name)"])
+                    return nil
+                }
+                return .ordered(
+                    OrderedHandlerRunner(
+                        handler: entry.handler,
+                        ordering: ordering,
+                        source: source,
+                        invoker: entry.invoker,
+                        tenant: tenant,
+                        tables: tables,
+                        workerID: configuration.workerID,
+                        ackWait: configuration.ackWait,
+                        connection: connection,
+                        logger: logger,
+                        assign: assign
+                    )
+                )
+            }
+            return .unordered(
+                HandlerRunner(
+                    handler: entry.handler,
+                    invoker: entry.invoker,
+                    tenant: tenant,
+                    tables: tables,
+                    ackWait: configuration.ackWait,
+                    connection: connection,
+                    logger: logger
+                )
             )
         }
     }
@@ -81,7 +132,7 @@ public struct Worker: Service {
             return
         }
         try await withThrowingDiscardingTaskGroup { group in
-            var running: [String: [HandlerRunner]] = [:]
+            var running: [String: [Runner]] = [:]
             func start(_ tenant: String) {
                 let runners = makeRunners(tenant: tenant)
                 running[tenant] = runners
