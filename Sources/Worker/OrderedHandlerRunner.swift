@@ -180,7 +180,7 @@ public final class OrderedHandlerRunner: Sendable {
     /// unacknowledged, so it is redelivered now and in order.
     private func resumeAtAckFloor(consumer: String, partition: Int, logger: Logger) async throws {
         guard let state = try await connection.consumerState(stream: stream, consumer: consumer), state.numAckPending > 0 else { return }
-        logger.info(
+        logger.notice(
             "Partition taken over with unacknowledged records; resuming at the ack floor",
             metadata: ["worker.ack_floor": "\(state.ackFloorStreamSequence)", "worker.unacked": "\(state.numAckPending)"]
         )

@@ -1,8 +1,10 @@
+import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Deploy
 import Foundation
 import NATS
+import NIOCore
 import Testing
 
 /// Ordered handlers: per-key order and exactly-once outputs, in one process and across
@@ -64,5 +66,79 @@ struct OrderedHandlerTests {
             let copies = try await app.records(in: "plain_out", atLeast: 2_000)
             #expect(copies.count == 2_000)
         }
+    }
+
+    @Test("3 worker processes, 10,000 records over 100 keys, one worker killed mid-run: per-key order, each output once")
+    func acrossWorkers() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-ordered-\(UUID().uuidString)").path
+        var specification = ProcessCluster.Specification(app: CoordinatorFailoverTests.fixture, directory: directory)
+        specification.httpPort = Int.random(in: 20_000..<40_000)
+        specification.healthPort = specification.httpPort + 100
+        specification.logLevel = "notice"
+        specification.replicas = ["ingress": 1, "worker": 3]
+        specification.environment = ["FIXTURE_HANDLER_DELAY_MS": "20", "AUTONOMOUS_ACK_WAIT": "30"]
+        let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+        do {
+            let ingress = await cluster.ingressURLs()[0]
+            let total = 10_000
+            let perRequest = 100
+            var killedPID: Int32?
+            let start = ContinuousClock.now
+            for (n, first) in stride(from: 0, to: total, by: perRequest).enumerated() {
+                var request = HTTPClientRequest(url: ingress + "/v1/tables/events/records")
+                request.method = .POST
+                request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+                request.headers.add(name: "Idempotency-Key", value: "batch-\(n)")
+                request.body = .bytes(ByteBuffer(string: Self.ndjson(first..<(first + perRequest), keys: 100)))
+                var accepted = false
+                for _ in 0..<50 where !accepted {
+                    if let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(30)) {
+                        accepted = response.status.code == 202
+                        _ = try? await response.body.collect(upTo: 1 << 20)
+                    }
+                    if !accepted { try await Task.sleep(for: .milliseconds(200)) }
+                }
+                #expect(accepted, "request \(n) was never accepted")
+                if n == 40 {
+                    // Mid-run: kill one worker while it holds partitions.
+                    let pids = await cluster.processIDs()["worker"] ?? []
+                    killedPID = pids.first
+                    if let pid = killedPID { kill(pid, SIGKILL) }
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            configuration.connectTimeout = .seconds(10)
+            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+            let outputs: [AuditedRecord]
+            do {
+                outputs = try await StreamAudit.read(
+                    connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.ordered_out", atLeast: total, timeout: .seconds(120)
+                )
+                await connection.close()
+            } catch {
+                await connection.close()
+                throw error
+            }
+            let elapsed = ContinuousClock.now - start
+            let result = Self.check(outputs, expected: total)
+            let pids = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["pid"].intValue })
+            let logs = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/logs")) ?? []
+            let resumed = logs.filter { $0.hasPrefix("worker") }.map { name -> Int in
+                let text = (try? String(contentsOfFile: directory + "/logs/" + name, encoding: .utf8)) ?? ""
+                return text.components(separatedBy: "resuming at the ack floor").count - 1
+            }.reduce(0, +)
+            print("ordered: \(outputs.count) outputs in \(elapsed), from \(pids.count) worker processes (killed \(killedPID.map(String.init) ?? "none")), \(resumed) partitions resumed at their ack floor, missing \(result.missing), doubled \(result.doubled), out of order \(result.outOfOrder)")
+            #expect(killedPID != nil)
+            #expect(outputs.count == total, "each record's output appears exactly once")
+            #expect(result.missing == 0 && result.doubled == 0 && result.outOfOrder == 0, "\(result)")
+            #expect(pids.count >= 3, "the partitions were spread over the workers")
+            #expect(pids.contains(Int(killedPID ?? 0)), "the killed worker had processed records before it died")
+        } catch {
+            await cluster.down()
+            throw error
+        }
+        await cluster.down()
+        try? FileManager.default.removeItem(atPath: directory)
     }
 }
