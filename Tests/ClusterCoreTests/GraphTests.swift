@@ -1,4 +1,5 @@
 import ClusterCore
+import NIOCore
 import Testing
 
 struct Prompt: Record {
@@ -64,6 +65,45 @@ struct GraphTests {
     func missingTable() {
         let found = problems { app in app.onNewRecords(in: "ghosts", "haunt") { _, _ in } }
         #expect(found == ["handler 'haunt' is bound to table 'ghosts', which is not declared"])
+    }
+
+    @Test("Ordered handlers: conflicting orderings, unknown key fields and bad partition counts are named")
+    func orderedProblems() {
+        let conflicting = problems { app in
+            let t = app.table("t")
+            t.onNewRecords("a", options: HandlerOptions().ordered(by: "customer")) { _, _ in }
+            t.onNewRecords("b", options: HandlerOptions().ordered(by: "region")) { _, _ in }
+        }
+        #expect(conflicting.count == 1)
+        #expect(conflicting.first?.contains("table 't': its ordered handlers must use the same key and partition count") == true)
+        let typed = problems { app in
+            let prompts = app.table("prompts", of: Prompt.self)
+            prompts.onNewRecords("p", options: HandlerOptions().ordered(by: "nope")) { _, _ in }
+        }
+        #expect(typed == ["handler 'p' is ordered by 'nope', but records of table 'prompts' (Prompt) have no such field"])
+        let partitions = problems { app in
+            app.table("t").onNewRecords("z", options: HandlerOptions().ordered(by: "k", partitions: 0)) { _, _ in }
+        }
+        #expect(partitions == ["handler 'z': partitions must be between 1 and 1024"])
+    }
+
+    @Test("A partitioned table publishes each record to its key's partition subject")
+    func partitionSubjects() throws {
+        var app = AppBuilder(name: "P")
+        let t = app.table("t")
+        t.onNewRecords("o", options: HandlerOptions().ordered(by: "k", partitions: 8)) { _, _ in }
+        let graph = try app.build()
+        let table = try #require(graph.table("t"))
+        #expect(table.filterSubject(tenant: "acme") == "aut.acme.tbl.t.>")
+        let a = table.subject(tenant: "acme", payload: ByteBuffer(string: #"{"k":"alice","n":1}"#))
+        let b = table.subject(tenant: "acme", payload: ByteBuffer(string: #"{"n":2, "k":"alice"}"#))
+        #expect(a == b && a.hasPrefix("aut.acme.tbl.t."), "one key, one partition")
+        let partitions = Set((0..<200).map { table.subject(tenant: "acme", payload: ByteBuffer(string: #"{"k":"user-\#($0)"}"#)) })
+        #expect(partitions.count == 8, "keys spread over every partition")
+        // Documented hash (docs/wire.md): FNV-1a 32 of the key's UTF-8, modulo the partition count.
+        #expect(Wire.partition(Array("alice".utf8), of: 8) == 7, "FNV-1a 32 of 'alice' is 0x872213e7")
+        #expect(a == "aut.acme.tbl.t.7")
+        #expect(Wire.partition([], of: 8) == Int(UInt32(0x811c_9dc5) % 8), "a missing key hashes as empty")
     }
 
     @Test("Two handlers with one name are named")
