@@ -10,7 +10,10 @@ struct AutonomousCLI: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "autonomous",
         abstract: "Operate Autonomous apps.",
-        subcommands: [DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self, SuperviseCommand.self]
+        subcommands: [
+            DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
+            TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, SuperviseCommand.self,
+        ]
     )
 }
 

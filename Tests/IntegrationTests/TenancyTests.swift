@@ -195,4 +195,44 @@ struct TenancyTests {
             #expect(try await eventually(timeout: .seconds(10)) { try await count() >= paused + 2 }, "ticks resume")
         }
     }
+
+    @Test("autonomous tenants, keys and schedules drive the admin API and print its errors")
+    func commandLine() async throws {
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            let environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken, "AUTONOMOUS_ADMIN_URL": app.adminURL]
+            func cli(_ arguments: String...) async throws -> (status: Int32, output: String) {
+                try await runAutonomousCLIAsync(arguments, environment: environment)
+            }
+            let created = try await cli("tenants", "create", "initech")
+            #expect(created.status == 0 && created.output.contains("AUT_INITECH"), "\(created.output)")
+            let duplicate = try await cli("tenants", "create", "initech")
+            #expect(duplicate.status != 0 && duplicate.output.contains("already exists") && duplicate.output.contains("409"), "\(duplicate.output)")
+            let listed = try await cli("tenants", "list")
+            #expect(listed.output.contains("initech") && listed.output.contains("default"), "\(listed.output)")
+
+            let key = try await cli("keys", "create", "--tenant", "initech", "--json")
+            #expect(key.status == 0, "\(key.output)")
+            let value = try JSONParser.parse(Array(key.output.utf8))
+            let secret = try #require(value["key"].stringValue)
+            #expect(try await app.http("POST", app.baseURL + "/v1/tables/notes/records", body: #"{"text":"cli"}"#, headers: [("Authorization", "Bearer \(secret)")]).status == 202)
+            let keys = try await cli("keys", "list", "--tenant", "initech")
+            #expect(keys.output.contains(value["id"].stringValue!) && !keys.output.contains(secret), "keys are listed without the secret")
+            let revoked = try await cli("keys", "revoke", "--tenant", "initech", value["id"].stringValue!)
+            #expect(revoked.status == 0, "\(revoked.output)")
+
+            let badCron = try await cli("schedules", "set", "hourly", "--tenant", "initech", "--cron", "* * *")
+            #expect(badCron.status != 0 && badCron.output.contains("expected 5 or 6 fields") && badCron.output.contains("(cron)"), "\(badCron.output)")
+            let badZone = try await cli("schedules", "set", "hourly", "--cron", "0 3 * * *", "--time-zone", "Nowhere/Special")
+            #expect(badZone.status != 0 && badZone.output.contains("unknown time zone"), "\(badZone.output)")
+            let paused = try await cli("schedules", "pause", "hourly", "--tenant", "initech")
+            #expect(paused.status == 0 && paused.output.contains("true"), "\(paused.output)")
+            let unknown = try await cli("schedules", "pause", "nope", "--tenant", "initech")
+            #expect(unknown.status != 0 && unknown.output.contains("no schedule 'nope'"), "\(unknown.output)")
+            let ghost = try await cli("keys", "list", "--tenant", "ghost")
+            #expect(ghost.status != 0 && ghost.output.contains("no tenant 'ghost'"), "\(ghost.output)")
+
+            let noToken = try await runAutonomousCLIAsync(["tenants", "list", "--admin-url", app.adminURL], environment: ["AUTONOMOUS_ADMIN_TOKEN": ""])
+            #expect(noToken.status != 0 && noToken.output.contains("AUTONOMOUS_ADMIN_TOKEN"), "\(noToken.output)")
+        }
+    }
 }

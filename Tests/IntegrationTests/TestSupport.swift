@@ -155,7 +155,11 @@ final class GroupBox: Sendable {
 
 /// Runs the built `autonomous` command in `directory` and returns its exit status and output.
 @discardableResult
-func runAutonomousCLI(_ arguments: [String], in directory: String = FileManager.default.temporaryDirectory.path) throws -> (status: Int32, output: String) {
+func runAutonomousCLI(
+    _ arguments: [String],
+    in directory: String = FileManager.default.temporaryDirectory.path,
+    environment: [String: String] = [:]
+) throws -> (status: Int32, output: String) {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     let cli = root.appendingPathComponent(".build/debug/autonomous").path
     guard FileManager.default.isExecutableFile(atPath: cli) else {
@@ -165,6 +169,9 @@ func runAutonomousCLI(_ arguments: [String], in directory: String = FileManager.
     process.executableURL = URL(fileURLWithPath: cli)
     process.arguments = arguments
     process.currentDirectoryURL = URL(fileURLWithPath: directory)
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
@@ -172,4 +179,14 @@ func runAutonomousCLI(_ arguments: [String], in directory: String = FileManager.
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// ``runAutonomousCLI(_:in:environment:)`` on a thread of its own, for tests whose app runs in
+/// this process (a blocked cooperative thread could starve it).
+func runAutonomousCLIAsync(_ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            continuation.resume(with: Result { try runAutonomousCLI(arguments, environment: environment) })
+        }
+    }
 }

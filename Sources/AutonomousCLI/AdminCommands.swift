@@ -1,0 +1,258 @@
+import ArgumentParser
+import AsyncHTTPClient
+import ClusterCore
+import Foundation
+import NIOCore
+
+/// Where the coordinator's admin API is and how to authenticate.
+struct AdminOptions: ParsableArguments {
+    @Option(name: .customLong("admin-url"), help: "Base URL of a coordinator's admin API. [env: AUTONOMOUS_ADMIN_URL, default: http://127.0.0.1:7070]")
+    var adminURL: String?
+
+    @Flag(help: "Print the API's JSON answer instead of a table.")
+    var json = false
+
+    var baseURL: String {
+        var url = adminURL ?? ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_URL"] ?? "http://127.0.0.1:7070"
+        while url.hasSuffix("/") { url.removeLast() }
+        return url
+    }
+
+    /// Calls the admin API; throws a message naming the problem for any non-2xx answer.
+    func call(_ method: String, _ path: String, body: JSONValue? = nil) async throws -> JSONValue {
+        guard let token = ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_TOKEN"], !token.isEmpty else {
+            throw ValidationError("set AUTONOMOUS_ADMIN_TOKEN to the coordinator's admin token")
+        }
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = .init(rawValue: method)
+        request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: JSONWriter.encode(body)))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        } catch {
+            throw CLIError("cannot reach the admin API at \(baseURL): \(error)")
+        }
+        let bytes = try await response.body.collect(upTo: 16 * 1024 * 1024)
+        let value = (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null
+        guard (200..<300).contains(Int(response.status.code)) else {
+            let message = value["error"]["message"].stringValue ?? "HTTP \(response.status.code)"
+            let field = value["error"]["field"].stringValue.map { " (\($0))" } ?? ""
+            throw CLIError("\(message)\(field) [HTTP \(response.status.code)]")
+        }
+        return value
+    }
+
+    func output(_ value: JSONValue, columns: [String]) {
+        if json {
+            print(value.jsonText)
+            return
+        }
+        let rows = value.arrayValue ?? [value]
+        var table = [columns]
+        for row in rows {
+            table.append(columns.map { column in
+                switch row[column] {
+                case .null: return "-"
+                case .string(let text): return text
+                case let other: return other.jsonText
+                }
+            })
+        }
+        let widths = columns.indices.map { index in table.map { $0[index].count }.max() ?? 0 }
+        for line in table {
+            print(line.enumerated().map { index, cell in cell.padding(toLength: widths[index], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        }
+    }
+}
+
+/// A failure to report as `error: …` with exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Percent-encodes one path segment (names are validated by the server; this keeps the URL well formed).
+func segment(_ text: String) -> String {
+    text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_."))) ?? text
+}
+
+struct TenantsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenants",
+        abstract: "List, create, disable and enable tenants (through a coordinator's admin API).",
+        subcommands: [List.self, Create.self, Disable.self, Enable.self]
+    )
+
+    static let columns = ["name", "disabled", "stream", "createdAt"]
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List tenants.")
+        @OptionGroup var admin: AdminOptions
+        func run() async throws { admin.output(try await admin.call("GET", "/v1/admin/tenants"), columns: TenantsCommand.columns) }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a tenant with its own stream and consumers.")
+        @OptionGroup var admin: AdminOptions
+        @Argument(help: "Tenant name: a-z, 0-9, _ and -, at most 64 characters.") var name: String
+        func run() async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants", body: ["name": .string(name)]), columns: TenantsCommand.columns)
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable a tenant: its keys stop working, its handlers and schedules stop; data stays.")
+        @OptionGroup var admin: AdminOptions
+        @Argument var name: String
+        func run() async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(name))/disable"), columns: TenantsCommand.columns)
+        }
+    }
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enable a disabled tenant.")
+        @OptionGroup var admin: AdminOptions
+        @Argument var name: String
+        func run() async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(name))/enable"), columns: TenantsCommand.columns)
+        }
+    }
+}
+
+struct KeysCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys",
+        abstract: "List, create, rotate and revoke a tenant's API keys. A new key is shown once.",
+        subcommands: [List.self, Create.self, Rotate.self, Revoke.self]
+    )
+
+    static let columns = ["id", "tenant", "createdAt", "revokedAt"]
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a tenant's keys (ids only; keys are stored as hashes).")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String
+        func run() async throws {
+            admin.output(try await admin.call("GET", "/v1/admin/tenants/\(segment(tenant))/keys"), columns: KeysCommand.columns)
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a key; it is printed once.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String
+        func run() async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/keys"), columns: ["id", "tenant", "key"])
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Issue a new key and revoke the given one; the new key is printed once.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String
+        @Argument(help: "Id of the key to replace.") var id: String
+        func run() async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))/rotate"), columns: ["id", "tenant", "key"])
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a key (ingress nodes stop accepting it within seconds).")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String
+        @Argument(help: "Id of the key.") var id: String
+        func run() async throws {
+            admin.output(try await admin.call("DELETE", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))"), columns: KeysCommand.columns)
+        }
+    }
+}
+
+struct SchedulesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "schedules",
+        abstract: "List, pause, resume, retime and trigger a tenant's schedules.",
+        subcommands: [List.self, Pause.self, Resume.self, Trigger.self, Set.self, Reset.self]
+    )
+
+    static let columns = ["name", "schedule", "timeZone", "paused", "catchUp", "lastFire", "nextFire"]
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the app's schedules for a tenant.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        func run() async throws {
+            admin.output(try await admin.call("GET", "/v1/admin/tenants/\(segment(tenant))/schedules"), columns: SchedulesCommand.columns)
+        }
+    }
+
+    struct Pause: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pause a schedule: its ticks are skipped (not caught up later).")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        @Argument var name: String
+        func run() async throws {
+            admin.output(
+                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/pause"), columns: SchedulesCommand.columns
+            )
+        }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Resume a paused schedule.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        @Argument var name: String
+        func run() async throws {
+            admin.output(
+                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/resume"), columns: SchedulesCommand.columns
+            )
+        }
+    }
+
+    struct Trigger: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Publish a tick now (marked manual), outside the schedule.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        @Argument var name: String
+        func run() async throws {
+            admin.output(
+                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/trigger"),
+                columns: ["schedule", "tenant", "fireTime"]
+            )
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Replace a schedule's timing for one tenant with a cron expression.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        @Option(help: "Cron expression (5 or 6 fields, or @daily and the like).") var cron: String
+        @Option(name: .customLong("time-zone"), help: "IANA time zone, e.g. Europe/Berlin (default: the schedule's).") var timeZone: String?
+        @Argument var name: String
+        func run() async throws {
+            var body: [String: JSONValue] = ["cron": .string(cron)]
+            if let timeZone { body["timeZone"] = .string(timeZone) }
+            admin.output(
+                try await admin.call("PUT", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))", body: .object(body)),
+                columns: SchedulesCommand.columns
+            )
+        }
+    }
+
+    struct Reset: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Go back to the app's own timing for a schedule.")
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        @Argument var name: String
+        func run() async throws {
+            admin.output(
+                try await admin.call("PUT", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))", body: ["cron": .null]),
+                columns: SchedulesCommand.columns
+            )
+        }
+    }
+}
