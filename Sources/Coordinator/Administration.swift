@@ -235,10 +235,23 @@ struct StoreBackend: CoordinatorBackend {
         try await store.tenants().filter { !$0.disabled }.map(\.name)
     }
 
-    /// Rendezvous hashing: each partition belongs to the live worker with the highest
-    /// hash(worker, partition), so a join or leave moves only that worker's share.
-    static func owner(of partition: Int, among workers: [String]) -> String? {
-        workers.max { score($0, partition) < score($1, partition) }
+    /// Rendezvous hashing with bounded load: each partition goes to the live worker with the
+    /// highest hash(worker, partition) that holds fewer than ⌈partitions / workers⌉, so every
+    /// worker gets a fair share and a join or leave moves few partitions. Every coordinator
+    /// computes the same owners from the same members.
+    static func owners(partitions: Int, among workers: [String]) -> [Int: String] {
+        guard !workers.isEmpty else { return [:] }
+        let capacity = (partitions + workers.count - 1) / workers.count
+        var load: [String: Int] = [:]
+        var owners: [Int: String] = [:]
+        for partition in 0..<partitions {
+            let ranked = workers.sorted { score($0, partition) > score($1, partition) }
+            if let owner = ranked.first(where: { load[$0, default: 0] < capacity }) {
+                owners[partition] = owner
+                load[owner, default: 0] += 1
+            }
+        }
+        return owners
     }
 
     static func score(_ worker: String, _ partition: Int) -> UInt64 {
@@ -272,11 +285,12 @@ struct StoreBackend: CoordinatorBackend {
             try await store.releaseLease(name: Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition), holder: request.worker)
         }
         let members = try await store.liveLeases(prefix: prefix).map(\.holder)
+        let owners = Self.owners(partitions: ordering.partitions, among: members)
         let held = Set(request.held).subtracting(request.released)
         var granted: [Int: Int64] = [:]
         var revoke: [Int] = []
         for partition in 0..<ordering.partitions {
-            let mine = Self.owner(of: partition, among: members) == request.worker
+            let mine = owners[partition] == request.worker
             guard mine || held.contains(partition) else { continue }
             let name = Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition)
             if let token = try await store.acquireLease(name: name, holder: request.worker, ttl: partitionLeaseTTL) {

@@ -68,6 +68,21 @@ struct OrderedHandlerTests {
         }
     }
 
+    /// A worker process that has written outputs (waits up to 10 s for one).
+    func activeWorker(_ cluster: ProcessCluster) async throws -> Int32? {
+        let connection = try await NATSConnection.connect(configuration: .init(url: cluster.natsURL), logger: TestNATSServer.logger)
+        defer { Task { await connection.close() } }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            let outputs = try await connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.tbl.ordered_out", headers: [], atLeast: 0, timeout: .seconds(1))
+            let writers = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["pid"].intValue }.map(Int32.init))
+            let workers = await cluster.processIDs()["worker"] ?? []
+            if let pid = workers.first(where: writers.contains) { return pid }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return nil
+    }
+
     @Test("3 worker processes, 10,000 records over 100 keys, one worker killed mid-run: per-key order, each output once")
     func acrossWorkers() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-ordered-\(UUID().uuidString)").path
@@ -76,7 +91,8 @@ struct OrderedHandlerTests {
         specification.healthPort = specification.httpPort + 100
         specification.logLevel = "notice"
         specification.replicas = ["ingress": 1, "worker": 3]
-        specification.environment = ["FIXTURE_HANDLER_DELAY_MS": "20", "AUTONOMOUS_ACK_WAIT": "30"]
+        // A slow handler keeps a backlog, so the killed worker dies in the middle of a batch.
+        specification.environment = ["FIXTURE_HANDLER_DELAY_MS": "300", "AUTONOMOUS_ACK_WAIT": "30"]
         let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
         do {
             let ingress = await cluster.ingressURLs()[0]
@@ -99,10 +115,9 @@ struct OrderedHandlerTests {
                     if !accepted { try await Task.sleep(for: .milliseconds(200)) }
                 }
                 #expect(accepted, "request \(n) was never accepted")
-                if n == 40 {
-                    // Mid-run: kill one worker while it holds partitions.
-                    let pids = await cluster.processIDs()["worker"] ?? []
-                    killedPID = pids.first
+                if n == 50 {
+                    // Mid-run: kill a worker that is processing partitions.
+                    killedPID = try await activeWorker(cluster)
                     if let pid = killedPID { kill(pid, SIGKILL) }
                 }
                 try await Task.sleep(for: .milliseconds(20))
@@ -133,12 +148,13 @@ struct OrderedHandlerTests {
             #expect(outputs.count == total, "each record's output appears exactly once")
             #expect(result.missing == 0 && result.doubled == 0 && result.outOfOrder == 0, "\(result)")
             #expect(pids.count >= 3, "the partitions were spread over the workers")
+            #expect(resumed >= 1, "a partition of the killed worker was taken over with its batch unacknowledged")
             #expect(pids.contains(Int(killedPID ?? 0)), "the killed worker had processed records before it died")
         } catch {
             await cluster.down()
             throw error
         }
         await cluster.down()
-        try? FileManager.default.removeItem(atPath: directory)
+        if ProcessInfo.processInfo.environment["KEEP_TEST_LOGS"] == nil { try? FileManager.default.removeItem(atPath: directory) } else { print("logs in \(directory)") }
     }
 }
