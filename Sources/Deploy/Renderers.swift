@@ -115,6 +115,14 @@ public enum KubernetesRenderer {
         if let workers = deployment.replicas["worker"] {
             lines += patch(kind: "Deployment", name: "worker", operations: [("/spec/replicas", String(workers))])
         }
+        if let coordinators = deployment.replicas["coordinator"], coordinators > 1 {
+            // Standbys: a rolling update keeps one coordinator leading while pods are replaced.
+            lines += patch(
+                kind: "Deployment",
+                name: "coordinator",
+                operations: [("/spec/replicas", String(coordinators)), ("/spec/strategy", "{\"type\": \"RollingUpdate\"}")]
+            )
+        }
         if !deployment.workerGroups.isEmpty {
             let grouped = deployment.workerGroups.flatMap(\.handlers).sorted().joined(separator: ",")
             lines += patch(kind: "Deployment", name: "worker", operations: [("/spec/template/spec/containers/0/args", "[\"worker\", \"--except-handlers\", \"\(grouped)\"]")])
@@ -160,6 +168,7 @@ public enum NomadRenderer {
         lines.append("datacenters = [\"\(deployment.target)\"]")
         lines.append("ingress_count = \(deployment.replicas["ingress"] ?? 2)")
         lines.append("worker_count = \(deployment.replicas["worker"] ?? 2)")
+        lines.append("coordinator_count = \(deployment.replicas["coordinator"] ?? 1)")
         return ["autonomous.vars.hcl": lines.joined(separator: "\n") + "\n"]
     }
 }

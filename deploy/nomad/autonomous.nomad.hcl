@@ -3,6 +3,12 @@
 # Secrets (API keys, signing secrets, the Postgres URL) come from Nomad Variables at
 # nomad/jobs/autonomous; nothing secret is written in this file.
 
+variable "coordinator_count" {
+  type        = number
+  default     = 1
+  description = "Coordinators (one leads; the others stand by). More than 1 needs Postgres."
+}
+
 variable "image" {
   type        = string
   description = "The app image (built with the project's Dockerfile)."
@@ -216,8 +222,9 @@ job "autonomous" {
   }
 
   group "coordinator" {
-    # One coordinator until leader election lands.
-    count = 1
+    # Coordinators elect a leader through a lease in Postgres; more than one (standbys for
+    # failover) needs AUTONOMOUS_POSTGRES_URL, since each one's SQLite would be its own.
+    count = var.coordinator_count
 
     network {
       port "health" {
@@ -228,7 +235,7 @@ job "autonomous" {
     scaling {
       enabled = false
       min     = 1
-      max     = 1
+      max     = 5
     }
 
     service {
