@@ -189,70 +189,60 @@ struct SchedulesCommand: AsyncParsableCommand {
         }
     }
 
-    struct Pause: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Pause a schedule: its ticks are skipped (not caught up later).")
+    /// Options of the commands that act on one schedule of one tenant.
+    struct Target: ParsableArguments {
         @OptionGroup var admin: AdminOptions
         @Option(help: "The tenant.") var tenant: String = "default"
-        @Argument var name: String
-        func run() async throws {
+        @Argument(help: "The schedule's name.") var name: String
+
+        func put(_ body: JSONValue) async throws {
             admin.output(
-                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/pause"), columns: SchedulesCommand.columns
+                try await admin.call("PUT", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))", body: body),
+                columns: SchedulesCommand.columns
             )
         }
+
+        func post(_ action: String, columns: [String] = SchedulesCommand.columns) async throws {
+            admin.output(
+                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/\(action)"),
+                columns: columns
+            )
+        }
+    }
+
+    struct Pause: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pause a schedule: its ticks are skipped (not caught up later).")
+        @OptionGroup var target: Target
+        func run() async throws { try await target.post("pause") }
     }
 
     struct Resume: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Resume a paused schedule.")
-        @OptionGroup var admin: AdminOptions
-        @Option(help: "The tenant.") var tenant: String = "default"
-        @Argument var name: String
-        func run() async throws {
-            admin.output(
-                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/resume"), columns: SchedulesCommand.columns
-            )
-        }
+        @OptionGroup var target: Target
+        func run() async throws { try await target.post("resume") }
     }
 
     struct Trigger: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Publish a tick now (marked manual), outside the schedule.")
-        @OptionGroup var admin: AdminOptions
-        @Option(help: "The tenant.") var tenant: String = "default"
-        @Argument var name: String
-        func run() async throws {
-            admin.output(
-                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))/trigger"),
-                columns: ["schedule", "tenant", "fireTime"]
-            )
-        }
+        @OptionGroup var target: Target
+        func run() async throws { try await target.post("trigger", columns: ["schedule", "tenant", "fireTime"]) }
     }
 
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Replace a schedule's timing for one tenant with a cron expression.")
-        @OptionGroup var admin: AdminOptions
-        @Option(help: "The tenant.") var tenant: String = "default"
+        @OptionGroup var target: Target
         @Option(help: "Cron expression (5 or 6 fields, or @daily and the like).") var cron: String
         @Option(name: .customLong("time-zone"), help: "IANA time zone, e.g. Europe/Berlin (default: the schedule's).") var timeZone: String?
-        @Argument var name: String
         func run() async throws {
             var body: [String: JSONValue] = ["cron": .string(cron)]
             if let timeZone { body["timeZone"] = .string(timeZone) }
-            admin.output(
-                try await admin.call("PUT", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))", body: .object(body)),
-                columns: SchedulesCommand.columns
-            )
+            try await target.put(.object(body))
         }
     }
 
     struct Reset: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Go back to the app's own timing for a schedule.")
-        @OptionGroup var admin: AdminOptions
-        @Option(help: "The tenant.") var tenant: String = "default"
-        @Argument var name: String
-        func run() async throws {
-            admin.output(
-                try await admin.call("PUT", "/v1/admin/tenants/\(segment(tenant))/schedules/\(segment(name))", body: ["cron": .null]),
-                columns: SchedulesCommand.columns
-            )
-        }
+        @OptionGroup var target: Target
+        func run() async throws { try await target.put(["cron": .null]) }
     }
 }

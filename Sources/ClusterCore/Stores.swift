@@ -80,19 +80,10 @@ extension CoordinatorStore {
     }
 }
 
-/// A lease a write must still hold to take effect.
-public struct LeaseFence: Sendable, Hashable {
-    public var name: String
-    public var holder: String
-    public var token: Int64
+/// A lease a write must still hold to take effect (its name, holder and fencing token).
+public typealias LeaseFence = Lease
 
-    public init(name: String, holder: String, token: Int64) {
-        self.name = name
-        self.holder = holder
-        self.token = token
-    }
-}
-
+/// A lease: who holds `name`, under which fencing token.
 public struct Lease: Sendable, Hashable, Codable {
     public var name: String
     public var holder: String

@@ -141,7 +141,7 @@ public final class PostgresStore: CoordinatorStore {
         let seconds = fireTime.timeIntervalSince1970
         if let fence {
             // One statement: the lease check and the write see the same snapshot.
-            let rows = try await client.query(
+            let written = try await returnsRow(
                 """
                 INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire)
                 SELECT \(tenant), \(schedule), \(seconds)
@@ -151,11 +151,8 @@ public final class PostgresStore: CoordinatorStore {
                 )
                 ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
                 RETURNING 1
-                """,
-                logger: logger
+                """
             )
-            var written = false
-            for try await _ in rows.decode(Int.self) { written = true }
             if !written { throw StoreError.fenced("lease '\(fence.name)' is no longer held by \(fence.holder) with token \(fence.token)") }
         } else {
             try await client.query(
@@ -241,12 +238,9 @@ public final class PostgresStore: CoordinatorStore {
     }
 
     public func createTenant(_ name: String) async throws {
-        let rows = try await client.query(
-            "INSERT INTO autonomous_tenants (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING RETURNING 1",
-            logger: logger
+        let created = try await returnsRow(
+            "INSERT INTO autonomous_tenants (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING RETURNING 1"
         )
-        var created = false
-        for try await _ in rows.decode(Int.self) { created = true }
         if !created { throw StoreError.duplicate("tenant '\(name)' already exists") }
     }
 
@@ -263,22 +257,16 @@ public final class PostgresStore: CoordinatorStore {
     }
 
     public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
-        let rows = try await client.query(
-            "UPDATE autonomous_tenants SET disabled = \(disabled) WHERE name = \(name) RETURNING 1",
-            logger: logger
+        let found = try await returnsRow(
+            "UPDATE autonomous_tenants SET disabled = \(disabled) WHERE name = \(name) RETURNING 1"
         )
-        var found = false
-        for try await _ in rows.decode(Int.self) { found = true }
         if !found { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
     public func insertAPIKey(id: String, tenant: String, hash: String) async throws {
-        let rows = try await client.query(
-            "INSERT INTO autonomous_api_keys (id, tenant, hash) SELECT \(id), name, \(hash) FROM autonomous_tenants WHERE name = \(tenant) RETURNING 1",
-            logger: logger
+        let inserted = try await returnsRow(
+            "INSERT INTO autonomous_api_keys (id, tenant, hash) SELECT \(id), name, \(hash) FROM autonomous_tenants WHERE name = \(tenant) RETURNING 1"
         )
-        var inserted = false
-        for try await _ in rows.decode(Int.self) { inserted = true }
         if !inserted { throw StoreError.notFound("no tenant '\(tenant)'") }
     }
 
@@ -295,12 +283,9 @@ public final class PostgresStore: CoordinatorStore {
     }
 
     public func revokeAPIKey(id: String, tenant: String) async throws {
-        let rows = try await client.query(
-            "UPDATE autonomous_api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = \(id) AND tenant = \(tenant) RETURNING 1",
-            logger: logger
+        let found = try await returnsRow(
+            "UPDATE autonomous_api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = \(id) AND tenant = \(tenant) RETURNING 1"
         )
-        var found = false
-        for try await _ in rows.decode(Int.self) { found = true }
         if !found { throw StoreError.notFound("tenant '\(tenant)' has no key '\(id)'") }
     }
 
@@ -319,6 +304,12 @@ public final class PostgresStore: CoordinatorStore {
             )
         }
         return result
+    }
+
+    /// Runs a statement ending in `RETURNING 1`; `true` when it returned a row.
+    private func returnsRow(_ query: PostgresQuery) async throws -> Bool {
+        for try await _ in try await client.query(query, logger: logger).decode(Int.self) { return true }
+        return false
     }
 
     public func close() async throws {
