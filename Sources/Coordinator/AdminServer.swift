@@ -171,7 +171,12 @@ struct AdminResponder: HTTPResponder {
     }
 
     private func parseBody(_ request: Request) async throws -> [String: JSONValue] {
-        let buffer = try await request.body.collect(upTo: 64 * 1024)
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: 64 * 1024)
+        } catch {
+            throw RouteError(status: 413, code: "body_too_large", message: "admin request bodies are at most 64 KiB", field: "body")
+        }
         guard buffer.readableBytes > 0 else { return [:] }
         let value: JSONValue
         do {

@@ -16,14 +16,12 @@ import Synchronization
 public actor HandlerRunner {
     public nonisolated let handler: HandlerDefinition
     public nonisolated let tenant: String
-    private nonisolated let invoker: HandlerInvoker
     private nonisolated let connection: NATSConnection
     private nonisolated let logger: Logger
     private nonisolated let ackWait: Duration
     private nonisolated let stream: String
     private nonisolated let filterSubject: String
     private nonisolated let counters: Counters
-    private nonisolated let tables: [String: TableDefinition]
     private nonisolated let execution: HandlerExecution
 
     public struct Statistics: Sendable, Equatable {
@@ -56,10 +54,8 @@ public actor HandlerRunner {
         logger: Logger
     ) {
         self.handler = handler
-        self.invoker = invoker
         self.tenant = tenant
         self.ackWait = ackWait
-        self.tables = tables
         self.connection = connection
         var logger = logger
         logger[metadataKey: "worker.handler"] = "\(handler.name)"
