@@ -1,4 +1,4 @@
-public import ClusterCore
+import ClusterCore
 import Crypto
 import Foundation
 import Hummingbird

@@ -39,7 +39,7 @@ struct JSONParserTests {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         #expect(throws: JSONParseError.self) { try JSONValue(parsing: deep) }
         let bytes = Array(deep.utf8)
-        bytes.withUnsafeBufferPointer { buffer in
+        _ = bytes.withUnsafeBufferPointer { buffer in
             #expect(throws: JSONParseError.self) { try JSONParser.validate(buffer) }
         }
     }
