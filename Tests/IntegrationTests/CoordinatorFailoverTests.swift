@@ -37,7 +37,7 @@ struct CoordinatorFailoverTests {
             var takeovers: [Double] = []
             var tokens: [Int64] = [try await leader()!.token]
             for _ in 0..<2 {
-                try await Task.sleep(for: .seconds(6))
+                try await Task.sleep(for: .seconds(7))
                 let old = try #require(try await leader())
                 let pid = try #require(Self.pid(of: old.holder))
                 let coordinators = await cluster.processIDs()["coordinator"] ?? []
