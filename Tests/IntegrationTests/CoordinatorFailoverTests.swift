@@ -59,7 +59,7 @@ struct CoordinatorFailoverTests {
                 #expect(taken.token > old.token, "the fencing token grows")
                 #expect(elapsed.inSeconds <= ttl, "took over after \(elapsed)")
             }
-            try await Task.sleep(for: .seconds(6))
+            try await Task.sleep(for: .seconds(8))
             let end = Date()
             print("failover: takeovers after \(takeovers.map { String(format: "%.2f s", $0) }) (lease TTL \(ttl) s), tokens \(tokens)")
 
