@@ -1,0 +1,542 @@
+import AsyncHTTPClient
+import ClusterCore
+import Deploy
+import Foundation
+import Histogram
+import Logging
+import NATS
+import NIOCore
+
+/// The scenarios. Each starts its own cluster (fresh nats-server and processes) and stops it.
+struct Bench: Sendable {
+    let app: String
+    let rawPipeline: String
+    let records: Int
+    let httpRecords: Int
+    let recordsPerRequest: Int
+    let seconds: Int
+    let smoke: Bool
+    let logger: Logger
+
+    static let adminToken = "load-admin-token-0123456789"
+
+    // MARK: Baselines
+
+    /// The nats.c pipeline (LoadTests/raw/pipeline.c) against its own fresh nats-server.
+    func raw() async throws -> RawResult {
+        let directory = Self.scratch("raw")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
+        let output: String
+        do {
+            output = try await Self.run(rawPipeline, [server.url, String(records), "2", "1024"])
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+        let value = try JSONParser.parse(Array(output.utf8))
+        guard let rate = value["events_per_second"].doubleValue, value["outputs"].intValue == records else {
+            throw RunnerError("raw pipeline failed: \(output)")
+        }
+        let result = RawResult(eventsPerSecond: rate, publishPerSecond: value["publish_per_second"].doubleValue ?? 0, events: records)
+        print(String(format: "raw nats.c pipeline: %.0f events/s", rate))
+        return result
+    }
+
+    /// A static answer from nginx under the same wrk load as scenario c.
+    func nginx() async throws -> NginxResult {
+        let directory = Self.scratch("nginx")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = Int.random(in: 20_000..<40_000)
+        for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            try FileManager.default.createDirectory(atPath: "\(directory)/\(sub)", withIntermediateDirectories: true)
+        }
+        let config = """
+            worker_processes 2;
+            daemon off;
+            pid \(directory)/nginx.pid;
+            error_log \(directory)/error.log;
+            events { worker_connections 1024; }
+            http {
+                access_log off;
+                keepalive_requests 100000000;
+                client_body_temp_path \(directory)/body;
+                proxy_temp_path \(directory)/proxy;
+                fastcgi_temp_path \(directory)/fastcgi;
+                uwsgi_temp_path \(directory)/uwsgi;
+                scgi_temp_path \(directory)/scgi;
+                server {
+                    listen 127.0.0.1:\(port);
+                    location / { default_type application/json; return 200 '{"ok":true}'; }
+                }
+            }
+            """
+        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+        let nginx = Process()
+        nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        nginx.arguments = ["-c", directory + "/nginx.conf", "-p", directory]
+        nginx.standardOutput = FileHandle.nullDevice
+        nginx.standardError = FileHandle.nullDevice
+        try nginx.run()
+        defer {
+            nginx.terminate()
+            nginx.waitUntilExit()
+        }
+        try await Self.waitForHTTP("http://127.0.0.1:\(port)/")
+        let wrk = try await Self.wrk(url: "http://127.0.0.1:\(port)/", seconds: seconds, directory: directory)
+        print(String(format: "static nginx: %.0f requests/s", wrk.requestsPerSecond))
+        return NginxResult(requestsPerSecond: wrk.requestsPerSecond, p99Milliseconds: wrk.p99Milliseconds)
+    }
+
+    // MARK: Scenarios a, d, e: records published straight to JetStream
+
+    func publishScenario(name: String, title: String, workers: Int, chain: Bool) async throws -> ScenarioResult {
+        try await withCluster(name, workers: workers, ingress: 0) { cluster, connection in
+            let input = chain ? "chain_in" : "events"
+            let output = chain ? "chain_out" : "events_out"
+            let tables = chain ? 4 : 2
+            let start = ContinuousClock.now
+            try await Self.publish(records, table: input, tenant: "default", connection: connection)
+            let elapsed = try await Self.waitForMessages(records * tables, stream: "AUT_DEFAULT", connection: connection, since: start)
+            let (audit, toHandler, toOutput) = try await Self.audit(output, tenant: "default", expected: records, connection: connection, sentTimes: nil)
+            return ScenarioResult(
+                name: name,
+                title: title,
+                baseline: "raw",
+                unit: chain ? "records/s through 3 handlers" : "records/s",
+                rate: Double(records) / elapsed.inSeconds,
+                seconds: elapsed.inSeconds,
+                audit: audit,
+                toHandlerStart: chain ? nil : toHandler,
+                toOutput: toOutput
+            )
+        }
+    }
+
+    // MARK: Scenario b: NDJSON batches through the ingress
+
+    func ndjsonScenario(name: String, paceRecordsPerSecond: Double?) async throws -> ScenarioResult {
+        try await withCluster(name, workers: 1, ingress: 1) { cluster, connection in
+            let ingress = await cluster.ingressURLs()[0]
+            let perRequest = recordsPerRequest
+            let requests = max(1, httpRecords / perRequest)
+            let total = requests * perRequest
+            let concurrency = 4
+            let completions = RequestTimes(count: requests)
+            let start = ContinuousClock.now
+            let interval: Duration? = paceRecordsPerSecond.map { .nanoseconds(Int64(1e9 * Double(perRequest) / max(1, $0))) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for lane in 0..<concurrency {
+                    group.addTask {
+                        var request = lane
+                        while request < requests {
+                            if let interval {
+                                // Paced: request r is due at start + r × interval.
+                                let due = start + interval * request
+                                if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
+                            }
+                            let body = (0..<perRequest).map { i in Self.event(seq: request * perRequest + i, request: request) }.joined(separator: "\n")
+                            try await Self.post(ingress + "/v1/tables/events/records", body: body, contentType: "application/x-ndjson", key: "req-\(request)")
+                            completions.record(request)
+                            request += concurrency
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let elapsed = try await Self.waitForMessages(total * 2, stream: "AUT_DEFAULT", connection: connection, since: start)
+            let (audit, toHandler, toOutput) = try await Self.audit("events_out", tenant: "default", expected: total, connection: connection, sentTimes: completions)
+            return ScenarioResult(
+                name: name,
+                title: paceRecordsPerSecond == nil
+                    ? "NDJSON \(perRequest)/request through the ingress (max load)"
+                    : String(format: "NDJSON paced at half the max (%.0f records/s)", paceRecordsPerSecond!),
+                baseline: "raw",
+                unit: "records/s",
+                rate: Double(total) / elapsed.inSeconds,
+                seconds: elapsed.inSeconds,
+                audit: audit,
+                toHandlerStart: toHandler,
+                toOutput: toOutput
+            )
+        }
+    }
+
+    // MARK: Scenario c: single-record POSTs at 64 connections (wrk)
+
+    func singlePostScenario() async throws -> ScenarioResult {
+        try await withCluster("c", workers: 1, ingress: 1) { cluster, connection in
+            let ingress = await cluster.ingressURLs()[0]
+            let directory = Self.scratch("wrk")
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let wrk = try await Self.wrk(url: ingress + "/v1/tables/events/records", seconds: seconds, directory: directory)
+            // Every 2xx is a stored record; requests cut off when wrk stopped may be stored too.
+            let stored = try await connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.tbl.events", headers: [], atLeast: wrk.completed, timeout: .seconds(60)).count
+            _ = try await Self.waitForMessages(stored * 2, stream: "AUT_DEFAULT", connection: connection, since: .now)
+            var (audit, _, _) = try await Self.audit("events_out", tenant: "default", expected: stored, connection: connection, sentTimes: nil, byCause: true)
+            audit.ok = audit.ok && stored >= wrk.completed && wrk.errors == 0
+            return ScenarioResult(
+                name: "c",
+                title: "single-record POSTs, wrk -c64, 2xx after PubAck",
+                baseline: "nginx",
+                unit: "requests/s",
+                rate: wrk.requestsPerSecond,
+                seconds: Double(seconds),
+                audit: audit,
+                notes: ["http p99": String(format: "%.2f ms", wrk.p99Milliseconds), "non-2xx": String(wrk.errors)]
+            )
+        }
+    }
+
+    // MARK: Scenario f: a flooding tenant and a light one
+
+    func tenantsScenario() async throws -> ScenarioResult {
+        try await withCluster("f", workers: 1, ingress: 1) { cluster, connection in
+            let ingress = await cluster.ingressURLs()[0]
+            let admin = "http://127.0.0.1:\(cluster.specification.healthPort)"
+            var keys: [String: String] = [:]
+            for tenant in ["flood", "light"] {
+                _ = try await Self.adminCall("POST", admin + "/v1/admin/tenants", body: #"{"name":"\#(tenant)"}"#)
+                let key = try await Self.adminCall("POST", admin + "/v1/admin/tenants/\(tenant)/keys", body: nil)
+                keys[tenant] = key["key"].stringValue
+            }
+            let lightKey = keys["light"]
+            let floodKey = keys["flood"]
+            let perRequest = recordsPerRequest
+            // Workers pick new tenants up within their refresh interval.
+            try await Task.sleep(for: .seconds(3))
+            let lightRate = 50
+            let lightSeconds = smoke ? 2 : 5
+            func light(_ label: String, offset: Int) async throws -> (Histogram<UInt64>, Int) {
+                var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+                let count = lightRate * lightSeconds
+                let start = ContinuousClock.now
+                for i in 0..<count {
+                    try await Task.sleep(until: start + .milliseconds(1000 / lightRate) * i, clock: .continuous)
+                    let sent = ContinuousClock.now
+                    try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: offset + i, request: 0), contentType: "application/json", key: nil, apiKey: lightKey)
+                    _ = histogram.record(UInt64((ContinuousClock.now - sent).inSeconds * 1_000_000))
+                }
+                return (histogram, count)
+            }
+            let (alone, aloneCount) = try await light("alone", offset: 0)
+            let flooding = Task {
+                var sent = 0
+                var request = 0
+                while !Task.isCancelled {
+                    let body = (0..<perRequest).map { i in Self.event(seq: request * perRequest + i, request: request) }.joined(separator: "\n")
+                    try? await Self.post(ingress + "/v1/tables/events/records", body: body, contentType: "application/x-ndjson", key: "flood-\(request)", apiKey: floodKey)
+                    sent += perRequest
+                    request += 1
+                }
+                return sent
+            }
+            try await Task.sleep(for: .seconds(1))
+            let (loaded, loadedCount) = try await light("with flood", offset: 1_000_000)
+            flooding.cancel()
+            let flooded = await flooding.value
+            let lightTotal = aloneCount + loadedCount
+            _ = try await Self.waitForMessages(lightTotal * 2, stream: "AUT_LIGHT", connection: connection, since: .now)
+            let (audit, _, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: nil)
+            let aloneP99 = Latency(alone).p99
+            let loadedP99 = Latency(loaded).p99
+            return ScenarioResult(
+                name: "f",
+                title: "light tenant (50 req/s) while another floods",
+                baseline: "none",
+                unit: "× its p99 alone",
+                rate: loadedP99 / max(0.001, aloneP99),
+                seconds: Double(lightSeconds * 2),
+                audit: audit,
+                toHandlerStart: nil,
+                toOutput: nil,
+                notes: [
+                    "light p99 alone": String(format: "%.2f ms", aloneP99),
+                    "light p99 with flood": String(format: "%.2f ms", loadedP99),
+                    "flood records sent": String(flooded),
+                ]
+            )
+        }
+    }
+
+    // MARK: Cluster
+
+    func withCluster<T: Sendable>(
+        _ name: String,
+        workers: Int,
+        ingress: Int,
+        _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> T
+    ) async throws -> T {
+        let directory = Self.scratch("cluster-\(name)")
+        var specification = ProcessCluster.Specification(app: app, directory: directory)
+        specification.httpPort = Int.random(in: 20_000..<40_000)
+        specification.healthPort = specification.httpPort + 100
+        specification.logLevel = "warning"
+        specification.replicas = ["ingress": ingress, "worker": workers]
+        specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]
+        let cluster = try await ProcessCluster.up(specification, logger: logger)
+        var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+        configuration.publishTimeout = .seconds(30)
+        let connection: NATSConnection
+        do {
+            connection = try await NATSConnection.connect(configuration: configuration, logger: logger)
+        } catch {
+            await cluster.down()
+            throw error
+        }
+        do {
+            let result = try await body(cluster, connection)
+            await connection.close()
+            await cluster.down()
+            try? FileManager.default.removeItem(atPath: directory)
+            return result
+        } catch {
+            await connection.close()
+            await cluster.down()
+            print("scenario \(name) failed; logs kept in \(directory)/logs")
+            throw error
+        }
+    }
+
+    // MARK: Helpers
+
+    static func scratch(_ name: String) -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("aut-load-\(name)-\(UUID().uuidString.prefix(8))").path
+    }
+
+    static func nanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    /// A ~200-byte event like the raw pipeline's.
+    static func event(seq: Int, request: Int, sent: Int64? = nil) -> String {
+        var text = #"{"order_id":"o-\#(seq)","customer":"c\#(seq % 100)","items":[{"sku":"s-\#(seq % 1000)","quantity":\#(1 + seq % 7),"unit_price":\#(seq % 500).5}],"currency":"EUR","seq":\#(seq),"req":\#(request)"#
+        if let sent { text += #","sent_ns":\#(sent)"# }
+        return text + "}"
+    }
+
+    /// Publishes `count` events to a table, as any NATS producer would (docs/wire.md).
+    static func publish(_ count: Int, table: String, tenant: String, connection: NATSConnection) async throws {
+        let chunk = 4096
+        let subject = Wire.tableSubject(tenant: tenant, table: table)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var inFlight = 0
+            for first in stride(from: 0, to: count, by: chunk) {
+                if inFlight == 2 {
+                    try await group.next()
+                    inFlight -= 1
+                }
+                let sent = nanoseconds()
+                let messages = (first..<min(count, first + chunk)).map { seq in
+                    OutgoingMessage(
+                        subject: subject,
+                        payload: ByteBuffer(string: event(seq: seq, request: 0, sent: sent)),
+                        headers: [("Nats-Msg-Id", "ld-\(table)-\(seq)"), ("Aut-Table", table), ("Aut-Tenant", tenant), ("Aut-Type", "json@1")]
+                    )
+                }
+                group.addTask { _ = try await connection.publish(messages) }
+                inFlight += 1
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Waits until `stream` holds `count` messages; returns the time since `since`.
+    static func waitForMessages(_ count: Int, stream: String, connection: NATSConnection, since: ContinuousClock.Instant, timeout: Duration = .seconds(300)) async throws -> Duration {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let state = try await connection.streamState(stream), state.messages >= UInt64(count) {
+                return ContinuousClock.now - since
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        throw RunnerError("\(stream) did not reach \(count) messages within \(timeout)")
+    }
+
+    /// Reads every output: exactly one per input (by `seq`), and the latencies they carry.
+    static func audit(
+        _ table: String,
+        tenant: String,
+        expected: Int,
+        connection: NATSConnection,
+        sentTimes: RequestTimes?,
+        byCause: Bool = false
+    ) async throws -> (Audit, Latency?, Latency?) {
+        let outputs = try await connection.readAll(
+            stream: Wire.streamName(tenant: tenant),
+            subject: Wire.tableSubject(tenant: tenant, table: table),
+            headers: ["Aut-Caused-By"],
+            atLeast: expected,
+            timeout: .seconds(120)
+        )
+        if byCause {
+            // Inputs that all look alike (wrk sends one body): one output per input record id.
+            let causes = Set(outputs.compactMap { $0.headerValues[0] })
+            let audit = Audit(expected: expected, found: outputs.count, unique: causes.count, ok: outputs.count == expected && causes.count == expected)
+            return (audit, nil, nil)
+        }
+        var seen = Set<Int64>()
+        var toHandler = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+        var toOutput = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+        var timed = false
+        for output in outputs {
+            guard let value = try? JSONParser.parse(output.payload) else { continue }
+            var event = value["event"]
+            // Chains nest the event once per step.
+            while case .object = event["event"] { event = event["event"] }
+            guard let seq = event["seq"].intValue else { continue }
+            seen.insert(Int64(seq))
+            let reference: Int64?
+            if let sentTimes, let request = event["req"].intValue {
+                reference = sentTimes.time(of: request)
+            } else {
+                reference = event["sent_ns"].intValue.map(Int64.init)
+            }
+            if let reference, let start = value["handler_start_ns"].intValue {
+                timed = true
+                _ = toHandler.record(UInt64(max(0, (Int64(start) - reference) / 1000)))
+                _ = toOutput.record(UInt64(max(0, (output.timestamp - reference) / 1000)))
+            }
+        }
+        let audit = Audit(expected: expected, found: outputs.count, unique: seen.count, ok: outputs.count == expected && seen.count == expected)
+        return (audit, timed ? Latency(toHandler) : nil, timed ? Latency(toOutput) : nil)
+    }
+
+    static func post(_ url: String, body: String, contentType: String, key: String?, apiKey: String? = nil) async throws {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: contentType)
+        if let key { request.headers.add(name: "Idempotency-Key", value: key) }
+        if let apiKey { request.headers.add(name: "Authorization", value: "Bearer \(apiKey)") }
+        request.body = .bytes(ByteBuffer(string: body))
+        for attempt in 1...50 {
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            _ = try await response.body.collect(upTo: 1 << 20)
+            if (200..<300).contains(response.status.code) { return }
+            if attempt == 50 || ![429, 503].contains(response.status.code) {
+                throw RunnerError("POST \(url) answered \(response.status.code)")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    static func adminCall(_ method: String, _ url: String, body: String?) async throws -> JSONValue {
+        var request = HTTPClientRequest(url: url)
+        request.method = .init(rawValue: method)
+        request.headers.add(name: "Authorization", value: "Bearer \(adminToken)")
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        guard (200..<300).contains(response.status.code) else { throw RunnerError("\(method) \(url) answered \(response.status.code)") }
+        return try JSONParser.parse(Array(bytes.readableBytesView))
+    }
+
+    static func waitForHTTP(_ url: String) async throws {
+        for _ in 0..<100 {
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)), response.status.code == 200 { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw RunnerError("\(url) did not answer")
+    }
+
+    struct WrkResult {
+        var requestsPerSecond: Double
+        var p99Milliseconds: Double
+        var completed: Int
+        var errors: Int
+    }
+
+    /// wrk -t2 -c64 POSTing one ~200-byte JSON record per request.
+    static func wrk(url: String, seconds: Int, directory: String) async throws -> WrkResult {
+        let script = directory + "/post.lua"
+        try """
+            wrk.method = "POST"
+            wrk.body = '\(event(seq: 1, request: 0))'
+            wrk.headers["Content-Type"] = "application/json"
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        let output = try await run("/usr/bin/wrk", ["-t2", "-c64", "-d\(seconds)s", "--latency", "-s", script, url])
+        func number(after label: String) -> Double? {
+            guard let line = output.split(separator: "\n").first(where: { $0.contains(label) }) else { return nil }
+            return line.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: CharacterSet.letters.union(.whitespaces))) }.first
+        }
+        guard let rate = number(after: "Requests/sec:") else { throw RunnerError("cannot read wrk's output:\n\(output)") }
+        var p99 = 0.0
+        if let line = output.split(separator: "\n").first(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("99%") }) {
+            let text = String(line.split(separator: " ").last ?? "")
+            if text.hasSuffix("us") { p99 = (Double(text.dropLast(2)) ?? 0) / 1000 } else if text.hasSuffix("ms") { p99 = Double(text.dropLast(2)) ?? 0 } else if text.hasSuffix("s") {
+                p99 = (Double(text.dropLast(1)) ?? 0) * 1000
+            }
+        }
+        let completedLine = output.split(separator: "\n").first { $0.contains("requests in") }
+        let completed = completedLine.flatMap { Int($0.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") } ?? 0
+        let errorsLine = output.split(separator: "\n").first { $0.contains("Non-2xx") }
+        let errors = errorsLine.flatMap { Int($0.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") } ?? 0
+        return WrkResult(requestsPerSecond: rate, p99Milliseconds: p99, completed: completed, errors: errors)
+    }
+
+    /// Runs a program to completion on a thread of its own and returns its standard output.
+    static func run(_ executable: String, _ arguments: [String]) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: executable)
+                process.arguments = arguments
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = FileHandle.standardError
+                do {
+                    try process.run()
+                } catch {
+                    continuation.resume(throwing: RunnerError("cannot run \(executable): \(error)"))
+                    return
+                }
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                process.waitUntilExit()
+                let text = String(decoding: data, as: UTF8.self)
+                if process.terminationStatus == 0 {
+                    continuation.resume(returning: text)
+                } else {
+                    continuation.resume(throwing: RunnerError("\(executable) exited with \(process.terminationStatus): \(text)"))
+                }
+            }
+        }
+    }
+}
+
+/// When each request of scenario b got its 2xx (nanoseconds since 1970).
+final class RequestTimes: Sendable {
+    private let times: [Atomic64]
+
+    init(count: Int) {
+        times = (0..<count).map { _ in Atomic64() }
+    }
+
+    func record(_ request: Int) { times[request].store(Bench.nanoseconds()) }
+
+    func time(of request: Int) -> Int64? {
+        guard request >= 0 && request < times.count else { return nil }
+        let value = times[request].load()
+        return value == 0 ? nil : value
+    }
+}
+
+import Synchronization
+
+/// An Int64 that lanes write and the audit reads (one writer per slot, read after all finished).
+final class Atomic64: Sendable {
+    private let value = Atomic<Int64>(0)
+    func store(_ new: Int64) { value.store(new, ordering: .relaxed) }
+    func load() -> Int64 { value.load(ordering: .relaxed) }
+}
+
+struct RunnerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,216 @@
+import ArgumentParser
+import AsyncHTTPClient
+import ClusterCore
+import Deploy
+import Foundation
+import Histogram
+import Logging
+import NATS
+import NIOCore
+
+// Runs the load scenarios against LoadApp started by the `process` deploy engine (nats-server,
+// coordinator, ingress and worker processes, as production runs them), measures the raw
+// ceilings in the same run (a nats.c pipeline doing the same hop, a static nginx answer under
+// the same wrk load), audits every output, and writes a JSON result plus a summary.
+// See LoadTests/README.md.
+
+@main
+struct LoadRunner: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "load-runner",
+        abstract: "Measure Autonomous against raw NATS and nginx on this machine, in one run."
+    )
+
+    @Option(help: "Comma-separated: raw, nginx, a, b, c, d, e, f.")
+    var scenarios = "raw,nginx,a,b,c,d,e,f"
+
+    @Option(help: "Records per run for the publish scenarios (raw, a, d, e).")
+    var records = 200_000
+
+    @Option(name: .customLong("http-records"), help: "Records for the NDJSON scenario (b).")
+    var httpRecords = 200_000
+
+    @Option(name: .customLong("records-per-request"), help: "Records per NDJSON request in scenario b (100-1000).")
+    var recordsPerRequest = 500
+
+    @Option(help: "Seconds of wrk load in scenario c and for nginx.")
+    var seconds = 10
+
+    @Option(help: "Where the JSON result goes.")
+    var out = "LoadTests/results/latest.json"
+
+    @Option(help: "The app binary (build it with -c release).")
+    var app = ".build/release/LoadApp"
+
+    @Option(name: .customLong("raw-pipeline"), help: "The nats.c pipeline binary (LoadTests/run.sh builds it).")
+    var rawPipeline = ".build/loadtests/pipeline"
+
+    @Flag(help: "Tiny counts: checks that every scenario runs and audits, not speed (CI).")
+    var smoke = false
+
+    mutating func run() async throws {
+        var logger = Logger(label: "load")
+        logger.logLevel = .warning
+        if smoke {
+            records = 2_000
+            httpRecords = 2_000
+            recordsPerRequest = 100
+            seconds = 2
+        }
+        let selected = Set(scenarios.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
+        let bench = Bench(
+            app: URL(fileURLWithPath: app).standardizedFileURL.path,
+            rawPipeline: URL(fileURLWithPath: rawPipeline).standardizedFileURL.path,
+            records: records,
+            httpRecords: httpRecords,
+            recordsPerRequest: recordsPerRequest,
+            seconds: seconds,
+            smoke: smoke,
+            logger: logger
+        )
+        var result = RunResult(date: ISO8601.format(Date()), smoke: smoke, machine: Machine.describe())
+        if selected.contains("raw") { result.raw = try await bench.raw() }
+        if selected.contains("nginx") { result.nginx = try await bench.nginx() }
+        let rawRate = result.raw?.eventsPerSecond
+        let nginxRate = result.nginx?.requestsPerSecond
+        func add(_ scenario: ScenarioResult) {
+            var scenario = scenario
+            let baseline: Double? = scenario.baseline == "nginx" ? nginxRate : scenario.baseline == "raw" ? rawRate : nil
+            if let baseline, baseline > 0 {
+                scenario.ratio = scenario.rate / baseline
+            }
+            print(scenario.summary)
+            result.scenarios.append(scenario)
+        }
+        if selected.contains("a") { add(try await bench.publishScenario(name: "a", title: "producer → JetStream → handler → output", workers: 1, chain: false)) }
+        if selected.contains("b") {
+            let full = try await bench.ndjsonScenario(name: "b", paceRecordsPerSecond: nil)
+            add(full)
+            add(try await bench.ndjsonScenario(name: "b-half", paceRecordsPerSecond: full.rate / 2))
+        }
+        if selected.contains("c") { add(try await bench.singlePostScenario()) }
+        if selected.contains("d") { add(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true)) }
+        if selected.contains("e") {
+            for workers in [1, 2, 4] {
+                add(try await bench.publishScenario(name: "e-\(workers)", title: "\(workers) worker process(es)", workers: workers, chain: false))
+            }
+        }
+        if selected.contains("f") { add(try await bench.tenantsScenario()) }
+
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(result)
+        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try data.write(to: URL(fileURLWithPath: out))
+        print("")
+        print(result.summary)
+        print("result: \(out)")
+        let failures = result.scenarios.filter { !$0.audit.ok }
+        if !failures.isEmpty {
+            print("AUDIT FAILED: \(failures.map(\.name).joined(separator: ", ")) lost or doubled records")
+            throw ExitCode(1)
+        }
+    }
+}
+
+// MARK: Results
+
+struct RunResult: Codable {
+    var date: String
+    var smoke: Bool
+    var machine: [String: String]
+    var raw: RawResult?
+    var nginx: NginxResult?
+    var scenarios: [ScenarioResult] = []
+
+    init(date: String, smoke: Bool, machine: [String: String]) {
+        self.date = date
+        self.smoke = smoke
+        self.machine = machine
+    }
+
+    var summary: String {
+        var lines = ["Autonomous load run \(date)\(smoke ? " (smoke: counts too small for speed)" : "")"]
+        if let raw { lines.append(String(format: "  raw nats.c pipeline: %.0f events/s (publish %.0f/s)", raw.eventsPerSecond, raw.publishPerSecond)) }
+        if let nginx { lines.append(String(format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms)", nginx.requestsPerSecond, nginx.p99Milliseconds)) }
+        for scenario in scenarios { lines.append("  " + scenario.summary) }
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct RawResult: Codable {
+    var eventsPerSecond: Double
+    var publishPerSecond: Double
+    var events: Int
+}
+
+struct NginxResult: Codable {
+    var requestsPerSecond: Double
+    var p99Milliseconds: Double
+}
+
+struct Audit: Codable {
+    var expected: Int
+    var found: Int
+    var unique: Int
+    var ok: Bool
+}
+
+struct Latency: Codable {
+    var p50: Double
+    var p90: Double
+    var p99: Double
+    var p999: Double
+    var max: Double
+    var count: UInt64
+
+    init(_ histogram: Histogram<UInt64>) {
+        func ms(_ value: UInt64) -> Double { Double(value) / 1000 }
+        p50 = ms(histogram.valueAtPercentile(50))
+        p90 = ms(histogram.valueAtPercentile(90))
+        p99 = ms(histogram.valueAtPercentile(99))
+        p999 = ms(histogram.valueAtPercentile(99.9))
+        max = ms(histogram.max)
+        count = histogram.totalCount
+    }
+
+    var text: String { String(format: "p50 %.2f / p90 %.2f / p99 %.2f / p99.9 %.2f ms", p50, p90, p99, p999) }
+}
+
+struct ScenarioResult: Codable {
+    var name: String
+    var title: String
+    /// What `rate` is compared with: "raw" (events/s) or "nginx" (requests/s).
+    var baseline: String
+    var unit: String
+    var rate: Double
+    var ratio: Double?
+    var seconds: Double
+    var audit: Audit
+    /// From the ingress 2xx (or the publish) to the handler's start, in milliseconds.
+    var toHandlerStart: Latency?
+    /// From the ingress 2xx (or the publish) to the output's PubAck (stream timestamp).
+    var toOutput: Latency?
+    var notes: [String: String] = [:]
+
+    var summary: String {
+        var text = String(format: rate < 100 ? "%@ %@: %.2f %@" : "%@ %@: %.0f %@", name, title, rate, unit)
+        if let ratio { text += String(format: " = %.2f × %@", ratio, baseline) }
+        if let toHandlerStart { text += "; to handler start " + toHandlerStart.text }
+        if let toOutput { text += String(format: "; to output p99 %.2f ms", toOutput.p99) }
+        for (key, value) in notes.sorted(by: { $0.key < $1.key }) { text += "; \(key) \(value)" }
+        text += audit.ok ? "; audit ok (\(audit.unique)/\(audit.expected))" : "; AUDIT FAILED (found \(audit.found), unique \(audit.unique), expected \(audit.expected))"
+        return text
+    }
+}
+
+enum Machine {
+    static func describe() -> [String: String] {
+        var info: [String: String] = ["cores": String(ProcessInfo.processInfo.activeProcessorCount)]
+        info["memoryGiB"] = String(ProcessInfo.processInfo.physicalMemory / (1 << 30))
+        if let load = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) {
+            info["loadavgAtStart"] = String(load.split(separator: " ").prefix(3).joined(separator: " "))
+        }
+        return info
+    }
+}

@@ -1,0 +1,186 @@
+// The raw ceiling: the same hop Autonomous makes, written directly on nats.c with no framework.
+//
+// A publisher thread publishes N ~200-byte JSON events into stream RAW_IN (JetStream async,
+// Nats-Msg-Id per event); W worker threads share one durable pull consumer, fetch batches,
+// wrap each event into a derived JSON object, publish it to RAW_OUT (Nats-Msg-Id per output),
+// wait for every PubAck of the batch, then ack the inputs. The clock runs from the first
+// publish to the N-th output PubAck. Prints one JSON object.
+//
+//   pipeline <nats-url> <events> <workers> <batch>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *url;
+static long total;
+static int batch;
+static atomic_long outputs_acked;
+static atomic_long inputs_acked;
+static atomic_int failed;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void check(natsStatus s, const char *what) {
+    if (s != NATS_OK) {
+        fprintf(stderr, "%s: %s\n", what, natsStatus_GetText(s));
+        exit(1);
+    }
+}
+
+typedef struct {
+    atomic_int pending;
+} batch_state;
+
+static void out_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure) {
+    (void)js;
+    (void)closure;
+    if (pae != NULL) atomic_fetch_add(&failed, 1);
+    if (pa != NULL) atomic_fetch_add(&outputs_acked, 1);
+    natsMsg_Destroy(msg);
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    natsSubscription *sub = NULL;
+    jsOptions jo;
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    check(natsConnection_ConnectTo(&nc, url), "worker connect");
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.AckHandler = out_ack;
+    check(natsConnection_JetStream(&js, nc, &jo), "worker js");
+    jsSubOptions_Init(&so);
+    so.Stream = "RAW_IN";
+    so.Consumer = "W";
+    check(js_PullSubscribe(&sub, js, "raw.in", "W", NULL, &so, &jerr), "pull subscribe");
+    char body[512];
+    while (atomic_load(&inputs_acked) < total) {
+        natsMsgList list = {0};
+        natsStatus s = natsSubscription_Fetch(&list, sub, batch, 500, &jerr);
+        if (s == NATS_TIMEOUT) continue;
+        check(s, "fetch");
+        for (int i = 0; i < list.Count; i++) {
+            natsMsg *in = list.Msgs[i];
+            const char *id = NULL;
+            natsMsgHeader_Get(in, "Nats-Msg-Id", &id);
+            int len = snprintf(body, sizeof body, "{\"source\":\"%s\",\"handled\":true,\"event\":%.*s}", id ? id : "",
+                               natsMsg_GetDataLength(in), natsMsg_GetData(in));
+            natsMsg *out = NULL;
+            check(natsMsg_Create(&out, "raw.out", NULL, body, len), "create out");
+            char outID[96];
+            snprintf(outID, sizeof outID, "out-%s", id ? id : "x");
+            natsMsgHeader_Set(out, "Nats-Msg-Id", outID);
+            check(js_PublishMsgAsync(js, &out, NULL), "publish out");
+        }
+        // Outputs before acks: wait for every PubAck of this batch.
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 30000;
+        check(js_PublishAsyncComplete(js, &po), "publish complete");
+        for (int i = 0; i < list.Count; i++) {
+            natsMsg_Ack(list.Msgs[i], NULL);
+        }
+        atomic_fetch_add(&inputs_acked, list.Count);
+        natsMsgList_Destroy(&list);
+    }
+    natsSubscription_Destroy(sub);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: pipeline <nats-url> <events> <workers> <batch>\n");
+        return 2;
+    }
+    url = argv[1];
+    total = atol(argv[2]);
+    int workers = atoi(argv[3]);
+    batch = atoi(argv[4]);
+
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    check(natsConnection_ConnectTo(&nc, url), "connect");
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    check(natsConnection_JetStream(&js, nc, &jo), "js");
+    const char *inSubjects[] = {"raw.in"};
+    const char *outSubjects[] = {"raw.out"};
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "RAW_IN";
+    sc.Subjects = inSubjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_FileStorage;
+    sc.Duplicates = 120LL * 1000000000LL;
+    js_DeleteStream(js, "RAW_IN", NULL, NULL);
+    js_DeleteStream(js, "RAW_OUT", NULL, NULL);
+    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add RAW_IN");
+    sc.Name = "RAW_OUT";
+    sc.Subjects = outSubjects;
+    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add RAW_OUT");
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = "W";
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 60LL * 1000000000LL;
+    cc.MaxAckPending = 65536;
+    cc.MaxWaiting = 512;
+    check(js_AddConsumer(NULL, js, "RAW_IN", &cc, NULL, &jerr), "add consumer");
+
+    // Events are built before the clock starts.
+    char **events = malloc(sizeof(char *) * total);
+    int *lengths = malloc(sizeof(int) * total);
+    for (long i = 0; i < total; i++) {
+        events[i] = malloc(256);
+        lengths[i] = snprintf(events[i], 256,
+                              "{\"order_id\":\"o-%08ld\",\"customer\":\"c%ld\",\"items\":[{\"sku\":\"s-%ld\",\"quantity\":%ld,"
+                              "\"unit_price\":%ld.5}],\"currency\":\"EUR\",\"note\":\"raw pipeline event padding\"}",
+                              i, i % 100, i % 1000, 1 + i % 7, i % 500);
+    }
+    pthread_t threads[64];
+    for (int w = 0; w < workers && w < 64; w++) pthread_create(&threads[w], NULL, worker, NULL);
+
+    double start = now_s();
+    char id[32];
+    for (long i = 0; i < total; i++) {
+        natsMsg *msg = NULL;
+        check(natsMsg_Create(&msg, "raw.in", NULL, events[i], lengths[i]), "create");
+        snprintf(id, sizeof id, "evt-%ld", i);
+        natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
+        check(js_PublishMsgAsync(js, &msg, NULL), "publish");
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 60000;
+    check(js_PublishAsyncComplete(js, &po), "publish complete");
+    double published = now_s();
+    while (atomic_load(&outputs_acked) < total) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+        if (now_s() - start > 300) break;
+    }
+    double end = now_s();
+    for (int w = 0; w < workers && w < 64; w++) pthread_join(threads[w], NULL);
+    printf("{\"events\":%ld,\"workers\":%d,\"batch\":%d,\"seconds\":%.4f,\"events_per_second\":%.1f,"
+           "\"publish_per_second\":%.1f,\"outputs\":%ld,\"failed\":%d}\n",
+           total, workers, batch, end - start, total / (end - start), total / (published - start),
+           atomic_load(&outputs_acked), atomic_load(&failed));
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return atomic_load(&outputs_acked) == total && atomic_load(&failed) == 0 ? 0 : 1;
+}
