@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every load scenario once and prints each figure with its ratio to the raw ceilings
+# measured in the same run (see LoadTests/README.md). Usage:
+#
+#   LoadTests/run.sh              # all scenarios (about 5 minutes after the build)
+#   LoadTests/run.sh --smoke      # tiny counts: checks the scenarios and their audits only
+#   LoadTests/run.sh --scenarios raw,a,b
+#
+# Installs what it needs from Debian (nginx-light, wrk, matplotlib, nats-server, libnats-dev),
+# builds LoadApp and the runner in release mode, compiles the nats.c pipeline, runs, and
+# plots LoadTests/results/latest.png from LoadTests/results/latest.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
+command -v nats-server >/dev/null || need+=(nats-server)
+[ -f /usr/include/nats/nats.h ] || need+=(libnats-dev)
+command -v gcc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${need[@]}"
+fi
+
+configuration=release
+for arg in "$@"; do
+  # The smoke run only checks that scenarios run and audit: a debug build is enough.
+  [ "$arg" = "--smoke" ] && configuration=debug
+done
+swift build -c "$configuration" --product LoadApp
+swift build -c "$configuration" --product LoadRunner
+mkdir -p .build/loadtests
+gcc -O2 -o .build/loadtests/pipeline LoadTests/raw/pipeline.c -lnats -lpthread
+
+out=LoadTests/results/latest.json
+".build/$configuration/LoadRunner" --app ".build/$configuration/LoadApp" --raw-pipeline .build/loadtests/pipeline --out "$out" "$@"
+/usr/bin/python3 LoadTests/plot.py "$out" LoadTests/results/latest.png

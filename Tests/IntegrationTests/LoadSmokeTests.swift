@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+
+/// The load runner's smoke mode: every scenario that needs no extra tools (nginx, wrk) runs
+/// with tiny counts and must audit clean. Speed is not checked here (LoadTests/README.md).
+@Suite("Load scenarios, smoke")
+struct LoadSmokeTests {
+    @Test("Scenarios a, b, d, e and f run and find every record exactly once")
+    func smoke() async throws {
+        let build = FaultTests.root.appendingPathComponent(".build/debug").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("aut-load-smoke-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (status, output) = try await runProgram(
+            build + "/LoadRunner",
+            ["--smoke", "--scenarios", "a,b,d,e,f", "--app", build + "/LoadApp", "--out", out]
+        )
+        #expect(status == 0, "\(output)")
+        let result = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out))) as? [String: Any]
+        let scenarios = result?["scenarios"] as? [[String: Any]] ?? []
+        #expect(Set(scenarios.compactMap { $0["name"] as? String }) == ["a", "b", "b-half", "d", "e-1", "e-2", "e-4", "f"])
+        for scenario in scenarios {
+            let audit = scenario["audit"] as? [String: Any]
+            #expect(audit?["ok"] as? Bool == true, "\(scenario["name"] ?? "?"): \(audit ?? [:])")
+        }
+    }
+}
+
+/// Runs a program on a thread of its own and returns its exit status and combined output.
+func runProgram(_ path: String, _ arguments: [String]) async throws -> (Int32, String) {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            do {
+                try process.run()
+            } catch {
+                continuation.resume(throwing: error)
+                return
+            }
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            continuation.resume(returning: (process.terminationStatus, String(decoding: data, as: UTF8.self)))
+        }
+    }
+}
