@@ -276,6 +276,10 @@ struct Bench: Sendable {
         specification.logLevel = "warning"
         specification.replicas = ["ingress": ingress, "worker": workers]
         specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]
+        // Knobs of the app under load, passed through from the runner's environment.
+        for (name, value) in ProcessInfo.processInfo.environment where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {
+            specification.environment[name] = value
+        }
         let cluster = try await ProcessCluster.up(specification, logger: logger)
         var configuration = NATSConnection.Configuration(url: cluster.natsURL)
         configuration.publishTimeout = .seconds(30)
@@ -290,7 +294,11 @@ struct Bench: Sendable {
             let result = try await body(cluster, connection)
             await connection.close()
             await cluster.down()
-            try? FileManager.default.removeItem(atPath: directory)
+            if ProcessInfo.processInfo.environment["LOAD_KEEP_LOGS"] == nil {
+                try? FileManager.default.removeItem(atPath: directory)
+            } else {
+                print("scenario \(name): logs in \(directory)/logs")
+            }
             return result
         } catch {
             await connection.close()

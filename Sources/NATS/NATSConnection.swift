@@ -273,8 +273,10 @@ public final class NATSConnection: Sendable {
         status = js_PublishMsgAsync(jetStream, &msg, &options)
         if status != NATS_OK {
             // The library did not take the message; nobody else will complete this entry.
-            natsMsg_Destroy(msg)
+            // Complete it before freeing the message: once freed, its address (the key) may
+            // be reused by another thread's message.
             tracker.complete(key, result: .failure(.from(status: status, context: "publishing")))
+            natsMsg_Destroy(msg)
         }
     }
 
