@@ -24,26 +24,3 @@ struct LoadSmokeTests {
         }
     }
 }
-
-/// Runs a program on a thread of its own and returns its exit status and combined output.
-func runProgram(_ path: String, _ arguments: [String]) async throws -> (Int32, String) {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            do {
-                try process.run()
-            } catch {
-                continuation.resume(throwing: error)
-                return
-            }
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            continuation.resume(returning: (process.terminationStatus, String(decoding: data, as: UTF8.self)))
-        }
-    }
-}

@@ -184,9 +184,31 @@ func runAutonomousCLI(
 /// ``runAutonomousCLI(_:in:environment:)`` on a thread of its own, for tests whose app runs in
 /// this process (a blocked cooperative thread could starve it).
 func runAutonomousCLIAsync(_ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
+    try await runProgram(FaultTests.root.appendingPathComponent(".build/debug/autonomous").path, arguments, environment: environment)
+}
+
+/// Runs a program on a thread of its own; returns its exit status and combined output.
+func runProgram(_ path: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
     try await withCheckedThrowingContinuation { continuation in
         Thread.detachNewThread {
-            continuation.resume(with: Result { try runAutonomousCLI(arguments, environment: environment) })
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            if !environment.isEmpty {
+                process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+            }
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            do {
+                try process.run()
+            } catch {
+                continuation.resume(throwing: error)
+                return
+            }
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            continuation.resume(returning: (process.terminationStatus, String(decoding: data, as: UTF8.self)))
         }
     }
 }
