@@ -104,22 +104,26 @@ struct TenantsCommand: AsyncParsableCommand {
         }
     }
 
+    /// Options of the commands that act on one tenant.
+    struct Target: ParsableArguments {
+        @OptionGroup var admin: AdminOptions
+        @Argument(help: "The tenant's name.") var name: String
+
+        func post(_ action: String) async throws {
+            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(name))/\(action)"), columns: TenantsCommand.columns)
+        }
+    }
+
     struct Disable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Disable a tenant: its keys stop working, its handlers and schedules stop; data stays.")
-        @OptionGroup var admin: AdminOptions
-        @Argument var name: String
-        func run() async throws {
-            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(name))/disable"), columns: TenantsCommand.columns)
-        }
+        @OptionGroup var target: Target
+        func run() async throws { try await target.post("disable") }
     }
 
     struct Enable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Enable a disabled tenant.")
-        @OptionGroup var admin: AdminOptions
-        @Argument var name: String
-        func run() async throws {
-            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(name))/enable"), columns: TenantsCommand.columns)
-        }
+        @OptionGroup var target: Target
+        func run() async throws { try await target.post("enable") }
     }
 }
 

@@ -14,6 +14,19 @@ struct HandlerExecution: Sendable {
     let connection: NATSConnection
     let logger: Logger
 
+    /// `logger` gets the handler's and tenant's names as metadata.
+    init(handler: HandlerDefinition, invoker: @escaping HandlerInvoker, tenant: String, tables: [String: TableDefinition], connection: NATSConnection, logger: Logger) {
+        self.handler = handler
+        self.invoker = invoker
+        self.tenant = tenant
+        self.tables = tables
+        self.connection = connection
+        var logger = logger
+        logger[metadataKey: "worker.handler"] = "\(handler.name)"
+        logger[metadataKey: "worker.tenant"] = "\(tenant)"
+        self.logger = logger
+    }
+
     /// What the handler's consumer filters on (every partition of a partitioned table).
     static func filterSubject(of handler: HandlerDefinition, tenant: String, tables: [String: TableDefinition]) -> String {
         handler.sourceKind == .table

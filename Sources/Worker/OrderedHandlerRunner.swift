@@ -57,13 +57,11 @@ public final class OrderedHandlerRunner: Sendable {
         self.workerID = workerID
         self.ackWait = ackWait
         self.connection = connection
-        var logger = logger
-        logger[metadataKey: "worker.handler"] = "\(handler.name)"
-        logger[metadataKey: "worker.tenant"] = "\(tenant)"
-        self.logger = logger
+        let execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
+        self.execution = execution
+        self.logger = execution.logger
         self.stream = Wire.streamName(tenant: tenant)
         self.assign = assign
-        self.execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
         let dimensions = [("handler", handler.name)]
         self.processed = Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions)
         self.deadLettered = Counter(label: "autonomous_worker_records_dead_lettered_total", dimensions: dimensions)
