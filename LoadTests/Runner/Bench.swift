@@ -97,7 +97,7 @@ struct Bench: Sendable {
             let output = chain ? "chain_out" : "events_out"
             let tables = chain ? 4 : 2
             let start = ContinuousClock.now
-            try await Self.publish(records, table: input, tenant: "default", connection: connection)
+            let producer = try await produce(records, table: input, tenant: "default", natsURL: cluster.natsURL, connection: connection)
             let elapsed = try await Self.waitForMessages(records * tables, stream: "AUT_DEFAULT", connection: connection, since: start)
             let (audit, toHandler, toOutput) = try await Self.audit(output, tenant: "default", expected: records, connection: connection, sentTimes: nil)
             return ScenarioResult(
@@ -109,9 +109,27 @@ struct Bench: Sendable {
                 seconds: elapsed.inSeconds,
                 audit: audit,
                 toHandlerStart: chain ? nil : toHandler,
-                toOutput: toOutput
+                toOutput: toOutput,
+                notes: ["producer": producer]
             )
         }
+    }
+
+    /// Publishes the events of a publish scenario with the raw pipeline's producer (the same
+    /// program feeds the raw pipeline, so the producer costs the same in both), or from this
+    /// process when that binary is not built (smoke runs). Returns which one ran.
+    func produce(_ count: Int, table: String, tenant: String, natsURL: String, connection: NATSConnection) async throws -> String {
+        guard FileManager.default.isExecutableFile(atPath: rawPipeline) else {
+            try await Self.publish(count, table: table, tenant: tenant, connection: connection)
+            return "swift"
+        }
+        let subject = Wire.tableSubject(tenant: tenant, table: table)
+        let output = try await Self.run(rawPipeline, ["publish", natsURL, subject, String(count), table, tenant])
+        let value = try JSONParser.parse(Array(output.utf8))
+        guard value["published"].intValue == count, value["failed"].intValue == 0 else {
+            throw RunnerError("the producer failed: \(output)")
+        }
+        return "nats.c"
     }
 
     // MARK: Scenario b: NDJSON batches through the ingress

@@ -7,6 +7,15 @@
 // publish to the N-th output PubAck. Prints one JSON object.
 //
 //   pipeline <nats-url> <events> <workers> <batch>
+//
+// It is also the producer of the publish scenarios (a, d, e), so that Autonomous and the raw
+// pipeline are fed by the same program and the producer's cost is the same in both:
+//
+//   pipeline publish <nats-url> <subject> <events> <table> <tenant>
+//
+// publishes <events> JSON events (with "seq" and "sent_ns") to <subject> with the headers a
+// producer sets on the wire (Nats-Msg-Id, Aut-Table, Aut-Tenant, Aut-Type), waits for every
+// PubAck, and prints {"published":N,"failed":F}.
 #include <nats/nats.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -100,7 +109,57 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int publish_only(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: pipeline publish <nats-url> <subject> <events> <table> <tenant>\n");
+        return 2;
+    }
+    const char *subject = argv[3];
+    long count = atol(argv[4]);
+    const char *table = argv[5];
+    const char *tenant = argv[6];
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsOptions jo;
+    check(natsConnection_ConnectTo(&nc, argv[2]), "connect");
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.AckHandler = out_ack;
+    check(natsConnection_JetStream(&js, nc, &jo), "js");
+    char event[320];
+    char id[96];
+    for (long seq = 0; seq < count; seq++) {
+        int length = snprintf(event, sizeof event,
+                              "{\"order_id\":\"o-%ld\",\"customer\":\"c%ld\",\"items\":[{\"sku\":\"s-%ld\",\"quantity\":%ld,"
+                              "\"unit_price\":%ld.5}],\"currency\":\"EUR\",\"seq\":%ld,\"req\":0,\"sent_ns\":%lld}",
+                              seq, seq % 100, seq % 1000, 1 + seq % 7, seq % 500, seq, (long long)now_ns());
+        natsMsg *msg = NULL;
+        check(natsMsg_Create(&msg, subject, NULL, event, length), "create");
+        snprintf(id, sizeof id, "ld-%s-%ld", table, seq);
+        natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
+        natsMsgHeader_Set(msg, "Aut-Table", table);
+        natsMsgHeader_Set(msg, "Aut-Tenant", tenant);
+        natsMsgHeader_Set(msg, "Aut-Type", "json@1");
+        check(js_PublishMsgAsync(js, &msg, NULL), "publish");
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 120000;
+    check(js_PublishAsyncComplete(js, &po), "publish complete");
+    printf("{\"published\":%ld,\"failed\":%d}\n", atomic_load(&outputs_acked), atomic_load(&failed));
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return atomic_load(&outputs_acked) == count && atomic_load(&failed) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "publish") == 0) return publish_only(argc, argv);
     if (argc != 5) {
         fprintf(stderr, "usage: pipeline <nats-url> <events> <workers> <batch>\n");
         return 2;

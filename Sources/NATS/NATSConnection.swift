@@ -495,37 +495,43 @@ public final class NATSConnection: Sendable {
         try await subscribe(stream: stream, consumer: nil, filterSubject: filterSubject, headers: headers)
     }
 
-    /// `js_PullSubscribe`, bound to `consumer`, or creating an ephemeral one when it is nil.
+    /// Binds to `consumer`, or creates an ephemeral consumer when it is nil.
     private func subscribe(stream: String, consumer: String?, filterSubject: String, headers: [String]) async throws -> PullSubscription {
-        let js = UnsafeHandle(jetStream)
-        let handle = try await threadPool.runIfActive { () throws -> UnsafeHandle in
-            var options = jsSubOptions()
-            jsSubOptions_Init(&options)
-            options.ManualAck = true
-            var sub: OpaquePointer?
-            var errCode = jsErrCode(rawValue: 0)
-            let status = stream.withCString { streamName -> natsStatus in
-                options.Stream = streamName
-                guard let consumer else {
-                    options.Config.AckPolicy = js_AckExplicit
-                    options.Config.DeliverPolicy = js_DeliverAll
-                    options.Config.AckWait = Duration.seconds(300).nanoseconds
-                    options.Config.MemoryStorage = true
-                    options.Config.Replicas = 1
-                    options.Config.InactiveThreshold = Duration.seconds(30).nanoseconds
-                    return js_PullSubscribe(&sub, js.pointer, filterSubject, nil, nil, &options, &errCode)
-                }
-                return consumer.withCString { consumerName in
-                    options.Consumer = consumerName
-                    return js_PullSubscribe(&sub, js.pointer, filterSubject, consumerName, nil, &options, &errCode)
-                }
-            }
-            guard status == NATS_OK, let sub else {
-                throw NATSError.from(status: status, jsError: errCode, context: "subscribing to \(consumer ?? "a new reader") on \(stream)")
-            }
-            return UnsafeHandle(sub)
+        guard let consumer else {
+            let name = try await createEphemeralConsumer(stream: stream, filterSubject: filterSubject)
+            return try PullSubscription(connection: self, stream: stream, consumer: name, headerNames: headers, ephemeral: true)
         }
-        return PullSubscription(subscription: handle.pointer, headerNames: headers, connection: self)
+        guard try await consumerState(stream: stream, consumer: consumer) != nil else {
+            throw NATSError(code: .notFound, message: "consumer \(consumer) on \(stream) does not exist")
+        }
+        return try PullSubscription(connection: self, stream: stream, consumer: consumer, headerNames: headers, ephemeral: false)
+    }
+
+    /// Creates a consumer without a durable name (one replica, in memory, removed by the server
+    /// 30 s after its last pull request) and returns the name the server gave it.
+    private func createEphemeralConsumer(stream: String, filterSubject: String) async throws -> String {
+        let js = UnsafeHandle(jetStream)
+        return try await threadPool.runIfActive {
+            var cfg = jsConsumerConfig()
+            jsConsumerConfig_Init(&cfg)
+            cfg.AckPolicy = js_AckExplicit
+            cfg.DeliverPolicy = js_DeliverAll
+            cfg.AckWait = Duration.seconds(300).nanoseconds
+            cfg.MemoryStorage = true
+            cfg.Replicas = 1
+            cfg.InactiveThreshold = Duration.seconds(30).nanoseconds
+            return try filterSubject.withCString { filter in
+                cfg.FilterSubject = filter
+                var info: UnsafeMutablePointer<jsConsumerInfo>?
+                var errCode = jsErrCode(rawValue: 0)
+                let status = js_AddConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
+                defer { jsConsumerInfo_Destroy(info) }
+                guard status == NATS_OK, let info, let name = info.pointee.Name else {
+                    throw NATSError.from(status: status, jsError: errCode, context: "creating a reader on \(stream)")
+                }
+                return String(cString: name)
+            }
+        }
     }
 }
 

@@ -1,4 +1,7 @@
 import CNATS
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
 
 /// A message fetched from a durable pull consumer.
@@ -14,156 +17,447 @@ public struct JetStreamMessage: Sendable {
     public var timestamp: Int64
 }
 
-/// One durable pull consumer binding. Use one per concurrent fetch loop.
+/// A pull consumer binding that speaks the JetStream pull protocol over one core NATS
+/// subscription (no `natsSubscription_Fetch`).
+///
+/// The subscription keeps one pull request open on the server while it is in use: as soon
+/// as ``fetch(maxMessages:timeout:)`` has taken a batch, the next batch is requested, so it
+/// travels while the caller works on the current one. A fetch returns as soon as at least one
+/// message is there: what has arrived by the time the caller runs makes the batch, so a
+/// batch never waits to fill up (low latency when idle, full batches under load).
+///
+/// Messages are copied out of nats.c on its delivery thread and freed there; acks are plain
+/// core publishes to the message's reply subject. Use one subscription per fetch loop.
 public final class PullSubscription: Sendable {
-    // nats.c subscriptions are thread safe; the pointer is freed once, under `closed`, after
-    // the owner's loop has stopped using it.
-    private nonisolated(unsafe) let subscription: OpaquePointer
     public let headerNames: [String]
     private let connection: NATSConnection
+    private let box: PullBox
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`
+    private let nextSubject: String
+    private let inbox: String
+    /// An ephemeral consumer this subscription created and deletes when closed.
+    private let ephemeral: (stream: String, consumer: String)?
+    // nats.c subscriptions are thread safe; the pointer is unsubscribed and destroyed once,
+    // under `closed`, and never used after that.
+    private nonisolated(unsafe) let subscription: OpaquePointer
     private let closed = Mutex(false)
 
-    init(subscription: OpaquePointer, headerNames: [String], connection: NATSConnection) {
-        self.subscription = subscription
-        self.headerNames = headerNames
+    init(
+        connection: NATSConnection,
+        stream: String,
+        consumer: String,
+        headerNames: [String],
+        ephemeral: Bool
+    ) throws(NATSError) {
         self.connection = connection
+        self.headerNames = headerNames
+        self.nextSubject = "$JS.API.CONSUMER.MSG.NEXT.\(stream).\(consumer)"
+        self.ephemeral = ephemeral ? (stream, consumer) : nil
+        var inboxPointer: UnsafeMutablePointer<CChar>?
+        try check(natsInbox_Create(&inboxPointer), "creating an inbox")
+        self.inbox = inboxPointer.map { String(cString: $0) } ?? "_INBOX.pull"
+        natsInbox_Destroy(inboxPointer)
+        let box = PullBox(headerNames: headerNames)
+        self.box = box
+        let retained = Unmanaged.passRetained(box)
+        var sub: OpaquePointer?
+        let status = natsConnection_Subscribe(&sub, connection.rawConnection, inbox + ".*", onPullMessage, retained.toOpaque())
+        guard status == NATS_OK, let sub else {
+            retained.release()
+            throw NATSError.from(status: status, context: "subscribing to the pull inbox")
+        }
+        _ = natsSubscription_SetPendingLimits(sub, -1, -1)
+        let completeStatus = natsSubscription_SetOnCompleteCB(sub, onPullComplete, retained.toOpaque())
+        if completeStatus != NATS_OK {
+            _ = natsSubscription_Unsubscribe(sub)
+            natsSubscription_Destroy(sub)
+            retained.release()
+            throw NATSError.from(status: completeStatus, context: "subscribing to the pull inbox")
+        }
+        self.subscription = sub
     }
 
     deinit {
-        let wasClosed = closed.withLock { $0 }
-        if !wasClosed { natsSubscription_Destroy(subscription) }
+        close()
     }
 
-    /// Fetches up to `maxMessages`, waiting at most `timeout` for the first one.
-    /// Returns an empty batch when nothing arrived in time.
+    /// Returns what has arrived, up to `maxMessages`; when nothing has, waits at most
+    /// `timeout` for the first message. Returns an empty batch when nothing arrived in time.
     public func fetch(maxMessages: Int, timeout: Duration) async throws -> FetchedBatch {
-        let sub = UnsafeHandle(subscription)
-        let names = headerNames
+        let limit = max(1, maxMessages)
         let timeoutMs = max(1, timeout.milliseconds)
-        return try await connection.threadPool.runIfActive {
-            var list = natsMsgList()
-            var errCode = jsErrCode(rawValue: 0)
-            let status = natsSubscription_Fetch(&list, sub.pointer, Int32(maxMessages), timeoutMs, &errCode)
-            defer { natsMsgList_Destroy(&list) }
-            if status == NATS_TIMEOUT && list.Count == 0 { return FetchedBatch(messages: [], handles: []) }
-            if status != NATS_OK && list.Count == 0 {
-                throw NATSError.from(status: status, jsError: errCode, context: "fetching")
-            }
-            var messages: [JetStreamMessage] = []
-            var handles: [OpaquePointer] = []
-            messages.reserveCapacity(Int(list.Count))
-            handles.reserveCapacity(Int(list.Count))
-            for i in 0..<Int(list.Count) {
-                guard let msg = list.Msgs[i] else { continue }
-                list.Msgs[i] = nil  // take ownership; natsMsgList_Destroy skips it
-                var values: [String?] = []
-                values.reserveCapacity(names.count)
-                for name in names {
-                    var value: UnsafePointer<CChar>?
-                    if natsMsgHeader_Get(msg, name, &value) == NATS_OK, let value {
-                        values.append(String(cString: value))
-                    } else {
-                        values.append(nil)
-                    }
-                }
-                var meta: UnsafeMutablePointer<jsMsgMetaData>?
-                var delivered: UInt64 = 1
-                var sequence: UInt64 = 0
-                var timestamp: Int64 = 0
-                if natsMsg_GetMetaData(&meta, msg) == NATS_OK, let meta {
-                    delivered = meta.pointee.NumDelivered
-                    sequence = meta.pointee.Sequence.Stream
-                    timestamp = meta.pointee.Timestamp
-                    jsMsgMetaData_Destroy(meta)
-                }
-                messages.append(
-                    JetStreamMessage(
-                        subject: String(cString: natsMsg_GetSubject(msg)),
-                        payload: copyPayload(msg),
-                        headerValues: values,
-                        deliveryCount: delivered,
-                        streamSequence: sequence,
-                        timestamp: timestamp
-                    )
-                )
-                handles.append(msg)
-            }
-            return FetchedBatch(messages: messages, handles: handles)
+        if closed.withLock({ $0 }) { throw NATSError(code: .connectionClosed, message: "the subscription is closed") }
+        let (taken, request) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs)
+        if let request { try sendPullRequest(request) }
+        if let taken { return try batch(taken) }
+
+        // Nothing there yet: wait for the first message, the request's end, or the deadline
+        // (a request lost with a reconnect never ends by itself).
+        let token = box.newWaitToken()
+        let deadline = Task { [box] in
+            try? await Task.sleep(for: .milliseconds(timeoutMs + 1000))
+            if !Task.isCancelled { box.expire(token) }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            box.wait(token, continuation)
+        }
+        deadline.cancel()
+        let (after, next) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs, requestIfEmpty: false)
+        if let next { try sendPullRequest(next) }
+        return try batch(after ?? [])
+    }
+
+    private func batch(_ taken: [DeliveredMessage]) throws -> FetchedBatch {
+        if taken.isEmpty, let error = box.takeError() { throw error }
+        return FetchedBatch(deliveries: taken, connection: connection)
+    }
+
+    private func sendPullRequest(_ request: PullRequest) throws {
+        if closed.withLock({ $0 }) { return }
+        // `expires` in nanoseconds; the server ends the request then with a 408.
+        let body = "{\"batch\":\(request.batch),\"expires\":\(request.timeoutMs * 1_000_000)}"
+        let status = natsConnection_PublishRequestString(connection.rawConnection, nextSubject, "\(inbox).\(request.id)", body)
+        if status != NATS_OK {
+            box.requestFailed(request.id)
+            throw NATSError.from(status: status, context: "requesting messages from \(nextSubject)")
         }
     }
 
-    /// Stops the subscription. The durable consumer stays; unacknowledged messages are redelivered.
+    /// Stops the subscription. Messages received but not fetched are handed back to the
+    /// server at once (nak); unacknowledged fetched ones are redelivered after the ack wait.
     public func close() {
-        let shouldDestroy = closed.withLock { closed -> Bool in
+        let first = closed.withLock { closed -> Bool in
             defer { closed = true }
             return !closed
         }
-        if shouldDestroy { natsSubscription_Destroy(subscription) }
+        guard first else { return }
+        _ = natsSubscription_Unsubscribe(subscription)
+        natsSubscription_Destroy(subscription)
+        let unfetched = box.close()
+        for message in unfetched {
+            _ = natsConnection_PublishString(connection.rawConnection, message.reply, "-NAK")
+        }
+        if let ephemeral {
+            let connection = self.connection
+            Task { try? await connection.deleteConsumer(stream: ephemeral.stream, consumer: ephemeral.consumer) }
+        }
     }
 }
 
-/// A batch of fetched messages and the handles needed to acknowledge them.
+/// One message as copied out of nats.c, with the subject its ack goes to.
+struct DeliveredMessage: Sendable {
+    var message: JetStreamMessage
+    var reply: String
+}
+
+struct PullRequest: Sendable {
+    var id: UInt64
+    var batch: Int
+    var timeoutMs: Int64
+}
+
+/// The state shared by a subscription's C callback (nats.c delivery thread) and its fetch
+/// loop, under one lock.
+final class PullBox: Sendable {
+    let headerNames: [String]
+
+    private struct Waiter {
+        var token: UInt64
+        var continuation: CheckedContinuation<Void, Never>
+    }
+
+    private struct Outstanding {
+        var id: UInt64
+        var remaining: Int
+    }
+
+    private struct State {
+        var buffer: [DeliveredMessage] = []
+        var outstanding: Outstanding?
+        var waiter: Waiter?
+        var nextID: UInt64 = 0
+        var nextToken: UInt64 = 0
+        var error: NATSError?
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+
+    init(headerNames: [String]) {
+        self.headerNames = headerNames
+    }
+
+    /// Takes up to `limit` buffered messages (nil when there are none) and says which pull
+    /// request to send: the next batch while the caller works on this one, or — with an
+    /// empty buffer and `requestIfEmpty` — the one to wait on.
+    func takeOrRequest(limit: Int, timeoutMs: Int64, requestIfEmpty: Bool = true) -> ([DeliveredMessage]?, PullRequest?) {
+        state.withLock { state in
+            if state.closed { return ([], nil) }
+            var taken: [DeliveredMessage]?
+            if !state.buffer.isEmpty {
+                if state.buffer.count <= limit {
+                    taken = state.buffer
+                    state.buffer.removeAll(keepingCapacity: true)
+                } else {
+                    taken = Array(state.buffer.prefix(limit))
+                    state.buffer.removeFirst(limit)
+                }
+            } else if !requestIfEmpty {
+                taken = []
+            }
+            guard state.outstanding == nil, taken != nil || requestIfEmpty else { return (taken, nil) }
+            let wanted = limit - state.buffer.count
+            guard wanted > 0 else { return (taken, nil) }
+            state.nextID &+= 1
+            state.outstanding = Outstanding(id: state.nextID, remaining: wanted)
+            return (taken, PullRequest(id: state.nextID, batch: wanted, timeoutMs: timeoutMs))
+        }
+    }
+
+    func newWaitToken() -> UInt64 {
+        state.withLock { state in
+            state.nextToken &+= 1
+            return state.nextToken
+        }
+    }
+
+    /// Parks the fetch until a message arrives or the open request ends.
+    func wait(_ token: UInt64, _ continuation: CheckedContinuation<Void, Never>) {
+        let resumeNow = state.withLock { state -> Bool in
+            if state.closed || !state.buffer.isEmpty || state.outstanding == nil { return true }
+            state.waiter = Waiter(token: token, continuation: continuation)
+            return false
+        }
+        if resumeNow { continuation.resume() }
+    }
+
+    /// The fetch's deadline passed: the request is presumed lost.
+    func expire(_ token: UInt64) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let waiter = state.waiter, waiter.token == token else { return nil }
+            state.waiter = nil
+            state.outstanding = nil
+            return waiter
+        }
+        waiter?.continuation.resume()
+    }
+
+    func requestFailed(_ id: UInt64) {
+        state.withLock { state in
+            if state.outstanding?.id == id { state.outstanding = nil }
+        }
+    }
+
+    func takeError() -> NATSError? {
+        state.withLock { state in
+            defer { state.error = nil }
+            return state.error
+        }
+    }
+
+    /// Called on the delivery thread with each message.
+    func deliver(_ message: DeliveredMessage) {
+        let waiter = state.withLock { state -> Waiter? in
+            if state.closed { return nil }
+            state.buffer.append(message)
+            if var outstanding = state.outstanding {
+                outstanding.remaining -= 1
+                state.outstanding = outstanding.remaining > 0 ? outstanding : nil
+            }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.continuation.resume()
+    }
+
+    /// Called on the delivery thread with a status message answering request `id`.
+    func ended(requestID id: UInt64, status: Int, description: String) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard state.outstanding?.id == id else { return nil }
+            state.outstanding = nil
+            // 404 no messages and 408 request expired end a request normally; anything else
+            // (409: consumer deleted, too many waiting requests, leadership change) is reported.
+            if status != 404 && status != 408 {
+                state.error = NATSError(
+                    code: status == 409 && description.lowercased().contains("deleted") ? .notFound : .jetStream,
+                    message: "pull request ended with \(status) \(description)",
+                    jetStreamErrorCode: status
+                )
+            }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.continuation.resume()
+    }
+
+    /// Stops delivery; returns what was received and never fetched.
+    func close() -> [DeliveredMessage] {
+        let (waiter, unfetched) = state.withLock { state -> (Waiter?, [DeliveredMessage]) in
+            state.closed = true
+            defer {
+                state.waiter = nil
+                state.buffer = []
+            }
+            return (state.waiter, state.buffer)
+        }
+        waiter?.continuation.resume()
+        return unfetched
+    }
+}
+
+private let onPullMessage: natsMsgHandler = { _, _, msg, closure in
+    guard let msg else { return }
+    defer { natsMsg_Destroy(msg) }
+    guard let closure else { return }
+    let box = Unmanaged<PullBox>.fromOpaque(closure).takeUnretainedValue()
+    if let reply = natsMsg_GetReply(msg), let metadata = AckSubject(reply) {
+        var values: [String?] = []
+        values.reserveCapacity(box.headerNames.count)
+        for name in box.headerNames {
+            var value: UnsafePointer<CChar>?
+            if natsMsgHeader_Get(msg, name, &value) == NATS_OK, let value {
+                values.append(String(cString: value))
+            } else {
+                values.append(nil)
+            }
+        }
+        box.deliver(
+            DeliveredMessage(
+                message: JetStreamMessage(
+                    subject: String(cString: natsMsg_GetSubject(msg)),
+                    payload: copyPayload(msg),
+                    headerValues: values,
+                    deliveryCount: metadata.delivered,
+                    streamSequence: metadata.streamSequence,
+                    timestamp: metadata.timestamp
+                ),
+                reply: String(cString: reply)
+            )
+        )
+        return
+    }
+    // A status message (no reply subject) on `<inbox>.<request id>`.
+    let subject = String(cString: natsMsg_GetSubject(msg))
+    guard let dot = subject.utf8.lastIndex(of: UInt8(ascii: ".")),
+        let id = UInt64(subject[subject.utf8.index(after: dot)...])
+    else { return }
+    var statusText: UnsafePointer<CChar>?
+    guard natsMsgHeader_Get(msg, "Status", &statusText) == NATS_OK, let statusText, let status = Int(String(cString: statusText)) else {
+        return
+    }
+    // 100: an idle heartbeat or flow control; not the end of anything.
+    if status == 100 { return }
+    var descriptionText: UnsafePointer<CChar>?
+    let description = natsMsgHeader_Get(msg, "Description", &descriptionText) == NATS_OK ? descriptionText.map { String(cString: $0) } ?? "" : ""
+    box.ended(requestID: id, status: status, description: description)
+}
+
+private let onPullComplete: natsOnCompleteCB = { closure in
+    guard let closure else { return }
+    Unmanaged<PullBox>.fromOpaque(closure).release()
+}
+
+/// The numbers JetStream encodes in a message's reply subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+/// or with `<domain>.<account hash>` after `$JS.ACK.` and a random token at the end.
+struct AckSubject {
+    var delivered: UInt64
+    var streamSequence: UInt64
+    var timestamp: Int64
+
+    init?(_ reply: UnsafePointer<CChar>) {
+        let length = strlen(reply)
+        let bytes = UnsafeRawPointer(reply).assumingMemoryBound(to: UInt8.self)
+        let prefix: [UInt8] = Array("$JS.ACK.".utf8)
+        guard length > prefix.count else { return nil }
+        for i in 0..<prefix.count where bytes[i] != prefix[i] { return nil }
+        // Token boundaries after the prefix.
+        var tokens: [(start: Int, end: Int)] = []
+        tokens.reserveCapacity(12)
+        var start = prefix.count
+        for i in prefix.count...length {
+            if i == length || bytes[i] == UInt8(ascii: ".") {
+                tokens.append((start, i))
+                start = i + 1
+            }
+        }
+        // 7 tokens: stream, consumer, delivered, sseq, cseq, time, pending.
+        // 9 or more: domain and account hash first (and maybe a token at the end).
+        let base: Int
+        switch tokens.count {
+        case 7: base = 2
+        case 9...: base = 4
+        default: return nil
+        }
+        func number(_ token: (start: Int, end: Int)) -> UInt64? {
+            guard token.end > token.start else { return nil }
+            var value: UInt64 = 0
+            for i in token.start..<token.end {
+                let digit = bytes[i] &- UInt8(ascii: "0")
+                guard digit < 10 else { return nil }
+                let (times, overflow) = value.multipliedReportingOverflow(by: 10)
+                guard !overflow else { return nil }
+                value = times &+ UInt64(digit)
+            }
+            return value
+        }
+        guard let delivered = number(tokens[base]), let sequence = number(tokens[base + 1]), let time = number(tokens[base + 3]) else {
+            return nil
+        }
+        self.delivered = delivered
+        self.streamSequence = sequence
+        self.timestamp = Int64(clamping: time)
+    }
+}
+
+/// A batch of fetched messages and what is needed to acknowledge them.
 ///
 /// Acknowledge each message once with ``ack(_:)``, ``nak(_:delay:)``, ``term(_:)``;
 /// ``inProgress(_:)`` may be sent any number of times before that.
 public final class FetchedBatch: Sendable {
     public let messages: [JetStreamMessage]
-    /// The natsMsg handles. `@unchecked Sendable` is sound because they are only read or
-    /// changed inside `handles.withLock`, and each is destroyed exactly once (then set to nil).
-    private struct Handles: @unchecked Sendable {
-        var pointers: [OpaquePointer?]
-        subscript(index: Int) -> OpaquePointer? {
-            get { pointers[index] }
-            set { pointers[index] = newValue }
-        }
-    }
+    private let replies: [String]
+    private let connection: NATSConnection?
+    /// Which messages were acknowledged (ack, nak or term) already.
+    private let finished: Mutex<[Bool]>
 
-    private let handles: Mutex<Handles>
-
-    init(messages: [JetStreamMessage], handles: [OpaquePointer]) {
-        self.messages = messages
-        self.handles = Mutex(Handles(pointers: handles.map { Optional($0) }))
-    }
-
-    deinit {
-        handles.withLock { handles in
-            for case let handle? in handles.pointers { natsMsg_Destroy(handle) }
-        }
+    init(deliveries: [DeliveredMessage], connection: NATSConnection?) {
+        self.messages = deliveries.map(\.message)
+        self.replies = deliveries.map(\.reply)
+        self.connection = connection
+        self.finished = Mutex(Array(repeating: false, count: deliveries.count))
     }
 
     public var count: Int { messages.count }
     public var isEmpty: Bool { messages.isEmpty }
 
-    private func finish(_ index: Int, _ body: (OpaquePointer) -> natsStatus) -> natsStatus {
-        handles.withLock { handles -> natsStatus in
-            guard let handle = handles[index] else { return NATS_ILLEGAL_STATE }
-            let status = body(handle)
-            natsMsg_Destroy(handle)
-            handles[index] = nil
-            return status
+    private func send(_ index: Int, _ body: String, final: Bool) -> Bool {
+        guard let connection, replies.indices.contains(index) else { return false }
+        let allowed = finished.withLock { finished -> Bool in
+            if finished[index] { return false }
+            if final { finished[index] = true }
+            return true
         }
+        guard allowed else { return false }
+        return natsConnection_PublishString(connection.rawConnection, replies[index], body) == NATS_OK
     }
 
     /// Acknowledges message `index` (it will not be redelivered).
     @discardableResult
-    public func ack(_ index: Int) -> Bool { finish(index) { natsMsg_Ack($0, nil) } == NATS_OK }
+    public func ack(_ index: Int) -> Bool { send(index, "+ACK", final: true) }
 
     /// Asks for redelivery of message `index` after `delay`.
     @discardableResult
     public func nak(_ index: Int, delay: Duration) -> Bool {
-        finish(index) { natsMsg_NakWithDelay($0, max(0, delay.milliseconds), nil) } == NATS_OK
+        let nanoseconds = max(0, delay.nanoseconds)
+        return send(index, nanoseconds > 0 ? "-NAK {\"delay\":\(nanoseconds)}" : "-NAK", final: true)
     }
 
     /// Tells the server never to redeliver message `index`.
     @discardableResult
-    public func term(_ index: Int) -> Bool { finish(index) { natsMsg_Term($0, nil) } == NATS_OK }
+    public func term(_ index: Int) -> Bool { send(index, "+TERM", final: true) }
 
     /// Resets the ack timer of message `index` (a handler is still working on it).
     @discardableResult
-    public func inProgress(_ index: Int) -> Bool {
-        handles.withLock { handles -> Bool in
-            guard let handle = handles[index] else { return false }
-            return natsMsg_InProgress(handle, nil) == NATS_OK
-        }
-    }
+    public func inProgress(_ index: Int) -> Bool { send(index, "+WPI", final: false) }
 }

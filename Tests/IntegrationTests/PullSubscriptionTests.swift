@@ -1,0 +1,151 @@
+import AutonomousTesting
+import Foundation
+import NATS
+import NIOCore
+import Testing
+
+/// The pull protocol Autonomous speaks itself over core NATS (no `natsSubscription_Fetch`).
+@Suite("Pull subscriptions against a real nats-server")
+struct PullSubscriptionTests {
+    static func setUp(_ connection: NATSConnection, ackWait: Duration = .seconds(30)) async throws {
+        try await connection.createOrUpdateStream(StreamConfiguration(name: "PULL", subjects: ["pull.>"]))
+        var consumer = ConsumerConfiguration(durableName: "c", filterSubject: "pull.>")
+        consumer.ackWait = ackWait
+        try await connection.createOrUpdateConsumer(stream: "PULL", consumer)
+    }
+
+    static func publish(_ connection: NATSConnection, _ count: Int, from first: Int = 0) async throws {
+        let messages = (first..<first + count).map { i in
+            OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m\(i)"), headers: [("Nats-Msg-Id", "id-\(i)"), ("X-Index", "\(i)")])
+        }
+        _ = try await connection.publish(messages)
+    }
+
+    @Test("A fetch returns what is there without waiting for the batch to fill, with headers and metadata")
+    func fetchReturnsEarly() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection)
+            let before = Int64(Date().timeIntervalSince1970 * 1e9)
+            try await Self.publish(connection, 3)
+            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: ["X-Index", "Missing"])
+            defer { subscription.close() }
+            let clock = ContinuousClock()
+            let started = clock.now
+            var messages: [JetStreamMessage] = []
+            while messages.count < 3 && clock.now - started < .seconds(10) {
+                let batch = try await subscription.fetch(maxMessages: 100, timeout: .seconds(30))
+                messages += batch.messages
+                for i in 0..<batch.count { #expect(batch.ack(i)) }
+            }
+            // The batch asked for 100 and waits up to 30 s; it came back with 3 long before.
+            #expect(clock.now - started < .seconds(5), "fetch waited for the batch to fill: \(clock.now - started)")
+            #expect(messages.map(\.subject) == ["pull.0", "pull.1", "pull.2"])
+            #expect(messages.map { String(decoding: $0.payload, as: UTF8.self) } == ["m0", "m1", "m2"])
+            #expect(messages.map(\.headerValues) == [["0", nil], ["1", nil], ["2", nil]])
+            #expect(messages.map(\.streamSequence) == [1, 2, 3])
+            #expect(messages.allSatisfy { $0.deliveryCount == 1 })
+            #expect(messages.allSatisfy { $0.timestamp >= before - 1_000_000_000 && $0.timestamp < before + 60_000_000_000 })
+            // Acks are core publishes, flushed by nats.c shortly after.
+            let state = try await eventuallyValue {
+                try await connection.consumerState(stream: "PULL", consumer: "c").flatMap { $0.numAckPending == 0 ? $0 : nil }
+            }
+            #expect(state.numPending == 0, "\(state)")
+        }
+    }
+
+    @Test("Nak redelivers with the delivery count raised, term never redelivers, ack is final once")
+    func nakTermAck() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection)
+            try await Self.publish(connection, 3)
+            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: ["X-Index"])
+            defer { subscription.close() }
+            var first: [JetStreamMessage] = []
+            while first.count < 3 {
+                let batch = try await subscription.fetch(maxMessages: 3, timeout: .seconds(2))
+                for (i, message) in batch.messages.enumerated() {
+                    switch message.headerValues[0] {
+                    case "0": #expect(batch.ack(i)); #expect(!batch.ack(i), "a second ack must be refused")
+                    case "1": #expect(batch.nak(i, delay: .milliseconds(100)))
+                    default: #expect(batch.term(i)); #expect(!batch.nak(i, delay: .zero))
+                    }
+                }
+                first += batch.messages
+            }
+            var again: [JetStreamMessage] = []
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(3)
+            while clock.now < deadline {
+                let batch = try await subscription.fetch(maxMessages: 10, timeout: .milliseconds(300))
+                for i in 0..<batch.count { batch.ack(i) }
+                again += batch.messages
+            }
+            #expect(again.map { $0.headerValues[0] } == ["1"])
+            #expect(again.map(\.deliveryCount) == [2])
+        }
+    }
+
+    @Test("Closing hands unfetched messages back at once; a missing consumer is reported")
+    func closeAndMissingConsumer() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection, ackWait: .seconds(60))
+            await #expect(throws: NATSError(code: .notFound, message: "")) {
+                _ = try await connection.pullSubscription(stream: "PULL", consumer: "nope", filterSubject: "pull.>", headers: [])
+            }
+            try await Self.publish(connection, 50)
+            let first = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            // Take 10; the rest arrive in the subscription's buffer and are never fetched.
+            var taken = 0
+            while taken == 0 {
+                let batch = try await first.fetch(maxMessages: 10, timeout: .seconds(2))
+                for i in 0..<batch.count { batch.ack(i) }
+                taken += batch.count
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            first.close()
+            await #expect(throws: NATSError.self) { _ = try await first.fetch(maxMessages: 1, timeout: .seconds(1)) }
+            // With a 60 s ack wait, only the nak at close brings the other 40 back now.
+            let second = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            defer { second.close() }
+            var rest = Set<UInt64>()
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(10)
+            while rest.count < 50 - taken && clock.now < deadline {
+                let batch = try await second.fetch(maxMessages: 100, timeout: .milliseconds(500))
+                for i in 0..<batch.count { batch.ack(i) }
+                rest.formUnion(batch.messages.map(\.streamSequence))
+            }
+            #expect(rest.count == 50 - taken)
+        }
+    }
+
+    @Test("readAll reads a subject through an ephemeral consumer and removes it")
+    func readAllEphemeral() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection)
+            try await Self.publish(connection, 2500)
+            let all = try await connection.readAll(stream: "PULL", subject: "pull.>", headers: ["X-Index"], atLeast: 2500)
+            #expect(all.count == 2500)
+            #expect(Set(all.compactMap { $0.headerValues[0] }).count == 2500)
+        }
+    }
+}
+
+/// Retries `body` until it returns a value (up to 5 s).
+func eventuallyValue<T>(_ body: () async throws -> T?) async throws -> T {
+    let clock = ContinuousClock()
+    let deadline = clock.now + .seconds(5)
+    while true {
+        if let value = try await body() { return value }
+        if clock.now > deadline { throw TimeoutError() }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+struct TimeoutError: Error, CustomStringConvertible {
+    var description: String { "the condition did not hold within 5 s" }
+}
