@@ -66,21 +66,36 @@ public enum Wire {
     /// repeats inside the stream's duplicate window.
     public static func outputID(source sourceID: String, handler: String, index: Int) -> String {
         var hasher = SHA256()
-        hasher.update(data: Array(sourceID.utf8))
-        hasher.update(data: [0])
-        hasher.update(data: Array(handler.utf8))
-        hasher.update(data: [0])
-        hasher.update(data: Array(String(index).utf8))
+        var source = sourceID
+        source.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        var name = handler
+        withUnsafeBytes(of: UInt8(0)) { hasher.update(bufferPointer: $0) }
+        name.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        withUnsafeBytes(of: UInt8(0)) { hasher.update(bufferPointer: $0) }
+        var decimal: [UInt8] = []
+        decimal.reserveCapacity(20)
+        JSONWriter.writeInteger(Int64(index), into: &decimal)
+        decimal.withUnsafeBytes { hasher.update(bufferPointer: $0) }
         let digest = hasher.finalize()
-        return "o" + hex(digest.prefix(15))
+        return digest.withUnsafeBytes { bytes in
+            String(unsafeUninitializedCapacity: 31) { out in
+                out[0] = UInt8(ascii: "o")
+                for i in 0..<15 {
+                    out[1 + 2 * i] = hexDigits[Int(bytes[i] >> 4)]
+                    out[2 + 2 * i] = hexDigits[Int(bytes[i] & 0x0F)]
+                }
+                return 31
+            }
+        }
     }
 
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
     static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0F)])
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0x0F)])
         }
         return String(decoding: out, as: UTF8.self)
     }

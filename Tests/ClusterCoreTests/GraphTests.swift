@@ -204,6 +204,10 @@ struct SchemaTests {
         #expect(a != Wire.outputID(source: "r1", handler: "h", index: 1))
         #expect(a != Wire.outputID(source: "r1", handler: "g", index: 0))
         #expect(a.count == 31)
+        // The wire contract (docs/wire.md): "o" + hex of the first 15 bytes of
+        // SHA-256(source 0x00 handler 0x00 decimal index); versions must agree for dedupe.
+        #expect(a == "o0e9330d3d3f0f472cfb231fe1dcf66")
+        #expect(Wire.outputID(source: "rec-é", handler: "transform", index: 12) == "ofbd7a16ce704853fabdb77ebb4945f")
         let ids = RecordIDGenerator()
         #expect(ids.next() != ids.next())
     }
