@@ -19,7 +19,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL,
                 AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the
                 coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY,
-                AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10).
+                AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10),
+                AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -107,6 +108,12 @@ struct CommonOptions: ParsableArguments {
                 throw ValidationError("AUTONOMOUS_STREAM_REPLICAS '\(text)' must be 1 to 5")
             }
             configuration.topology.replicas = replicas
+        }
+        if let text = environment["AUTONOMOUS_INGRESS_LANES"] {
+            guard let lanes = Int(text), (1...64).contains(lanes) else {
+                throw ValidationError("AUTONOMOUS_INGRESS_LANES '\(text)' must be 1 to 64")
+            }
+            configuration.ingressLanes = lanes
         }
         if let text = environment["AUTONOMOUS_ACK_WAIT"] {
             guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {

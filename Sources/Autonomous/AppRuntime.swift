@@ -49,6 +49,8 @@ public struct RuntimeConfiguration: Sendable {
     public var publishTimeout: Duration = .seconds(5)
     public var maxBodyBytes: Int = 16 * 1024 * 1024
     public var maxInFlightRecords: Int = 200_000
+    /// NATS connections the ingress spreads tenants over (``Ingress/Configuration/publishLanes``).
+    public var ingressLanes: Int = 4
     /// Longest time a graceful shutdown may take before the process stops anyway.
     public var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
@@ -194,6 +196,7 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.port = configuration.httpPort
                 ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
+                ingressConfiguration.publishLanes = configuration.ingressLanes
                 ingressConfiguration.onListening = configuration.onListening
                 ingressConfiguration.requireAPIKey = configuration.requireAPIKey
                 ingressConfiguration.tenantForKeyHash = { hash in try await coordinatorEndpoint.tenant(forKeyHash: hash) }

@@ -193,21 +193,22 @@ public struct JSONParser: ~Copyable {
         case UInt8(ascii: "{"):
             try enter()
             index += 1
-            var object: [String: JSONValue] = [:]
+            // Members are collected first so the dictionary is allocated once at its size.
+            var members: [(String, JSONValue)] = []
             skipWhitespace()
             if peek() == UInt8(ascii: "}") {
                 index += 1
             } else {
+                members.reserveCapacity(8)
                 while true {
                     skipWhitespace()
                     guard peek() == UInt8(ascii: "\"") else { throw error("expected a string key in object") }
-                    var key: [UInt8] = []
-                    try scanString(into: &key)
+                    let key = try parseString()
                     skipWhitespace()
                     guard peek() == UInt8(ascii: ":") else { throw error("expected ':' after object key") }
                     index += 1
                     skipWhitespace()
-                    object[String(decoding: key, as: UTF8.self)] = try parseValue()
+                    members.append((key, try parseValue()))
                     skipWhitespace()
                     guard let next = peek() else { throw error("unterminated object") }
                     index += 1
@@ -216,6 +217,8 @@ public struct JSONParser: ~Copyable {
                 }
             }
             depth -= 1
+            var object = [String: JSONValue](minimumCapacity: members.count)
+            for (key, value) in members { object[key] = value }  // a repeated key: the last wins
             return .object(object)
         case UInt8(ascii: "["):
             try enter()
@@ -238,9 +241,7 @@ public struct JSONParser: ~Copyable {
             depth -= 1
             return .array(array)
         case UInt8(ascii: "\""):
-            var text: [UInt8] = []
-            try scanString(into: &text)
-            return .string(String(decoding: text, as: UTF8.self))
+            return .string(try parseString())
         case UInt8(ascii: "t"):
             try expectLiteral("true")
             return .bool(true)
@@ -290,6 +291,25 @@ public struct JSONParser: ~Copyable {
 
     /// Scans a string starting at its opening quote, validating escapes and UTF-8.
     /// Appends the decoded bytes to `output` when one is given.
+    /// A string at `index`: plain ASCII without escapes straight from the input, anything
+    /// else through ``scanString(into:)``.
+    private mutating func parseString() throws(JSONParseError) -> String {
+        let start = index + 1
+        var i = start
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") {
+                index = i + 1
+                return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
+            }
+            if c == UInt8(ascii: "\\") || c < 0x20 || c >= 0x80 { break }
+            i += 1
+        }
+        var text: [UInt8] = []
+        try scanString(into: &text)
+        return String(decoding: text, as: UTF8.self)
+    }
+
     private mutating func scanString(into output: UnsafeMutablePointer<[UInt8]>?) throws(JSONParseError) {
         index += 1  // opening quote
         while true {

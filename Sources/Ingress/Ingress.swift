@@ -31,6 +31,11 @@ public struct Ingress: Service {
         public var maxBodyBytes: Int = 16 * 1024 * 1024
         /// Records waiting for their PubAck across all requests before new requests get 429.
         public var maxInFlightRecords: Int = 200_000
+        /// NATS connections the ingress publishes through. Each tenant is given one (spread
+        /// evenly, in order of first request), so one tenant's burst waiting in the server's
+        /// per-connection queue does not delay another tenant's PubAcks. 1 publishes all
+        /// tenants through the process's main connection.
+        public var publishLanes: Int = 4
         /// Seconds clients are told to wait in `Retry-After`.
         public var retryAfterSeconds: Int = 1
         /// Process environment, for webhook secrets.
@@ -66,9 +71,21 @@ public struct Ingress: Service {
     }
 
     public func run() async throws {
-        let responder = IngressResponder(
-            state: IngressState(graph: graph, configuration: configuration, connection: connection, logger: logger)
-        )
+        // Lane 0 is the process's connection; the others are opened here and drained last.
+        var lanes = [connection]
+        do {
+            for lane in 1..<max(1, configuration.publishLanes) {
+                var laneConfiguration = connection.configuration
+                laneConfiguration.name += "-lane\(lane)"
+                laneConfiguration.blockingThreads = 2
+                lanes.append(try await NATSConnection.connect(configuration: laneConfiguration, logger: logger))
+            }
+        } catch {
+            for lane in lanes.dropFirst() { await lane.close() }
+            throw error
+        }
+        let state = IngressState(graph: graph, configuration: configuration, connection: connection, lanes: lanes, logger: logger)
+        let responder = IngressResponder(state: state)
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
@@ -81,6 +98,13 @@ public struct Ingress: Service {
             },
             logger: logger
         )
-        try await app.run()
+        do {
+            try await app.run()
+        } catch {
+            for lane in lanes.dropFirst() { await lane.drain() }
+            throw error
+        }
+        // Every request has been answered; what was published has its PubAck.
+        for lane in lanes.dropFirst() { await lane.drain() }
     }
 }

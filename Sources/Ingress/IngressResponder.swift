@@ -24,10 +24,15 @@ final class IngressState: Sendable {
     let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
     let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
 
-    init(graph: AppGraph, configuration: Ingress.Configuration, connection: NATSConnection, logger: Logger) {
+    /// Publish connections; `lanes[0]` is `connection`.
+    let lanes: [NATSConnection]
+    private let laneAssignment = Mutex<(byTenant: [String: Int], tenants: [Int])>(([:], []))
+
+    init(graph: AppGraph, configuration: Ingress.Configuration, connection: NATSConnection, lanes: [NATSConnection], logger: Logger) {
         self.graph = graph
         self.configuration = configuration
         self.connection = connection
+        self.lanes = lanes.isEmpty ? [connection] : lanes
         self.logger = logger
         self.keys = TenantKeyCache(resolve: configuration.tenantForKeyHash, ttl: configuration.keyCacheTTL)
         var routes: [String: RouteDefinition] = [:]
@@ -58,6 +63,21 @@ final class IngressState: Sendable {
     }
 
     func release(_ count: Int) { inFlight.subtract(count, ordering: .relaxed) }
+
+    /// The connection `tenant` publishes through: assigned at its first request to the lane
+    /// with the fewest tenants, then kept (the map holds one entry per tenant served).
+    func lane(for tenant: String) -> NATSConnection {
+        guard lanes.count > 1 else { return connection }
+        let index = laneAssignment.withLock { assignment -> Int in
+            if let index = assignment.byTenant[tenant] { return index }
+            if assignment.tenants.isEmpty { assignment.tenants = Array(repeating: 0, count: lanes.count) }
+            let index = assignment.tenants.indices.min { assignment.tenants[$0] < assignment.tenants[$1] } ?? 0
+            assignment.tenants[index] += 1
+            assignment.byTenant[tenant] = index
+            return index
+        }
+        return lanes[index]
+    }
 }
 
 struct IngressResponder: HTTPResponder {
@@ -251,7 +271,7 @@ struct IngressResponder: HTTPResponder {
             ids.append(id)
             messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
         }
-        try await publish(messages)
+        try await publish(messages, tenant: tenant)
         var answer: [String: JSONValue] = ["accepted": .int(Int64(ids.count))]
         if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
         return json(202, .object(answer))
@@ -329,8 +349,8 @@ struct IngressResponder: HTTPResponder {
     }
 
     /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
-    private func publish(_ messages: [OutgoingMessage]) async throws {
-        _ = try await GuardedPublisher(state: state).publish(messages)
+    private func publish(_ messages: [OutgoingMessage], tenant: String) async throws {
+        _ = try await GuardedPublisher(state: state, tenant: tenant).publish(messages)
     }
 
     // MARK: - Routes and webhooks
@@ -355,7 +375,7 @@ struct IngressResponder: HTTPResponder {
         let routeRequest = routeRequest(request, body: body)
         let ctx = RouteContext(
             tenant: tenant,
-            publisher: GuardedPublisher(state: state),
+            publisher: GuardedPublisher(state: state, tenant: tenant),
             ids: state.ids,
             idempotencyKey: try idempotencyKey(request),
             logger: state.logger
@@ -399,7 +419,10 @@ struct IngressResponder: HTTPResponder {
             throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
         }
         let id = try idempotencyKey(request) ?? state.ids.next()
-        try await publish([Wire.message(payload: payloads[0], id: id, table: table, tenant: state.configuration.tenant, cause: nil)])
+        try await publish(
+            [Wire.message(payload: payloads[0], id: id, table: table, tenant: state.configuration.tenant, cause: nil)],
+            tenant: state.configuration.tenant
+        )
         return json(200, ["status": "accepted", "id": .string(id)])
     }
 
@@ -418,9 +441,11 @@ struct IngressResponder: HTTPResponder {
 /// the mapping of JetStream trouble to 429/503.
 struct GuardedPublisher: MessagePublisher {
     let state: IngressState
+    let tenant: String
 
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
-        guard state.connection.isConnected else {
+        let connection = state.lane(for: tenant)
+        guard connection.isConnected else {
             throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
         }
         guard state.reserve(messages.count) else {
@@ -428,7 +453,7 @@ struct GuardedPublisher: MessagePublisher {
         }
         defer { state.release(messages.count) }
         do {
-            let acks = try await state.connection.publish(messages)
+            let acks = try await connection.publish(messages)
             state.acceptedRecords.increment(by: messages.count)
             return acks
         } catch let error as NATSError {
