@@ -226,7 +226,8 @@ struct Bench: Sendable {
             // Workers pick new tenants up within their refresh interval.
             try await Task.sleep(for: .seconds(3))
             let lightRate = 50
-            let lightSeconds = smoke ? 2 : 5
+            // 500 requests per phase: enough for a p99 that does not hang on two samples.
+            let lightSeconds = smoke ? 2 : 10
             func light(_ label: String, offset: Int) async throws -> (Histogram<UInt64>, Int) {
                 var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
                 let count = lightRate * lightSeconds
