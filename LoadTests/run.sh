@@ -6,7 +6,8 @@
 #   LoadTests/run.sh --smoke      # tiny counts: checks the scenarios and their audits only
 #   LoadTests/run.sh --scenarios raw,a,b
 #
-# Installs what it needs from Debian (nginx-light, wrk, matplotlib, nats-server, libnats-dev),
+# Installs what it needs from Debian (nginx-light, wrk, matplotlib, nats-server, libnats-dev,
+# libjemalloc2),
 # builds LoadApp and the runner in release mode, compiles the nats.c pipeline, runs, and
 # plots LoadTests/results/latest.png from LoadTests/results/latest.json.
 set -euo pipefail
@@ -19,6 +20,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nats-server >/dev/null || need+=(nats-server)
 [ -f /usr/include/nats/nats.h ] || need+=(libnats-dev)
 command -v gcc >/dev/null || need+=(gcc)
+# The process engine runs the app with jemalloc when it is installed, as production does.
+dpkg-query -W -f='${Status}' libjemalloc2 2>/dev/null | grep -q "install ok installed" || need+=(libjemalloc2)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

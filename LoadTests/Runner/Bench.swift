@@ -515,6 +515,13 @@ struct Bench: Sendable {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: executable)
                 process.arguments = arguments
+                // The raw pipeline and the producer get the allocator the app gets from the
+                // process engine, so both sides of every ratio run on the same malloc.
+                var environment = ProcessInfo.processInfo.environment
+                if environment["LD_PRELOAD"] == nil, environment["AUTONOMOUS_ALLOCATOR"] != "system", let jemalloc = ProcessCluster.jemalloc {
+                    environment["LD_PRELOAD"] = jemalloc
+                }
+                process.environment = environment
                 let pipe = Pipe()
                 process.standardOutput = pipe
                 process.standardError = FileHandle.standardError

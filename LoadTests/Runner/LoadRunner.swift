@@ -211,6 +211,8 @@ enum Machine {
         if let load = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) {
             info["loadavgAtStart"] = String(load.split(separator: " ").prefix(3).joined(separator: " "))
         }
+        let environment = ProcessInfo.processInfo.environment
+        info["allocator"] = environment["LD_PRELOAD"] ?? (environment["AUTONOMOUS_ALLOCATOR"] == "system" ? nil : ProcessCluster.jemalloc) ?? "glibc malloc"
         return info
     }
 }
