@@ -50,17 +50,30 @@ extension Wire {
         tenant: String,
         cause: RecordMetadata?
     ) -> OutgoingMessage {
-        var headers: [(String, String)] = [
-            (Header.messageID, id),
-            (Header.table, table.name),
-            (Header.tenant, tenant),
-            (Header.type, table.semanticType.description),
-        ]
+        message(payload: payload, id: id, table: table, tenant: tenant, cause: cause, subject: table.subject(tenant: tenant, payload: payload), type: table.semanticType.description)
+    }
+
+    /// The same, with the subject and type computed once for many records of one table.
+    static func message(
+        payload: ByteBuffer,
+        id: String,
+        table: TableDefinition,
+        tenant: String,
+        cause: RecordMetadata?,
+        subject: String,
+        type: String
+    ) -> OutgoingMessage {
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(6)
+        headers.append((Header.messageID, id))
+        headers.append((Header.table, table.name))
+        headers.append((Header.tenant, tenant))
+        headers.append((Header.type, type))
         if let cause {
             headers.append((Header.causedBy, cause.id))
             if let trace = cause.traceparent { headers.append((Header.traceparent, trace)) }
         }
-        return OutgoingMessage(subject: table.subject(tenant: tenant, payload: payload), payload: payload, headers: headers)
+        return OutgoingMessage(subject: subject, payload: payload, headers: headers)
     }
 }
 
@@ -119,14 +132,22 @@ public final class HandlerContext: AppendContext {
 
     public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
         let fallback = batchCause
+        // One subject for every record of an unpartitioned table.
+        let fixedSubject = table.partitioning == nil ? table.subject(tenant: tenant) : nil
+        let type = table.semanticType.description
         let shouldFlush = state.withLock { state -> Bool in
+            state.outputs.reserveCapacity(state.outputs.count + records.count)
             for record in records {
                 let cause = record.cause ?? fallback
                 let source = cause?.id ?? "none"
                 let index = state.counters[source, default: 0]
                 state.counters[source] = index + 1
                 let id = Wire.outputID(source: source, handler: handler, index: index)
-                state.outputs.append(Wire.message(payload: record.payload, id: id, table: table, tenant: tenant, cause: cause))
+                let payload = ByteBuffer(bytes: record.payload)
+                let subject = fixedSubject ?? table.subject(tenant: tenant, payload: payload)
+                state.outputs.append(
+                    Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: cause, subject: subject, type: type)
+                )
             }
             return state.outputs.count >= flushThreshold
         }

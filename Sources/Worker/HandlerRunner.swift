@@ -143,6 +143,7 @@ public actor HandlerRunner {
         let start = ContinuousClock.now
         // A replayed dead letter is for one handler only; the others have processed the original.
         var indices: [Int] = []
+        indices.reserveCapacity(batch.count)
         for (i, message) in batch.messages.enumerated() {
             if let target = message.headerValues[4], target != handler.name {
                 batch.ack(i)
