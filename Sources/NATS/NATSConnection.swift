@@ -27,7 +27,7 @@ public final class NATSConnection: Sendable {
         public var publishTimeout: Duration = .seconds(5)
         /// Timeout for JetStream API requests (stream/consumer administration).
         public var apiTimeout: Duration = .seconds(5)
-        /// Upper bound of asynchronous publishes in flight inside nats.c.
+        /// Upper bound of publishes waiting for their PubAck; past it `publish` fails at once.
         public var maxPendingPublishes: Int = 262_144
         /// Threads for blocking nats.c calls; each concurrent fetch loop holds one while it waits.
         public var blockingThreads: Int = 16
@@ -52,30 +52,45 @@ public final class NATSConnection: Sendable {
     let requests = RequestMux()
     var rawConnection: OpaquePointer { connection }
     private let trackerContext: Unmanaged<PublishTracker>
+    /// The subscription PubAcks arrive on, and the reply-subject prefix of every publish
+    /// (`_INBOX.<id>.`, NUL-terminated). Destroyed in deinit, before the connection.
+    private nonisolated(unsafe) let ackSubscription: OpaquePointer
+    private let ackPrefix: [UInt8]
+    /// Fails publishes that got no PubAck within `publishTimeout`.
+    private let expiry: Task<Void, Never>
     let threadPool: NIOThreadPool
     private let closed = Atomic<Bool>(false)
     public let configuration: Configuration
     let logger: Logger
 
     private init(
-        connection: OpaquePointer,
-        jetStream: OpaquePointer,
+        handles: Handles,
         tracker: PublishTracker,
         trackerContext: Unmanaged<PublishTracker>,
         threadPool: NIOThreadPool,
         configuration: Configuration,
         logger: Logger
     ) {
-        self.connection = connection
-        self.jetStream = jetStream
+        self.connection = handles.connection
+        self.jetStream = handles.jetStream
+        self.ackSubscription = handles.ackSubscription
+        self.ackPrefix = handles.ackPrefix
         self.tracker = tracker
         self.trackerContext = trackerContext
         self.threadPool = threadPool
         self.configuration = configuration
         self.logger = logger
+        self.expiry = Task { [tracker] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                tracker.expire(now: monotonicNanoseconds())
+            }
+        }
     }
 
     deinit {
+        expiry.cancel()
+        natsSubscription_Destroy(ackSubscription)
         jsCtx_Destroy(jetStream)
         natsConnection_Destroy(connection)
         trackerContext.release()
@@ -104,8 +119,7 @@ public final class NATSConnection: Sendable {
                 }
                 logger.debug("Connected to NATS", metadata: ["nats.attempt": "\(attempt)"])
                 return NATSConnection(
-                    connection: handles.connection,
-                    jetStream: handles.jetStream,
+                    handles: handles,
                     tracker: tracker,
                     trackerContext: context,
                     threadPool: pool,
@@ -127,6 +141,8 @@ public final class NATSConnection: Sendable {
         // Only moved from the opening thread to the owner; never used concurrently before that.
         var connection: OpaquePointer
         var jetStream: OpaquePointer
+        var ackSubscription: OpaquePointer
+        var ackPrefix: [UInt8]
     }
 
     private static func openBlocking(
@@ -163,17 +179,29 @@ public final class NATSConnection: Sendable {
         var jsOptions = jsOptions()
         jsOptions_Init(&jsOptions)
         jsOptions.Wait = configuration.apiTimeout.milliseconds
-        jsOptions.PublishAsync.MaxPending = Int64(configuration.maxPendingPublishes)
-        jsOptions.PublishAsync.StallWait = 50
-        jsOptions.PublishAsync.AckHandler = publishAckHandler
-        jsOptions.PublishAsync.AckHandlerClosure = trackerContext.toOpaque()
         var jetStream: OpaquePointer?
         let jsStatus = natsConnection_JetStream(&jetStream, connection, &jsOptions)
         guard jsStatus == NATS_OK, let jetStream else {
             natsConnection_Destroy(connection)
             throw NATSError.from(status: jsStatus, context: "creating JetStream context")
         }
-        return Handles(connection: connection, jetStream: jetStream)
+
+        // Publishes carry a reply subject `<inbox>.<sequence>`; JetStream answers there.
+        var inbox: UnsafeMutablePointer<CChar>?
+        var sub: OpaquePointer?
+        var subscribeStatus = natsInbox_Create(&inbox)
+        let prefix = inbox.map { String(cString: $0) } ?? ""
+        natsInbox_Destroy(inbox)
+        if subscribeStatus == NATS_OK {
+            subscribeStatus = natsConnection_Subscribe(&sub, connection, prefix + ".*", onPublishAck, trackerContext.toOpaque())
+        }
+        guard subscribeStatus == NATS_OK, let sub else {
+            jsCtx_Destroy(jetStream)
+            natsConnection_Destroy(connection)
+            throw NATSError.from(status: subscribeStatus, context: "subscribing to PubAcks")
+        }
+        _ = natsSubscription_SetPendingLimits(sub, -1, -1)
+        return Handles(connection: connection, jetStream: jetStream, ackSubscription: sub, ackPrefix: Array((prefix + ".").utf8))
     }
 
     /// `true` while the connection is up (not reconnecting, not closed).
@@ -203,6 +231,7 @@ public final class NATSConnection: Sendable {
             }
         }
         _ = try? await threadPool.runIfActive { natsConnection_Close(handle.pointer) }
+        expiry.cancel()
         tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
         try? await threadPool.shutdownGracefully()
     }
@@ -215,6 +244,7 @@ public final class NATSConnection: Sendable {
             _ = natsConnection_FlushTimeout(handle.pointer, 1000)
             natsConnection_Close(handle.pointer)
         }
+        expiry.cancel()
         tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
         try? await threadPool.shutdownGracefully()
     }
@@ -233,50 +263,66 @@ public final class NATSConnection: Sendable {
     public func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
         if messages.isEmpty { return [] }
         if isClosed { throw NATSError(code: .connectionClosed, message: "connection closed") }
-        let timeout = configuration.publishTimeout.milliseconds
+        if tracker.inFlight + messages.count > configuration.maxPendingPublishes {
+            throw NATSError(code: .publishFailed, message: "too many publishes waiting for their PubAck; retry later")
+        }
+        let deadline = monotonicNanoseconds() + UInt64(max(1, configuration.publishTimeout.nanoseconds))
         return try await withCheckedThrowingContinuation { continuation in
             let batch = PublishBatch(count: messages.count, continuation: continuation)
-            for index in messages.indices {
-                publishOne(messages[index], batch: batch, index: index, timeout: timeout)
+            withUnsafeTemporaryAllocation(of: CChar.self, capacity: ackPrefix.count + 24) { reply in
+                for (i, byte) in ackPrefix.enumerated() { reply[i] = CChar(bitPattern: byte) }
+                for index in messages.indices {
+                    publishOne(messages[index], batch: batch, index: index, deadline: deadline, reply: reply)
+                }
             }
         }
     }
 
-    private func publishOne(_ message: OutgoingMessage, batch: PublishBatch, index: Int, timeout: Int64) {
+    /// Publishes one message with the reply subject `<ack prefix><sequence>` (written into
+    /// `reply` after the prefix). The message is freed here: nats.c copied it into its buffer.
+    private func publishOne(
+        _ message: OutgoingMessage,
+        batch: PublishBatch,
+        index: Int,
+        deadline: UInt64,
+        reply: UnsafeMutableBufferPointer<CChar>
+    ) {
+        let sequence = tracker.nextSequence()
+        var position = ackPrefix.count
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 20) { digits in
+            var value = sequence
+            var count = 0
+            repeat {
+                digits[count] = CChar(UInt8(ascii: "0") + UInt8(value % 10))
+                value /= 10
+                count += 1
+            } while value > 0
+            for i in stride(from: count - 1, through: 0, by: -1) {
+                reply[position] = digits[i]
+                position += 1
+            }
+        }
+        reply[position] = 0
         var msg: OpaquePointer?
         var status = message.payload.withUnsafeReadableBytes { bytes in
-            natsMsg_Create(
-                &msg,
-                message.subject,
-                nil,
-                bytes.baseAddress?.assumingMemoryBound(to: CChar.self),
-                Int32(bytes.count)
-            )
+            natsMsg_Create(&msg, message.subject, reply.baseAddress, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
         }
         guard status == NATS_OK, let created = msg else {
             batch.complete(index: index, result: .failure(.from(status: status, context: "creating message")))
             return
         }
+        defer { natsMsg_Destroy(created) }
         for (name, value) in message.headers {
             status = natsMsgHeader_Set(created, name, value)
             if status != NATS_OK {
-                natsMsg_Destroy(created)
                 batch.complete(index: index, result: .failure(.from(status: status, context: "setting header \(name)")))
                 return
             }
         }
-        let key = UInt(bitPattern: created)
-        tracker.register(key, batch: batch, index: index)
-        var options = jsPubOptions()
-        jsPubOptions_Init(&options)
-        options.MaxWait = timeout
-        status = js_PublishMsgAsync(jetStream, &msg, &options)
+        tracker.register(sequence, deadline: deadline, batch: batch, index: index)
+        status = natsConnection_PublishMsg(connection, created)
         if status != NATS_OK {
-            // The library did not take the message; nobody else will complete this entry.
-            // Complete it before freeing the message: once freed, its address (the key) may
-            // be reused by another thread's message.
-            tracker.complete(key, result: .failure(.from(status: status, context: "publishing")))
-            natsMsg_Destroy(msg)
+            tracker.complete(sequence, result: .failure(.from(status: status, context: "publishing")))
         }
     }
 
@@ -533,6 +579,13 @@ public final class NATSConnection: Sendable {
             }
         }
     }
+}
+
+/// Nanoseconds of the monotonic clock (for publish deadlines).
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
 /// Moves a nats.c handle into a `@Sendable` closure.

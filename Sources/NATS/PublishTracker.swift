@@ -43,66 +43,174 @@ final class PublishBatch: Sendable {
     }
 }
 
-/// Maps in-flight `natsMsg` pointers to the batch waiting for their PubAck.
+/// The publishes waiting for their PubAck, by sequence number (the last token of the reply
+/// subject each was published with), and their deadlines in publish order.
 ///
-/// nats.c hands the original message pointer back to the ack handler and the message stays
-/// alive until that handler destroys it, so the address is a unique key for the whole flight.
+/// Every publish of a connection has the same timeout, so deadlines grow with the sequence
+/// and expiring is a walk from the oldest entry.
 final class PublishTracker: Sendable {
     private struct Pending {
         var batch: PublishBatch
         var index: Int
     }
 
-    private let pending = Mutex<[UInt: Pending]>([:])
-
-    func register(_ key: UInt, batch: PublishBatch, index: Int) {
-        pending.withLock { $0[key] = Pending(batch: batch, index: index) }
+    private struct State {
+        var pending: [UInt64: Pending] = [:]
+        /// (sequence, deadline in uptime nanoseconds), oldest first; completed entries stay
+        /// until their deadline passes.
+        var deadlines: [(UInt64, UInt64)] = []
+        var head = 0
     }
 
-    /// Completes the entry for `key` if it is still registered (it is not when `failAll` won the race).
-    func complete(_ key: UInt, result: Result<PublishAck, NATSError>) {
-        guard let entry = pending.withLock({ $0.removeValue(forKey: key) }) else { return }
+    private let state = Mutex(State())
+    private let sequence = Atomic<UInt64>(0)
+
+    func nextSequence() -> UInt64 { sequence.add(1, ordering: .relaxed).newValue }
+
+    func register(_ sequence: UInt64, deadline: UInt64, batch: PublishBatch, index: Int) {
+        state.withLock { state in
+            state.pending[sequence] = Pending(batch: batch, index: index)
+            state.deadlines.append((sequence, deadline))
+        }
+    }
+
+    /// Completes the entry for `sequence` if it is still waiting (it is not when it timed out
+    /// or `failAll` won the race).
+    func complete(_ sequence: UInt64, result: Result<PublishAck, NATSError>) {
+        guard let entry = state.withLock({ $0.pending.removeValue(forKey: sequence) }) else { return }
         entry.batch.complete(index: entry.index, result: result)
     }
 
-    var inFlight: Int { pending.withLock { $0.count } }
+    /// Fails every publish whose deadline is before `now` with `.timeout`.
+    func expire(now: UInt64) {
+        let expired = state.withLock { state -> [Pending] in
+            var expired: [Pending] = []
+            while state.head < state.deadlines.count, state.deadlines[state.head].1 <= now {
+                if let entry = state.pending.removeValue(forKey: state.deadlines[state.head].0) { expired.append(entry) }
+                state.head += 1
+            }
+            // Compact now and then so the list does not grow without bound.
+            if state.head > 4096 && state.head * 2 > state.deadlines.count {
+                state.deadlines.removeFirst(state.head)
+                state.head = 0
+            }
+            return expired
+        }
+        let error = NATSError(code: .timeout, message: "JetStream publish failed: no PubAck in time")
+        for entry in expired { entry.batch.complete(index: entry.index, result: .failure(error)) }
+    }
 
-    /// Fails every waiter (used when the connection closes: nats.c may never call back).
+    var inFlight: Int { state.withLock { $0.pending.count } }
+
+    /// Fails every waiter (used when the connection closes).
     func failAll(_ error: NATSError) {
-        let all = pending.withLock { pending -> [Pending] in
-            let values = Array(pending.values)
-            pending.removeAll()
+        let all = state.withLock { state -> [Pending] in
+            let values = Array(state.pending.values)
+            state.pending.removeAll()
+            state.deadlines.removeAll()
+            state.head = 0
             return values
         }
         for entry in all { entry.batch.complete(index: entry.index, result: .failure(error)) }
     }
 }
 
-/// The JetStream async-publish ack callback. It runs on a nats.c delivery thread, does a
-/// dictionary lookup and a continuation resume, and never blocks.
-let publishAckHandler: jsPubAckHandler = { _, msg, pubAck, pubAckError, closure in
+/// Receives PubAcks on the connection's ack inbox (`<inbox>.<sequence>`). Runs on a nats.c
+/// delivery thread: parses a few bytes, completes one entry, never blocks.
+let onPublishAck: natsMsgHandler = { _, _, msg, closure in
+    guard let msg else { return }
     defer { natsMsg_Destroy(msg) }
-    guard let closure, let msg else { return }
+    guard let closure, let subject = natsMsg_GetSubject(msg) else { return }
     let tracker = Unmanaged<PublishTracker>.fromOpaque(closure).takeUnretainedValue()
-    let key = UInt(bitPattern: msg)
-    if let pubAck {
-        tracker.complete(key, result: .success(PublishAck(sequence: pubAck.pointee.Sequence, duplicate: pubAck.pointee.Duplicate)))
-    } else if let pubAckError {
-        let status = pubAckError.pointee.Err
-        let text = pubAckError.pointee.ErrText.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
-        let code: NATSError.Code = status == NATS_TIMEOUT ? .timeout : .publishFailed
-        tracker.complete(
-            key,
-            result: .failure(
-                NATSError(
-                    code: code,
-                    message: "JetStream publish failed: \(text)",
-                    status: Int32(status.rawValue),
-                    jetStreamErrorCode: Int(pubAckError.pointee.ErrCode.rawValue)
-                )
+    guard let sequence = lastTokenNumber(subject) else { return }
+    if natsMsg_IsNoResponders(msg) {
+        tracker.complete(sequence, result: .failure(NATSError(code: .publishFailed, message: "JetStream publish failed: no stream stores this subject")))
+        return
+    }
+    let count = Int(natsMsg_GetDataLength(msg))
+    guard count > 0, let data = natsMsg_GetData(msg) else {
+        tracker.complete(sequence, result: .failure(NATSError(code: .publishFailed, message: "JetStream publish failed: empty answer")))
+        return
+    }
+    let body = UnsafeBufferPointer(start: UnsafeRawPointer(data).assumingMemoryBound(to: UInt8.self), count: count)
+    tracker.complete(sequence, result: PubAckBody.parse(body))
+}
+
+/// The number after the last `.` of a C string.
+func lastTokenNumber(_ text: UnsafePointer<CChar>) -> UInt64? {
+    let bytes = UnsafeRawPointer(text).assumingMemoryBound(to: UInt8.self)
+    var end = 0
+    while bytes[end] != 0 { end += 1 }
+    var start = end
+    while start > 0 && bytes[start - 1] != UInt8(ascii: ".") { start -= 1 }
+    return PubAckBody.number(UnsafeBufferPointer(start: bytes + start, count: end - start))
+}
+
+/// JetStream's answer to a publish: `{"stream":"S","seq":12}` (with `"duplicate":true` for a
+/// repeated message id) or `{"error":{"code":503,"err_code":10077,"description":"…"}}`.
+enum PubAckBody {
+    static func parse(_ body: UnsafeBufferPointer<UInt8>) -> Result<PublishAck, NATSError> {
+        if let error = range(of: "\"error\"", in: body, from: 0) {
+            let code = value(of: "\"err_code\"", in: body, from: error.upperBound).flatMap(number) ?? 0
+            let description = string(of: "\"description\"", in: body, from: error.upperBound) ?? "error"
+            return .failure(
+                NATSError(code: .publishFailed, message: "JetStream publish failed: \(description)", jetStreamErrorCode: Int(code))
             )
-        )
-    } else {
-        tracker.complete(key, result: .failure(NATSError(code: .publishFailed, message: "JetStream publish failed")))
+        }
+        guard let sequence = value(of: "\"seq\"", in: body, from: 0).flatMap(number) else {
+            return .failure(NATSError(code: .publishFailed, message: "JetStream publish failed: unreadable PubAck"))
+        }
+        let duplicate = value(of: "\"duplicate\"", in: body, from: 0).map { $0.starts(with: "true".utf8) } ?? false
+        return .success(PublishAck(sequence: sequence, duplicate: duplicate))
+    }
+
+    static func number(_ digits: some Collection<UInt8>) -> UInt64? {
+        var value: UInt64 = 0
+        var any = false
+        for byte in digits {
+            let digit = byte &- UInt8(ascii: "0")
+            guard digit < 10 else { break }
+            let (times, overflow) = value.multipliedReportingOverflow(by: 10)
+            guard !overflow else { return nil }
+            value = times &+ UInt64(digit)
+            any = true
+        }
+        return any ? value : nil
+    }
+
+    private static func range(of needle: String, in body: UnsafeBufferPointer<UInt8>, from start: Int) -> Range<Int>? {
+        let pattern = Array(needle.utf8)
+        guard body.count >= pattern.count, start <= body.count - pattern.count else { return nil }
+        var i = start
+        while i <= body.count - pattern.count {
+            var match = true
+            for j in 0..<pattern.count where body[i + j] != pattern[j] {
+                match = false
+                break
+            }
+            if match { return i..<(i + pattern.count) }
+            i += 1
+        }
+        return nil
+    }
+
+    /// The bytes after `"key":` (and spaces).
+    private static func value(of key: String, in body: UnsafeBufferPointer<UInt8>, from start: Int) -> Slice<UnsafeBufferPointer<UInt8>>? {
+        guard let found = range(of: key, in: body, from: start) else { return nil }
+        var i = found.upperBound
+        while i < body.count, body[i] == UInt8(ascii: " ") || body[i] == UInt8(ascii: ":") { i += 1 }
+        return body[i...]
+    }
+
+    private static func string(of key: String, in body: UnsafeBufferPointer<UInt8>, from start: Int) -> String? {
+        guard let rest = value(of: key, in: body, from: start), rest.first == UInt8(ascii: "\"") else { return nil }
+        var out: [UInt8] = []
+        var i = rest.startIndex + 1
+        while i < rest.endIndex, rest[i] != UInt8(ascii: "\"") {
+            if rest[i] == UInt8(ascii: "\\"), i + 1 < rest.endIndex { i += 1 }
+            out.append(rest[i])
+            i += 1
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

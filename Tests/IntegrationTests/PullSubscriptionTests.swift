@@ -4,8 +4,9 @@ import NATS
 import NIOCore
 import Testing
 
-/// The pull protocol Autonomous speaks itself over core NATS (no `natsSubscription_Fetch`).
-@Suite("Pull subscriptions against a real nats-server")
+/// The JetStream protocol Autonomous speaks itself over core NATS: pulls (no
+/// `natsSubscription_Fetch`) and publishes with PubAcks on its own inbox (no `js_PublishMsgAsync`).
+@Suite("JetStream pulls and publishes against a real nats-server")
 struct PullSubscriptionTests {
     static func setUp(_ connection: NATSConnection, ackWait: Duration = .seconds(30)) async throws {
         try await connection.createOrUpdateStream(StreamConfiguration(name: "PULL", subjects: ["pull.>"]))
@@ -119,6 +120,35 @@ struct PullSubscriptionTests {
                 rest.formUnion(batch.messages.map(\.streamSequence))
             }
             #expect(rest.count == 50 - taken)
+        }
+    }
+
+    @Test("Publishing returns each PubAck: sequence, duplicate, JetStream's error and no stream")
+    func publishAcks() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection)
+            let first = try await connection.publish((0..<300).map { i in
+                OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-\(i)")])
+            })
+            #expect(first.map(\.sequence) == Array(1...300))
+            #expect(first.allSatisfy { !$0.duplicate })
+            let again = try await connection.publish(OutgoingMessage(subject: "pull.7", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-7")]))
+            #expect(again.duplicate && again.sequence == 8)
+            // JetStream refuses: the expected stream does not match (err_code 10060).
+            let refused = await #expect(throws: NATSError.self) {
+                _ = try await connection.publish(OutgoingMessage(subject: "pull.x", payload: ByteBuffer(string: "m"), headers: [("Nats-Expected-Stream", "OTHER")]))
+            }
+            #expect(refused?.code == .publishFailed && refused?.jetStreamErrorCode == 10060, "\(String(describing: refused))")
+            // No stream stores the subject: reported at once, not after the publish timeout.
+            let clock = ContinuousClock()
+            let started = clock.now
+            let unrouted = await #expect(throws: NATSError.self) {
+                _ = try await connection.publish(OutgoingMessage(subject: "nowhere.at.all", payload: ByteBuffer(string: "m")))
+            }
+            #expect(unrouted?.code == .publishFailed, "\(String(describing: unrouted))")
+            #expect(clock.now - started < .seconds(2))
+            #expect(connection.publishesInFlight == 0)
         }
     }
 
