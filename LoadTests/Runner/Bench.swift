@@ -287,12 +287,14 @@ struct Bench: Sendable {
 
     // MARK: Cluster
 
-    func withCluster<T: Sendable>(
+    /// Runs `body` against a fresh cluster; a process that crashed (and was restarted by the
+    /// engine) is counted into the result, and fails the run.
+    func withCluster(
         _ name: String,
         workers: Int,
         ingress: Int,
-        _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> T
-    ) async throws -> T {
+        _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> ScenarioResult
+    ) async throws -> ScenarioResult {
         let directory = Self.scratch("cluster-\(name)")
         var specification = ProcessCluster.Specification(app: app, directory: directory)
         specification.httpPort = Int.random(in: 20_000..<40_000)
@@ -315,10 +317,14 @@ struct Bench: Sendable {
             throw error
         }
         do {
-            let result = try await body(cluster, connection)
+            var result = try await body(cluster, connection)
+            result.crashes = await cluster.restarts
+            if result.crashes > 0 {
+                print("scenario \(name): \(result.crashes) process(es) crashed and were restarted; logs in \(directory)/logs")
+            }
             await connection.close()
             await cluster.down()
-            if ProcessInfo.processInfo.environment["LOAD_KEEP_LOGS"] == nil {
+            if ProcessInfo.processInfo.environment["LOAD_KEEP_LOGS"] == nil && result.crashes == 0 {
                 try? FileManager.default.removeItem(atPath: directory)
             } else {
                 print("scenario \(name): logs in \(directory)/logs")

@@ -25,10 +25,10 @@ struct LoadRunner: AsyncParsableCommand {
     var scenarios = "raw,nginx,a,b,c,d,e,f"
 
     @Option(help: "Records per run for the publish scenarios (raw, a, d, e).")
-    var records = 200_000
+    var records = 400_000
 
     @Option(name: .customLong("http-records"), help: "Records for the NDJSON scenario (b).")
-    var httpRecords = 200_000
+    var httpRecords = 400_000
 
     @Option(name: .customLong("records-per-request"), help: "Records per NDJSON request in scenario b (100-1000).")
     var recordsPerRequest = 500
@@ -106,10 +106,14 @@ struct LoadRunner: AsyncParsableCommand {
         print(result.summary)
         print("result: \(out)")
         let failures = result.scenarios.filter { !$0.audit.ok }
+        let crashed = result.scenarios.filter { $0.crashes > 0 }
         if !failures.isEmpty {
             print("AUDIT FAILED: \(failures.map(\.name).joined(separator: ", ")) lost or doubled records")
-            throw ExitCode(1)
         }
+        if !crashed.isEmpty {
+            print("CRASHED: a process of \(crashed.map(\.name).joined(separator: ", ")) crashed during the run")
+        }
+        if !failures.isEmpty || !crashed.isEmpty { throw ExitCode(1) }
     }
 }
 
@@ -192,6 +196,8 @@ struct ScenarioResult: Codable {
     /// From the ingress 2xx (or the publish) to the output's PubAck (stream timestamp).
     var toOutput: Latency?
     var notes: [String: String] = [:]
+    /// Processes of the cluster that crashed during the scenario (the engine restarted them).
+    var crashes = 0
 
     var summary: String {
         var text = String(format: rate < 100 ? "%@ %@: %.2f %@" : "%@ %@: %.0f %@", name, title, rate, unit)
@@ -200,6 +206,7 @@ struct ScenarioResult: Codable {
         if let toOutput { text += String(format: "; to output p99 %.2f ms", toOutput.p99) }
         for (key, value) in notes.sorted(by: { $0.key < $1.key }) { text += "; \(key) \(value)" }
         text += audit.ok ? "; audit ok (\(audit.unique)/\(audit.expected))" : "; AUDIT FAILED (found \(audit.found), unique \(audit.unique), expected \(audit.expected))"
+        text += crashes == 0 ? "; no crash" : "; CRASHED: \(crashes) process(es) restarted"
         return text
     }
 }
