@@ -41,6 +41,7 @@ public final class PullSubscription: Sendable {
     // under `closed`, and never used after that.
     private nonisolated(unsafe) let subscription: OpaquePointer
     private let closed = Mutex(false)
+    private let keepAlive = Mutex<Task<Void, Never>?>(nil)
 
     init(
         connection: NATSConnection,
@@ -123,6 +124,25 @@ public final class PullSubscription: Sendable {
         }
     }
 
+    /// Sends an in-progress ack (`+WPI`) every `interval` for each message received but not
+    /// fetched yet, so records waiting behind a slow batch are not redelivered. Use a third of
+    /// the consumer's ack wait.
+    public func keepUnfetchedAlive(every interval: Duration) {
+        let task = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard let self, !Task.isCancelled else { return }
+                for reply in self.box.unfetchedReplies() {
+                    _ = natsConnection_PublishString(self.connection.rawConnection, reply, "+WPI")
+                }
+            }
+        }
+        keepAlive.withLock { current in
+            current?.cancel()
+            current = task
+        }
+    }
+
     /// Stops the subscription. Messages received but not fetched are handed back to the
     /// server at once (nak); unacknowledged fetched ones are redelivered after the ack wait.
     public func close() {
@@ -131,6 +151,7 @@ public final class PullSubscription: Sendable {
             return !closed
         }
         guard first else { return }
+        keepAlive.withLock { $0?.cancel() }
         _ = natsSubscription_Unsubscribe(subscription)
         natsSubscription_Destroy(subscription)
         let unfetched = box.close()
@@ -288,6 +309,11 @@ final class PullBox: Sendable {
             return state.waiter
         }
         waiter?.continuation.resume()
+    }
+
+    /// Reply subjects of the messages received and not fetched yet.
+    func unfetchedReplies() -> [String] {
+        state.withLock { state in state.buffer.map(\.reply) }
     }
 
     /// Stops delivery; returns what was received and never fetched.

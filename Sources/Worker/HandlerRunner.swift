@@ -104,12 +104,15 @@ public actor HandlerRunner {
         var warned = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
-                return try await connection.pullSubscription(
+                let subscription = try await connection.pullSubscription(
                     stream: stream,
                     consumer: handler.consumerName,
                     filterSubject: filterSubject,
                     headers: Wire.consumedHeaders
                 )
+                // Records that arrived while a batch runs wait in the subscription; keep them.
+                subscription.keepUnfetchedAlive(every: ackWait / 3)
+                return subscription
             } catch let error as NATSError {
                 if !warned {
                     logger.info("Waiting for consumer", metadata: ["worker.consumer": "\(handler.consumerName)", "error": "\(error)"])

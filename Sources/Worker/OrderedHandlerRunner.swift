@@ -154,6 +154,7 @@ public final class OrderedHandlerRunner: Sendable {
         }
         guard let subscription else { return }
         defer { subscription.close() }
+        subscription.keepUnfetchedAlive(every: ackWait / 3)
         logger.debug("Partition taken", metadata: ["worker.lease_token": "\(lease.token)"])
         var failures = 0
         while lease.mayWork && shouldRun {

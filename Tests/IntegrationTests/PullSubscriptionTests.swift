@@ -152,6 +152,41 @@ struct PullSubscriptionTests {
         }
     }
 
+    @Test("Messages waiting in the subscription behind a slow batch are kept alive, not redelivered")
+    func unfetchedKeptAlive() async throws {
+        try await withTestNATSServer { server in
+            let connection = server.connection
+            try await Self.setUp(connection, ackWait: .seconds(2))
+            try await Self.publish(connection, 5)
+            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            defer { subscription.close() }
+            // Without this, message 2 came back a second time (delivery count 2) in this test.
+            subscription.keepUnfetchedAlive(every: .milliseconds(600))
+            var first = try await subscription.fetch(maxMessages: 2, timeout: .seconds(2))
+            while first.isEmpty { first = try await subscription.fetch(maxMessages: 2, timeout: .seconds(2)) }
+            // The next batch is requested (and arrives) while this one is "handled" for longer
+            // than the ack wait, with in-progress acks as the worker sends them.
+            for _ in 0..<6 {
+                try await Task.sleep(for: .milliseconds(600))
+                for i in 0..<first.count { first.inProgress(i) }
+            }
+            for i in 0..<first.count { first.ack(i) }
+            var all = first.messages
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(5)
+            while clock.now < deadline {
+                let batch = try await subscription.fetch(maxMessages: 10, timeout: .milliseconds(300))
+                for i in 0..<batch.count { batch.ack(i) }
+                all += batch.messages
+                if batch.isEmpty && all.count >= 5 { break }
+            }
+            #expect(all.map(\.streamSequence).sorted() == [1, 2, 3, 4, 5], "\(all.map(\.streamSequence))")
+            #expect(all.allSatisfy { $0.deliveryCount == 1 }, "\(all.map(\.deliveryCount))")
+            let state = try await connection.consumerState(stream: "PULL", consumer: "c")
+            #expect(state?.numRedelivered == 0)
+        }
+    }
+
     @Test("readAll reads a subject through an ephemeral consumer and removes it")
     func readAllEphemeral() async throws {
         try await withTestNATSServer { server in
