@@ -92,6 +92,40 @@ extension CoreMessage {
 }
 
 extension NATSConnection {
+    /// Subscribes `handler` to `subject` (in `queue`'s group, if given) with `context` as its
+    /// closure. The context is retained here; nats.c calls `onComplete` with it once no
+    /// callback can run any more, and `onComplete` must release it.
+    func subscribe(
+        subject: String,
+        queue: String? = nil,
+        handler: natsMsgHandler,
+        onComplete: natsOnCompleteCB,
+        context: AnyObject
+    ) throws(NATSError) -> OpaquePointer {
+        let retained = Unmanaged.passRetained(context)
+        var sub: OpaquePointer?
+        let status: natsStatus
+        if let queue {
+            status = natsConnection_QueueSubscribe(&sub, rawConnection, subject, queue, handler, retained.toOpaque())
+        } else {
+            status = natsConnection_Subscribe(&sub, rawConnection, subject, handler, retained.toOpaque())
+        }
+        guard status == NATS_OK, let sub else {
+            retained.release()
+            throw NATSError.from(status: status, context: "subscribing to \(subject)")
+        }
+        _ = natsSubscription_SetPendingLimits(sub, -1, -1)
+        let completeStatus = natsSubscription_SetOnCompleteCB(sub, onComplete, retained.toOpaque())
+        if completeStatus != NATS_OK {
+            // Without the completion callback nothing says when callbacks have stopped: the
+            // context stays retained rather than risk a callback using a freed one.
+            _ = natsSubscription_Unsubscribe(sub)
+            natsSubscription_Destroy(sub)
+            throw NATSError.from(status: completeStatus, context: "subscribing to \(subject)")
+        }
+        return sub
+    }
+
     /// Publishes a core NATS message (no PubAck; buffered and flushed by nats.c).
     public func publishCore(_ message: CoreMessage) throws {
         var msg: OpaquePointer?
@@ -112,26 +146,18 @@ extension NATSConnection {
     /// member of the queue group.
     public func subscribeCore(subject: String, queue: String? = nil) throws -> CoreSubscription {
         let (stream, continuation) = AsyncStream<CoreMessage>.makeStream()
-        let box = Unmanaged.passRetained(DeliveryBox(continuation: continuation))
-        var sub: OpaquePointer?
-        let status: natsStatus
-        if let queue {
-            status = natsConnection_QueueSubscribe(&sub, rawConnection, subject, queue, onCoreMessage, box.toOpaque())
-        } else {
-            status = natsConnection_Subscribe(&sub, rawConnection, subject, onCoreMessage, box.toOpaque())
-        }
-        guard status == NATS_OK, let sub else {
-            box.release()
+        let sub: OpaquePointer
+        do {
+            sub = try subscribe(
+                subject: subject,
+                queue: queue,
+                handler: onCoreMessage,
+                onComplete: onSubscriptionComplete,
+                context: DeliveryBox(continuation: continuation)
+            )
+        } catch {
             continuation.finish()
-            throw NATSError.from(status: status, context: "subscribing to \(subject)")
-        }
-        _ = natsSubscription_SetPendingLimits(sub, -1, -1)
-        let completeStatus = natsSubscription_SetOnCompleteCB(sub, onSubscriptionComplete, box.toOpaque())
-        if completeStatus != NATS_OK {
-            // Without the completion callback nothing would release the box; give up cleanly.
-            _ = natsSubscription_Unsubscribe(sub)
-            natsSubscription_Destroy(sub)
-            throw NATSError.from(status: completeStatus, context: "subscribing to \(subject)")
+            throw error
         }
         let handle = SubscriptionHandle()
         handle.pointer = sub

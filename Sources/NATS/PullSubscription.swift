@@ -60,22 +60,7 @@ public final class PullSubscription: Sendable {
         natsInbox_Destroy(inboxPointer)
         let box = PullBox(headerNames: headerNames)
         self.box = box
-        let retained = Unmanaged.passRetained(box)
-        var sub: OpaquePointer?
-        let status = natsConnection_Subscribe(&sub, connection.rawConnection, inbox + ".*", onPullMessage, retained.toOpaque())
-        guard status == NATS_OK, let sub else {
-            retained.release()
-            throw NATSError.from(status: status, context: "subscribing to the pull inbox")
-        }
-        _ = natsSubscription_SetPendingLimits(sub, -1, -1)
-        let completeStatus = natsSubscription_SetOnCompleteCB(sub, onPullComplete, retained.toOpaque())
-        if completeStatus != NATS_OK {
-            _ = natsSubscription_Unsubscribe(sub)
-            natsSubscription_Destroy(sub)
-            retained.release()
-            throw NATSError.from(status: completeStatus, context: "subscribing to the pull inbox")
-        }
-        self.subscription = sub
+        self.subscription = try connection.subscribe(subject: inbox + ".*", handler: onPullMessage, onComplete: onPullComplete, context: box)
     }
 
     deinit {
