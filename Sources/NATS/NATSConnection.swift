@@ -6,11 +6,12 @@ import Synchronization
 
 /// A connection to NATS with a JetStream context, over nats.c.
 ///
-/// Every blocking nats.c call (connect, stream and consumer administration, fetch, close) runs
-/// on the connection's own `NIOThreadPool`, never on the Swift cooperative pool or an event loop.
+/// Every blocking nats.c call (connect, stream and consumer administration, close) runs on the
+/// connection's own `NIOThreadPool`, never on the Swift cooperative pool or an event loop.
 /// Publishing is asynchronous: ``publish(_:)`` returns once JetStream has acknowledged every
-/// message, and the acknowledgment is delivered by a nats.c callback that only resumes a
-/// continuation.
+/// message; the PubAcks arrive on the connection's own inbox, in a nats.c callback that only
+/// resumes a continuation. Pull subscriptions wait without holding a thread (see
+/// ``PullSubscription``).
 ///
 /// The connection reconnects by itself for as long as it is open. Call ``close()`` when done.
 public final class NATSConnection: Sendable {
@@ -29,7 +30,7 @@ public final class NATSConnection: Sendable {
         public var apiTimeout: Duration = .seconds(5)
         /// Upper bound of publishes waiting for their PubAck; past it `publish` fails at once.
         public var maxPendingPublishes: Int = 262_144
-        /// Threads for blocking nats.c calls; each concurrent fetch loop holds one while it waits.
+        /// Threads for blocking nats.c calls (connect, stream and consumer administration).
         public var blockingThreads: Int = 16
         /// How often the client pings the server to detect a dead connection.
         public var pingInterval: Duration = .seconds(2)
@@ -53,7 +54,7 @@ public final class NATSConnection: Sendable {
     var rawConnection: OpaquePointer { connection }
     private let trackerContext: Unmanaged<PublishTracker>
     /// The subscription PubAcks arrive on, and the reply-subject prefix of every publish
-    /// (`_INBOX.<id>.`, NUL-terminated). Destroyed in deinit, before the connection.
+    /// (`_INBOX.<id>.`). Destroyed in deinit, before the connection.
     private nonisolated(unsafe) let ackSubscription: OpaquePointer
     private let ackPrefix: [UInt8]
     /// Fails publishes that got no PubAck within `publishTimeout`.

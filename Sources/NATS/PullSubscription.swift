@@ -74,8 +74,13 @@ public final class PullSubscription: Sendable {
         let timeoutMs = max(1, timeout.milliseconds)
         if closed.withLock({ $0 }) { throw NATSError(code: .connectionClosed, message: "the subscription is closed") }
         let (taken, request) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs)
+        if let taken {
+            // Records in hand go to the caller even if asking for the next batch failed (the
+            // next fetch asks again).
+            if let request { try? sendPullRequest(request) }
+            return try batch(taken)
+        }
         if let request { try sendPullRequest(request) }
-        if let taken { return try batch(taken) }
 
         // Nothing there yet: wait for the first message, the request's end, or the deadline
         // (a request lost with a reconnect never ends by itself).
@@ -89,7 +94,7 @@ public final class PullSubscription: Sendable {
         }
         deadline.cancel()
         let (after, next) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs, requestIfEmpty: false)
-        if let next { try sendPullRequest(next) }
+        if let next { try? sendPullRequest(next) }
         return try batch(after ?? [])
     }
 
