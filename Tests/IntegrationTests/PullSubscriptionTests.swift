@@ -15,6 +15,18 @@ struct PullSubscriptionTests {
         try await connection.createOrUpdateConsumer(stream: "PULL", consumer)
     }
 
+    /// A fresh nats-server with stream PULL (`pull.>`) and durable consumer `c`.
+    static func withStream(ackWait: Duration = .seconds(30), _ body: (NATSConnection) async throws -> Void) async throws {
+        try await withTestNATSServer { server in
+            try await setUp(server.connection, ackWait: ackWait)
+            try await body(server.connection)
+        }
+    }
+
+    static func subscribe(_ connection: NATSConnection, headers: [String] = []) async throws -> PullSubscription {
+        try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: headers)
+    }
+
     static func publish(_ connection: NATSConnection, _ count: Int, from first: Int = 0) async throws {
         let messages = (first..<first + count).map { i in
             OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m\(i)"), headers: [("Nats-Msg-Id", "id-\(i)"), ("X-Index", "\(i)")])
@@ -24,12 +36,10 @@ struct PullSubscriptionTests {
 
     @Test("A fetch returns what is there without waiting for the batch to fill, with headers and metadata")
     func fetchReturnsEarly() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection)
+        try await Self.withStream { connection in
             let before = Int64(Date().timeIntervalSince1970 * 1e9)
             try await Self.publish(connection, 3)
-            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: ["X-Index", "Missing"])
+            let subscription = try await Self.subscribe(connection, headers: ["X-Index", "Missing"])
             defer { subscription.close() }
             let clock = ContinuousClock()
             let started = clock.now
@@ -57,11 +67,9 @@ struct PullSubscriptionTests {
 
     @Test("Nak redelivers with the delivery count raised, term never redelivers, ack is final once")
     func nakTermAck() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection)
+        try await Self.withStream { connection in
             try await Self.publish(connection, 3)
-            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: ["X-Index"])
+            let subscription = try await Self.subscribe(connection, headers: ["X-Index"])
             defer { subscription.close() }
             var first: [JetStreamMessage] = []
             while first.count < 3 {
@@ -90,14 +98,12 @@ struct PullSubscriptionTests {
 
     @Test("Closing hands unfetched messages back at once; a missing consumer is reported")
     func closeAndMissingConsumer() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection, ackWait: .seconds(60))
+        try await Self.withStream(ackWait: .seconds(60)) { connection in
             await #expect(throws: NATSError(code: .notFound, message: "")) {
                 _ = try await connection.pullSubscription(stream: "PULL", consumer: "nope", filterSubject: "pull.>", headers: [])
             }
             try await Self.publish(connection, 50)
-            let first = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            let first = try await Self.subscribe(connection)
             // Take 10; the rest arrive in the subscription's buffer and are never fetched.
             var taken = 0
             while taken == 0 {
@@ -109,7 +115,7 @@ struct PullSubscriptionTests {
             first.close()
             await #expect(throws: NATSError.self) { _ = try await first.fetch(maxMessages: 1, timeout: .seconds(1)) }
             // With a 60 s ack wait, only the nak at close brings the other 40 back now.
-            let second = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            let second = try await Self.subscribe(connection)
             defer { second.close() }
             var rest = Set<UInt64>()
             let clock = ContinuousClock()
@@ -125,9 +131,7 @@ struct PullSubscriptionTests {
 
     @Test("Publishing returns each PubAck: sequence, duplicate, JetStream's error and no stream")
     func publishAcks() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection)
+        try await Self.withStream { connection in
             let first = try await connection.publish((0..<300).map { i in
                 OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-\(i)")])
             })
@@ -154,11 +158,9 @@ struct PullSubscriptionTests {
 
     @Test("Messages waiting in the subscription behind a slow batch are kept alive, not redelivered")
     func unfetchedKeptAlive() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection, ackWait: .seconds(2))
+        try await Self.withStream(ackWait: .seconds(2)) { connection in
             try await Self.publish(connection, 5)
-            let subscription = try await connection.pullSubscription(stream: "PULL", consumer: "c", filterSubject: "pull.>", headers: [])
+            let subscription = try await Self.subscribe(connection)
             defer { subscription.close() }
             // Without this, message 2 came back a second time (delivery count 2) in this test.
             subscription.keepUnfetchedAlive(every: .milliseconds(600))
@@ -189,9 +191,7 @@ struct PullSubscriptionTests {
 
     @Test("readAll reads a subject through an ephemeral consumer and removes it")
     func readAllEphemeral() async throws {
-        try await withTestNATSServer { server in
-            let connection = server.connection
-            try await Self.setUp(connection)
+        try await Self.withStream { connection in
             try await Self.publish(connection, 2500)
             let all = try await connection.readAll(stream: "PULL", subject: "pull.>", headers: ["X-Index"], atLeast: 2500)
             #expect(all.count == 2500)
