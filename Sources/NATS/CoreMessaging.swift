@@ -69,7 +69,7 @@ private let onCoreMessage: natsMsgHandler = { _, _, msg, closure in
     guard let msg, let closure else { return }
     let box = Unmanaged<DeliveryBox>.fromOpaque(closure).takeUnretainedValue()
     box.continuation.yield(CoreMessage(msg))
-    natsMsg_Destroy(msg)
+    MessageEncoding.release(msg)
 }
 
 private let onSubscriptionComplete: natsOnCompleteCB = { closure in
@@ -128,17 +128,21 @@ extension NATSConnection {
 
     /// Publishes a core NATS message (no PubAck; buffered and flushed by nats.c).
     public func publishCore(_ message: CoreMessage) throws {
-        var msg: OpaquePointer?
-        var status = message.payload.withUnsafeBytes { bytes in
-            natsMsg_Create(&msg, message.subject, message.reply, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
+        let headers = message.headers.map { ($0.key, $0.value) }
+        let msg = try message.payload.withUnsafeBytes { bytes in
+            guard let reply = message.reply else {
+                return try MessageEncoding.create(subject: message.subject, reply: nil, headers: headers, payload: bytes)
+            }
+            return try reply.withCString { chars in
+                try MessageEncoding.create(
+                    subject: message.subject,
+                    reply: UnsafeBufferPointer(start: chars, count: reply.utf8.count),
+                    headers: headers,
+                    payload: bytes
+                )
+            }
         }
-        try check(status, "creating message")
-        guard let msg else { throw NATSError(code: .other, message: "nats.c returned no message") }
-        defer { natsMsg_Destroy(msg) }
-        for (name, value) in message.headers {
-            status = natsMsgHeader_Set(msg, name, value)
-            try check(status, "setting header \(name)")
-        }
+        defer { MessageEncoding.release(msg) }
         try check(natsConnection_PublishMsg(rawConnection, msg), "publishing to \(message.subject)")
     }
 

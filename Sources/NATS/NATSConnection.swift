@@ -252,6 +252,11 @@ public final class NATSConnection: Sendable {
 
     // MARK: Publishing
 
+    /// Whether this process writes header blocks itself (the fast path; see `MessageEncoding`)
+    /// rather than through nats.c's header map. `false` only with a libnats that does not
+    /// behave as the start-up check expects; publishing works either way.
+    public static var encodesHeaderBlocks: Bool { MessageEncoding.preEncodedHeaders }
+
     /// Publishes one message and returns its PubAck.
     public func publish(_ message: OutgoingMessage) async throws -> PublishAck {
         try await publish([message])[0]
@@ -304,24 +309,23 @@ public final class NATSConnection: Sendable {
             }
         }
         reply[position] = 0
-        var msg: OpaquePointer?
-        var status = message.payload.withUnsafeReadableBytes { bytes in
-            natsMsg_Create(&msg, message.subject, reply.baseAddress, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
-        }
-        guard status == NATS_OK, let created = msg else {
-            batch.complete(index: index, result: .failure(.from(status: status, context: "creating message")))
+        let created: OpaquePointer
+        do {
+            created = try message.payload.withUnsafeReadableBytes { bytes throws(NATSError) in
+                try MessageEncoding.create(
+                    subject: message.subject,
+                    reply: UnsafeBufferPointer(rebasing: reply[0..<position]),
+                    headers: message.headers,
+                    payload: bytes
+                )
+            }
+        } catch {
+            batch.complete(index: index, result: .failure(error))
             return
         }
-        defer { natsMsg_Destroy(created) }
-        for (name, value) in message.headers {
-            status = natsMsgHeader_Set(created, name, value)
-            if status != NATS_OK {
-                batch.complete(index: index, result: .failure(.from(status: status, context: "setting header \(name)")))
-                return
-            }
-        }
+        defer { MessageEncoding.release(created) }
         tracker.register(sequence, deadline: deadline, batch: batch, index: index)
-        status = natsConnection_PublishMsg(connection, created)
+        let status = natsConnection_PublishMsg(connection, created)
         if status != NATS_OK {
             tracker.complete(sequence, result: .failure(.from(status: status, context: "publishing")))
         }

@@ -119,7 +119,7 @@ final class PublishTracker: Sendable {
 /// delivery thread: parses a few bytes, completes one entry, never blocks.
 let onPublishAck: natsMsgHandler = { _, _, msg, closure in
     guard let msg else { return }
-    defer { natsMsg_Destroy(msg) }
+    defer { MessageEncoding.release(msg) }
     guard let closure, let subject = natsMsg_GetSubject(msg) else { return }
     let tracker = Unmanaged<PublishTracker>.fromOpaque(closure).takeUnretainedValue()
     guard let sequence = lastTokenNumber(subject) else { return }

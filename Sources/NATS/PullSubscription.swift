@@ -323,7 +323,7 @@ final class PullBox: Sendable {
 
 private let onPullMessage: natsMsgHandler = { _, _, msg, closure in
     guard let msg else { return }
-    defer { natsMsg_Destroy(msg) }
+    defer { MessageEncoding.release(msg) }
     guard let closure else { return }
     let box = Unmanaged<PullBox>.fromOpaque(closure).takeUnretainedValue()
     if let reply = natsMsg_GetReply(msg), let metadata = AckSubject(reply) {

@@ -156,6 +156,47 @@ struct PullSubscriptionTests {
         }
     }
 
+    @Test("Header blocks written by Autonomous arrive as sent; a header that would break the protocol line is refused")
+    func encodedHeaders() async throws {
+        // The fast path is the one every other test exercises here.
+        #expect(NATSConnection.encodesHeaderBlocks)
+        try await Self.withStream { connection in
+            let values = ["plain", "with: colon and spaces", "ünïcödé ✓", String(repeating: "x", count: 2_000)]
+            let messages = values.enumerated().map { i, value in
+                OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "{\"i\":\(i)}"), headers: [("Nats-Msg-Id", "h-\(i)"), ("X-Value", value)])
+            }
+            _ = try await connection.publish(messages)
+            // No payload at all, and no headers at all.
+            _ = try await connection.publish(OutgoingMessage(subject: "pull.empty", payload: ByteBuffer(), headers: [("X-Value", "empty body")]))
+            _ = try await connection.publish(OutgoingMessage(subject: "pull.bare", payload: ByteBuffer(string: "bare")))
+            for (name, value) in [("X-Value", "two\r\nNats-Msg-Id: forged"), ("Bad Name", "v"), ("Bad:Name", "v"), ("", "v")] {
+                let refused = await #expect(throws: NATSError.self) {
+                    _ = try await connection.publish(OutgoingMessage(subject: "pull.bad", payload: ByteBuffer(string: "m"), headers: [(name, value)]))
+                }
+                #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
+                #expect(throws: NATSError.self) {
+                    try connection.publishCore(CoreMessage(subject: "core.bad", payload: [1], headers: [name: value]))
+                }
+            }
+            #expect(connection.publishesInFlight == 0)
+            let subscription = try await Self.subscribe(connection, headers: ["X-Value", "Nats-Msg-Id"])
+            defer { subscription.close() }
+            var received: [JetStreamMessage] = []
+            while received.count < values.count + 2 {
+                let batch = try await subscription.fetch(maxMessages: 100, timeout: .seconds(5))
+                #expect(!batch.isEmpty)
+                if batch.isEmpty { break }
+                received += batch.messages
+            }
+            #expect(received.map(\.subject) == values.indices.map { "pull.\($0)" } + ["pull.empty", "pull.bare"])
+            #expect(received.prefix(values.count).map { $0.headerValues[0] } == values)
+            #expect(received.prefix(values.count).map { $0.headerValues[1] } == values.indices.map { "h-\($0)" })
+            #expect(received.prefix(values.count).map { String(decoding: $0.payload, as: UTF8.self) } == values.indices.map { "{\"i\":\($0)}" })
+            #expect(received.last?.headerValues == [nil, nil] && received.last.map { String(decoding: $0.payload, as: UTF8.self) } == "bare")
+            #expect(received.dropLast().last?.headerValues[0] == "empty body" && received.dropLast().last?.payload.isEmpty == true)
+        }
+    }
+
     @Test("Messages waiting in the subscription behind a slow batch are kept alive, not redelivered")
     func unfetchedKeptAlive() async throws {
         try await Self.withStream(ackWait: .seconds(2)) { connection in
