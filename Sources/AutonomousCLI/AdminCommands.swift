@@ -238,7 +238,7 @@ struct SchedulesCommand: AsyncParsableCommand {
         @Option(help: "Cron expression (5 or 6 fields, or @daily and the like).") var cron: String
         @Option(name: .customLong("time-zone"), help: "IANA time zone, e.g. Europe/Berlin (default: the schedule's).") var timeZone: String?
         func run() async throws {
-            var body: [String: JSONValue] = ["cron": .string(cron)]
+            var body: JSONObject = ["cron": .string(cron)]
             if let timeZone { body["timeZone"] = .string(timeZone) }
             try await target.put(.object(body))
         }

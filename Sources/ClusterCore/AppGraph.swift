@@ -127,7 +127,7 @@ public struct AppGraph: Sendable {
     public func describe(tenant: String) -> JSONValue {
         var tableValues: [JSONValue] = []
         for table in tables {
-            var value: [String: JSONValue] = [
+            var value: JSONObject = [
                 "name": .string(table.name),
                 "kind": .string(table.kind.rawValue),
                 "semantic_type": .string(table.semanticType.description),
@@ -139,7 +139,7 @@ public struct AppGraph: Sendable {
             tableValues.append(.object(value))
         }
         let handlerValues: [JSONValue] = handlers.map { handler in
-            var value: [String: JSONValue] = [
+            var value: JSONObject = [
                 "name": .string(handler.name),
                 "source": .string(handler.source),
                 "source_kind": .string(handler.sourceKind.rawValue),

@@ -187,14 +187,27 @@ public struct JSONParser: ~Copyable {
 
     // MARK: - Building values
 
+    /// Where `key` already is among `members`, if it is. Scans up to 16 members; from then on
+    /// keeps the keys in `seen` so that a large object is parsed in linear time.
+    private static func index(of key: String, in members: [JSONObject.Element], seen: inout Set<String>?) -> Int? {
+        if seen == nil {
+            if let index = members.firstIndex(where: { $0.key == key }) { return index }
+            if members.count >= 16 { seen = Set(members.map(\.key)) }
+            return nil
+        }
+        guard seen!.contains(key) else { return nil }
+        return members.firstIndex { $0.key == key }
+    }
+
     private mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard let c = peek() else { throw error("unexpected end of input") }
         switch c {
         case UInt8(ascii: "{"):
             try enter()
             index += 1
-            // Members are collected first so the dictionary is allocated once at its size.
-            var members: [(String, JSONValue)] = []
+            var members: [JSONObject.Element] = []
+            // Past a few members, repeated keys are found through a set rather than a scan.
+            var seen: Set<String>? = nil
             skipWhitespace()
             if peek() == UInt8(ascii: "}") {
                 index += 1
@@ -208,7 +221,13 @@ public struct JSONParser: ~Copyable {
                     guard peek() == UInt8(ascii: ":") else { throw error("expected ':' after object key") }
                     index += 1
                     skipWhitespace()
-                    members.append((key, try parseValue()))
+                    let value = try parseValue()
+                    if let existing = Self.index(of: key, in: members, seen: &seen) {
+                        members[existing].value = value  // a repeated key: the last value wins
+                    } else {
+                        members.append((key: key, value: value))
+                        seen?.insert(key)
+                    }
                     skipWhitespace()
                     guard let next = peek() else { throw error("unterminated object") }
                     index += 1
@@ -217,9 +236,7 @@ public struct JSONParser: ~Copyable {
                 }
             }
             depth -= 1
-            var object = [String: JSONValue](minimumCapacity: members.count)
-            for (key, value) in members { object[key] = value }  // a repeated key: the last wins
-            return .object(object)
+            return .object(JSONObject(uniqueMembers: members))
         case UInt8(ascii: "["):
             try enter()
             index += 1
@@ -444,10 +461,10 @@ public enum JSONWriter {
             }
             out.append(UInt8(ascii: "]"))
         case .object(let object):
-            // Keys in order, so equal values always encode to the same bytes.
+            // Members in their order (see JSONObject).
             out.append(UInt8(ascii: "{"))
             var first = true
-            for (key, element) in object.sorted(by: { $0.key < $1.key }) {
+            for (key, element) in object {
                 if !first { out.append(UInt8(ascii: ",")) }
                 first = false
                 writeString(key, into: &out)

@@ -12,7 +12,7 @@ public enum JSONValue: Sendable, Hashable {
     case double(Double)
     case string(String)
     case array([JSONValue])
-    case object([String: JSONValue])
+    case object(JSONObject)
 
     /// The current time as an ISO 8601 string (UTC, milliseconds).
     public static var now: JSONValue { .string(ISO8601.format(Date())) }
@@ -50,7 +50,7 @@ public enum JSONValue: Sendable, Hashable {
     public var isNull: Bool { if case .null = self { return true } else { return false } }
     public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
     public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
-    public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
+    public var objectValue: JSONObject? { if case .object(let o) = self { return o } else { return nil } }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
 
     public var intValue: Int? {
@@ -91,7 +91,7 @@ extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, Expre
     public init(stringLiteral value: String) { self = .string(value) }
     public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
-        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+        self = .object(JSONObject(elements))
     }
 }
 
@@ -139,7 +139,7 @@ extension JSONValue: Codable {
         } else if let a = try? container.decode([JSONValue].self) {
             self = .array(a)
         } else {
-            self = .object(try container.decode([String: JSONValue].self))
+            self = .object(JSONObject(try container.decode([String: JSONValue].self)))
         }
     }
 
@@ -152,8 +152,106 @@ extension JSONValue: Codable {
         case .double(let d): try container.encode(d)
         case .string(let s): try container.encode(s)
         case .array(let a): try container.encode(a)
-        case .object(let o): try container.encode(o)
+        case .object(let o): try container.encode(o.dictionary)
         }
+    }
+}
+
+/// A JSON object: its members in the order they were parsed or added, looked up by key.
+///
+/// It reads like a `[String: JSONValue]`: subscript by key (assigning `nil` removes),
+/// `keys`, `values`, `count`, iteration as `(key:value:)` pairs and dictionary literals. Its
+/// members live in one array, because records are small objects and a scan over a few keys
+/// is cheaper than hashing every key of every record parsed. Lookups scan the members, so
+/// an object with thousands of keys is better read through ``dictionary`` once.
+///
+/// Members keep their order: ``JSONWriter`` writes them as they come, a parsed object
+/// re-encodes in its original order, and a repeated key keeps its first position with the
+/// last value (as JavaScript does). An object made from a `Dictionary` has its keys sorted,
+/// so it encodes the same way in every process. Equality and hashing ignore the order.
+public struct JSONObject: Sendable, Hashable, RandomAccessCollection, ExpressibleByDictionaryLiteral {
+    public typealias Element = (key: String, value: JSONValue)
+
+    private var members: [Element]
+
+    public init() { members = [] }
+
+    /// Members in the given order; a repeated key keeps its first position and its last value.
+    public init(_ members: some Sequence<(String, JSONValue)>) {
+        self.members = []
+        self.members.reserveCapacity(members.underestimatedCount)
+        for (key, value) in members { self[key] = value }
+    }
+
+    /// The dictionary's members, sorted by key.
+    public init(_ dictionary: [String: JSONValue]) {
+        members = dictionary.sorted { $0.key < $1.key }.map { (key: $0.key, value: $0.value) }
+    }
+
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self.init(elements)
+    }
+
+    /// Members whose keys are known to be distinct (the parser checks them).
+    init(uniqueMembers: [Element]) { members = uniqueMembers }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { members.count }
+    public subscript(position: Int) -> Element { members[position] }
+
+    public subscript(key: String) -> JSONValue? {
+        get {
+            for member in members where member.key == key { return member.value }
+            return nil
+        }
+        set {
+            if let index = members.firstIndex(where: { $0.key == key }) {
+                if let newValue { members[index].value = newValue } else { members.remove(at: index) }
+            } else if let newValue {
+                members.append((key: key, value: newValue))
+            }
+        }
+    }
+
+    public subscript(key: String, default defaultValue: @autoclosure () -> JSONValue) -> JSONValue {
+        get { self[key] ?? defaultValue() }
+        set { self[key] = newValue }
+    }
+
+    @discardableResult
+    public mutating func removeValue(forKey key: String) -> JSONValue? {
+        guard let index = members.firstIndex(where: { $0.key == key }) else { return nil }
+        return members.remove(at: index).value
+    }
+
+    public var keys: [String] { members.map(\.key) }
+    public var values: [JSONValue] { members.map(\.value) }
+    /// The members as a dictionary (order lost).
+    public var dictionary: [String: JSONValue] {
+        Dictionary(members.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+    }
+
+    public func mapValues(_ transform: (JSONValue) throws -> JSONValue) rethrows -> JSONObject {
+        JSONObject(uniqueMembers: try members.map { (key: $0.key, value: try transform($0.value)) })
+    }
+
+    public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
+        guard lhs.members.count == rhs.members.count else { return false }
+        for (key, value) in lhs.members where rhs[key] != value { return false }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        // Independent of the order: the members' own hashes are summed.
+        var sum: UInt = 0
+        for member in members {
+            var memberHasher = Hasher()
+            memberHasher.combine(member.key)
+            memberHasher.combine(member.value)
+            sum &+= UInt(bitPattern: memberHasher.finalize())
+        }
+        hasher.combine(members.count)
+        hasher.combine(sum)
     }
 }
 

@@ -83,7 +83,7 @@ public struct RouteError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(status) \(code): \(message)" }
 
     public var body: JSONValue {
-        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        var error: JSONObject = ["code": .string(code), "message": .string(message)]
         if let field { error["field"] = .string(field) }
         return ["error": .object(error)]
     }

@@ -62,7 +62,7 @@ public struct OpenAICompletion: Component {
             for entry in records.entries {
                 let text = try component.prompt.render(entry.value)
                 let completion = try await component.complete(text, key: key, base: base, idempotencyKey: entry.id)
-                var out: [String: JSONValue] = [
+                var out: JSONObject = [
                     "prompt": .string(text),
                     "completion": .string(completion.text),
                     "model": .string(completion.model),
@@ -85,7 +85,7 @@ public struct OpenAICompletion: Component {
         var messages: [JSONValue] = []
         if let systemPrompt { messages.append(["role": "system", "content": .string(systemPrompt)]) }
         messages.append(["role": "user", "content": .string(prompt)])
-        var body: [String: JSONValue] = [
+        var body: JSONObject = [
             "model": .string(model),
             "messages": .array(messages),
             "temperature": .double(temperature),

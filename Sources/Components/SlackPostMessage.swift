@@ -42,7 +42,7 @@ public struct SlackPostMessage: Component {
         let component = self
         return { records, ctx in
             for entry in records.entries {
-                var body: [String: JSONValue] = [
+                var body: JSONObject = [
                     "channel": .string(try component.channel.render(entry.value)),
                     "text": .string(try component.text.render(entry.value)),
                 ]
@@ -54,7 +54,7 @@ public struct SlackPostMessage: Component {
         }
     }
 
-    func post(_ body: [String: JSONValue], token: String, base: String) async throws {
+    func post(_ body: JSONObject, token: String, base: String) async throws {
         var request = HTTPClientRequest(url: base + "/chat.postMessage")
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(token)")

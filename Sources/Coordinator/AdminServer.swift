@@ -187,7 +187,7 @@ struct AdminResponder: HTTPResponder {
         guard let object = value.objectValue else {
             throw RouteError(status: 400, code: "invalid_json", message: "the body must be a JSON object")
         }
-        return object
+        return object.dictionary
     }
 
     static func string(_ body: [String: JSONValue], _ field: String) throws -> String {

@@ -143,7 +143,7 @@ private struct Reader {
         for key in object.keys.sorted() where !allowed.contains(key) {
             fail("\(path).\(key)", "unknown key; expected one of \(allowed.sorted().joined(separator: ", "))")
         }
-        return object
+        return object.dictionary
     }
 
     mutating func string(_ object: [String: JSONValue], _ key: String, _ path: String, required: Bool) -> String? {

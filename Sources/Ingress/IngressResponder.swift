@@ -272,7 +272,7 @@ struct IngressResponder: HTTPResponder {
             messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
         }
         try await publish(messages, tenant: tenant)
-        var answer: [String: JSONValue] = ["accepted": .int(Int64(ids.count))]
+        var answer: JSONObject = ["accepted": .int(Int64(ids.count))]
         if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
         return json(202, .object(answer))
     }

@@ -68,4 +68,47 @@ struct JSONParserTests {
         #expect("\(JSONValue.string("plain"))" == "plain")
         #expect(JSONValue.int(3).description == "3")
     }
+
+    @Test("Objects keep their members' order; a repeated key keeps its place and takes the last value")
+    func objectOrder() throws {
+        let text = #"{"z":1,"a":{"y":true,"b":null},"m":"x","a2":[{"k":2,"c":3}]}"#
+        let value = try JSONValue(parsing: text)
+        #expect(String(decoding: JSONWriter.encode(value), as: UTF8.self) == text)
+        #expect(value.objectValue?.keys == ["z", "a", "m", "a2"])
+        // Repeated keys, below and above the point where the parser switches to a set.
+        for count in [3, 40] {
+            let members = (0..<count).map { #""k\#($0)":\#($0)"# } + [#""k1":"again""#]
+            let parsed = try JSONValue(parsing: "{" + members.joined(separator: ",") + "}")
+            #expect(parsed.objectValue?.count == count)
+            #expect(parsed.objectValue?.keys == (0..<count).map { "k\($0)" })
+            #expect(parsed["k1"] == "again" && parsed["k\(count - 1)"] == .int(Int64(count - 1)))
+        }
+        // Literals keep their order too; a Dictionary's keys are sorted.
+        let literal: JSONValue = ["b": 1, "a": 2]
+        #expect(literal.jsonText == #"{"b":1,"a":2}"#)
+        #expect(JSONValue.object(JSONObject(["b": 1, "a": 2, "c": 3] as [String: JSONValue])).jsonText == #"{"a":2,"b":1,"c":3}"#)
+    }
+
+    @Test("Objects compare and hash without regard to order, and read and write like dictionaries")
+    func objectSemantics() throws {
+        let ab = try JSONValue(parsing: #"{"a":1,"b":[1,2]}"#)
+        let ba = try JSONValue(parsing: #"{"b":[1,2],"a":1}"#)
+        #expect(ab == ba)
+        #expect(ab.hashValue == ba.hashValue)
+        #expect(Set([ab, ba]).count == 1)
+        #expect(ab != (try JSONValue(parsing: #"{"a":1,"b":[2,1]}"#)))
+        #expect(ab != (try JSONValue(parsing: #"{"a":1}"#)))
+        var object = try #require(ab.objectValue)
+        object["c"] = "new"
+        object["a"] = 5
+        object["b"] = nil
+        #expect(object.keys == ["a", "c"] && object["a"] == 5 && object["b"] == nil)
+        #expect(object.removeValue(forKey: "c") == "new" && object.count == 1)
+        #expect(object["missing", default: 0] == 0)
+        #expect(object.dictionary == ["a": 5])
+        var value = JSONValue.object(object)
+        value["d"] = ["nested": true]
+        #expect(value.jsonText == #"{"a":5,"d":{"nested":true}}"#)
+        for (key, member) in object { #expect(key == "a" && member == 5) }
+    }
 }
