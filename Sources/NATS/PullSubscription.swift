@@ -82,11 +82,14 @@ public final class PullSubscription: Sendable {
         }
         if let request { try sendPullRequest(request) }
 
-        // Nothing there yet: wait for the first message, the request's end, or the deadline
-        // (a request lost with a reconnect never ends by itself).
-        let token = box.newWaitToken()
+        // Nothing there yet: wait for the first message, the request's end, or the deadline.
+        // The server ends an open request with a 408 when it expires, but that status can be
+        // lost (a reconnect) or never sent: under load nats-server 2.9 was seen to drop a
+        // partly served request silently. Records then wait for the next request, so the
+        // deadline is the open request's own expiry plus a short grace, not the fetch's.
+        let (token, expiry) = box.newWaitToken()
         let deadline = Task { [box] in
-            try? await Task.sleep(for: .milliseconds(timeoutMs + 1000))
+            if let expiry { try? await Task.sleep(until: expiry, clock: .continuous) }
             if !Task.isCancelled { box.expire(token) }
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -180,6 +183,8 @@ final class PullBox: Sendable {
     private struct Outstanding {
         var id: UInt64
         var remaining: Int
+        /// When the request is presumed lost if it has not ended: its expiry plus a grace.
+        var deadline: ContinuousClock.Instant
     }
 
     private struct State {
@@ -220,15 +225,18 @@ final class PullBox: Sendable {
             let wanted = limit - state.buffer.count
             guard wanted > 0 else { return (taken, nil) }
             state.nextID &+= 1
-            state.outstanding = Outstanding(id: state.nextID, remaining: wanted)
+            let expires = Duration.milliseconds(timeoutMs)
+            let grace = min(.seconds(1), max(.milliseconds(50), expires / 10))
+            state.outstanding = Outstanding(id: state.nextID, remaining: wanted, deadline: .now + expires + grace)
             return (taken, PullRequest(id: state.nextID, batch: wanted, timeoutMs: timeoutMs))
         }
     }
 
-    func newWaitToken() -> UInt64 {
+    /// A token for the next wait, and when the open request (if any) is presumed lost.
+    func newWaitToken() -> (UInt64, ContinuousClock.Instant?) {
         state.withLock { state in
             state.nextToken &+= 1
-            return state.nextToken
+            return (state.nextToken, state.outstanding?.deadline)
         }
     }
 
@@ -236,6 +244,11 @@ final class PullBox: Sendable {
     func wait(_ token: UInt64, _ continuation: CheckedContinuation<Void, Never>) {
         let resumeNow = state.withLock { state -> Bool in
             if state.closed || !state.buffer.isEmpty || state.outstanding == nil { return true }
+            if let outstanding = state.outstanding, outstanding.deadline <= .now {
+                // Presumed lost before the deadline task could say so.
+                state.outstanding = nil
+                return true
+            }
             state.waiter = Waiter(token: token, continuation: continuation)
             return false
         }

@@ -1,6 +1,6 @@
 import AutonomousTesting
 import Foundation
-import NATS
+@testable import NATS
 import NIOCore
 import Testing
 
@@ -228,6 +228,37 @@ struct PullSubscriptionTests {
             let state = try await connection.consumerState(stream: "PULL", consumer: "c")
             #expect(state?.numRedelivered == 0)
         }
+    }
+
+    @Test("A request whose 408 never comes is given up shortly after it expired, and a new one is asked for")
+    func lostRequestRecovered() async throws {
+        // The box alone: nats-server cannot be made to drop a 408 on purpose.
+        let box = PullBox(headerNames: [])
+        let clock = ContinuousClock()
+        let started = clock.now
+        let (taken, first) = box.takeOrRequest(limit: 10, timeoutMs: 200)
+        #expect(taken == nil && first?.batch == 10)
+        let (token, expiry) = box.newWaitToken()
+        let deadline = try #require(expiry)
+        // Expiry (200 ms) plus the grace (50 ms at least, a tenth of expires).
+        #expect(deadline >= started + .milliseconds(250) && deadline < started + .milliseconds(400))
+        // Asking again while the request is open sends nothing.
+        #expect(box.takeOrRequest(limit: 10, timeoutMs: 200).1 == nil)
+        let timer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            box.expire(token)
+        }
+        await withCheckedContinuation { box.wait(token, $0) }
+        timer.cancel()
+        #expect(clock.now - started < .milliseconds(900), "waited \(clock.now - started)")
+        let (after, second) = box.takeOrRequest(limit: 10, timeoutMs: 200, requestIfEmpty: false)
+        #expect(after?.isEmpty == true)
+        #expect(second.map { $0.id > first!.id } == true, "no new request after the lost one")
+        // A wait that starts after the deadline passed returns at once.
+        let (late, lateExpiry) = box.newWaitToken()
+        try await Task.sleep(until: try #require(lateExpiry) + .milliseconds(10), clock: .continuous)
+        await withCheckedContinuation { box.wait(late, $0) }
+        #expect(box.takeOrRequest(limit: 10, timeoutMs: 200).1 != nil)
     }
 
     @Test("readAll reads a subject through an ephemeral consumer and removes it")
