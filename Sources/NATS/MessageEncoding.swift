@@ -1,4 +1,7 @@
 import CNATS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Builds the nats.c messages this module publishes, and frees every message it holds.
 ///
@@ -14,7 +17,9 @@ import CNATS
 /// way reads back correctly through the public API, and everything falls back to the
 /// public API when it does not.
 enum MessageEncoding {
-    /// `true` when libnats builds messages from an encoded header block as expected.
+    /// `true` when libnats builds messages from an encoded header block as expected, and lays
+    /// a message out as `subject\0 reply\0 headers\0 payload` (which ``headerValues(_:names:)``
+    /// reads without making nats.c build its header map).
     static let preEncodedHeaders: Bool = selfCheck()
 
     private static let preamble: [UInt8] = Array("NATS/1.0\r\n".utf8)
@@ -103,14 +108,92 @@ enum MessageEncoding {
         }
     }
 
+    /// The values of `names` in a received message's headers (`nil` where absent; the first
+    /// value of a repeated header; surrounding spaces trimmed), as `natsMsgHeader_Get` gives
+    /// them. Reads the header block in place when ``preEncodedHeaders`` holds and the block
+    /// looks as expected, so nats.c never builds (and frees) a header map for the message.
+    static func headerValues(_ msg: OpaquePointer, names: [String]) -> [String?] {
+        if preEncodedHeaders, let block = headerBlock(msg) {
+            return parse(block, names: names)
+        }
+        return names.map { name in
+            var value: UnsafePointer<CChar>?
+            guard natsMsgHeader_Get(msg, name, &value) == NATS_OK, let value else { return nil }
+            return String(cString: value)
+        }
+    }
+
+    /// The header block between the reply's terminator and the payload, `[]` for a message
+    /// without headers, `nil` when the bytes there do not look like a header block.
+    private static func headerBlock(_ msg: OpaquePointer) -> UnsafeBufferPointer<UInt8>? {
+        guard let data = natsMsg_GetData(msg) else { return nil }
+        let before = natsMsg_GetReply(msg) ?? natsMsg_GetSubject(msg)
+        guard let before else { return nil }
+        let start = UnsafeRawPointer(before) + strlen(before) + 1
+        let end = UnsafeRawPointer(data)
+        if start == end { return UnsafeBufferPointer<UInt8>(start: nil, count: 0) }
+        // `headers\0` sits between them: at least "NATS/1.0\r\n\r\n" and its terminator.
+        let length = end - start - 1
+        guard length >= 12, length <= 1 << 20 else { return nil }
+        let block = UnsafeBufferPointer(start: start.assumingMemoryBound(to: UInt8.self), count: length)
+        guard end.load(fromByteOffset: -1, as: UInt8.self) == 0,
+            block.starts(with: "NATS/1.0".utf8),
+            block[length - 4] == 13, block[length - 3] == 10, block[length - 2] == 13, block[length - 1] == 10
+        else { return nil }
+        return block
+    }
+
+    /// Parses `Name: value` lines after the status line.
+    static func parse(_ block: UnsafeBufferPointer<UInt8>, names: [String]) -> [String?] {
+        var values = [String?](repeating: nil, count: names.count)
+        guard block.count > 0 else { return values }
+        var index = 0
+        // Skip the status line.
+        while index + 1 < block.count, !(block[index] == 13 && block[index + 1] == 10) { index += 1 }
+        index += 2
+        var found = 0
+        while index < block.count, found < names.count {
+            var lineEnd = index
+            while lineEnd + 1 < block.count, !(block[lineEnd] == 13 && block[lineEnd + 1] == 10) { lineEnd += 1 }
+            if lineEnd + 1 >= block.count { break }
+            if let colon = block[index..<lineEnd].firstIndex(of: UInt8(ascii: ":")) {
+                let key = UnsafeBufferPointer(rebasing: block[index..<colon])
+                for (i, name) in names.enumerated() where values[i] == nil {
+                    var name = name
+                    let matches = name.withUTF8 { $0.elementsEqual(key) }
+                    if matches {
+                        var from = colon + 1
+                        var to = lineEnd
+                        while from < to, block[from] == 32 || block[from] == 9 { from += 1 }
+                        while to > from, block[to - 1] == 32 || block[to - 1] == 9 { to -= 1 }
+                        values[i] = String(decoding: UnsafeBufferPointer(rebasing: block[from..<to]), as: UTF8.self)
+                        found += 1
+                        break
+                    }
+                }
+            }
+            index = lineEnd + 2
+        }
+        return values
+    }
+
     static func validate(name: String, value: String) throws(NATSError) {
         if name.isEmpty {
             throw NATSError(code: .invalidArgument, message: "a header name is empty")
         }
-        for byte in name.utf8 where byte <= 0x20 || byte == 0x7F || byte == UInt8(ascii: ":") {
+        // Over the contiguous UTF-8 bytes: iterating `String.UTF8View` cost more than the copy.
+        var name = name
+        let nameOK = name.withUTF8 { bytes in
+            !bytes.contains { $0 <= 0x20 || $0 == 0x7F || $0 == UInt8(ascii: ":") }
+        }
+        if !nameOK {
             throw NATSError(code: .invalidArgument, message: "header name '\(name)' holds a space, colon or control character")
         }
-        for byte in value.utf8 where byte == 13 || byte == 10 {
+        var value = value
+        let valueOK = value.withUTF8 { bytes in
+            !bytes.contains { $0 == 13 || $0 == 10 }
+        }
+        if !valueOK {
             throw NATSError(code: .invalidArgument, message: "the value of header '\(name)' holds a line break")
         }
     }
@@ -154,6 +237,11 @@ enum MessageEncoding {
             guard natsMsgHeader_Get(msg, name, &value) == NATS_OK, let value else { return nil }
             return String(cString: value)
         }
+        // The layout the in-place header read relies on, with and without headers.
+        guard let located = headerBlock(msg), Array(located) == block,
+            parse(located, names: ["Aut-Other", "Missing", "Aut-Check"]) == ["two", nil, "one"],
+            layoutWithoutHeaders()
+        else { return false }
         guard natsMsg_GetDataLength(msg) == 2, let data = natsMsg_GetData(msg),
             data[0] == CChar(UInt8(ascii: "{")), data[1] == CChar(UInt8(ascii: "}")),
             String(cString: natsMsg_GetSubject(msg)) == "check",
@@ -161,5 +249,18 @@ enum MessageEncoding {
             header("Aut-Check") == "one", header("Aut-Other") == "two"
         else { return false }
         return true
+    }
+
+    private static func layoutWithoutHeaders() -> Bool {
+        let bytes = Array("{}".utf8)
+        var msg: OpaquePointer?
+        let status = bytes.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { chars in
+                natsMsg_create(&msg, "check", 5, "reply", 5, chars.baseAddress, Int32(chars.count), 0)
+            }
+        }
+        guard status == NATS_OK, let msg else { return false }
+        defer { natsMsg_Destroy(msg) }
+        return headerBlock(msg)?.count == 0
     }
 }

@@ -340,16 +340,7 @@ private let onPullMessage: natsMsgHandler = { _, _, msg, closure in
     guard let closure else { return }
     let box = Unmanaged<PullBox>.fromOpaque(closure).takeUnretainedValue()
     if let reply = natsMsg_GetReply(msg), let metadata = AckSubject(reply) {
-        var values: [String?] = []
-        values.reserveCapacity(box.headerNames.count)
-        for name in box.headerNames {
-            var value: UnsafePointer<CChar>?
-            if natsMsgHeader_Get(msg, name, &value) == NATS_OK, let value {
-                values.append(String(cString: value))
-            } else {
-                values.append(nil)
-            }
-        }
+        let values = MessageEncoding.headerValues(msg, names: box.headerNames)
         box.deliver(
             DeliveredMessage(
                 message: JetStreamMessage(

@@ -166,6 +166,8 @@ struct PullSubscriptionTests {
                 OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "{\"i\":\(i)}"), headers: [("Nats-Msg-Id", "h-\(i)"), ("X-Value", value)])
             }
             _ = try await connection.publish(messages)
+            // A repeated header: the first value is the one read.
+            _ = try await connection.publish(OutgoingMessage(subject: "pull.twice", payload: ByteBuffer(string: "t"), headers: [("X-Value", "first"), ("X-Value", "second")]))
             // No payload at all, and no headers at all.
             _ = try await connection.publish(OutgoingMessage(subject: "pull.empty", payload: ByteBuffer(), headers: [("X-Value", "empty body")]))
             _ = try await connection.publish(OutgoingMessage(subject: "pull.bare", payload: ByteBuffer(string: "bare")))
@@ -182,13 +184,14 @@ struct PullSubscriptionTests {
             let subscription = try await Self.subscribe(connection, headers: ["X-Value", "Nats-Msg-Id"])
             defer { subscription.close() }
             var received: [JetStreamMessage] = []
-            while received.count < values.count + 2 {
+            while received.count < values.count + 3 {
                 let batch = try await subscription.fetch(maxMessages: 100, timeout: .seconds(5))
                 #expect(!batch.isEmpty)
                 if batch.isEmpty { break }
                 received += batch.messages
             }
-            #expect(received.map(\.subject) == values.indices.map { "pull.\($0)" } + ["pull.empty", "pull.bare"])
+            #expect(received.map(\.subject) == values.indices.map { "pull.\($0)" } + ["pull.twice", "pull.empty", "pull.bare"])
+            #expect(received[values.count].headerValues[0] == "first")
             #expect(received.prefix(values.count).map { $0.headerValues[0] } == values)
             #expect(received.prefix(values.count).map { $0.headerValues[1] } == values.indices.map { "h-\($0)" })
             #expect(received.prefix(values.count).map { String(decoding: $0.payload, as: UTF8.self) } == values.indices.map { "{\"i\":\($0)}" })
@@ -228,6 +231,14 @@ struct PullSubscriptionTests {
             let state = try await connection.consumerState(stream: "PULL", consumer: "c")
             #expect(state?.numRedelivered == 0)
         }
+    }
+
+    @Test("Header blocks are read in place as nats.c reads them: first value, trimmed, exact names")
+    func headerBlockParsing() {
+        let block = Array("NATS/1.0 100 Idle\r\nX-Value:  spaced\t \r\nno colon here\r\nX-Val: short\r\nX-Value: second\r\nEmpty:\r\nx-value: lower\r\n\r\n".utf8)
+        let values = block.withUnsafeBufferPointer { MessageEncoding.parse($0, names: ["X-Value", "X-Val", "Empty", "Missing", "x-value"]) }
+        #expect(values == ["spaced", "short", "", nil, "lower"])
+        #expect(MessageEncoding.parse(UnsafeBufferPointer(start: nil, count: 0), names: ["A"]) == [nil])
     }
 
     @Test("A request whose 408 never comes is given up shortly after it expired, and a new one is asked for")
