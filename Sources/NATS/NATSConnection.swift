@@ -119,6 +119,12 @@ public final class NATSConnection: Sendable {
                     try Self.openBlocking(configuration: configuration, trackerContext: context)
                 }
                 logger.debug("Connected to NATS", metadata: ["nats.attempt": "\(attempt)"])
+                if !MessageEncoding.preEncodedHeaders && warnedAboutHeaderPath.exchange(true, ordering: .relaxed) == false {
+                    logger.warning(
+                        "This libnats does not build messages as expected; headers go through its public API (slower)",
+                        metadata: ["nats.version": "\(String(cString: nats_GetVersion()))"]
+                    )
+                }
                 return NATSConnection(
                     handles: handles,
                     tracker: tracker,
@@ -592,6 +598,9 @@ func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
+
+/// Set once the fallback to nats.c's header API has been logged (once per process).
+private let warnedAboutHeaderPath = Atomic<Bool>(false)
 
 /// Moves a nats.c handle into a `@Sendable` closure.
 ///

@@ -117,6 +117,11 @@ public final class PullSubscription: Sendable {
         }
     }
 
+    /// How many pull requests this subscription gave up on because the server neither sent
+    /// records nor ended them by the request's expiry (plus a grace); a new request replaced
+    /// each. A few under heavy load are harmless; a steady rise means the server is starved.
+    public var presumedLostRequests: Int { box.lostRequests }
+
     /// Sends an in-progress ack (`+WPI`) every `interval` for each message received but not
     /// fetched yet, so records waiting behind a slow batch are not redelivered. Use a third of
     /// the consumer's ack wait.
@@ -195,6 +200,7 @@ final class PullBox: Sendable {
         var nextToken: UInt64 = 0
         var error: NATSError?
         var closed = false
+        var lostRequests = 0
     }
 
     private let state = Mutex(State())
@@ -232,6 +238,9 @@ final class PullBox: Sendable {
         }
     }
 
+    /// Requests given up because neither their records nor their end came in time.
+    var lostRequests: Int { state.withLock { $0.lostRequests } }
+
     /// A token for the next wait, and when the open request (if any) is presumed lost.
     func newWaitToken() -> (UInt64, ContinuousClock.Instant?) {
         state.withLock { state in
@@ -247,6 +256,7 @@ final class PullBox: Sendable {
             if let outstanding = state.outstanding, outstanding.deadline <= .now {
                 // Presumed lost before the deadline task could say so.
                 state.outstanding = nil
+                state.lostRequests += 1
                 return true
             }
             state.waiter = Waiter(token: token, continuation: continuation)
@@ -260,6 +270,7 @@ final class PullBox: Sendable {
         let waiter = state.withLock { state -> Waiter? in
             guard let waiter = state.waiter, waiter.token == token else { return nil }
             state.waiter = nil
+            if state.outstanding != nil { state.lostRequests += 1 }
             state.outstanding = nil
             return waiter
         }

@@ -42,6 +42,7 @@ public actor HandlerRunner {
         let retried: Counter
         let deadLettered: Counter
         let batchDuration: Metrics.Timer
+        let lostPullRequests: Counter
     }
 
     init(
@@ -67,7 +68,8 @@ public actor HandlerRunner {
             processed: Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions),
             retried: Counter(label: "autonomous_worker_records_retried_total", dimensions: dimensions),
             deadLettered: Counter(label: "autonomous_worker_records_dead_lettered_total", dimensions: dimensions),
-            batchDuration: Metrics.Timer(label: "autonomous_worker_batch_duration_seconds", dimensions: dimensions)
+            batchDuration: Metrics.Timer(label: "autonomous_worker_batch_duration_seconds", dimensions: dimensions),
+            lostPullRequests: Counter(label: "autonomous_worker_pull_requests_lost_total", dimensions: dimensions)
         )
     }
 
@@ -126,10 +128,17 @@ public actor HandlerRunner {
 
     private nonisolated func loop(_ subscription: PullSubscription) async {
         var failures = 0
+        var lost = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
                 let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: handler.options.maxWait)
                 failures = 0
+                let nowLost = subscription.presumedLostRequests
+                if nowLost > lost {
+                    counters.lostPullRequests.increment(by: nowLost - lost)
+                    logger.debug("Pull request got no answer by its expiry; asked again", metadata: ["worker.lost_requests": "\(nowLost)"])
+                    lost = nowLost
+                }
                 if batch.isEmpty { continue }
                 await process(batch)
             } catch {

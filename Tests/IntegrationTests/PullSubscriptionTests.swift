@@ -270,6 +270,7 @@ struct PullSubscriptionTests {
         try await Task.sleep(until: try #require(lateExpiry) + .milliseconds(10), clock: .continuous)
         await withCheckedContinuation { box.wait(late, $0) }
         #expect(box.takeOrRequest(limit: 10, timeoutMs: 200).1 != nil)
+        #expect(box.lostRequests == 2)
     }
 
     @Test("readAll reads a subject through an ephemeral consumer and removes it")
