@@ -12,10 +12,10 @@ import Glibc
 /// (`NATS/1.0\r\n` + `Name: value\r\n`… + `\r\n`) is written once, straight in front of the
 /// payload, and handed to `natsMsg_create`, which is how nats.c builds a received message;
 /// nats.c then sends that block as it is. Messages are freed with `natsMsg_free` on the
-/// calling thread. Both functions are exported by libnats but not declared in `nats.h`
-/// (see `shim.h`): ``preEncodedHeaders`` checks once per process that a message built this
-/// way reads back correctly through the public API, and everything falls back to the
-/// public API when it does not.
+/// calling thread. Both functions are exported by libnats (3.4.1 here) but not declared in
+/// `nats.h`, so they are looked up at run time: ``preEncodedHeaders`` holds only when both are
+/// found and a message built this way reads back correctly through the public API; otherwise
+/// everything goes through the public API.
 enum MessageEncoding {
     /// `true` when libnats builds messages from an encoded header block as expected, and lays
     /// a message out as `subject\0 reply\0 headers\0 payload` (which ``headerValues(_:names:)``
@@ -23,6 +23,33 @@ enum MessageEncoding {
     static let preEncodedHeaders: Bool = selfCheck()
 
     private static let preamble: [UInt8] = Array("NATS/1.0\r\n".utf8)
+
+    /// `natsStatus natsMsg_create(natsMsg **, const char *subject, int subjLen,
+    /// const char *reply, int replyLen, const char *buf, int bufLen, int hdrLen)`
+    private typealias CreateFunction = @convention(c) (
+        UnsafeMutablePointer<OpaquePointer?>?, UnsafePointer<CChar>?, Int32, UnsafePointer<CChar>?, Int32,
+        UnsafePointer<CChar>?, Int32, Int32
+    ) -> natsStatus
+    /// `void natsMsg_free(void *)`
+    private typealias FreeFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
+
+    /// The two libnats functions, when this libnats exports them.
+    ///
+    /// `@unchecked Sendable`: two C function pointers, set once and never changed; the
+    /// functions themselves are thread safe (they touch only the message they are given).
+    private struct Internals: @unchecked Sendable {
+        let create: CreateFunction
+        let free: FreeFunction
+    }
+
+    private static let internals: Internals? = {
+        // The running program's global scope, which holds the libnats it was linked with.
+        guard let program = dlopen(nil, RTLD_NOW),
+            let create = dlsym(program, "natsMsg_create"),
+            let free = dlsym(program, "natsMsg_free")
+        else { return nil }
+        return Internals(create: unsafeBitCast(create, to: CreateFunction.self), free: unsafeBitCast(free, to: FreeFunction.self))
+    }()
 
     /// Creates a message to publish; free it with ``release(_:)`` after publishing.
     ///
@@ -42,7 +69,7 @@ enum MessageEncoding {
             headerLength += name.utf8.count + 2 + value.utf8.count + 2
         }
         if !headers.isEmpty { headerLength += preamble.count + 2 }
-        guard preEncodedHeaders else {
+        guard preEncodedHeaders, let internals else {
             return try createWithPublicAPI(subject: subject, reply: reply, headers: headers, payload: payload)
         }
         let total = headerLength + payload.count
@@ -80,7 +107,7 @@ enum MessageEncoding {
                 var subject = subject
                 return subject.withUTF8 { subjectBytes in
                     subjectBytes.withMemoryRebound(to: CChar.self) { subjectChars in
-                        natsMsg_create(
+                        internals.create(
                             &msg,
                             subjectChars.baseAddress,
                             Int32(subjectChars.count),
@@ -101,8 +128,8 @@ enum MessageEncoding {
     /// Frees a message created by ``create(subject:reply:headers:payload:)`` or received in a
     /// subscription callback (after the callback is done with it).
     static func release(_ msg: OpaquePointer) {
-        if preEncodedHeaders {
-            natsMsg_free(UnsafeMutableRawPointer(msg))
+        if preEncodedHeaders, let internals {
+            internals.free(UnsafeMutableRawPointer(msg))
         } else {
             natsMsg_Destroy(msg)
         }
@@ -219,6 +246,7 @@ enum MessageEncoding {
 
     /// Builds a message the fast way and reads it back through the public API.
     private static func selfCheck() -> Bool {
+        guard let internals else { return false }
         // natsMsg_create, unlike the public functions, does not open the library itself.
         guard nats_Open(-1) == NATS_OK else { return false }
         let block = Array("NATS/1.0\r\nAut-Check: one\r\nAut-Other: two\r\n\r\n".utf8)
@@ -226,7 +254,7 @@ enum MessageEncoding {
         var msg: OpaquePointer?
         let status = bytes.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { chars in
-                natsMsg_create(&msg, "check", 5, "reply", 5, chars.baseAddress, Int32(chars.count), Int32(block.count))
+                internals.create(&msg, "check", 5, "reply", 5, chars.baseAddress, Int32(chars.count), Int32(block.count))
             }
         }
         guard status == NATS_OK, let msg else { return false }
@@ -240,7 +268,7 @@ enum MessageEncoding {
         // The layout the in-place header read relies on, with and without headers.
         guard let located = headerBlock(msg), Array(located) == block,
             parse(located, names: ["Aut-Other", "Missing", "Aut-Check"]) == ["two", nil, "one"],
-            layoutWithoutHeaders()
+            layoutWithoutHeaders(internals)
         else { return false }
         guard natsMsg_GetDataLength(msg) == 2, let data = natsMsg_GetData(msg),
             data[0] == CChar(UInt8(ascii: "{")), data[1] == CChar(UInt8(ascii: "}")),
@@ -251,12 +279,12 @@ enum MessageEncoding {
         return true
     }
 
-    private static func layoutWithoutHeaders() -> Bool {
+    private static func layoutWithoutHeaders(_ internals: Internals) -> Bool {
         let bytes = Array("{}".utf8)
         var msg: OpaquePointer?
         let status = bytes.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { chars in
-                natsMsg_create(&msg, "check", 5, "reply", 5, chars.baseAddress, Int32(chars.count), 0)
+                internals.create(&msg, "check", 5, "reply", 5, chars.baseAddress, Int32(chars.count), 0)
             }
         }
         guard status == NATS_OK, let msg else { return false }
