@@ -42,7 +42,6 @@ public actor HandlerRunner {
         let retried: Counter
         let deadLettered: Counter
         let batchDuration: Metrics.Timer
-        let lostPullRequests: Counter
     }
 
     init(
@@ -68,8 +67,7 @@ public actor HandlerRunner {
             processed: Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions),
             retried: Counter(label: "autonomous_worker_records_retried_total", dimensions: dimensions),
             deadLettered: Counter(label: "autonomous_worker_records_dead_lettered_total", dimensions: dimensions),
-            batchDuration: Metrics.Timer(label: "autonomous_worker_batch_duration_seconds", dimensions: dimensions),
-            lostPullRequests: Counter(label: "autonomous_worker_pull_requests_lost_total", dimensions: dimensions)
+            batchDuration: Metrics.Timer(label: "autonomous_worker_batch_duration_seconds", dimensions: dimensions)
         )
     }
 
@@ -128,17 +126,12 @@ public actor HandlerRunner {
 
     private nonisolated func loop(_ subscription: PullSubscription) async {
         var failures = 0
-        var lost = 0
+        var lost = LostPullRequests(handler: handler.name)
         while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
                 let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: handler.options.maxWait)
                 failures = 0
-                let nowLost = subscription.presumedLostRequests
-                if nowLost > lost {
-                    counters.lostPullRequests.increment(by: nowLost - lost)
-                    logger.debug("Pull request got no answer by its expiry; asked again", metadata: ["worker.lost_requests": "\(nowLost)"])
-                    lost = nowLost
-                }
+                lost.update(from: subscription, logger: logger)
                 if batch.isEmpty { continue }
                 await process(batch)
             } catch {
@@ -253,5 +246,25 @@ public actor HandlerRunner {
             logger.warning("Dead-letter publish failed, will retry", metadata: ["error": "\(error)"])
             batch.nak(index, delay: handler.options.backoff(afterAttempt: attempt))
         }
+    }
+}
+
+/// Turns a subscription's running count of pull requests given up (the server neither sent
+/// records nor ended them in time; see `PullSubscription.presumedLostRequests`) into the
+/// `autonomous_worker_pull_requests_lost_total` counter.
+struct LostPullRequests {
+    private let counter: Counter
+    private var seen = 0
+
+    init(handler: String) {
+        counter = Counter(label: "autonomous_worker_pull_requests_lost_total", dimensions: [("handler", handler)])
+    }
+
+    mutating func update(from subscription: PullSubscription, logger: Logger) {
+        let now = subscription.presumedLostRequests
+        guard now > seen else { return }
+        counter.increment(by: now - seen)
+        logger.debug("Pull request got no answer by its expiry; asked again", metadata: ["worker.lost_requests": "\(now)"])
+        seen = now
     }
 }

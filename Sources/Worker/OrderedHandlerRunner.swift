@@ -157,11 +157,13 @@ public final class OrderedHandlerRunner: Sendable {
         subscription.keepUnfetchedAlive(every: ackWait / 3)
         logger.debug("Partition taken", metadata: ["worker.lease_token": "\(lease.token)"])
         var failures = 0
+        var lost = LostPullRequests(handler: handler.name)
         while lease.mayWork && shouldRun {
             do {
                 let wait = min(handler.options.maxWait, max(.milliseconds(50), lease.remaining))
                 let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: wait)
                 failures = 0
+                lost.update(from: subscription, logger: logger)
                 if batch.isEmpty { continue }
                 // A batch fetched as the lease ran out stays unacknowledged: the next holder
                 // starts from the ack floor.
