@@ -34,6 +34,24 @@ struct PullSubscriptionTests {
         _ = try await connection.publish(messages)
     }
 
+    /// Fetches and acks everything that arrives for `duration`, or until `done(fetched, lastBatchWasEmpty)`.
+    static func fetchAndAck(
+        _ subscription: PullSubscription,
+        for duration: Duration,
+        until done: ([JetStreamMessage], Bool) -> Bool = { _, _ in false }
+    ) async throws -> [JetStreamMessage] {
+        var fetched: [JetStreamMessage] = []
+        let clock = ContinuousClock()
+        let deadline = clock.now + duration
+        while clock.now < deadline {
+            let batch = try await subscription.fetch(maxMessages: 10, timeout: .milliseconds(300))
+            for i in 0..<batch.count { batch.ack(i) }
+            fetched += batch.messages
+            if done(fetched, batch.isEmpty) { break }
+        }
+        return fetched
+    }
+
     @Test("A fetch returns what is there without waiting for the batch to fill, with headers and metadata")
     func fetchReturnsEarly() async throws {
         try await Self.withStream { connection in
@@ -83,14 +101,7 @@ struct PullSubscriptionTests {
                 }
                 first += batch.messages
             }
-            var again: [JetStreamMessage] = []
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(3)
-            while clock.now < deadline {
-                let batch = try await subscription.fetch(maxMessages: 10, timeout: .milliseconds(300))
-                for i in 0..<batch.count { batch.ack(i) }
-                again += batch.messages
-            }
+            let again = try await Self.fetchAndAck(subscription, for: .seconds(3))
             #expect(again.map { $0.headerValues[0] } == ["1"])
             #expect(again.map(\.deliveryCount) == [2])
         }
@@ -217,14 +228,8 @@ struct PullSubscriptionTests {
                 for i in 0..<first.count { first.inProgress(i) }
             }
             for i in 0..<first.count { first.ack(i) }
-            var all = first.messages
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(5)
-            while clock.now < deadline {
-                let batch = try await subscription.fetch(maxMessages: 10, timeout: .milliseconds(300))
-                for i in 0..<batch.count { batch.ack(i) }
-                all += batch.messages
-                if batch.isEmpty && all.count >= 5 { break }
+            let all = try await first.messages + Self.fetchAndAck(subscription, for: .seconds(5)) { fetched, idle in
+                idle && first.count + fetched.count >= 5
             }
             #expect(all.map(\.streamSequence).sorted() == [1, 2, 3, 4, 5], "\(all.map(\.streamSequence))")
             #expect(all.allSatisfy { $0.deliveryCount == 1 }, "\(all.map(\.deliveryCount))")
