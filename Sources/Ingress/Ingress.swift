@@ -1,6 +1,7 @@
 public import ClusterCore
 import Foundation
 import Hummingbird
+import HummingbirdCore
 public import Logging
 public import NATS
 import NIOCore
@@ -89,6 +90,7 @@ public struct Ingress: Service {
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
+            server: HTTPServerBuilder { responder in IngressChannel(responder: responder, state: state) },
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port),
                 serverName: "autonomous"

@@ -210,142 +210,20 @@ struct IngressResponder: HTTPResponder {
     }
 
     private func idempotencyKey(_ request: Request) throws -> String? {
-        guard let key = request.headers[HTTPField.Name("Idempotency-Key")!] else { return nil }
-        guard Names.isValidRecordID(key) else {
-            throw RouteError(
-                status: 400,
-                code: "invalid_idempotency_key",
-                message: "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-                field: "Idempotency-Key"
-            )
-        }
-        return key
+        try IngressState.idempotencyKey(request.headers[HTTPField.Name("Idempotency-Key")!])
     }
 
     // MARK: - Record API
 
     private func ingest(table name: String, tenant: String, request: Request) async throws -> Response {
-        if let problem = Names.problem(with: name, kind: "table") {
-            throw RouteError(status: 400, code: "invalid_table_name", message: problem, field: "table")
-        }
-        guard let table = state.graph.table(name) else {
-            throw RouteError(status: 404, code: "unknown_table", message: "table '\(name)' does not exist", field: "table")
-        }
+        _ = try state.table(named: name)
         let key = try idempotencyKey(request)
         let body = try await collectBody(request)
-        let contentType = request.headers[.contentType]?.lowercased() ?? "application/json"
-        let isNDJSON = contentType.hasPrefix("application/x-ndjson") || contentType.hasPrefix("application/jsonl")
-            || contentType.hasPrefix("application/ndjson")
-        guard isNDJSON || contentType.hasPrefix("application/json") else {
-            throw RouteError(
-                status: 415,
-                code: "unsupported_media_type",
-                message: "send application/json (an object or an array of objects) or application/x-ndjson",
-                field: "Content-Type"
-            )
-        }
-        let payloads = try isNDJSON ? splitNDJSON(body) : splitJSON(body)
-        guard !payloads.isEmpty else {
-            throw RouteError(status: 400, code: "no_records", message: "the body contains no records", field: "body")
-        }
-        if table.isTyped {
-            let many = isNDJSON || isArray(body)
-            for (i, payload) in payloads.enumerated() {
-                if let (field, problem) = table.validate(Array(payload.readableBytesView)) {
-                    let location = isNDJSON ? "line \(i + 1)" : (many ? "records[\(i)]" : "record")
-                    throw RouteError(
-                        status: 422,
-                        code: "invalid_record",
-                        message: "\(location): \(problem)",
-                        field: field.map { many ? "\(location).\($0)" : $0 } ?? location
-                    )
-                }
-            }
-        }
-        var ids: [String] = []
-        ids.reserveCapacity(payloads.count)
-        var messages: [OutgoingMessage] = []
-        messages.reserveCapacity(payloads.count)
-        for (i, payload) in payloads.enumerated() {
-            let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? state.ids.next()
-            ids.append(id)
-            messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
-        }
-        try await publish(messages, tenant: tenant)
-        var answer: JSONObject = ["accepted": .int(Int64(ids.count))]
-        if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
-        return json(202, .object(answer))
-    }
-
-    private func isArray(_ body: ByteBuffer) -> Bool {
-        body.readableBytesView.first { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 } == UInt8(ascii: "[")
-    }
-
-    /// One object or an array of objects; returns each record's bytes (slices of `body`).
-    private func splitJSON(_ body: ByteBuffer) throws -> [ByteBuffer] {
-        let shape: JSONParser.Shape
-        do {
-            shape = try body.withUnsafeReadableBytes { raw in
-                try JSONParser.validate(raw.bindMemory(to: UInt8.self))
-            }
-        } catch let error as JSONParseError {
-            throw RouteError(status: 400, code: "invalid_json", message: error.description, field: "body")
-        }
-        switch shape {
-        case .object(let range):
-            return [body.getSlice(at: body.readerIndex + range.lowerBound, length: range.count)!]
-        case .array(let elements):
-            return try elements.enumerated().map { i, element in
-                guard element.isObject else {
-                    throw RouteError(
-                        status: 422,
-                        code: "not_an_object",
-                        message: "records[\(i)] is not a JSON object; every record must be an object",
-                        field: "records[\(i)]"
-                    )
-                }
-                return body.getSlice(at: body.readerIndex + element.range.lowerBound, length: element.range.count)!
-            }
-        case .scalar:
-            throw RouteError(status: 422, code: "not_an_object", message: "a record must be a JSON object", field: "body")
-        }
-    }
-
-    /// One JSON object per line; blank lines are skipped.
-    private func splitNDJSON(_ body: ByteBuffer) throws -> [ByteBuffer] {
-        var records: [ByteBuffer] = []
-        let view = body.readableBytesView
-        var lineStart = view.startIndex
-        var lineNumber = 0
-        func handleLine(_ end: Int) throws {
-            lineNumber += 1
-            var lower = lineStart
-            var upper = end
-            while lower < upper, view[lower] == 0x20 || view[lower] == 0x09 || view[lower] == 0x0D { lower += 1 }
-            while upper > lower, view[upper - 1] == 0x20 || view[upper - 1] == 0x09 || view[upper - 1] == 0x0D { upper -= 1 }
-            guard lower < upper else { return }
-            let slice = body.getSlice(at: lower, length: upper - lower)!
-            let shape: JSONParser.Shape
-            do {
-                shape = try slice.withUnsafeReadableBytes { try JSONParser.validate($0.bindMemory(to: UInt8.self)) }
-            } catch let error as JSONParseError {
-                throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error.description)", field: "line \(lineNumber)")
-            }
-            guard case .object = shape else {
-                throw RouteError(status: 422, code: "not_an_object", message: "line \(lineNumber) is not a JSON object", field: "line \(lineNumber)")
-            }
-            records.append(slice)
-        }
-        var i = view.startIndex
-        while i < view.endIndex {
-            if view[i] == 0x0A {
-                try handleLine(i)
-                lineStart = i + 1
-            }
-            i += 1
-        }
-        if lineStart < view.endIndex { try handleLine(view.endIndex) }
-        return records
+        let batch = try state.prepareRecords(
+            table: name, tenant: tenant, contentType: request.headers[.contentType], idempotencyKey: key, body: body
+        )
+        try await publish(batch.messages, tenant: tenant)
+        return json(202, IngressState.acceptedAnswer(batch.ids))
     }
 
     /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
@@ -402,8 +280,8 @@ struct IngressResponder: HTTPResponder {
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
         try webhook.verification.verify(routeRequest, environment: state.configuration.environment)
-        let payloads = try splitJSON(body)
-        guard payloads.count == 1, !isArray(body) else {
+        let payloads = try IngressState.splitJSON(body)
+        guard payloads.count == 1, !IngressState.isArray(body) else {
             throw RouteError(status: 422, code: "not_an_object", message: "a webhook body must be one JSON object", field: "body")
         }
         // Slack's Events API checks a new endpoint with a challenge it expects echoed back.
@@ -444,21 +322,54 @@ struct GuardedPublisher: MessagePublisher {
     let tenant: String
 
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
-        let connection = state.lane(for: tenant)
-        guard connection.isConnected else {
-            throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
-        }
-        guard state.reserve(messages.count) else {
-            throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
-        }
+        let connection = try admit(messages.count)
         defer { state.release(messages.count) }
         do {
             let acks = try await connection.publish(messages)
             state.acceptedRecords.increment(by: messages.count)
             return acks
         } catch let error as NATSError {
-            state.logger.warning("Publish failed", metadata: ["error": "\(error)"])
-            throw RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
+            throw refusal(error)
         }
+    }
+
+    /// The same, for callers that must not wait: `completion` gets the outcome once (see
+    /// `NATSConnection.publish(_:completion:)` for the thread it runs on).
+    func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
+        let connection: NATSConnection
+        do throws(RouteError) {
+            connection = try admit(messages.count)
+        } catch {
+            return completion(.failure(error))
+        }
+        let count = messages.count
+        connection.publish(messages) { [state] outcome in
+            state.release(count)
+            switch outcome {
+            case .success:
+                state.acceptedRecords.increment(by: count)
+                completion(.success(()))
+            case .failure(let error):
+                completion(.failure(refusal(error)))
+            }
+        }
+    }
+
+    /// The lane to publish `count` records through, once the connection is up and room for
+    /// them is reserved (the caller releases it).
+    private func admit(_ count: Int) throws(RouteError) -> NATSConnection {
+        let connection = state.lane(for: tenant)
+        guard connection.isConnected else {
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
+        }
+        guard state.reserve(count) else {
+            throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
+        }
+        return connection
+    }
+
+    private func refusal(_ error: NATSError) -> RouteError {
+        state.logger.warning("Publish failed", metadata: ["error": "\(error)"])
+        return RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
     }
 }

@@ -25,6 +25,15 @@ final class TenantKeyCache: Sendable {
         self.capacity = capacity
     }
 
+    /// The key's tenant if it is remembered and fresh (the inner `nil`: known to be invalid);
+    /// `nil` when only `tenant(forKey:)` can tell.
+    func cachedTenant(forKey key: String) -> String?? {
+        guard resolve != nil else { return nil }
+        let hash = APIKeys.hash(key)
+        guard let entry = entries.withLock({ $0[hash] }), entry.expires > ContinuousClock.now else { return nil }
+        return .some(entry.tenant)
+    }
+
     func tenant(forKey key: String) async throws -> String? {
         guard let resolve else { throw Unsupported.noResolver }
         let hash = APIKeys.hash(key)

@@ -274,18 +274,44 @@ public final class NATSConnection: Sendable {
     /// give each message a `Nats-Msg-Id` so that a retry of the whole batch is safe).
     public func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
         if messages.isEmpty { return [] }
-        if isClosed { throw NATSError(code: .connectionClosed, message: "connection closed") }
-        if tracker.inFlight + messages.count > configuration.maxPendingPublishes {
-            throw NATSError(code: .publishFailed, message: "too many publishes waiting for their PubAck; retry later")
+        return try await withCheckedThrowingContinuation { continuation in
+            start(messages, waiter: .continuation(continuation))
+        }
+    }
+
+    /// Publishes all messages asynchronously and calls `completion` once every PubAck has
+    /// arrived, or with the first failure (the same outcome as the `async` form).
+    ///
+    /// `completion` runs exactly once, on a nats.c delivery thread, in the connection's expiry
+    /// task (timeouts, `close`), or on the calling thread when the publish cannot start: it
+    /// must not block. For callers that must not suspend (an event loop answering a request).
+    public func publish(
+        _ messages: [OutgoingMessage],
+        completion: @escaping @Sendable (Result<[PublishAck], NATSError>) -> Void
+    ) {
+        if messages.isEmpty { return completion(.success([])) }
+        start(messages, waiter: .callback(completion))
+    }
+
+    private func start(_ messages: [OutgoingMessage], waiter: PublishBatch.Waiter) {
+        let batch = PublishBatch(count: messages.count, waiter: waiter)
+        let refusal: NATSError?
+        if isClosed {
+            refusal = NATSError(code: .connectionClosed, message: "connection closed")
+        } else if tracker.inFlight + messages.count > configuration.maxPendingPublishes {
+            refusal = NATSError(code: .publishFailed, message: "too many publishes waiting for their PubAck; retry later")
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            for index in messages.indices { batch.complete(index: index, result: .failure(refusal)) }
+            return
         }
         let deadline = monotonicNanoseconds() + UInt64(max(1, configuration.publishTimeout.nanoseconds))
-        return try await withCheckedThrowingContinuation { continuation in
-            let batch = PublishBatch(count: messages.count, continuation: continuation)
-            withUnsafeTemporaryAllocation(of: CChar.self, capacity: ackPrefix.count + 24) { reply in
-                for (i, byte) in ackPrefix.enumerated() { reply[i] = CChar(bitPattern: byte) }
-                for index in messages.indices {
-                    publishOne(messages[index], batch: batch, index: index, deadline: deadline, reply: reply)
-                }
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: ackPrefix.count + 24) { reply in
+            for (i, byte) in ackPrefix.enumerated() { reply[i] = CChar(bitPattern: byte) }
+            for index in messages.indices {
+                publishOne(messages[index], batch: batch, index: index, deadline: deadline, reply: reply)
             }
         }
     }

@@ -1,44 +1,53 @@
 import CNATS
 import Synchronization
 
-/// Collects the PubAcks of one `publish` call and resumes its caller once all have arrived.
+/// Collects the PubAcks of one `publish` call and hands them on once all have arrived: to a
+/// suspended caller, or to a callback (the ingress's event-loop path).
 final class PublishBatch: Sendable {
+    typealias Completion = @Sendable (Result<[PublishAck], NATSError>) -> Void
+
+    enum Waiter: Sendable {
+        case continuation(CheckedContinuation<[PublishAck], any Error>)
+        case callback(Completion)
+    }
+
     private struct State {
         var remaining: Int
         var acks: [PublishAck]
         var error: NATSError?
-        var continuation: CheckedContinuation<[PublishAck], any Error>?
+        var waiter: Waiter?
     }
 
     private let state: Mutex<State>
 
-    init(count: Int, continuation: CheckedContinuation<[PublishAck], any Error>) {
+    init(count: Int, waiter: Waiter) {
         state = Mutex(
             State(
                 remaining: count,
                 acks: Array(repeating: PublishAck(sequence: 0, duplicate: false), count: count),
                 error: nil,
-                continuation: continuation
+                waiter: waiter
             )
         )
     }
 
     func complete(index: Int, result: Result<PublishAck, NATSError>) {
-        // Take the continuation out under the lock; resume it after unlocking.
-        let finished: (CheckedContinuation<[PublishAck], any Error>, Result<[PublishAck], NATSError>)? = state.withLock {
-            state in
+        // Take the waiter out under the lock; resume it after unlocking.
+        let finished: (Waiter, Result<[PublishAck], NATSError>)? = state.withLock { state in
             switch result {
             case .success(let ack): state.acks[index] = ack
             case .failure(let error): if state.error == nil { state.error = error }
             }
             state.remaining -= 1
-            guard state.remaining == 0, let continuation = state.continuation else { return nil }
-            state.continuation = nil
-            if let error = state.error { return (continuation, .failure(error)) }
-            return (continuation, .success(state.acks))
+            guard state.remaining == 0, let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            if let error = state.error { return (waiter, .failure(error)) }
+            return (waiter, .success(state.acks))
         }
-        if let (continuation, outcome) = finished {
-            continuation.resume(with: outcome.mapError { $0 as any Error })
+        guard let (waiter, outcome) = finished else { return }
+        switch waiter {
+        case .continuation(let continuation): continuation.resume(with: outcome.mapError { $0 as any Error })
+        case .callback(let completion): completion(outcome)
         }
     }
 }

@@ -1,0 +1,174 @@
+import ClusterCore
+import NATS
+import NIOCore
+
+/// The records of one record-API request, validated and ready to publish.
+struct RecordBatch {
+    var messages: [OutgoingMessage]
+    var ids: [String]
+}
+
+/// The record API's request handling that does not wait: shared by the Hummingbird responder
+/// and the event-loop path (`RecordIngestHandler`), so both answer the same way.
+extension IngressState {
+    /// The table a request names, refusing a malformed or unknown name (400/404).
+    func table(named name: String) throws(RouteError) -> TableDefinition {
+        if let problem = Names.problem(with: name, kind: "table") {
+            throw RouteError(status: 400, code: "invalid_table_name", message: problem, field: "table")
+        }
+        guard let table = graph.table(name) else {
+            throw RouteError(status: 404, code: "unknown_table", message: "table '\(name)' does not exist", field: "table")
+        }
+        return table
+    }
+
+    /// The `Idempotency-Key` header's value, if any, after checking its form (400).
+    static func idempotencyKey(_ value: String?) throws(RouteError) -> String? {
+        guard let key = value else { return nil }
+        guard Names.isValidRecordID(key) else {
+            throw RouteError(
+                status: 400,
+                code: "invalid_idempotency_key",
+                message: "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                field: "Idempotency-Key"
+            )
+        }
+        return key
+    }
+
+    /// Splits and validates a record-API body (one object, an array of objects, or NDJSON per
+    /// `contentType`) and builds one message per record with its id: the idempotency key
+    /// (suffixed `-<index>` for several records) or a new one.
+    func prepareRecords(
+        table name: String,
+        tenant: String,
+        contentType: String?,
+        idempotencyKey key: String?,
+        body: ByteBuffer
+    ) throws(RouteError) -> RecordBatch {
+        let table = try self.table(named: name)
+        let contentType = contentType?.lowercased() ?? "application/json"
+        let isNDJSON = contentType.hasPrefix("application/x-ndjson") || contentType.hasPrefix("application/jsonl")
+            || contentType.hasPrefix("application/ndjson")
+        guard isNDJSON || contentType.hasPrefix("application/json") else {
+            throw RouteError(
+                status: 415,
+                code: "unsupported_media_type",
+                message: "send application/json (an object or an array of objects) or application/x-ndjson",
+                field: "Content-Type"
+            )
+        }
+        let payloads = try isNDJSON ? Self.splitNDJSON(body) : Self.splitJSON(body)
+        guard !payloads.isEmpty else {
+            throw RouteError(status: 400, code: "no_records", message: "the body contains no records", field: "body")
+        }
+        if table.isTyped {
+            let many = isNDJSON || Self.isArray(body)
+            for (i, payload) in payloads.enumerated() {
+                if let (field, problem) = table.validate(Array(payload.readableBytesView)) {
+                    let location = isNDJSON ? "line \(i + 1)" : (many ? "records[\(i)]" : "record")
+                    throw RouteError(
+                        status: 422,
+                        code: "invalid_record",
+                        message: "\(location): \(problem)",
+                        field: field.map { many ? "\(location).\($0)" : $0 } ?? location
+                    )
+                }
+            }
+        }
+        var batch = RecordBatch(messages: [], ids: [])
+        batch.ids.reserveCapacity(payloads.count)
+        batch.messages.reserveCapacity(payloads.count)
+        for (i, payload) in payloads.enumerated() {
+            let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? ids.next()
+            batch.ids.append(id)
+            batch.messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
+        }
+        return batch
+    }
+
+    /// The 202 body: how many records were accepted and, up to 1,000, their ids.
+    static func acceptedAnswer(_ ids: [String]) -> JSONValue {
+        var answer: JSONObject = ["accepted": .int(Int64(ids.count))]
+        if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
+        return .object(answer)
+    }
+
+    static func isArray(_ body: ByteBuffer) -> Bool {
+        body.readableBytesView.first { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 } == UInt8(ascii: "[")
+    }
+
+    /// One object or an array of objects; returns each record's bytes (slices of `body`).
+    static func splitJSON(_ body: ByteBuffer) throws(RouteError) -> [ByteBuffer] {
+        let shape: JSONParser.Shape
+        do {
+            shape = try body.withUnsafeReadableBytes { raw in
+                try JSONParser.validate(raw.bindMemory(to: UInt8.self))
+            }
+        } catch let error as JSONParseError {
+            throw RouteError(status: 400, code: "invalid_json", message: error.description, field: "body")
+        } catch {
+            throw RouteError(status: 400, code: "invalid_json", message: "\(error)", field: "body")
+        }
+        switch shape {
+        case .object(let range):
+            return [body.getSlice(at: body.readerIndex + range.lowerBound, length: range.count)!]
+        case .array(let elements):
+            var records: [ByteBuffer] = []
+            records.reserveCapacity(elements.count)
+            for (i, element) in elements.enumerated() {
+                guard element.isObject else {
+                    throw RouteError(
+                        status: 422,
+                        code: "not_an_object",
+                        message: "records[\(i)] is not a JSON object; every record must be an object",
+                        field: "records[\(i)]"
+                    )
+                }
+                records.append(body.getSlice(at: body.readerIndex + element.range.lowerBound, length: element.range.count)!)
+            }
+            return records
+        case .scalar:
+            throw RouteError(status: 422, code: "not_an_object", message: "a record must be a JSON object", field: "body")
+        }
+    }
+
+    /// One JSON object per line; blank lines are skipped.
+    static func splitNDJSON(_ body: ByteBuffer) throws(RouteError) -> [ByteBuffer] {
+        var records: [ByteBuffer] = []
+        let view = body.readableBytesView
+        var lineStart = view.startIndex
+        var lineNumber = 0
+        func handleLine(_ end: Int) throws(RouteError) {
+            lineNumber += 1
+            var lower = lineStart
+            var upper = end
+            while lower < upper, view[lower] == 0x20 || view[lower] == 0x09 || view[lower] == 0x0D { lower += 1 }
+            while upper > lower, view[upper - 1] == 0x20 || view[upper - 1] == 0x09 || view[upper - 1] == 0x0D { upper -= 1 }
+            guard lower < upper else { return }
+            let slice = body.getSlice(at: lower, length: upper - lower)!
+            let shape: JSONParser.Shape
+            do {
+                shape = try slice.withUnsafeReadableBytes { try JSONParser.validate($0.bindMemory(to: UInt8.self)) }
+            } catch let error as JSONParseError {
+                throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error.description)", field: "line \(lineNumber)")
+            } catch {
+                throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error)", field: "line \(lineNumber)")
+            }
+            guard case .object = shape else {
+                throw RouteError(status: 422, code: "not_an_object", message: "line \(lineNumber) is not a JSON object", field: "line \(lineNumber)")
+            }
+            records.append(slice)
+        }
+        var i = view.startIndex
+        while i < view.endIndex {
+            if view[i] == 0x0A {
+                try handleLine(i)
+                lineStart = i + 1
+            }
+            i += 1
+        }
+        if lineStart < view.endIndex { try handleLine(view.endIndex) }
+        return records
+    }
+}

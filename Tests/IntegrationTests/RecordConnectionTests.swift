@@ -1,0 +1,195 @@
+import Autonomous
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The record API is answered on the event loop, everything else by Hummingbird's responder;
+/// one connection may carry both. These tests speak raw HTTP/1.1 to see what a client sees.
+@Suite("Record API connections: pipelining across both answer paths, keep-alive, close", .serialized)
+struct RecordConnectionTests {
+    static func graph() throws -> AppGraph {
+        var app = AppBuilder(name: "Connections")
+        _ = app.table("events")
+        app.post("/echo") { request, _ in .json(try request.json()) }
+        return try app.build()
+    }
+
+    @Test("Pipelined requests on one connection are answered in order, whichever path answers each")
+    func pipelinedInOrder() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            let requests = [
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#),
+                "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":"#),
+                RawHTTP.post("/echo", body: #"{"echo":true}"#),
+                RawHTTP.post("/v1/tables/events/records?source=test", body: "{\"n\":2}\n{\"n\":3}\n", contentType: "application/x-ndjson"),
+                RawHTTP.post("/v1/tables/nope/records", body: "{}"),
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":4}"#, headers: ["Idempotency-Key: pipelined-4"]),
+            ]
+            let connection = try RawHTTP(port: app.port)
+            defer { connection.close() }
+            try connection.send(requests.joined())
+            let responses = try connection.read(count: requests.count)
+            #expect(responses.map(\.status) == [202, 200, 400, 200, 202, 404, 202])
+            #expect(responses[0].json["accepted"] == 1)
+            #expect(responses[1].json["status"] == "ok")
+            #expect(responses[2].json["error"]["code"] == "invalid_json")
+            #expect(responses[3].json["echo"] == true)
+            #expect(responses[4].json["accepted"] == 2)
+            #expect(responses[5].json["error"]["field"] == "table")
+            #expect(responses[6].json["ids"] == ["pipelined-4"])
+            for response in responses {
+                #expect(response.headers["content-type"] == "application/json")
+                #expect(response.headers["date"] != nil)
+            }
+            // Keep-alive: the connection still serves.
+            try connection.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":5}"#))
+            #expect(try connection.read(count: 1).map(\.status) == [202])
+
+            let records = try await app.records(in: "events", atLeast: 5, timeout: .seconds(5))
+            #expect(records.compactMap { (try? JSONParser.parse($0.payload))?["n"].intValue }.sorted() == [1, 2, 3, 4, 5])
+        }
+    }
+
+    @Test("Connection: close and HTTP/1.0 get their answer, then the server closes")
+    func closeAfterAnswer() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            for request in [
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#, headers: ["Connection: close"]),
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":2}"#, version: "HTTP/1.0"),
+            ] {
+                let connection = try RawHTTP(port: app.port)
+                defer { connection.close() }
+                try connection.send(request)
+                let responses = try connection.read(count: 1)
+                #expect(responses.map(\.status) == [202])
+                #expect(responses.first?.headers["connection"] == "close")
+                #expect(try connection.readsEndOfStream(), "the server closes the connection")
+            }
+            let records = try await app.records(in: "events", atLeast: 2, timeout: .seconds(5))
+            #expect(records.count == 2)
+        }
+    }
+
+    @Test("A body over the limit is refused with 413 and the connection stays usable")
+    func bodyLimit() async throws {
+        try await withRunningApp(try Self.graph(), configure: { $0.maxBodyBytes = 1024 }) { app in
+            let connection = try RawHTTP(port: app.port)
+            defer { connection.close() }
+            let big = "{\"x\":\"" + String(repeating: "a", count: 50_000) + "\"}"
+            try connection.send(RawHTTP.post("/v1/tables/events/records", body: big) + RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#))
+            let responses = try connection.read(count: 2)
+            #expect(responses.map(\.status) == [413, 202])
+            #expect(responses[0].json["error"]["code"] == "body_too_large")
+            let records = try await app.records(in: "events", atLeast: 1, timeout: .seconds(5))
+            #expect(records.map(\.text) == [#"{"n":1}"#])
+        }
+    }
+}
+
+/// A blocking HTTP/1.x client on one TCP connection, for tests that need to see the wire.
+final class RawHTTP {
+    struct Response {
+        var status: Int
+        var headers: [String: String]
+        var body: [UInt8]
+        var json: JSONValue { (try? JSONParser.parse(body)) ?? .null }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    private let socket: Int32
+    private var buffer: [UInt8] = []
+
+    init(port: Int) throws {
+        socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socket >= 0 else { throw Failure(description: "socket() failed") }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            Glibc.close(socket)
+            throw Failure(description: "connect to port \(port) failed")
+        }
+    }
+
+    static func post(
+        _ path: String,
+        body: String,
+        contentType: String = "application/json",
+        headers: [String] = [],
+        version: String = "HTTP/1.1"
+    ) -> String {
+        var text = "POST \(path) \(version)\r\nHost: test\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.utf8.count)\r\n"
+        for header in headers { text += header + "\r\n" }
+        return text + "\r\n" + body
+    }
+
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw Failure(description: "send failed after \(sent) bytes") }
+            sent += n
+        }
+    }
+
+    /// Reads exactly `count` responses (each with a Content-Length body).
+    func read(count: Int) throws -> [Response] {
+        var responses: [Response] = []
+        while responses.count < count {
+            if let response = try parse() {
+                responses.append(response)
+            } else if try !fill() {
+                throw Failure(description: "connection closed after \(responses.count) of \(count) responses")
+            }
+        }
+        return responses
+    }
+
+    /// True when the server has closed the connection and nothing more arrives.
+    func readsEndOfStream() throws -> Bool {
+        try !fill() && buffer.isEmpty
+    }
+
+    func close() { Glibc.close(socket) }
+
+    private func fill() throws -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let n = chunk.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+        if n < 0 { throw Failure(description: "no answer within 10 s (errno \(errno))") }
+        buffer.append(contentsOf: chunk[0..<n])
+        return n > 0
+    }
+
+    private func parse() throws -> Response? {
+        let separator: [UInt8] = [13, 10, 13, 10]
+        guard let end = buffer.indices.first(where: { buffer[$0...].starts(with: separator) }) else { return nil }
+        let lines = String(decoding: buffer[0..<end], as: UTF8.self).components(separatedBy: "\r\n")
+        let statusParts = lines[0].split(separator: " ")
+        guard statusParts.count >= 2, let status = Int(statusParts[1]) else { throw Failure(description: "bad status line \(lines[0])") }
+        var headers: [String: String] = [:]
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        let length = Int(headers["content-length"] ?? "0") ?? 0
+        let bodyStart = end + 4
+        guard buffer.count >= bodyStart + length else { return nil }
+        let body = Array(buffer[bodyStart..<(bodyStart + length)])
+        buffer.removeFirst(bodyStart + length)
+        return Response(status: status, headers: headers, body: body)
+    }
+}
