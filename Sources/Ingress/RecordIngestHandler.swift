@@ -10,9 +10,9 @@ import NIOHTTPTypesHTTP1
 import Synchronization
 
 /// The ingress's HTTP/1 connection: Hummingbird's pipeline plus `RecordIngestHandler`, which
-/// answers the record API on the connection's event loop. Every other request (routes,
-/// webhooks, health, the tenant-scoped record path, API keys not yet cached) goes on to
-/// Hummingbird's responder as before.
+/// answers small record-API requests on the connection's event loop. Every other request
+/// (routes, webhooks, health, the tenant-scoped record path, API keys not yet cached, bodies
+/// over 32 KiB or without a length) goes on to Hummingbird's responder as before.
 ///
 /// Why: a request through Hummingbird's async responder costs two thread hops (event loop →
 /// Swift executor → event loop) and a task; for single-record POSTs that was most of the
@@ -50,7 +50,8 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
     }
 }
 
-/// Answers `POST /v1/tables/{table}/records` without leaving the event loop, exactly as
+/// Answers `POST /v1/tables/{table}/records` with a body of up to `inlineBodyLimit` bytes
+/// without leaving the event loop, exactly as
 /// `IngressResponder` would (same validation, ids, status codes and bodies; 2xx only after
 /// every PubAck). Requests it does not take pass through untouched.
 ///
@@ -83,6 +84,9 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// Set when the body grew past the limit; the rest is read and dropped.
         var refusal: RouteError?
     }
+
+    /// The largest body answered on the event loop (about a hundred typical records).
+    static let inlineBodyLimit = 32 * 1024
 
     private static let prefix = "/v1/tables/".utf8
     private static let suffix = "/records".utf8
@@ -152,7 +156,12 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The record-API request `head` starts, if this handler answers it: the plain record path,
     /// and a tenant known without waiting (no API key, or a key whose tenant is cached).
     private func take(_ head: HTTPRequestHead) -> Request? {
-        guard head.method == .POST else { return nil }
+        // Large batches (and bodies of unknown length) go to Hummingbird's responder: splitting
+        // and publishing thousands of records here would hold up every other connection of
+        // this event loop for milliseconds.
+        guard head.method == .POST, let length = head.headers.first(name: "content-length").flatMap({ Int($0) }),
+            length <= Self.inlineBodyLimit
+        else { return nil }
         var path = head.uri
         if let query = path.utf8.firstIndex(of: UInt8(ascii: "?")) { path = String(path[..<query]) }
         let utf8 = path.utf8
