@@ -96,6 +96,9 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The body of the request being collected (kept outside `mode` so appending does not copy).
     private var body = ByteBuffer()
     private var isActive = true
+    /// The client half-closed while a request of this handler waited for its PubAcks: passed
+    /// on once it is answered (Hummingbird's loop ends its side of the connection when it sees it).
+    private var inputClosedHeld = false
 
     init(state: IngressState) {
         self.state = state
@@ -108,6 +111,14 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         isActive = false
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed, case .answering = mode {
+            inputClosedHeld = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -242,6 +253,10 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         if request.keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            if inputClosedHeld {
+                inputClosedHeld = false
+                context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            }
         } else {
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)

@@ -74,6 +74,20 @@ struct RecordConnectionTests {
         }
     }
 
+    @Test("A client that half-closes after its request still gets the answer")
+    func halfClose() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            let connection = try RawHTTP(port: app.port)
+            defer { connection.close() }
+            try connection.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#))
+            connection.shutdownWrite()
+            let responses = try connection.read(count: 1)
+            #expect(responses.map(\.status) == [202])
+            let records = try await app.records(in: "events", atLeast: 1, timeout: .seconds(5))
+            #expect(records.count == 1)
+        }
+    }
+
     @Test("A body over the limit is refused with 413 on either path and the connection stays usable")
     func bodyLimit() async throws {
         try await withRunningApp(try Self.graph(), configure: { $0.maxBodyBytes = 1024 }) { app in
@@ -193,6 +207,9 @@ final class RawHTTP {
     }
 
     func close() { Glibc.close(socket) }
+
+    /// Tells the server nothing more will be sent (TCP half-close).
+    func shutdownWrite() { _ = shutdown(socket, Int32(SHUT_WR)) }
 
     private func fill() throws -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
