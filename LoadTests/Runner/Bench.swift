@@ -272,10 +272,13 @@ struct Bench: Sendable {
             // tenant's requests) nothing but the HTTP exchange. The idempotency key still makes
             // every record distinct.
             let floodBody = (0..<perRequest).map { i in Self.event(seq: i, request: 0) }.joined(separator: "\n")
+            let floodRate = ProcessInfo.processInfo.environment["LOAD_FLOOD_RATE"].flatMap(Int.init)
             let flooding = Task {
                 var sent = 0
                 var request = 0
+                let floodStart = ContinuousClock.now
                 while !Task.isCancelled {
+                    if let floodRate { try? await Task.sleep(until: floodStart + .seconds(Double(sent) / Double(floodRate)), clock: .continuous) }
                     try? await Self.post(ingress + "/v1/tables/events/records", body: floodBody, contentType: "application/x-ndjson", key: "flood-\(request)", apiKey: floodKey)
                     sent += perRequest
                     request += 1
