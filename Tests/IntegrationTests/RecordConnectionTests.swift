@@ -74,6 +74,23 @@ struct RecordConnectionTests {
         }
     }
 
+    @Test("Bytes that are not HTTP get a 400 after the answers already owed, then the connection closes")
+    func malformedRequest() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            let connection = try RawHTTP(port: app.port)
+            defer { connection.close() }
+            try connection.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#) + "NOT HTTP AT ALL\r\n\r\n")
+            let responses = try connection.read(count: 2)
+            #expect(responses.map(\.status) == [202, 400])
+            #expect(try connection.readsEndOfStream(), "the server closes the connection")
+            // The server still serves.
+            let other = try RawHTTP(port: app.port)
+            defer { other.close() }
+            try other.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":2}"#))
+            #expect(try other.read(count: 1).map(\.status) == [202])
+        }
+    }
+
     @Test("A client that half-closes after its request still gets the answer")
     func halfClose() async throws {
         try await withRunningApp(try Self.graph()) { app in
