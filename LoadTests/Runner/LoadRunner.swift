@@ -33,7 +33,7 @@ struct LoadRunner: AsyncParsableCommand {
     @Option(name: .customLong("records-per-request"), help: "Records per NDJSON request in scenario b (100-1000).")
     var recordsPerRequest = 500
 
-    @Option(help: "Seconds of wrk load in scenario c and for nginx.")
+    @Option(help: "Seconds of each of the three wrk runs in scenario c and for nginx (the median counts).")
     var seconds = 10
 
     @Option(help: "Where the JSON result goes.")
@@ -136,7 +136,13 @@ struct RunResult: Codable {
     var summary: String {
         var lines = ["Autonomous load run \(date)\(smoke ? " (smoke: counts too small for speed)" : "")"]
         if let raw { lines.append(String(format: "  raw nats.c pipeline: %.0f events/s (publish %.0f/s)", raw.eventsPerSecond, raw.publishPerSecond)) }
-        if let nginx { lines.append(String(format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms)", nginx.requestsPerSecond, nginx.p99Milliseconds)) }
+        if let nginx {
+            var line = String(format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms", nginx.requestsPerSecond, nginx.p99Milliseconds)
+            if let runs = nginx.repetitions, runs.count > 1 {
+                line += "; median of " + runs.map { String(format: "%.0f", $0) }.joined(separator: ", ")
+            }
+            lines.append(line + ")")
+        }
         for scenario in scenarios { lines.append("  " + scenario.summary) }
         return lines.joined(separator: "\n")
     }
@@ -149,8 +155,10 @@ struct RawResult: Codable {
 }
 
 struct NginxResult: Codable {
+    /// The median of `repetitions`.
     var requestsPerSecond: Double
     var p99Milliseconds: Double
+    var repetitions: [Double]?
 }
 
 struct Audit: Codable {
