@@ -20,7 +20,9 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the
                 coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY,
                 AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10),
-                AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4).
+                AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4),
+                AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish
+                through nats.c instead of the event loops' own connections; default true).
                 Flags win over the environment.
                 """,
             subcommands: [
@@ -114,6 +116,13 @@ struct CommonOptions: ParsableArguments {
                 throw ValidationError("AUTONOMOUS_INGRESS_LANES '\(text)' must be 1 to 64")
             }
             configuration.ingressLanes = lanes
+        }
+        if let text = environment["AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH"] {
+            switch text.lowercased() {
+            case "1", "true", "yes": configuration.ingressEventLoopPublishing = true
+            case "0", "false", "no": configuration.ingressEventLoopPublishing = false
+            default: throw ValidationError("AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH '\(text)' must be true or false")
+            }
         }
         if let text = environment["AUTONOMOUS_ACK_WAIT"] {
             guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {

@@ -51,6 +51,9 @@ public struct RuntimeConfiguration: Sendable {
     public var maxInFlightRecords: Int = 200_000
     /// NATS connections the ingress spreads tenants over (``Ingress/Configuration/publishLanes``).
     public var ingressLanes: Int = 4
+    /// Small record-API requests publish through the event loops' own NATS connections
+    /// (``Ingress/Configuration/eventLoopPublishing``).
+    public var ingressEventLoopPublishing = true
     /// Longest time a graceful shutdown may take before the process stops anyway.
     public var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
@@ -197,6 +200,7 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.publishLanes = configuration.ingressLanes
+                ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
                 ingressConfiguration.onListening = configuration.onListening
                 ingressConfiguration.requireAPIKey = configuration.requireAPIKey
                 ingressConfiguration.tenantForKeyHash = { hash in try await coordinatorEndpoint.tenant(forKeyHash: hash) }

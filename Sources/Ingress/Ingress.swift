@@ -5,6 +5,7 @@ import HummingbirdCore
 public import Logging
 public import NATS
 import NIOCore
+import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
@@ -37,6 +38,10 @@ public struct Ingress: Service {
         /// per-connection queue does not delay another tenant's PubAcks. 1 publishes all
         /// tenants through the process's main connection.
         public var publishLanes: Int = 4
+        /// Record-API requests answered on an event loop publish through NATS connections of
+        /// that loop (one per lane; see `EventLoopPublisher`) instead of through nats.c. Turned
+        /// off, or when the server cannot be reached that way (TLS), they use the lanes.
+        public var eventLoopPublishing = true
         /// Seconds clients are told to wait in `Retry-After`.
         public var retryAfterSeconds: Int = 1
         /// Process environment, for webhook secrets.
@@ -85,7 +90,15 @@ public struct Ingress: Service {
             for lane in lanes.dropFirst() { await lane.close() }
             throw error
         }
-        let state = IngressState(graph: graph, configuration: configuration, connection: connection, lanes: lanes, logger: logger)
+        let publishers = await eventLoopPublishers(lanes: lanes.count)
+        let state = IngressState(
+            graph: graph,
+            configuration: configuration,
+            connection: connection,
+            lanes: lanes,
+            eventLoopPublishers: publishers,
+            logger: logger
+        )
         let responder = IngressResponder(state: state)
         let onListening = configuration.onListening
         let app = Application(
@@ -103,10 +116,41 @@ public struct Ingress: Service {
         do {
             try await app.run()
         } catch {
+            for publisher in publishers.values.joined() { await publisher.close() }
             for lane in lanes.dropFirst() { await lane.drain() }
             throw error
         }
         // Every request has been answered; what was published has its PubAck.
+        for publisher in publishers.values.joined() { await publisher.close() }
         for lane in lanes.dropFirst() { await lane.drain() }
+    }
+
+    /// One `EventLoopPublisher` per lane on each event loop the HTTP server runs on (the
+    /// process-wide group Hummingbird uses); none when turned off or when one cannot connect.
+    private func eventLoopPublishers(lanes: Int) async -> [ObjectIdentifier: [EventLoopPublisher]] {
+        guard configuration.eventLoopPublishing else { return [:] }
+        var publishers: [ObjectIdentifier: [EventLoopPublisher]] = [:]
+        do {
+            for (loop, eventLoop) in MultiThreadedEventLoopGroup.singleton.makeIterator().enumerated() {
+                var onLoop: [EventLoopPublisher] = []
+                for lane in 0..<max(1, lanes) {
+                    var settings = EventLoopPublisher.Configuration(
+                        servers: connection.configuration.servers,
+                        name: connection.configuration.name + "-loop\(loop)-lane\(lane)"
+                    )
+                    settings.reconnectWait = connection.configuration.reconnectWait
+                    settings.publishTimeout = connection.configuration.publishTimeout
+                    settings.connectTimeout = connection.configuration.connectTimeout
+                    settings.maxPendingPublishes = connection.configuration.maxPendingPublishes
+                    onLoop.append(try await EventLoopPublisher.connect(configuration: settings, eventLoop: eventLoop, logger: logger))
+                }
+                publishers[ObjectIdentifier(eventLoop)] = onLoop
+            }
+        } catch {
+            logger.notice("Record-API requests publish through nats.c", metadata: ["reason": "\(error)"])
+            for publisher in publishers.values.joined() { await publisher.close() }
+            return [:]
+        }
+        return publishers
     }
 }

@@ -27,12 +27,23 @@ final class IngressState: Sendable {
     /// Publish connections; `lanes[0]` is `connection`.
     let lanes: [NATSConnection]
     private let laneAssignment = Mutex<(byTenant: [String: Int], tenants: [Int])>(([:], []))
+    /// Per event loop (by identity), one publisher per lane: how record-API requests answered
+    /// on an event loop publish. Empty when they publish through `lanes`.
+    let eventLoopPublishers: [ObjectIdentifier: [EventLoopPublisher]]
 
-    init(graph: AppGraph, configuration: Ingress.Configuration, connection: NATSConnection, lanes: [NATSConnection], logger: Logger) {
+    init(
+        graph: AppGraph,
+        configuration: Ingress.Configuration,
+        connection: NATSConnection,
+        lanes: [NATSConnection],
+        eventLoopPublishers: [ObjectIdentifier: [EventLoopPublisher]] = [:],
+        logger: Logger
+    ) {
         self.graph = graph
         self.configuration = configuration
         self.connection = connection
         self.lanes = lanes.isEmpty ? [connection] : lanes
+        self.eventLoopPublishers = eventLoopPublishers
         self.logger = logger
         self.keys = TenantKeyCache(resolve: configuration.tenantForKeyHash, ttl: configuration.keyCacheTTL)
         var routes: [String: RouteDefinition] = [:]
@@ -68,7 +79,18 @@ final class IngressState: Sendable {
     /// with the fewest tenants, then kept (the map holds one entry per tenant served).
     func lane(for tenant: String) -> NATSConnection {
         guard lanes.count > 1 else { return connection }
-        let index = laneAssignment.withLock { assignment -> Int in
+        return lanes[laneIndex(for: tenant)]
+    }
+
+    /// The publisher on `eventLoop` for `tenant`'s lane, if record-API requests answered there
+    /// publish from the loop.
+    func eventLoopPublisher(for tenant: String, on eventLoop: any EventLoop) -> EventLoopPublisher? {
+        guard let publishers = eventLoopPublishers[ObjectIdentifier(eventLoop)], !publishers.isEmpty else { return nil }
+        return publishers.count == 1 ? publishers[0] : publishers[laneIndex(for: tenant) % publishers.count]
+    }
+
+    private func laneIndex(for tenant: String) -> Int {
+        laneAssignment.withLock { assignment -> Int in
             if let index = assignment.byTenant[tenant] { return index }
             if assignment.tenants.isEmpty { assignment.tenants = Array(repeating: 0, count: lanes.count) }
             let index = assignment.tenants.indices.min { assignment.tenants[$0] < assignment.tenants[$1] } ?? 0
@@ -76,7 +98,6 @@ final class IngressState: Sendable {
             assignment.byTenant[tenant] = index
             return index
         }
-        return lanes[index]
     }
 }
 
@@ -344,6 +365,32 @@ struct GuardedPublisher: MessagePublisher {
         }
         let count = messages.count
         connection.publish(messages) { [state] outcome in
+            state.release(count)
+            switch outcome {
+            case .success:
+                state.acceptedRecords.increment(by: count)
+                completion(.success(()))
+            case .failure(let error):
+                completion(.failure(refusal(error)))
+            }
+        }
+    }
+
+    /// The same, through the publisher of the caller's event loop: call it on that loop;
+    /// `completion` runs there.
+    func publish(
+        _ messages: [OutgoingMessage],
+        through publisher: EventLoopPublisher,
+        completion: @escaping (Result<Void, RouteError>) -> Void
+    ) {
+        guard publisher.isConnected else {
+            return completion(.failure(RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")))
+        }
+        let count = messages.count
+        guard state.reserve(count) else {
+            return completion(.failure(RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")))
+        }
+        publisher.publish(messages) { [state] outcome in
             state.release(count)
             switch outcome {
             case .success:

@@ -221,8 +221,18 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let ids = batch.ids
         let retryAfter = String(state.configuration.retryAfterSeconds)
+        let publisher = GuardedPublisher(state: state, tenant: request.tenant)
+        if let eventLoopPublisher = state.eventLoopPublisher(for: request.tenant, on: context.eventLoop) {
+            // The PubAcks come back on this loop: answer right there.
+            return publisher.publish(batch.messages, through: eventLoopPublisher) { outcome in
+                switch outcome {
+                case .success: self.answer(EncodedResponse(status: 202, body: IngressState.acceptedAnswer(ids)), request: request, context: context)
+                case .failure(let error): self.answer(EncodedResponse(error, retryAfter: retryAfter), request: request, context: context)
+                }
+            }
+        }
         let target = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        GuardedPublisher(state: state, tenant: request.tenant).publish(batch.messages) { outcome in
+        publisher.publish(batch.messages) { outcome in
             let response: EncodedResponse
             switch outcome {
             case .success: response = EncodedResponse(status: 202, body: IngressState.acceptedAnswer(ids))

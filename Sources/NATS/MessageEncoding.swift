@@ -22,7 +22,7 @@ enum MessageEncoding {
     /// reads without making nats.c build its header map).
     static let preEncodedHeaders: Bool = selfCheck()
 
-    private static let preamble: [UInt8] = Array("NATS/1.0\r\n".utf8)
+    static let preamble: [UInt8] = Array("NATS/1.0\r\n".utf8)
 
     /// `natsStatus natsMsg_create(natsMsg **, const char *subject, int subjLen,
     /// const char *reply, int replyLen, const char *buf, int bufLen, int hdrLen)`
