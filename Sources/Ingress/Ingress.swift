@@ -142,6 +142,7 @@ public struct Ingress: Service {
                     settings.publishTimeout = connection.configuration.publishTimeout
                     settings.connectTimeout = connection.configuration.connectTimeout
                     settings.maxPendingPublishes = connection.configuration.maxPendingPublishes
+                    settings.pingInterval = connection.configuration.pingInterval
                     onLoop.append(try await EventLoopPublisher.connect(configuration: settings, eventLoop: eventLoop, logger: logger))
                 }
                 publishers[ObjectIdentifier(eventLoop)] = onLoop

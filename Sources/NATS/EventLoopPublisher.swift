@@ -40,6 +40,10 @@ public final class EventLoopPublisher: @unchecked Sendable {
         public var connectTimeout: Duration = .seconds(5)
         /// Upper bound of publishes waiting for their PubAck; past it `publish` fails at once.
         public var maxPendingPublishes: Int = 262_144
+        /// How often the publisher pings the server; after `maxPingsOut` PINGs without a PONG
+        /// the connection counts as dead and is replaced.
+        public var pingInterval: Duration = .seconds(2)
+        public var maxPingsOut = 3
 
         public init(servers: [String], name: String) {
             self.servers = servers
@@ -68,6 +72,8 @@ public final class EventLoopPublisher: @unchecked Sendable {
     private var serverIndex = 0
     private var maxPayload = 1024 * 1024
     private var expiry: RepeatedTask?
+    private var pingsOut = 0
+    private var lastPing = NIODeadline.now()
 
     private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -89,7 +95,9 @@ public final class EventLoopPublisher: @unchecked Sendable {
         try await eventLoop.flatSubmit { publisher.open(attempts: configuration.servers.count) }.get()
         eventLoop.execute {
             publisher.expiry = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
-                publisher.expire(now: .now())
+                let now = NIODeadline.now()
+                publisher.expire(now: now)
+                publisher.keepAlive(now: now)
             }
         }
         return publisher
@@ -260,6 +268,24 @@ public final class EventLoopPublisher: @unchecked Sendable {
         }
     }
 
+    /// Pings the server every `pingInterval`; a connection that let `maxPingsOut` PINGs go
+    /// unanswered is closed (and then replaced), as nats.c does: TCP alone may take hours to
+    /// notice a server that vanished.
+    private func keepAlive(now: NIODeadline) {
+        guard let channel, isConnected, now - lastPing >= .nanoseconds(configuration.pingInterval.nanoseconds) else { return }
+        lastPing = now
+        if pingsOut >= configuration.maxPingsOut {
+            logger.warning("NATS publish connection is stale; replacing it", metadata: ["nats.connection": "\(configuration.name)"])
+            channel.close(promise: nil)
+            return
+        }
+        pingsOut += 1
+        channel.writeAndFlush(ByteBuffer(staticString: "PING\r\n"), promise: nil)
+    }
+
+    /// The server answered a PING.
+    func pong() { pingsOut = 0 }
+
     private func failAll(_ error: NATSError) {
         let entries = pending.values
         pending.removeAll()
@@ -314,6 +340,8 @@ public final class EventLoopPublisher: @unchecked Sendable {
                     return
                 }
                 self.channel = channel
+                self.pingsOut = 0
+                self.lastPing = .now()
                 self.outbound = channel.allocator.buffer(capacity: 64 * 1024)
                 self.connectedFlag.store(true, ordering: .relaxed)
             }
@@ -521,6 +549,7 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "PONG\r\n")), promise: nil)
             } else if line.starts(with: "PONG".utf8) {
                 buffer.moveReaderIndex(forwardBy: lineLength)
+                publisher.pong()
                 if let handshake {
                     // Connected: subscribe to the reply inbox before anything is published.
                     context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: publisher.replySubscription)), promise: nil)
@@ -539,7 +568,12 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
             } else if line.starts(with: "-ERR".utf8) {
                 let message = String(decoding: line.dropFirst(4), as: UTF8.self).trimmingCharacters(in: .whitespaces)
                 buffer.moveReaderIndex(forwardBy: lineLength)
-                throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) answered -ERR \(message)")
+                let error = NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) answered -ERR \(message)")
+                // During the handshake it ends the attempt (authorization). Later, the server
+                // closes the connection itself when the error is fatal; a refused publish
+                // (permissions) fails by its deadline.
+                if handshake != nil { throw error }
+                publisher.logConnectionFailure(error)
             } else {
                 throw NATSError(code: .connectionFailed, message: "unexpected line from NATS: \(String(decoding: line.prefix(80), as: UTF8.self))")
             }

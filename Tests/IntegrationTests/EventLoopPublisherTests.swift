@@ -3,6 +3,7 @@ import Foundation
 @testable import NATS
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 /// The ingress's event-loop publisher: its own NATS protocol client, against a real nats-server.
@@ -119,6 +120,36 @@ struct EventLoopPublisherTests {
         #expect(throws: NATSError.self) { try ServerEndpoint("nats://host:notaport") }
     }
 
+    @Test("A server that stops answering PINGs is left, its publishes fail, and the publisher reconnects")
+    func staleConnection() async throws {
+        let server = try await SilentNATSServer.start()
+        var configuration = EventLoopPublisher.Configuration(servers: ["nats://127.0.0.1:\(server.port)"], name: "stale")
+        configuration.pingInterval = .milliseconds(200)
+        configuration.maxPingsOut = 2
+        configuration.reconnectWait = .milliseconds(100)
+        configuration.publishTimeout = .seconds(30)
+        let publisher = try await EventLoopPublisher.connect(
+            configuration: configuration,
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: TestNATSServer.logger
+        )
+        // The first connection never answers again: the publish cannot get its PubAck, and it
+        // fails when the publisher gives up on the connection (well before its 30 s deadline).
+        let started = ContinuousClock.now
+        let outcome = await Self.publish(publisher, [Self.message("elp.a", "{}")])
+        if case .failure(let error) = outcome { #expect(error.code == .connectionClosed) } else { Issue.record("acknowledged by a silent server") }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        // The second connection answers PINGs: the publisher is connected again.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !publisher.isConnected || server.connections < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(server.connections >= 2)
+        #expect(publisher.isConnected)
+        await publisher.close()
+        try await server.stop()
+    }
+
     @Test("Connecting to nothing fails with a clear error instead of hanging")
     func nothingThere() async throws {
         var configuration = EventLoopPublisher.Configuration(servers: ["nats://127.0.0.1:1"], name: "nobody")
@@ -129,6 +160,66 @@ struct EventLoopPublisherTests {
                 eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
                 logger: TestNATSServer.logger
             )
+        }
+    }
+}
+
+/// A fake NATS server on loopback: completes the handshake of every connection, then the first
+/// connection goes silent (reads and ignores everything) while later ones answer PINGs.
+final class SilentNATSServer: Sendable {
+    private let channel: any Channel
+    private let counter: Counter
+    var port: Int { channel.localAddress?.port ?? 0 }
+    var connections: Int { counter.value.load(ordering: .relaxed) }
+
+    private init(channel: any Channel, counter: Counter) {
+        self.channel = channel
+        self.counter = counter
+    }
+
+    static func start() async throws -> SilentNATSServer {
+        let counter = Counter()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                let number = counter.next()
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(silentAfterHandshake: number == 1))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return SilentNATSServer(channel: channel, counter: counter)
+    }
+
+    func stop() async throws { try await channel.close() }
+
+    /// Numbers the accepted connections.
+    private final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+        func next() -> Int { value.add(1, ordering: .relaxed).newValue }
+    }
+
+    /// Not `Sendable`: used on its channel's event loop only.
+    private final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let silentAfterHandshake: Bool
+        var handshakeDone = false
+
+        init(silentAfterHandshake: Bool) { self.silentAfterHandshake = silentAfterHandshake }
+
+        func channelActive(context: ChannelHandlerContext) {
+            let info = #"INFO {"server_id":"fake","version":"2.9.10","proto":1,"headers":true,"max_payload":1048576}"# + "\r\n"
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: info)), promise: nil)
+            context.fireChannelActive()
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let text = String(buffer: unwrapInboundIn(data))
+            guard text.contains("PING") else { return }
+            if handshakeDone && silentAfterHandshake { return }
+            handshakeDone = true
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "PONG\r\n")), promise: nil)
         }
     }
 }
