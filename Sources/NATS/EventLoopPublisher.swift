@@ -94,6 +94,7 @@ public final class EventLoopPublisher: @unchecked Sendable {
         let publisher = EventLoopPublisher(configuration: configuration, eventLoop: eventLoop, logger: logger)
         try await eventLoop.flatSubmit { publisher.open(attempts: configuration.servers.count) }.get()
         eventLoop.execute {
+            guard !publisher.closed else { return }  // closed before this ran
             publisher.expiry = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
                 let now = NIODeadline.now()
                 publisher.expire(now: now)
