@@ -513,7 +513,15 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
 
     private func parse(context: ChannelHandlerContext) throws(NATSError) {
         guard var buffer = cumulation else { return }
-        defer { cumulation = buffer.readableBytes > 0 ? buffer : nil }
+        cumulation = nil
+        defer {
+            if buffer.readableBytes > 0 {
+                // Keep only the unread tail: under steady load a read often ends mid-message,
+                // and the consumed bytes in front would otherwise pile up.
+                if buffer.readerIndex >= 16 * 1024 { buffer.discardReadBytes() }
+                cumulation = buffer
+            }
+        }
         while buffer.readableBytes > 0 {
             let view = buffer.readableBytesView
             guard let lineEnd = Self.crlf(in: view) else {
