@@ -343,37 +343,32 @@ struct GuardedPublisher: MessagePublisher {
     let tenant: String
 
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
-        let connection = try admit(messages.count)
-        defer { state.release(messages.count) }
+        let connection = state.lane(for: tenant)
+        try reserve(messages.count, connected: connection.isConnected)
+        let outcome: Result<[PublishAck], NATSError>
         do {
-            let acks = try await connection.publish(messages)
-            state.acceptedRecords.increment(by: messages.count)
-            return acks
+            outcome = .success(try await connection.publish(messages))
         } catch let error as NATSError {
-            throw refusal(error)
+            outcome = .failure(error)
+        } catch {
+            state.release(messages.count)
+            throw error
         }
+        try settle(outcome, count: messages.count).get()
+        return try outcome.get()
     }
 
     /// The same, for callers that must not wait: `completion` gets the outcome once (see
     /// `NATSConnection.publish(_:completion:)` for the thread it runs on).
     func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
-        let connection: NATSConnection
+        let connection = state.lane(for: tenant)
+        let count = messages.count
         do throws(RouteError) {
-            connection = try admit(messages.count)
+            try reserve(count, connected: connection.isConnected)
         } catch {
             return completion(.failure(error))
         }
-        let count = messages.count
-        connection.publish(messages) { [state] outcome in
-            state.release(count)
-            switch outcome {
-            case .success:
-                state.acceptedRecords.increment(by: count)
-                completion(.success(()))
-            case .failure(let error):
-                completion(.failure(refusal(error)))
-            }
-        }
+        connection.publish(messages) { outcome in completion(settle(outcome, count: count)) }
     }
 
     /// The same, through the publisher of the caller's event loop: call it on that loop;
@@ -383,36 +378,36 @@ struct GuardedPublisher: MessagePublisher {
         through publisher: EventLoopPublisher,
         completion: @escaping (Result<Void, RouteError>) -> Void
     ) {
-        guard publisher.isConnected else {
-            return completion(.failure(RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")))
-        }
         let count = messages.count
-        guard state.reserve(count) else {
-            return completion(.failure(RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")))
+        do throws(RouteError) {
+            try reserve(count, connected: publisher.isConnected)
+        } catch {
+            return completion(.failure(error))
         }
-        publisher.publish(messages) { [state] outcome in
-            state.release(count)
-            switch outcome {
-            case .success:
-                state.acceptedRecords.increment(by: count)
-                completion(.success(()))
-            case .failure(let error):
-                completion(.failure(refusal(error)))
-            }
-        }
+        publisher.publish(messages) { outcome in completion(settle(outcome, count: count)) }
     }
 
-    /// The lane to publish `count` records through, once the connection is up and room for
-    /// them is reserved (the caller releases it).
-    private func admit(_ count: Int) throws(RouteError) -> NATSConnection {
-        let connection = state.lane(for: tenant)
-        guard connection.isConnected else {
+    /// Refuses when the connection is down (503) or too many records are in flight (429);
+    /// otherwise reserves room for `count` records, which `settle` releases.
+    private func reserve(_ count: Int, connected: Bool) throws(RouteError) {
+        guard connected else {
             throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
         }
         guard state.reserve(count) else {
             throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
         }
-        return connection
+    }
+
+    /// Releases the room of `count` records and maps the publish's outcome.
+    private func settle(_ outcome: Result<[PublishAck], NATSError>, count: Int) -> Result<Void, RouteError> {
+        state.release(count)
+        switch outcome {
+        case .success:
+            state.acceptedRecords.increment(by: count)
+            return .success(())
+        case .failure(let error):
+            return .failure(refusal(error))
+        }
     }
 
     private func refusal(_ error: NATSError) -> RouteError {
