@@ -225,19 +225,12 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let eventLoopPublisher = state.eventLoopPublisher(for: request.tenant, on: context.eventLoop) {
             // The PubAcks come back on this loop: answer right there.
             return publisher.publish(batch.messages, through: eventLoopPublisher) { outcome in
-                switch outcome {
-                case .success: self.answer(EncodedResponse(status: 202, body: IngressState.acceptedAnswer(ids)), request: request, context: context)
-                case .failure(let error): self.answer(EncodedResponse(error, retryAfter: retryAfter), request: request, context: context)
-                }
+                self.answer(EncodedResponse(outcome, ids: ids, retryAfter: retryAfter), request: request, context: context)
             }
         }
         let target = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         publisher.publish(batch.messages) { outcome in
-            let response: EncodedResponse
-            switch outcome {
-            case .success: response = EncodedResponse(status: 202, body: IngressState.acceptedAnswer(ids))
-            case .failure(let error): response = EncodedResponse(error, retryAfter: retryAfter)
-            }
+            let response = EncodedResponse(outcome, ids: ids, retryAfter: retryAfter)
             target.eventLoop.execute {
                 let (handler, context) = target.value
                 handler.answer(response, request: request, context: context)
@@ -282,6 +275,14 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         init(status: Int, body: JSONValue) {
             self.status = status
             self.body = ByteBuffer(bytes: JSONWriter.encode(body))
+        }
+
+        /// The answer to a publish: 202 with the ids, or the error's.
+        init(_ outcome: Result<Void, RouteError>, ids: [String], retryAfter: String) {
+            switch outcome {
+            case .success: self.init(status: 202, body: IngressState.acceptedAnswer(ids))
+            case .failure(let error): self.init(error, retryAfter: retryAfter)
+            }
         }
 
         /// An error's answer; 429 and 503 (whose cause passes) say when to retry.
