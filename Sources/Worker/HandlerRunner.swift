@@ -149,10 +149,21 @@ public actor HandlerRunner {
         // A replayed dead letter is for one handler only; the others have processed the original.
         var indices: [Int] = []
         indices.reserveCapacity(batch.count)
+        // A message redelivered while its first delivery still waited unfetched can arrive twice
+        // in one batch; handled twice in one context its outputs would get two ids (index 0 and
+        // 1 of the same source). Only its latest delivery is handled, and acked after its
+        // outputs: the server tracks the message, not the delivery, so one ack settles both.
+        var positions: [UInt64: Int] = [:]
         for (i, message) in batch.messages.enumerated() {
             if let target = message.headerValues[4], target != handler.name {
                 batch.ack(i)
+            } else if let earlier = positions[message.streamSequence] {
+                if message.deliveryCount > batch.messages[earlier].deliveryCount {
+                    indices[indices.firstIndex(of: earlier)!] = i
+                    positions[message.streamSequence] = i
+                }
             } else {
+                positions[message.streamSequence] = i
                 indices.append(i)
             }
         }
