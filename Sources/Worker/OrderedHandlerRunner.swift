@@ -205,6 +205,10 @@ public final class OrderedHandlerRunner: Sendable {
             // A replayed dead letter addressed to another handler of this table.
             if let target = batch.messages[i].headerValues[4], target != handler.name {
                 batch.ack(i)
+            } else if let last = indices.last, batch.messages[last].streamSequence == batch.messages[i].streamSequence {
+                // The same message delivered twice (see `HandlerRunner.process`): handle its
+                // latest delivery only.
+                if batch.messages[i].deliveryCount > batch.messages[last].deliveryCount { indices[indices.count - 1] = i }
             } else {
                 indices.append(i)
             }
