@@ -97,10 +97,9 @@ struct Bench: Sendable {
         try await withCluster(name, workers: workers, ingress: 0) { cluster, connection in
             let input = chain ? "chain_in" : "events"
             let output = chain ? "chain_out" : "events_out"
-            let tables = chain ? 4 : 2
             let start = ContinuousClock.now
             let producer = try await produce(records, table: input, tenant: "default", natsURL: cluster.natsURL, connection: connection)
-            let elapsed = try await Self.waitForMessages(records * tables, stream: "AUT_DEFAULT", connection: connection, since: start)
+            let elapsed = try await Self.waitForMessages(records, stream: Self.stream("default", output), connection: connection, since: start)
             let (audit, toHandler, toOutput) = try await Self.audit(output, tenant: "default", expected: records, connection: connection, sentTimes: nil)
             return ScenarioResult(
                 name: name,
@@ -170,7 +169,7 @@ struct Bench: Sendable {
                 }
                 try await group.waitForAll()
             }
-            let elapsed = try await Self.waitForMessages(total * 2, stream: "AUT_DEFAULT", connection: connection, since: start)
+            let elapsed = try await Self.waitForMessages(total, stream: Self.stream("default", "events_out"), connection: connection, since: start)
             let (audit, toHandler, toOutput) = try await Self.audit("events_out", tenant: "default", expected: total, connection: connection, sentTimes: completions)
             return ScenarioResult(
                 name: name,
@@ -203,8 +202,8 @@ struct Bench: Sendable {
             let wrk = try await Self.wrk(url: ingress + "/v1/tables/events/records", seconds: seconds, repetitions: repetitions, directory: directory)
             try await cluster.scale("worker", to: 1)
             // Every 2xx is a stored record; requests cut off when wrk stopped may be stored too.
-            let stored = try await connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.tbl.events", headers: [], atLeast: wrk.completed, timeout: .seconds(60)).count
-            _ = try await Self.waitForMessages(stored * 2, stream: "AUT_DEFAULT", connection: connection, since: .now)
+            let stored = try await connection.readAll(stream: Self.stream("default", "events"), subject: "aut.default.tbl.events", headers: [], atLeast: wrk.completed, timeout: .seconds(60)).count
+            _ = try await Self.waitForMessages(stored, stream: Self.stream("default", "events_out"), connection: connection, since: .now)
             var (audit, _, _) = try await Self.audit("events_out", tenant: "default", expected: stored, connection: connection, sentTimes: nil, byCause: true)
             audit.ok = audit.ok && stored >= wrk.completed && wrk.errors == 0
             return ScenarioResult(
@@ -249,8 +248,8 @@ struct Bench: Sendable {
             let warmUp = 2 * perPhase
             try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: warmUp, request: warmUp), contentType: "application/json", key: nil, apiKey: lightKey)
             try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: 0, request: 0), contentType: "application/json", key: "warm-up", apiKey: floodKey)
-            _ = try await Self.waitForMessages(2, stream: "AUT_LIGHT", connection: connection, since: .now)
-            _ = try await Self.waitForMessages(2, stream: "AUT_FLOOD", connection: connection, since: .now)
+            _ = try await Self.waitForMessages(1, stream: Self.stream("light", "events_out"), connection: connection, since: .now)
+            _ = try await Self.waitForMessages(1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
             // When each light request got its 2xx, by phase, for the time to handler start.
             let aloneTimes = RequestTimes(count: 2 * perPhase)
             let loadedTimes = RequestTimes(count: 2 * perPhase)
@@ -296,7 +295,7 @@ struct Bench: Sendable {
             flooding.cancel()
             let flooded = await flooding.value
             let lightTotal = aloneCount + loadedCount + 1
-            _ = try await Self.waitForMessages(lightTotal * 2, stream: "AUT_LIGHT", connection: connection, since: .now)
+            _ = try await Self.waitForMessages(lightTotal, stream: Self.stream("light", "events_out"), connection: connection, since: .now)
             let (audit, handlerAlone, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: aloneTimes)
             let (_, handlerLoaded, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: loadedTimes)
             let aloneP99 = Latency(alone).p99
@@ -425,6 +424,9 @@ struct Bench: Sendable {
         }
     }
 
+    /// The stream of `table` of `tenant`.
+    static func stream(_ tenant: String, _ table: String) -> String { Wire.tableStreamName(tenant: tenant, table: table) }
+
     /// Waits until `stream` holds `count` messages; returns the time since `since`.
     static func waitForMessages(_ count: Int, stream: String, connection: NATSConnection, since: ContinuousClock.Instant, timeout: Duration = .seconds(300)) async throws -> Duration {
         let deadline = ContinuousClock.now + timeout
@@ -447,7 +449,7 @@ struct Bench: Sendable {
         byCause: Bool = false
     ) async throws -> (Audit, Latency?, Latency?) {
         let outputs = try await connection.readAll(
-            stream: Wire.streamName(tenant: tenant),
+            stream: Wire.tableStreamName(tenant: tenant, table: table),
             subject: Wire.tableSubject(tenant: tenant, table: table),
             headers: ["Aut-Caused-By"],
             atLeast: expected,

@@ -348,7 +348,7 @@ enum DevBanner {
         }
         lines.append("")
         lines.append("Storages online:")
-        lines.append("  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), stream \(Wire.streamName(tenant: tenant)))")
+        lines.append("  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), streams \(Wire.tableStreamName(tenant: tenant, table: "<table>")) and \(Wire.streamName(tenant: tenant)))")
         lines.append("  \(sqlitePath) (coordinator state)")
         lines.append("")
         return lines.joined(separator: "\n")

@@ -157,7 +157,7 @@ struct DeployCommand: AsyncParsableCommand {
         for schedule in description.schedules { print("  \(schedule.name)    \(schedule.schedule)") }
         print("")
         print("Storages online:")
-        print("  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (stream \(Wire.streamName(tenant: deployment.tenant)))")
+        print("  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))")
         for storage in configuration.storages { print("  \(storage.url) (\(storage.name))") }
     }
 

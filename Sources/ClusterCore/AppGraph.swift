@@ -132,6 +132,7 @@ public struct AppGraph: Sendable {
                 "kind": .string(table.kind.rawValue),
                 "semantic_type": .string(table.semanticType.description),
                 "subject": .string(table.subject(tenant: tenant)),
+                "stream": .string(table.streamName(tenant: tenant)),
                 "record_type": table.typeName.map { .string($0) } ?? "JSON",
             ]
             if let fields = table.knownFields { value["fields"] = .array(fields.map { .string($0) }) }
@@ -173,6 +174,7 @@ public struct AppGraph: Sendable {
         return [
             "app": .string(name),
             "tenant": .string(tenant),
+            // Schedule ticks and dead letters; each table has its own (in `tables`).
             "stream": .string(Wire.streamName(tenant: tenant)),
             "tables": .array(tableValues),
             "handlers": .array(handlerValues),

@@ -43,6 +43,15 @@ public struct TableDefinition: Sendable {
         return subject(tenant: tenant) + "." + String(Wire.partition(key, of: partitioning.partitions))
     }
 
+    /// The stream holding the table's records: its own for a table, the tenant's for a
+    /// schedule's ticks.
+    public func streamName(tenant: String) -> String {
+        switch kind {
+        case .table: return Wire.tableStreamName(tenant: tenant, table: name)
+        case .schedule: return Wire.streamName(tenant: tenant)
+        }
+    }
+
     /// What a consumer of every record of the table filters on.
     public func filterSubject(tenant: String) -> String {
         partitioning == nil ? subject(tenant: tenant) : subject(tenant: tenant) + ".>"

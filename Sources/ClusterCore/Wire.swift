@@ -32,10 +32,24 @@ public enum Wire {
     public static func scheduleSubject(tenant: String, schedule: String) -> String { "aut.\(tenant).sched.\(schedule)" }
     /// `aut.<tenant>.dlq.<handler>`
     public static func deadLetterSubject(tenant: String, handler: String) -> String { "aut.\(tenant).dlq.\(handler)" }
-    /// `AUT_<TENANT>` (the tenant name upper-cased).
+    /// `AUT_<TENANT>` (the tenant name upper-cased): the tenant's schedule ticks and dead letters.
     public static func streamName(tenant: String) -> String { "AUT_" + tenant.uppercased() }
-    /// `aut.<tenant>.>`
-    public static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).>"] }
+    /// `aut.<tenant>.sched.>` and `aut.<tenant>.dlq.>`
+    public static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).sched.>", "aut.\(tenant).dlq.>"] }
+    /// What the tenant stream held in the one-stream layout (every table in it), which
+    /// provisioning recognises: `aut.<tenant>.>`
+    public static func legacyStreamSubject(tenant: String) -> String { "aut.\(tenant).>" }
+    /// `AUT_<TENANT>_tbl_<table>`: one table's records (every partition).
+    ///
+    /// Each table has a stream of its own, so JetStream stores a table's records and a
+    /// handler's outputs in parallel and a handler's consumer reads only its table. Unambiguous:
+    /// the upper-cased tenant holds no lowercase letter, so the first one starts `tbl_`.
+    public static func tableStreamName(tenant: String, table: String) -> String { "AUT_" + tenant.uppercased() + "_tbl_" + table }
+    /// `aut.<tenant>.tbl.<table>` and its partitions, `aut.<tenant>.tbl.<table>.>`
+    public static func tableStreamSubjects(tenant: String, table: String) -> [String] {
+        let subject = tableSubject(tenant: tenant, table: table)
+        return [subject, subject + ".>"]
+    }
     /// `h_<handler>`
     public static func consumerName(handler: String) -> String { "h_" + handler }
 

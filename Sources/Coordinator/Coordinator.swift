@@ -175,17 +175,40 @@ public enum Topology {
         public init() {}
     }
 
+    /// The tenant's stream: its schedule ticks and dead letters.
     public static func streamConfiguration(tenant: String, configuration: Configuration) -> StreamConfiguration {
         var stream = StreamConfiguration(name: Wire.streamName(tenant: tenant), subjects: Wire.streamSubjects(tenant: tenant))
+        stream.description = "Autonomous schedule ticks and dead letters of tenant \(tenant)"
+        return configured(stream, configuration)
+    }
+
+    /// The stream of one table of a tenant.
+    public static func streamConfiguration(tenant: String, table: String, configuration: Configuration) -> StreamConfiguration {
+        var stream = StreamConfiguration(
+            name: Wire.tableStreamName(tenant: tenant, table: table),
+            subjects: Wire.tableStreamSubjects(tenant: tenant, table: table)
+        )
+        stream.description = "Autonomous table \(table) of tenant \(tenant)"
+        return configured(stream, configuration)
+    }
+
+    private static func configured(_ stream: StreamConfiguration, _ configuration: Configuration) -> StreamConfiguration {
+        var stream = stream
         stream.replicas = configuration.replicas
         stream.duplicateWindow = configuration.duplicateWindow
         stream.maxAge = configuration.maxAge
         stream.maxBytes = configuration.maxBytes
         stream.storage = configuration.storage
-        stream.description = "Autonomous records of tenant \(tenant)"
         return stream
     }
 
+    /// Creates or updates a tenant's streams (one per table of `graph`, and the tenant's own)
+    /// and its handlers' consumers.
+    ///
+    /// A tenant stream of the earlier one-stream layout (`aut.<tenant>.>`, every table in it)
+    /// is narrowed to schedules and dead letters when it is empty; holding records, it stops
+    /// provisioning with an error saying how to move on, since narrowing it would leave its
+    /// table records unread.
     public static func provision(
         graph: AppGraph,
         tenants: [String],
@@ -194,17 +217,42 @@ public enum Topology {
     ) async throws {
         for tenant in tenants {
             guard Names.isValid(tenant) else { throw ConfigurationError("invalid tenant name '\(tenant)'") }
-            let stream = streamConfiguration(tenant: tenant, configuration: configuration)
-            try await connection.createOrUpdateStream(stream)
+            let tenantStream = streamConfiguration(tenant: tenant, configuration: configuration)
+            if let existing = try await connection.streamState(tenantStream.name),
+                existing.subjects.contains(Wire.legacyStreamSubject(tenant: tenant))
+            {
+                guard existing.messages == 0 else {
+                    throw ConfigurationError(
+                        "stream \(tenantStream.name) still holds tenant '\(tenant)' records (\(existing.messages) messages) in the one-stream "
+                            + "layout of earlier versions; this version keeps each table in a stream of its own (docs/wire.md). Let the "
+                            + "handlers catch up, then delete the stream (nats stream rm \(tenantStream.name)) and start the coordinator again"
+                    )
+                }
+                // The handlers' consumers move to their tables' streams.
+                for handler in graph.handlers where handler.sourceKind == .table {
+                    try await connection.deleteConsumer(stream: tenantStream.name, consumer: handler.consumerName)
+                    for partition in 0..<(handler.options.ordering?.partitions ?? 0) {
+                        try await connection.deleteConsumer(stream: tenantStream.name, consumer: HandlerOrdering.consumerName(handler: handler.name, partition: partition))
+                    }
+                }
+                // Narrowed before the table streams are made: their subjects may not overlap it.
+                try await connection.createOrUpdateStream(tenantStream)
+            }
+            for table in graph.tables where table.kind == .table {
+                try await connection.createOrUpdateStream(streamConfiguration(tenant: tenant, table: table.name, configuration: configuration))
+            }
+            // Last: the ingress reports ready once the tenant stream exists.
+            try await connection.createOrUpdateStream(tenantStream)
             for handler in graph.handlers {
                 guard let source = graph.source(of: handler) else { continue }
+                let stream = source.streamName(tenant: tenant)
                 let maxAckPending = handler.options.maxAckPending ?? configuration.maxAckPending
                 if let ordering = handler.options.ordering {
                     // One consumer per partition. A worker that takes over a partition after
                     // a crash may re-create it at its ack floor, so existing ones are kept.
                     for partition in 0..<ordering.partitions {
                         let consumer = handler.partitionConsumer(source: source, tenant: tenant, partition: partition, ackWait: configuration.ackWait)
-                        try await connection.createOrUpdateConsumer(stream: stream.name, consumer, updateExisting: false)
+                        try await connection.createOrUpdateConsumer(stream: stream, consumer, updateExisting: false)
                     }
                     continue
                 }
@@ -213,7 +261,7 @@ public enum Topology {
                 consumer.ackWait = configuration.ackWait
                 consumer.maxAckPending = maxAckPending
                 consumer.description = "Autonomous handler \(handler.name)"
-                try await connection.createOrUpdateConsumer(stream: stream.name, consumer)
+                try await connection.createOrUpdateConsumer(stream: stream, consumer)
             }
         }
     }

@@ -5,6 +5,8 @@ import Foundation
 public struct AppDescription: Sendable {
     public var name: String
     public var handlers: [String]
+    /// Each handler's source: a table's or a schedule's name.
+    public var sources: [String: (name: String, isTable: Bool)]
     public var routes: [(method: String, path: String)]
     public var schedules: [(name: String, schedule: String)]
 
@@ -12,6 +14,11 @@ public struct AppDescription: Sendable {
         guard let name = json["app"].stringValue else { throw DeployError("`describe` did not print an app graph") }
         self.name = name
         handlers = json["handlers"].arrayValue?.compactMap { $0["name"].stringValue } ?? []
+        sources = [:]
+        for handler in json["handlers"].arrayValue ?? [] {
+            guard let name = handler["name"].stringValue, let source = handler["source"].stringValue else { continue }
+            sources[name] = (source, handler["source_kind"].stringValue != "schedule")
+        }
         routes = json["routes"].arrayValue?.compactMap { route in
             guard let method = route["method"].stringValue, let path = route["path"].stringValue else { return nil }
             return (method, path)
@@ -20,6 +27,12 @@ public struct AppDescription: Sendable {
             guard let name = schedule["name"].stringValue, let spec = schedule["schedule"].stringValue else { return nil }
             return (name, spec)
         } ?? []
+    }
+
+    /// The stream `handler`'s consumer reads, for `tenant`.
+    public func streamName(of handler: String, tenant: String) -> String {
+        guard let source = sources[handler], source.isTable else { return Wire.streamName(tenant: tenant) }
+        return Wire.tableStreamName(tenant: tenant, table: source.name)
     }
 
     /// Runs `<binary> describe`.
@@ -128,9 +141,9 @@ public enum KubernetesRenderer {
             lines += patch(kind: "Deployment", name: "worker", operations: [("/spec/template/spec/containers/0/args", "[\"worker\", \"--except-handlers\", \"\(grouped)\"]")])
         }
         if deployment.target.contains("keda") {
-            let stream = Wire.streamName(tenant: deployment.tenant)
             let triggers = app.handlers.map { handler in
-                "{\"type\": \"nats-jetstream\", \"metadata\": {\"natsServerMonitoringEndpoint\": \"nats.nats.svc.cluster.local:8222\", \"account\": \"$G\", \"stream\": \"\(stream)\", \"consumer\": \"\(Wire.consumerName(handler: handler))\", \"lagThreshold\": \"1000\"}}"
+                let stream = app.streamName(of: handler, tenant: deployment.tenant)
+                return "{\"type\": \"nats-jetstream\", \"metadata\": {\"natsServerMonitoringEndpoint\": \"nats.nats.svc.cluster.local:8222\", \"account\": \"$G\", \"stream\": \"\(stream)\", \"consumer\": \"\(Wire.consumerName(handler: handler))\", \"lagThreshold\": \"1000\"}}"
             }
             lines += patch(kind: "ScaledObject", name: "worker", operations: [("/spec/triggers", "[" + triggers.joined(separator: ", ") + "]")])
         }

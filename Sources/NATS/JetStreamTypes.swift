@@ -58,6 +58,8 @@ public struct ConsumerConfiguration: Sendable, Hashable {
 public struct StreamState: Sendable, Hashable {
     /// Configured replicas.
     public var replicas: Int
+    /// Configured subjects.
+    public var subjects: [String]
     public var messages: UInt64
     public var bytes: UInt64
     public var firstSequence: UInt64

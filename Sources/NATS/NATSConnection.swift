@@ -489,8 +489,22 @@ public final class NATSConnection: Sendable {
                 throw NATSError.from(status: status, jsError: errCode, context: "reading stream \(stream)")
             }
             let s = info.pointee.State
-            let replicas = Int(info.pointee.Config?.pointee.Replicas ?? 1)
-            return StreamState(replicas: replicas, messages: s.Msgs, bytes: s.Bytes, firstSequence: s.FirstSeq, lastSequence: s.LastSeq)
+            let config = info.pointee.Config?.pointee
+            let replicas = Int(config?.Replicas ?? 1)
+            var subjects: [String] = []
+            if let config, let list = config.Subjects {
+                for i in 0..<Int(config.SubjectsLen) {
+                    if let subject = list[i] { subjects.append(String(cString: subject)) }
+                }
+            }
+            return StreamState(
+                replicas: replicas,
+                subjects: subjects,
+                messages: s.Msgs,
+                bytes: s.Bytes,
+                firstSequence: s.FirstSeq,
+                lastSequence: s.LastSeq
+            )
         }
     }
 

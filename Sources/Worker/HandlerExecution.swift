@@ -34,6 +34,11 @@ struct HandlerExecution: Sendable {
             : Wire.scheduleSubject(tenant: tenant, schedule: handler.source)
     }
 
+    /// The stream holding the handler's source: the table's own, the tenant's for a schedule.
+    static func streamName(of handler: HandlerDefinition, tenant: String) -> String {
+        handler.sourceKind == .table ? Wire.tableStreamName(tenant: tenant, table: handler.source) : Wire.streamName(tenant: tenant)
+    }
+
     func incoming(_ message: JetStreamMessage) -> IncomingRecord {
         let values = message.headerValues
         return IncomingRecord(

@@ -60,7 +60,7 @@ public actor HandlerRunner {
         let execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
         self.execution = execution
         self.logger = execution.logger
-        self.stream = Wire.streamName(tenant: tenant)
+        self.stream = HandlerExecution.streamName(of: handler, tenant: tenant)
         self.filterSubject = HandlerExecution.filterSubject(of: handler, tenant: tenant, tables: tables)
         let dimensions = [("handler", handler.name)]
         self.counters = Counters(

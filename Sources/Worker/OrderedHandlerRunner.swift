@@ -60,7 +60,7 @@ public final class OrderedHandlerRunner: Sendable {
         let execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
         self.execution = execution
         self.logger = execution.logger
-        self.stream = Wire.streamName(tenant: tenant)
+        self.stream = HandlerExecution.streamName(of: handler, tenant: tenant)
         self.assign = assign
         let dimensions = [("handler", handler.name)]
         self.processed = Counter(label: "autonomous_worker_records_processed_total", dimensions: dimensions)

@@ -46,6 +46,7 @@ struct GraphTests {
         #expect(described["stream"] == "AUT_ACME")
         #expect(described["handlers"][0]["consumer"] == "h_needs-prompt-prompts")
         #expect(described["tables"][0]["subject"] == "aut.acme.tbl.prompts")
+        #expect(described["tables"][0]["stream"] == "AUT_ACME_tbl_prompts")
         #expect(described["tables"][0]["fields"] == ["prompt", "channel"])
         #expect(described["schedules"][0]["subject"] == "aut.acme.sched.nightly")
     }

@@ -1,3 +1,4 @@
+import ClusterCore
 import Deploy
 import Testing
 
@@ -78,5 +79,23 @@ struct DeploymentConfigurationTests {
         } catch {
             #expect(error.description == "ops/autonomous.json: deployment: expected an object, got a number")
         }
+    }
+}
+
+@Suite("App description")
+struct AppDescriptionTests {
+    @Test("A handler's consumer is on its source table's stream, a schedule's on the tenant stream")
+    func handlerStreams() throws {
+        var app = AppBuilder(name: "Streams")
+        let orders = app.table("orders")
+        _ = app.table("enriched")
+        orders.onNewRecords("enrich") { _, _ in }
+        app.schedule("nightly", .daily(at: "03:00")) { _, _ in }
+        // `describe` runs for one tenant; the deploy renders for another.
+        let description = try AppDescription(json: try app.build().describe(tenant: "default"))
+        #expect(description.streamName(of: "enrich", tenant: "acme") == "AUT_ACME_tbl_orders")
+        let schedule = try #require(description.handlers.first { $0 != "enrich" })
+        #expect(description.streamName(of: schedule, tenant: "acme") == "AUT_ACME")
+        #expect(Wire.tableStreamName(tenant: "a_1", table: "x") != Wire.tableStreamName(tenant: "a", table: "1_x"))
     }
 }

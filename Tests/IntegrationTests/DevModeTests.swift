@@ -74,7 +74,7 @@ struct DevModeTests {
         do {
             let records = try await StreamAudit.read(
                 connection: connection,
-                stream: "AUT_DEFAULT",
+                stream: "AUT_DEFAULT_tbl_enriched_orders",
                 subject: "aut.default.tbl.enriched_orders",
                 atLeast: atLeast,
                 timeout: .seconds(20)

@@ -65,7 +65,7 @@ struct FaultTests {
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         do {
             let enriched = try await StreamAudit.read(
-                connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.enriched_orders",
+                connection: connection, stream: "AUT_DEFAULT_tbl_enriched_orders", subject: "aut.default.tbl.enriched_orders",
                 atLeast: expected.count, timeout: .seconds(180)
             )
             await connection.close()
@@ -201,7 +201,7 @@ struct FaultTests {
             var configuration = NATSConnection.Configuration(url: cluster.natsURL)
             configuration.connectTimeout = .seconds(5)
             let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-            let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders")
+            let state = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_orders", consumer: "h_enrich-orders")
             await connection.close()
             #expect(outputs == expected.count)
             #expect(unique == expected)
@@ -231,8 +231,8 @@ struct FaultTests {
                 try await cluster.scale("worker", to: workers)
                 var drained = false
                 while ContinuousClock.now - start < .seconds(120) {
-                    if let state = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_flag-high-value"),
-                        let enrich = try await connection.consumerState(stream: "AUT_DEFAULT", consumer: "h_enrich-orders"),
+                    if let state = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_enriched_orders", consumer: "h_flag-high-value"),
+                        let enrich = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_orders", consumer: "h_enrich-orders"),
                         enrich.numPending == 0, enrich.numAckPending == 0, state.numPending == 0, state.numAckPending == 0,
                         enrich.ackFloorStreamSequence > 0
                     {
@@ -285,7 +285,7 @@ struct FaultTests {
             var configuration = NATSConnection.Configuration(url: survivors)
             configuration.connectTimeout = .seconds(5)
             let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-            let stream = try await connection.streamState("AUT_DEFAULT")
+            let stream = try await connection.streamState("AUT_DEFAULT_tbl_orders")
             await connection.close()
             #expect(stream?.replicas == 3)
             print("R3 test: \(batchesAccepted.count) of \(batches) batches accepted, \(outputs) outputs")

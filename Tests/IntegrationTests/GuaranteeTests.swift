@@ -31,7 +31,7 @@ struct GuaranteeTests {
             let counts = invocations.withLock { $0 }
             #expect(counts.count == 3)
             #expect(counts.values.allSatisfy { $0 == 1 }, "each record handled once: \(counts)")
-            let state = try await app.connection.consumerState(stream: app.stream, consumer: "h_slow")
+            let state = try await app.connection.consumerState(stream: Wire.tableStreamName(tenant: "default", table: "inputs"), consumer: "h_slow")
             #expect(state?.numRedelivered == 0)
             #expect(state?.numAckPending == 0)
         }

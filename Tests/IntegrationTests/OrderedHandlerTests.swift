@@ -58,7 +58,7 @@ struct OrderedHandlerTests {
                 )
                 #expect(status == 202)
             }
-            let subjects = try await app.connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.tbl.events.>", headers: [], atLeast: 2_000)
+            let subjects = try await app.connection.readAll(stream: "AUT_DEFAULT_tbl_events", subject: "aut.default.tbl.events.>", headers: [], atLeast: 2_000)
             #expect(Set(subjects.map(\.subject)).count == 4, "records spread over the 4 partition subjects")
             let outputs = try await app.records(in: "ordered_out", atLeast: 2_000)
             let result = Self.check(outputs, expected: 2_000)
@@ -74,7 +74,7 @@ struct OrderedHandlerTests {
         defer { Task { await connection.close() } }
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            let outputs = try await connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.tbl.ordered_out", headers: [], atLeast: 0, timeout: .seconds(1))
+            let outputs = try await connection.readAll(stream: "AUT_DEFAULT_tbl_ordered_out", subject: "aut.default.tbl.ordered_out", headers: [], atLeast: 0, timeout: .seconds(1))
             let writers = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["pid"].intValue }.map(Int32.init))
             let workers = await cluster.processIDs()["worker"] ?? []
             if let pid = workers.first(where: writers.contains) { return pid }
@@ -128,7 +128,7 @@ struct OrderedHandlerTests {
             let outputs: [AuditedRecord]
             do {
                 outputs = try await StreamAudit.read(
-                    connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.ordered_out", atLeast: total, timeout: .seconds(120)
+                    connection: connection, stream: "AUT_DEFAULT_tbl_ordered_out", subject: "aut.default.tbl.ordered_out", atLeast: total, timeout: .seconds(120)
                 )
                 await connection.close()
             } catch {

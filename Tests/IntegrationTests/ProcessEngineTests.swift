@@ -123,10 +123,10 @@ struct ProcessEngineTests {
         configuration.connectTimeout = .seconds(5)
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         let enriched = try await StreamAudit.read(
-            connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.enriched_orders", atLeast: total, timeout: .seconds(120)
+            connection: connection, stream: "AUT_DEFAULT_tbl_enriched_orders", subject: "aut.default.tbl.enriched_orders", atLeast: total, timeout: .seconds(120)
         )
         let orders = try await StreamAudit.read(
-            connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.tbl.orders", atLeast: total, timeout: .seconds(30)
+            connection: connection, stream: "AUT_DEFAULT_tbl_orders", subject: "aut.default.tbl.orders", atLeast: total, timeout: .seconds(30)
         )
         await connection.close()
         #expect(orders.count == total)

@@ -87,8 +87,10 @@ struct TenancyTests {
             let outATenants = Set(outA.compactMap { try? JSONParser.parse($0.payload)["tenant"].stringValue })
             let outBTenants = Set(outB.compactMap { try? JSONParser.parse($0.payload)["tenant"].stringValue })
             #expect(outATenants == ["acme"] && outBTenants == ["globex"])
-            let defaultState = try await app.connection.streamState("AUT_DEFAULT")
-            #expect(defaultState?.messages == 0, "nothing crossed into the default tenant")
+            for table in ["notes", "notes_out"] {
+                let defaultState = try await app.connection.streamState(Wire.tableStreamName(tenant: "default", table: table))
+                #expect(defaultState?.messages == 0, "nothing crossed into the default tenant's \(table)")
+            }
 
             // Every admin path with a tenant's key (its own or another's): 401.
             let adminPaths: [(String, String)] = [

@@ -38,19 +38,20 @@ struct RunningApp: Sendable {
     func records(in table: String, tenant: String, atLeast: Int, timeout: Duration = .seconds(30)) async throws -> [AuditedRecord] {
         try await StreamAudit.read(
             connection: connection,
-            stream: Wire.streamName(tenant: tenant),
+            stream: Wire.tableStreamName(tenant: tenant, table: table),
             subject: Wire.tableSubject(tenant: tenant, table: table),
             atLeast: atLeast,
             timeout: timeout
         )
     }
+    /// The tenant's stream: schedule ticks and dead letters.
     var stream: String { Wire.streamName(tenant: tenant) }
     var connection: NATSConnection { server.connection }
 
     func records(in table: String, atLeast: Int, timeout: Duration = .seconds(30)) async throws -> [AuditedRecord] {
         try await StreamAudit.read(
             connection: connection,
-            stream: stream,
+            stream: Wire.tableStreamName(tenant: tenant, table: table),
             subject: Wire.tableSubject(tenant: tenant, table: table),
             atLeast: atLeast,
             timeout: timeout
