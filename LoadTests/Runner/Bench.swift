@@ -50,7 +50,7 @@ struct Bench: Sendable {
     func nginx() async throws -> NginxResult {
         let directory = Self.scratch("nginx")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let port = Int.random(in: 20_000..<40_000)
+        let port = LoopbackPorts.freeBase(spans: [0..<1])
         for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             try FileManager.default.createDirectory(atPath: "\(directory)/\(sub)", withIntermediateDirectories: true)
         }
@@ -338,8 +338,7 @@ struct Bench: Sendable {
     ) async throws -> ScenarioResult {
         let directory = Self.scratch("cluster-\(name)")
         var specification = ProcessCluster.Specification(app: app, directory: directory)
-        specification.httpPort = Int.random(in: 20_000..<40_000)
-        specification.healthPort = specification.httpPort + 100
+        specification.useFreePorts()
         specification.logLevel = "warning"
         specification.replicas = ["ingress": ingress, "worker": workers]
         specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]

@@ -93,7 +93,7 @@ public actor ProcessCluster {
             url = external
         } else if specification.natsNodes > 1 {
             // A JetStream cluster on loopback: fixed route ports, client ports picked by each node.
-            let routeBase = Int.random(in: 41_000..<60_000)
+            let routeBase = LoopbackPorts.freeBase(spans: [0..<specification.natsNodes])
             let routes = (0..<specification.natsNodes).map { "nats://127.0.0.1:\(routeBase + $0)" }.joined(separator: ",")
             do {
                 for node in 0..<specification.natsNodes {

@@ -1,6 +1,9 @@
 import ClusterCore
 import Deploy
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("autonomous.json")
 struct DeploymentConfigurationTests {
@@ -97,5 +100,27 @@ struct AppDescriptionTests {
         let schedule = try #require(description.handlers.first { $0 != "enrich" })
         #expect(description.streamName(of: schedule, tenant: "acme") == "AUT_ACME")
         #expect(Wire.tableStreamName(tenant: "a_1", table: "x") != Wire.tableStreamName(tenant: "a", table: "1_x"))
+    }
+}
+
+@Suite("Loopback ports")
+struct LoopbackPortsTests {
+    @Test("A port a server listens on is not free; a picked base is below the ephemeral range")
+    func listening() throws {
+        let base = LoopbackPorts.freeBase(spans: [0..<3])
+        #expect((10_000..<30_000).contains(base))
+        #expect(LoopbackPorts.isFree(base))
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(base).bigEndian)
+        address.sin_addr.s_addr = in_addr_t(UInt32(0x7F00_0001).bigEndian)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(bound == 0 && listen(fd, 1) == 0)
+        #expect(!LoopbackPorts.isFree(base))
+        #expect(!LoopbackPorts.isFree(0) && !LoopbackPorts.isFree(70_000))
     }
 }

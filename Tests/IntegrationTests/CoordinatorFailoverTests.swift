@@ -21,11 +21,10 @@ struct CoordinatorFailoverTests {
     func failover() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-failover-\(UUID().uuidString)").path
         var specification = ProcessCluster.Specification(app: Self.fixture, directory: directory)
-        specification.httpPort = Int.random(in: 20_000..<40_000)
-        specification.healthPort = specification.httpPort + 100
+        specification.useFreePorts()
         specification.logLevel = "notice"
         specification.replicas = ["ingress": 0, "worker": 1, "coordinator": 2]
-        specification.postgres = .init(port: Int.random(in: 41_000..<60_000), database: "failover")
+        specification.postgres = .init(port: LoopbackPorts.freeBase(spans: [0..<1]), database: "failover")
         let ttl = 3.0
         specification.environment = ["AUTONOMOUS_LEASE_TTL": "\(Int(ttl))"]
         let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)

@@ -17,8 +17,7 @@ struct FaultTests {
     func specification(_ name: String) throws -> ProcessCluster.Specification {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-fault-\(name)-\(UUID().uuidString)").path
         var specification = ProcessCluster.Specification(app: Self.orderFlow, directory: directory)
-        specification.httpPort = Int.random(in: 20_000..<40_000)
-        specification.healthPort = specification.httpPort + 100
+        specification.useFreePorts()
         specification.logLevel = "warning"
         // Records held by a killed worker come back after this many seconds.
         specification.environment = ["AUTONOMOUS_ACK_WAIT": "3"]

@@ -87,8 +87,7 @@ struct OrderedHandlerTests {
     func acrossWorkers() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-ordered-\(UUID().uuidString)").path
         var specification = ProcessCluster.Specification(app: CoordinatorFailoverTests.fixture, directory: directory)
-        specification.httpPort = Int.random(in: 20_000..<40_000)
-        specification.healthPort = specification.httpPort + 100
+        specification.useFreePorts()
         specification.logLevel = "notice"
         specification.replicas = ["ingress": 1, "worker": 3]
         // A slow handler keeps a backlog, so the killed worker dies in the middle of a batch.

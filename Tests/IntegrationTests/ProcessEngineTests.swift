@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
+import Deploy
 import Foundation
 import NATS
 import NIOCore
@@ -62,7 +63,9 @@ struct ProcessEngineTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-process-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let port = Int.random(in: 20_000..<40_000)
+        // Ingress slots from `port`, health from `port + 100` (the engine's default
+        // offset), Postgres at `port + 500`.
+        let port = LoopbackPorts.freeBase(spans: [0..<10, 100..<300, 500..<501])
         let postgresPort = port + 500
         try #"""
             {"storages": [{"type": "database", "url": "postgresql://127.0.0.1:\#(postgresPort)/orders", "name": "local-pg"}],

@@ -30,7 +30,7 @@ struct StoreContractTests {
         case .postgres:
             let server = try await LocalPostgres.start(
                 directory: directory + "/pg",
-                port: Int.random(in: 41_000..<60_000),
+                port: LoopbackPorts.freeBase(spans: [0..<1]),
                 database: "contract",
                 logger: TestNATSServer.logger
             )
@@ -161,7 +161,7 @@ struct StoreContractTests {
     func coordinatorOnPostgres() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-pgcoord-\(UUID().uuidString)").path
         let server = try await LocalPostgres.start(
-            directory: directory, port: Int.random(in: 41_000..<60_000), database: "coord", logger: TestNATSServer.logger
+            directory: directory, port: LoopbackPorts.freeBase(spans: [0..<1]), database: "coord", logger: TestNATSServer.logger
         )
         do {
             var app = AppBuilder(name: "PgTicks")
