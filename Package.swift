@@ -207,7 +207,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterCoreTests",
-            dependencies: ["ClusterCore"],
+            dependencies: ["ClusterCore", "NATS", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -96,12 +96,11 @@ public final class HandlerContext: AppendContext {
         var outputs: [OutgoingMessage] = []
         var counters: [String: Int] = [:]
         var published = 0
+        /// The cause of outputs appended without one (``makeBatchCause()``), once it was needed.
+        var batchCause: RecordMetadata??
     }
 
     private let state = Mutex(State())
-    /// The cause of outputs appended without one: the only record of the batch, or a
-    /// composite of the whole batch (whose id is then only as stable as the batch itself).
-    private let batchCause: RecordMetadata?
 
     public init(
         handler: String,
@@ -119,26 +118,35 @@ public final class HandlerContext: AppendContext {
         self.publisher = publisher
         self.logger = logger
         self.flushThreshold = flushThreshold
-        if inputs.count == 1 {
-            batchCause = inputs[0]
-        } else if var cause = inputs.first {
-            let joined = inputs.map(\.id).sorted().joined(separator: ",")
-            cause.id = "batch-" + Wire.outputID(source: joined, handler: handler, index: 0)
-            batchCause = cause
-        } else {
-            batchCause = nil
-        }
+    }
+
+    /// The cause of outputs appended without one: the only record of the batch, or a
+    /// composite of the whole batch (whose id is then only as stable as the batch itself).
+    /// Made when first needed: sorting and hashing every id of a large batch is not free.
+    private func makeBatchCause() -> RecordMetadata? {
+        if inputs.count == 1 { return inputs[0] }
+        guard var cause = inputs.first else { return nil }
+        let joined = inputs.map(\.id).sorted().joined(separator: ",")
+        cause.id = "batch-" + Wire.outputID(source: joined, handler: handler, index: 0)
+        return cause
     }
 
     public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
-        let fallback = batchCause
         // One subject for every record of an unpartitioned table.
         let fixedSubject = table.partitioning == nil ? table.subject(tenant: tenant) : nil
         let type = table.semanticType.description
         let shouldFlush = state.withLock { state -> Bool in
             state.outputs.reserveCapacity(state.outputs.count + records.count)
             for record in records {
-                let cause = record.cause ?? fallback
+                let cause: RecordMetadata?
+                if let own = record.cause {
+                    cause = own
+                } else if let made = state.batchCause {
+                    cause = made
+                } else {
+                    cause = makeBatchCause()
+                    state.batchCause = .some(cause)
+                }
                 let source = cause?.id ?? "none"
                 let index = state.counters[source, default: 0]
                 state.counters[source] = index + 1

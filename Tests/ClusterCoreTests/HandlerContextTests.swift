@@ -1,0 +1,67 @@
+import ClusterCore
+import Logging
+import NATS
+import Synchronization
+import Testing
+
+/// Records what a handler context publishes.
+final class RecordingPublisher: MessagePublisher {
+    let published = Mutex<[OutgoingMessage]>([])
+
+    func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
+        published.withLock { $0 += messages }
+        return messages.indices.map { PublishAck(sequence: UInt64($0 + 1), duplicate: false) }
+    }
+
+    func header(_ name: String, of index: Int) -> String? {
+        published.withLock { $0[index].headers.first { $0.0 == name }?.1 }
+    }
+}
+
+@Suite("Handler context")
+struct HandlerContextTests {
+    static let table = try! {
+        var app = AppBuilder(name: "Context")
+        _ = app.table("out")
+        return try app.build().table("out")!
+    }()
+
+    func context(_ ids: [String], publisher: RecordingPublisher) -> HandlerContext {
+        HandlerContext(
+            handler: "h",
+            tenant: "t",
+            inputs: ids.map { RecordMetadata(id: $0, table: "in", tenant: "t") },
+            publisher: publisher,
+            logger: Logger(label: "test")
+        )
+    }
+
+    @Test("An output without a cause is caused by the batch: the same id whatever the inputs' order")
+    func batchCause() async throws {
+        var ids: [[String]] = []
+        for order in [["a", "b", "c"], ["c", "a", "b"]] {
+            let publisher = RecordingPublisher()
+            let ctx = context(order, publisher: publisher)
+            try await ctx.append([PendingRecord(payload: Array(#"{"n":1}"#.utf8), cause: nil), PendingRecord(payload: Array(#"{"n":2}"#.utf8), cause: nil)], to: Self.table)
+            try await ctx.flush()
+            let cause = try #require(publisher.header("Aut-Caused-By", of: 0))
+            #expect(cause.hasPrefix("batch-"))
+            #expect(publisher.header("Aut-Caused-By", of: 1) == cause)
+            ids.append([publisher.header("Nats-Msg-Id", of: 0)!, publisher.header("Nats-Msg-Id", of: 1)!])
+        }
+        #expect(ids[0] == ids[1])
+        #expect(ids[0][0] != ids[0][1])
+    }
+
+    @Test("A single input causes outputs without a cause; an output's own cause wins")
+    func ownCause() async throws {
+        let publisher = RecordingPublisher()
+        let ctx = context(["only"], publisher: publisher)
+        let other = RecordMetadata(id: "other", table: "in", tenant: "t")
+        try await ctx.append([PendingRecord(payload: Array("{}".utf8), cause: nil), PendingRecord(payload: Array("{}".utf8), cause: other)], to: Self.table)
+        try await ctx.flush()
+        #expect(publisher.header("Aut-Caused-By", of: 0) == "only")
+        #expect(publisher.header("Aut-Caused-By", of: 1) == "other")
+        #expect(ctx.publishedCount == 2)
+    }
+}
