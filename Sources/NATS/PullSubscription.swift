@@ -26,8 +26,13 @@ public struct JetStreamMessage: Sendable {
 /// message is there: what has arrived by the time the caller runs makes the batch, so a
 /// batch never waits to fill up (low latency when idle, full batches under load).
 ///
+/// Several loops may fetch from one subscription at once (a handler's `concurrency`): records
+/// go to whichever loop asks first, so none waits in the buffer of a loop that is busy with its
+/// batch while another loop is idle (with a subscription per loop, JetStream spreads records
+/// over the loops' open requests, and a busy loop's share waits for it).
+///
 /// Messages are copied out of nats.c on its delivery thread and freed there; acks are plain
-/// core publishes to the message's reply subject. Use one subscription per fetch loop.
+/// core publishes to the message's reply subject.
 public final class PullSubscription: Sendable {
     public let headerNames: [String]
     private let connection: NATSConnection
@@ -87,18 +92,22 @@ public final class PullSubscription: Sendable {
         // lost (a reconnect) or never sent: under load nats-server 2.9 was seen to drop a
         // partly served request silently. Records then wait for the next request, so the
         // deadline is the open request's own expiry plus a short grace, not the fetch's.
-        let (token, expiry) = box.newWaitToken()
-        let deadline = Task { [box] in
-            if let expiry { try? await Task.sleep(until: expiry, clock: .continuous) }
-            if !Task.isCancelled { box.expire(token) }
+        while true {
+            let (token, expiry) = box.newWaitToken()
+            let deadline = Task { [box] in
+                if let expiry { try? await Task.sleep(until: expiry, clock: .continuous) }
+                if !Task.isCancelled { box.expire(token) }
+            }
+            let ended = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                box.wait(token, continuation)
+            }
+            deadline.cancel()
+            let (after, next) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs, requestIfEmpty: false)
+            if let next { try? sendPullRequest(next) }
+            // Another loop took what woke this one while the request is still open: wait on.
+            let taken = after ?? []
+            if !taken.isEmpty || ended { return try batch(taken) }
         }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            box.wait(token, continuation)
-        }
-        deadline.cancel()
-        let (after, next) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs, requestIfEmpty: false)
-        if let next { try? sendPullRequest(next) }
-        return try batch(after ?? [])
     }
 
     private func batch(_ taken: [DeliveredMessage]) throws -> FetchedBatch {
@@ -115,6 +124,13 @@ public final class PullSubscription: Sendable {
             box.requestFailed(request.id)
             throw NATSError.from(status: status, context: "requesting messages from \(nextSubject)")
         }
+    }
+
+    /// How many loops fetch from this subscription (1 unless told): a pull request asks for
+    /// that many batches, so each loop finds records waiting when it comes back.
+    public var concurrentFetchers: Int {
+        get { box.fetchers.load(ordering: .relaxed) }
+        set { box.fetchers.store(max(1, newValue), ordering: .relaxed) }
     }
 
     /// How many pull requests this subscription gave up on because the server neither sent
@@ -180,9 +196,11 @@ struct PullRequest: Sendable {
 final class PullBox: Sendable {
     let headerNames: [String]
 
+    /// A fetch waiting for records; resumed with `true` when the request it waited on ended
+    /// (or the subscription closed), `false` when records arrived.
     private struct Waiter {
         var token: UInt64
-        var continuation: CheckedContinuation<Void, Never>
+        var continuation: CheckedContinuation<Bool, Never>
     }
 
     private struct Outstanding {
@@ -195,7 +213,8 @@ final class PullBox: Sendable {
     private struct State {
         var buffer: [DeliveredMessage] = []
         var outstanding: Outstanding?
-        var waiter: Waiter?
+        /// Fetches waiting, first come first served.
+        var waiters: [Waiter] = []
         var nextID: UInt64 = 0
         var nextToken: UInt64 = 0
         var error: NATSError?
@@ -204,6 +223,8 @@ final class PullBox: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Loops fetching from the subscription (``PullSubscription/concurrentFetchers``).
+    let fetchers = Atomic<Int>(1)
 
     init(headerNames: [String]) {
         self.headerNames = headerNames
@@ -228,7 +249,7 @@ final class PullBox: Sendable {
                 taken = []
             }
             guard state.outstanding == nil, taken != nil || requestIfEmpty else { return (taken, nil) }
-            let wanted = limit - state.buffer.count
+            let wanted = limit * fetchers.load(ordering: .relaxed) - state.buffer.count
             guard wanted > 0 else { return (taken, nil) }
             state.nextID &+= 1
             let expires = Duration.milliseconds(timeoutMs)
@@ -250,31 +271,33 @@ final class PullBox: Sendable {
     }
 
     /// Parks the fetch until a message arrives or the open request ends.
-    func wait(_ token: UInt64, _ continuation: CheckedContinuation<Void, Never>) {
-        let resumeNow = state.withLock { state -> Bool in
-            if state.closed || !state.buffer.isEmpty || state.outstanding == nil { return true }
+    func wait(_ token: UInt64, _ continuation: CheckedContinuation<Bool, Never>) {
+        let resume = state.withLock { state -> Bool? in
+            if state.closed || state.outstanding == nil { return true }
+            if !state.buffer.isEmpty { return false }
             if let outstanding = state.outstanding, outstanding.deadline <= .now {
                 // Presumed lost before the deadline task could say so.
                 state.outstanding = nil
                 state.lostRequests += 1
                 return true
             }
-            state.waiter = Waiter(token: token, continuation: continuation)
-            return false
+            state.waiters.append(Waiter(token: token, continuation: continuation))
+            return nil
         }
-        if resumeNow { continuation.resume() }
+        if let resume { continuation.resume(returning: resume) }
     }
 
-    /// The fetch's deadline passed: the request is presumed lost.
+    /// A fetch's deadline passed: the request is presumed lost, and every fetch waiting on it
+    /// goes on (to ask again).
     func expire(_ token: UInt64) {
-        let waiter = state.withLock { state -> Waiter? in
-            guard let waiter = state.waiter, waiter.token == token else { return nil }
-            state.waiter = nil
+        let waiters = state.withLock { state -> [Waiter] in
+            guard state.waiters.contains(where: { $0.token == token }) else { return [] }
             if state.outstanding != nil { state.lostRequests += 1 }
             state.outstanding = nil
-            return waiter
+            defer { state.waiters = [] }
+            return state.waiters
         }
-        waiter?.continuation.resume()
+        for waiter in waiters { waiter.continuation.resume(returning: true) }
     }
 
     func requestFailed(_ id: UInt64) {
@@ -290,7 +313,7 @@ final class PullBox: Sendable {
         }
     }
 
-    /// Called on the delivery thread with each message.
+    /// Called on the delivery thread with each message; wakes the fetch that waited longest.
     func deliver(_ message: DeliveredMessage) {
         let waiter = state.withLock { state -> Waiter? in
             if state.closed { return nil }
@@ -299,16 +322,15 @@ final class PullBox: Sendable {
                 outstanding.remaining -= 1
                 state.outstanding = outstanding.remaining > 0 ? outstanding : nil
             }
-            defer { state.waiter = nil }
-            return state.waiter
+            return state.waiters.isEmpty ? nil : state.waiters.removeFirst()
         }
-        waiter?.continuation.resume()
+        waiter?.continuation.resume(returning: false)
     }
 
     /// Called on the delivery thread with a status message answering request `id`.
     func ended(requestID id: UInt64, status: Int, description: String) {
-        let waiter = state.withLock { state -> Waiter? in
-            guard state.outstanding?.id == id else { return nil }
+        let waiters = state.withLock { state -> [Waiter] in
+            guard state.outstanding?.id == id else { return [] }
             state.outstanding = nil
             // 404 no messages and 408 request expired end a request normally; anything else
             // (409: consumer deleted, too many waiting requests, leadership change) is reported.
@@ -319,10 +341,10 @@ final class PullBox: Sendable {
                     jetStreamErrorCode: status
                 )
             }
-            defer { state.waiter = nil }
-            return state.waiter
+            defer { state.waiters = [] }
+            return state.waiters
         }
-        waiter?.continuation.resume()
+        for waiter in waiters { waiter.continuation.resume(returning: true) }
     }
 
     /// Reply subjects of the messages received and not fetched yet.
@@ -332,15 +354,15 @@ final class PullBox: Sendable {
 
     /// Stops delivery; returns what was received and never fetched.
     func close() -> [DeliveredMessage] {
-        let (waiter, unfetched) = state.withLock { state -> (Waiter?, [DeliveredMessage]) in
+        let (waiters, unfetched) = state.withLock { state -> ([Waiter], [DeliveredMessage]) in
             state.closed = true
             defer {
-                state.waiter = nil
+                state.waiters = []
                 state.buffer = []
             }
-            return (state.waiter, state.buffer)
+            return (state.waiters, state.buffer)
         }
-        waiter?.continuation.resume()
+        for waiter in waiters { waiter.continuation.resume(returning: true) }
         return unfetched
     }
 }

@@ -8,9 +8,10 @@ import Synchronization
 
 /// Owns one handler's durable pull consumer for one tenant and runs its batches.
 ///
-/// `options.concurrency` loops each bind their own subscription to the shared consumer and
-/// repeat: fetch a batch → decode → run the handler → publish its outputs → wait for their
-/// PubAcks → ack the inputs. Every replica binds the same consumer, so JetStream spreads the
+/// `options.concurrency` loops share one subscription to the consumer (a record goes to the
+/// first loop that is free) and each repeat: fetch a batch → decode → run the handler →
+/// publish its outputs → wait for their PubAcks → ack the inputs. Every replica binds the
+/// same consumer, so JetStream spreads the
 /// records over all of them. A failing batch is retried record by record; a record that keeps
 /// failing is naked with backoff and, after `maxAttempts`, moved to the dead-letter subject.
 public actor HandlerRunner {
@@ -84,16 +85,15 @@ public actor HandlerRunner {
     private func record(_ update: (inout Statistics) -> Void) { update(&statistics) }
 
     public func run() async throws {
-        var subscriptions: [PullSubscription] = []
-        defer { subscriptions.forEach { $0.close() } }
-        for _ in 0..<handler.options.concurrency {
-            guard let subscription = try await bind() else { return }
-            subscriptions.append(subscription)
-        }
+        guard let subscription = try await bind() else { return }
+        defer { subscription.close() }
+        // The loops share the subscription: a record goes to whichever loop is free, instead
+        // of waiting in the buffer of a loop busy with its batch.
+        subscription.concurrentFetchers = handler.options.concurrency
         logger.info("Handler started", metadata: ["worker.concurrency": "\(handler.options.concurrency)"])
         await withDiscardingTaskGroup { group in
-            for subscription in subscriptions {
-                group.addTask { await self.loop(subscription) }
+            for lane in 0..<handler.options.concurrency {
+                group.addTask { await self.loop(subscription, reportsLostRequests: lane == 0) }
             }
         }
         logger.info("Handler stopped")
@@ -124,14 +124,16 @@ public actor HandlerRunner {
         return nil
     }
 
-    private nonisolated func loop(_ subscription: PullSubscription) async {
+    /// One fetch loop; `reportsLostRequests` for one loop per subscription (the count is the
+    /// subscription's).
+    private nonisolated func loop(_ subscription: PullSubscription, reportsLostRequests: Bool) async {
         var failures = 0
         var lost = LostPullRequests(handler: handler.name)
         while !Task.isShuttingDownGracefully && !Task.isCancelled && !isStopped {
             do {
                 let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: handler.options.maxWait)
                 failures = 0
-                lost.update(from: subscription, logger: logger)
+                if reportsLostRequests { lost.update(from: subscription, logger: logger) }
                 if batch.isEmpty { continue }
                 await process(batch)
             } catch {

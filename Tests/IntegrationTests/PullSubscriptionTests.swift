@@ -2,6 +2,7 @@ import AutonomousTesting
 import Foundation
 @testable import NATS
 import NIOCore
+import Synchronization
 import Testing
 
 /// The JetStream protocol Autonomous speaks itself over core NATS: pulls (no
@@ -80,6 +81,42 @@ struct PullSubscriptionTests {
                 try await connection.consumerState(stream: "PULL", consumer: "c").flatMap { $0.numAckPending == 0 ? $0 : nil }
             }
             #expect(state.numPending == 0, "\(state)")
+        }
+    }
+
+    @Test("Loops sharing a subscription: records go to the free loop, not to one busy with its batch")
+    func sharedByLoops() async throws {
+        try await Self.withStream { connection in
+            let subscription = try await Self.subscribe(connection, headers: ["X-Index"])
+            defer { subscription.close() }
+            subscription.concurrentFetchers = 2
+            let fetched = Collected()
+            // Loop A takes the first record, then is busy for 3 s.
+            let busy = Task {
+                var got: [JetStreamMessage] = []
+                while got.isEmpty { got = try await subscription.fetch(maxMessages: 100, timeout: .seconds(5)).messages }
+                fetched.add(got.compactMap { $0.headerValues[0] })
+                try await Task.sleep(for: .seconds(3))
+            }
+            try await Self.publish(connection, 1)
+            #expect(try await eventually(timeout: .seconds(5)) { fetched.all.count == 1 })
+            // Loop B is free; records published now reach it at once, while A still sleeps.
+            let clock = ContinuousClock()
+            let started = clock.now
+            let free = Task {
+                var count = 0
+                while count < 20 && clock.now - started < .seconds(10) {
+                    let batch = try await subscription.fetch(maxMessages: 100, timeout: .seconds(1))
+                    for i in 0..<batch.count { batch.ack(i) }
+                    count += batch.count
+                    fetched.add(batch.messages.compactMap { $0.headerValues[0] })
+                }
+            }
+            try await Self.publish(connection, 20, from: 1)
+            try await free.value
+            #expect(clock.now - started < .seconds(2), "records waited for the busy loop: \(clock.now - started)")
+            try await busy.value
+            #expect(fetched.all.sorted() == (0..<21).map(String.init).sorted(), "each record fetched once")
         }
     }
 
@@ -290,6 +327,13 @@ struct PullSubscriptionTests {
 }
 
 /// Retries `body` until it returns a value (up to 5 s).
+/// Values collected by concurrent tasks.
+final class Collected: Sendable {
+    private let values = Mutex<[String]>([])
+    func add(_ more: [String]) { values.withLock { $0 += more } }
+    var all: [String] { values.withLock { $0 } }
+}
+
 func eventuallyValue<T>(_ body: () async throws -> T?) async throws -> T {
     let clock = ContinuousClock()
     let deadline = clock.now + .seconds(5)
