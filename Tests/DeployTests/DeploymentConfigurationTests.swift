@@ -112,14 +112,7 @@ struct LoopbackPortsTests {
         #expect(LoopbackPorts.isFree(base))
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(base).bigEndian)
-        address.sin_addr.s_addr = in_addr_t(UInt32(0x7F00_0001).bigEndian)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        try #require(bound == 0 && listen(fd, 1) == 0)
+        try #require(LoopbackPorts.bindLoopback(fd, port: base) == 0 && listen(fd, 1) == 0)
         #expect(!LoopbackPorts.isFree(base))
         #expect(!LoopbackPorts.isFree(0) && !LoopbackPorts.isFree(70_000))
     }
