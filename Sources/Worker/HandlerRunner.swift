@@ -11,9 +11,9 @@ import Synchronization
 /// `options.concurrency` loops share one subscription to the consumer (a record goes to the
 /// first loop that is free) and each repeat: fetch a batch → decode → run the handler →
 /// publish its outputs → wait for their PubAcks → ack the inputs. Every replica binds the
-/// same consumer, so JetStream spreads the
-/// records over all of them. A failing batch is retried record by record; a record that keeps
-/// failing is naked with backoff and, after `maxAttempts`, moved to the dead-letter subject.
+/// same consumer, so JetStream spreads the records over all of them. A failing batch is
+/// retried record by record; a record that keeps failing is naked with backoff and, after
+/// `maxAttempts`, moved to the dead-letter subject.
 public actor HandlerRunner {
     public nonisolated let handler: HandlerDefinition
     public nonisolated let tenant: String
