@@ -225,6 +225,7 @@ let package = Package(
                 "Deploy",
                 "NATS",
                 "OrderFlow",
+                "Worker",
                 "SlackBot",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),

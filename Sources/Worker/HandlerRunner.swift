@@ -146,7 +146,8 @@ public actor HandlerRunner {
         }
     }
 
-    private nonisolated func process(_ batch: FetchedBatch) async {
+    /// Handles one fetched batch (internal for tests).
+    nonisolated func process(_ batch: FetchedBatch) async {
         let start = ContinuousClock.now
         // A replayed dead letter is for one handler only; the others have processed the original.
         var indices: [Int] = []

@@ -1,0 +1,62 @@
+import Autonomous
+import AutonomousTesting
+import Coordinator
+import Foundation
+@testable import NATS
+import Testing
+@testable import Worker
+
+@Suite("Handler runner against a real nats-server")
+struct HandlerRunnerTests {
+    /// A message redelivered while its first delivery still waited unfetched can come twice in
+    /// one batch (seen under kill -9 with a short ack wait). Handled twice in one context, its
+    /// outputs would get indices 0 and 1, two ids JetStream's de-duplication cannot match.
+    @Test("A message delivered twice in one batch is handled once, as its latest delivery")
+    func duplicateInBatch() async throws {
+        try await withTestNATSServer { server in
+            let seen = Collected()
+            var app = AppBuilder(name: "Duplicates")
+            let input = app.table("in")
+            let output = app.table("out")
+            input.onNewRecords("copy") { records, ctx in
+                seen.add(records.entries.map { "\($0.id)@\($0.metadata.deliveryCount)" })
+                try await output.append(records.map { $0 }, ctx)
+            }
+            let graph = try app.build()
+            try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
+            let handler = try #require(graph.handlers.first)
+            let runner = HandlerRunner(
+                handler: handler,
+                invoker: try handler.prepare(ComponentEnvironment(environment: [:], logger: TestNATSServer.logger)),
+                tenant: "default",
+                tables: Dictionary(uniqueKeysWithValues: graph.tables.map { ($0.name, $0) }),
+                ackWait: .seconds(30),
+                connection: server.connection,
+                logger: TestNATSServer.logger
+            )
+            func delivery(_ id: String, sequence: UInt64, count: UInt64) -> DeliveredMessage {
+                DeliveredMessage(
+                    message: JetStreamMessage(
+                        subject: "aut.default.tbl.in",
+                        payload: Array(#"{"n":1}"#.utf8),
+                        headerValues: [id, nil, nil, nil, nil],
+                        deliveryCount: count,
+                        streamSequence: sequence,
+                        timestamp: 0
+                    ),
+                    reply: "unused"
+                )
+            }
+            // Not connected to a subscription: its acks go nowhere.
+            let batch = FetchedBatch(
+                deliveries: [delivery("a", sequence: 7, count: 1), delivery("b", sequence: 8, count: 1), delivery("a", sequence: 7, count: 2)],
+                connection: nil
+            )
+            await runner.process(batch)
+            #expect(seen.all == ["a@2", "b@1"])
+            let outputs = try await server.connection.readAll(stream: "AUT_DEFAULT_tbl_out", subject: "aut.default.tbl.out", headers: [], atLeast: 2)
+            #expect(outputs.count == 2)
+            #expect(try await server.connection.streamState("AUT_DEFAULT_tbl_out")?.messages == 2)
+        }
+    }
+}
