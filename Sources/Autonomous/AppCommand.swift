@@ -51,7 +51,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "HTTP port; 0 picks a free one. [env: AUTONOMOUS_HTTP_PORT, default: 3000]")
     var port: Int?
 
-    @Option(name: .customLong("health-port"), help: "Port of /healthz and /readyz for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
+    @Option(name: .customLong("health-port"), help: "Port of /healthz, /readyz and /metrics for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
     var healthPort: Int?
 
     @Option(name: .customLong("postgres-url"), help: "Coordinator state in PostgreSQL (postgres://user@host:port/db; password via AUTONOMOUS_POSTGRES_PASSWORD). [env: AUTONOMOUS_POSTGRES_URL, default: SQLite in the data directory]")

@@ -35,7 +35,7 @@ public struct RuntimeConfiguration: Sendable {
     public var handlers: Set<String>?
     /// Worker: run every handler but these.
     public var excludedHandlers: Set<String> = []
-    /// Port of `/healthz` and `/readyz` for processes without the ingress (`nil`: none).
+    /// Port of `/healthz`, `/readyz` and `/metrics` for processes without the ingress (`nil`: none).
     public var healthPort: Int?
     /// PostgreSQL for the coordinator's state (`postgres://user@host:port/db`); `nil` keeps it
     /// in SQLite under `dataDirectory`.
@@ -102,6 +102,7 @@ public struct AppRuntime: Sendable {
     ) async throws {
         guard let url = configuration.natsURL else { throw ConfigurationError("no NATS URL configured (--nats-url or AUTONOMOUS_NATS_URL)") }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ConfigurationError(problem) }
+        ProcessMetrics.install()
         var natsConfiguration = NATSConnection.Configuration(url: url)
         natsConfiguration.name = "\(graph.name)-\(role)"
         natsConfiguration.connectTimeout = configuration.connectTimeout

@@ -7,7 +7,7 @@ public import NATS
 import NIOCore
 public import ServiceLifecycle
 
-/// The coordinator's HTTP port: `/healthz`, `/readyz` and the admin API under `/v1/admin`
+/// The coordinator's HTTP port: `/healthz`, `/readyz`, `/metrics` and the admin API under `/v1/admin`
 /// (tenants, API keys, schedules), protected by the admin token. See docs/api.md.
 ///
 /// Without a configured admin token every admin path answers 403 `admin_disabled`.
@@ -100,6 +100,9 @@ struct AdminResponder: HTTPResponder {
         case ("GET", "/readyz"):
             return connection.isConnected
                 ? Self.json(200, ["status": "ready"]) : Self.json(503, ["status": "unavailable", "reason": "NATS is not connected"])
+        case ("GET", "/metrics"):
+            guard let text = MetricsExport.render() else { throw RouteError(status: 404, code: "not_found", message: "no metrics backend in this process") }
+            return Response(status: .ok, headers: [.contentType: MetricsExport.contentType], body: .init(byteBuffer: ByteBuffer(bytes: text)))
         default: break
         }
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)

@@ -5,8 +5,8 @@ public import Logging
 public import NATS
 public import ServiceLifecycle
 
-/// `/healthz` and `/readyz` for roles without the ingress (worker, coordinator), so
-/// orchestrators can probe them. Ready means the NATS connection is up.
+/// `/healthz`, `/readyz` and `/metrics` for roles without the ingress (worker, coordinator),
+/// so orchestrators can probe them. Ready means the NATS connection is up.
 public struct HealthServer: Service {
     let host: String
     let port: Int
@@ -24,6 +24,7 @@ public struct HealthServer: Service {
         let connection = self.connection
         let router = Router()
         router.get("/healthz") { _, _ in Self.json(200, ["status": "ok"]) }
+        router.get("/metrics") { _, _ in IngressResponder.metrics() }
         router.get("/readyz") { _, _ in
             connection.isConnected
                 ? Self.json(200, ["status": "ready"]) : Self.json(503, ["status": "unavailable", "reason": "NATS is not connected"])

@@ -118,6 +118,8 @@ struct IngressResponder: HTTPResponder {
                 return json(200, ["status": "ok"])
             case "/readyz":
                 return await readiness()
+            case "/metrics":
+                return Self.metrics()
             default:
                 break
             }
@@ -213,6 +215,15 @@ struct IngressResponder: HTTPResponder {
             state.streamReady.store(true, ordering: .relaxed)
         }
         return json(200, ["status": "ready"])
+    }
+
+    /// `GET /metrics`: the process's metrics (``MetricsExport``), 404 without a backend.
+    static func metrics() -> Response {
+        guard let text = MetricsExport.render() else {
+            let error = RouteError(status: 404, code: "not_found", message: "no metrics backend in this process")
+            return Response(status: .notFound, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(error.body))))
+        }
+        return Response(status: .ok, headers: [.contentType: MetricsExport.contentType], body: .init(byteBuffer: ByteBuffer(bytes: text)))
     }
 
     // MARK: - Bodies
