@@ -227,6 +227,7 @@ let package = Package(
                 "Coordinator",
                 "Deploy",
                 "NATS",
+                "Ingress",
                 "OrderFlow",
                 "Worker",
                 "SlackBot",
