@@ -1,5 +1,3 @@
-public import Foundation
-public import NIOCore
 import Synchronization
 
 /// The process's metrics in the Prometheus text format, served as `GET /metrics` by every
