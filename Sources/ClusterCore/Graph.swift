@@ -46,10 +46,7 @@ public struct TableDefinition: Sendable {
     /// The stream holding the table's records: its own for a table, the tenant's for a
     /// schedule's ticks.
     public func streamName(tenant: String) -> String {
-        switch kind {
-        case .table: return Wire.tableStreamName(tenant: tenant, table: name)
-        case .schedule: return Wire.streamName(tenant: tenant)
-        }
+        Wire.streamName(tenant: tenant, source: name, isTable: kind == .table)
     }
 
     /// What a consumer of every record of the table filters on.

@@ -45,6 +45,11 @@ public enum Wire {
     /// handler's outputs in parallel and a handler's consumer reads only its table. Unambiguous:
     /// the upper-cased tenant holds no lowercase letter, so the first one starts `tbl_`.
     public static func tableStreamName(tenant: String, table: String) -> String { "AUT_" + tenant.uppercased() + "_tbl_" + table }
+    /// The stream holding the records of a handler's source: the table's own, or the tenant
+    /// stream for a schedule's ticks.
+    public static func streamName(tenant: String, source: String, isTable: Bool) -> String {
+        isTable ? tableStreamName(tenant: tenant, table: source) : streamName(tenant: tenant)
+    }
     /// `aut.<tenant>.tbl.<table>` and its partitions, `aut.<tenant>.tbl.<table>.>`
     public static func tableStreamSubjects(tenant: String, table: String) -> [String] {
         let subject = tableSubject(tenant: tenant, table: table)

@@ -31,8 +31,8 @@ public struct AppDescription: Sendable {
 
     /// The stream `handler`'s consumer reads, for `tenant`.
     public func streamName(of handler: String, tenant: String) -> String {
-        guard let source = sources[handler], source.isTable else { return Wire.streamName(tenant: tenant) }
-        return Wire.tableStreamName(tenant: tenant, table: source.name)
+        guard let source = sources[handler] else { return Wire.streamName(tenant: tenant) }
+        return Wire.streamName(tenant: tenant, source: source.name, isTable: source.isTable)
     }
 
     /// Runs `<binary> describe`.

@@ -36,7 +36,7 @@ struct HandlerExecution: Sendable {
 
     /// The stream holding the handler's source: the table's own, the tenant's for a schedule.
     static func streamName(of handler: HandlerDefinition, tenant: String) -> String {
-        handler.sourceKind == .table ? Wire.tableStreamName(tenant: tenant, table: handler.source) : Wire.streamName(tenant: tenant)
+        Wire.streamName(tenant: tenant, source: handler.source, isTable: handler.sourceKind == .table)
     }
 
     func incoming(_ message: JetStreamMessage) -> IncomingRecord {
