@@ -22,8 +22,10 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10),
                 AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4),
                 AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish
-                through nats.c instead of the event loops' own connections; default true).
-                Flags win over the environment.
+                through nats.c instead of the event loops' own connections; default true),
+                AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant
+                over its records/s limit before refusing it with 429; 0 refuses at once;
+                default 1000). Flags win over the environment.
                 """,
             subcommands: [
                 DevCommand<App>.self,
@@ -116,6 +118,12 @@ struct CommonOptions: ParsableArguments {
                 throw ValidationError("AUTONOMOUS_INGRESS_LANES '\(text)' must be 1 to 64")
             }
             configuration.ingressLanes = lanes
+        }
+        if let text = environment["AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS"] {
+            guard let milliseconds = Int(text), (0...60_000).contains(milliseconds) else {
+                throw ValidationError("AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS '\(text)' must be milliseconds between 0 and 60000")
+            }
+            configuration.rateLimitMaxDelay = .milliseconds(milliseconds)
         }
         if let text = environment["AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH"] {
             switch text.lowercased() {

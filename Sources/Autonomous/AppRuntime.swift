@@ -54,6 +54,9 @@ public struct RuntimeConfiguration: Sendable {
     /// Small record-API requests publish through the event loops' own NATS connections
     /// (``Ingress/Configuration/eventLoopPublishing``).
     public var ingressEventLoopPublishing = true
+    /// How long the ingress holds a request of a tenant over its limit
+    /// (``Ingress/Configuration/rateLimitMaxDelay``).
+    public var rateLimitMaxDelay: Duration = .seconds(1)
     /// Longest time a graceful shutdown may take before the process stops anyway.
     public var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
@@ -201,10 +204,11 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.publishLanes = configuration.ingressLanes
+                ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
                 ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
                 ingressConfiguration.onListening = configuration.onListening
                 ingressConfiguration.requireAPIKey = configuration.requireAPIKey
-                ingressConfiguration.tenantForKeyHash = { hash in try await coordinatorEndpoint.tenant(forKeyHash: hash) }
+                ingressConfiguration.accessForKeyHash = { hash in try await coordinatorEndpoint.access(forKeyHash: hash) }
                 services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
             } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
                 services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))

@@ -55,7 +55,9 @@ struct AdminOptions: ParsableArguments {
         var table = [columns]
         for row in rows {
             table.append(columns.map { column in
-                switch row[column] {
+                // "a.b" reads field b of object a.
+                let value = column.split(separator: ".").reduce(row) { $0[String($1)] }
+                switch value {
                 case .null: return "-"
                 case .string(let text): return text
                 case let other: return other.jsonText
@@ -83,11 +85,11 @@ func segment(_ text: String) -> String {
 struct TenantsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenants",
-        abstract: "List, create, disable and enable tenants (through a coordinator's admin API).",
-        subcommands: [List.self, Create.self, Disable.self, Enable.self]
+        abstract: "List, create, disable, enable and limit tenants (through a coordinator's admin API).",
+        subcommands: [List.self, Create.self, Disable.self, Enable.self, Limit.self]
     )
 
-    static let columns = ["name", "disabled", "stream", "createdAt"]
+    static let columns = ["name", "disabled", "limits.recordsPerSecond", "limits.burst", "stream", "createdAt"]
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List tenants.")
@@ -124,6 +126,36 @@ struct TenantsCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Enable a disabled tenant.")
         @OptionGroup var target: Target
         func run() async throws { try await target.post("enable") }
+    }
+
+    struct Limit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Limit how fast a tenant may send records through each ingress node.",
+            discussion: """
+                Requests over the limit are held up to the ingress's AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS, \
+                then refused with 429 rate_limited and Retry-After. Each ingress node counts on its own: \
+                with N ingress replicas, give each the cluster-wide limit divided by N. Ingress nodes \
+                apply a change within their API key cache lifetime (2 s).
+                """
+        )
+        @OptionGroup var target: Target
+        @Option(name: .customLong("records-per-second"), help: "Records per second, 1 to 100000000.") var recordsPerSecond: Int?
+        @Option(help: "Records a tenant may send at once after a quiet time (default: one second's worth).") var burst: Int?
+        @Flag(help: "Remove the limit.") var none = false
+
+        func validate() throws {
+            if none && (recordsPerSecond != nil || burst != nil) { throw ValidationError("--none takes no --records-per-second or --burst") }
+            if !none && recordsPerSecond == nil { throw ValidationError("give --records-per-second, or --none to remove the limit") }
+        }
+
+        func run() async throws {
+            let body: JSONValue = [
+                "recordsPerSecond": recordsPerSecond.map { .int(Int64($0)) } ?? .null,
+                "burst": burst.map { .int(Int64($0)) } ?? .null,
+            ]
+            let answer = try await target.admin.call("PUT", "/v1/admin/tenants/\(segment(target.name))/limits", body: body)
+            target.admin.output(answer, columns: TenantsCommand.columns)
+        }
     }
 }
 

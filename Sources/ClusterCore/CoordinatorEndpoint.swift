@@ -2,10 +2,10 @@ public import Distributed
 
 /// What the coordinators answer for workers and ingress nodes (which never talk SQL).
 public protocol CoordinatorBackend: Sendable {
-    /// The tenant of an active API key of an enabled tenant, by the key's hash
-    /// (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an unknown,
-    /// revoked or disabled key.
-    func tenant(forKeyHash hash: String) async throws -> String?
+    /// The tenant (and its ingest limits) of an active API key of an enabled tenant, by the
+    /// key's hash (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an
+    /// unknown, revoked or disabled key.
+    func access(forKeyHash hash: String) async throws -> TenantAccess?
     /// Enabled tenants, whose records workers process.
     func activeTenants() async throws -> [String]
     /// Grants, renews and takes back partition leases of an ordered handler.
@@ -78,8 +78,14 @@ public distributed actor CoordinatorEndpoint {
         return backend
     }
 
+    public distributed func access(forKeyHash hash: String) async throws -> TenantAccess? {
+        try await requireBackend().access(forKeyHash: hash)
+    }
+
+    /// The tenant alone, for ingress nodes of the release before tenant limits (answered
+    /// during a rolling upgrade).
     public distributed func tenant(forKeyHash hash: String) async throws -> String? {
-        try await requireBackend().tenant(forKeyHash: hash)
+        try await requireBackend().access(forKeyHash: hash)?.tenant
     }
 
     public distributed func activeTenants() async throws -> [String] {

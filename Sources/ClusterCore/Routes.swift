@@ -72,6 +72,9 @@ public struct RouteError: Error, Sendable, CustomStringConvertible {
     public var code: String
     public var message: String
     public var field: String?
+    /// Seconds for `Retry-After` when this error knows them (a rate limit); otherwise the
+    /// server's default goes with 429 and 503.
+    public var retryAfterSeconds: Int?
 
     public init(status: Int, code: String, message: String, field: String? = nil) {
         self.status = status

@@ -46,11 +46,13 @@ public protocol CoordinatorStore: Sendable {
     func tenants() async throws -> [TenantRecord]
     /// Throws ``StoreError/notFound`` for an unknown tenant.
     func setTenantDisabled(_ name: String, disabled: Bool) async throws
+    /// Replaces the tenant's ingest limits. Throws ``StoreError/notFound`` for an unknown tenant.
+    func setTenantLimits(_ name: String, limits: TenantLimits) async throws
     /// Stores a key's hash. Throws ``StoreError/notFound`` for an unknown tenant.
     func insertAPIKey(id: String, tenant: String, hash: String) async throws
-    /// The tenant of the active key with this hash, if the key exists, is not revoked and its
-    /// tenant is enabled.
-    func tenantForAPIKey(hash: String) async throws -> String?
+    /// The tenant (and its limits) of the active key with this hash, if the key exists, is not
+    /// revoked and its tenant is enabled.
+    func accessForAPIKey(hash: String) async throws -> TenantAccess?
     /// Revokes a key (idempotent). Throws ``StoreError/notFound`` when `id` is not a key of `tenant`.
     func revokeAPIKey(id: String, tenant: String) async throws
     func apiKeys(tenant: String) async throws -> [APIKeyRecord]
@@ -100,11 +102,57 @@ public struct TenantRecord: Sendable, Hashable, Codable {
     public var name: String
     public var disabled: Bool
     public var createdAt: Date
+    public var limits: TenantLimits
 
-    public init(name: String, disabled: Bool, createdAt: Date) {
+    public init(name: String, disabled: Bool, createdAt: Date, limits: TenantLimits = TenantLimits()) {
         self.name = name
         self.disabled = disabled
         self.createdAt = createdAt
+        self.limits = limits
+    }
+}
+
+/// How fast one tenant may ingest records through each ingress node: a token bucket that
+/// refills at `recordsPerSecond` and holds up to `burst` records. No `recordsPerSecond`: no
+/// limit.
+public struct TenantLimits: Sendable, Hashable, Codable {
+    public var recordsPerSecond: Int?
+    /// Records a tenant may send at once after a quiet time; `nil`: one second's worth.
+    public var burst: Int?
+
+    public static let maximumRate = 100_000_000
+
+    public init(recordsPerSecond: Int? = nil, burst: Int? = nil) {
+        self.recordsPerSecond = recordsPerSecond
+        self.burst = burst
+    }
+
+    public var isUnlimited: Bool { recordsPerSecond == nil }
+
+    /// The bucket's size: `burst`, else one second's worth.
+    public var effectiveBurst: Int? { recordsPerSecond.map { burst ?? $0 } }
+
+    /// What is wrong with these limits, as "field: problem", or `nil`.
+    public var problem: String? {
+        if let rate = recordsPerSecond, !(1...Self.maximumRate).contains(rate) {
+            return "recordsPerSecond: must be between 1 and \(Self.maximumRate), or null for no limit"
+        }
+        if let burst {
+            if recordsPerSecond == nil { return "burst: needs recordsPerSecond" }
+            if !(1...Self.maximumRate).contains(burst) { return "burst: must be between 1 and \(Self.maximumRate)" }
+        }
+        return nil
+    }
+}
+
+/// What an API key grants: the tenant it acts for and that tenant's limits.
+public struct TenantAccess: Sendable, Hashable, Codable {
+    public var tenant: String
+    public var limits: TenantLimits
+
+    public init(tenant: String, limits: TenantLimits = TenantLimits()) {
+        self.tenant = tenant
+        self.limits = limits
     }
 }
 

@@ -128,6 +128,9 @@ struct AdminResponder: HTTPResponder {
         case ("GET", []): return try Self.encode(200, try await a.tenant(tenant))
         case ("POST", ["disable"]): return try Self.encode(200, try await a.setDisabled(tenant, true))
         case ("POST", ["enable"]): return try Self.encode(200, try await a.setDisabled(tenant, false))
+        case ("PUT", ["limits"]):
+            let limits = TenantLimits(recordsPerSecond: try Self.optionalInteger(body, "recordsPerSecond"), burst: try Self.optionalInteger(body, "burst"))
+            return try Self.encode(200, try await a.setLimits(tenant, limits))
         case ("GET", ["keys"]): return try Self.encode(200, try await a.keys(tenant: tenant))
         case ("POST", ["keys"]): return try Self.encode(201, try await a.createKey(tenant: tenant))
         case ("POST", let p) where p.count == 3 && p[0] == "keys" && p[2] == "rotate":
@@ -209,6 +212,14 @@ struct AdminResponder: HTTPResponder {
             throw RouteError(status: 422, code: "invalid_field", message: "\(field) must be a string or null", field: field)
         }
         return string
+    }
+
+    static func optionalInteger(_ body: [String: JSONValue], _ field: String) throws -> Int? {
+        guard let value = body[field], !value.isNull else { return nil }
+        guard let integer = value.intValue else {
+            throw RouteError(status: 422, code: "invalid_field", message: "\(field) must be a whole number or null", field: field)
+        }
+        return integer
     }
 
     static func encode(_ status: Int, _ value: some Encodable) throws -> Response {

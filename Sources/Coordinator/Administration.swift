@@ -28,10 +28,30 @@ public struct Administration: Sendable {
         public var disabled: Bool
         public var createdAt: String
         public var stream: String
+        /// Ingest limit per ingress node; `null` fields: no limit.
+        public var limits: Limits
+
+        public struct Limits: Codable, Sendable {
+            public var recordsPerSecond: Int?
+            public var burst: Int?
+
+            // Encoded with explicit nulls, so a reader sees "no limit" rather than a missing field.
+            public func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: CodingKeys.self)
+                try container.encode(recordsPerSecond, forKey: .recordsPerSecond)
+                try container.encode(burst, forKey: .burst)
+            }
+        }
     }
 
     func info(_ record: TenantRecord) -> TenantInfo {
-        TenantInfo(name: record.name, disabled: record.disabled, createdAt: ISO8601.format(record.createdAt), stream: Wire.streamName(tenant: record.name))
+        TenantInfo(
+            name: record.name,
+            disabled: record.disabled,
+            createdAt: ISO8601.format(record.createdAt),
+            stream: Wire.streamName(tenant: record.name),
+            limits: .init(recordsPerSecond: record.limits.recordsPerSecond, burst: record.limits.effectiveBurst)
+        )
     }
 
     /// Creates the tenant and its stream and consumers.
@@ -61,6 +81,23 @@ public struct Administration: Sendable {
             throw ClusterCallError(.notFound, "no tenant '\(name.prefix(100))'")
         }
         return info(record)
+    }
+
+    /// Sets how fast the tenant may ingest through each ingress node (no `recordsPerSecond`:
+    /// no limit). Ingress nodes apply it within their key cache lifetime.
+    public func setLimits(_ name: String, _ limits: TenantLimits) async throws -> TenantInfo {
+        if let problem = limits.problem { throw ClusterCallError(.invalidArgument, problem) }
+        _ = try await tenant(name)
+        try await store.setTenantLimits(name, limits: limits)
+        logger.notice(
+            "Tenant limits set",
+            metadata: [
+                "coordinator.tenant": "\(name)",
+                "coordinator.records_per_second": "\(limits.recordsPerSecond.map(String.init) ?? "unlimited")",
+                "coordinator.burst": "\(limits.effectiveBurst.map(String.init) ?? "-")",
+            ]
+        )
+        return try await tenant(name)
     }
 
     /// Disables (or enables) a tenant: its keys stop resolving within the ingress cache
@@ -226,9 +263,9 @@ struct StoreBackend: CoordinatorBackend {
     let store: any CoordinatorStore
     let partitionLeaseTTL: Duration
 
-    func tenant(forKeyHash hash: String) async throws -> String? {
+    func access(forKeyHash hash: String) async throws -> TenantAccess? {
         guard hash.utf8.count == 64, hash.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else { return nil }
-        return try await store.tenantForAPIKey(hash: hash)
+        return try await store.accessForAPIKey(hash: hash)
     }
 
     func activeTenants() async throws -> [String] {

@@ -87,6 +87,10 @@ public final class PostgresStore: CoordinatorStore {
         );
         CREATE INDEX IF NOT EXISTS autonomous_api_keys_tenant ON autonomous_api_keys (tenant)
         """,
+        """
+        ALTER TABLE autonomous_tenants ADD COLUMN IF NOT EXISTS records_per_second BIGINT;
+        ALTER TABLE autonomous_tenants ADD COLUMN IF NOT EXISTS burst BIGINT
+        """,
     ]
 
     public func migrate() async throws {
@@ -246,14 +250,28 @@ public final class PostgresStore: CoordinatorStore {
 
     public func tenants() async throws -> [TenantRecord] {
         let rows = try await client.query(
-            "SELECT name, disabled, extract(epoch FROM created_at)::float8 FROM autonomous_tenants ORDER BY name",
+            "SELECT name, disabled, extract(epoch FROM created_at)::float8, records_per_second, burst FROM autonomous_tenants ORDER BY name",
             logger: logger
         )
         var result: [TenantRecord] = []
-        for try await (name, disabled, created) in rows.decode((String, Bool, Double).self) {
-            result.append(TenantRecord(name: name, disabled: disabled, createdAt: Date(timeIntervalSince1970: created)))
+        for try await (name, disabled, created, rate, burst) in rows.decode((String, Bool, Double, Int?, Int?).self) {
+            result.append(
+                TenantRecord(
+                    name: name,
+                    disabled: disabled,
+                    createdAt: Date(timeIntervalSince1970: created),
+                    limits: TenantLimits(recordsPerSecond: rate, burst: burst)
+                )
+            )
         }
         return result
+    }
+
+    public func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
+        let found = try await returnsRow(
+            "UPDATE autonomous_tenants SET records_per_second = \(limits.recordsPerSecond), burst = \(limits.burst) WHERE name = \(name) RETURNING 1"
+        )
+        if !found { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
     public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
@@ -270,15 +288,17 @@ public final class PostgresStore: CoordinatorStore {
         if !inserted { throw StoreError.notFound("no tenant '\(tenant)'") }
     }
 
-    public func tenantForAPIKey(hash: String) async throws -> String? {
+    public func accessForAPIKey(hash: String) async throws -> TenantAccess? {
         let rows = try await client.query(
             """
-            SELECT k.tenant FROM autonomous_api_keys k JOIN autonomous_tenants t ON t.name = k.tenant
+            SELECT k.tenant, t.records_per_second, t.burst FROM autonomous_api_keys k JOIN autonomous_tenants t ON t.name = k.tenant
             WHERE k.hash = \(hash) AND k.revoked_at IS NULL AND NOT t.disabled
             """,
             logger: logger
         )
-        for try await tenant in rows.decode(String.self) { return tenant }
+        for try await (tenant, rate, burst) in rows.decode((String, Int?, Int?).self) {
+            return TenantAccess(tenant: tenant, limits: TenantLimits(recordsPerSecond: rate, burst: burst))
+        }
         return nil
     }
 

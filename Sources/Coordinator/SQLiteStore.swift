@@ -64,6 +64,10 @@ public actor SQLiteStore: CoordinatorStore {
         );
         CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant)
         """,
+        """
+        ALTER TABLE tenants ADD COLUMN records_per_second INTEGER;
+        ALTER TABLE tenants ADD COLUMN burst INTEGER
+        """,
     ]
 
     public func migrate() async throws {
@@ -194,11 +198,28 @@ public actor SQLiteStore: CoordinatorStore {
     }
 
     public func tenants() async throws -> [TenantRecord] {
-        let rows = try await connection.query("SELECT name, disabled, created_at FROM tenants ORDER BY name")
+        let rows = try await connection.query("SELECT name, disabled, created_at, records_per_second, burst FROM tenants ORDER BY name")
         return rows.compactMap { row in
             guard let name = row.column("name")?.string, let created = row.column("created_at")?.double else { return nil }
-            return TenantRecord(name: name, disabled: (row.column("disabled")?.integer ?? 0) != 0, createdAt: Date(timeIntervalSince1970: created))
+            return TenantRecord(
+                name: name,
+                disabled: (row.column("disabled")?.integer ?? 0) != 0,
+                createdAt: Date(timeIntervalSince1970: created),
+                limits: Self.limits(row)
+            )
         }
+    }
+
+    private static func limits(_ row: SQLiteRow) -> TenantLimits {
+        TenantLimits(recordsPerSecond: row.column("records_per_second")?.integer, burst: row.column("burst")?.integer)
+    }
+
+    public func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
+        let rows = try await connection.query(
+            "UPDATE tenants SET records_per_second = ?, burst = ? WHERE name = ? RETURNING 1 AS done",
+            [limits.recordsPerSecond.map { .integer($0) } ?? .null, limits.burst.map { .integer($0) } ?? .null, .text(name)]
+        )
+        if rows.isEmpty { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
     public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
@@ -217,15 +238,17 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.notFound("no tenant '\(tenant)'") }
     }
 
-    public func tenantForAPIKey(hash: String) async throws -> String? {
+    public func accessForAPIKey(hash: String) async throws -> TenantAccess? {
         let rows = try await connection.query(
             """
-            SELECT k.tenant AS tenant FROM api_keys k JOIN tenants t ON t.name = k.tenant
+            SELECT k.tenant AS tenant, t.records_per_second AS records_per_second, t.burst AS burst
+            FROM api_keys k JOIN tenants t ON t.name = k.tenant
             WHERE k.hash = ? AND k.revoked_at IS NULL AND t.disabled = 0
             """,
             [.text(hash)]
         )
-        return rows.first?.column("tenant")?.string
+        guard let row = rows.first, let tenant = row.column("tenant")?.string else { return nil }
+        return TenantAccess(tenant: tenant, limits: Self.limits(row))
     }
 
     public func revokeAPIKey(id: String, tenant: String) async throws {

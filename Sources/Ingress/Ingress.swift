@@ -21,9 +21,10 @@ public struct Ingress: Service {
         public var port: Int = 3000
         /// Tenant of requests without an API key, and of webhooks.
         public var tenant: String
-        /// Resolves an API key's hash (``APIKeys/hash(_:)``) to its tenant, `nil` when the key
-        /// is unknown, revoked or its tenant disabled. Without it, API keys are refused.
-        public var tenantForKeyHash: (@Sendable (String) async throws -> String?)?
+        /// Resolves an API key's hash (``APIKeys/hash(_:)``) to its tenant and the tenant's
+        /// limits, `nil` when the key is unknown, revoked or its tenant disabled. Without it,
+        /// API keys are refused.
+        public var accessForKeyHash: (@Sendable (String) async throws -> TenantAccess?)?
         /// Refuse record API calls and routes without an API key (401).
         public var requireAPIKey = false
         /// How long a key's tenant (or its absence) is remembered: revocation takes effect
@@ -42,8 +43,13 @@ public struct Ingress: Service {
         /// that loop (one per lane; see `EventLoopPublisher`) instead of through nats.c. Turned
         /// off, or when the server cannot be reached that way (TLS), they use the lanes.
         public var eventLoopPublishing = true
-        /// Seconds clients are told to wait in `Retry-After`.
+        /// Seconds clients are told to wait in `Retry-After` (an over-limit tenant is told
+        /// when its limit lets the request in).
         public var retryAfterSeconds: Int = 1
+        /// How long a request of a tenant over its records/s limit may be held until the limit
+        /// lets it in; a request that would wait longer gets 429 `rate_limited`. 0 refuses
+        /// at once.
+        public var rateLimitMaxDelay: Duration = .seconds(1)
         /// Process environment, for webhook secrets.
         public var environment: [String: String]
         /// Called with the bound port once the server listens.

@@ -21,8 +21,12 @@ final class IngressState: Sendable {
     let inFlight = Atomic<Int>(0)
     let streamReady = Atomic<Bool>(false)
     let keys: TenantKeyCache
+    let limiter: TenantRateLimiter
     let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
     let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
+    /// Records of tenants over their limit: refused, and held until the limit let them in.
+    let rateLimitedRecords = Counter(label: "autonomous_ingress_records_rate_limited_total")
+    let delayedRecords = Counter(label: "autonomous_ingress_records_delayed_total")
 
     /// Publish connections; `lanes[0]` is `connection`.
     let lanes: [NATSConnection]
@@ -45,7 +49,11 @@ final class IngressState: Sendable {
         self.lanes = lanes.isEmpty ? [connection] : lanes
         self.eventLoopPublishers = eventLoopPublishers
         self.logger = logger
-        self.keys = TenantKeyCache(resolve: configuration.tenantForKeyHash, ttl: configuration.keyCacheTTL)
+        let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay)
+        self.limiter = limiter
+        self.keys = TenantKeyCache(resolve: configuration.accessForKeyHash, ttl: configuration.keyCacheTTL) { access in
+            limiter.update(access.tenant, limits: access.limits)
+        }
         var routes: [String: RouteDefinition] = [:]
         var paths = Set<String>()
         for route in graph.routes {
@@ -156,7 +164,7 @@ struct IngressResponder: HTTPResponder {
             state.rejectedRequests.increment()
             var response = json(error.status, error.body)
             if error.status == 429 || error.status == 503 {
-                response.headers[.retryAfter] = String(state.configuration.retryAfterSeconds)
+                response.headers[.retryAfter] = String(error.retryAfterSeconds ?? state.configuration.retryAfterSeconds)
             }
             return response
         }
@@ -347,13 +355,14 @@ struct IngressResponder: HTTPResponder {
     }
 }
 
-/// Every ingress publish goes through here: the connection check, the in-flight limit, and
-/// the mapping of JetStream trouble to 429/503.
+/// Every ingress publish goes through here: the tenant's rate limit, the connection check,
+/// the in-flight limit, and the mapping of JetStream trouble to 429/503.
 struct GuardedPublisher: MessagePublisher {
     let state: IngressState
     let tenant: String
 
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
+        if let delay = try admit(messages.count) { try? await Task.sleep(for: delay) }
         let connection = state.lane(for: tenant)
         try reserve(messages.count, connected: connection.isConnected)
         let outcome: Result<[PublishAck], NATSError>
@@ -372,14 +381,27 @@ struct GuardedPublisher: MessagePublisher {
     /// The same, for callers that must not wait: `completion` gets the outcome once (see
     /// `NATSConnection.publish(_:completion:)` for the thread it runs on).
     func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
-        let connection = state.lane(for: tenant)
         let count = messages.count
+        let delay: Duration?
         do throws(RouteError) {
-            try reserve(count, connected: connection.isConnected)
+            delay = try admit(count)
         } catch {
             return completion(.failure(error))
         }
-        connection.publish(messages) { outcome in completion(settle(outcome, count: count)) }
+        @Sendable func send() {
+            let connection = state.lane(for: tenant)
+            do throws(RouteError) {
+                try reserve(count, connected: connection.isConnected)
+            } catch {
+                return completion(.failure(error))
+            }
+            connection.publish(messages) { outcome in completion(settle(outcome, count: count)) }
+        }
+        guard let delay else { return send() }
+        Task {
+            try? await Task.sleep(for: delay)
+            send()
+        }
     }
 
     /// The same, through the publisher of the caller's event loop: call it on that loop;
@@ -390,21 +412,60 @@ struct GuardedPublisher: MessagePublisher {
         completion: @escaping (Result<Void, RouteError>) -> Void
     ) {
         let count = messages.count
+        let delay: Duration?
         do throws(RouteError) {
-            try reserve(count, connected: publisher.isConnected)
+            delay = try admit(count)
         } catch {
             return completion(.failure(error))
         }
-        publisher.publish(messages) { outcome in completion(settle(outcome, count: count)) }
+        func send() {
+            do throws(RouteError) {
+                try reserve(count, connected: publisher.isConnected)
+            } catch {
+                return completion(.failure(error))
+            }
+            publisher.publish(messages) { outcome in completion(settle(outcome, count: count)) }
+        }
+        guard let delay else { return send() }
+        let (seconds, attoseconds) = delay.components
+        let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+        publisher.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(max(1, nanoseconds))) { send() }
+    }
+
+    /// The tenant's rate limit: nil to go ahead now, how long to hold the request first, or a
+    /// 429 `rate_limited` saying when to retry. The tokens are taken when admitted.
+    private func admit(_ count: Int) throws(RouteError) -> Duration? {
+        switch state.limiter.admit(tenant, records: count) {
+        case .admit:
+            return nil
+        case .delay(let delay):
+            state.delayedRecords.increment(by: count)
+            return delay
+        case .refuse(let retryAfter):
+            state.rateLimitedRecords.increment(by: count)
+            let seconds = max(1, Int((retryAfter / .seconds(1)).rounded(.up)))
+            let limit = state.limiter.limit(of: tenant)
+            let described = limit.map { "\($0.rate) records/s (burst \($0.burst))" } ?? "its limit"
+            var error = RouteError(
+                status: 429,
+                code: "rate_limited",
+                message: "tenant '\(tenant)' is over its limit of \(described) on this ingress node; retry in \(seconds) s"
+            )
+            error.retryAfterSeconds = seconds
+            throw error
+        }
     }
 
     /// Refuses when the connection is down (503) or too many records are in flight (429);
-    /// otherwise reserves room for `count` records, which `settle` releases.
+    /// otherwise reserves room for `count` records, which `settle` releases. A refusal gives
+    /// the tenant's tokens back.
     private func reserve(_ count: Int, connected: Bool) throws(RouteError) {
         guard connected else {
+            state.limiter.refund(tenant, records: count)
             throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")
         }
         guard state.reserve(count) else {
+            state.limiter.refund(tenant, records: count)
             throw RouteError(status: 429, code: "overloaded", message: "too many records in flight; retry later")
         }
     }

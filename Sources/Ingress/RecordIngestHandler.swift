@@ -288,7 +288,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// An error's answer; 429 and 503 (whose cause passes) say when to retry.
         init(_ error: RouteError, retryAfter: String) {
             self.init(status: error.status, body: error.body)
-            if error.status == 429 || error.status == 503 { self.retryAfter = retryAfter }
+            if error.status == 429 || error.status == 503 { self.retryAfter = error.retryAfterSeconds.map(String.init) ?? retryAfter }
         }
     }
 

@@ -2,7 +2,9 @@ import ClusterCore
 import Synchronization
 
 /// Remembers which tenant an API key belongs to for a short time, so a busy client costs one
-/// coordinator call per key per `ttl`, and a revoked key stops working within `ttl`.
+/// coordinator call per key per `ttl`, and a revoked key stops working within `ttl`. Every
+/// lookup hands the tenant's limits to `onAccess` (the rate limiter), so a changed limit also
+/// applies within `ttl`.
 ///
 /// Keys are kept only as their SHA-256 (the same hash the store keeps). Bounded: past
 /// `capacity` entries the cache starts over.
@@ -14,13 +16,20 @@ final class TenantKeyCache: Sendable {
         var expires: ContinuousClock.Instant
     }
 
-    private let resolve: (@Sendable (String) async throws -> String?)?
+    private let resolve: (@Sendable (String) async throws -> TenantAccess?)?
+    private let onAccess: @Sendable (TenantAccess) -> Void
     private let ttl: Duration
     private let capacity: Int
     private let entries = Mutex<[String: Entry]>([:])
 
-    init(resolve: (@Sendable (String) async throws -> String?)?, ttl: Duration, capacity: Int = 10_000) {
+    init(
+        resolve: (@Sendable (String) async throws -> TenantAccess?)?,
+        ttl: Duration,
+        capacity: Int = 10_000,
+        onAccess: @escaping @Sendable (TenantAccess) -> Void = { _ in }
+    ) {
         self.resolve = resolve
+        self.onAccess = onAccess
         self.ttl = ttl
         self.capacity = capacity
     }
@@ -41,12 +50,13 @@ final class TenantKeyCache: Sendable {
         if let entry = entries.withLock({ $0[hash] }), entry.expires > now {
             return entry.tenant
         }
-        let tenant = try await resolve(hash)
+        let access = try await resolve(hash)
+        if let access { onAccess(access) }
         let expires = ContinuousClock.now + ttl
         entries.withLock { entries in
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[hash] = Entry(tenant: tenant, expires: expires)
+            entries[hash] = Entry(tenant: access?.tenant, expires: expires)
         }
-        return tenant
+        return access?.tenant
     }
 }

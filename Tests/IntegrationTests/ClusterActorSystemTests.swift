@@ -9,11 +9,11 @@ import Testing
 final class FakeBackend: CoordinatorBackend {
     let calls = Atomic<Int>(0)
 
-    func tenant(forKeyHash hash: String) async throws -> String? {
+    func access(forKeyHash hash: String) async throws -> TenantAccess? {
         calls.add(1, ordering: .relaxed)
         if hash == "boom" { throw ClusterCallError(.forbidden, "no keys for you") }
         if hash == "crash" { throw CocoaError(.fileNoSuchFile) }
-        return hash == APIKeys.hash("good") ? "acme" : nil
+        return hash == APIKeys.hash("good") ? TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900)) : nil
     }
 
     func activeTenants() async throws -> [String] {
@@ -48,8 +48,9 @@ struct ClusterActorSystemTests {
             // The subscription may need a moment to reach the server.
             try await Task.sleep(for: .milliseconds(100))
             #expect(try await proxy.activeTenants() == ["acme", "globex"])
-            #expect(try await proxy.tenant(forKeyHash: APIKeys.hash("good")) == "acme")
-            #expect(try await proxy.tenant(forKeyHash: APIKeys.hash("bad")) == nil)
+            #expect(try await proxy.access(forKeyHash: APIKeys.hash("good")) == TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900)))
+            #expect(try await proxy.access(forKeyHash: APIKeys.hash("bad")) == nil)
+            #expect(try await proxy.tenant(forKeyHash: APIKeys.hash("good")) == "acme", "the call of ingress nodes before tenant limits")
             let request = PartitionRequest(tenant: "acme", handler: "h", worker: "w1", held: [1, 3], released: [2])
             let assignment = try await proxy.assignPartitions(request)
             #expect(assignment == PartitionAssignment(granted: [1: 7, 3: 7], revoke: [2], ttlMilliseconds: 1234))
@@ -60,7 +61,7 @@ struct ClusterActorSystemTests {
                 #expect(error.code == .forbidden && error.message == "no keys for you")
             }
             await #expect(throws: ClusterCallError(.internal, "")) { _ = try await proxy.tenant(forKeyHash: "crash") }
-            #expect(backend.calls.load(ordering: .relaxed) == 6, "every call reached the host over NATS")
+            #expect(backend.calls.load(ordering: .relaxed) == 7, "every call reached the host over NATS")
 
             // Within the hosting process the endpoint resolves to the local actor.
             let local = try CoordinatorEndpoint.remote(in: hostSystem)

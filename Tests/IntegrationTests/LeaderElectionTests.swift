@@ -37,7 +37,8 @@ final class PartitionableStore: CoordinatorStore {
     func tenants() async throws -> [TenantRecord] { try await base.tenants() }
     func setTenantDisabled(_ name: String, disabled: Bool) async throws { try await base.setTenantDisabled(name, disabled: disabled) }
     func insertAPIKey(id: String, tenant: String, hash: String) async throws { try await base.insertAPIKey(id: id, tenant: tenant, hash: hash) }
-    func tenantForAPIKey(hash: String) async throws -> String? { try await base.tenantForAPIKey(hash: hash) }
+    func setTenantLimits(_ name: String, limits: TenantLimits) async throws { try await base.setTenantLimits(name, limits: limits) }
+    func accessForAPIKey(hash: String) async throws -> TenantAccess? { try await base.accessForAPIKey(hash: hash) }
     func revokeAPIKey(id: String, tenant: String) async throws { try await base.revokeAPIKey(id: id, tenant: tenant) }
     func apiKeys(tenant: String) async throws -> [APIKeyRecord] { try await base.apiKeys(tenant: tenant) }
 }

@@ -136,23 +136,34 @@ struct StoreContractTests {
             let (id, key) = APIKeys.generate()
             #expect(APIKeys.isWellFormed(key))
             try await store.insertAPIKey(id: id, tenant: "acme", hash: APIKeys.hash(key))
-            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme")
-            #expect(try await store.tenantForAPIKey(hash: key) == nil, "the key itself is not stored")
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.tenant == "acme")
+            #expect(try await store.accessForAPIKey(hash: key) == nil, "the key itself is not stored")
             #expect(try await store.apiKeys(tenant: "acme").map(\.id) == [id])
             #expect(try await store.apiKeys(tenant: "globex").isEmpty)
 
             await #expect(throws: StoreError.notFound("")) { try await store.revokeAPIKey(id: id, tenant: "globex") }
-            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme", "another tenant cannot revoke it")
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.tenant == "acme", "another tenant cannot revoke it")
 
             try await store.setTenantDisabled("acme", disabled: true)
-            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == nil, "a disabled tenant's keys do not resolve")
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.tenant == nil, "a disabled tenant's keys do not resolve")
             #expect(try await store.tenants().first { $0.name == "acme" }?.disabled == true)
             try await store.setTenantDisabled("acme", disabled: false)
-            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == "acme")
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.tenant == "acme")
+
+            // Limits: none by default, set, changed, removed; they come with the key's tenant.
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key)) == TenantAccess(tenant: "acme"))
+            try await store.setTenantLimits("acme", limits: TenantLimits(recordsPerSecond: 500))
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.limits == TenantLimits(recordsPerSecond: 500))
+            try await store.setTenantLimits("acme", limits: TenantLimits(recordsPerSecond: 2_000_000, burst: 4_000_000))
+            #expect(try await store.tenants().first { $0.name == "acme" }?.limits == TenantLimits(recordsPerSecond: 2_000_000, burst: 4_000_000))
+            #expect(try await store.tenants().first { $0.name == "globex" }?.limits == TenantLimits(), "only that tenant")
+            try await store.setTenantLimits("acme", limits: TenantLimits())
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.limits.isUnlimited == true)
+            await #expect(throws: StoreError.notFound("")) { try await store.setTenantLimits("nope", limits: TenantLimits(recordsPerSecond: 1)) }
 
             try await store.revokeAPIKey(id: id, tenant: "acme")
             try await store.revokeAPIKey(id: id, tenant: "acme")
-            #expect(try await store.tenantForAPIKey(hash: APIKeys.hash(key)) == nil)
+            #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key)) == nil)
             #expect(try await store.apiKeys(tenant: "acme").first?.revokedAt != nil)
         }
     }

@@ -1,6 +1,9 @@
+import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Foundation
+import NIOCore
+import Synchronization
 import Testing
 
 /// Tenants, API keys, isolation and the admin API, in one process against a real nats-server
@@ -233,8 +236,112 @@ struct TenancyTests {
             let ghost = try await cli("keys", "list", "--tenant", "ghost")
             #expect(ghost.status != 0 && ghost.output.contains("no tenant 'ghost'"), "\(ghost.output)")
 
+            let limited = try await cli("tenants", "limit", "initech", "--records-per-second", "5000", "--json")
+            #expect(limited.status == 0 && (try? JSONParser.parse(Array(limited.output.utf8)))?["limits"] == ["recordsPerSecond": 5000, "burst": 5000], "\(limited.output)")
+            let table = try await cli("tenants", "list")
+            #expect(table.output.contains("limits.recordsPerSecond") && table.output.contains("5000"), "\(table.output)")
+            let badLimit = try await cli("tenants", "limit", "initech", "--records-per-second", "0")
+            #expect(badLimit.status != 0 && badLimit.output.contains("(recordsPerSecond)") && badLimit.output.contains("422"), "\(badLimit.output)")
+            let noRate = try await cli("tenants", "limit", "initech")
+            #expect(noRate.status != 0 && noRate.output.contains("--none"), "\(noRate.output)")
+            let unlimited = try await cli("tenants", "limit", "initech", "--none", "--json")
+            #expect(unlimited.status == 0 && (try? JSONParser.parse(Array(unlimited.output.utf8)))?["limits"]["recordsPerSecond"] == .null, "\(unlimited.output)")
+
             let noToken = try await runAutonomousCLIAsync(["tenants", "list", "--admin-url", app.adminURL], environment: ["AUTONOMOUS_ADMIN_TOKEN": ""])
             #expect(noToken.status != 0 && noToken.output.contains("AUTONOMOUS_ADMIN_TOKEN"), "\(noToken.output)")
         }
     }
+
+    @Test("A tenant over its records/s limit is held, then refused with 429 and Retry-After; only what got 202 is stored")
+    func rateLimit() async throws {
+        try await withRunningApp(try Self.graph(), configure: { configuration in
+            configure(&configuration)
+            configuration.rateLimitMaxDelay = .milliseconds(200)
+        }) { app in
+            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
+            func adminCall(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
+                try await app.http(method, app.adminURL + path, body: body, headers: admin)
+            }
+            #expect(try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
+            let key = try #require(try await adminCall("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
+            #expect(try await adminCall("GET", "/v1/admin/tenants/acme").body["limits"] == ["recordsPerSecond": nil, "burst": nil])
+
+            // Bad limits name the field; unknown tenants are 404.
+            for (body, field) in [
+                (#"{"recordsPerSecond":0}"#, "recordsPerSecond"), (#"{"recordsPerSecond":"fast"}"#, "recordsPerSecond"),
+                (#"{"recordsPerSecond":1.5}"#, "recordsPerSecond"), (#"{"burst":5}"#, "burst"),
+                (#"{"recordsPerSecond":10,"burst":-1}"#, "burst"),
+            ] {
+                let answer = try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: body)
+                #expect(answer.status == 422 && answer.body["error"]["field"].stringValue == field, "\(body): \(answer)")
+            }
+            #expect(try await adminCall("PUT", "/v1/admin/tenants/nope/limits", body: #"{"recordsPerSecond":10}"#).status == 404)
+            let set = try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":10,"burst":10}"#)
+            #expect(set.status == 200 && set.body["limits"] == ["recordsPerSecond": 10, "burst": 10], "\(set)")
+
+            let accepted = Tally()
+            /// Posts `count` records as a JSON array; counts those the ingress accepted.
+            @Sendable func post(_ count: Int) async throws -> (status: Int, retryAfter: Int?, body: JSONValue, elapsed: Duration) {
+                var request = HTTPClientRequest(url: app.baseURL + "/v1/tables/notes/records")
+                request.method = .POST
+                request.headers.add(name: "Content-Type", value: "application/json")
+                request.headers.add(name: "Authorization", value: "Bearer \(key)")
+                let body = count == 1 ? #"{"text":"n"}"# : "[" + Array(repeating: #"{"text":"n"}"#, count: count).joined(separator: ",") + "]"
+                request.body = .bytes(ByteBuffer(string: body))
+                let start = ContinuousClock.now
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                let bytes = try await response.body.collect(upTo: 1024 * 1024)
+                let status = Int(response.status.code)
+                if status == 202 { accepted.add(count) }
+                let value = (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null
+                return (status, response.headers.first(name: "Retry-After").flatMap { Int($0) }, value, .now - start)
+            }
+
+            // A request larger than the bucket passes when it is full, and leaves it 40 records
+            // (4 s) in debt: a single record (answered on the event loop) and a large batch
+            // (answered by Hummingbird) are both refused, saying when to come back.
+            #expect(try await post(50).status == 202)
+            let single = try await post(1)
+            #expect(single.status == 429 && single.body["error"]["code"] == "rate_limited", "\(single)")
+            #expect(single.body["error"]["message"].stringValue?.contains("10 records/s") == true, "\(single.body)")
+            #expect((3...4).contains(single.retryAfter ?? 0), "\(single)")
+            let large = try await post(3000)
+            #expect(large.status == 429 && large.body["error"]["code"] == "rate_limited" && (4...5).contains(large.retryAfter ?? 0), "\(large)")
+
+            // A higher limit applies within the key cache's lifetime.
+            #expect(try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":1000}"#).status == 200)
+            #expect(try await eventually(timeout: .seconds(5)) { try await post(1).status == 202 })
+            try await Task.sleep(for: .milliseconds(1200))
+            #expect(try await post(1000).status == 202, "a full bucket takes its burst at once")
+            // 150 records over: held for about 150 ms (within the 200 ms the ingress may wait), then accepted.
+            let held = try await post(150)
+            #expect(held.status == 202 && held.elapsed >= .milliseconds(50), "\(held)")
+            let refused = try await post(900)
+            #expect(refused.status == 429 && refused.retryAfter == 1, "\(refused)")
+
+            // No limit: everything goes.
+            #expect(try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":null}"#).status == 200)
+            #expect(
+                try await eventually(timeout: .seconds(5)) {
+                    let first = try await post(3000).status
+                    let second = try await post(3000).status
+                    return first == 202 && second == 202
+                }
+            )
+
+            // Exactly the records that got 202 are in the table.
+            let total = accepted.value
+            let stored = try await app.records(in: "notes", tenant: "acme", atLeast: total)
+            try await Task.sleep(for: .milliseconds(300))
+            let again = try await app.records(in: "notes", tenant: "acme", atLeast: total)
+            #expect(stored.count == total && again.count == total, "\(stored.count) and \(again.count) stored, \(total) accepted")
+        }
+    }
+}
+
+/// A thread-safe running sum.
+final class Tally: Sendable {
+    private let sum = Mutex(0)
+    func add(_ count: Int) { sum.withLock { $0 += count } }
+    var value: Int { sum.withLock { $0 } }
 }
