@@ -225,8 +225,10 @@ struct Bench: Sendable {
 
     // MARK: Scenario f: a flooding tenant and a light one
 
-    func tenantsScenario() async throws -> ScenarioResult {
-        try await withCluster("f", workers: 1, ingress: 1) { cluster, connection in
+    /// f: the flood unlimited, and (unless LOAD_FLOOD_LIMIT=0) f-limit: the flood held to its
+    /// tenant limit.
+    func tenantsScenario() async throws -> [ScenarioResult] {
+        try await withCluster("f", workers: 1, ingress: 1) { cluster, connection -> [ScenarioResult] in
             let ingress = await cluster.ingressURLs()[0]
             let admin = "http://127.0.0.1:\(cluster.specification.healthPort)"
             var keys: [String: String] = [:]
@@ -242,24 +244,27 @@ struct Bench: Sendable {
             // 500 requests per phase: enough for a p99 that does not hang on two samples.
             let lightSeconds = smoke ? 2 : 10
             let perPhase = lightRate * lightSeconds
+            // The third phase floods again with the flooding tenant held to this many records/s
+            // by its tenant limit (0: no such phase).
+            let floodLimit = ProcessInfo.processInfo.environment["LOAD_FLOOD_LIMIT"].flatMap(Int.init) ?? 10_000
+            let phases = floodLimit > 0 ? 3 : 2
             // Workers pick new tenants up within their refresh interval: one record of each
             // tenant goes through its handler before anything is timed (the light one is
-            // audited with the others; it is in neither phase's timings).
-            let warmUp = 2 * perPhase
+            // audited with the others; it is in no phase's timings).
+            let warmUp = phases * perPhase
             try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: warmUp, request: warmUp), contentType: "application/json", key: nil, apiKey: lightKey)
             try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: 0, request: 0), contentType: "application/json", key: "warm-up", apiKey: floodKey)
             _ = try await Self.waitForMessages(1, stream: Self.stream("light", "events_out"), connection: connection, since: .now)
             _ = try await Self.waitForMessages(1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
             // When each light request got its 2xx, by phase, for the time to handler start.
-            let aloneTimes = RequestTimes(count: 2 * perPhase)
-            let loadedTimes = RequestTimes(count: 2 * perPhase)
-            func light(offset: Int, times: RequestTimes) async throws -> (Histogram<UInt64>, Int) {
+            let times = (0..<phases).map { _ in RequestTimes(count: phases * perPhase) }
+            func light(phase: Int) async throws -> Histogram<UInt64> {
                 var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
                 let start = ContinuousClock.now
                 for i in 0..<perPhase {
                     try await Task.sleep(until: start + .milliseconds(1000 / lightRate) * i, clock: .continuous)
                     let sent = ContinuousClock.now
-                    let request = offset + i
+                    let request = phase * perPhase + i
                     try await Self.post(
                         ingress + "/v1/tables/events/records",
                         body: Self.event(seq: request, request: request),
@@ -267,62 +272,128 @@ struct Bench: Sendable {
                         key: nil,
                         apiKey: lightKey
                     )
-                    times.record(request)
+                    times[phase].record(request)
                     _ = histogram.record(UInt64((ContinuousClock.now - sent).inSeconds * 1_000_000))
                 }
-                return (histogram, perPhase)
+                return histogram
             }
-            let (alone, aloneCount) = try await light(offset: 0, times: aloneTimes)
             // One body, built once: the flood costs this process (which also times the light
             // tenant's requests) nothing but the HTTP exchange. The idempotency key still makes
             // every record distinct.
             let floodBody = (0..<perRequest).map { i in Self.event(seq: i, request: 0) }.joined(separator: "\n")
             let floodRate = ProcessInfo.processInfo.environment["LOAD_FLOOD_RATE"].flatMap(Int.init)
-            let flooding = Task {
-                var sent = 0
-                var request = 0
-                let floodStart = ContinuousClock.now
-                while !Task.isCancelled {
-                    if let floodRate { try? await Task.sleep(until: floodStart + .seconds(Double(sent) / Double(floodRate)), clock: .continuous) }
-                    try? await Self.post(ingress + "/v1/tables/events/records", body: floodBody, contentType: "application/x-ndjson", key: "flood-\(request)", apiKey: floodKey)
-                    sent += perRequest
-                    request += 1
+            let floodRequests = Sequence64()
+            /// Floods until `stop`, one request after the other (as fast as the ingress answers,
+            /// or paced by LOAD_FLOOD_RATE); returns the records it got accepted. Not cancelled:
+            /// a request cut off mid-way could be stored without being counted.
+            func flood(until stop: StopFlag) -> Task<Int, Never> {
+                Task {
+                    var sent = 0
+                    let floodStart = ContinuousClock.now
+                    while !stop.isSet {
+                        if let floodRate { try? await Task.sleep(until: floodStart + .seconds(Double(sent) / Double(floodRate)), clock: .continuous) }
+                        let request = floodRequests.next()
+                        if (try? await Self.post(ingress + "/v1/tables/events/records", body: floodBody, contentType: "application/x-ndjson", key: "flood-\(request)", apiKey: floodKey)) != nil {
+                            sent += perRequest
+                        }
+                    }
+                    return sent
                 }
-                return sent
             }
+
+            let alone = try await light(phase: 0)
+            // Phase 1: the flood as fast as it goes.
+            let stopFlood = StopFlag()
+            let flooding = flood(until: stopFlood)
             try await Task.sleep(for: .seconds(1))
-            let (loaded, loadedCount) = try await light(offset: perPhase, times: loadedTimes)
-            flooding.cancel()
+            let phaseStart = ContinuousClock.now
+            let loaded = try await light(phase: 1)
+            let loadedSeconds = (ContinuousClock.now - phaseStart).inSeconds + 1
+            stopFlood.set()
             let flooded = await flooding.value
-            let lightTotal = aloneCount + loadedCount + 1
+            // Phase 2: the flooding tenant held to its limit. Its backlog goes first, and the
+            // ingress learns the limit with the key's next lookup (within 2 s).
+            var limited: Histogram<UInt64>?
+            var limitedFlooded = 0
+            var limitedSeconds = 0.0
+            if phases == 3 {
+                _ = try await Self.adminCall("PUT", admin + "/v1/admin/tenants/flood/limits", body: #"{"recordsPerSecond":\#(floodLimit)}"#)
+                _ = try await Self.waitForMessages(flooded + 1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
+                try await Task.sleep(for: .milliseconds(2500))
+                let stopLimited = StopFlag()
+                let limitedFlooding = flood(until: stopLimited)
+                try await Task.sleep(for: .seconds(1))
+                let limitedStart = ContinuousClock.now
+                limited = try await light(phase: 2)
+                limitedSeconds = (ContinuousClock.now - limitedStart).inSeconds + 1
+                stopLimited.set()
+                limitedFlooded = await limitedFlooding.value
+            }
+            let lightTotal = phases * perPhase + 1
             _ = try await Self.waitForMessages(lightTotal, stream: Self.stream("light", "events_out"), connection: connection, since: .now)
-            let (audit, handlerAlone, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: aloneTimes)
-            let (_, handlerLoaded, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: loadedTimes)
+            var handler: [Latency?] = []
+            var audit: Audit?
+            for phase in 0..<phases {
+                let (phaseAudit, toHandler, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: times[phase])
+                if audit == nil { audit = phaseAudit }
+                handler.append(toHandler)
+            }
+            _ = try await Self.waitForMessages(flooded + limitedFlooded + 1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
+            // Every flood request has its own idempotency key over the same body: one output per
+            // input record id.
+            let floodAudit = try await Self.audit("events_out", tenant: "flood", expected: flooded + limitedFlooded + 1, connection: connection, sentTimes: nil, byCause: true).0
             let aloneP99 = Latency(alone).p99
-            let loadedP99 = Latency(loaded).p99
-            let handlerAloneP99 = handlerAlone?.p99 ?? 0
-            let handlerLoadedP99 = handlerLoaded?.p99 ?? 0
-            return ScenarioResult(
-                name: "f",
-                title: "light tenant (50 req/s) while another floods",
-                baseline: "none",
-                unit: "× its p99 alone",
-                rate: loadedP99 / max(0.001, aloneP99),
-                seconds: Double(lightSeconds * 2),
-                audit: audit,
-                toHandlerStart: nil,
-                toOutput: nil,
-                notes: [
-                    "light p99 alone": String(format: "%.2f ms", aloneP99),
-                    "light p99 with flood": String(format: "%.2f ms", loadedP99),
-                    // The light tenant's records from 2xx to handler start: what per-tenant
-                    // streams and consumers protect from the flood's backlog.
-                    "light 2xx to handler p99 alone": String(format: "%.2f ms", handlerAloneP99),
-                    "light 2xx to handler p99 with flood": String(format: "%.2f ms (%.1f ×)", handlerLoadedP99, handlerLoadedP99 / max(0.001, handlerAloneP99)),
-                    "light 2xx to handler with flood": handlerLoaded?.text ?? "-",
-                    "flood records sent": String(flooded),
-                ]
-            )
+            let handlerAloneP99 = handler[0]?.p99 ?? 0
+            var combined = audit!
+            if !floodAudit.ok { combined = floodAudit }
+            /// The light tenant's figures of one flood phase against its phase alone.
+            func result(name: String, title: String, phase: Int, histogram: Histogram<UInt64>, flood: [String: String]) -> ScenarioResult {
+                let p99 = Latency(histogram).p99
+                let toHandler = handler[phase]?.p99 ?? 0
+                return ScenarioResult(
+                    name: name,
+                    title: title,
+                    baseline: "none",
+                    unit: "× its p99 alone",
+                    rate: p99 / max(0.001, aloneP99),
+                    seconds: Double(lightSeconds * 2),
+                    audit: combined,
+                    toHandlerStart: nil,
+                    toOutput: nil,
+                    notes: flood.merging([
+                        "light p99 alone": String(format: "%.2f ms", aloneP99),
+                        "light p99 with flood": String(format: "%.2f ms", p99),
+                        // The light tenant's records from 2xx to handler start: what per-tenant
+                        // streams and consumers protect from the flood's backlog.
+                        "light 2xx to handler p99 alone": String(format: "%.2f ms", handlerAloneP99),
+                        "light 2xx to handler p99 with flood": String(format: "%.2f ms (%.1f ×)", toHandler, toHandler / max(0.001, handlerAloneP99)),
+                        "flood audit": floodAudit.ok
+                            ? "ok (\(floodAudit.unique)/\(floodAudit.expected))"
+                            : "FAILED (found \(floodAudit.found), unique \(floodAudit.unique), expected \(floodAudit.expected))",
+                    ]) { first, _ in first }
+                )
+            }
+            var results = [
+                result(
+                    name: "f",
+                    title: "light tenant (50 req/s) while another floods without a limit",
+                    phase: 1,
+                    histogram: loaded,
+                    flood: ["flood records accepted": String(format: "%d (%.0f/s)", flooded, Double(flooded) / loadedSeconds)]
+                )
+            ]
+            if let limited {
+                results.append(
+                    result(
+                        name: "f-limit",
+                        title: "light tenant (50 req/s) while another floods, held to its tenant limit of \(floodLimit) records/s",
+                        phase: 2,
+                        histogram: limited,
+                        flood: ["flood records accepted": String(format: "%d (%.0f/s)", limitedFlooded, Double(limitedFlooded) / limitedSeconds)]
+                    )
+                )
+            }
+            return results
         }
     }
 
@@ -336,6 +407,16 @@ struct Bench: Sendable {
         ingress: Int,
         _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> ScenarioResult
     ) async throws -> ScenarioResult {
+        try await withCluster(name, workers: workers, ingress: ingress) { cluster, connection in [try await body(cluster, connection)] }[0]
+    }
+
+    /// The same, for a scenario that reports several results from one cluster.
+    func withCluster(
+        _ name: String,
+        workers: Int,
+        ingress: Int,
+        _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> [ScenarioResult]
+    ) async throws -> [ScenarioResult] {
         let directory = Self.scratch("cluster-\(name)")
         var specification = ProcessCluster.Specification(app: app, directory: directory)
         specification.useFreePorts()
@@ -357,19 +438,20 @@ struct Bench: Sendable {
             throw error
         }
         do {
-            var result = try await body(cluster, connection)
-            result.crashes = await cluster.restarts
-            if result.crashes > 0 {
-                print("scenario \(name): \(result.crashes) process(es) crashed and were restarted; logs in \(directory)/logs")
+            var results = try await body(cluster, connection)
+            let crashes = await cluster.restarts
+            for index in results.indices { results[index].crashes = crashes }
+            if crashes > 0 {
+                print("scenario \(name): \(crashes) process(es) crashed and were restarted; logs in \(directory)/logs")
             }
             await connection.close()
             await cluster.down()
-            if ProcessInfo.processInfo.environment["LOAD_KEEP_LOGS"] == nil && result.crashes == 0 {
+            if ProcessInfo.processInfo.environment["LOAD_KEEP_LOGS"] == nil && crashes == 0 {
                 try? FileManager.default.removeItem(atPath: directory)
             } else {
                 print("scenario \(name): logs in \(directory)/logs")
             }
-            return result
+            return results
         } catch {
             await connection.close()
             await cluster.down()
@@ -635,6 +717,19 @@ final class RequestTimes: Sendable {
 }
 
 import Synchronization
+
+/// A flag one task sets and others poll.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
+}
+
+/// Numbers 0, 1, 2, … to concurrent callers.
+final class Sequence64: Sendable {
+    private let value = Atomic<Int>(0)
+    func next() -> Int { value.add(1, ordering: .relaxed).oldValue }
+}
 
 /// An Int64 that lanes write and the audit reads (one writer per slot, read after all finished).
 final class Atomic64: Sendable {

@@ -95,7 +95,9 @@ struct LoadRunner: AsyncParsableCommand {
                 add(try await bench.publishScenario(name: "e-\(workers)", title: "\(workers) worker process(es)", workers: workers, chain: false))
             }
         }
-        if selected.contains("f") { add(try await bench.tenantsScenario()) }
+        if selected.contains("f") {
+            for scenario in try await bench.tenantsScenario() { add(scenario) }
+        }
 
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

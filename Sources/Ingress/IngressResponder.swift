@@ -362,12 +362,16 @@ struct GuardedPublisher: MessagePublisher {
     let tenant: String
 
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
-        if let delay = try admit(messages.count) { try? await Task.sleep(for: delay) }
+        let pacing = try admit(messages.count)
         let connection = state.lane(for: tenant)
         try reserve(messages.count, connected: connection.isConnected)
         let outcome: Result<[PublishAck], NATSError>
         do {
-            outcome = .success(try await connection.publish(messages))
+            if let pacing {
+                outcome = .success(try await Self.publish(messages, pacedOver: pacing.delay, covered: pacing.covered, through: connection))
+            } else {
+                outcome = .success(try await connection.publish(messages))
+            }
         } catch let error as NATSError {
             outcome = .failure(error)
         } catch {
@@ -378,13 +382,46 @@ struct GuardedPublisher: MessagePublisher {
         return try outcome.get()
     }
 
+    /// Publishes the first `covered` records at once and spreads the others evenly over
+    /// `delay`, in steps of about 5 ms: a held batch reaches JetStream and the workers as a
+    /// steady trickle at the tenant's rate, not as one burst that takes every core while other
+    /// tenants' requests wait. Returns the PubAcks in the order of `messages`.
+    static func publish(
+        _ messages: [OutgoingMessage],
+        pacedOver delay: Duration,
+        covered: Int,
+        through connection: NATSConnection
+    ) async throws -> [PublishAck] {
+        let start = ContinuousClock.now
+        let paced = messages.count - covered
+        let steps = max(1, min(paced, Int(delay / .milliseconds(5))))
+        var slices: [(range: Range<Int>, at: ContinuousClock.Instant)] = []
+        if covered > 0 { slices.append((0..<covered, start)) }
+        for step in 0..<steps {
+            let lower = covered + paced * step / steps
+            let upper = covered + paced * (step + 1) / steps
+            if upper > lower { slices.append((lower..<upper, start + delay * (Double(step + 1) / Double(steps)))) }
+        }
+        return try await withThrowingTaskGroup(of: (Int, [PublishAck]).self) { group in
+            for (index, slice) in slices.enumerated() {
+                group.addTask {
+                    try? await Task.sleep(until: slice.at, clock: .continuous)
+                    return (index, try await connection.publish(Array(messages[slice.range])))
+                }
+            }
+            var acks = [[PublishAck]](repeating: [], count: slices.count)
+            for try await (index, sliceAcks) in group { acks[index] = sliceAcks }
+            return acks.flatMap { $0 }
+        }
+    }
+
     /// The same, for callers that must not wait: `completion` gets the outcome once (see
     /// `NATSConnection.publish(_:completion:)` for the thread it runs on).
     func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
         let count = messages.count
         let delay: Duration?
         do throws(RouteError) {
-            delay = try admit(count)
+            delay = try admit(count)?.delay
         } catch {
             return completion(.failure(error))
         }
@@ -414,7 +451,8 @@ struct GuardedPublisher: MessagePublisher {
         let count = messages.count
         let delay: Duration?
         do throws(RouteError) {
-            delay = try admit(count)
+            // Small requests (this path takes bodies up to 32 KiB) go whole after the delay.
+            delay = try admit(count)?.delay
         } catch {
             return completion(.failure(error))
         }
@@ -432,15 +470,16 @@ struct GuardedPublisher: MessagePublisher {
         publisher.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(max(1, nanoseconds))) { send() }
     }
 
-    /// The tenant's rate limit: nil to go ahead now, how long to hold the request first, or a
-    /// 429 `rate_limited` saying when to retry. The tokens are taken when admitted.
-    private func admit(_ count: Int) throws(RouteError) -> Duration? {
+    /// The tenant's rate limit: nil to go ahead now, how long to hold the request (and how
+    /// many of its records had tokens at once), or a 429 `rate_limited` saying when to retry.
+    /// The tokens are taken when admitted.
+    private func admit(_ count: Int) throws(RouteError) -> (delay: Duration, covered: Int)? {
         switch state.limiter.admit(tenant, records: count) {
         case .admit:
             return nil
-        case .delay(let delay):
-            state.delayedRecords.increment(by: count)
-            return delay
+        case .delay(let delay, let covered):
+            state.delayedRecords.increment(by: count - covered)
+            return (delay, covered)
         case .refuse(let retryAfter):
             state.rateLimitedRecords.increment(by: count)
             let seconds = max(1, Int((retryAfter / .seconds(1)).rounded(.up)))

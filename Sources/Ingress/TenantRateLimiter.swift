@@ -15,8 +15,9 @@ import Synchronization
 final class TenantRateLimiter: Sendable {
     enum Decision: Equatable {
         case admit
-        /// Go ahead after this long (the tokens are taken).
-        case delay(Duration)
+        /// Go ahead after this long (the tokens are taken); the first `covered` records had
+        /// tokens at once, so a publisher may send them now and spread the rest over the delay.
+        case delay(Duration, covered: Int)
         /// Refused; the request would be admitted after this long.
         case refuse(retryAfter: Duration)
     }
@@ -78,9 +79,10 @@ final class TenantRateLimiter: Sendable {
                 buckets[tenant] = bucket
                 return .refuse(retryAfter: wait - maxDelay)
             }
+            let covered = min(records, Int(max(0, bucket.tokens)))
             bucket.tokens -= wanted
             buckets[tenant] = bucket
-            return wait > .zero ? .delay(wait) : .admit
+            return wait > .zero ? .delay(wait, covered: covered) : .admit
         }
     }
 
