@@ -197,8 +197,8 @@ public final class OrderedHandlerRunner: Sendable {
     }
 
     /// Handles a batch in stream order: the whole batch at once, else record by record with
-    /// each failing record retried in place.
-    private func process(_ batch: FetchedBatch, lease: PartitionLease, logger: Logger) async {
+    /// each failing record retried in place (internal for tests).
+    func process(_ batch: FetchedBatch, lease: PartitionLease, logger: Logger) async {
         let order = batch.messages.indices.sorted { batch.messages[$0].streamSequence < batch.messages[$1].streamSequence }
         var indices: [Int] = []
         for i in order {
