@@ -156,17 +156,23 @@ public actor HandlerRunner {
         // in one batch; handled twice in one context its outputs would get two ids (index 0 and
         // 1 of the same source). Only its latest delivery is handled, and acked after its
         // outputs: the server tracks the message, not the delivery, so one ack settles both.
+        // Batches in stream order (nearly all) cannot hold a message twice: no lookup needed.
+        var ascending = true
+        for i in batch.messages.indices.dropFirst() where batch.messages[i].streamSequence <= batch.messages[i - 1].streamSequence {
+            ascending = false
+            break
+        }
         var positions: [UInt64: Int] = [:]
         for (i, message) in batch.messages.enumerated() {
             if let target = message.headerValues[4], target != handler.name {
                 batch.ack(i)
-            } else if let earlier = positions[message.streamSequence] {
+            } else if !ascending, let earlier = positions[message.streamSequence] {
                 if message.deliveryCount > batch.messages[earlier].deliveryCount {
                     indices[indices.firstIndex(of: earlier)!] = i
                     positions[message.streamSequence] = i
                 }
             } else {
-                positions[message.streamSequence] = i
+                if !ascending { positions[message.streamSequence] = i }
                 indices.append(i)
             }
         }
