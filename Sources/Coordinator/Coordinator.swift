@@ -206,9 +206,11 @@ public enum Topology {
     /// and its handlers' consumers.
     ///
     /// A tenant stream of the earlier one-stream layout (`aut.<tenant>.>`, every table in it)
-    /// is narrowed to schedules and dead letters when it is empty; holding records, it stops
-    /// provisioning with an error saying how to move on, since narrowing it would leave its
-    /// table records unread.
+    /// is narrowed to schedules and dead letters once every handler has processed its records
+    /// (the records stay: dead letters and ticks are used as before, table records remain as
+    /// history until their max age); its handlers' consumers move to the tables' streams. While
+    /// a handler still has records to process there, provisioning stops with an error naming
+    /// the handlers and what to do, since narrowing would leave those records unread.
     public static func provision(
         graph: AppGraph,
         tenants: [String],
@@ -221,19 +223,31 @@ public enum Topology {
             if let existing = try await connection.streamState(tenantStream.name),
                 existing.subjects.contains(Wire.legacyStreamSubject(tenant: tenant))
             {
-                guard existing.messages == 0 else {
-                    throw ConfigurationError(
-                        "stream \(tenantStream.name) still holds tenant '\(tenant)' records (\(existing.messages) messages) in the one-stream "
-                            + "layout of earlier versions; this version keeps each table in a stream of its own (docs/wire.md). Let the "
-                            + "handlers catch up, then delete the stream (nats stream rm \(tenantStream.name)) and start the coordinator again"
-                    )
+                let legacyConsumers = graph.handlers.filter { $0.sourceKind == .table }.flatMap { handler in
+                    [handler.consumerName] + (0..<(handler.options.ordering?.partitions ?? 0)).map { HandlerOrdering.consumerName(handler: handler.name, partition: $0) }
+                }
+                if existing.messages > 0 {
+                    var behind: [String] = []
+                    for consumer in legacyConsumers {
+                        if let state = try await connection.consumerState(stream: tenantStream.name, consumer: consumer),
+                            state.numPending > 0 || state.numAckPending > 0
+                        {
+                            behind.append("\(consumer) (\(state.numPending) pending, \(state.numAckPending) unacknowledged)")
+                        }
+                    }
+                    guard behind.isEmpty else {
+                        throw ConfigurationError(
+                            "stream \(tenantStream.name) holds tenant '\(tenant)' records in the one-stream layout of earlier versions "
+                                + "(\(existing.messages) messages), and these consumers have not processed all of them: "
+                                + behind.joined(separator: ", ") + ". This version keeps each table in a stream of its own (docs/wire.md). "
+                                + "Stop sending records to the tenant, let workers of the earlier version catch up, then start this "
+                                + "coordinator again: it moves the consumers and keeps the stream's dead letters"
+                        )
+                    }
                 }
                 // The handlers' consumers move to their tables' streams.
-                for handler in graph.handlers where handler.sourceKind == .table {
-                    try await connection.deleteConsumer(stream: tenantStream.name, consumer: handler.consumerName)
-                    for partition in 0..<(handler.options.ordering?.partitions ?? 0) {
-                        try await connection.deleteConsumer(stream: tenantStream.name, consumer: HandlerOrdering.consumerName(handler: handler.name, partition: partition))
-                    }
+                for consumer in legacyConsumers {
+                    try await connection.deleteConsumer(stream: tenantStream.name, consumer: consumer)
                 }
                 // Narrowed before the table streams are made: their subjects may not overlap it.
                 try await connection.createOrUpdateStream(tenantStream)

@@ -40,7 +40,7 @@ struct TopologyTests {
         }
     }
 
-    @Test("A one-stream tenant stream is narrowed when empty and refused, named, while it holds records")
+    @Test("A one-stream tenant stream is refused while a handler has records to process there, then narrowed keeping its records")
     func legacyStream() async throws {
         try await withTestNATSServer { server in
             let connection = server.connection
@@ -49,20 +49,36 @@ struct TopologyTests {
             _ = try await connection.publish(
                 OutgoingMessage(subject: "aut.acme.tbl.orders", payload: ByteBuffer(string: #"{"n":1}"#), headers: [("Nats-Msg-Id", "o-1")])
             )
+            _ = try await connection.publish(
+                OutgoingMessage(subject: "aut.acme.dlq.enrich", payload: ByteBuffer(string: #"{"n":0}"#), headers: [("Nats-Msg-Id", "dlq-1")])
+            )
             let error = await #expect(throws: ConfigurationError.self) {
                 try await Topology.provision(graph: Self.graph(), tenants: ["acme"], configuration: .init(), connection: connection)
             }
             #expect(error?.description.contains("AUT_ACME") == true)
-            #expect(error?.description.contains("(1 messages)") == true)
-            #expect(try await connection.streamState("AUT_ACME")?.messages == 1, "nothing was touched")
+            #expect(error?.description.contains("h_enrich (1 pending, 0 unacknowledged)") == true, "\(error?.description ?? "")")
+            #expect(try await connection.streamState("AUT_ACME")?.messages == 2, "nothing was touched")
             #expect(try await connection.streamState("AUT_ACME_tbl_orders") == nil)
 
-            try await connection.purge(stream: "AUT_ACME", subject: "aut.acme.>")
+            // The earlier version's worker processes the record: the stream may move on.
+            let subscription = try await connection.pullSubscription(stream: "AUT_ACME", consumer: "h_enrich", filterSubject: "aut.acme.tbl.orders", headers: [])
+            let batch = try await subscription.fetch(maxMessages: 10, timeout: .seconds(5))
+            #expect(batch.count == 1)
+            batch.ack(0)
+            subscription.close()
+            #expect(
+                try await eventually(timeout: .seconds(5)) {
+                    try await connection.consumerState(stream: "AUT_ACME", consumer: "h_enrich")?.numAckPending == 0
+                }
+            )
             try await Topology.provision(graph: Self.graph(), tenants: ["acme"], configuration: .init(), connection: connection)
             #expect(try await connection.streamState("AUT_ACME")?.subjects == ["aut.acme.sched.>", "aut.acme.dlq.>"])
+            #expect(try await connection.streamState("AUT_ACME")?.messages == 2, "the dead letter and the processed record stay")
             #expect(try await connection.streamState("AUT_ACME_tbl_orders") != nil)
             #expect(try await connection.consumerState(stream: "AUT_ACME", consumer: "h_enrich") == nil, "the old consumer is gone")
             #expect(try await connection.consumerState(stream: "AUT_ACME_tbl_orders", consumer: "h_enrich") != nil)
+            let deadLetters = try await connection.readAll(stream: "AUT_ACME", subject: "aut.acme.dlq.>", headers: [], atLeast: 1, timeout: .seconds(5))
+            #expect(deadLetters.count == 1, "dead letters are still read from the tenant stream")
         }
     }
 }
