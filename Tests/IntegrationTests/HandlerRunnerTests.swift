@@ -8,6 +8,21 @@ import Testing
 
 @Suite("Handler runner against a real nats-server")
 struct HandlerRunnerTests {
+    /// A fetched message as the subscription hands it over (its ack goes nowhere).
+    static func delivery(_ id: String, sequence: UInt64, count: UInt64, subject: String, payload: String) -> DeliveredMessage {
+        DeliveredMessage(
+            message: JetStreamMessage(
+                subject: subject,
+                payload: Array(payload.utf8),
+                headerValues: [id, nil, nil, nil, nil],
+                deliveryCount: count,
+                streamSequence: sequence,
+                timestamp: 0
+            ),
+            reply: "unused"
+        )
+    }
+
     /// A message redelivered while its first delivery still waited unfetched can come twice in
     /// one batch (seen under kill -9 with a short ack wait). Handled twice in one context, its
     /// outputs would get indices 0 and 1, two ids JetStream's de-duplication cannot match.
@@ -35,17 +50,7 @@ struct HandlerRunnerTests {
                 logger: TestNATSServer.logger
             )
             func delivery(_ id: String, sequence: UInt64, count: UInt64) -> DeliveredMessage {
-                DeliveredMessage(
-                    message: JetStreamMessage(
-                        subject: "aut.default.tbl.in",
-                        payload: Array(#"{"n":1}"#.utf8),
-                        headerValues: [id, nil, nil, nil, nil],
-                        deliveryCount: count,
-                        streamSequence: sequence,
-                        timestamp: 0
-                    ),
-                    reply: "unused"
-                )
+                Self.delivery(id, sequence: sequence, count: count, subject: "aut.default.tbl.in", payload: #"{"n":1}"#)
             }
             // Not connected to a subscription: its acks go nowhere.
             let batch = FetchedBatch(
@@ -89,17 +94,7 @@ struct HandlerRunnerTests {
                 assign: { _ in PartitionAssignment(granted: [:], revoke: [], ttlMilliseconds: 1000) }
             )
             func delivery(_ id: String, sequence: UInt64, count: UInt64) -> DeliveredMessage {
-                DeliveredMessage(
-                    message: JetStreamMessage(
-                        subject: "aut.default.tbl.in.p0",
-                        payload: Array(#"{"key":"k"}"#.utf8),
-                        headerValues: [id, nil, nil, nil, nil],
-                        deliveryCount: count,
-                        streamSequence: sequence,
-                        timestamp: 0
-                    ),
-                    reply: "unused"
-                )
+                Self.delivery(id, sequence: sequence, count: count, subject: "aut.default.tbl.in.p0", payload: #"{"key":"k"}"#)
             }
             // Out of order, and "a" (sequence 7) twice: handled once, as its latest delivery,
             // before "b" (sequence 8).

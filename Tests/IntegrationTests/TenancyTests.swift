@@ -139,9 +139,8 @@ struct TenancyTests {
     @Test("Schedules over the admin API: list, pause, resume, retime with clear errors, trigger by hand")
     func schedules() async throws {
         try await withRunningApp(try Self.graph(), configure: configure) { app in
-            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
             func call(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
-                try await app.http(method, app.adminURL + path, body: body, headers: admin)
+                try await app.admin(method, path, body: body)
             }
             let list = try await call("GET", "/v1/admin/tenants/default/schedules")
             #expect(list.status == 200)
@@ -256,9 +255,8 @@ struct TenancyTests {
     func rateLimit() async throws {
         // The ingress holds an over-limit request up to a second (the default) before refusing it.
         try await withRunningApp(try Self.graph(), configure: configure) { app in
-            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
             func adminCall(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
-                try await app.http(method, app.adminURL + path, body: body, headers: admin)
+                try await app.admin(method, path, body: body)
             }
             #expect(try await adminCall("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
             let key = try #require(try await adminCall("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
@@ -354,6 +352,13 @@ struct TenancyTests {
             let again = try await app.records(in: "notes", tenant: "acme", atLeast: total)
             #expect(stored.count == total && again.count == total, "\(stored.count) and \(again.count) stored, \(total) accepted")
         }
+    }
+}
+
+extension RunningApp {
+    /// A call to the admin API with the suite's admin token.
+    func admin(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
+        try await http(method, adminURL + path, body: body, headers: [("Authorization", "Bearer \(TenancyTests.adminToken)")])
     }
 }
 
