@@ -124,6 +124,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            continueIfExpected(head, context: context)
             if case .idle = mode, let request = take(head) {
                 body = ByteBuffer()
                 mode = .collecting(request)
@@ -162,6 +163,18 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 context.fireChannelRead(data)
             }
         }
+    }
+
+    /// Answers `Expect: 100-continue` (HTTP/1.1) with `100 Continue`, for every request of the
+    /// connection: clients that ask (curl for bodies over 1 MiB, many HTTP libraries always)
+    /// otherwise wait a second or more before they send the body. A body declared larger than
+    /// the limit gets no `100` and is answered 413 as before.
+    private func continueIfExpected(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard head.version.major == 1, head.version.minor >= 1,
+            head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" })
+        else { return }
+        if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > state.configuration.maxBodyBytes { return }
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
     }
 
     /// The record-API request `head` starts, if this handler answers it: the plain record path,

@@ -126,6 +126,30 @@ struct RecordConnectionTests {
         }
     }
 
+    @Test("Expect: 100-continue gets 100 Continue before the body on either path; HTTP/1.0 gets none")
+    func expectContinue() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            let connection = try RawHTTP(port: app.port)
+            defer { connection.close() }
+            // 1 KB is answered on the event loop, 50 KB by Hummingbird.
+            for size in [1_000, 50_000] {
+                let request = RawHTTP.post("/v1/tables/events/records", body: #"{"x":""# + String(repeating: "a", count: size) + #""}"#, headers: ["Expect: 100-continue"])
+                let split = try #require(request.range(of: "\r\n\r\n"))
+                try connection.send(String(request[..<split.upperBound]))
+                let interim = try connection.read(count: 1)
+                #expect(interim.map(\.status) == [100], "\(size) bytes")
+                try connection.send(String(request[split.upperBound...]))
+                #expect(try connection.read(count: 1).map(\.status) == [202], "\(size) bytes")
+            }
+            let old = try RawHTTP(port: app.port)
+            defer { old.close() }
+            try old.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#, headers: ["Expect: 100-continue"], version: "HTTP/1.0"))
+            #expect(try old.read(count: 1).map(\.status) == [202], "HTTP/1.0 ignores Expect")
+            let records = try await app.records(in: "events", atLeast: 3, timeout: .seconds(5))
+            #expect(records.count == 3)
+        }
+    }
+
     @Test("Large and chunked record batches are accepted whole")
     func largeBatches() async throws {
         try await withRunningApp(try Self.graph()) { app in
