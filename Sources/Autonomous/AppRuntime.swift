@@ -120,7 +120,7 @@ public struct AppRuntime: Sendable {
             if role.runsCoordinator {
                 let coordinatorStore: any CoordinatorStore
                 if let url = configuration.postgresURL {
-                    coordinatorStore = try PostgresStore.open(url: url, password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"], logger: logger)
+                    coordinatorStore = try await PostgresStore.open(url: url, password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"], logger: logger)
                 } else {
                     coordinatorStore = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
                 }

@@ -15,7 +15,7 @@ public final class PostgresStore: CoordinatorStore {
 
     /// Connects to `url` (`postgres://user[:password]@host[:port]/database`); the password may
     /// also come from `password` (e.g. a secret in the environment).
-    public static func open(url: String, password: String? = nil, logger: Logger) throws -> PostgresStore {
+    public static func open(url: String, password: String? = nil, logger: Logger) async throws -> PostgresStore {
         guard let components = URLComponents(string: url), components.scheme == "postgres" || components.scheme == "postgresql",
             let host = components.host, !host.isEmpty
         else {
@@ -32,7 +32,14 @@ public final class PostgresStore: CoordinatorStore {
         )
         configuration.options.maximumConnections = 4
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
-        let runTask = Task { await client.run() }
+        // Queries made before `run()` has started work but log a warning; return once the task
+        // is about to call it (its first step marks the client as running).
+        let (started, starting) = AsyncStream.makeStream(of: Never.self)
+        let runTask = Task {
+            starting.finish()
+            await client.run()
+        }
+        for await _ in started {}
         return PostgresStore(
             client: client,
             runTask: runTask,

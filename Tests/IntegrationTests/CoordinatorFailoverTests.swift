@@ -28,7 +28,7 @@ struct CoordinatorFailoverTests {
         let ttl = 3.0
         specification.environment = ["AUTONOMOUS_LEASE_TTL": "\(Int(ttl))"]
         let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-        let store = try PostgresStore.open(url: cluster.postgresURL!, logger: TestNATSServer.logger)
+        let store = try await PostgresStore.open(url: cluster.postgresURL!, logger: TestNATSServer.logger)
         do {
             @Sendable func leader() async throws -> Lease? { try await store.liveLeases(prefix: "leader").first }
             #expect(try await eventually(timeout: .seconds(20)) { try await leader() != nil }, "a coordinator leads")

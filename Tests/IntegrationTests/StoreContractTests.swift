@@ -35,7 +35,7 @@ struct StoreContractTests {
                 logger: TestNATSServer.logger
             )
             do {
-                try await use(try PostgresStore.open(url: server.url, logger: TestNATSServer.logger))
+                try await use(try await PostgresStore.open(url: server.url, logger: TestNATSServer.logger))
                 await server.stop()
                 try? FileManager.default.removeItem(atPath: server.dataDirectory)
             } catch {
@@ -185,7 +185,7 @@ struct StoreContractTests {
                 let out = try await app.records(in: "seen", atLeast: 2, timeout: .seconds(10))
                 #expect(out.count >= 2)
             }
-            let store = try PostgresStore.open(url: server.url, logger: TestNATSServer.logger)
+            let store = try await PostgresStore.open(url: server.url, logger: TestNATSServer.logger)
             let last = try await store.lastFire(tenant: "default", schedule: "tick")
             try await store.close()
             #expect(last != nil, "the coordinator wrote its schedule state to Postgres")
