@@ -24,9 +24,21 @@ final class IngressState: Sendable {
     let limiter: TenantRateLimiter
     let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
     let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
-    /// Records of tenants over their limit: refused, and held until the limit let them in.
-    let rateLimitedRecords = Counter(label: "autonomous_ingress_records_rate_limited_total")
-    let delayedRecords = Counter(label: "autonomous_ingress_records_delayed_total")
+    /// Per limited tenant: its records refused, and held until the limit let them in.
+    private let limitCounters = Mutex<[String: (refused: Counter, delayed: Counter)]>([:])
+
+    func limitCounters(of tenant: String) -> (refused: Counter, delayed: Counter) {
+        limitCounters.withLock { counters in
+            if let existing = counters[tenant] { return existing }
+            let dimensions = [("tenant", tenant)]
+            let made = (
+                refused: Counter(label: "autonomous_ingress_records_rate_limited_total", dimensions: dimensions),
+                delayed: Counter(label: "autonomous_ingress_records_delayed_total", dimensions: dimensions)
+            )
+            counters[tenant] = made
+            return made
+        }
+    }
 
     /// Publish connections; `lanes[0]` is `connection`.
     let lanes: [NATSConnection]
@@ -478,10 +490,10 @@ struct GuardedPublisher: MessagePublisher {
         case .admit:
             return nil
         case .delay(let delay, let covered):
-            state.delayedRecords.increment(by: count - covered)
+            state.limitCounters(of: tenant).delayed.increment(by: count - covered)
             return (delay, covered)
         case .refuse(let retryAfter):
-            state.rateLimitedRecords.increment(by: count)
+            state.limitCounters(of: tenant).refused.increment(by: count)
             let seconds = max(1, Int((retryAfter / .seconds(1)).rounded(.up)))
             let limit = state.limiter.limit(of: tenant)
             let described = limit.map { "\($0.rate) records/s (burst \($0.burst))" } ?? "its limit"

@@ -335,6 +335,12 @@ struct TenancyTests {
             let spread = Double((pacedTimes.max() ?? 0) - (pacedTimes.min() ?? 0)) / 1e6
             #expect(spread >= 200, "the held records reached the stream over \(spread) ms, not at once")
 
+            // The refusals and holds are counted per tenant.
+            let metrics = try await MetricsTests.get(app.baseURL + "/metrics").text
+            let refusedCount = MetricsTests.value(metrics, #"autonomous_ingress_records_rate_limited_total{tenant="acme"}"#) ?? 0
+            let delayedCount = MetricsTests.value(metrics, #"autonomous_ingress_records_delayed_total{tenant="acme"}"#) ?? 0
+            #expect(refusedCount >= 1 + 3000 + 900 && delayedCount >= 900, "refused \(refusedCount), held \(delayedCount)")
+
             // No limit: everything goes.
             #expect(try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":null}"#).status == 200)
             #expect(
