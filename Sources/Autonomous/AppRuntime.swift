@@ -208,7 +208,17 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
                 ingressConfiguration.onListening = configuration.onListening
                 ingressConfiguration.requireAPIKey = configuration.requireAPIKey
-                ingressConfiguration.accessForKeyHash = { hash in try await coordinatorEndpoint.access(forKeyHash: hash) }
+                ingressConfiguration.accessForKeyHash = { hash in
+                    do {
+                        return try await coordinatorEndpoint.access(forKeyHash: hash)
+                    } catch let error as ClusterCallError
+                        where error.code == .versionMismatch || (error.code == .internal && error.message.contains("targetAccessorNotFound"))
+                    {
+                        // A coordinator of the release before tenant limits (a rolling upgrade;
+                        // it reported unknown calls as internal errors): the tenant alone, no limit.
+                        return try await coordinatorEndpoint.tenant(forKeyHash: hash).map { TenantAccess(tenant: $0) }
+                    }
+                }
                 services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
             } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
                 services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))

@@ -326,7 +326,15 @@ public final class ClusterResultHandler: DistributedTargetInvocationResultHandle
     public func onReturnVoid() async throws {}
 
     public func onThrow<Err: Error>(error: Err) async throws {
-        let described = (error as? ClusterCallError) ?? ClusterCallError(.internal, "\(error)")
+        let described: ClusterCallError
+        if let error = error as? ClusterCallError {
+            described = error
+        } else if error is ExecuteDistributedTargetError {
+            // A call this process does not know (a peer of another release).
+            described = ClusterCallError(.versionMismatch, "\(error)")
+        } else {
+            described = ClusterCallError(.internal, "\(error)")
+        }
         result.withLock { $0.error = described }
     }
 }

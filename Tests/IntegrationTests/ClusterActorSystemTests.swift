@@ -73,6 +73,13 @@ struct ClusterActorSystemTests {
                 timeout: .seconds(2)
             )
             #expect(String(decoding: raw.payload, as: UTF8.self).contains("versionMismatch"))
+            // So does a call this release does not know (a newer peer's): ingress nodes fall back
+            // to `tenant(forKeyHash:)` on it when a coordinator predates `access(forKeyHash:)`.
+            let unknown = try await other.request(
+                CoreMessage(subject: "aut._coord.rpc", payload: Array(#"{"v":1,"target":"$s11ClusterCore19CoordinatorEndpointC7unknownyyYaKFTE","generics":[],"arguments":[]}"#.utf8)),
+                timeout: .seconds(2)
+            )
+            #expect(String(decoding: unknown.payload, as: UTF8.self).contains("versionMismatch"), "\(String(decoding: unknown.payload, as: UTF8.self))")
 
             #expect(endpoint.id == .coordinator, "(keeps the hosted actor alive until here)")
             // Once the host stops serving, callers get `.unavailable` again.
