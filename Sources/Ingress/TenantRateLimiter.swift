@@ -11,7 +11,7 @@ import Synchronization
 /// taken at once: what one tenant can hold in memory is bounded by `maxDelay` of its rate.
 ///
 /// The buckets are this node's own: behind N ingress replicas a tenant may reach N times its
-/// limit (docs/operations.md says how to set it).
+/// limit (docs/api.md, "Tenant limits", says how to set it).
 final class TenantRateLimiter: Sendable {
     enum Decision: Equatable {
         case admit
