@@ -8,6 +8,18 @@ import Testing
 
 @Suite("Handler runner against a real nats-server")
 struct HandlerRunnerTests {
+    /// `in → copy → out`; the handler notes each record it sees as `id@deliveryCount`.
+    static func copyApp(options: HandlerOptions, seen: Collected) throws -> AppGraph {
+        var app = AppBuilder(name: "Duplicates")
+        let input = app.table("in")
+        let output = app.table("out")
+        input.onNewRecords("copy", options: options) { records, ctx in
+            seen.add(records.entries.map { "\($0.id)@\($0.metadata.deliveryCount)" })
+            try await output.append(records.map { $0 }, ctx)
+        }
+        return try app.build()
+    }
+
     /// A fetched message as the subscription hands it over (its ack goes nowhere).
     static func delivery(_ id: String, sequence: UInt64, count: UInt64, subject: String, payload: String) -> DeliveredMessage {
         DeliveredMessage(
@@ -30,14 +42,7 @@ struct HandlerRunnerTests {
     func duplicateInBatch() async throws {
         try await withTestNATSServer { server in
             let seen = Collected()
-            var app = AppBuilder(name: "Duplicates")
-            let input = app.table("in")
-            let output = app.table("out")
-            input.onNewRecords("copy") { records, ctx in
-                seen.add(records.entries.map { "\($0.id)@\($0.metadata.deliveryCount)" })
-                try await output.append(records.map { $0 }, ctx)
-            }
-            let graph = try app.build()
+            let graph = try Self.copyApp(options: HandlerOptions(), seen: seen)
             try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
             let handler = try #require(graph.handlers.first)
             let runner = HandlerRunner(
@@ -69,14 +74,7 @@ struct HandlerRunnerTests {
     func orderedDuplicateInBatch() async throws {
         try await withTestNATSServer { server in
             let seen = Collected()
-            var app = AppBuilder(name: "OrderedDuplicates")
-            let input = app.table("in")
-            let output = app.table("out")
-            input.onNewRecords("copy", options: HandlerOptions().ordered(by: "key", partitions: 2)) { records, ctx in
-                seen.add(records.entries.map { "\($0.id)@\($0.metadata.deliveryCount)" })
-                try await output.append(records.map { $0 }, ctx)
-            }
-            let graph = try app.build()
+            let graph = try Self.copyApp(options: HandlerOptions().ordered(by: "key", partitions: 2), seen: seen)
             try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
             let handler = try #require(graph.handlers.first)
             let tables = Dictionary(uniqueKeysWithValues: graph.tables.map { ($0.name, $0) })
