@@ -30,6 +30,9 @@ final class TenantRateLimiter: Sendable {
     }
 
     private let buckets = Mutex<[String: Bucket]>([:])
+    /// How many buckets there are, kept with them: while no tenant is limited (the usual case)
+    /// `admit` answers without taking the lock every request would otherwise share.
+    private let limitedTenants = Atomic<Int>(0)
     private let maxDelay: Duration
     private let clock: @Sendable () -> ContinuousClock.Instant
 
@@ -42,7 +45,9 @@ final class TenantRateLimiter: Sendable {
     /// limit keeps the tokens left (capped at the new burst).
     func update(_ tenant: String, limits: TenantLimits) {
         guard let rate = limits.recordsPerSecond, let burst = limits.effectiveBurst else {
-            _ = buckets.withLock { $0.removeValue(forKey: tenant) }
+            buckets.withLock { buckets in
+                if buckets.removeValue(forKey: tenant) != nil { limitedTenants.subtract(1, ordering: .relaxed) }
+            }
             return
         }
         let now = clock()
@@ -56,6 +61,7 @@ final class TenantRateLimiter: Sendable {
                 buckets[tenant] = bucket
             } else {
                 buckets[tenant] = Bucket(rate: Double(rate), burst: Double(burst), tokens: Double(burst), updated: now)
+                limitedTenants.add(1, ordering: .relaxed)
             }
         }
     }
@@ -67,6 +73,7 @@ final class TenantRateLimiter: Sendable {
 
     /// Whether `records` more records of `tenant` may go now, later, or not.
     func admit(_ tenant: String, records: Int) -> Decision {
+        if limitedTenants.load(ordering: .relaxed) == 0 { return .admit }
         let now = clock()
         return buckets.withLock { buckets -> Decision in
             guard var bucket = buckets[tenant] else { return .admit }
