@@ -42,6 +42,10 @@ def main(source, target):
     for key, marker in (("p50", "o"), ("p90", "s"), ("p99", "^"), ("p999", "v")):
         right.plot(labels, [max(0.01, s["toHandlerStart"][key]) for s in timed], marker=marker, label=f"{key} to handler start")
     right.plot(labels, [max(0.01, s["toOutput"]["p99"]) for s in timed], marker="x", linestyle="--", label="p99 to output PubAck")
+    paced = [(s["name"], s["rawPacedP99"]) for s in timed if s.get("rawPacedP99") is not None]
+    if paced:
+        right.plot([n for n, _ in paced], [max(0.01, v) for _, v in paced], marker="*", markersize=12, linestyle="none",
+                   color="black", label="p99 raw nats.c at b-half's load (PubAck → worker)")
     right.axhline(10, color="red", linestyle="dashed", linewidth=1, label="10 ms (b-half target)")
     right.set_yscale("log")
     right.set_ylabel("milliseconds from the 2xx (or the publish)")

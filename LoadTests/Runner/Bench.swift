@@ -46,6 +46,34 @@ struct Bench: Sendable {
         return result
     }
 
+    /// The nats.c pipeline paced as b-half paces the ingress (`rate` events/s, `chunk` events
+    /// at a time, each chunk waiting for its PubAcks as a request waits for its 2xx): the
+    /// p50…max from the chunk's last PubAck to the worker, in ms. What the machine and
+    /// nats-server give at that load with no framework, beside b-half's 2xx → handler start.
+    /// `nil` when the pipeline is not built (the smoke test runs without it).
+    func rawPaced(rate: Double, chunk: Int, events: Int) async throws -> [String: Double]? {
+        guard FileManager.default.isExecutableFile(atPath: rawPipeline) else { return nil }
+        let directory = Self.scratch("raw-paced")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
+        let output: String
+        do {
+            output = try await Self.run(rawPipeline, [server.url, String(events), "2", "1024", String(format: "%.0f", rate), String(chunk)])
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+        let value = try JSONParser.parse(Array(output.utf8))
+        var figures: [String: Double] = [:]
+        for key in ["p50", "p90", "p99", "p999", "max"] {
+            guard let figure = value["\(key)_ms"].doubleValue else { throw RunnerError("raw pipeline (paced) failed: \(output)") }
+            figures[key] = figure
+        }
+        guard value["outputs"].intValue == events else { throw RunnerError("raw pipeline (paced) failed: \(output)") }
+        return figures
+    }
+
     /// A static answer from nginx under the same wrk load as scenario c.
     func nginx() async throws -> NginxResult {
         let directory = Self.scratch("nginx")

@@ -86,7 +86,17 @@ struct LoadRunner: AsyncParsableCommand {
         if selected.contains("b") {
             let full = try await bench.ndjsonScenario(name: "b", paceRecordsPerSecond: nil)
             add(full)
-            add(try await bench.ndjsonScenario(name: "b-half", paceRecordsPerSecond: full.rate / 2))
+            var half = try await bench.ndjsonScenario(name: "b-half", paceRecordsPerSecond: full.rate / 2)
+            // The same pacing through the raw pipeline: the latency floor of this machine and
+            // nats-server at that load.
+            if let raw = try await bench.rawPaced(rate: full.rate / 2, chunk: recordsPerRequest, events: httpRecords) {
+                half.notes["raw nats.c at the same load, PubAck → worker"] = String(
+                    format: "p50 %.2f / p90 %.2f / p99 %.2f / p99.9 %.2f ms",
+                    raw["p50"] ?? 0, raw["p90"] ?? 0, raw["p99"] ?? 0, raw["p999"] ?? 0
+                )
+                half.rawPacedP99 = raw["p99"]
+            }
+            add(half)
         }
         if selected.contains("c") { add(try await bench.singlePostScenario()) }
         if selected.contains("d") { add(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true)) }
@@ -206,6 +216,8 @@ struct ScenarioResult: Codable {
     /// From the ingress 2xx (or the publish) to the output's PubAck (stream timestamp).
     var toOutput: Latency?
     var notes: [String: String] = [:]
+    /// b-half only: the raw pipeline's p99 (ms) from PubAck to worker at the same pacing.
+    var rawPacedP99: Double?
     /// Processes of the cluster that crashed during the scenario (the engine restarted them).
     var crashes = 0
 

@@ -8,6 +8,13 @@
 //
 //   pipeline <nats-url> <events> <workers> <batch>
 //
+// With a rate, the same hop paced as scenario b-half paces the ingress: the publisher sends
+// <chunk> events at a time (one NDJSON request's worth), chunk k due at k × chunk / rate
+// seconds, and waits for the chunk's PubAcks (the ingress's 2xx); a worker notes when each
+// event reached it. Adds the p50/p90/p99/p99.9/max of PubAck → worker, in ms, to the JSON:
+//
+//   pipeline <nats-url> <events> <workers> <batch> <rate> <chunk>
+//
 // It is also the producer of the publish scenarios (a, d, e), so that Autonomous and the raw
 // pipeline are fed by the same program and the producer's cost is the same in both:
 //
@@ -30,6 +37,13 @@ static int batch;
 static atomic_long outputs_acked;
 static atomic_long inputs_acked;
 static atomic_int failed;
+// Paced mode: when each event reached a worker (indexed by its number), and when each
+// chunk's last PubAck came back.
+static int64_t *reached_ns;
+static int64_t *chunk_acked_ns;
+static long chunk_size;
+
+static int64_t now_ns(void);
 
 static double now_s(void) {
     struct timespec ts;
@@ -79,10 +93,15 @@ static void *worker(void *arg) {
         natsStatus s = natsSubscription_Fetch(&list, sub, batch, 500, &jerr);
         if (s == NATS_TIMEOUT) continue;
         check(s, "fetch");
+        int64_t reached = now_ns();
         for (int i = 0; i < list.Count; i++) {
             natsMsg *in = list.Msgs[i];
             const char *id = NULL;
             natsMsgHeader_Get(in, "Nats-Msg-Id", &id);
+            if (reached_ns != NULL && id != NULL && strncmp(id, "evt-", 4) == 0) {
+                long n = atol(id + 4);
+                if (n >= 0 && n < total) reached_ns[n] = reached;
+            }
             int len = snprintf(body, sizeof body, "{\"source\":\"%s\",\"handled\":true,\"event\":%.*s}", id ? id : "",
                                natsMsg_GetDataLength(in), natsMsg_GetData(in));
             natsMsg *out = NULL;
@@ -107,6 +126,11 @@ static void *worker(void *arg) {
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     return NULL;
+}
+
+static int compare_int64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static int64_t now_ns(void) {
@@ -160,14 +184,21 @@ static int publish_only(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "publish") == 0) return publish_only(argc, argv);
-    if (argc != 5) {
-        fprintf(stderr, "usage: pipeline <nats-url> <events> <workers> <batch>\n");
+    if (argc != 5 && argc != 7) {
+        fprintf(stderr, "usage: pipeline <nats-url> <events> <workers> <batch> [<rate> <chunk>]\n");
         return 2;
     }
     url = argv[1];
     total = atol(argv[2]);
     int workers = atoi(argv[3]);
     batch = atoi(argv[4]);
+    double rate = argc == 7 ? atof(argv[5]) : 0;
+    if (rate > 0) {
+        chunk_size = atol(argv[6]);
+        if (chunk_size < 1) chunk_size = 1;
+        reached_ns = calloc(total, sizeof(int64_t));
+        chunk_acked_ns = calloc(total / chunk_size + 1, sizeof(int64_t));
+    }
 
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
@@ -216,16 +247,28 @@ int main(int argc, char **argv) {
 
     double start = now_s();
     char id[32];
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 60000;
     for (long i = 0; i < total; i++) {
+        if (rate > 0 && i % chunk_size == 0) {
+            double due = start + (double)i / rate;
+            double wait = due - now_s();
+            if (wait > 0) {
+                struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+        }
         natsMsg *msg = NULL;
         check(natsMsg_Create(&msg, "raw.in", NULL, events[i], lengths[i]), "create");
         snprintf(id, sizeof id, "evt-%ld", i);
         natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
         check(js_PublishMsgAsync(js, &msg, NULL), "publish");
+        if (rate > 0 && ((i + 1) % chunk_size == 0 || i + 1 == total)) {
+            check(js_PublishAsyncComplete(js, &po), "publish complete");
+            chunk_acked_ns[i / chunk_size] = now_ns();
+        }
     }
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = 60000;
     check(js_PublishAsyncComplete(js, &po), "publish complete");
     double published = now_s();
     while (atomic_load(&outputs_acked) < total) {
@@ -236,9 +279,28 @@ int main(int argc, char **argv) {
     double end = now_s();
     for (int w = 0; w < workers && w < 64; w++) pthread_join(threads[w], NULL);
     printf("{\"events\":%ld,\"workers\":%d,\"batch\":%d,\"seconds\":%.4f,\"events_per_second\":%.1f,"
-           "\"publish_per_second\":%.1f,\"outputs\":%ld,\"failed\":%d}\n",
+           "\"publish_per_second\":%.1f,\"outputs\":%ld,\"failed\":%d",
            total, workers, batch, end - start, total / (end - start), total / (published - start),
            atomic_load(&outputs_acked), atomic_load(&failed));
+    if (rate > 0) {
+        // PubAck → worker per event; an event that reached the worker before its chunk's last
+        // PubAck counts as 0, as the runner counts a record handled before its request's 2xx.
+        int64_t *latency = malloc(sizeof(int64_t) * total);
+        for (long i = 0; i < total; i++) {
+            int64_t d = reached_ns[i] - chunk_acked_ns[i / chunk_size];
+            latency[i] = d > 0 ? d : 0;
+        }
+        qsort(latency, total, sizeof(int64_t), compare_int64);
+        double p[] = {50, 90, 99, 99.9};
+        const char *names[] = {"p50", "p90", "p99", "p999"};
+        for (int k = 0; k < 4; k++) {
+            long index = (long)(p[k] / 100.0 * total);
+            if (index >= total) index = total - 1;
+            printf(",\"%s_ms\":%.3f", names[k], latency[index] / 1e6);
+        }
+        printf(",\"max_ms\":%.3f", latency[total - 1] / 1e6);
+    }
+    printf("}\n");
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     return atomic_load(&outputs_acked) == total && atomic_load(&failed) == 0 ? 0 : 1;
