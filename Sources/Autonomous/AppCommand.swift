@@ -25,7 +25,9 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 through nats.c instead of the event loops' own connections; default true),
                 AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant
                 over its records/s limit before refusing it with 429; 0 refuses at once;
-                default 1000). Flags win over the environment.
+                default 1000), AUTONOMOUS_RATE_LIMIT_PER_NODE (true: each ingress enforces a
+                tenant's whole limit; default false: the ingress nodes alive share it). Flags win
+                over the environment.
                 """,
             subcommands: [
                 DevCommand<App>.self,
@@ -124,6 +126,13 @@ struct CommonOptions: ParsableArguments {
                 throw ValidationError("AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS '\(text)' must be milliseconds between 0 and 60000")
             }
             configuration.rateLimitMaxDelay = .milliseconds(milliseconds)
+        }
+        if let text = environment["AUTONOMOUS_RATE_LIMIT_PER_NODE"] {
+            switch text.lowercased() {
+            case "1", "true", "yes": configuration.shareRateLimitsAcrossNodes = false
+            case "0", "false", "no": configuration.shareRateLimitsAcrossNodes = true
+            default: throw ValidationError("AUTONOMOUS_RATE_LIMIT_PER_NODE '\(text)' must be true or false")
+            }
         }
         if let text = environment["AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH"] {
             switch text.lowercased() {

@@ -57,6 +57,9 @@ public struct RuntimeConfiguration: Sendable {
     /// How long the ingress holds a request of a tenant over its limit
     /// (``Ingress/Configuration/rateLimitMaxDelay``).
     public var rateLimitMaxDelay: Duration = .seconds(1)
+    /// Whether tenant limits are shared among the ingress nodes alive
+    /// (``Ingress/Configuration/shareLimitsAcrossNodes``) or enforced whole by each.
+    public var shareRateLimitsAcrossNodes = true
     /// Longest time a graceful shutdown may take before the process stops anyway.
     public var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
@@ -205,6 +208,7 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.publishLanes = configuration.ingressLanes
                 ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
+                ingressConfiguration.shareLimitsAcrossNodes = configuration.shareRateLimitsAcrossNodes
                 ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
                 ingressConfiguration.onListening = configuration.onListening
                 ingressConfiguration.requireAPIKey = configuration.requireAPIKey

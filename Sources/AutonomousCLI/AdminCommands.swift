@@ -130,12 +130,13 @@ struct TenantsCommand: AsyncParsableCommand {
 
     struct Limit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Limit how fast a tenant may send records through each ingress node.",
+            abstract: "Limit how fast a tenant may send records through the ingress nodes.",
             discussion: """
                 Requests over the limit are held up to the ingress's AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS, \
-                then refused with 429 rate_limited and Retry-After. Each ingress node counts on its own: \
-                with N ingress replicas, give each the cluster-wide limit divided by N. Ingress nodes \
-                apply a change within their API key cache lifetime (2 s).
+                then refused with 429 rate_limited and Retry-After. The limit is the cluster's: each of \
+                the N ingress nodes alive enforces 1/N of it (so spread a tenant's requests evenly over \
+                them), unless it runs with AUTONOMOUS_RATE_LIMIT_PER_NODE=true. Ingress nodes apply a \
+                change within their API key cache lifetime (2 s).
                 """
         )
         @OptionGroup var target: Target

@@ -112,9 +112,9 @@ public struct TenantRecord: Sendable, Hashable, Codable {
     }
 }
 
-/// How fast one tenant may ingest records through each ingress node: a token bucket that
-/// refills at `recordsPerSecond` and holds up to `burst` records. No `recordsPerSecond`: no
-/// limit.
+/// How fast one tenant may ingest records through the cluster's ingress nodes: a token bucket
+/// that refills at `recordsPerSecond` and holds up to `burst` records, shared evenly among the
+/// ingress nodes alive (each enforces its share). No `recordsPerSecond`: no limit.
 public struct TenantLimits: Sendable, Hashable, Codable {
     public var recordsPerSecond: Int?
     /// Records a tenant may send at once after a quiet time; `nil`: one second's worth.

@@ -28,7 +28,7 @@ public struct Administration: Sendable {
         public var disabled: Bool
         public var createdAt: String
         public var stream: String
-        /// Ingest limit per ingress node; `null` fields: no limit.
+        /// Ingest limit of the cluster (shared among the ingress nodes); `null` fields: no limit.
         public var limits: Limits
 
         public struct Limits: Codable, Sendable {
@@ -83,7 +83,7 @@ public struct Administration: Sendable {
         return info(record)
     }
 
-    /// Sets how fast the tenant may ingest through each ingress node (no `recordsPerSecond`:
+    /// Sets how fast the tenant may ingest through the ingress nodes together (no `recordsPerSecond`:
     /// no limit). Ingress nodes apply it within their key cache lifetime.
     public func setLimits(_ name: String, _ limits: TenantLimits) async throws -> TenantInfo {
         if let problem = limits.problem { throw ClusterCallError(.invalidArgument, problem) }

@@ -50,6 +50,11 @@ public struct Ingress: Service {
         /// lets it in; a request that would wait longer gets 429 `rate_limited`. 0 refuses
         /// at once.
         public var rateLimitMaxDelay: Duration = .seconds(1)
+        /// Tenant limits are the cluster's: each ingress node enforces the limit divided by the
+        /// ingress nodes alive, which hear each other on `aut._ingress.alive` every
+        /// `peerInterval`. `false` enforces each whole limit on this node alone.
+        public var shareLimitsAcrossNodes = true
+        public var peerInterval: Duration = .seconds(1)
         /// Process environment, for webhook secrets.
         public var environment: [String: String]
         /// Called with the bound port once the server listens.
@@ -106,6 +111,15 @@ public struct Ingress: Service {
             logger: logger
         )
         let responder = IngressResponder(state: state)
+        let peers: Task<Void, Never>? =
+            configuration.shareLimitsAcrossNodes
+            ? Task { [connection, logger] in
+                await IngressPeers(interval: configuration.peerInterval).run(connection: connection, logger: logger) { nodes in
+                    state.limiter.setShare(nodes: nodes)
+                    logger.info("Ingress nodes alive changed; tenant limits shared among them", metadata: ["ingress.nodes": "\(nodes)"])
+                }
+            }
+            : nil
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
@@ -122,10 +136,15 @@ public struct Ingress: Service {
         do {
             try await app.run()
         } catch {
+            // Says it is leaving before the connection goes.
+            peers?.cancel()
+            await peers?.value
             for publisher in publishers.values.joined() { await publisher.close() }
             for lane in lanes.dropFirst() { await lane.drain() }
             throw error
         }
+        peers?.cancel()
+        await peers?.value
         // Every request has been answered; what was published has its PubAck.
         for publisher in publishers.values.joined() { await publisher.close() }
         for lane in lanes.dropFirst() { await lane.drain() }

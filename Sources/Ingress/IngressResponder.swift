@@ -496,11 +496,14 @@ struct GuardedPublisher: MessagePublisher {
             state.limitCounters(of: tenant).refused.increment(by: count)
             let seconds = max(1, Int((retryAfter / .seconds(1)).rounded(.up)))
             let limit = state.limiter.limit(of: tenant)
-            let described = limit.map { "\($0.rate) records/s (burst \($0.burst))" } ?? "its limit"
+            let described = limit.map { limit in
+                let share = Double(limit.rate) == limit.share ? "" : String(format: "; this ingress node's share %.0f/s", limit.share)
+                return "\(limit.rate) records/s (burst \(limit.burst)\(share))"
+            } ?? "its limit"
             var error = RouteError(
                 status: 429,
                 code: "rate_limited",
-                message: "tenant '\(tenant)' is over its limit of \(described) on this ingress node; retry in \(seconds) s"
+                message: "tenant '\(tenant)' is over its limit of \(described); retry in \(seconds) s"
             )
             error.retryAfterSeconds = seconds
             throw error

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Foundation
+import NATS
 import NIOCore
 import Synchronization
 import Testing
@@ -357,6 +358,52 @@ struct TenancyTests {
             try await Task.sleep(for: .milliseconds(300))
             let again = try await app.records(in: "notes", tenant: "acme", atLeast: total)
             #expect(stored.count == total && again.count == total, "\(stored.count) and \(again.count) stored, \(total) accepted")
+        }
+    }
+
+    @Test("A tenant limit is shared among the ingress nodes alive: another node's announcements halve this one's share")
+    func sharedLimit() async throws {
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            #expect(try await app.admin("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
+            let key = try #require(try await app.admin("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
+            #expect(try await app.admin("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":10,"burst":10}"#).status == 200)
+            @Sendable func post(_ count: Int) async throws -> (status: Int, body: JSONValue) {
+                let record = #"{"text":"n"}"#
+                let body = count == 1 ? record : "[" + Array(repeating: record, count: count).joined(separator: ",") + "]"
+                return try await app.post("/v1/tables/notes/records", body: body, headers: [("Authorization", "Bearer \(key)")])
+            }
+            // A second ingress node as the wire shows it: announcements on aut._ingress.alive.
+            let subject = "aut._ingress.alive"
+            let peer = Task {
+                while !Task.isCancelled {
+                    try? app.connection.publishCore(CoreMessage(subject: subject, payload: Array(#"{"node":"test-peer-1"}"#.utf8)))
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+            try await Task.sleep(for: .milliseconds(600))
+            // Two nodes: this one lets 5 records/s through, with a burst of 5. A larger request
+            // passes with the bucket full and leaves it 15 records (3 s) in debt.
+            #expect(try await post(20).status == 202)
+            let shared = try await post(1)
+            let message = shared.body["error"]["message"].stringValue ?? ""
+            #expect(shared.status == 429 && message.contains("10 records/s (burst 10; this ingress node's share 5/s)"), "\(shared)")
+
+            // The other node leaves: this one takes the whole limit again at once.
+            peer.cancel()
+            _ = await peer.value
+            try app.connection.publishCore(CoreMessage(subject: subject, payload: Array(#"{"node":"test-peer-1","leaving":true}"#.utf8)))
+            try await Task.sleep(for: .milliseconds(300))
+            let whole = try await post(40)
+            let wholeMessage = whole.body["error"]["message"].stringValue ?? ""
+            #expect(whole.status == 429 && wholeMessage.contains("10 records/s (burst 10)") && !wholeMessage.contains("share"), "\(whole)")
+
+            // Announcements that are not another node's are ignored: still the whole limit.
+            for payload in [#"{"node":"Bad Id!"}"#, "not json", #"{"other":"x"}"#] {
+                try app.connection.publishCore(CoreMessage(subject: subject, payload: Array(payload.utf8)))
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let still = try await post(40)
+            #expect(still.status == 429 && !(still.body["error"]["message"].stringValue ?? "").contains("share"), "\(still)")
         }
     }
 }

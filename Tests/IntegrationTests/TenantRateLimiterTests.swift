@@ -80,9 +80,42 @@ struct TenantRateLimiterTests {
         limiter.update("acme", limits: TenantLimits(recordsPerSecond: 100))
         #expect(limiter.admit("acme", records: 41) == .refuse(retryAfter: .milliseconds(10)))
         limiter.update("acme", limits: TenantLimits(recordsPerSecond: 1000, burst: 20))
-        #expect(limiter.limit(of: "acme")! == (1000, 20))
+        #expect(limiter.limit(of: "acme")! == (1000, 20, 1000))
         #expect(limiter.admit("acme", records: 15) == .admit)
         #expect(limiter.admit("acme", records: 10) == .refuse(retryAfter: .milliseconds(5)))
+    }
+
+    @Test("A limit is shared among the ingress nodes alive, and regrows when one leaves")
+    func share() {
+        let clock = ManualClock()
+        let limiter = TenantRateLimiter(maxDelay: .zero, clock: { clock.now })
+        limiter.setShare(nodes: 4)
+        // A tenant first seen with four nodes alive starts with a quarter of the burst.
+        limiter.update("acme", limits: TenantLimits(recordsPerSecond: 400, burst: 800))
+        #expect(limiter.limit(of: "acme")! == (400, 800, 100))
+        #expect(limiter.admit("acme", records: 200) == .admit)
+        #expect(limiter.admit("acme", records: 1) == .refuse(retryAfter: .milliseconds(10)))
+        // Two nodes: twice the rate and the burst; the tokens left are kept (none here).
+        limiter.setShare(nodes: 2)
+        #expect(limiter.limit(of: "acme")! == (400, 800, 200))
+        #expect(limiter.admit("acme", records: 1) == .refuse(retryAfter: .milliseconds(5)))
+        clock.advance(.seconds(2))
+        #expect(limiter.admit("acme", records: 400) == .admit)
+        #expect(limiter.admit("acme", records: 1) == .refuse(retryAfter: .milliseconds(5)))
+        // More nodes: the tokens left are capped at the smaller burst.
+        clock.advance(.seconds(2))
+        limiter.setShare(nodes: 8)
+        #expect(limiter.limit(of: "acme")! == (400, 800, 50))
+        #expect(limiter.admit("acme", records: 100) == .admit)
+        #expect(limiter.admit("acme", records: 1) == .refuse(retryAfter: .milliseconds(20)))
+        // A burst smaller than the nodes still lets one record through on each.
+        limiter.update("tiny", limits: TenantLimits(recordsPerSecond: 2, burst: 2))
+        #expect(limiter.admit("tiny", records: 1) == .admit)
+        // The same limit again (every key lookup) keeps this node's share.
+        limiter.update("acme", limits: TenantLimits(recordsPerSecond: 400, burst: 800))
+        #expect(limiter.limit(of: "acme")! == (400, 800, 50))
+        limiter.setShare(nodes: 0)
+        #expect(limiter.limit(of: "acme")! == (400, 800, 400), "at least this node")
     }
 
     @Test("Limits are checked: rates and bursts in range, a burst only with a rate")

@@ -1,0 +1,58 @@
+import AutonomousTesting
+import Foundation
+@testable import Ingress
+import NATS
+import Synchronization
+import Testing
+
+/// How ingress nodes count each other for shared tenant limits.
+@Suite("Ingress peers")
+struct IngressPeersTests {
+    @Test("Other nodes count until they leave or go quiet for three intervals; anything else is ignored")
+    func counting() {
+        let clock = TenantRateLimiterTests.ManualClock()
+        let peers = IngressPeers(node: "self", interval: .seconds(1), clock: { clock.now })
+        #expect(peers.count == 1)
+        #expect(peers.heard(peers.announcement()) == nil, "its own announcement")
+        #expect(peers.heard(Array(#"{"node":"a"}"#.utf8)) == 2)
+        #expect(peers.heard(Array(#"{"node":"a"}"#.utf8)) == nil, "the same node again")
+        #expect(peers.heard(Array(#"{"node":"b"}"#.utf8)) == 3)
+        for bad in [#"{"node":"B!"}"#, #"{"node":""}"#, #"{"node":5}"#, "[]", "garbage", #"{"node":"\#(String(repeating: "x", count: 65))"}"#] {
+            #expect(peers.heard(Array(bad.utf8)) == nil, "\(bad)")
+        }
+        #expect(peers.count == 3)
+        // b leaves; a goes quiet and is counted out after three intervals.
+        #expect(peers.heard(Array(#"{"node":"b","leaving":true}"#.utf8)) == 2)
+        clock.advance(.seconds(3))
+        #expect(peers.expire() == nil)
+        clock.advance(.milliseconds(1))
+        #expect(peers.expire() == 1)
+        // At most maximumTracked others are remembered.
+        for i in 0..<(IngressPeers.maximumTracked + 10) { _ = peers.heard(Array(#"{"node":"n\#(i)"}"#.utf8)) }
+        #expect(peers.count == IngressPeers.maximumTracked + 1)
+    }
+
+    @Test("Nodes on one NATS server find each other, and a node that stops is counted out at once")
+    func overNATS() async throws {
+        final class Counts: Sendable {
+            let values = Mutex<[Int]>([0, 0, 0])
+        }
+        try await withTestNATSServer { server async throws -> Void in
+            let counts = Counts()
+            var tasks: [Task<Void, Never>] = []
+            for i in 0..<3 {
+                let peers = IngressPeers(interval: .milliseconds(100))
+                tasks.append(Task { await peers.run(connection: server.connection, logger: TestNATSServer.logger) { n in counts.values.withLock { $0[i] = n } } })
+            }
+            #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0 } == [3, 3, 3] })
+            // A graceful stop says so: the others count two well before three intervals pass.
+            tasks[2].cancel()
+            await tasks[2].value
+            let stopped = ContinuousClock.now
+            #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0[0] == 2 && $0[1] == 2 } })
+            #expect(ContinuousClock.now - stopped < .milliseconds(250), "counted out by its leaving message")
+            for task in tasks { task.cancel() }
+            for task in tasks { await task.value }
+        }
+    }
+}
