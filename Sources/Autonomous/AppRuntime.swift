@@ -215,12 +215,17 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.accessForKeyHash = { hash in
                     do {
                         return try await coordinatorEndpoint.access(forKeyHash: hash)
-                    } catch let error as ClusterCallError
-                        where error.code == .versionMismatch || (error.code == .internal && error.message.contains("targetAccessorNotFound"))
-                    {
-                        // A coordinator of the release before tenant limits (a rolling upgrade;
-                        // it reported unknown calls as internal errors): the tenant alone, no limit.
+                    } catch let error as ClusterCallError where error.isUnknownCall {
+                        // A coordinator of the release before tenant limits (a rolling upgrade):
+                        // the tenant alone, no limit.
                         return try await coordinatorEndpoint.tenant(forKeyHash: hash).map { TenantAccess(tenant: $0) }
+                    }
+                }
+                ingressConfiguration.limitsForTenant = { tenant in
+                    do {
+                        return try await coordinatorEndpoint.limits(ofTenant: tenant)
+                    } catch let error as ClusterCallError where error.isUnknownCall {
+                        return nil  // an older coordinator: no limit for key-less requests yet
                     }
                 }
                 services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))

@@ -54,6 +54,13 @@ public struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomString
     /// Compares only the ``code``.
     public static func == (lhs: ClusterCallError, rhs: ClusterCallError) -> Bool { lhs.code == rhs.code }
     public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+
+    /// Whether the peer does not know the call: a coordinator of an earlier release during a
+    /// rolling upgrade (releases before `versionMismatch` for unknown calls answered `internal`
+    /// naming `targetAccessorNotFound`).
+    public var isUnknownCall: Bool {
+        code == .versionMismatch || (code == .internal && message.contains("targetAccessorNotFound"))
+    }
 }
 
 /// The cluster's `DistributedActorSystem`: calls travel as JSON envelopes over NATS

@@ -6,6 +6,9 @@ public protocol CoordinatorBackend: Sendable {
     /// key's hash (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an
     /// unknown, revoked or disabled key.
     func access(forKeyHash hash: String) async throws -> TenantAccess?
+    /// A tenant's ingest limits, for requests without an API key and webhooks (which an
+    /// ingress takes in for its own tenant); `nil` for an unknown tenant.
+    func limits(ofTenant tenant: String) async throws -> TenantLimits?
     /// Enabled tenants, whose records workers process.
     func activeTenants() async throws -> [String]
     /// Grants, renews and takes back partition leases of an ordered handler.
@@ -86,6 +89,12 @@ public distributed actor CoordinatorEndpoint {
     /// during a rolling upgrade).
     public distributed func tenant(forKeyHash hash: String) async throws -> String? {
         try await requireBackend().access(forKeyHash: hash)?.tenant
+    }
+
+    /// Throws `.invalidArgument` for a name that is not a valid tenant name.
+    public distributed func limits(ofTenant tenant: String) async throws -> TenantLimits? {
+        if let problem = Names.problem(with: tenant, kind: "tenant") { throw ClusterCallError(.invalidArgument, problem) }
+        return try await requireBackend().limits(ofTenant: tenant)
     }
 
     public distributed func activeTenants() async throws -> [String] {

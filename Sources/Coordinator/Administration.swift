@@ -272,6 +272,10 @@ struct StoreBackend: CoordinatorBackend {
         try await store.tenants().filter { !$0.disabled }.map(\.name)
     }
 
+    func limits(ofTenant tenant: String) async throws -> TenantLimits? {
+        try await store.tenants().first { $0.name == tenant }?.limits
+    }
+
     /// Rendezvous hashing with bounded load: each partition goes to the live worker with the
     /// highest hash(worker, partition) that holds fewer than ⌈partitions / workers⌉, so every
     /// worker gets a fair share and a join or leave moves few partitions. Every coordinator

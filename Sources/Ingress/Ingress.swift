@@ -25,6 +25,9 @@ public struct Ingress: Service {
         /// limits, `nil` when the key is unknown, revoked or its tenant disabled. Without it,
         /// API keys are refused.
         public var accessForKeyHash: (@Sendable (String) async throws -> TenantAccess?)?
+        /// A tenant's limits (from a coordinator), asked for ``tenant`` every `keyCacheTTL`:
+        /// requests without an API key and webhooks count against them. `nil`: not limited.
+        public var limitsForTenant: (@Sendable (String) async throws -> TenantLimits?)?
         /// Refuse record API calls and routes without an API key (401).
         public var requireAPIKey = false
         /// How long a key's tenant (or its absence) is remembered: revocation takes effect
@@ -120,6 +123,11 @@ public struct Ingress: Service {
                 }
             }
             : nil
+        let ownLimits = configuration.limitsForTenant.map { resolve in
+            Task { [tenant = configuration.tenant, interval = configuration.keyCacheTTL, logger] in
+                await Self.followLimits(of: tenant, every: interval, resolve: resolve, limiter: state.limiter, logger: logger)
+            }
+        }
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
@@ -137,17 +145,44 @@ public struct Ingress: Service {
             try await app.run()
         } catch {
             // Says it is leaving before the connection goes.
+            ownLimits?.cancel()
             peers?.cancel()
             await peers?.value
             for publisher in publishers.values.joined() { await publisher.close() }
             for lane in lanes.dropFirst() { await lane.drain() }
             throw error
         }
+        ownLimits?.cancel()
         peers?.cancel()
         await peers?.value
         // Every request has been answered; what was published has its PubAck.
         for publisher in publishers.values.joined() { await publisher.close() }
         for lane in lanes.dropFirst() { await lane.drain() }
+    }
+
+    /// Keeps the ingress tenant's limits current until cancelled (a key's lookup does the same
+    /// for the tenants of API keys). While no coordinator answers, the last known stay.
+    static func followLimits(
+        of tenant: String,
+        every interval: Duration,
+        resolve: @Sendable (String) async throws -> TenantLimits?,
+        limiter: TenantRateLimiter,
+        logger: Logger
+    ) async {
+        var failing = false
+        while !Task.isCancelled {
+            do {
+                limiter.update(tenant, limits: try await resolve(tenant) ?? TenantLimits())
+                if failing { logger.info("Learned the ingress tenant's limits again", metadata: ["tenant": "\(tenant)"]) }
+                failing = false
+            } catch {
+                if !failing {
+                    logger.notice("Cannot learn the ingress tenant's limits; keeping the last known", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+                }
+                failing = true
+            }
+            try? await Task.sleep(for: interval)
+        }
     }
 
     /// One `EventLoopPublisher` per lane on each event loop the HTTP server runs on (the

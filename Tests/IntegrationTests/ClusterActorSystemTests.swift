@@ -16,6 +16,11 @@ final class FakeBackend: CoordinatorBackend {
         return hash == APIKeys.hash("good") ? TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900)) : nil
     }
 
+    func limits(ofTenant tenant: String) async throws -> TenantLimits? {
+        calls.add(1, ordering: .relaxed)
+        return tenant == "acme" ? TenantLimits(recordsPerSecond: 500, burst: 900) : nil
+    }
+
     func activeTenants() async throws -> [String] {
         calls.add(1, ordering: .relaxed)
         return ["acme", "globex"]
@@ -51,6 +56,10 @@ struct ClusterActorSystemTests {
             #expect(try await proxy.access(forKeyHash: APIKeys.hash("good")) == TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900)))
             #expect(try await proxy.access(forKeyHash: APIKeys.hash("bad")) == nil)
             #expect(try await proxy.tenant(forKeyHash: APIKeys.hash("good")) == "acme", "the call of ingress nodes before tenant limits")
+            #expect(try await proxy.limits(ofTenant: "acme") == TenantLimits(recordsPerSecond: 500, burst: 900))
+            #expect(try await proxy.limits(ofTenant: "globex") == nil)
+            // A bad name is refused before it reaches the backend.
+            await #expect(throws: ClusterCallError(.invalidArgument, "")) { _ = try await proxy.limits(ofTenant: "Not A Tenant") }
             let request = PartitionRequest(tenant: "acme", handler: "h", worker: "w1", held: [1, 3], released: [2])
             let assignment = try await proxy.assignPartitions(request)
             #expect(assignment == PartitionAssignment(granted: [1: 7, 3: 7], revoke: [2], ttlMilliseconds: 1234))
@@ -61,7 +70,7 @@ struct ClusterActorSystemTests {
                 #expect(error.code == .forbidden && error.message == "no keys for you")
             }
             await #expect(throws: ClusterCallError(.internal, "")) { _ = try await proxy.tenant(forKeyHash: "crash") }
-            #expect(backend.calls.load(ordering: .relaxed) == 7, "every call reached the host over NATS")
+            #expect(backend.calls.load(ordering: .relaxed) == 9, "every call with a valid argument reached the host over NATS")
 
             // Within the hosting process the endpoint resolves to the local actor.
             let local = try CoordinatorEndpoint.remote(in: hostSystem)

@@ -361,6 +361,44 @@ struct TenancyTests {
         }
     }
 
+    @Test("Requests without a key and webhooks count against the ingress tenant's limit")
+    func ownTenantLimit() async throws {
+        var builder = AppBuilder(name: "OwnTenant")
+        let notes = builder.table("notes")
+        builder.webhook("/hooks/slack", into: notes, verify: .slack(signingSecret: .secret("SIGNING_SECRET")))
+        let graph = try builder.build()
+        try await withRunningApp(graph, environment: ["SIGNING_SECRET": "s3cr3t"], configure: { configuration in
+            configuration.adminPort = 0
+            configuration.adminToken = Self.adminToken
+        }) { app in
+            let limit = try await app.admin("PUT", "/v1/admin/tenants/\(app.tenant)/limits", body: #"{"recordsPerSecond":10,"burst":10}"#)
+            #expect(limit.status == 200, "\(limit)")
+            @Sendable func post(_ count: Int) async throws -> (status: Int, body: JSONValue) {
+                let record = #"{"text":"n"}"#
+                return try await app.post("/v1/tables/notes/records", body: count == 1 ? record : "[" + Array(repeating: record, count: count).joined(separator: ",") + "]")
+            }
+            // The ingress asks for its tenant's limits every 2 s. Once it has them, 50 records
+            // pass with the bucket full and leave it 40 records (4 s) in debt.
+            #expect(
+                try await eventually(timeout: .seconds(6)) {
+                    guard try await post(50).status == 202 else { return false }
+                    return try await post(1).status == 429
+                }
+            )
+            let body = #"{"text":"hook"}"#
+            let timestamp = String(Int(Date().timeIntervalSince1970))
+            let signature = WebhookVerification.slackSignature(secret: "s3cr3t", timestamp: timestamp, body: Array(body.utf8))
+            let hook = try await app.post("/hooks/slack", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)])
+            #expect(hook.status == 429 && hook.body["error"]["code"] == "rate_limited", "\(hook)")
+
+            // Without the limit everything goes again.
+            #expect(try await app.admin("PUT", "/v1/admin/tenants/\(app.tenant)/limits", body: #"{"recordsPerSecond":null}"#).status == 200)
+            #expect(try await eventually(timeout: .seconds(6)) { try await post(1).status == 202 })
+            let again = try await app.post("/hooks/slack", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)])
+            #expect(again.status == 200, "\(again)")
+        }
+    }
+
     @Test("A tenant limit is shared among the ingress nodes alive: another node's announcements halve this one's share")
     func sharedLimit() async throws {
         try await withRunningApp(try Self.graph(), configure: configure) { app in
