@@ -431,7 +431,8 @@ public struct JSONParser: ~Copyable {
 public enum JSONWriter {
     public static func encode(_ value: JSONValue) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(128)
+        // Most records fit: one allocation instead of growing 128 → 256 → 512.
+        out.reserveCapacity(512)
         write(value, into: &out)
         return out
     }
@@ -483,14 +484,15 @@ public enum JSONWriter {
         }
         if value < 0 { out.append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude
+        // Digits from the right end of a 20-byte scratch (UInt64's most), appended in one go.
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
-            var count = 0
+            var start = 20
             while magnitude > 0 {
-                digits[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(magnitude % 10)
                 magnitude /= 10
-                count += 1
             }
-            for i in stride(from: count - 1, through: 0, by: -1) { out.append(digits[i]) }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
         }
     }
 

@@ -67,6 +67,9 @@ struct JSONParserTests {
         #expect(try JSONParser.parse(text) == value)
         #expect("\(JSONValue.string("plain"))" == "plain")
         #expect(JSONValue.int(3).description == "3")
+        for number: Int64 in [0, 7, -7, 10, -10, 1_000_000_007, .max, .min] {
+            #expect(JSONWriter.encode(.int(number)) == Array(String(number).utf8))
+        }
     }
 
     @Test("Objects keep their members' order; a repeated key keeps its place and takes the last value")
