@@ -71,6 +71,11 @@ struct ClusterActorSystemTests {
             }
             await #expect(throws: ClusterCallError(.internal, "")) { _ = try await proxy.tenant(forKeyHash: "crash") }
             #expect(backend.calls.load(ordering: .relaxed) == 9, "every call with a valid argument reached the host over NATS")
+            // What the ingress takes for a coordinator of an earlier release (rolling upgrade).
+            #expect(ClusterCallError(.versionMismatch, "no such call").isUnknownCall)
+            #expect(ClusterCallError(.internal, "targetAccessorNotFound(\"$s…\")").isUnknownCall)
+            #expect(!ClusterCallError(.internal, "database down").isUnknownCall)
+            #expect(!ClusterCallError(.unavailable, "").isUnknownCall)
 
             // Within the hosting process the endpoint resolves to the local actor.
             let local = try CoordinatorEndpoint.remote(in: hostSystem)
