@@ -1,5 +1,6 @@
 public import ClusterCore
 import Foundation
+import Synchronization
 public import Logging
 public import NATS
 
@@ -262,6 +263,18 @@ struct StoreBackend: CoordinatorBackend {
     let graph: AppGraph
     let store: any CoordinatorStore
     let partitionLeaseTTL: Duration
+    /// Every tenant's limits and when they were read (``limits(ofTenant:)``).
+    private let tenantLimits = TenantLimitsCache()
+
+    final class TenantLimitsCache: Sendable {
+        let state = Mutex<(read: ContinuousClock.Instant, limits: [String: TenantLimits])?>(nil)
+    }
+
+    init(graph: AppGraph, store: any CoordinatorStore, partitionLeaseTTL: Duration) {
+        self.graph = graph
+        self.store = store
+        self.partitionLeaseTTL = partitionLeaseTTL
+    }
 
     func access(forKeyHash hash: String) async throws -> TenantAccess? {
         guard hash.utf8.count == 64, hash.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else { return nil }
@@ -272,8 +285,16 @@ struct StoreBackend: CoordinatorBackend {
         try await store.tenants().filter { !$0.disabled }.map(\.name)
     }
 
+    /// Every ingress node asks this for its own tenant every 2 s: answered from a tenant list
+    /// at most a second old, so the store sees at most one query a second per coordinator
+    /// however many ingress nodes there are.
     func limits(ofTenant tenant: String) async throws -> TenantLimits? {
-        try await store.tenants().first { $0.name == tenant }?.limits
+        let now = ContinuousClock.now
+        if let cached = tenantLimits.state.withLock({ $0 }), now - cached.read < .seconds(1) { return cached.limits[tenant] }
+        var limits: [String: TenantLimits] = [:]
+        for record in try await store.tenants() { limits[record.name] = record.limits }
+        tenantLimits.state.withLock { $0 = (now, limits) }
+        return limits[tenant]
     }
 
     /// Rendezvous hashing with bounded load: each partition goes to the live worker with the
