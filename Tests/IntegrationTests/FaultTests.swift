@@ -177,6 +177,32 @@ struct FaultTests {
         }
     }
 
+    @Test("Ingress processes find each other over NATS, and one that stops is counted out at once")
+    func ingressPeers() async throws {
+        var specification = try specification("peers")
+        specification.replicas = ["ingress": 2, "worker": 0]
+        try await withCluster(specification) { cluster in
+            let urls = await cluster.ingressURLs()
+            #expect(urls.count == 2)
+            @Sendable func nodes(_ url: String) async -> Double? {
+                guard let text = try? await MetricsTests.get(url + "/metrics").text else { return nil }
+                return MetricsTests.value(text, "autonomous_ingress_nodes")
+            }
+            // Each shares tenant limits between the two.
+            #expect(try await eventually(timeout: .seconds(15)) {
+                    let first = await nodes(urls[0])
+                    let second = await nodes(urls[1])
+                    return first == 2 && second == 2
+                })
+            // SIGTERM to the second: it says it is leaving, so the first counts itself alone
+            // well before three missed announcements (2-3 s after its last).
+            try await cluster.scale("ingress", to: 1)
+            let stopped = ContinuousClock.now
+            #expect(try await eventually(timeout: .seconds(10)) { await nodes(urls[0]) == 1 })
+            #expect(ContinuousClock.now - stopped < .milliseconds(1500), "counted out by its leaving message")
+        }
+    }
+
     @Test("A worker stopped with SIGTERM finishes and acks what it holds: no redeliveries")
     func gracefulWorkerStop() async throws {
         var specification = try specification("sigterm")
