@@ -127,19 +127,11 @@ struct CommonOptions: ParsableArguments {
             }
             configuration.rateLimitMaxDelay = .milliseconds(milliseconds)
         }
-        if let text = environment["AUTONOMOUS_RATE_LIMIT_PER_NODE"] {
-            switch text.lowercased() {
-            case "1", "true", "yes": configuration.shareRateLimitsAcrossNodes = false
-            case "0", "false", "no": configuration.shareRateLimitsAcrossNodes = true
-            default: throw ValidationError("AUTONOMOUS_RATE_LIMIT_PER_NODE '\(text)' must be true or false")
-            }
+        if let perNode = try Self.flag("AUTONOMOUS_RATE_LIMIT_PER_NODE", in: environment) {
+            configuration.shareRateLimitsAcrossNodes = !perNode
         }
-        if let text = environment["AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH"] {
-            switch text.lowercased() {
-            case "1", "true", "yes": configuration.ingressEventLoopPublishing = true
-            case "0", "false", "no": configuration.ingressEventLoopPublishing = false
-            default: throw ValidationError("AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH '\(text)' must be true or false")
-            }
+        if let eventLoop = try Self.flag("AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH", in: environment) {
+            configuration.ingressEventLoopPublishing = eventLoop
         }
         if let text = environment["AUTONOMOUS_ACK_WAIT"] {
             guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
@@ -166,12 +158,8 @@ struct CommonOptions: ParsableArguments {
         }
         if requireAPIKey {
             configuration.requireAPIKey = true
-        } else if let text = environment["AUTONOMOUS_REQUIRE_API_KEY"] {
-            switch text.lowercased() {
-            case "1", "true", "yes": configuration.requireAPIKey = true
-            case "0", "false", "no", "": configuration.requireAPIKey = false
-            default: throw ValidationError("AUTONOMOUS_REQUIRE_API_KEY '\(text)' must be true or false")
-            }
+        } else if let required = try Self.flag("AUTONOMOUS_REQUIRE_API_KEY", in: environment) {
+            configuration.requireAPIKey = required
         }
         if let text = environment["AUTONOMOUS_LEASE_TTL"] {
             guard let seconds = Double(text), seconds >= 1, seconds <= 300 else {
@@ -181,6 +169,16 @@ struct CommonOptions: ParsableArguments {
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration
+    }
+
+    /// A true/false environment setting (`1`/`true`/`yes`, `0`/`false`/`no`/empty); `nil` when unset.
+    static func flag(_ name: String, in environment: [String: String]) throws -> Bool? {
+        guard let text = environment[name] else { return nil }
+        switch text.lowercased() {
+        case "1", "true", "yes": return true
+        case "0", "false", "no", "": return false
+        default: throw ValidationError("\(name) '\(text)' must be true or false")
+        }
     }
 
     func makeLogger(label: String) throws -> Logger {

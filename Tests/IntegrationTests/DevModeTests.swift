@@ -87,6 +87,15 @@ struct DevModeTests {
         }
     }
 
+    @Test("A true/false setting with another value stops the process with a message naming it")
+    func badFlags() async throws {
+        let binary = Self.packageRoot.appendingPathComponent(".build/debug/OrderFlow").path
+        for name in ["AUTONOMOUS_RATE_LIMIT_PER_NODE", "AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH", "AUTONOMOUS_REQUIRE_API_KEY"] {
+            let (status, output) = try await runProgram(binary, ["ingress", "--nats-url", "nats://127.0.0.1:1"], environment: [name: "maybe"])
+            #expect(status != 0 && output.contains("\(name) 'maybe' must be true or false"), "\(name): \(output)")
+        }
+    }
+
     @Test("dev starts NATS, runs the pipeline, stops the child on SIGTERM and reuses its data")
     func devLifecycle() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
