@@ -26,18 +26,7 @@ struct Bench: Sendable {
 
     /// The nats.c pipeline (LoadTests/raw/pipeline.c) against its own fresh nats-server.
     func raw() async throws -> RawResult {
-        let directory = Self.scratch("raw")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
-        let output: String
-        do {
-            output = try await Self.run(rawPipeline, [server.url, String(records), "2", "1024"])
-        } catch {
-            await server.stop()
-            throw error
-        }
-        await server.stop()
-        let value = try JSONParser.parse(Array(output.utf8))
+        let (value, output) = try await runPipeline(name: "raw", [String(records), "2", "1024"])
         guard let rate = value["events_per_second"].doubleValue, value["outputs"].intValue == records else {
             throw RunnerError("raw pipeline failed: \(output)")
         }
@@ -53,18 +42,7 @@ struct Bench: Sendable {
     /// `nil` when the pipeline is not built (the smoke test runs without it).
     func rawPaced(rate: Double, chunk: Int, events: Int) async throws -> [String: Double]? {
         guard FileManager.default.isExecutableFile(atPath: rawPipeline) else { return nil }
-        let directory = Self.scratch("raw-paced")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
-        let output: String
-        do {
-            output = try await Self.run(rawPipeline, [server.url, String(events), "2", "1024", String(format: "%.0f", rate), String(chunk)])
-        } catch {
-            await server.stop()
-            throw error
-        }
-        await server.stop()
-        let value = try JSONParser.parse(Array(output.utf8))
+        let (value, output) = try await runPipeline(name: "raw-paced", [String(events), "2", "1024", String(format: "%.0f", rate), String(chunk)])
         var figures: [String: Double] = [:]
         for key in ["p50", "p90", "p99", "p999", "max"] {
             guard let figure = value["\(key)_ms"].doubleValue else { throw RunnerError("raw pipeline (paced) failed: \(output)") }
@@ -72,6 +50,23 @@ struct Bench: Sendable {
         }
         guard value["outputs"].intValue == events else { throw RunnerError("raw pipeline (paced) failed: \(output)") }
         return figures
+    }
+
+    /// Runs the nats.c pipeline with `arguments` (after the URL) against a fresh nats-server of
+    /// its own; its JSON answer, parsed, and as printed.
+    private func runPipeline(name: String, _ arguments: [String]) async throws -> (JSONValue, String) {
+        let directory = Self.scratch(name)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
+        let output: String
+        do {
+            output = try await Self.run(rawPipeline, [server.url] + arguments)
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+        return (try JSONParser.parse(Array(output.utf8)), output)
     }
 
     /// A static answer from nginx under the same wrk load as scenario c.
