@@ -73,19 +73,34 @@ struct LoadRunner: AsyncParsableCommand {
         if selected.contains("nginx") { result.nginx = try await bench.nginx() }
         let rawRate = result.raw?.eventsPerSecond
         let nginxRate = result.nginx?.requestsPerSecond
+        // The raw pipeline runs again after every scenario compared with it, and the scenario
+        // is compared with the mean of the runs just before and just after it: the machine's
+        // speed drifts by 10 % and more over a run here, and both sides then drift alike.
+        var rawBefore = rawRate
+        func bracketed(_ scenario: ScenarioResult) async throws -> ScenarioResult {
+            var scenario = scenario
+            guard let before = rawBefore, scenario.baseline == "raw" else { return scenario }
+            let after = try await bench.raw(again: true).eventsPerSecond
+            result.rawAgain.append(after)
+            rawBefore = after
+            scenario.rawBaseline = [before, after]
+            return scenario
+        }
         func add(_ scenario: ScenarioResult) {
             var scenario = scenario
-            let baseline: Double? = scenario.baseline == "nginx" ? nginxRate : scenario.baseline == "raw" ? rawRate : nil
+            let raw = scenario.rawBaseline.map { $0.reduce(0, +) / Double($0.count) } ?? rawRate
+            let baseline: Double? = scenario.baseline == "nginx" ? nginxRate : scenario.baseline == "raw" ? raw : nil
             if let baseline, baseline > 0 {
                 scenario.ratio = scenario.rate / baseline
             }
             print(scenario.summary)
             result.scenarios.append(scenario)
         }
-        if selected.contains("a") { add(try await bench.publishScenario(name: "a", title: "producer → JetStream → handler → output", workers: 1, chain: false)) }
+        if selected.contains("a") {
+            add(try await bracketed(try await bench.publishScenario(name: "a", title: "producer → JetStream → handler → output", workers: 1, chain: false)))
+        }
         if selected.contains("b") {
-            let full = try await bench.ndjsonScenario(name: "b", paceRecordsPerSecond: nil)
-            add(full)
+            var full = try await bench.ndjsonScenario(name: "b", paceRecordsPerSecond: nil)
             var half = try await bench.ndjsonScenario(name: "b-half", paceRecordsPerSecond: full.rate / 2)
             // The same pacing through the raw pipeline: the latency floor of this machine and
             // nats-server at that load.
@@ -96,13 +111,17 @@ struct LoadRunner: AsyncParsableCommand {
                 )
                 half.rawPacedP99 = raw["p99"]
             }
+            // b's ceiling after it is measured once b-half is done too.
+            full = try await bracketed(full)
+            half.rawBaseline = full.rawBaseline
+            add(full)
             add(half)
         }
         if selected.contains("c") { add(try await bench.singlePostScenario()) }
-        if selected.contains("d") { add(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true)) }
+        if selected.contains("d") { add(try await bracketed(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true))) }
         if selected.contains("e") {
             for workers in [1, 2, 4] {
-                add(try await bench.publishScenario(name: "e-\(workers)", title: "\(workers) worker process(es)", workers: workers, chain: false))
+                add(try await bracketed(try await bench.publishScenario(name: "e-\(workers)", title: "\(workers) worker process(es)", workers: workers, chain: false)))
             }
         }
         if selected.contains("f") {
@@ -135,7 +154,10 @@ struct RunResult: Codable {
     var date: String
     var smoke: Bool
     var machine: [String: String]
+    /// The raw pipeline's first run, before every scenario.
     var raw: RawResult?
+    /// Its later runs (events/s), one after each scenario compared with it, in order.
+    var rawAgain: [Double] = []
     var nginx: NginxResult?
     var scenarios: [ScenarioResult] = []
 
@@ -147,7 +169,11 @@ struct RunResult: Codable {
 
     var summary: String {
         var lines = ["Autonomous load run \(date)\(smoke ? " (smoke: counts too small for speed)" : "")"]
-        if let raw { lines.append(String(format: "  raw nats.c pipeline: %.0f events/s (publish %.0f/s)", raw.eventsPerSecond, raw.publishPerSecond)) }
+        if let raw {
+            var line = String(format: "  raw nats.c pipeline: %.0f events/s (publish %.0f/s)", raw.eventsPerSecond, raw.publishPerSecond)
+            if !rawAgain.isEmpty { line += "; again after each scenario: " + rawAgain.map { String(format: "%.0f", $0) }.joined(separator: ", ") }
+            lines.append(line)
+        }
         if let nginx {
             var line = String(format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms", nginx.requestsPerSecond, nginx.p99Milliseconds)
             if let runs = nginx.repetitions, runs.count > 1 {
@@ -216,6 +242,9 @@ struct ScenarioResult: Codable {
     /// From the ingress 2xx (or the publish) to the output's PubAck (stream timestamp).
     var toOutput: Latency?
     var notes: [String: String] = [:]
+    /// The raw pipeline's events/s just before and just after the scenario; `ratio` is to
+    /// their mean (nil when it was compared with the first raw run alone).
+    var rawBaseline: [Double]?
     /// b-half only: the raw pipeline's p99 (ms) from PubAck to worker at the same pacing.
     var rawPacedP99: Double?
     /// Processes of the cluster that crashed during the scenario (the engine restarted them).
@@ -223,7 +252,12 @@ struct ScenarioResult: Codable {
 
     var summary: String {
         var text = String(format: rate < 100 ? "%@ %@: %.2f %@" : "%@ %@: %.0f %@", name, title, rate, unit)
-        if let ratio { text += String(format: " = %.2f × %@", ratio, baseline) }
+        if let ratio {
+            text += String(format: " = %.2f × %@", ratio, baseline)
+            if let rawBaseline, rawBaseline.count == 2 {
+                text += String(format: " (%.0f before, %.0f after)", rawBaseline[0], rawBaseline[1])
+            }
+        }
         if let toHandlerStart { text += "; to handler start " + toHandlerStart.text }
         if let toOutput { text += String(format: "; to output p99 %.2f ms", toOutput.p99) }
         for (key, value) in notes.sorted(by: { $0.key < $1.key }) { text += "; \(key) \(value)" }
