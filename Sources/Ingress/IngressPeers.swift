@@ -13,7 +13,9 @@ import Synchronization
 /// every `interval` and counts the distinct ids it heard within the last three intervals,
 /// itself included. A node that shuts down says `{"node":"<id>","leaving":true}`, so the others
 /// count it out at once instead of after three intervals; one that dies is counted out then.
-/// Until it has heard the others (the first interval after start) a node counts itself alone.
+/// A node that hears an id it does not know announces itself at once (at most once per 50 ms,
+/// or per twentieth of a shorter interval), so a node that has just started counts the others within a
+/// round trip instead of enforcing whole limits until their next announcements.
 final class IngressPeers: Sendable {
     static let subject = "aut._ingress.alive"
     /// Ids remembered at most (a bound on memory whatever is published on the subject).
@@ -26,6 +28,10 @@ final class IngressPeers: Sendable {
     /// When each other node was last heard.
     private let lastHeard = Mutex<[String: ContinuousClock.Instant]>([:])
     private let counted = Atomic<Int>(1)
+    /// The least time between two answers out of turn.
+    var answerSpacing: Duration { min(interval / 20, .milliseconds(50)) }
+    /// When this node last answered a newcomer out of turn.
+    private let lastAnswer = Mutex<ContinuousClock.Instant?>(nil)
     private let gauge = Gauge(label: "autonomous_ingress_nodes")
 
     init(
@@ -49,17 +55,35 @@ final class IngressPeers: Sendable {
     /// Takes in one message from ``subject``; returns the new count when it changed. Anything
     /// that is not a well-formed announcement of another node is ignored.
     func heard(_ payload: [UInt8]) -> Int? {
+        heard(payload, answer: nil)
+    }
+
+    /// ``heard(_:)``, calling `answer` when the announcement came from a node this one did not
+    /// know (and it has not answered one within ``answerSpacing``).
+    func heard(_ payload: [UInt8], answer: (() -> Void)?) -> Int? {
         guard payload.count <= 256, let value = try? JSONParser.parse(payload), let id = value["node"].stringValue,
             id != node, Self.isValidID(id)
         else { return nil }
         let leaving = value["leaving"].boolValue == true
         let now = clock()
-        lastHeard.withLock { heard in
+        let newcomer = lastHeard.withLock { heard -> Bool in
             if leaving {
                 heard.removeValue(forKey: id)
-            } else if heard[id] != nil || heard.count < Self.maximumTracked {
+                return false
+            }
+            let known = heard[id] != nil
+            if known || heard.count < Self.maximumTracked {
                 heard[id] = now
             }
+            return !known
+        }
+        if newcomer, let answer {
+            let due = lastAnswer.withLock { last -> Bool in
+                if let last, now - last < answerSpacing { return false }
+                last = now
+                return true
+            }
+            if due { answer() }
         }
         return recount(at: now)
     }
@@ -109,19 +133,22 @@ final class IngressPeers: Sendable {
             }
         }
         guard let subscription else { return }
+        @Sendable func announce() {
+            do {
+                try connection.publishCore(CoreMessage(subject: Self.subject, payload: self.announcement()))
+            } catch {
+                logger.debug("Ingress announcement failed", metadata: ["error": "\(error)"])
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await message in subscription {
-                    if let count = self.heard(message.payload) { onChange(count) }
+                    if let count = self.heard(message.payload, answer: announce) { onChange(count) }
                 }
             }
             group.addTask {
                 while !Task.isCancelled {
-                    do {
-                        try connection.publishCore(CoreMessage(subject: Self.subject, payload: self.announcement()))
-                    } catch {
-                        logger.debug("Ingress announcement failed", metadata: ["error": "\(error)"])
-                    }
+                    announce()
                     if let count = self.expire() { onChange(count) }
                     try? await Task.sleep(for: self.interval)
                 }

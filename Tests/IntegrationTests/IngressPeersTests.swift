@@ -32,6 +32,52 @@ struct IngressPeersTests {
         #expect(peers.count == IngressPeers.maximumTracked + 1)
     }
 
+    @Test("A node it does not know yet gets an announcement at once, at most one per 50 ms")
+    func answersNewcomers() {
+        let clock = TenantRateLimiterTests.ManualClock()
+        let peers = IngressPeers(node: "self", interval: .seconds(1), clock: { clock.now })
+        let answers = Mutex(0)
+        func hear(_ text: String) { _ = peers.heard(Array(text.utf8)) { answers.withLock { $0 += 1 } } }
+        hear(#"{"node":"a"}"#)
+        #expect(answers.withLock { $0 } == 1)
+        hear(#"{"node":"a"}"#)
+        hear(#"{"node":"a","leaving":true}"#)
+        hear(#"{"node":"x!"}"#)
+        #expect(answers.withLock { $0 } == 1, "not for a node it knows, one leaving, or junk")
+        hear(#"{"node":"b"}"#)
+        #expect(answers.withLock { $0 } == 1, "b came within 50 ms of a")
+        clock.advance(.milliseconds(50))
+        hear(#"{"node":"c"}"#)
+        #expect(answers.withLock { $0 } == 2)
+        #expect(peers.count == 3)
+    }
+
+    @Test("A node that starts counts the others within a round trip, not at their next announcement")
+    func newcomerCountsAtOnce() async throws {
+        final class Counts: Sendable {
+            // A node alone counts 1 (`run` reports changes only).
+            let values = Mutex<[Int]>([1, 1, 1])
+        }
+        try await withTestNATSServer { server async throws -> Void in
+            let counts = Counts()
+            var tasks: [Task<Void, Never>] = []
+            // Announcing every 20 s: without an answer out of turn, a node that starts later would
+            // count itself alone for up to 20 s.
+            for i in 0..<3 {
+                let peers = IngressPeers(interval: .seconds(20))
+                let started = ContinuousClock.now
+                tasks.append(Task { await peers.run(connection: server.connection, logger: TestNATSServer.logger) { n in counts.values.withLock { $0[i] = n } } })
+                #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0[i] } == i + 1 })
+                #expect(ContinuousClock.now - started < .seconds(3), "node \(i) counted the \(i) before it")
+                // Past the others' spacing between two answers out of turn.
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(counts.values.withLock { $0 } == [3, 3, 3])
+            for task in tasks { task.cancel() }
+            for task in tasks { await task.value }
+        }
+    }
+
     @Test("Nodes on one NATS server find each other, and a node that stops is counted out at once")
     func overNATS() async throws {
         final class Counts: Sendable {
