@@ -22,7 +22,9 @@ public struct JetStreamMessage: Sendable {
 ///
 /// The subscription keeps one pull request open on the server while it is in use: as soon
 /// as ``fetch(maxMessages:timeout:)`` has taken a batch, the next batch is requested, so it
-/// travels while the caller works on the current one. A fetch returns as soon as at least one
+/// travels while the caller works on the current one, and a request the server has served
+/// in full is followed by the next one at once, from the delivery thread, so records arriving
+/// while every loop is busy are sent on instead of waiting in the stream for the next fetch. A fetch returns as soon as at least one
 /// message is there: what has arrived by the time the caller runs makes the batch, so a
 /// batch never waits to fill up (low latency when idle, full batches under load).
 ///
@@ -66,6 +68,7 @@ public final class PullSubscription: Sendable {
         let box = PullBox(headerNames: headerNames)
         self.box = box
         self.subscription = try connection.subscribe(subject: inbox + ".*", handler: onPullMessage, onComplete: onPullComplete, context: box)
+        box.setRequester { [weak self] request in try? self?.sendPullRequest(request) }
     }
 
     deinit {
@@ -220,11 +223,20 @@ final class PullBox: Sendable {
         var error: NATSError?
         var closed = false
         var lostRequests = 0
+        /// The batch size and timeout of the last fetch, for requests sent between fetches.
+        var limit = 0
+        var timeoutMs: Int64 = 0
     }
 
     private let state = Mutex(State())
     /// Loops fetching from the subscription (``PullSubscription/concurrentFetchers``).
     let fetchers = Atomic<Int>(1)
+    /// Sends a pull request; set once the subscription exists.
+    private let requester = Mutex<(@Sendable (PullRequest) -> Void)?>(nil)
+
+    func setRequester(_ send: @escaping @Sendable (PullRequest) -> Void) {
+        requester.withLock { $0 = send }
+    }
 
     init(headerNames: [String]) {
         self.headerNames = headerNames
@@ -248,15 +260,22 @@ final class PullBox: Sendable {
             } else if !requestIfEmpty {
                 taken = []
             }
+            state.limit = limit
+            state.timeoutMs = timeoutMs
             guard state.outstanding == nil, taken != nil || requestIfEmpty else { return (taken, nil) }
-            let wanted = limit * fetchers.load(ordering: .relaxed) - state.buffer.count
-            guard wanted > 0 else { return (taken, nil) }
-            state.nextID &+= 1
-            let expires = Duration.milliseconds(timeoutMs)
-            let grace = min(.seconds(1), max(.milliseconds(50), expires / 10))
-            state.outstanding = Outstanding(id: state.nextID, remaining: wanted, deadline: .now + expires + grace)
-            return (taken, PullRequest(id: state.nextID, batch: wanted, timeoutMs: timeoutMs))
+            return (taken, nextRequest(&state))
         }
+    }
+
+    /// Opens the next request (batches for every loop, less what is buffered), if any is wanted.
+    private func nextRequest(_ state: inout State) -> PullRequest? {
+        let wanted = state.limit * fetchers.load(ordering: .relaxed) - state.buffer.count
+        guard wanted > 0 else { return nil }
+        state.nextID &+= 1
+        let expires = Duration.milliseconds(state.timeoutMs)
+        let grace = min(.seconds(1), max(.milliseconds(50), expires / 10))
+        state.outstanding = Outstanding(id: state.nextID, remaining: wanted, deadline: .now + expires + grace)
+        return PullRequest(id: state.nextID, batch: wanted, timeoutMs: state.timeoutMs)
     }
 
     /// Requests given up because neither their records nor their end came in time.
@@ -314,16 +333,24 @@ final class PullBox: Sendable {
     }
 
     /// Called on the delivery thread with each message; wakes the fetch that waited longest.
+    /// When the message was the last the open request asked for, the next one goes out now.
     func deliver(_ message: DeliveredMessage) {
-        let waiter = state.withLock { state -> Waiter? in
-            if state.closed { return nil }
+        let (waiter, request) = state.withLock { state -> (Waiter?, PullRequest?) in
+            if state.closed { return (nil, nil) }
             state.buffer.append(message)
+            var request: PullRequest?
             if var outstanding = state.outstanding {
                 outstanding.remaining -= 1
-                state.outstanding = outstanding.remaining > 0 ? outstanding : nil
+                if outstanding.remaining > 0 {
+                    state.outstanding = outstanding
+                } else {
+                    state.outstanding = nil
+                    request = nextRequest(&state)
+                }
             }
-            return state.waiters.isEmpty ? nil : state.waiters.removeFirst()
+            return (state.waiters.isEmpty ? nil : state.waiters.removeFirst(), request)
         }
+        if let request, let send = requester.withLock({ $0 }) { send(request) }
         waiter?.continuation.resume(returning: false)
     }
 

@@ -315,6 +315,35 @@ struct PullSubscriptionTests {
         #expect(box.lostRequests == 2)
     }
 
+    @Test("A request served in full is followed by the next at once, for what the loops took meanwhile")
+    func nextRequestOnceServed() {
+        let box = PullBox(headerNames: [])
+        let sent = Mutex<[PullRequest]>([])
+        box.setRequester { request in sent.withLock { $0.append(request) } }
+        func message(_ sequence: UInt64) -> DeliveredMessage {
+            DeliveredMessage(
+                message: JetStreamMessage(subject: "s", payload: [], headerValues: [], deliveryCount: 1, streamSequence: sequence, timestamp: 0),
+                reply: "r"
+            )
+        }
+        let (_, first) = box.takeOrRequest(limit: 3, timeoutMs: 500)
+        #expect(first?.batch == 3)
+        box.deliver(message(1))
+        box.deliver(message(2))
+        // A loop takes two while the request is still open: nothing is sent.
+        #expect(box.takeOrRequest(limit: 3, timeoutMs: 500, requestIfEmpty: false).0?.count == 2)
+        #expect(sent.withLock { $0.isEmpty })
+        // The last record the request asked for: the next request asks for what the buffer lacks.
+        box.deliver(message(3))
+        let next = sent.withLock { $0 }
+        #expect(next.count == 1 && next.first?.batch == 2 && next.first.map { $0.id > first!.id } == true, "\(next)")
+        // Served in full again with nothing taken: the buffer holds a whole batch, nothing is sent.
+        box.deliver(message(4))
+        box.deliver(message(5))
+        #expect(sent.withLock { $0.count } == 1)
+        #expect(box.takeOrRequest(limit: 3, timeoutMs: 500).0?.count == 3)
+    }
+
     @Test("readAll reads a subject through an ephemeral consumer and removes it")
     func readAllEphemeral() async throws {
         try await Self.withStream { connection in
