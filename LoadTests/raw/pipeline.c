@@ -31,6 +31,11 @@
 #include <string.h>
 #include <time.h>
 
+// How long a publish may wait for room when 8192 PubAcks are outstanding. nats.c's default,
+// 200 ms, failed a whole run once when nats-server, saturated by scenario d, answered no PubAck
+// for that long; a late PubAck is not a lost record (the audit counts those), so wait longer.
+#define STALL_WAIT_MS 30000
+
 static const char *url;
 static long total;
 static int batch;
@@ -81,6 +86,7 @@ static void *worker(void *arg) {
     check(natsConnection_ConnectTo(&nc, url), "worker connect");
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.StallWait = STALL_WAIT_MS;
     jo.PublishAsync.AckHandler = out_ack;
     check(natsConnection_JetStream(&js, nc, &jo), "worker js");
     jsSubOptions_Init(&so);
@@ -154,6 +160,7 @@ static int publish_only(int argc, char **argv) {
     check(natsConnection_ConnectTo(&nc, argv[2]), "connect");
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.StallWait = STALL_WAIT_MS;
     jo.PublishAsync.AckHandler = out_ack;
     check(natsConnection_JetStream(&js, nc, &jo), "js");
     char event[320];
@@ -207,6 +214,7 @@ int main(int argc, char **argv) {
     check(natsConnection_ConnectTo(&nc, url), "connect");
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.StallWait = STALL_WAIT_MS;
     check(natsConnection_JetStream(&js, nc, &jo), "js");
     const char *inSubjects[] = {"raw.in"};
     const char *outSubjects[] = {"raw.out"};
