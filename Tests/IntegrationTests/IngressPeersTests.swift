@@ -8,6 +8,17 @@ import Testing
 /// How ingress nodes count each other for shared tenant limits.
 @Suite("Ingress peers")
 struct IngressPeersTests {
+    /// The count each of three nodes last reported (a node alone counts 1; `run` reports changes).
+    final class Counts: Sendable {
+        let values = Mutex<[Int]>([1, 1, 1])
+
+        /// Runs node `i` on `connection`, announcing every `interval`, until the task is cancelled.
+        func startNode(_ i: Int, interval: Duration, connection: NATSConnection) -> Task<Void, Never> {
+            let peers = IngressPeers(interval: interval)
+            return Task { await peers.run(connection: connection, logger: TestNATSServer.logger) { n in self.values.withLock { $0[i] = n } } }
+        }
+    }
+
     @Test("Other nodes count until they leave or go quiet for three intervals; anything else is ignored")
     func counting() {
         let clock = TenantRateLimiterTests.ManualClock()
@@ -54,19 +65,14 @@ struct IngressPeersTests {
 
     @Test("A node that starts counts the others within a round trip, not at their next announcement")
     func newcomerCountsAtOnce() async throws {
-        final class Counts: Sendable {
-            // A node alone counts 1 (`run` reports changes only).
-            let values = Mutex<[Int]>([1, 1, 1])
-        }
         try await withTestNATSServer { server async throws -> Void in
             let counts = Counts()
             var tasks: [Task<Void, Never>] = []
             // Announcing every 20 s: without an answer out of turn, a node that starts later would
             // count itself alone for up to 20 s.
             for i in 0..<3 {
-                let peers = IngressPeers(interval: .seconds(20))
                 let started = ContinuousClock.now
-                tasks.append(Task { await peers.run(connection: server.connection, logger: TestNATSServer.logger) { n in counts.values.withLock { $0[i] = n } } })
+                tasks.append(counts.startNode(i, interval: .seconds(20), connection: server.connection))
                 #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0[i] } == i + 1 })
                 #expect(ContinuousClock.now - started < .seconds(3), "node \(i) counted the \(i) before it")
                 // Past the others' spacing between two answers out of turn.
@@ -80,18 +86,11 @@ struct IngressPeersTests {
 
     @Test("Nodes on one NATS server find each other, and a node that stops is counted out at once")
     func overNATS() async throws {
-        final class Counts: Sendable {
-            let values = Mutex<[Int]>([0, 0, 0])
-        }
         try await withTestNATSServer { server async throws -> Void in
             let counts = Counts()
-            var tasks: [Task<Void, Never>] = []
-            for i in 0..<3 {
-                // Announcing every 500 ms: a node that went quiet is counted out 1–1.5 s after its
-                // last announcement, so a quicker count can only come from its leaving message.
-                let peers = IngressPeers(interval: .milliseconds(500))
-                tasks.append(Task { await peers.run(connection: server.connection, logger: TestNATSServer.logger) { n in counts.values.withLock { $0[i] = n } } })
-            }
+            // Announcing every 500 ms: a node that went quiet is counted out 1–1.5 s after its
+            // last announcement, so a quicker count can only come from its leaving message.
+            let tasks = (0..<3).map { counts.startNode($0, interval: .milliseconds(500), connection: server.connection) }
             #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0 } == [3, 3, 3] })
             // A graceful stop says so: the others count two well before three intervals pass.
             tasks[2].cancel()
