@@ -14,8 +14,8 @@ import Synchronization
 /// itself included. A node that shuts down says `{"node":"<id>","leaving":true}`, so the others
 /// count it out at once instead of after three intervals; one that dies is counted out then.
 /// A node that hears an id it does not know announces itself at once (at most once per 50 ms,
-/// or per twentieth of a shorter interval), so a node that has just started counts the others within a
-/// round trip instead of enforcing whole limits until their next announcements.
+/// or per twentieth of a shorter interval), so a node that has just started counts the others
+/// within a round trip instead of enforcing whole limits until their next announcements.
 final class IngressPeers: Sendable {
     static let subject = "aut._ingress.alive"
     /// Ids remembered at most (a bound on memory whatever is published on the subject).

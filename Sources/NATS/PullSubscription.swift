@@ -22,11 +22,12 @@ public struct JetStreamMessage: Sendable {
 ///
 /// The subscription keeps one pull request open on the server while it is in use: as soon
 /// as ``fetch(maxMessages:timeout:)`` has taken a batch, the next batch is requested, so it
-/// travels while the caller works on the current one, and a request the server has served
-/// in full is followed by the next one at once, from the delivery thread, so records arriving
-/// while every loop is busy are sent on instead of waiting in the stream for the next fetch. A fetch returns as soon as at least one
-/// message is there: what has arrived by the time the caller runs makes the batch, so a
-/// batch never waits to fill up (low latency when idle, full batches under load).
+/// travels while the caller works on the current one, and a request the server has served in
+/// full is followed by the next one at once, from the delivery thread, so records arriving
+/// while every loop is busy are sent on instead of waiting in the stream for the next fetch.
+/// A fetch returns as soon as at least one message is there: what has arrived by the time the
+/// caller runs makes the batch, so a batch never waits to fill up (low latency when idle, full
+/// batches under load).
 ///
 /// Several loops may fetch from one subscription at once (a handler's `concurrency`): records
 /// go to whichever loop asks first, so none waits in the buffer of a loop that is busy with its
@@ -231,7 +232,8 @@ final class PullBox: Sendable {
     private let state = Mutex(State())
     /// Loops fetching from the subscription (``PullSubscription/concurrentFetchers``).
     let fetchers = Atomic<Int>(1)
-    /// Sends a pull request; set once the subscription exists.
+    /// Sends a pull request; set when the subscription is made, before its first fetch (a
+    /// request goes out from ``deliver(_:)`` only once a fetch has sent one).
     private let requester = Mutex<(@Sendable (PullRequest) -> Void)?>(nil)
 
     func setRequester(_ send: @escaping @Sendable (PullRequest) -> Void) {
