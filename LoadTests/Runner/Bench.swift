@@ -70,8 +70,9 @@ struct Bench: Sendable {
         return (try JSONParser.parse(Array(output.utf8)), output)
     }
 
-    /// A static answer from nginx under the same wrk load as scenario c.
-    func nginx() async throws -> NginxResult {
+    /// A static answer from nginx under the same wrk load as scenario c; `again` for its run
+    /// after c.
+    func nginx(again: Bool = false) async throws -> NginxResult {
         let directory = Self.scratch("nginx")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let port = LoopbackPorts.freeBase(spans: [0..<1])
@@ -111,7 +112,7 @@ struct Bench: Sendable {
         }
         try await Self.waitForHTTP("http://127.0.0.1:\(port)/")
         let wrk = try await Self.wrk(url: "http://127.0.0.1:\(port)/", seconds: seconds, repetitions: repetitions, directory: directory)
-        print(String(format: "static nginx: %.0f requests/s (median of %@)", wrk.requestsPerSecond, wrk.repetitionsText))
+        print(String(format: again ? "  static nginx again: %.0f requests/s (median of %@)" : "static nginx: %.0f requests/s (median of %@)", wrk.requestsPerSecond, wrk.repetitionsText))
         return NginxResult(requestsPerSecond: wrk.requestsPerSecond, p99Milliseconds: wrk.p99Milliseconds, repetitions: wrk.repetitions)
     }
 

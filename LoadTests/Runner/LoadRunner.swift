@@ -88,8 +88,10 @@ struct LoadRunner: AsyncParsableCommand {
         }
         func withRatio(_ scenario: ScenarioResult) -> ScenarioResult {
             var scenario = scenario
-            let raw = scenario.rawBaseline.map { $0.reduce(0, +) / Double($0.count) } ?? rawRate
-            let baseline: Double? = scenario.baseline == "nginx" ? nginxRate : scenario.baseline == "raw" ? raw : nil
+            func mean(_ rates: [Double]) -> Double { rates.reduce(0, +) / Double(rates.count) }
+            let raw = scenario.rawBaseline.map(mean) ?? rawRate
+            let nginx = scenario.nginxBaseline.map(mean) ?? nginxRate
+            let baseline: Double? = scenario.baseline == "nginx" ? nginx : scenario.baseline == "raw" ? raw : nil
             if let baseline, baseline > 0 {
                 scenario.ratio = scenario.rate / baseline
             }
@@ -133,7 +135,17 @@ struct LoadRunner: AsyncParsableCommand {
             add(full)
             add(half)
         }
-        if selected.contains("c") { add(try await bench.singlePostScenario()) }
+        if selected.contains("c") {
+            var c = try await bench.singlePostScenario()
+            // nginx drifts as the raw pipeline does (120,900-210,700 requests/s at the start of
+            // three consecutive runs): c is compared with the mean of its runs before and after.
+            if let before = nginxRate {
+                let after = try await bench.nginx(again: true).requestsPerSecond
+                result.nginxAgain = after
+                c.nginxBaseline = [before, after]
+            }
+            add(c)
+        }
         if selected.contains("d") { add(try await bracketed(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true))) }
         if selected.contains("e") {
             for workers in [1, 2, 4] {
@@ -175,6 +187,8 @@ struct RunResult: Codable {
     /// Its later runs (events/s), one after each scenario compared with it, in order.
     var rawAgain: [Double] = []
     var nginx: NginxResult?
+    /// nginx's requests/s measured again after c.
+    var nginxAgain: Double?
     var scenarios: [ScenarioResult] = []
 
     init(date: String, smoke: Bool, machine: [String: String]) {
@@ -195,6 +209,7 @@ struct RunResult: Codable {
             if let runs = nginx.repetitions, runs.count > 1 {
                 line += "; median of " + runs.map { String(format: "%.0f", $0) }.joined(separator: ", ")
             }
+            if let nginxAgain { line += String(format: "; again after c: %.0f", nginxAgain) }
             lines.append(line + ")")
         }
         for scenario in scenarios { lines.append("  " + scenario.summary) }
@@ -261,6 +276,8 @@ struct ScenarioResult: Codable {
     /// The raw pipeline's events/s just before and just after the scenario; `ratio` is to
     /// their mean (nil when it was compared with the first raw run alone).
     var rawBaseline: [Double]?
+    /// c only: nginx's requests/s just before the run and just after c; `ratio` is to their mean.
+    var nginxBaseline: [Double]?
     /// b-half only: the raw pipeline's p99 (ms) from PubAck to worker at the same pacing.
     var rawPacedP99: Double?
     /// Processes of the cluster that crashed during the scenario (the engine restarted them).
@@ -270,8 +287,8 @@ struct ScenarioResult: Codable {
         var text = String(format: rate < 100 ? "%@ %@: %.2f %@" : "%@ %@: %.0f %@", name, title, rate, unit)
         if let ratio {
             text += String(format: " = %.2f × %@", ratio, baseline)
-            if let rawBaseline, rawBaseline.count == 2 {
-                text += String(format: " (%.0f before, %.0f after)", rawBaseline[0], rawBaseline[1])
+            if let around = rawBaseline ?? nginxBaseline, around.count == 2 {
+                text += String(format: " (%.0f before, %.0f after)", around[0], around[1])
             }
         }
         if let toHandlerStart { text += "; to handler start " + toHandlerStart.text }
