@@ -19,7 +19,7 @@ def main(source, target):
     timed = [s for s in result["scenarios"] if s.get("toHandlerStart")]
     targets = {"a": 0.8, "b": 0.6, "c": 0.2}
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, (left, right, tenants) = plt.subplots(1, 3, figsize=(20, 5.5), gridspec_kw={"width_ratios": [5, 5, 3]})
     names = [s["name"] for s in scenarios]
     ratios = [s["ratio"] for s in scenarios]
     colors = ["#4c72b0" if s["baseline"] == "raw" else "#dd8452" for s in scenarios]
@@ -54,10 +54,47 @@ def main(source, target):
     right.set_ylabel("milliseconds from the 2xx (or the publish)")
     right.set_title("Latency (HdrHistogram)", fontsize=9)
     right.legend(fontsize=8)
+    plot_tenants(tenants, {s["name"]: s for s in result["scenarios"]})
     fig.suptitle(f"Autonomous load run {result['date']}" + (" (smoke)" if result.get("smoke") else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
     print(f"plot: {target}")
+
+
+def plot_tenants(axis, by_name):
+    """Scenario f: the light tenant's p99 alone and beside the flood (and f-limit's limited
+    flood), with the same measured on the raw nats.c pipeline."""
+    f = by_name.get("f")
+    if not f or not f.get("lightP99"):
+        axis.set_axis_off()
+        return
+    phases = ["alone", "flood", "flood at its limit"]
+    ours = [f["lightP99"][0], f["lightP99"][1], (by_name.get("f-limit") or {}).get("lightP99", [0, 0])[1]]
+    raw = f.get("rawTenants")
+    raw_limited = (by_name.get("f-limit") or {}).get("rawTenants")
+    width = 0.38
+    positions = range(len(phases))
+    bars = axis.bar([x - width / 2 for x in positions], ours, width, color="#4c72b0", label="Autonomous: request p99 (2xx)")
+    for bar, value in zip(bars, ours):
+        if value > 0:
+            axis.annotate(f"{value:.1f} ms\n{value / max(0.001, ours[0]):.1f} ×", (bar.get_x() + bar.get_width() / 2, value),
+                          ha="center", va="bottom", fontsize=8)
+    if raw:
+        # Each raw run's multiple is of its own p99 alone.
+        pairs = [(raw["lightP99Alone"], raw["lightP99Alone"]), (raw["lightP99Flood"], raw["lightP99Alone"])]
+        if raw_limited:
+            pairs.append((raw_limited["lightP99Flood"], raw_limited["lightP99Alone"]))
+        raw_bars = axis.bar([x + width / 2 for x in positions[:len(pairs)]], [v for v, _ in pairs], width, color="#555555",
+                            label="raw nats.c: PubAck p99 (the third: flood paced at the limit)")
+        for bar, (value, alone) in zip(raw_bars, pairs):
+            axis.annotate(f"{value:.1f} ms\n{value / max(0.001, alone):.1f} ×", (bar.get_x() + bar.get_width() / 2, value),
+                          ha="center", va="bottom", fontsize=8)
+    axis.axhline(2 * ours[0], color="red", linestyle="dashed", linewidth=1, label="2 × Autonomous alone (target)")
+    axis.set_xticks(list(positions), phases, fontsize=8)
+    axis.set_ylabel("ms")
+    axis.set_ylim(0, max(ours + ([raw["lightP99Flood"]] if raw else [])) * 1.3)
+    axis.set_title("f: the light tenant (50 req/s) beside a flooding one", fontsize=9)
+    axis.legend(fontsize=8)
 
 
 if __name__ == "__main__":

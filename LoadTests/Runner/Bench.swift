@@ -53,15 +53,32 @@ struct Bench: Sendable {
         return figures
     }
 
+    /// f with no framework: the nats.c pipeline's tenants mode (two hops, one per tenant), its
+    /// light tenant publishing at f's rate, one record at a time, alone and then while the
+    /// other publishes f's request size at a time as fast as its PubAcks come back, or (with
+    /// `floodRate`, for f-limit) paced at that many records/s in slices every 5 ms, as the
+    /// ingress publishes a tenant held to its limit. What nats-server and the machine give a
+    /// light tenant's PubAck beside a flood. `nil` when the pipeline is not built (the smoke
+    /// test runs without it).
+    func rawTenants(floodRate: Int? = nil) async throws -> RawTenants? {
+        guard FileManager.default.isExecutableFile(atPath: rawPipeline) else { return nil }
+        let arguments = [String(Self.lightRate), String(lightRequestsPerPhase), String(recordsPerRequest), "2", "1024"] + (floodRate.map { [String($0)] } ?? [])
+        let (value, output) = try await runPipeline(name: "raw-tenants", arguments, mode: "tenants")
+        guard let alone = value["alone_p99_ms"].doubleValue, let flood = value["flood_p99_ms"].doubleValue,
+            let floodRate = value["flood_per_second"].doubleValue, value["failed"].intValue == 0
+        else { throw RunnerError("raw pipeline (tenants) failed: \(output)") }
+        return RawTenants(lightP99Alone: alone, lightP99Flood: flood, floodPerSecond: floodRate)
+    }
+
     /// Runs the nats.c pipeline with `arguments` (after the URL) against a fresh nats-server of
     /// its own; its JSON answer, parsed, and as printed.
-    private func runPipeline(name: String, _ arguments: [String]) async throws -> (JSONValue, String) {
+    private func runPipeline(name: String, _ arguments: [String], mode: String? = nil) async throws -> (JSONValue, String) {
         let directory = Self.scratch(name)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let server = try await NATSServerProcess.start(directory: directory, logger: logger)
         let output: String
         do {
-            output = try await Self.run(rawPipeline, [server.url] + arguments)
+            output = try await Self.run(rawPipeline, (mode.map { [$0] } ?? []) + [server.url] + arguments)
         } catch {
             await server.stop()
             throw error
@@ -250,6 +267,13 @@ struct Bench: Sendable {
 
     // MARK: Scenario f: a flooding tenant and a light one
 
+    /// f's light tenant: requests per second, and requests per phase (500: enough for a p99
+    /// that does not hang on two samples).
+    static let lightRate = 50
+    var lightRequestsPerPhase: Int { Self.lightRate * (smoke ? 2 : 10) }
+    /// f-limit's tenant limit for the flood, in records/s (LOAD_FLOOD_LIMIT; 0: no f-limit).
+    var floodLimit: Int { ProcessInfo.processInfo.environment["LOAD_FLOOD_LIMIT"].flatMap(Int.init) ?? 10_000 }
+
     /// f: the flood unlimited, and (unless LOAD_FLOOD_LIMIT=0) f-limit: the flood held to its
     /// tenant limit.
     func tenantsScenario() async throws -> [ScenarioResult] {
@@ -265,13 +289,12 @@ struct Bench: Sendable {
             let lightKey = keys["light"]
             let floodKey = keys["flood"]
             let perRequest = recordsPerRequest
-            let lightRate = 50
-            // 500 requests per phase: enough for a p99 that does not hang on two samples.
-            let lightSeconds = smoke ? 2 : 10
-            let perPhase = lightRate * lightSeconds
+            let lightRate = Self.lightRate
+            let perPhase = lightRequestsPerPhase
+            let lightSeconds = perPhase / lightRate
             // The third phase floods again with the flooding tenant held to this many records/s
             // by its tenant limit (0: no such phase).
-            let floodLimit = ProcessInfo.processInfo.environment["LOAD_FLOOD_LIMIT"].flatMap(Int.init) ?? 10_000
+            let floodLimit = self.floodLimit
             let phases = floodLimit > 0 ? 3 : 2
             // Workers pick new tenants up within their refresh interval: one record of each
             // tenant goes through its handler before anything is timed (the light one is
@@ -375,7 +398,7 @@ struct Bench: Sendable {
             func result(name: String, title: String, phase: Int, histogram: Histogram<UInt64>, flood: [String: String]) -> ScenarioResult {
                 let p99 = Latency(histogram).p99
                 let toHandler = handler[phase]?.p99 ?? 0
-                return ScenarioResult(
+                var scenario = ScenarioResult(
                     name: name,
                     title: title,
                     baseline: "none",
@@ -397,6 +420,8 @@ struct Bench: Sendable {
                             : "FAILED (found \(floodAudit.found), unique \(floodAudit.unique), expected \(floodAudit.expected))",
                     ]) { first, _ in first }
                 )
+                scenario.lightP99 = [aloneP99, p99]
+                return scenario
             }
             var results = [
                 result(

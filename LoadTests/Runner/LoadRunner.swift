@@ -153,7 +153,16 @@ struct LoadRunner: AsyncParsableCommand {
             }
         }
         if selected.contains("f") {
-            for scenario in try await bench.tenantsScenario() { add(scenario) }
+            var results = try await bench.tenantsScenario()
+            // What nats-server and the machine give a light publisher beside a flood, with no
+            // framework: the floor under f's ratio.
+            for index in results.indices {
+                let floodRate: Int? = results[index].name == "f-limit" ? bench.floodLimit : nil
+                guard let raw = try await bench.rawTenants(floodRate: floodRate) else { break }
+                results[index].rawTenants = raw
+                results[index].notes["raw nats.c, light tenant's PubAck p99"] = raw.text
+            }
+            for scenario in results { add(scenario) }
         }
 
         let encoder = JSONEncoder()
@@ -223,6 +232,18 @@ struct RawResult: Codable {
     var events: Int
 }
 
+/// f with no framework (the nats.c pipeline's tenants mode): the light tenant's p99 from
+/// publish to PubAck, in ms, alone and beside the flood, and the flood's records/s.
+struct RawTenants: Codable {
+    var lightP99Alone: Double
+    var lightP99Flood: Double
+    var floodPerSecond: Double
+
+    var text: String {
+        String(format: "%.2f ms alone, %.2f ms beside a flood of %.0f records/s = %.1f ×", lightP99Alone, lightP99Flood, floodPerSecond, lightP99Flood / max(0.001, lightP99Alone))
+    }
+}
+
 struct NginxResult: Codable {
     /// The median of `repetitions`.
     var requestsPerSecond: Double
@@ -280,6 +301,11 @@ struct ScenarioResult: Codable {
     var nginxBaseline: [Double]?
     /// b-half only: the raw pipeline's p99 (ms) from PubAck to worker at the same pacing.
     var rawPacedP99: Double?
+    /// f and f-limit: the light tenant's request p99 (ms) alone and beside the flood.
+    var lightP99: [Double]?
+    /// f and f-limit: the same measured on the nats.c pipeline with no framework (for f-limit,
+    /// its flood paced at the tenant limit).
+    var rawTenants: RawTenants?
     /// Processes of the cluster that crashed during the scenario (the engine restarted them).
     var crashes = 0
 

@@ -75,8 +75,21 @@ static void out_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, voi
     natsMsg_Destroy(msg);
 }
 
+// What a worker thread consumes and where it publishes: the pipeline's hop by default, the
+// flooding or the light tenant's in tenants mode.
+typedef struct {
+    const char *stream;
+    const char *subject;
+    const char *out_subject;
+    // Tenants mode: run until this is set (and a fetch found nothing); otherwise until every
+    // event is acked.
+    atomic_int *stop;
+} hop;
+
+static const hop pipeline_hop = {"RAW_IN", "raw.in", "raw.out", NULL};
+
 static void *worker(void *arg) {
-    (void)arg;
+    const hop *h = arg != NULL ? arg : &pipeline_hop;
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
@@ -90,14 +103,17 @@ static void *worker(void *arg) {
     jo.PublishAsync.AckHandler = out_ack;
     check(natsConnection_JetStream(&js, nc, &jo), "worker js");
     jsSubOptions_Init(&so);
-    so.Stream = "RAW_IN";
+    so.Stream = h->stream;
     so.Consumer = "W";
-    check(js_PullSubscribe(&sub, js, "raw.in", "W", NULL, &so, &jerr), "pull subscribe");
+    check(js_PullSubscribe(&sub, js, h->subject, "W", NULL, &so, &jerr), "pull subscribe");
     char body[512];
-    while (atomic_load(&inputs_acked) < total) {
+    while (h->stop != NULL ? 1 : atomic_load(&inputs_acked) < total) {
         natsMsgList list = {0};
         natsStatus s = natsSubscription_Fetch(&list, sub, batch, 500, &jerr);
-        if (s == NATS_TIMEOUT) continue;
+        if (s == NATS_TIMEOUT) {
+            if (h->stop != NULL && atomic_load(h->stop)) break;
+            continue;
+        }
         check(s, "fetch");
         int64_t reached = now_ns();
         for (int i = 0; i < list.Count; i++) {
@@ -111,7 +127,7 @@ static void *worker(void *arg) {
             int len = snprintf(body, sizeof body, "{\"source\":\"%s\",\"handled\":true,\"event\":%.*s}", id ? id : "",
                                natsMsg_GetDataLength(in), natsMsg_GetData(in));
             natsMsg *out = NULL;
-            check(natsMsg_Create(&out, "raw.out", NULL, body, len), "create out");
+            check(natsMsg_Create(&out, h->out_subject, NULL, body, len), "create out");
             char outID[96];
             snprintf(outID, sizeof outID, "out-%s", id ? id : "x");
             natsMsgHeader_Set(out, "Nats-Msg-Id", outID);
@@ -189,8 +205,213 @@ static int publish_only(int argc, char **argv) {
     return atomic_load(&outputs_acked) == count && atomic_load(&failed) == 0 ? 0 : 1;
 }
 
+// Tenants mode: scenario f with no framework. Two hops as the pipeline's, one per tenant, each
+// with its own streams and consumer (as each Autonomous tenant has): <workers> threads handle
+// the flooding tenant's, one thread the light tenant's. The light tenant publishes <count>
+// events at <rate>/s, one at a time, each waiting for its PubAck (as a single-record POST
+// waits for its 2xx): once alone, then while the flooding tenant publishes <chunk> events at a
+// time as fast as their PubAcks come back (as f's flood posts its requests one after the
+// other). Prints the light tenant's PubAck p50…max in ms, alone and with the flood, and the
+// flood's events/s. With <flood-rate>, the flood is paced at that many events/s instead, in
+// slices every 5 ms (as the ingress publishes a tenant held to its limit), each slice waiting
+// for its PubAcks:
+//
+//   pipeline tenants <nats-url> <rate> <count> <chunk> <workers> <batch> [<flood-rate>]
+static atomic_int flood_stop;
+static atomic_long flooded;
+static double flood_rate;
+
+static void publish_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure) {
+    (void)js;
+    (void)pa;
+    (void)closure;
+    if (pae != NULL) atomic_fetch_add(&failed, 1);
+    natsMsg_Destroy(msg);
+}
+
+static void *flood(void *arg) {
+    long chunk = *(const long *)arg;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsOptions jo;
+    check(natsConnection_ConnectTo(&nc, url), "flood connect");
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.StallWait = STALL_WAIT_MS;
+    jo.PublishAsync.AckHandler = publish_ack;
+    check(natsConnection_JetStream(&js, nc, &jo), "flood js");
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 60000;
+    char event[320];
+    char id[48];
+    long seq = 0;
+    int64_t start = now_ns();
+    if (flood_rate > 0) {
+        chunk = (long)(flood_rate * 0.005);
+        if (chunk < 1) chunk = 1;
+    }
+    while (!atomic_load(&flood_stop)) {
+        if (flood_rate > 0) {
+            int64_t wait = start + (int64_t)(seq * 1e9 / flood_rate) - now_ns();
+            if (wait > 0) {
+                struct timespec ts = {(time_t)(wait / 1000000000LL), (long)(wait % 1000000000LL)};
+                nanosleep(&ts, NULL);
+            }
+        }
+        for (long i = 0; i < chunk; i++, seq++) {
+            int length = snprintf(event, sizeof event,
+                                  "{\"order_id\":\"o-%ld\",\"customer\":\"c%ld\",\"items\":[{\"sku\":\"s-%ld\",\"quantity\":%ld,"
+                                  "\"unit_price\":%ld.5}],\"currency\":\"EUR\",\"seq\":%ld,\"req\":0}",
+                                  i, i % 100, i % 1000, 1 + i % 7, i % 500, i);
+            natsMsg *msg = NULL;
+            check(natsMsg_Create(&msg, "raw.in", NULL, event, length), "flood create");
+            snprintf(id, sizeof id, "flood-%ld", seq);
+            natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
+            check(js_PublishMsgAsync(js, &msg, NULL), "flood publish");
+        }
+        check(js_PublishAsyncComplete(js, &po), "flood publish complete");
+        atomic_fetch_add(&flooded, chunk);
+    }
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return NULL;
+}
+
+// Publishes `count` light events at `rate`/s, each after the previous one's PubAck; stores
+// each one's time to PubAck in `latency` (ns), sorted.
+static void light(jsCtx *js, double rate, long count, long first, int64_t *latency) {
+    char event[128];
+    char id[48];
+    int64_t start = now_ns();
+    for (long i = 0; i < count; i++) {
+        int64_t due = start + (int64_t)(i * 1e9 / rate);
+        int64_t wait = due - now_ns();
+        if (wait > 0) {
+            struct timespec ts = {(time_t)(wait / 1000000000LL), (long)(wait % 1000000000LL)};
+            nanosleep(&ts, NULL);
+        }
+        int64_t sent = now_ns();
+        int length = snprintf(event, sizeof event, "{\"order_id\":\"o-%ld\",\"customer\":\"c1\",\"currency\":\"EUR\",\"seq\":%ld}", first + i, first + i);
+        natsMsg *msg = NULL;
+        check(natsMsg_Create(&msg, "raw.light.in", NULL, event, length), "light create");
+        snprintf(id, sizeof id, "light-%ld", first + i);
+        natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
+        jsPubAck *ack = NULL;
+        check(js_PublishMsg(&ack, js, msg, NULL, NULL), "light publish");
+        latency[i] = now_ns() - sent;
+        jsPubAck_Destroy(ack);
+        natsMsg_Destroy(msg);
+    }
+    qsort(latency, count, sizeof(int64_t), compare_int64);
+}
+
+static void print_percentiles(const char *prefix, const int64_t *sorted, long count) {
+    double p[] = {50, 90, 99, 99.9};
+    const char *names[] = {"p50", "p90", "p99", "p999"};
+    for (int k = 0; k < 4; k++) {
+        long index = (long)(p[k] / 100.0 * count);
+        if (index >= count) index = count - 1;
+        printf(",\"%s_%s_ms\":%.3f", prefix, names[k], sorted[index] / 1e6);
+    }
+    printf(",\"%s_max_ms\":%.3f", prefix, sorted[count - 1] / 1e6);
+}
+
+static void add_hop(jsCtx *js, const char *in_stream, const char *in_subject, const char *out_stream, const char *out_subject);
+
+static int tenants(int argc, char **argv) {
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: pipeline tenants <nats-url> <rate> <count> <chunk> <workers> <batch> [<flood-rate>]\n");
+        return 2;
+    }
+    url = argv[2];
+    double rate = atof(argv[3]);
+    long count = atol(argv[4]);
+    long chunk = atol(argv[5]);
+    int workers = atoi(argv[6]);
+    batch = atoi(argv[7]);
+    flood_rate = argc == 9 ? atof(argv[8]) : 0;
+    if (rate <= 0 || count < 1 || chunk < 1 || workers < 1 || workers > 63 || batch < 1) {
+        fprintf(stderr, "pipeline tenants: rate, count, chunk, workers (1-63) and batch must be positive\n");
+        return 2;
+    }
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    check(natsConnection_ConnectTo(&nc, url), "connect");
+    check(natsConnection_JetStream(&js, nc, NULL), "js");
+    add_hop(js, "RAW_IN", "raw.in", "RAW_OUT", "raw.out");
+    add_hop(js, "RAW_LIGHT_IN", "raw.light.in", "RAW_LIGHT_OUT", "raw.light.out");
+    atomic_int workers_stop = 0;
+    hop flood_hop = {"RAW_IN", "raw.in", "raw.out", &workers_stop};
+    hop light_hop = {"RAW_LIGHT_IN", "raw.light.in", "raw.light.out", &workers_stop};
+    pthread_t threads[64];
+    for (int w = 0; w < workers; w++) pthread_create(&threads[w], NULL, worker, &flood_hop);
+    pthread_create(&threads[workers], NULL, worker, &light_hop);
+
+    int64_t *alone = malloc(sizeof(int64_t) * count);
+    int64_t *flooding = malloc(sizeof(int64_t) * count);
+    light(js, rate, count, 0, alone);
+    pthread_t flooder;
+    pthread_create(&flooder, NULL, flood, &chunk);
+    struct timespec second = {1, 0};
+    nanosleep(&second, NULL);
+    long before = atomic_load(&flooded);
+    int64_t start = now_ns();
+    light(js, rate, count, count, flooding);
+    double seconds = (now_ns() - start) / 1e9;
+    long during = atomic_load(&flooded) - before;
+    atomic_store(&flood_stop, 1);
+    pthread_join(flooder, NULL);
+    long expected = atomic_load(&flooded) + 2 * count;
+    int64_t deadline = now_ns() + 300LL * 1000000000LL;
+    while (atomic_load(&outputs_acked) < expected && now_ns() < deadline) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&workers_stop, 1);
+    for (int w = 0; w <= workers; w++) pthread_join(threads[w], NULL);
+    printf("{\"count\":%ld,\"rate\":%.1f,\"chunk\":%ld,\"flood_per_second\":%.1f,\"flooded\":%ld,\"outputs\":%ld,\"failed\":%d",
+           count, rate, chunk, during / seconds, atomic_load(&flooded), atomic_load(&outputs_acked), atomic_load(&failed));
+    print_percentiles("alone", alone, count);
+    print_percentiles("flood", flooding, count);
+    printf("}\n");
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return atomic_load(&outputs_acked) == expected && atomic_load(&failed) == 0 ? 0 : 1;
+}
+
+// A stream for a hop's input with a durable pull consumer "W", and a stream for its output
+// (both deleted first: a pipeline run starts empty).
+static void add_hop(jsCtx *js, const char *in_stream, const char *in_subject, const char *out_stream, const char *out_subject) {
+    jsErrCode jerr = 0;
+    const char *inSubjects[] = {in_subject};
+    const char *outSubjects[] = {out_subject};
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = in_stream;
+    sc.Subjects = inSubjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_FileStorage;
+    sc.Duplicates = 120LL * 1000000000LL;
+    js_DeleteStream(js, in_stream, NULL, NULL);
+    js_DeleteStream(js, out_stream, NULL, NULL);
+    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add input stream");
+    sc.Name = out_stream;
+    sc.Subjects = outSubjects;
+    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add output stream");
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = "W";
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 60LL * 1000000000LL;
+    cc.MaxAckPending = 65536;
+    cc.MaxWaiting = 512;
+    check(js_AddConsumer(NULL, js, in_stream, &cc, NULL, &jerr), "add consumer");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "publish") == 0) return publish_only(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "tenants") == 0) return tenants(argc, argv);
     if (argc != 5 && argc != 7) {
         fprintf(stderr, "usage: pipeline <nats-url> <events> <workers> <batch> [<rate> <chunk>]\n");
         return 2;
@@ -210,35 +431,12 @@ int main(int argc, char **argv) {
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     jsOptions jo;
-    jsErrCode jerr = 0;
     check(natsConnection_ConnectTo(&nc, url), "connect");
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 8192;
     jo.PublishAsync.StallWait = STALL_WAIT_MS;
     check(natsConnection_JetStream(&js, nc, &jo), "js");
-    const char *inSubjects[] = {"raw.in"};
-    const char *outSubjects[] = {"raw.out"};
-    jsStreamConfig sc;
-    jsStreamConfig_Init(&sc);
-    sc.Name = "RAW_IN";
-    sc.Subjects = inSubjects;
-    sc.SubjectsLen = 1;
-    sc.Storage = js_FileStorage;
-    sc.Duplicates = 120LL * 1000000000LL;
-    js_DeleteStream(js, "RAW_IN", NULL, NULL);
-    js_DeleteStream(js, "RAW_OUT", NULL, NULL);
-    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add RAW_IN");
-    sc.Name = "RAW_OUT";
-    sc.Subjects = outSubjects;
-    check(js_AddStream(NULL, js, &sc, NULL, &jerr), "add RAW_OUT");
-    jsConsumerConfig cc;
-    jsConsumerConfig_Init(&cc);
-    cc.Durable = "W";
-    cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = 60LL * 1000000000LL;
-    cc.MaxAckPending = 65536;
-    cc.MaxWaiting = 512;
-    check(js_AddConsumer(NULL, js, "RAW_IN", &cc, NULL, &jerr), "add consumer");
+    add_hop(js, "RAW_IN", "raw.in", "RAW_OUT", "raw.out");
 
     // Events are built before the clock starts.
     char **events = malloc(sizeof(char *) * total);
