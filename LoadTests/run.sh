@@ -2,7 +2,7 @@
 # Runs every load scenario once and prints each figure with its ratio to the raw ceilings
 # measured in the same run (see LoadTests/README.md). Usage:
 #
-#   LoadTests/run.sh              # all scenarios (about 5 minutes after the build)
+#   LoadTests/run.sh              # all scenarios (about 7 minutes after the build)
 #   LoadTests/run.sh --smoke      # tiny counts: checks the scenarios and their audits only
 #   LoadTests/run.sh --scenarios raw,a,b
 #
