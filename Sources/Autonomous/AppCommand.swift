@@ -26,8 +26,11 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant
                 over its records/s limit before refusing it with 429; 0 refuses at once;
                 default 1000), AUTONOMOUS_RATE_LIMIT_PER_NODE (true: each ingress enforces a
-                tenant's whole limit; default false: the ingress nodes alive share it). Flags win
-                over the environment.
+                tenant's whole limit; default false: the ingress nodes alive share it),
+                AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and AUTONOMOUS_NATS_KEY (PEM files: the
+                CA the NATS servers' certificates chain to, and a client certificate and key for
+                servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a
+                NATS credentials file). Flags win over the environment.
                 """,
             subcommands: [
                 DevCommand<App>.self,
@@ -85,6 +88,14 @@ struct CommonOptions: ParsableArguments {
         var configuration = RuntimeConfiguration()
         configuration.environment = environment
         configuration.natsURL = natsURL ?? environment["AUTONOMOUS_NATS_URL"]
+        var nats = NATSConnection.Configuration(servers: [])
+        do {
+            try nats.readSecurity(from: environment)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        configuration.natsTLS = nats.tls
+        configuration.natsCredentialsFile = nats.credentialsFile
         configuration.postgresURL = postgresURL ?? environment["AUTONOMOUS_POSTGRES_URL"]
         if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {
             throw ValidationError("the Postgres URL contains a password; pass it in AUTONOMOUS_POSTGRES_PASSWORD instead")

@@ -27,6 +27,10 @@ public struct Role: Sendable, Hashable, CustomStringConvertible {
 public struct RuntimeConfiguration: Sendable {
     /// NATS server URL(s), comma separated. `nil` in `dev` starts an embedded nats-server.
     public var natsURL: String?
+    /// TLS files for the NATS connections (``NATS/NATSConnection/Configuration/tls``).
+    public var natsTLS: NATSConnection.Configuration.TLS?
+    /// A NATS credentials file (``NATS/NATSConnection/Configuration/credentialsFile``).
+    public var natsCredentialsFile: String?
     /// The tenant this process serves.
     public var tenant: String = "default"
     public var httpHost: String = "127.0.0.1"
@@ -113,6 +117,8 @@ public struct AppRuntime: Sendable {
         natsConfiguration.name = "\(graph.name)-\(role)"
         natsConfiguration.connectTimeout = configuration.connectTimeout
         natsConfiguration.publishTimeout = configuration.publishTimeout
+        natsConfiguration.tls = configuration.natsTLS
+        natsConfiguration.credentialsFile = configuration.natsCredentialsFile
         natsConfiguration.blockingThreads = max(8, graph.handlers.reduce(0) { $0 + $1.options.concurrency } + 4)
         let connection = try await NATSConnection.connect(configuration: natsConfiguration, logger: logger)
         let actorSystem = ClusterActorSystem(connection: connection, callTimeout: configuration.coordinatorCallTimeout, logger: logger)

@@ -8,6 +8,11 @@ struct DeadLetterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dlq",
         abstract: "List, replay or purge records that handlers gave up on.",
+        discussion: """
+            A NATS server behind TLS or NATS accounts: AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and
+            AUTONOMOUS_NATS_KEY (PEM files of the servers' CA and of a client certificate and key),
+            AUTONOMOUS_NATS_CREDS (a credentials file), as for the app's processes.
+            """,
         subcommands: [List.self, Replay.self, Purge.self]
     )
 
@@ -42,6 +47,11 @@ struct DeadLetterCommand: AsyncParsableCommand {
             if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
             if let handler, let problem = Names.problem(with: handler, kind: "handler") { throw ValidationError(problem) }
             var configuration = NATSConnection.Configuration(url: url)
+            do {
+                try configuration.readSecurity(from: environment)
+            } catch {
+                throw ValidationError(error.message)
+            }
             configuration.connectTimeout = .seconds(5)
             configuration.name = "autonomous-dlq"
             var logger = Logger(label: "autonomous.dlq")

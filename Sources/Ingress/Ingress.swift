@@ -189,6 +189,12 @@ public struct Ingress: Service {
     /// process-wide group Hummingbird uses); none when turned off or when one cannot connect.
     private func eventLoopPublishers(lanes: Int) async -> [ObjectIdentifier: [EventLoopPublisher]] {
         guard configuration.eventLoopPublishing else { return [:] }
+        // The event-loop publisher speaks plain `nats://` (a user and password or token in
+        // the URL at most): TLS and credentials files stay with nats.c.
+        guard !connection.configuration.isSecured else {
+            logger.notice("Record-API requests publish through nats.c", metadata: ["reason": "the NATS connection uses TLS or a credentials file"])
+            return [:]
+        }
         var publishers: [ObjectIdentifier: [EventLoopPublisher]] = [:]
         do {
             for (loop, eventLoop) in MultiThreadedEventLoopGroup.singleton.makeIterator().enumerated() {

@@ -34,6 +34,29 @@ public final class NATSConnection: Sendable {
         public var blockingThreads: Int = 16
         /// How often the client pings the server to detect a dead connection.
         public var pingInterval: Duration = .seconds(2)
+        /// TLS to the servers, required when set. A `tls://` URL asks for TLS too, verified
+        /// against the system's CAs.
+        public var tls: TLS?
+        /// A NATS credentials file (a user JWT and its NKey seed, as `nsc` writes it) to
+        /// authenticate with. Users and passwords or tokens go in the URL instead.
+        public var credentialsFile: String?
+
+        /// Certificates for a TLS connection, as PEM files.
+        public struct TLS: Sendable, Equatable {
+            /// The CA(s) the server's certificate must chain to; `nil` trusts the system's.
+            public var caFile: String?
+            /// The client's certificate (chain), for servers that verify clients
+            /// (`verify: true`); needs `keyFile`.
+            public var certificateFile: String?
+            /// The private key of `certificateFile`.
+            public var keyFile: String?
+
+            public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
+                self.caFile = caFile
+                self.certificateFile = certificateFile
+                self.keyFile = keyFile
+            }
+        }
 
         public init(servers: [String]) {
             self.servers = servers
@@ -176,11 +199,28 @@ public final class NATSConnection: Sendable {
         try check(natsOptions_SetReconnectBufSize(options, 64 * 1024 * 1024), "setting reconnect buffer")
         try check(natsOptions_SetIOBufSize(options, 256 * 1024), "setting IO buffer")
         try check(natsOptions_SetNoRandomize(options, true), "setting server order")
+        if let tls = configuration.tls {
+            try check(natsOptions_SetSecure(options, true), "turning on TLS")
+            if let file = tls.caFile {
+                try checkDetailed(natsOptions_LoadCATrustedCertificates(options, file), "loading the CA certificates in \(file)")
+            }
+            switch (tls.certificateFile, tls.keyFile) {
+            case (let certificate?, let key?):
+                try checkDetailed(natsOptions_LoadCertificatesChain(options, certificate, key), "loading the client certificate \(certificate) and key \(key)")
+            case (nil, nil):
+                break
+            default:
+                throw NATSError(code: .invalidArgument, message: "a TLS client certificate needs its key and the key its certificate")
+            }
+        }
+        if let file = configuration.credentialsFile {
+            try checkDetailed(natsOptions_SetUserCredentialsFromFiles(options, file, nil), "loading the NATS credentials in \(file)")
+        }
 
         var connection: OpaquePointer?
         let status = natsConnection_Connect(&connection, options)
         guard status == NATS_OK, let connection else {
-            throw NATSError.from(status: status, context: "connecting to \(configuration.servers.joined(separator: ","))")
+            throw NATSError.from(status: status, context: "connecting to \(configuration.servers.joined(separator: ","))", detail: lastErrorText())
         }
 
         var jsOptions = jsOptions()

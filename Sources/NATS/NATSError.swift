@@ -75,8 +75,9 @@ public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, Cu
 
 extension NATSError {
     /// The one place that maps a nats.c status (and JetStream error code) to a ``NATSError``.
-    static func from(status: natsStatus, jsError: jsErrCode = jsErrCode(rawValue: 0), context: String) -> NATSError {
-        let text = String(cString: natsStatus_GetText(status))
+    static func from(status: natsStatus, jsError: jsErrCode = jsErrCode(rawValue: 0), context: String, detail: String? = nil) -> NATSError {
+        var text = String(cString: natsStatus_GetText(status))
+        if let detail, !detail.isEmpty, detail != text { text += " (\(detail))" }
         let jsCode = Int(jsError.rawValue)
         let code: Code
         switch status {
@@ -103,6 +104,20 @@ extension NATSError {
         if jsCode != 0 { message += " (JetStream error \(jsCode))" }
         return NATSError(code: code, message: message, status: Int32(status.rawValue), jetStreamErrorCode: jsCode)
     }
+}
+
+/// nats.c's text for the last error of the calling thread (which file it could not read,
+/// what the TLS handshake said), or `nil`. nats.c clears it when a call starts, so read it
+/// right after the call that failed, on the same thread.
+func lastErrorText() -> String? {
+    var status = NATS_OK
+    guard let text = nats_GetLastError(&status), status != NATS_OK else { return nil }
+    return String(cString: text)
+}
+
+/// ``check(_:_:)`` with nats.c's detailed text of the failure.
+func checkDetailed(_ status: natsStatus, _ context: @autoclosure () -> String) throws(NATSError) {
+    if status != NATS_OK { throw NATSError.from(status: status, context: context(), detail: lastErrorText()) }
 }
 
 @inline(__always)

@@ -301,7 +301,7 @@ struct PullSubscriptionTests {
             try? await Task.sleep(until: deadline, clock: .continuous)
             box.expire(token)
         }
-        await withCheckedContinuation { box.wait(token, $0) }
+        _ = await withCheckedContinuation { box.wait(token, $0) }
         timer.cancel()
         #expect(clock.now - started < .milliseconds(900), "waited \(clock.now - started)")
         let (after, second) = box.takeOrRequest(limit: 10, timeoutMs: 200, requestIfEmpty: false)
@@ -310,7 +310,7 @@ struct PullSubscriptionTests {
         // A wait that starts after the deadline passed returns at once.
         let (late, lateExpiry) = box.newWaitToken()
         try await Task.sleep(until: try #require(lateExpiry) + .milliseconds(10), clock: .continuous)
-        await withCheckedContinuation { box.wait(late, $0) }
+        _ = await withCheckedContinuation { box.wait(late, $0) }
         #expect(box.takeOrRequest(limit: 10, timeoutMs: 200).1 != nil)
         #expect(box.lostRequests == 2)
     }

@@ -1,0 +1,43 @@
+import Foundation
+
+extension NATSConnection.Configuration {
+    /// Environment variables with the connection's TLS files and credentials, and what each holds.
+    public static let securityEnvironment: [(name: String, meaning: String)] = [
+        ("AUTONOMOUS_NATS_CA", "PEM file of the CA(s) the NATS servers' certificates must chain to (turns TLS on)"),
+        ("AUTONOMOUS_NATS_CERT", "PEM file of the client certificate, for servers that verify clients (turns TLS on; needs AUTONOMOUS_NATS_KEY)"),
+        ("AUTONOMOUS_NATS_KEY", "PEM file of the client certificate's private key"),
+        ("AUTONOMOUS_NATS_CREDS", "NATS credentials file (user JWT and NKey seed, as nsc writes it)"),
+    ]
+
+    /// Reads the TLS files and credentials file named in `environment` (see
+    /// ``securityEnvironment``) into ``tls`` and ``credentialsFile``. Each file must exist and be
+    /// readable now, so a wrong path fails at startup with the variable's name, not at the first
+    /// reconnect. Empty values count as unset.
+    public mutating func readSecurity(from environment: [String: String]) throws(NATSError) {
+        func file(_ name: String) throws(NATSError) -> String? {
+            guard let path = environment[name], !path.isEmpty else { return nil }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw NATSError(code: .invalidArgument, message: "\(name): cannot read '\(path)'")
+            }
+            return path
+        }
+        let ca = try file("AUTONOMOUS_NATS_CA")
+        let certificate = try file("AUTONOMOUS_NATS_CERT")
+        let key = try file("AUTONOMOUS_NATS_KEY")
+        switch (certificate, key) {
+        case (.some, nil): throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_CERT is set but AUTONOMOUS_NATS_KEY (its private key) is not")
+        case (nil, .some): throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_KEY is set but AUTONOMOUS_NATS_CERT (its certificate) is not")
+        default: break
+        }
+        if ca != nil || certificate != nil {
+            tls = TLS(caFile: ca, certificateFile: certificate, keyFile: key)
+        }
+        if let credentials = try file("AUTONOMOUS_NATS_CREDS") { credentialsFile = credentials }
+    }
+
+    /// Whether the connection needs more than a plain `nats://` connection with a user and
+    /// password or token in the URL: TLS, or a credentials file.
+    public var isSecured: Bool {
+        tls != nil || credentialsFile != nil || servers.contains { $0.lowercased().hasPrefix("tls://") }
+    }
+}

@@ -1,0 +1,168 @@
+import AutonomousTesting
+import Foundation
+import NATS
+import NIOCore
+import Testing
+
+/// NATS connections over TLS, against a real nats-server that requires TLS and verifies its
+/// clients, with certificates made by `openssl` for each test.
+@Suite("NATS over TLS and connection security settings")
+struct NATSTLSTests {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and a
+    /// second CA that signed neither.
+    struct Certificates {
+        var directory: String
+        var ca: String { directory + "/ca.pem" }
+        var otherCA: String { directory + "/other-ca.pem" }
+        var serverCertificate: String { directory + "/server.pem" }
+        var serverKey: String { directory + "/server.key" }
+        var clientCertificate: String { directory + "/client.pem" }
+        var clientKey: String { directory + "/client.key" }
+
+        static func make() async throws -> Certificates {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-tls-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let certificates = Certificates(directory: directory)
+            func openssl(_ arguments: [String]) async throws {
+                let (status, output) = try await runProgram("/usr/bin/openssl", arguments)
+                guard status == 0 else { throw OpenSSLFailure(description: "openssl \(arguments.joined(separator: " ")): \(output)") }
+            }
+            let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+            for name in ["ca", "other-ca"] {
+                try await openssl(["req", "-x509"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem", "-days", "2", "-subj", "/CN=autonomous test \(name)"])
+            }
+            for (name, extensions) in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n")] {
+                try extensions.write(toFile: "\(directory)/\(name).ext", atomically: true, encoding: .utf8)
+                try await openssl(["req"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=autonomous test \(name)"])
+                try await openssl([
+                    "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", certificates.ca, "-CAkey", "\(directory)/ca.key",
+                    "-CAcreateserial", "-out", "\(directory)/\(name).pem", "-days", "2", "-extfile", "\(directory)/\(name).ext",
+                ])
+            }
+            return certificates
+        }
+    }
+
+    struct OpenSSLFailure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Runs `body` with a nats-server that requires TLS and a client certificate from the CA.
+    func withTLSServer(_ body: (Certificates, NATSServerProcess) async throws -> Void) async throws {
+        let certificates = try await Certificates.make()
+        defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
+        let server = try await NATSServerProcess.start(
+            directory: certificates.directory + "/nats",
+            extraArguments: [
+                "--tls", "--tlscert", certificates.serverCertificate, "--tlskey", certificates.serverKey,
+                "--tlscacert", certificates.ca, "--tlsverify",
+            ],
+            logger: TestNATSServer.logger
+        )
+        do {
+            try await body(certificates, server)
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
+    func configuration(_ server: NATSServerProcess, _ tls: NATSConnection.Configuration.TLS?) -> NATSConnection.Configuration {
+        var configuration = NATSConnection.Configuration(url: server.url)
+        configuration.tls = tls
+        configuration.connectTimeout = .seconds(10)
+        return configuration
+    }
+
+    @Test("With the CA and a client certificate, JetStream publishes over TLS to a server that verifies clients")
+    func mutualTLS() async throws {
+        try await withTLSServer { certificates, server in
+            let tls = NATSConnection.Configuration.TLS(caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+            let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
+            try await connection.createOrUpdateStream(StreamConfiguration(name: "TLS", subjects: ["tls.>"]))
+            let acks = try await connection.publish((0..<100).map { OutgoingMessage(subject: "tls.records", payload: ByteBuffer(string: #"{"n":\#($0)}"#)) })
+            #expect(acks.map(\.sequence) == Array(1...100))
+            await connection.close()
+        }
+    }
+
+    @Test("Without a client certificate, or trusting another CA, the connection fails at once with a TLS error")
+    func refused() async throws {
+        try await withTLSServer { certificates, server in
+            for tls in [
+                NATSConnection.Configuration.TLS(caFile: certificates.ca),
+                NATSConnection.Configuration.TLS(caFile: certificates.otherCA, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey),
+                nil,
+            ] {
+                let start = ContinuousClock.now
+                do {
+                    let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
+                    await connection.close()
+                    Issue.record("connected with \(String(describing: tls))")
+                } catch let error as NATSError {
+                    // Not retried until the connect timeout (10 s): a certificate does not fix itself.
+                    #expect(ContinuousClock.now - start < .seconds(5), "\(error)")
+                    #expect(error.code != .connectionFailed || tls == nil, "\(error)")
+                }
+            }
+        }
+    }
+
+    @Test("A credentials file with no JWT or seed in it fails the connection at once, naming the file")
+    func badCredentials() async throws {
+        try await withTestNATSServer { server in
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("aut-creds-\(UUID().uuidString).creds").path
+            try "not a credentials file\n".write(toFile: file, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: file) }
+            var configuration = NATSConnection.Configuration(url: server.url)
+            configuration.credentialsFile = file
+            let start = ContinuousClock.now
+            do {
+                let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+                await connection.close()
+                Issue.record("connected with a credentials file holding no JWT or seed")
+            } catch let error as NATSError {
+                #expect(ContinuousClock.now - start < .seconds(5), "\(error)")
+                #expect(error.message.contains(file), "\(error)")
+            }
+        }
+    }
+
+    @Test("The environment names the files; a missing file or a certificate without its key is refused by name")
+    func environment() throws {
+        let certificates = FileManager.default.temporaryDirectory.appendingPathComponent("aut-tls-env-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: certificates, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: certificates) }
+        for name in ["ca.pem", "client.pem", "client.key", "user.creds"] {
+            try "x".write(toFile: "\(certificates)/\(name)", atomically: true, encoding: .utf8)
+        }
+        var configuration = NATSConnection.Configuration(url: "nats://127.0.0.1:4222")
+        try configuration.readSecurity(from: [:])
+        #expect(configuration.tls == nil && configuration.credentialsFile == nil && !configuration.isSecured)
+        try configuration.readSecurity(from: [
+            "AUTONOMOUS_NATS_CA": "\(certificates)/ca.pem",
+            "AUTONOMOUS_NATS_CERT": "\(certificates)/client.pem",
+            "AUTONOMOUS_NATS_KEY": "\(certificates)/client.key",
+            "AUTONOMOUS_NATS_CREDS": "\(certificates)/user.creds",
+        ])
+        #expect(configuration.tls == .init(caFile: "\(certificates)/ca.pem", certificateFile: "\(certificates)/client.pem", keyFile: "\(certificates)/client.key"))
+        #expect(configuration.credentialsFile == "\(certificates)/user.creds" && configuration.isSecured)
+        #expect(NATSConnection.Configuration(url: "tls://nats.example:4222").isSecured)
+
+        func refusal(_ environment: [String: String]) -> String? {
+            var configuration = NATSConnection.Configuration(url: "nats://127.0.0.1:4222")
+            do {
+                try configuration.readSecurity(from: environment)
+                return nil
+            } catch {
+                return error.message
+            }
+        }
+        #expect(refusal(["AUTONOMOUS_NATS_CA": "\(certificates)/missing.pem"]) == "AUTONOMOUS_NATS_CA: cannot read '\(certificates)/missing.pem'")
+        #expect(refusal(["AUTONOMOUS_NATS_CREDS": "/nonexistent/user.creds"]) == "AUTONOMOUS_NATS_CREDS: cannot read '/nonexistent/user.creds'")
+        #expect(refusal(["AUTONOMOUS_NATS_CERT": "\(certificates)/client.pem"])?.contains("AUTONOMOUS_NATS_KEY") == true)
+        #expect(refusal(["AUTONOMOUS_NATS_KEY": "\(certificates)/client.key"])?.contains("AUTONOMOUS_NATS_CERT") == true)
+        #expect(refusal(["AUTONOMOUS_NATS_CA": ""]) == nil)
+    }
+}
