@@ -67,6 +67,21 @@ typedef struct {
     atomic_int pending;
 } batch_state;
 
+// A connection to `server` and a JetStream context publishing asynchronously: up to 8192
+// PubAcks outstanding, each handed to `on_ack` (NULL: none).
+static jsCtx *connect_js(const char *server, natsConnection **nc, jsPubAckHandler on_ack, const char *what) {
+    jsCtx *js = NULL;
+    jsOptions jo;
+    check(natsConnection_ConnectTo(nc, server), what);
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.StallWait = STALL_WAIT_MS;
+    jo.PublishAsync.AckHandler = on_ack;
+    check(natsConnection_JetStream(&js, *nc, &jo), what);
+    return js;
+}
+
+
 static void out_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure) {
     (void)js;
     (void)closure;
@@ -91,17 +106,10 @@ static const hop pipeline_hop = {"RAW_IN", "raw.in", "raw.out", NULL};
 static void *worker(void *arg) {
     const hop *h = arg != NULL ? arg : &pipeline_hop;
     natsConnection *nc = NULL;
-    jsCtx *js = NULL;
     natsSubscription *sub = NULL;
-    jsOptions jo;
     jsSubOptions so;
     jsErrCode jerr = 0;
-    check(natsConnection_ConnectTo(&nc, url), "worker connect");
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 8192;
-    jo.PublishAsync.StallWait = STALL_WAIT_MS;
-    jo.PublishAsync.AckHandler = out_ack;
-    check(natsConnection_JetStream(&js, nc, &jo), "worker js");
+    jsCtx *js = connect_js(url, &nc, out_ack, "worker connect");
     jsSubOptions_Init(&so);
     so.Stream = h->stream;
     so.Consumer = "W";
@@ -171,14 +179,7 @@ static int publish_only(int argc, char **argv) {
     const char *table = argv[5];
     const char *tenant = argv[6];
     natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    jsOptions jo;
-    check(natsConnection_ConnectTo(&nc, argv[2]), "connect");
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 8192;
-    jo.PublishAsync.StallWait = STALL_WAIT_MS;
-    jo.PublishAsync.AckHandler = out_ack;
-    check(natsConnection_JetStream(&js, nc, &jo), "js");
+    jsCtx *js = connect_js(argv[2], &nc, out_ack, "connect");
     char event[320];
     char id[96];
     for (long seq = 0; seq < count; seq++) {
@@ -232,14 +233,7 @@ static void publish_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
 static void *flood(void *arg) {
     long chunk = *(const long *)arg;
     natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    jsOptions jo;
-    check(natsConnection_ConnectTo(&nc, url), "flood connect");
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 8192;
-    jo.PublishAsync.StallWait = STALL_WAIT_MS;
-    jo.PublishAsync.AckHandler = publish_ack;
-    check(natsConnection_JetStream(&js, nc, &jo), "flood js");
+    jsCtx *js = connect_js(url, &nc, publish_ack, "flood connect");
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = 60000;
@@ -429,13 +423,7 @@ int main(int argc, char **argv) {
     }
 
     natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    jsOptions jo;
-    check(natsConnection_ConnectTo(&nc, url), "connect");
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 8192;
-    jo.PublishAsync.StallWait = STALL_WAIT_MS;
-    check(natsConnection_JetStream(&js, nc, &jo), "js");
+    jsCtx *js = connect_js(url, &nc, NULL, "connect");
     add_hop(js, "RAW_IN", "raw.in", "RAW_OUT", "raw.out");
 
     // Events are built before the clock starts.
