@@ -1,18 +1,12 @@
 import Foundation
 
 extension NATSConnection.Configuration {
-    /// Environment variables with the connection's TLS files and credentials, and what each holds.
-    public static let securityEnvironment: [(name: String, meaning: String)] = [
-        ("AUTONOMOUS_NATS_CA", "PEM file of the CA(s) the NATS servers' certificates must chain to (turns TLS on)"),
-        ("AUTONOMOUS_NATS_CERT", "PEM file of the client certificate, for servers that verify clients (turns TLS on; needs AUTONOMOUS_NATS_KEY)"),
-        ("AUTONOMOUS_NATS_KEY", "PEM file of the client certificate's private key"),
-        ("AUTONOMOUS_NATS_CREDS", "NATS credentials file (user JWT and NKey seed, as nsc writes it)"),
-    ]
-
-    /// Reads the TLS files and credentials file named in `environment` (see
-    /// ``securityEnvironment``) into ``tls`` and ``credentialsFile``. Each file must exist and be
-    /// readable now, so a wrong path fails at startup with the variable's name, not at the first
-    /// reconnect. Empty values count as unset.
+    /// Reads the TLS files and credentials file named in `environment` into ``tls`` and
+    /// ``credentialsFile``: `AUTONOMOUS_NATS_CA` (PEM, the CA(s) the servers' certificates
+    /// chain to), `AUTONOMOUS_NATS_CERT` and `AUTONOMOUS_NATS_KEY` (PEM, a client certificate
+    /// and its key), any of which turns TLS on, and `AUTONOMOUS_NATS_CREDS` (a credentials file
+    /// as `nsc` writes it). Each file must exist and be readable now, so a wrong path fails at
+    /// startup with the variable's name, not at the first reconnect. Empty values count as unset.
     public mutating func readSecurity(from environment: [String: String]) throws(NATSError) {
         func file(_ name: String) throws(NATSError) -> String? {
             guard let path = environment[name], !path.isEmpty else { return nil }
