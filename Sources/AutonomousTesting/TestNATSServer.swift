@@ -17,14 +17,18 @@ public struct TestNATSServer: Sendable {
 }
 
 /// Runs `body` with a started server and a connection to it; stops both afterwards.
+/// `serverArguments` go to nats-server (e.g. TLS options); `tls` is the connection's.
 public func withTestNATSServer<T: Sendable>(
     directory: String? = nil,
+    serverArguments: [String] = [],
+    tls: NATSConnection.Configuration.TLS? = nil,
     _ body: (TestNATSServer) async throws -> T
 ) async throws -> T {
     let dir = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("aut-test-\(UUID().uuidString)").path
-    let process = try await NATSServerProcess.start(directory: dir, logger: TestNATSServer.logger)
+    let process = try await NATSServerProcess.start(directory: dir, extraArguments: serverArguments, logger: TestNATSServer.logger)
     var configuration = NATSConnection.Configuration(url: process.url)
     configuration.connectTimeout = .seconds(5)
+    configuration.tls = tls
     let connection: NATSConnection
     do {
         connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)

@@ -1,3 +1,4 @@
+import Autonomous
 import AutonomousTesting
 import Foundation
 import NATS
@@ -47,16 +48,21 @@ struct NATSTLSTests {
         var description: String
     }
 
+    /// nats-server's options: TLS required, clients verified against the CA.
+    static func serverArguments(_ certificates: Certificates) -> [String] {
+        [
+            "--tls", "--tlscert", certificates.serverCertificate, "--tlskey", certificates.serverKey,
+            "--tlscacert", certificates.ca, "--tlsverify",
+        ]
+    }
+
     /// Runs `body` with a nats-server that requires TLS and a client certificate from the CA.
     func withTLSServer(_ body: (Certificates, NATSServerProcess) async throws -> Void) async throws {
         let certificates = try await Certificates.make()
         defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
         let server = try await NATSServerProcess.start(
             directory: certificates.directory + "/nats",
-            extraArguments: [
-                "--tls", "--tlscert", certificates.serverCertificate, "--tlskey", certificates.serverKey,
-                "--tlscacert", certificates.ca, "--tlsverify",
-            ],
+            extraArguments: Self.serverArguments(certificates),
             logger: TestNATSServer.logger
         )
         do {
@@ -106,6 +112,22 @@ struct NATSTLSTests {
                     #expect(error.code != .connectionFailed || tls == nil, "\(error)")
                 }
             }
+        }
+    }
+
+    @Test("An app's ingress, worker and coordinator run over mutual TLS: records posted are handled")
+    func appOverTLS() async throws {
+        let certificates = try await Certificates.make()
+        defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
+        let tls = NATSConnection.Configuration.TLS(caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+        try await withRunningApp(try PipelineTests.pipelineGraph(), natsServerArguments: Self.serverArguments(certificates), natsTLS: tls) { app in
+            // A route (Hummingbird's responder) and the record API's small-request path, which
+            // publishes through nats.c when the connection is secured.
+            #expect(try await app.post("/readings", body: #"{"sensor":"s1","value":1}"#).status == 202)
+            #expect(try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s2","value":2}"#).status == 202)
+            #expect(try await app.post("/v1/tables/readings/records", body: "{\"sensor\":\"s3\",\"value\":3}\n{\"sensor\":\"s4\",\"value\":4}", contentType: "application/x-ndjson").status == 202)
+            let outputs = try await app.records(in: "doubled", atLeast: 4)
+            #expect(Set(outputs.compactMap { try? JSONParser.parse($0.payload)["doubled"].doubleValue }) == [2, 4, 6, 8])
         }
     }
 

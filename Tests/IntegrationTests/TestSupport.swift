@@ -78,15 +78,20 @@ struct RunningApp: Sendable {
 }
 
 /// Starts nats-server and the app, runs `body`, then shuts the app down gracefully.
+/// `natsServerArguments` go to nats-server; `natsTLS` is every connection's, the app's and the
+/// test's.
 func withRunningApp<T: Sendable>(
     _ graph: AppGraph,
     environment: [String: String] = [:],
+    natsServerArguments: [String] = [],
+    natsTLS: NATSConnection.Configuration.TLS? = nil,
     configure: (inout RuntimeConfiguration) -> Void = { _ in },
     _ body: @Sendable (RunningApp) async throws -> T
 ) async throws -> T {
-    try await withTestNATSServer { server in
+    try await withTestNATSServer(serverArguments: natsServerArguments, tls: natsTLS) { server in
         var configuration = RuntimeConfiguration()
         configuration.natsURL = server.url
+        configuration.natsTLS = natsTLS
         configuration.httpPort = 0
         configuration.environment = environment
         configuration.dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-app-\(UUID().uuidString)").path
