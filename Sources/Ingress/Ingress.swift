@@ -44,7 +44,8 @@ public struct Ingress: Service {
         public var publishLanes: Int = 4
         /// Record-API requests answered on an event loop publish through NATS connections of
         /// that loop (one per lane; see `EventLoopPublisher`) instead of through nats.c. Turned
-        /// off, or when the server cannot be reached that way (TLS), they use the lanes.
+        /// off, with a credentials file, or when the server cannot be reached that way (TLS
+        /// required but not configured), they use the lanes.
         public var eventLoopPublishing = true
         /// Seconds clients are told to wait in `Retry-After` (an over-limit tenant is told
         /// when its limit lets the request in).
@@ -189,10 +190,9 @@ public struct Ingress: Service {
     /// process-wide group Hummingbird uses); none when turned off or when one cannot connect.
     private func eventLoopPublishers(lanes: Int) async -> [ObjectIdentifier: [EventLoopPublisher]] {
         guard configuration.eventLoopPublishing else { return [:] }
-        // The event-loop publisher speaks plain `nats://` (a user and password or token in
-        // the URL at most): TLS and credentials files stay with nats.c.
-        guard !connection.configuration.isSecured else {
-            logger.notice("Record-API requests publish through nats.c", metadata: ["reason": "the NATS connection uses TLS or a credentials file"])
+        // The event-loop publisher has no credentials files (JWT and NKey): those stay with nats.c.
+        guard connection.configuration.credentialsFile == nil else {
+            logger.notice("Record-API requests publish through nats.c", metadata: ["reason": "the NATS connection uses a credentials file"])
             return [:]
         }
         var publishers: [ObjectIdentifier: [EventLoopPublisher]] = [:]
@@ -209,6 +209,7 @@ public struct Ingress: Service {
                     settings.connectTimeout = connection.configuration.connectTimeout
                     settings.maxPendingPublishes = connection.configuration.maxPendingPublishes
                     settings.pingInterval = connection.configuration.pingInterval
+                    settings.tls = connection.configuration.tls
                     onLoop.append(try await EventLoopPublisher.connect(configuration: settings, eventLoop: eventLoop, logger: logger))
                 }
                 publishers[ObjectIdentifier(eventLoop)] = onLoop

@@ -28,10 +28,4 @@ extension NATSConnection.Configuration {
         }
         if let credentials = try file("AUTONOMOUS_NATS_CREDS") { credentialsFile = credentials }
     }
-
-    /// Whether the connection needs more than a plain `nats://` connection with a user and
-    /// password or token in the URL: TLS, or a credentials file.
-    public var isSecured: Bool {
-        tls != nil || credentialsFile != nil || servers.contains { $0.lowercased().hasPrefix("tls://") }
-    }
 }

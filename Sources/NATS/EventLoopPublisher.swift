@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// Publishes JetStream messages from a SwiftNIO event loop, over a NATS connection of its own
@@ -16,10 +17,11 @@ import Synchronization
 /// no other thread is involved.
 ///
 /// It speaks the subset of the NATS client protocol a publisher needs (INFO, CONNECT, PING and
-/// PONG, HPUB/PUB, SUB on its reply inbox, MSG/HMSG, +OK/-ERR). It connects without TLS and
-/// with a URL's user and password or token; ``connect(configuration:eventLoop:logger:)`` throws
-/// `.connectionFailed` for a server that requires TLS (or a `tls://` URL), and callers then
-/// publish through ``NATSConnection``. When the connection drops, every publish waiting for its PubAck fails
+/// PONG, HPUB/PUB, SUB on its reply inbox, MSG/HMSG, +OK/-ERR), with a URL's user and password
+/// or token, and over TLS when `tls` is set or the URL is `tls://` (the server's certificate
+/// checked against the CA, not its name, as nats.c does). It has no credentials files (JWT and
+/// NKey): ``connect(configuration:eventLoop:logger:)`` throws `.connectionFailed` for a server
+/// that requires TLS it was not given, and callers then publish through ``NATSConnection``. When the connection drops, every publish waiting for its PubAck fails
 /// with `.connectionClosed` (the message may be stored; give each a `Nats-Msg-Id` so a retry is
 /// safe), ``isConnected`` turns `false`, and it reconnects every `reconnectWait`, trying the
 /// servers in order.
@@ -44,6 +46,8 @@ public final class EventLoopPublisher: @unchecked Sendable {
         /// the connection counts as dead and is replaced.
         public var pingInterval: Duration = .seconds(2)
         public var maxPingsOut = 3
+        /// TLS to the servers, as ``NATSConnection/Configuration/tls``.
+        public var tls: NATSConnection.Configuration.TLS?
 
         public init(servers: [String], name: String) {
             self.servers = servers
@@ -59,6 +63,8 @@ public final class EventLoopPublisher: @unchecked Sendable {
     /// Reply subjects are `<inbox>.<sequence>`.
     private let inbox: [UInt8]
     private let connectedFlag = Atomic<Bool>(false)
+    /// Set when the connection uses TLS (made once from the configuration's files).
+    fileprivate let sslContext: NIOSSLContext?
 
     // Event-loop state.
     private var channel: (any Channel)?
@@ -75,8 +81,9 @@ public final class EventLoopPublisher: @unchecked Sendable {
     private var pingsOut = 0
     private var lastPing = NIODeadline.now()
 
-    private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) {
+    private init(configuration: Configuration, sslContext: NIOSSLContext?, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
+        self.sslContext = sslContext
         self.eventLoop = eventLoop
         self.logger = logger
         var random = SystemRandomNumberGenerator()
@@ -91,7 +98,9 @@ public final class EventLoopPublisher: @unchecked Sendable {
         guard !configuration.servers.isEmpty else {
             throw NATSError(code: .invalidArgument, message: "no NATS server to publish to")
         }
-        let publisher = EventLoopPublisher(configuration: configuration, eventLoop: eventLoop, logger: logger)
+        let wantsTLS = configuration.tls != nil || configuration.servers.contains { $0.lowercased().hasPrefix("tls://") }
+        let sslContext = wantsTLS ? try Self.makeSSLContext(configuration.tls ?? .init()) : nil
+        let publisher = EventLoopPublisher(configuration: configuration, sslContext: sslContext, eventLoop: eventLoop, logger: logger)
         try await eventLoop.flatSubmit { publisher.open(attempts: configuration.servers.count) }.get()
         eventLoop.execute {
             guard !publisher.closed else { return }  // closed before this ran
@@ -102,6 +111,30 @@ public final class EventLoopPublisher: @unchecked Sendable {
             }
         }
         return publisher
+    }
+
+    /// A client TLS context from PEM files: the CA (or the system's), and the client's
+    /// certificate and key when given.
+    static func makeSSLContext(_ tls: NATSConnection.Configuration.TLS) throws(NATSError) -> NIOSSLContext {
+        var settings = TLSConfiguration.makeClientConfiguration()
+        settings.certificateVerification = .noHostnameVerification
+        do {
+            if let file = tls.caFile { settings.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(file)) }
+            switch (tls.certificateFile, tls.keyFile) {
+            case (let certificate?, let key?):
+                settings.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
+                settings.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            case (nil, nil):
+                break
+            default:
+                throw NATSError(code: .invalidArgument, message: "a TLS client certificate needs its key and the key its certificate")
+            }
+            return try NIOSSLContext(configuration: settings)
+        } catch let error as NATSError {
+            throw error
+        } catch {
+            throw NATSError(code: .invalidArgument, message: "cannot load the TLS files (\(tls.caFile ?? "system CAs"), \(tls.certificateFile ?? "no client certificate")): \(error)")
+        }
     }
 
     /// `true` while connected (not reconnecting, not closed). Safe from any thread.
@@ -411,7 +444,7 @@ private final class LoopBatch {
     }
 }
 
-/// Host, port and credentials of a `nats://` URL.
+/// Host, port and credentials of a `nats://` (or `tls://`) URL.
 struct ServerEndpoint: Sendable {
     var host: String
     var port: Int
@@ -423,7 +456,7 @@ struct ServerEndpoint: Sendable {
         var rest = Substring(url.trimmingCharacters(in: .whitespaces))
         if let scheme = rest.range(of: "://") {
             let name = rest[..<scheme.lowerBound].lowercased()
-            guard name == "nats" else {
+            guard name == "nats" || name == "tls" else {
                 throw NATSError(code: .connectionFailed, message: "\(name):// is not supported by the event-loop publisher")
             }
             rest = rest[scheme.upperBound...]
@@ -487,6 +520,8 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // During the handshake this is mostly TLS refusing the other side's certificate: say so.
+        fail(NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port): \(error)"))
         context.close(promise: nil)
     }
 
@@ -592,7 +627,21 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
     /// Answers the server's first INFO with CONNECT and a PING (whose PONG ends the handshake).
     private func greet(info: String, context: ChannelHandlerContext) throws(NATSError) {
         func flag(_ key: String) -> Bool { info.contains("\"\(key)\":true") }
-        if flag("tls_required") {
+        if let sslContext = publisher.sslContext {
+            guard flag("tls_required") || flag("tls_available") else {
+                throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) offers no TLS")
+            }
+            // Upgrade now: the server waits for the TLS handshake after its INFO. What is written
+            // from here (CONNECT, PING) waits in the TLS handler until the handshake is done.
+            do {
+                try context.pipeline.syncOperations.addHandler(
+                    try NIOSSLClientHandler(context: sslContext, serverHostname: nil),
+                    position: .first
+                )
+            } catch {
+                throw NATSError(code: .connectionFailed, message: "cannot start TLS with NATS at \(endpoint.host):\(endpoint.port): \(error)")
+            }
+        } else if flag("tls_required") {
             throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) requires TLS")
         }
         if info.contains("\"headers\":false") {

@@ -106,7 +106,7 @@ struct EventLoopPublisherTests {
         }
     }
 
-    @Test("Server URLs: host and port, credentials, IPv6; TLS is refused so callers use nats.c")
+    @Test("Server URLs: host and port, credentials, IPv6, tls://; other schemes are refused")
     func endpoints() throws {
         let plain = try ServerEndpoint("nats://127.0.0.1:4333")
         #expect(plain.host == "127.0.0.1" && plain.port == 4333 && plain.user == nil && plain.token == nil)
@@ -116,7 +116,9 @@ struct EventLoopPublisherTests {
         #expect(token.token == "t0ken" && token.port == 4222)
         let v6 = try ServerEndpoint("nats://[::1]:5000")
         #expect(v6.host == "::1" && v6.port == 5000)
-        #expect(throws: NATSError.self) { try ServerEndpoint("tls://127.0.0.1:4222") }
+        let tls = try ServerEndpoint("tls://127.0.0.1:4222")
+        #expect(tls.host == "127.0.0.1" && tls.port == 4222)
+        #expect(throws: NATSError.self) { try ServerEndpoint("ws://127.0.0.1:4222") }
         #expect(throws: NATSError.self) { try ServerEndpoint("nats://host:notaport") }
     }
 
