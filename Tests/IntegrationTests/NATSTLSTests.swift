@@ -20,6 +20,8 @@ struct NATSTLSTests {
         var serverKey: String { directory + "/server.key" }
         var clientCertificate: String { directory + "/client.pem" }
         var clientKey: String { directory + "/client.key" }
+        /// The client's side of mutual TLS: the CA, and the client certificate and key.
+        var mutual: NATSConnection.Configuration.TLS { .init(caFile: ca, certificateFile: clientCertificate, keyFile: clientKey) }
 
         static func make() async throws -> Certificates {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-tls-\(UUID().uuidString)").path
@@ -85,7 +87,7 @@ struct NATSTLSTests {
     @Test("With the CA and a client certificate, JetStream publishes over TLS to a server that verifies clients")
     func mutualTLS() async throws {
         try await withTLSServer { certificates, server in
-            let tls = NATSConnection.Configuration.TLS(caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+            let tls = certificates.mutual
             let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
             try await connection.createOrUpdateStream(StreamConfiguration(name: "TLS", subjects: ["tls.>"]))
             let acks = try await connection.publish((0..<100).map { OutgoingMessage(subject: "tls.records", payload: ByteBuffer(string: #"{"n":\#($0)}"#)) })
@@ -119,7 +121,7 @@ struct NATSTLSTests {
     @Test("The ingress's event-loop publisher publishes over mutual TLS; a wrong CA or no client certificate fails its connect")
     func eventLoopPublisherOverTLS() async throws {
         try await withTLSServer { certificates, server in
-            let tls = NATSConnection.Configuration.TLS(caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+            let tls = certificates.mutual
             let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
             try await connection.createOrUpdateStream(StreamConfiguration(name: "ELTLS", subjects: ["eltls.>"]))
             await connection.close()
@@ -166,7 +168,7 @@ struct NATSTLSTests {
     func appOverTLS() async throws {
         let certificates = try await Certificates.make()
         defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
-        let tls = NATSConnection.Configuration.TLS(caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+        let tls = certificates.mutual
         try await withRunningApp(try PipelineTests.pipelineGraph(), natsServerArguments: Self.serverArguments(certificates), natsTLS: tls) { app in
             // A route (Hummingbird's responder) and the record API's small-request path, which
             // publishes through nats.c when the connection is secured.
