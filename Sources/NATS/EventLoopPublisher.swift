@@ -21,8 +21,9 @@ import Synchronization
 /// or token, and over TLS when `tls` is set or the URL is `tls://` (the server's certificate
 /// checked against the CA, not its name, as nats.c does). It has no credentials files (JWT and
 /// NKey): ``connect(configuration:eventLoop:logger:)`` throws `.connectionFailed` for a server
-/// that requires TLS it was not given, and callers then publish through ``NATSConnection``. When the connection drops, every publish waiting for its PubAck fails
-/// with `.connectionClosed` (the message may be stored; give each a `Nats-Msg-Id` so a retry is
+/// that requires TLS it was not given, and callers then publish through ``NATSConnection``.
+/// When the connection drops, every publish waiting for its PubAck fails with
+/// `.connectionClosed` (the message may be stored; give each a `Nats-Msg-Id` so a retry is
 /// safe), ``isConnected`` turns `false`, and it reconnects every `reconnectWait`, trying the
 /// servers in order.
 ///
