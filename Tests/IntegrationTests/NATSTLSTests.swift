@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Foundation
@@ -169,15 +170,34 @@ struct NATSTLSTests {
         let certificates = try await Certificates.make()
         defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
         let tls = certificates.mutual
-        try await withRunningApp(try PipelineTests.pipelineGraph(), natsServerArguments: Self.serverArguments(certificates), natsTLS: tls) { app in
-            // A route (Hummingbird's responder) and the record API's small-request path, which
-            // publishes through nats.c when the connection is secured.
+        // The monitoring port (-m -1: a free one) shows which connections the app opened.
+        let serverArguments = Self.serverArguments(certificates) + ["-m", "-1"]
+        try await withRunningApp(try PipelineTests.pipelineGraph(), natsServerArguments: serverArguments, natsTLS: tls) { app in
+            // The ingress's event-loop publishers connected over TLS (a server that requires TLS
+            // has no other kind of connection) instead of leaving the record API to nats.c.
+            let names = try await Self.connectionNames(serverDirectory: app.server.process.directory)
+            #expect(names.contains { $0.contains("-loop") }, "\(names)")
+            // A route (Hummingbird's responder), the record API's small-request path (published
+            // from the event loop) and an NDJSON batch.
             #expect(try await app.post("/readings", body: #"{"sensor":"s1","value":1}"#).status == 202)
             #expect(try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s2","value":2}"#).status == 202)
             #expect(try await app.post("/v1/tables/readings/records", body: "{\"sensor\":\"s3\",\"value\":3}\n{\"sensor\":\"s4\",\"value\":4}", contentType: "application/x-ndjson").status == 202)
             let outputs = try await app.records(in: "doubled", atLeast: 4)
             #expect(Set(outputs.compactMap { try? JSONParser.parse($0.payload)["doubled"].doubleValue }) == [2, 4, 6, 8])
         }
+    }
+
+    /// The names of the connections nats-server (started with `-m`) lists in `/connz`.
+    static func connectionNames(serverDirectory: String) async throws -> [String] {
+        let files = try FileManager.default.contentsOfDirectory(atPath: serverDirectory).filter { $0.hasSuffix(".ports") }
+        let file = try #require(files.first)
+        let data = try #require(FileManager.default.contents(atPath: serverDirectory + "/" + file))
+        let ports = try JSONParser.parse(Array(data))
+        let monitoring = try #require(ports["monitoring"][0].stringValue)
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: monitoring + "/connz?limit=1000"), timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 4 * 1024 * 1024)
+        let connz = try JSONParser.parse(Array(body.readableBytesView))
+        return (connz["connections"].arrayValue ?? []).compactMap { $0["name"].stringValue }
     }
 
     @Test("A credentials file with no JWT or seed in it fails the connection at once, naming the file")
