@@ -81,23 +81,31 @@ extension Wire {
 ///
 /// Appends are buffered and published when the handler returns (or in chunks while it runs);
 /// the worker acknowledges the batch only after every output has its PubAck. Output ids are
-/// derived from the source record, the handler name and the output's position, so a
-/// redelivered batch produces the same ids and JetStream drops the repeats.
+/// derived from the source record, the handler name and the output's position among that
+/// record's outputs, so a record that is redelivered — in the same batch, another batch, or
+/// alone — produces the same ids and JetStream drops the repeats.
+///
+/// The source of an append is, in order: the one it names (`records.map { … }`,
+/// `causedBy:`), else the record the current task's loop over the batch is on (see
+/// ``Records``). An append with neither fails with a ``LineageError`` rather than getting an
+/// id that another delivery would not reproduce.
 public final class HandlerContext: AppendContext {
     public let handler: String
     public let tenant: String
+    /// Log through this, not `print`: its lines carry the handler's and tenant's names, and
+    /// standard output is block-buffered when it is not a terminal.
     public let logger: Logger
     /// The records of the batch being handled.
     public let inputs: [RecordMetadata]
     let publisher: any MessagePublisher
     private let flushThreshold: Int
+    /// Which record of the batch each task is working on.
+    package let lineage = LineageCursor()
 
     private struct State {
         var outputs: [OutgoingMessage] = []
         var counters: [String: Int] = [:]
         var published = 0
-        /// The cause of outputs appended without one (``makeBatchCause()``), once it was needed.
-        var batchCause: RecordMetadata??
     }
 
     private let state = Mutex(State())
@@ -120,37 +128,39 @@ public final class HandlerContext: AppendContext {
         self.flushThreshold = flushThreshold
     }
 
-    /// The cause of outputs appended without one: the only record of the batch, or a
-    /// composite of the whole batch (whose id is then only as stable as the batch itself).
-    /// Made when first needed: sorting and hashing every id of a large batch is not free.
-    private func makeBatchCause() -> RecordMetadata? {
-        if inputs.count == 1 { return inputs[0] }
-        guard var cause = inputs.first else { return nil }
-        let joined = inputs.map(\.id).sorted().joined(separator: ",")
-        cause.id = "batch-" + Wire.outputID(source: joined, handler: handler, index: 0)
-        return cause
+    /// Runs `body` with `record` as the source of appends that name none (a schedule's tick).
+    package func handling<T>(_ record: RecordMetadata, _ body: () async throws -> T) async rethrows -> T {
+        var walk = LineageWalk(cursor: lineage)
+        walk.visit(record)
+        defer { walk.visit(nil) }
+        return try await body()
+    }
+
+    /// The source of appends that name none, as the current task sees it.
+    private func implicitCause(table: String) throws(LineageError) -> RecordMetadata {
+        switch lineage.current() {
+        case .record(let record):
+            return record
+        case .otherTask:
+            throw LineageError(handler: handler, table: table, reason: "from a task other than the one looping over its records")
+        case .none:
+            throw LineageError(handler: handler, table: table, reason: "outside any loop over its records, naming no source record")
+        }
     }
 
     public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
         // One subject for every record of an unpartitioned table.
         let fixedSubject = table.partitioning == nil ? table.subject(tenant: tenant) : nil
         let type = table.semanticType.description
+        var implicit: RecordMetadata?
+        if records.contains(where: { $0.cause == nil }) { implicit = try implicitCause(table: table.name) }
         let shouldFlush = state.withLock { state -> Bool in
             state.outputs.reserveCapacity(state.outputs.count + records.count)
             for record in records {
-                let cause: RecordMetadata?
-                if let own = record.cause {
-                    cause = own
-                } else if let made = state.batchCause {
-                    cause = made
-                } else {
-                    cause = makeBatchCause()
-                    state.batchCause = .some(cause)
-                }
-                let source = cause?.id ?? "none"
-                let index = state.counters[source, default: 0]
-                state.counters[source] = index + 1
-                let id = Wire.outputID(source: source, handler: handler, index: index)
+                let cause = record.cause ?? implicit!
+                let index = state.counters[cause.id, default: 0]
+                state.counters[cause.id] = index + 1
+                let id = Wire.outputID(source: cause.id, handler: handler, index: index)
                 let payload = ByteBuffer(bytes: record.payload)
                 let subject = fixedSubject ?? table.subject(tenant: tenant, payload: payload)
                 state.outputs.append(

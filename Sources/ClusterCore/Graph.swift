@@ -242,8 +242,11 @@ public struct ScheduleDefinition: Sendable {
 public struct Table<Row: Record>: Sendable {
     public let name: String
     let registry: GraphRegistry
+    let binding: TableBinding
 
-    public var definition: TableDefinition { registry.table(named: name)! }
+    /// The table as the runtime sees it: once the app is built, the frozen graph's definition
+    /// (with the partitioning its ordered handlers set).
+    public var definition: TableDefinition { binding.definition }
 
     func encode(_ row: Row) throws -> [UInt8] {
         if let json = row as? JSONValue {
@@ -252,12 +255,15 @@ public struct Table<Row: Record>: Sendable {
             }
             return JSONWriter.encode(json)
         }
+        // Sorted keys: the same record always has the same body (a redelivered record's
+        // outputs are byte for byte the ones stored before).
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
+        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
         return Array(try encoder.encode(row))
     }
 
-    /// Appends one record.
+    /// Appends one record. In a handler, its source is the record the loop over the batch is
+    /// on (see ``Records``).
     public func append(_ row: Row, _ ctx: some AppendContext) async throws {
         try await ctx.append([PendingRecord(payload: encode(row), cause: nil)], to: definition)
     }
@@ -267,11 +273,32 @@ public struct Table<Row: Record>: Sendable {
         try await ctx.append([PendingRecord(payload: encode(row), cause: source)], to: definition)
     }
 
-    /// Appends records.
+    /// Appends one record derived from `source` (its lineage and id follow from it).
+    public func append<Source>(_ row: Row, causedBy source: Entry<Source>, _ ctx: some AppendContext) async throws {
+        try await append(row, causedBy: source.metadata, ctx)
+    }
+
+    /// Appends one record that sums up a whole batch. Its source is the batch as a whole, so
+    /// its id is the same only when the same records are handled together again: after a
+    /// crash, a batch that comes back split or merged with others sums up again.
+    public func append<Source>(_ row: Row, summarizing records: Records<Source>, _ ctx: some AppendContext) async throws {
+        guard let cause = RecordMetadata.summary(of: records.entries.map(\.metadata)) else {
+            throw LineageError(handler: nil, table: name, reason: "summarizing no records")
+        }
+        try await append(row, causedBy: cause, ctx)
+    }
+
+    /// Appends records. In a handler, their source is the record the loop over the batch is
+    /// on (see ``Records``).
     public func append<S: Sequence>(_ rows: S, _ ctx: some AppendContext) async throws where S.Element == Row {
         let pending = try rows.map { PendingRecord(payload: try encode($0), cause: nil) }
         if pending.isEmpty { return }
         try await ctx.append(pending, to: definition)
+    }
+
+    /// Appends a batch's own records (or a filtered part of it), each caused by itself.
+    public func append(_ records: Records<Row>, _ ctx: some AppendContext) async throws {
+        try await append(Derived(values: records.entries.map(\.value), causes: records.entries.map(\.metadata)), ctx)
     }
 
     /// Appends records derived from a batch (`records.map { … }`), each with its source's lineage.
@@ -304,7 +331,7 @@ public struct Table<Row: Record>: Sendable {
                 producedFields: [:],
                 secrets: [],
                 prepare: { _ in
-                    { raw, ctx in try await body(Records<Row>.decoding(raw), ctx) }
+                    { raw, ctx in try await body(Records<Row>.decoding(raw, lineage: ctx.lineage), ctx) }
                 }
             )
         )
@@ -326,7 +353,7 @@ public struct Table<Row: Record>: Sendable {
                 secrets: component.secrets,
                 prepare: { environment in
                     let run = try component.makeHandler(environment)
-                    return { raw, ctx in try await run(Records<JSONValue>.decoding(raw), ctx) }
+                    return { raw, ctx in try await run(Records<JSONValue>.decoding(raw, lineage: ctx.lineage), ctx) }
                 }
             )
         )
@@ -335,7 +362,12 @@ public struct Table<Row: Record>: Sendable {
 
 extension Records {
     /// Decodes raw records; a record that does not fit `Row` throws ``UndecodableRecordError``.
+    /// `lineage` is the handler context's, so appends in loops over the batch know their source.
     public static func decoding(_ raw: [IncomingRecord]) throws -> Records<Row> {
+        try decoding(raw, lineage: nil)
+    }
+
+    package static func decoding(_ raw: [IncomingRecord], lineage: LineageCursor?) throws -> Records<Row> {
         var entries: [Entry<Row>] = []
         entries.reserveCapacity(raw.count)
         if Row.self == JSONValue.self {
@@ -358,7 +390,20 @@ extension Records {
                 }
             }
         }
-        return Records(entries)
+        return Records(entries, lineage: lineage)
+    }
+}
+
+/// The definition every handle of one table appends with: the declared one until the app is
+/// built, then the frozen graph's (which adds the partitioning of its ordered handlers).
+final class TableBinding: Sendable {
+    private let current: Mutex<TableDefinition>
+
+    init(_ definition: TableDefinition) { current = Mutex(definition) }
+
+    var definition: TableDefinition {
+        get { current.withLock { $0 } }
+        set { current.withLock { $0 = newValue } }
     }
 }
 
@@ -376,12 +421,20 @@ final class GraphRegistry: Sendable {
     }
 
     let state = Mutex(State())
+    /// One binding per declared table (not schedules), shared by every handle to it.
+    private let bindings = Mutex<[String: TableBinding]>([:])
 
-    func table(named name: String) -> TableDefinition? {
-        state.withLock { state in state.tables.first { $0.name == name && $0.kind == .table } }
-    }
-
-    func addTable(_ definition: TableDefinition) {
+    /// Declares a table (once per name and kind) and returns the binding its handles use.
+    @discardableResult
+    func addTable(_ definition: TableDefinition) -> TableBinding? {
+        let binding: TableBinding? = definition.kind == .table
+            ? bindings.withLock { bindings in
+                if let existing = bindings[definition.name] { return existing }
+                let made = TableBinding(definition)
+                bindings[definition.name] = made
+                return made
+            }
+            : nil
         state.withLock { state in
             if let existing = state.tables.first(where: { $0.name == definition.name && $0.kind == definition.kind }) {
                 if existing.typeName != definition.typeName || existing.semanticType != definition.semanticType {
@@ -393,6 +446,14 @@ final class GraphRegistry: Sendable {
                 return
             }
             state.tables.append(definition)
+        }
+        return binding
+    }
+
+    /// Points every table handle at the frozen graph's definition of its table.
+    func bind(_ tables: [TableDefinition]) {
+        bindings.withLock { bindings in
+            for table in tables where table.kind == .table { bindings[table.name]?.definition = table }
         }
     }
 
@@ -417,8 +478,8 @@ public struct AppBuilder {
 
     /// A typed table of `Row` records.
     public mutating func table<Row: Record>(_ name: String, of type: Row.Type) -> Table<Row> {
-        registry.addTable(.make(name, kind: .table, of: Row.self))
-        return Table(name: name, registry: registry)
+        let binding = registry.addTable(.make(name, kind: .table, of: Row.self))!
+        return Table(name: name, registry: registry, binding: binding)
     }
 
     /// Runs `handler` for `method path`. The handler may append records (through `ctx`) and answer.
@@ -466,17 +527,9 @@ public struct AppBuilder {
                 secrets: [],
                 prepare: { _ in
                     { raw, ctx in
+                        // One tick at a time, each the source of what is appended while it runs.
                         for entry in try Records<Tick>.decoding(raw).entries {
-                            let single = HandlerContext(
-                                handler: ctx.handler,
-                                tenant: ctx.tenant,
-                                inputs: [entry.metadata],
-                                publisher: ctx.publisher,
-                                logger: ctx.logger,
-                                tables: ctx.tables
-                            )
-                            try await body(entry.value, single)
-                            try await single.flush()
+                            try await ctx.handling(entry.metadata) { try await body(entry.value, ctx) }
                         }
                     }
                 }
@@ -503,7 +556,7 @@ public struct AppBuilder {
                 outputs: [],
                 producedFields: [:],
                 secrets: [],
-                prepare: { _ in { raw, ctx in try await body(Records<JSONValue>.decoding(raw), ctx) } }
+                prepare: { _ in { raw, ctx in try await body(Records<JSONValue>.decoding(raw, lineage: ctx.lineage), ctx) } }
             )
         )
     }
@@ -535,6 +588,7 @@ public struct AppBuilder {
         )
         problems += graph.problems()
         if !problems.isEmpty { throw AppGraphError(problems: problems) }
+        registry.bind(tables)
         return graph
     }
 }

@@ -108,17 +108,68 @@ extension Entry where Row == JSONValue {
 
 /// The batch a handler receives: a collection of rows, with their metadata in ``entries``.
 ///
-/// `map`, `compactMap` and `flatMap` remember which record each result came from, so
-/// `outputs.append(records.map { … }, ctx)` gives every output its source's lineage and a
-/// deterministic id.
+/// Every output a handler appends gets its id from the record it was made from, so a record
+/// that comes back after a crash (in another batch, or alone) produces the same ids and
+/// JetStream drops the repeats. The batch knows which record that is in every natural shape:
+/// `map`, `compactMap` and `flatMap` carry each result's source (``Derived``); iterating the
+/// batch (`for record in records`, `forEach`, `enumerated()`, an index loop, with `await`s
+/// inside) tells the handler's context which record the loop is on, so an append in the loop
+/// body is caused by that record, whatever tables it goes to. `filter` keeps that knowledge.
 public struct Records<Row: Record>: RandomAccessCollection, Sendable {
     public let entries: [Entry<Row>]
+    /// Reports the record being handled to the handler's context (`nil` outside a handler).
+    let lineage: LineageCursor?
 
-    public init(_ entries: [Entry<Row>]) { self.entries = entries }
+    public init(_ entries: [Entry<Row>]) {
+        self.entries = entries
+        self.lineage = nil
+    }
+
+    package init(_ entries: [Entry<Row>], lineage: LineageCursor?) {
+        self.entries = entries
+        self.lineage = lineage
+    }
 
     public var startIndex: Int { entries.startIndex }
     public var endIndex: Int { entries.endIndex }
-    public subscript(position: Int) -> Row { entries[position].value }
+
+    public subscript(position: Int) -> Row {
+        let entry = entries[position]
+        lineage?.enter(entry.metadata)
+        return entry.value
+    }
+
+    public func makeIterator() -> Iterator { Iterator(entries: entries, lineage: lineage) }
+
+    /// Hands out the batch's rows in order, telling the handler's context which one it is on.
+    public struct Iterator: IteratorProtocol {
+        let entries: [Entry<Row>]
+        var walk: LineageWalk
+        var index = 0
+
+        init(entries: [Entry<Row>], lineage: LineageCursor?) {
+            self.entries = entries
+            self.walk = LineageWalk(cursor: lineage)
+        }
+
+        public mutating func next() -> Row? {
+            guard index < entries.count else {
+                walk.visit(nil)
+                return nil
+            }
+            let entry = entries[index]
+            index += 1
+            walk.visit(entry.metadata)
+            return entry.value
+        }
+    }
+
+    /// Runs `body` on every row in order, each append in it caused by that row's record.
+    /// (Disfavoured, so a `forEach` whose body does not `await` stays the synchronous one.)
+    @_disfavoredOverload
+    public func forEach(_ body: (Row) async throws -> Void) async rethrows {
+        for row in self { try await body(row) }
+    }
 
     public func map<T>(_ transform: (Row) throws -> T) rethrows -> Derived<T> {
         var values: [T] = []
@@ -129,7 +180,7 @@ public struct Records<Row: Record>: RandomAccessCollection, Sendable {
             values.append(try transform(entry.value))
             causes.append(entry.metadata)
         }
-        return Derived(values: values, causes: causes)
+        return Derived(values: values, causes: causes, lineage: lineage)
     }
 
     public func compactMap<T>(_ transform: (Row) throws -> T?) rethrows -> Derived<T> {
@@ -141,7 +192,7 @@ public struct Records<Row: Record>: RandomAccessCollection, Sendable {
                 causes.append(entry.metadata)
             }
         }
-        return Derived(values: values, causes: causes)
+        return Derived(values: values, causes: causes, lineage: lineage)
     }
 
     public func flatMap<S: Sequence>(_ transform: (Row) throws -> S) rethrows -> Derived<S.Element> {
@@ -153,31 +204,73 @@ public struct Records<Row: Record>: RandomAccessCollection, Sendable {
                 causes.append(entry.metadata)
             }
         }
-        return Derived(values: values, causes: causes)
+        return Derived(values: values, causes: causes, lineage: lineage)
     }
 
     public func filter(_ isIncluded: (Row) throws -> Bool) rethrows -> Records<Row> {
-        Records(try entries.filter { try isIncluded($0.value) })
+        Records(try entries.filter { try isIncluded($0.value) }, lineage: lineage)
+    }
+
+    /// The rows in the order `areInIncreasingOrder` gives, still knowing their records.
+    public func sorted(by areInIncreasingOrder: (Row, Row) throws -> Bool) rethrows -> Records<Row> {
+        Records(try entries.sorted { try areInIncreasingOrder($0.value, $1.value) }, lineage: lineage)
     }
 }
 
-/// Values derived from a batch, each remembering the record it came from.
+/// Values derived from a batch, each remembering the record it came from. Iterating them in a
+/// handler makes an append in the loop body caused by the value's record, as for ``Records``.
 public struct Derived<Value>: RandomAccessCollection {
     public let values: [Value]
     public let causes: [RecordMetadata]
+    let lineage: LineageCursor?
 
     public init(values: [Value], causes: [RecordMetadata]) {
+        self.init(values: values, causes: causes, lineage: nil)
+    }
+
+    init(values: [Value], causes: [RecordMetadata], lineage: LineageCursor?) {
         precondition(values.count == causes.count, "every derived value needs a cause")
         self.values = values
         self.causes = causes
+        self.lineage = lineage
     }
 
     public var startIndex: Int { values.startIndex }
     public var endIndex: Int { values.endIndex }
-    public subscript(position: Int) -> Value { values[position] }
+
+    public subscript(position: Int) -> Value {
+        lineage?.enter(causes[position])
+        return values[position]
+    }
+
+    public func makeIterator() -> Iterator { Iterator(derived: self) }
+
+    /// Hands out the values in order, telling the handler's context which record each came from.
+    public struct Iterator: IteratorProtocol {
+        let derived: Derived
+        var walk: LineageWalk
+        var index = 0
+
+        init(derived: Derived) {
+            self.derived = derived
+            self.walk = LineageWalk(cursor: derived.lineage)
+        }
+
+        public mutating func next() -> Value? {
+            guard index < derived.values.count else {
+                walk.visit(nil)
+                return nil
+            }
+            defer { index += 1 }
+            walk.visit(derived.causes[index])
+            return derived.values[index]
+        }
+    }
 }
 
 extension Derived: Sendable where Value: Sendable {}
+extension Records.Iterator: Sendable {}
+extension Derived.Iterator: Sendable where Value: Sendable {}
 
 /// A schedule firing: the record in a schedule's table.
 public struct Tick: Record, Hashable {

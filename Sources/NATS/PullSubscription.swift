@@ -240,8 +240,12 @@ final class PullBox: Sendable {
         requester.withLock { $0 = send }
     }
 
-    init(headerNames: [String]) {
+    /// Reads the time for requests' deadlines (a manual clock in tests).
+    private let clock: @Sendable () -> ContinuousClock.Instant
+
+    init(headerNames: [String], clock: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
         self.headerNames = headerNames
+        self.clock = clock
     }
 
     /// Takes up to `limit` buffered messages (nil when there are none) and says which pull
@@ -276,9 +280,12 @@ final class PullBox: Sendable {
         state.nextID &+= 1
         let expires = Duration.milliseconds(state.timeoutMs)
         let grace = min(.seconds(1), max(.milliseconds(50), expires / 10))
-        state.outstanding = Outstanding(id: state.nextID, remaining: wanted, deadline: .now + expires + grace)
+        state.outstanding = Outstanding(id: state.nextID, remaining: wanted, deadline: clock() + expires + grace)
         return PullRequest(id: state.nextID, batch: wanted, timeoutMs: state.timeoutMs)
     }
+
+    /// Fetches parked waiting for records.
+    var waitingFetches: Int { state.withLock { $0.waiters.count } }
 
     /// Requests given up because neither their records nor their end came in time.
     var lostRequests: Int { state.withLock { $0.lostRequests } }
@@ -293,10 +300,11 @@ final class PullBox: Sendable {
 
     /// Parks the fetch until a message arrives or the open request ends.
     func wait(_ token: UInt64, _ continuation: CheckedContinuation<Bool, Never>) {
+        let now = clock()
         let resume = state.withLock { state -> Bool? in
             if state.closed || state.outstanding == nil { return true }
             if !state.buffer.isEmpty { return false }
-            if let outstanding = state.outstanding, outstanding.deadline <= .now {
+            if let outstanding = state.outstanding, outstanding.deadline <= now {
                 // Presumed lost before the deadline task could say so.
                 state.outstanding = nil
                 state.lostRequests += 1

@@ -21,7 +21,7 @@ struct IngressPeersTests {
 
     @Test("Other nodes count until they leave or go quiet for three intervals; anything else is ignored")
     func counting() {
-        let clock = TenantRateLimiterTests.ManualClock()
+        let clock = ManualClock()
         let peers = IngressPeers(node: "self", interval: .seconds(1), clock: { clock.now })
         #expect(peers.count == 1)
         #expect(peers.heard(peers.announcement()) == nil, "its own announcement")
@@ -45,7 +45,7 @@ struct IngressPeersTests {
 
     @Test("A node it does not know yet gets an announcement at once, at most one per 50 ms")
     func answersNewcomers() {
-        let clock = TenantRateLimiterTests.ManualClock()
+        let clock = ManualClock()
         let peers = IngressPeers(node: "self", interval: .seconds(1), clock: { clock.now })
         let answers = Mutex(0)
         func hear(_ text: String) { _ = peers.heard(Array(text.utf8)) { answers.withLock { $0 += 1 } } }

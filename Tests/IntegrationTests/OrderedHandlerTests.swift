@@ -68,6 +68,42 @@ struct OrderedHandlerTests {
         }
     }
 
+    @Test("A route and a handler append to a table an ordered handler reads: every record handled, in key order")
+    func appendedByRouteAndHandler() async throws {
+        var app = AppBuilder(name: "OrderedAppends")
+        let incoming = app.table("incoming")
+        let events = app.table("events")
+        let out = app.table("ordered_out")
+        app.post("/events") { request, ctx in
+            try await events.append(try request.json(), ctx)
+            return .accepted
+        }
+        // One batch at a time, so the forwarded records keep their order per key.
+        incoming.onNewRecords("forward", options: HandlerOptions(batchSize: 50, concurrency: 1)) { records, ctx in
+            for record in records { try await events.append(record, ctx) }
+        }
+        events.onNewRecords("in-order", options: HandlerOptions(batchSize: 20).ordered(by: "key", partitions: 4)) { records, ctx in
+            try await out.append(records.map { ["key": $0["key"], "seq": $0["seq"]] }, ctx)
+        }
+        let graph = try app.build()
+        try await withRunningApp(graph) { app in
+            for seq in 0..<200 {
+                let (status, _) = try await app.post("/events", body: #"{"key":"k\#(seq % 10)","seq":\#(seq)}"#)
+                #expect(status == 202)
+            }
+            let (status, _) = try await app.post(
+                "/v1/tables/incoming/records", body: Self.ndjson(200..<1_000, keys: 10), contentType: "application/x-ndjson"
+            )
+            #expect(status == 202)
+            let stored = try await app.connection.readAll(stream: "AUT_DEFAULT_tbl_events", subject: "aut.default.tbl.events.>", headers: [], atLeast: 1_000)
+            #expect(stored.count == 1_000, "route and handler appends went to the partition subjects")
+            let outputs = try await app.records(in: "ordered_out", atLeast: 1_000)
+            let result = Self.check(outputs, expected: 1_000)
+            #expect(outputs.count == 1_000)
+            #expect(result.missing == 0 && result.doubled == 0 && result.outOfOrder == 0, "\(result)")
+        }
+    }
+
     /// A worker process that has written outputs (waits up to 10 s for one).
     func activeWorker(_ cluster: ProcessCluster) async throws -> Int32? {
         let connection = try await NATSConnection.connect(configuration: .init(url: cluster.natsURL), logger: TestNATSServer.logger)

@@ -7,12 +7,6 @@ import Testing
 /// The ingress's per-tenant token buckets, on a clock the test moves by hand.
 @Suite("Tenant rate limiter")
 struct TenantRateLimiterTests {
-    final class ManualClock: Sendable {
-        private let instant = Mutex(ContinuousClock.now)
-        var now: ContinuousClock.Instant { instant.withLock { $0 } }
-        func advance(_ duration: Duration) { instant.withLock { $0 += duration } }
-    }
-
     @Test("Unlimited tenants always pass; a limited one gets its burst, then waits for the refill")
     func bucket() {
         let clock = ManualClock()

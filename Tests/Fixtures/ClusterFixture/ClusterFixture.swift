@@ -2,7 +2,8 @@ import Autonomous
 import Foundation
 
 // An app for the multi-process tests: an every-second schedule that catches up every missed
-// tick (coordinator failover), and an ordered handler (partition leases across workers).
+// tick (coordinator failover), an ordered handler (partition leases across workers), and
+// handlers that append in loops rather than with `map` (exactly-once under kill -9).
 
 @main
 struct ClusterFixtureApp: AutonomousApp {
@@ -18,6 +19,31 @@ struct ClusterFixtureApp: AutonomousApp {
         events.onNewRecords("in-order", options: HandlerOptions(batchSize: 50).ordered(by: "key", partitions: 8)) { records, ctx in
             if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
             try await ordered.append(records.map { ["key": $0["key"], "seq": $0["seq"], "pid": .int(pid)] }, ctx)
+        }
+
+        // The same records handled in the shapes people write by hand.
+        let loopIn = app.table("loop_in")
+        let viaFor = app.table("loop_for")
+        let viaForEach = app.table("loop_foreach")
+        let pairsA = app.table("loop_pair_a")
+        let pairsB = app.table("loop_pair_b")
+        let loopOptions = HandlerOptions(batchSize: 100, maxAttempts: 1_000)
+        loopIn.onNewRecords("loop-for", options: loopOptions) { records, ctx in
+            for record in records {
+                try await viaFor.append(["id": record["id"]], ctx)
+            }
+        }
+        loopIn.onNewRecords("loop-foreach", options: loopOptions) { records, ctx in
+            try await records.forEach { record in
+                await Task.yield()
+                try await viaForEach.append(["id": record["id"]], ctx)
+            }
+        }
+        loopIn.onNewRecords("loop-two-tables", options: loopOptions) { records, ctx in
+            for i in records.indices {
+                try await pairsA.append(["id": records[i]["id"]], ctx)
+                try await pairsB.append(["id": records[i]["id"], "side": "b"], ctx)
+            }
         }
     }
 }
