@@ -61,6 +61,8 @@ public struct RuntimeConfiguration: Sendable {
     /// How long the ingress holds a request of a tenant over its limit
     /// (``Ingress/Configuration/rateLimitMaxDelay``).
     public var rateLimitMaxDelay: Duration = .seconds(1)
+    /// The time tenant limits refill by (a clock a test moves by hand).
+    package var rateLimitClock: @Sendable () -> ContinuousClock.Instant = { .now }
     /// Whether tenant limits are shared among the ingress nodes alive
     /// (``Ingress/Configuration/shareLimitsAcrossNodes``) or enforced whole by each.
     public var shareRateLimitsAcrossNodes = true
@@ -214,6 +216,7 @@ public struct AppRuntime: Sendable {
                 ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
                 ingressConfiguration.publishLanes = configuration.ingressLanes
                 ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
+                ingressConfiguration.rateLimitClock = configuration.rateLimitClock
                 ingressConfiguration.shareLimitsAcrossNodes = configuration.shareRateLimitsAcrossNodes
                 ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
                 ingressConfiguration.onListening = configuration.onListening

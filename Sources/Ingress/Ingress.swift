@@ -54,6 +54,8 @@ public struct Ingress: Service {
         /// lets it in; a request that would wait longer gets 429 `rate_limited`. 0 refuses
         /// at once.
         public var rateLimitMaxDelay: Duration = .seconds(1)
+        /// The time tenant limits refill by (a clock a test moves by hand).
+        package var rateLimitClock: @Sendable () -> ContinuousClock.Instant = { .now }
         /// Tenant limits are the cluster's: each ingress node enforces the limit divided by the
         /// ingress nodes alive, which hear each other on `aut._ingress.alive` every
         /// `peerInterval`. `false` enforces each whole limit on this node alone.

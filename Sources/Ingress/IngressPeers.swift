@@ -33,6 +33,15 @@ final class IngressPeers: Sendable {
     /// When this node last answered a newcomer out of turn.
     private let lastAnswer = Mutex<ContinuousClock.Instant?>(nil)
     private let gauge = Gauge(label: "autonomous_ingress_nodes")
+    /// Nodes counted out because they said they were leaving, and because they went quiet.
+    private let departures = (
+        leaving: Counter(label: "autonomous_ingress_nodes_departed_total", dimensions: [("reason", "leaving")]),
+        silent: Counter(label: "autonomous_ingress_nodes_departed_total", dimensions: [("reason", "silent")])
+    )
+    private let departed = Mutex((leaving: 0, silent: 0))
+
+    /// Nodes counted out so far: those that said they were leaving, and those that went quiet.
+    var departedCounts: (leaving: Int, silent: Int) { departed.withLock { $0 } }
 
     init(
         node: String = UUID().uuidString.lowercased(),
@@ -68,7 +77,10 @@ final class IngressPeers: Sendable {
         let now = clock()
         let newcomer = lastHeard.withLock { heard -> Bool in
             if leaving {
-                heard.removeValue(forKey: id)
+                if heard.removeValue(forKey: id) != nil {
+                    departed.withLock { $0.leaving += 1 }
+                    departures.leaving.increment()
+                }
                 return false
             }
             let known = heard[id] != nil
@@ -92,7 +104,15 @@ final class IngressPeers: Sendable {
     func expire() -> Int? {
         let now = clock()
         let horizon = interval * 3
-        lastHeard.withLock { heard in heard = heard.filter { now - $0.value <= horizon } }
+        let quiet = lastHeard.withLock { heard -> Int in
+            let before = heard.count
+            heard = heard.filter { now - $0.value <= horizon }
+            return before - heard.count
+        }
+        if quiet > 0 {
+            departed.withLock { $0.silent += quiet }
+            departures.silent.increment(by: quiet)
+        }
         return recount(at: now)
     }
 

@@ -61,7 +61,7 @@ final class IngressState: Sendable {
         self.lanes = lanes.isEmpty ? [connection] : lanes
         self.eventLoopPublishers = eventLoopPublishers
         self.logger = logger
-        let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay)
+        let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay, clock: configuration.rateLimitClock)
         self.limiter = limiter
         self.keys = TenantKeyCache(resolve: configuration.accessForKeyHash, ttl: configuration.keyCacheTTL) { access in
             limiter.update(access.tenant, limits: access.limits)

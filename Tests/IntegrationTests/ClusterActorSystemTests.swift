@@ -44,9 +44,8 @@ struct ClusterActorSystemTests {
 
             // Nobody hosts the coordinator yet.
             let proxy = try CoordinatorEndpoint.remote(in: callerSystem)
-            let started = ContinuousClock.now
+            // Reported as such, not as a timeout (errors compare by code).
             await #expect(throws: ClusterCallError(.unavailable, "")) { _ = try await proxy.activeTenants() }
-            #expect(ContinuousClock.now - started < .seconds(1), "no responders is reported at once, not after the timeout")
 
             let backend = FakeBackend()
             let endpoint = CoordinatorEndpoint.host(in: hostSystem, backend: backend)

@@ -137,10 +137,9 @@ struct EventLoopPublisherTests {
         )
         // The first connection never answers again: the publish cannot get its PubAck, and it
         // fails when the publisher gives up on the connection (well before its 30 s deadline).
-        let started = ContinuousClock.now
+        // (`.connectionClosed`, not the deadline's `.timeout`.)
         let outcome = await Self.publish(publisher, [Self.message("elp.a", "{}")])
-        if case .failure(let error) = outcome { #expect(error.code == .connectionClosed) } else { Issue.record("acknowledged by a silent server") }
-        #expect(ContinuousClock.now - started < .seconds(10))
+        if case .failure(let error) = outcome { #expect(error.code == .connectionClosed, "\(error)") } else { Issue.record("acknowledged by a silent server") }
         // The second connection answers PINGs: the publisher is connected again.
         let deadline = ContinuousClock.now + .seconds(10)
         while !publisher.isConnected || server.connections < 2, ContinuousClock.now < deadline {

@@ -261,12 +261,13 @@ struct FaultTests {
                     let second = await nodes(urls[1])
                     return first == 2 && second == 2
                 })
-            // SIGTERM to the second: it says it is leaving, so the first counts itself alone
-            // well before three missed announcements (2-3 s after its last).
+            // SIGTERM to the second: it says it is leaving, so the first counts it out for that
+            // reason, not for going quiet.
             try await cluster.scale("ingress", to: 1)
-            let stopped = ContinuousClock.now
             #expect(try await eventually(timeout: .seconds(10)) { await nodes(urls[0]) == 1 })
-            #expect(ContinuousClock.now - stopped < .milliseconds(1500), "counted out by its leaving message")
+            let metrics = try await MetricsTests.get(urls[0] + "/metrics").text
+            #expect(MetricsTests.value(metrics, #"autonomous_ingress_nodes_departed_total{reason="leaving"}"#) == 1, "counted out by its leaving message")
+            #expect((MetricsTests.value(metrics, #"autonomous_ingress_nodes_departed_total{reason="silent"}"#) ?? 0) == 0)
         }
     }
 

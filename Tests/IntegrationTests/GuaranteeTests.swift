@@ -97,8 +97,12 @@ struct GuaranteeTests {
         let slowIn = app.table("slow_in")
         let fastIn = app.table("fast_in")
         let fastOut = app.table("fast_out")
+        // The slow handler holds its records until the test has seen the fast one's outputs.
+        let released = Mutex(false)
+        let busy = Mutex(0)
         slowIn.onNewRecords("slow", options: HandlerOptions(batchSize: 1, concurrency: 2)) { _, _ in
-            try await Task.sleep(for: .seconds(5))
+            busy.withLock { $0 += 1 }
+            while !released.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(20)) }
         }
         fastIn.onNewRecords("fast") { records, ctx in
             try await fastOut.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
@@ -108,13 +112,13 @@ struct GuaranteeTests {
             // Occupy every slot of the slow handler first.
             let slow = try await app.post("/v1/tables/slow_in/records", body: #"[{"n":1},{"n":2},{"n":3},{"n":4}]"#)
             #expect(slow.status == 202)
-            try await Task.sleep(for: .milliseconds(300))
-            let start = ContinuousClock.now
+            #expect(try await eventually { busy.withLock { $0 } == 2 }, "both of the slow handler's slots are taken")
             let fast = try await app.post("/v1/tables/fast_in/records", body: #"[{"n":1},{"n":2}]"#)
             #expect(fast.status == 202)
-            let out = try await app.records(in: "fast_out", atLeast: 2, timeout: .seconds(4))
-            #expect(out.count == 2)
-            #expect(ContinuousClock.now - start < .seconds(3), "fast records waited for the slow handler")
+            let out = try? await app.records(in: "fast_out", atLeast: 2, timeout: .seconds(60))
+            #expect(out?.count == 2, "the fast handler ran while the slow one held every slot")
+            #expect(busy.withLock { $0 } == 2)
+            released.withLock { $0 = true }
         }
     }
 
@@ -134,16 +138,15 @@ struct GuaranteeTests {
             let big = (0..<50).map { #"{"n":\#($0)}"# }.joined(separator: "\n")
             let held = Task { try await app.post("/v1/tables/events/records", body: big, contentType: "application/x-ndjson") }
             try await Task.sleep(for: .milliseconds(500))
-            let start = ContinuousClock.now
             var request = HTTPClientRequest(url: app.baseURL + "/v1/tables/events/records")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: #"{"n":"extra"}"#))
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-            let elapsed = ContinuousClock.now - start
+            // Refused at once: a request queued for room would have been published to the
+            // frozen server after the held one timed out, and got 503 like it.
             #expect(response.status.code == 429)
             #expect(response.headers.first(name: "Retry-After") == "1")
-            #expect(elapsed < .seconds(1), "429 is immediate")
             let stalled = try await held.value
             kill(pid, SIGCONT)
             #expect(stalled.status == 503, "no 2xx without a PubAck")

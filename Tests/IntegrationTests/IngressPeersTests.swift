@@ -13,9 +13,9 @@ struct IngressPeersTests {
         let values = Mutex<[Int]>([1, 1, 1])
 
         /// Runs node `i` on `connection`, announcing every `interval`, until the task is cancelled.
-        func startNode(_ i: Int, interval: Duration, connection: NATSConnection) -> Task<Void, Never> {
+        func startNode(_ i: Int, interval: Duration, connection: NATSConnection) -> (Task<Void, Never>, IngressPeers) {
             let peers = IngressPeers(interval: interval)
-            return Task { await peers.run(connection: connection, logger: TestNATSServer.logger) { n in self.values.withLock { $0[i] = n } } }
+            return (Task { await peers.run(connection: connection, logger: TestNATSServer.logger) { n in self.values.withLock { $0[i] = n } } }, peers)
         }
     }
 
@@ -38,6 +38,7 @@ struct IngressPeersTests {
         #expect(peers.expire() == nil)
         clock.advance(.milliseconds(1))
         #expect(peers.expire() == 1)
+        #expect(peers.departedCounts == (leaving: 1, silent: 1))
         // At most maximumTracked others are remembered.
         for i in 0..<(IngressPeers.maximumTracked + 10) { _ = peers.heard(Array(#"{"node":"n\#(i)"}"#.utf8)) }
         #expect(peers.count == IngressPeers.maximumTracked + 1)
@@ -71,10 +72,9 @@ struct IngressPeersTests {
             // Announcing every 20 s: without an answer out of turn, a node that starts later would
             // count itself alone for up to 20 s.
             for i in 0..<3 {
-                let started = ContinuousClock.now
-                tasks.append(counts.startNode(i, interval: .seconds(20), connection: server.connection))
-                #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0[i] } == i + 1 })
-                #expect(ContinuousClock.now - started < .seconds(3), "node \(i) counted the \(i) before it")
+                tasks.append(counts.startNode(i, interval: .seconds(20), connection: server.connection).0)
+                // Well before the others' next announcement.
+                #expect(try await eventually(timeout: .seconds(15)) { counts.values.withLock { $0[i] } == i + 1 }, "node \(i) counted the \(i) before it")
                 // Past the others' spacing between two answers out of turn.
                 try await Task.sleep(for: .milliseconds(100))
             }
@@ -88,16 +88,15 @@ struct IngressPeersTests {
     func overNATS() async throws {
         try await withTestNATSServer { server async throws -> Void in
             let counts = Counts()
-            // Announcing every 500 ms: a node that went quiet is counted out 1–1.5 s after its
-            // last announcement, so a quicker count can only come from its leaving message.
-            let tasks = (0..<3).map { counts.startNode($0, interval: .milliseconds(500), connection: server.connection) }
-            #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0 } == [3, 3, 3] })
-            // A graceful stop says so: the others count two well before three intervals pass.
+            // Announcing every 20 s: a node is counted out for silence only after a minute.
+            let nodes = (0..<3).map { counts.startNode($0, interval: .seconds(20), connection: server.connection) }
+            let tasks = nodes.map(\.0)
+            #expect(try await eventually(timeout: .seconds(15)) { counts.values.withLock { $0 } == [3, 3, 3] })
+            // A graceful stop says so: the others count two at once.
             tasks[2].cancel()
             await tasks[2].value
-            let stopped = ContinuousClock.now
-            #expect(try await eventually(timeout: .seconds(5)) { counts.values.withLock { $0[0] == 2 && $0[1] == 2 } })
-            #expect(ContinuousClock.now - stopped < .milliseconds(750), "counted out by its leaving message")
+            #expect(try await eventually(timeout: .seconds(15)) { counts.values.withLock { $0[0] == 2 && $0[1] == 2 } })
+            #expect(nodes[0].1.departedCounts == (leaving: 1, silent: 0), "counted out by its leaving message")
             for task in tasks { task.cancel() }
             for task in tasks { await task.value }
         }

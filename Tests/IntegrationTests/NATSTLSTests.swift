@@ -120,23 +120,22 @@ struct NATSTLSTests {
                 NATSConnection.Configuration.TLS(caFile: certificates.otherCA, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey),
                 nil,
             ] {
-                let start = ContinuousClock.now
                 do {
                     let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
                     await connection.close()
                     Issue.record("connected with \(String(describing: tls))")
                 } catch let error as NATSError {
-                    // Not retried until the connect timeout (10 s): a certificate does not fix itself.
-                    #expect(ContinuousClock.now - start < .seconds(5), "\(error)")
-                    #expect(error.code != .connectionFailed || tls == nil, "\(error)")
+                    // Not retried until the connect timeout: only `.connectionFailed` is retried,
+                    // and a certificate does not fix itself.
+                    #expect(error.code != .connectionFailed && error.code != .timeout, "\(error)")
                 }
-                let loopStart = ContinuousClock.now
                 do {
                     let publisher = try await EventLoopPublisher.connect(configuration: Self.publisherSettings(server, tls), eventLoop: eventLoop, logger: TestNATSServer.logger)
                     await publisher.close()
                     Issue.record("the event-loop publisher connected with \(String(describing: tls))")
                 } catch let error as NATSError {
-                    #expect(ContinuousClock.now - loopStart < .seconds(4), "\(error)")
+                    // Refused, not left waiting for its connect timeout.
+                    #expect(error.code != .timeout, "\(error)")
                 }
             }
             // Given no TLS and a nats:// URL, the event-loop publisher says the server requires it
@@ -196,13 +195,12 @@ struct NATSTLSTests {
             defer { try? FileManager.default.removeItem(atPath: file) }
             var configuration = NATSConnection.Configuration(url: server.url)
             configuration.credentialsFile = file
-            let start = ContinuousClock.now
             do {
                 let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
                 await connection.close()
                 Issue.record("connected with a credentials file holding no JWT or seed")
             } catch let error as NATSError {
-                #expect(ContinuousClock.now - start < .seconds(5), "\(error)")
+                #expect(error.code != .connectionFailed && error.code != .timeout, "not retried: \(error)")
                 #expect(error.message.contains(file), "\(error)")
             }
         }
