@@ -216,6 +216,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "WorkerTests",
+            dependencies: ["Worker"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "DeployTests",
             dependencies: ["Deploy", "ClusterCore"],
             swiftSettings: swiftSettings

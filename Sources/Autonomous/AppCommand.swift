@@ -12,24 +12,24 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
             commandName: App().name,
             abstract: "An Autonomous app. Pick the role this process plays.",
             discussion: """
-                Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST,
-                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR,
-                AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may
-                stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS
-                (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL,
-                AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the
-                coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY,
-                AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10),
-                AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4),
-                AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish
-                through nats.c instead of the event loops' own connections; default true),
-                AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant
-                over its records/s limit before refusing it with 429; 0 refuses at once;
-                default 1000), AUTONOMOUS_RATE_LIMIT_PER_NODE (true: each ingress enforces a
-                tenant's whole limit; default false: the ingress nodes alive share it),
-                AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and AUTONOMOUS_NATS_KEY (PEM files: the
-                CA the NATS servers' certificates chain to, and a client certificate and key for
-                servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a
+                Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST, \
+                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR, \
+                AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may \
+                stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS \
+                (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL, \
+                AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the \
+                coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY, \
+                AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10), \
+                AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4), \
+                AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish \
+                through nats.c instead of the event loops' own connections; default true), \
+                AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant \
+                over its records/s limit before refusing it with 429; 0 refuses at once; \
+                default 1000), AUTONOMOUS_RATE_LIMIT_PER_NODE (true: each ingress enforces a \
+                tenant's whole limit; default false: the ingress nodes alive share it), \
+                AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and AUTONOMOUS_NATS_KEY (PEM files: the \
+                CA the NATS servers' certificates chain to, and a client certificate and key for \
+                servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a \
                 NATS credentials file). Flags win over the environment.
                 """,
             subcommands: [
@@ -280,9 +280,9 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
             commandName: "dev",
             abstract: "Run everything in one process with embedded defaults.",
             discussion: """
-                Starts nats-server -js as a child process on a free loopback port with its data in
-                <data-dir>/nats (unless --nats-url is given), keeps coordinator state in
-                <data-dir>/coordinator.sqlite, and serves HTTP on port 3000. Ctrl-C stops it all;
+                Starts nats-server -js as a child process on a free loopback port with its data in \
+                <data-dir>/nats (unless --nats-url is given), keeps coordinator state in \
+                <data-dir>/coordinator.sqlite, and serves HTTP on port 3000. Ctrl-C stops it all; \
                 the next run reuses the stored data.
                 """
         )
@@ -321,8 +321,14 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         let shownToken = generatedToken
         configuration.onAdminListening = { port in
             let shownHost = host == "127.0.0.1" || host == "0.0.0.0" ? "localhost" : host
-            var line = "Admin API: http://\(shownHost):\(port)/v1/admin"
-            if let shownToken { line += " (token for this run: \(shownToken); set AUTONOMOUS_ADMIN_TOKEN to choose one)" }
+            // The base URL, as `autonomous tenants|keys|dlq` take it in AUTONOMOUS_ADMIN_URL.
+            var line = "Admin API: http://\(shownHost):\(port)"
+            if let shownToken {
+                line += "\n  export AUTONOMOUS_ADMIN_URL=http://\(shownHost):\(port) AUTONOMOUS_ADMIN_TOKEN=\(shownToken)"
+                line += "\n  (a token for this run; set AUTONOMOUS_ADMIN_TOKEN before starting to choose one)"
+            } else {
+                line += "\n  export AUTONOMOUS_ADMIN_URL=http://\(shownHost):\(port)"
+            }
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }
         configuration.onListening = { port in

@@ -15,6 +15,8 @@ struct AdminOptions: ParsableArguments {
     var baseURL: String {
         var url = adminURL ?? ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_URL"] ?? "http://127.0.0.1:7070"
         while url.hasSuffix("/") { url.removeLast() }
+        // The API's own prefix is added to every call; a URL that already ends with it works too.
+        if url.hasSuffix("/v1/admin") { url.removeLast("/v1/admin".count) }
         return url
     }
 

@@ -9,8 +9,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
         commandName: "dlq",
         abstract: "List, replay or purge records that handlers gave up on.",
         discussion: """
-            A NATS server behind TLS or NATS accounts: AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and
-            AUTONOMOUS_NATS_KEY (PEM files of the servers' CA and of a client certificate and key),
+            A NATS server behind TLS or NATS accounts: AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and \
+            AUTONOMOUS_NATS_KEY (PEM files of the servers' CA and of a client certificate and key), \
             AUTONOMOUS_NATS_CREDS (a credentials file), as for the app's processes.
             """,
         subcommands: [List.self, Replay.self, Purge.self]

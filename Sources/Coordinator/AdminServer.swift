@@ -49,7 +49,9 @@ public struct AdminServer: Service {
             },
             logger: logger
         )
-        try await app.run()
+        try await listening("the admin API", host: host, port: port, setting: "--admin-port or AUTONOMOUS_ADMIN_PORT") {
+            try await app.run()
+        }
     }
 }
 

@@ -34,7 +34,9 @@ public struct HealthServer: Service {
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "autonomous-health"),
             logger: logger
         )
-        try await app.run()
+        try await listening("the health server", host: host, port: port, setting: "--health-port or AUTONOMOUS_HEALTH_PORT") {
+            try await app.run()
+        }
     }
 
     static func json(_ status: Int, _ value: JSONValue) -> Response {

@@ -145,7 +145,9 @@ public struct Ingress: Service {
             logger: logger
         )
         do {
-            try await app.run()
+            try await listening("the ingress", host: configuration.host, port: configuration.port, setting: "--port or AUTONOMOUS_HTTP_PORT") {
+                try await app.run()
+            }
         } catch {
             // Says it is leaving before the connection goes.
             ownLimits?.cancel()

@@ -80,7 +80,7 @@ public final class OrderedHandlerRunner: Sendable {
         var released: [Int] = []
         await withDiscardingTaskGroup { group in
             var ttl = Duration.seconds(6)
-            var warned = false
+            var notice = CoordinatorNotice(startedAt: .now)
             while shouldRun {
                 for (partition, lease) in held where lease.isFinished {
                     held[partition] = nil
@@ -90,7 +90,7 @@ public final class OrderedHandlerRunner: Sendable {
                 let request = PartitionRequest(tenant: tenant, handler: handler.name, worker: workerID, held: held.keys.sorted(), released: released)
                 do {
                     let assignment = try await assign(request)
-                    warned = false
+                    notice.succeeded()
                     released = []
                     ttl = .milliseconds(max(300, assignment.ttlMilliseconds))
                     let deadline = sent + ttl - max(ttl / 10, .milliseconds(100))
@@ -111,9 +111,10 @@ public final class OrderedHandlerRunner: Sendable {
                     }
                     for partition in assignment.revoke { held[partition]?.drain() }
                 } catch {
-                    if !warned {
+                    if notice.failed(at: .now) {
                         logger.warning("Cannot renew partition leases; working on until they expire", metadata: ["error": "\(error)"])
-                        warned = true
+                    } else {
+                        logger.debug("Cannot renew partition leases yet", metadata: ["error": "\(error)"])
                     }
                 }
                 let pause = max(ttl / 3, .milliseconds(100))

@@ -142,13 +142,13 @@ public struct Worker: Service {
             }
             for tenant in configuration.tenants { start(tenant) }
             guard let directory = configuration.tenantDirectory else { return }
-            var warned = false
+            var notice = CoordinatorNotice(startedAt: .now)
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
                 do {
                     // Once the coordinator answers, its list is authoritative: a disabled
                     // tenant's handlers stop, a new tenant's start.
                     let active = Set(try await directory().filter(Names.isValid))
-                    warned = false
+                    notice.succeeded()
                     for tenant in active.sorted() where running[tenant] == nil {
                         logger.info("Serving tenant", metadata: ["worker.tenant": "\(tenant)"])
                         start(tenant)
@@ -159,9 +159,10 @@ public struct Worker: Service {
                         running[tenant] = nil
                     }
                 } catch {
-                    if !warned {
+                    if notice.failed(at: .now) {
                         logger.warning("Cannot list tenants; serving the ones known", metadata: ["error": "\(error)"])
-                        warned = true
+                    } else {
+                        logger.debug("Cannot list tenants yet", metadata: ["error": "\(error)"])
                     }
                 }
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.tenantRefresh) }

@@ -15,19 +15,22 @@ struct DevModeTests {
     final class DevProcess: Sendable {
         let process: Process
         let output: String
+        let errors: String
 
-        init(dataDirectory: String) throws {
+        init(dataDirectory: String, port: Int = 0) throws {
             let binary = DevModeTests.packageRoot.appendingPathComponent(".build/debug/OrderFlow").path
             guard FileManager.default.isExecutableFile(atPath: binary) else {
                 throw ConfigurationError("\(binary) is missing; run `swift build --build-tests` first")
             }
             output = dataDirectory + ".stdout"
+            errors = dataDirectory + ".stderr"
             _ = FileManager.default.createFile(atPath: output, contents: nil)
+            _ = FileManager.default.createFile(atPath: errors, contents: nil)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["dev", "--port", "0", "--data-dir", dataDirectory, "--log-level", "warning"]
+            process.arguments = ["dev", "--port", String(port), "--data-dir", dataDirectory, "--log-level", "warning"]
             process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            process.standardError = FileHandle.standardError
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors))
             try process.run()
             self.process = process
         }
@@ -85,6 +88,42 @@ struct DevModeTests {
             await connection.close()
             throw error
         }
+    }
+
+    @Test("dev prints an admin URL and token the CLI takes as they are, warns of no missing coordinator, and names a port in use")
+    func devAdminAndPorts() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
+        defer {
+            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] { try? FileManager.default.removeItem(atPath: path) }
+        }
+        let dev = try DevProcess(dataDirectory: dataDirectory)
+        let (port, _) = try await dev.waitForBanner()
+        let text = try String(contentsOfFile: dev.output, encoding: .utf8)
+        let exported = try #require(text.firstMatch(of: /export AUTONOMOUS_ADMIN_URL=(\S+) AUTONOMOUS_ADMIN_TOKEN=(\S+)/), "\(text)")
+        let environment = ["AUTONOMOUS_ADMIN_URL": String(exported.1), "AUTONOMOUS_ADMIN_TOKEN": String(exported.2)]
+        let listed = try await runAutonomousCLIAsync(["tenants", "list"], environment: environment)
+        #expect(listed.status == 0 && listed.output.contains("default"), "\(listed.output)")
+        // The API's path in the URL is taken too.
+        var withPath = environment
+        withPath["AUTONOMOUS_ADMIN_URL"] = String(exported.1) + "/v1/admin/"
+        let again = try await runAutonomousCLIAsync(["tenants", "list"], environment: withPath)
+        #expect(again.status == 0 && again.output.contains("default"), "\(again.output)")
+
+        // A second dev on the same HTTP port stops and says which port.
+        let other = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
+        defer {
+            for path in [other, other + ".stdout", other + ".stderr"] { try? FileManager.default.removeItem(atPath: path) }
+        }
+        let clash = try DevProcess(dataDirectory: other, port: port)
+        for _ in 0..<600 where clash.process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
+        let clashText = (try String(contentsOfFile: clash.errors, encoding: .utf8)) + (try String(contentsOfFile: clash.output, encoding: .utf8))
+        #expect(!clash.process.isRunning)
+        if !clash.process.isRunning { #expect(clash.process.terminationStatus != 0) } else { _ = await clash.stop(signal: SIGKILL) }
+        #expect(clashText.contains("\(port)") && clashText.contains("in use"), "\(clashText)")
+
+        #expect(await dev.stop(signal: SIGTERM) == 0)
+        let warnings = try String(contentsOfFile: dev.errors, encoding: .utf8)
+        #expect(!warnings.contains("aut._coord.rpc"), "dev runs its own coordinator: \(warnings)")
     }
 
     @Test("A true/false setting with another value stops the process with a message naming it")
