@@ -41,22 +41,27 @@ struct Review: Record {
     var reason: String
 }
 
-/// Totals seen by this process since the last summary. Each worker process summarises the
-/// orders it enriched; with several workers, add their summaries up.
+/// Totals seen by this process since the last summary, per tenant (each tenant's summary
+/// counts its own orders only). Each worker process summarises the orders it enriched; with
+/// several workers, add their summaries up.
 actor OrderStats {
-    private var orders = 0
-    private var revenue = 0.0
-    private var highValue = 0
-
-    func add(_ order: EnrichedOrder) {
-        orders += 1
-        revenue += order.total
-        if order.high_value { highValue += 1 }
+    struct Totals: Equatable {
+        var orders = 0
+        var revenue = 0.0
+        var highValue = 0
     }
 
-    func drain() -> (orders: Int, revenue: Double, highValue: Int) {
-        defer { (orders, revenue, highValue) = (0, 0, 0) }
-        return (orders, revenue, highValue)
+    private var byTenant: [String: Totals] = [:]
+
+    func add(_ order: EnrichedOrder, tenant: String) {
+        byTenant[tenant, default: Totals()].orders += 1
+        byTenant[tenant, default: Totals()].revenue += order.total
+        if order.high_value { byTenant[tenant, default: Totals()].highValue += 1 }
+    }
+
+    /// The tenant's totals since its last summary, which start again from zero.
+    func drain(tenant: String) -> Totals {
+        byTenant.removeValue(forKey: tenant) ?? Totals()
     }
 }
 
@@ -101,7 +106,7 @@ struct OrderFlowApp: AutonomousApp {
                 )
             }
             try await enriched.append(out, ctx)
-            for order in out.values { await stats.add(order) }
+            for order in out.values { await stats.add(order, tenant: ctx.tenant) }
         }
 
         enriched.onNewRecords("flag-high-value") { records, ctx in
@@ -112,13 +117,13 @@ struct OrderFlowApp: AutonomousApp {
         }
 
         app.schedule("minute-summary", .every(.seconds(60))) { tick, ctx in
-            let (count, revenue, highValue) = await stats.drain()
+            let totals = await stats.drain(tenant: ctx.tenant)
             try await summaries.append(
                 [
                     "minute": .string(tick.fireTime),
-                    "orders": .int(Int64(count)),
-                    "revenue": .double((revenue * 100).rounded() / 100),
-                    "high_value_orders": .int(Int64(highValue)),
+                    "orders": .int(Int64(totals.orders)),
+                    "revenue": .double((totals.revenue * 100).rounded() / 100),
+                    "high_value_orders": .int(Int64(totals.highValue)),
                 ],
                 ctx
             )

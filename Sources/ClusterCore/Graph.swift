@@ -72,6 +72,7 @@ public struct TableDefinition: Sendable {
             )
         }
         let probe = SchemaProbe.fields(of: Row.self)
+        let required = probe?.required ?? []
         return TableDefinition(
             name: name,
             kind: kind,
@@ -84,6 +85,15 @@ public struct TableDefinition: Sendable {
                     _ = try JSONDecoder().decode(Row.self, from: Data(body))
                     return nil
                 } catch let error as DecodingError {
+                    // A record missing several top-level fields hears of all of them at once.
+                    if case .keyNotFound(_, let context) = error, context.codingPath.isEmpty,
+                        case .object(let object)? = try? JSONParser.parse(body)
+                    {
+                        let missing = required.filter { object[$0] == nil }
+                        if missing.count > 1 {
+                            return (missing[0], "missing required fields " + missing.map { "'\($0)'" }.joined(separator: ", "))
+                        }
+                    }
                     return SchemaProbe.describe(error)
                 } catch {
                     return (nil, "\(error)")

@@ -17,10 +17,12 @@ public protocol CoordinatorStore: Sendable {
 
     /// The fire time of the last tick handled (published, or skipped while paused), if any.
     func lastFire(tenant: String, schedule: String) async throws -> Date?
-    /// Records that the tick at `fireTime` was handled. It never moves backwards. With a
-    /// `fence`, the write happens only while that lease is still held with that token, and
-    /// throws ``StoreError/fenced`` otherwise.
-    func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws
+    /// The fire time of the last tick published (not skipped while paused), if any.
+    func lastPublishedFire(tenant: String, schedule: String) async throws -> Date?
+    /// Records that the tick at `fireTime` was handled: `published`, or skipped while paused.
+    /// Neither time moves backwards. With a `fence`, the write happens only while that lease
+    /// is still held with that token, and throws ``StoreError/fenced`` otherwise.
+    func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws
     /// Pause flag and timing override of a schedule for one tenant.
     func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl
     func setPaused(tenant: String, schedule: String, paused: Bool) async throws
@@ -77,8 +79,9 @@ extension CoordinatorStore {
         try await scheduleControl(tenant: tenant, schedule: schedule).paused
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date) async throws {
-        try await recordFire(tenant: tenant, schedule: schedule, at: fireTime, fence: nil)
+    /// Records that the tick at `fireTime` was published.
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence? = nil) async throws {
+        try await recordFire(tenant: tenant, schedule: schedule, at: fireTime, published: true, fence: fence)
     }
 }
 

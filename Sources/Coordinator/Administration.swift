@@ -198,7 +198,9 @@ public struct Administration: Sendable {
         let definition = try definition(scheduleName)
         let control = try await store.scheduleControl(tenant: name, schedule: scheduleName)
         let effective = Scheduler.effective(definition.schedule, control: control)
+        // Handled through `last` (published or skipped); the last tick that fired is reported.
         let last = try await store.lastFire(tenant: name, schedule: scheduleName)
+        let published = try await store.lastPublishedFire(tenant: name, schedule: scheduleName)
         return ScheduleInfo(
             name: scheduleName,
             tenant: name,
@@ -207,7 +209,7 @@ public struct Administration: Sendable {
             overridden: control.expression != nil,
             paused: control.paused,
             catchUp: effective.catchUpPolicy.description,
-            lastFire: last.map(ISO8601.format),
+            lastFire: published.map(ISO8601.format),
             nextFire: effective.nextFire(after: max(Date(), last ?? .distantPast)).map(ISO8601.format)
         )
     }

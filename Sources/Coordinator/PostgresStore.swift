@@ -98,6 +98,12 @@ public final class PostgresStore: CoordinatorStore {
         ALTER TABLE autonomous_tenants ADD COLUMN IF NOT EXISTS records_per_second BIGINT;
         ALTER TABLE autonomous_tenants ADD COLUMN IF NOT EXISTS burst BIGINT
         """,
+        // The last tick published, apart from the last one handled (which includes ticks
+        // skipped while paused). Ticks recorded before this column existed were published.
+        """
+        ALTER TABLE autonomous_schedule_state ADD COLUMN IF NOT EXISTS last_published DOUBLE PRECISION;
+        UPDATE autonomous_schedule_state SET last_published = last_fire WHERE last_published IS NULL
+        """,
     ]
 
     public func migrate() async throws {
@@ -148,19 +154,34 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws {
+    public func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
+        let rows = try await client.query(
+            "SELECT last_published FROM autonomous_schedule_state WHERE tenant = \(tenant) AND schedule = \(schedule)",
+            logger: logger
+        )
+        for try await seconds in rows.decode(Double?.self) {
+            return seconds.map { Date(timeIntervalSince1970: $0) }
+        }
+        return nil
+    }
+
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
         let seconds = fireTime.timeIntervalSince1970
+        let publishedSeconds: Double? = published ? seconds : nil
+        // GREATEST ignores NULL: a skipped tick leaves the last published one as it was.
         if let fence {
             // One statement: the lease check and the write see the same snapshot.
             let written = try await returnsRow(
                 """
-                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire)
-                SELECT \(tenant), \(schedule), \(seconds)
+                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire, last_published)
+                SELECT \(tenant), \(schedule), \(seconds), \(publishedSeconds)
                 WHERE EXISTS (
                     SELECT 1 FROM autonomous_leases
                     WHERE name = \(fence.name) AND holder = \(fence.holder) AND token = \(fence.token) AND expires_at > now()
                 )
-                ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
+                ON CONFLICT (tenant, schedule) DO UPDATE SET
+                    last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire),
+                    last_published = GREATEST(autonomous_schedule_state.last_published, EXCLUDED.last_published)
                 RETURNING 1
                 """
             )
@@ -168,8 +189,11 @@ public final class PostgresStore: CoordinatorStore {
         } else {
             try await client.query(
                 """
-                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire) VALUES (\(tenant), \(schedule), \(seconds))
-                ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire)
+                INSERT INTO autonomous_schedule_state (tenant, schedule, last_fire, last_published)
+                VALUES (\(tenant), \(schedule), \(seconds), \(publishedSeconds))
+                ON CONFLICT (tenant, schedule) DO UPDATE SET
+                    last_fire = GREATEST(autonomous_schedule_state.last_fire, EXCLUDED.last_fire),
+                    last_published = GREATEST(autonomous_schedule_state.last_published, EXCLUDED.last_published)
                 """,
                 logger: logger
             )

@@ -68,6 +68,12 @@ public actor SQLiteStore: CoordinatorStore {
         ALTER TABLE tenants ADD COLUMN records_per_second INTEGER;
         ALTER TABLE tenants ADD COLUMN burst INTEGER
         """,
+        // The last tick published, apart from the last one handled (which includes ticks
+        // skipped while paused). Ticks recorded before this column existed were published.
+        """
+        ALTER TABLE schedule_state ADD COLUMN last_published REAL;
+        UPDATE schedule_state SET last_published = last_fire
+        """,
     ]
 
     public func migrate() async throws {
@@ -97,19 +103,33 @@ public actor SQLiteStore: CoordinatorStore {
         return rows.first?.column("last_fire")?.double.map { Date(timeIntervalSince1970: $0) }
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws {
+    public func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
+        let rows = try await connection.query(
+            "SELECT last_published FROM schedule_state WHERE tenant = ? AND schedule = ?",
+            [.text(tenant), .text(schedule)]
+        )
+        return rows.first?.column("last_published")?.double.map { Date(timeIntervalSince1970: $0) }
+    }
+
+    public func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
         // One statement, so the fence check and the write cannot interleave with another
         // call on this actor's connection.
         var sql = """
-            INSERT INTO schedule_state (tenant, schedule, last_fire) SELECT ?, ?, ?
+            INSERT INTO schedule_state (tenant, schedule, last_fire, last_published) SELECT ?, ?, ?, ?
             """
-        var binds: [SQLiteData] = [.text(tenant), .text(schedule), .float(fireTime.timeIntervalSince1970)]
+        let seconds = fireTime.timeIntervalSince1970
+        var binds: [SQLiteData] = [.text(tenant), .text(schedule), .float(seconds), published ? .float(seconds) : .null]
         if let fence {
             sql += " WHERE EXISTS (SELECT 1 FROM leases WHERE name = ? AND holder = ? AND token = ? AND expires_at > ?)"
             binds += [.text(fence.name), .text(fence.holder), .integer(Int(fence.token)), .float(Self.now())]
         }
         sql += """
-             ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = MAX(last_fire, excluded.last_fire) RETURNING 1 AS done
+             ON CONFLICT (tenant, schedule) DO UPDATE SET last_fire = MAX(last_fire, excluded.last_fire),
+                last_published = CASE
+                    WHEN excluded.last_published IS NULL THEN last_published
+                    WHEN last_published IS NULL THEN excluded.last_published
+                    ELSE MAX(last_published, excluded.last_published) END
+             RETURNING 1 AS done
             """
         let rows = try await connection.query(sql, binds)
         if fence != nil && rows.isEmpty {

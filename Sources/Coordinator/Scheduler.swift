@@ -115,7 +115,7 @@ final class Scheduler: Sendable {
         }
         guard leadership.isValid else { throw LeadershipLost() }
         do {
-            try await store.recordFire(tenant: tenant, schedule: definition.name, at: fireTime, fence: leadership.fence)
+            try await store.recordFire(tenant: tenant, schedule: definition.name, at: fireTime, published: !paused, fence: leadership.fence)
         } catch let error as StoreError where error.kind == .fenced {
             throw LeadershipLost()
         }

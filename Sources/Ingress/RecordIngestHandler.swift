@@ -255,6 +255,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // Idle before the end is written: the pipelining handler may hand over the next
         // request from inside that write.
         mode = .idle
+        // Counted as the Hummingbird path counts its refusals.
+        if response.status >= 400 { state.rejectedRequests.increment() }
         guard isActive else { return }
         var headers = HTTPHeaders()
         headers.reserveCapacity(6)

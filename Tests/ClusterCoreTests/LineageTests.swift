@@ -165,6 +165,28 @@ struct LineageTests {
         #expect(runs[0].values.first?.contains("batch-") == true)
     }
 
+    @Test("A schedule's appends are caused by their tick and counted as the batch's outputs")
+    func scheduleTicks() async throws {
+        var app = AppBuilder(name: "Ticks")
+        let notes = app.table("notes")
+        app.schedule("beat", .every(.seconds(60))) { tick, ctx in
+            try await notes.append(["at": .string(tick.fireTime)], ctx)
+            try await notes.append(["again": true], ctx)
+        }
+        let graph = try app.build()
+        let handler = try #require(graph.handlers.first { $0.name == "schedule-beat" })
+        let invoke = try handler.prepare(ComponentEnvironment(environment: [:], logger: Logger(label: "test")))
+        let raw = ["t1", "t2"].map { id in
+            IncomingRecord(metadata: RecordMetadata(id: id, table: "beat", tenant: "t"), payload: Array(#"{"schedule":"beat","fire_time":"2026-12-07T00:00:00Z"}"#.utf8))
+        }
+        let publisher = RecordingPublisher()
+        let ctx = HandlerContext(handler: handler.name, tenant: "t", inputs: raw.map(\.metadata), publisher: publisher, logger: Logger(label: "test"))
+        try await invoke(raw, ctx)
+        try await ctx.flush()
+        #expect(ctx.publishedCount == 4, "the worker's log line counts what the schedule appended")
+        #expect((0..<4).map { publisher.header("Aut-Caused-By", of: $0) } == ["t1", "t1", "t2", "t2"])
+    }
+
     @Test("A table handle appends with the built graph's definition: an ordered reader's partitions")
     func boundToGraph() throws {
         var app = AppBuilder(name: "Bound")

@@ -58,6 +58,10 @@ struct BadInputTests {
             )
             // Typed table: the record must decode as a Reading.
             expectError(try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s1"}"#), status: 422, code: "invalid_record", field: "value")
+            // Every missing field is named at once.
+            let bare = try await app.post("/v1/tables/readings/records", body: #"{"note":"x"}"#)
+            expectError(bare, status: 422, code: "invalid_record", field: "sensor")
+            #expect(bare.body["error"]["message"].stringValue?.contains("missing required fields 'sensor', 'value'") == true, "\(bare.body)")
             expectError(
                 try await app.post("/v1/tables/readings/records", body: #"[{"sensor":"s1","value":1},{"sensor":"s2","value":"high"}]"#),
                 status: 422, code: "invalid_record", field: "records[1].value"

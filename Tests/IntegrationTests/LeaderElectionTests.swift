@@ -16,8 +16,9 @@ final class PartitionableStore: CoordinatorStore {
     func migrate() async throws { try await base.migrate() }
     func close() async throws { try await base.close() }
     func lastFire(tenant: String, schedule: String) async throws -> Date? { try await base.lastFire(tenant: tenant, schedule: schedule) }
-    func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence?) async throws {
-        try await base.recordFire(tenant: tenant, schedule: schedule, at: fireTime, fence: fence)
+    func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? { try await base.lastPublishedFire(tenant: tenant, schedule: schedule) }
+    func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
+        try await base.recordFire(tenant: tenant, schedule: schedule, at: fireTime, published: published, fence: fence)
     }
     func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl { try await base.scheduleControl(tenant: tenant, schedule: schedule) }
     func setPaused(tenant: String, schedule: String, paused: Bool) async throws { try await base.setPaused(tenant: tenant, schedule: schedule, paused: paused) }

@@ -41,6 +41,15 @@ struct MetricsTests {
             #expect(ingress.contentType?.hasPrefix("text/plain") == true)
             #expect((Self.value(ingress.text, "autonomous_ingress_records_accepted_total") ?? 0) >= 3)
             #expect(ingress.text.contains("# TYPE autonomous_worker_batch_duration_seconds histogram"))
+            // Every refused request counts, small record-API requests (answered on the event
+            // loop) as much as the others.
+            let rejectedBefore = Self.value(ingress.text, "autonomous_ingress_requests_rejected_total") ?? 0
+            for _ in 0..<10 {
+                #expect(try await app.post("/v1/tables/metered_in/records", body: "[]").status == 400)
+            }
+            #expect(try await app.post("/v1/tables/nope/records", body: "{}").status == 404)
+            let rejectedAfter = Self.value(try await Self.get(app.baseURL + "/metrics").text, "autonomous_ingress_requests_rejected_total") ?? 0
+            #expect(rejectedAfter - rejectedBefore >= 11, "\(rejectedBefore) → \(rejectedAfter)")
             let admin = try await Self.get(app.adminURL + "/metrics")
             #expect(admin.status == 200)
             #expect(Self.value(admin.text, #"autonomous_worker_records_processed_total{handler="metered-copy"}"#) == 3)

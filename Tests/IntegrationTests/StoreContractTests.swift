@@ -61,6 +61,15 @@ struct StoreContractTests {
             #expect(try await store.lastFire(tenant: "acme", schedule: "nightly") == first.addingTimeInterval(86_400))
             #expect(try await store.lastFire(tenant: "other", schedule: "nightly") == nil, "tenants are separate")
             #expect(try await store.lastFire(tenant: "acme", schedule: "hourly") == nil)
+            // A tick skipped while paused is handled, but was not published.
+            let published = first.addingTimeInterval(86_400)
+            #expect(try await store.lastPublishedFire(tenant: "acme", schedule: "nightly") == published)
+            try await store.recordFire(tenant: "acme", schedule: "nightly", at: published.addingTimeInterval(60), published: false, fence: nil)
+            #expect(try await store.lastFire(tenant: "acme", schedule: "nightly") == published.addingTimeInterval(60))
+            #expect(try await store.lastPublishedFire(tenant: "acme", schedule: "nightly") == published)
+            try await store.recordFire(tenant: "paused", schedule: "s", at: first, published: false, fence: nil)
+            #expect(try await store.lastPublishedFire(tenant: "paused", schedule: "s") == nil)
+            #expect(try await store.lastFire(tenant: "paused", schedule: "s") == first)
             // Names are bound as parameters, never spliced into SQL.
             try await store.recordFire(tenant: "x'; DROP TABLE t; --", schedule: "s", at: first)
             #expect(try await store.lastFire(tenant: "x'; DROP TABLE t; --", schedule: "s") == first)

@@ -196,6 +196,12 @@ struct TenancyTests {
             let paused = try await count()
             try await Task.sleep(for: .seconds(3))
             #expect(try await count() == paused, "no tick while paused")
+            // Its last fire is the last tick published, not one skipped while paused.
+            let ticks = try await app.connection.readAll(stream: "AUT_DEFAULT", subject: subject, headers: [], atLeast: paused, timeout: .seconds(5))
+            let lastPublished = ticks.compactMap { try? JSONParser.parse($0.payload)["fire_time"].stringValue }.max()
+            let info = try await app.http("GET", app.adminURL + "/v1/admin/tenants/default/schedules/second", headers: admin)
+            #expect(info.status == 200 && info.body["paused"] == true)
+            #expect(info.body["lastFire"].stringValue == lastPublished, "\(info.body) against \(lastPublished ?? "none")")
             #expect(try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/resume", headers: admin).status == 200)
             #expect(try await eventually(timeout: .seconds(10)) { try await count() >= paused + 2 }, "ticks resume")
         }
