@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "autonomous", targets: ["AutonomousCLI"]),
         .executable(name: "OrderFlow", targets: ["OrderFlow"]),
         .executable(name: "SlackBot", targets: ["SlackBot"]),
+        .executable(name: "Starter", targets: ["Starter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -193,6 +194,13 @@ let package = Package(
             name: "OrderFlow",
             dependencies: ["Autonomous"],
             path: "Examples/OrderFlow",
+            swiftSettings: swiftSettings
+        ),
+        // What `autonomous init` copies into a new app.
+        .executableTarget(
+            name: "Starter",
+            dependencies: ["Autonomous"],
+            path: "Examples/Starter",
             swiftSettings: swiftSettings
         ),
         .executableTarget(

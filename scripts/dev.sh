@@ -4,5 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# Only what OrderFlow and the `autonomous` command need; both share every dependency.
+if [ ! -x .build/debug/OrderFlow ] || [ ! -x .build/debug/autonomous ]; then
+  echo "Building OrderFlow and the autonomous command. The first build compiles SwiftNIO, Hummingbird,"
+  echo "PostgresNIO and friends: several minutes on 2 cores. Later runs take seconds."
+fi
 swift build --product OrderFlow
+swift build --product autonomous
 exec .build/debug/OrderFlow dev "$@"

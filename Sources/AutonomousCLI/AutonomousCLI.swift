@@ -11,7 +11,7 @@ struct AutonomousCLI: AsyncParsableCommand {
         commandName: "autonomous",
         abstract: "Operate Autonomous apps.",
         subcommands: [
-            DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
+            InitCommand.self, DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
             TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, SuperviseCommand.self,
         ]
     )
