@@ -270,7 +270,7 @@ struct DescribeCommand<App: AutonomousApp>: AsyncParsableCommand {
         let graph: AppGraph
         do { graph = try App.graph() } catch { throw ValidationError(error.description) }
         if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
-        print(pretty(graph.describe(tenant: tenant)))
+        FileHandle.standardOutput.write(graph.description(tenant: tenant).encoded() + Data("\n".utf8))
     }
 }
 
@@ -384,23 +384,5 @@ enum DevBanner {
         lines.append("  \(sqlitePath) (coordinator state)")
         lines.append("")
         return lines.joined(separator: "\n")
-    }
-}
-
-/// Indented JSON for people.
-func pretty(_ value: JSONValue, indent: String = "") -> String {
-    let next = indent + "  "
-    switch value {
-    case .array(let items):
-        if items.isEmpty { return "[]" }
-        return "[\n" + items.map { next + pretty($0, indent: next) }.joined(separator: ",\n") + "\n\(indent)]"
-    case .object(let object):
-        if object.isEmpty { return "{}" }
-        let body = object.keys.sorted().map { key in
-            next + JSONValue.string(key).jsonText + ": " + pretty(object[key]!, indent: next)
-        }
-        return "{\n" + body.joined(separator: ",\n") + "\n\(indent)}"
-    default:
-        return value.jsonText
     }
 }

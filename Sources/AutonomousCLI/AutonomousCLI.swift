@@ -145,7 +145,7 @@ struct DeployCommand: AsyncParsableCommand {
         default:
             result = try await deployProcesses(binary: binary, deployment: deployment, configuration: configuration)
         }
-        print("Deploying '\(description.name)' to '\(deployment.target)' with \(deployment.engine)... \(result)")
+        print("Deploying '\(description.app)' to '\(deployment.target)' with \(deployment.engine)... \(result)")
         print("")
         print("Live endpoints:")
         let host = deployment.engine == .process ? "localhost:\(deployment.httpPort)" : "<ingress>"

@@ -42,13 +42,19 @@ struct GraphTests {
         app.post("/in") { _, _ in .ok }
         app.schedule("nightly", .daily(at: "03:00")) { _, _ in }
         let graph = try app.build()
-        let described = graph.describe(tenant: "acme")
-        #expect(described["stream"] == "AUT_ACME")
-        #expect(described["handlers"][0]["consumer"] == "h_needs-prompt-prompts")
-        #expect(described["tables"][0]["subject"] == "aut.acme.tbl.prompts")
-        #expect(described["tables"][0]["stream"] == "AUT_ACME_tbl_prompts")
-        #expect(described["tables"][0]["fields"] == ["prompt", "channel"])
-        #expect(described["schedules"][0]["subject"] == "aut.acme.sched.nightly")
+        let described = graph.description(tenant: "acme")
+        #expect(described.stream == "AUT_ACME")
+        #expect(described.handlers[0].consumer == "h_needs-prompt-prompts")
+        #expect(described.tables[0].subject == "aut.acme.tbl.prompts")
+        #expect(described.tables[0].stream == "AUT_ACME_tbl_prompts")
+        #expect(described.tables[0].fields == ["prompt", "channel"])
+        #expect(described.schedules[0].subject == "aut.acme.sched.nightly")
+        // What `describe` prints reads back as the same graph, in snake_case JSON.
+        let json = try JSONParser.parse(Array(described.encoded()))
+        #expect(json["format_version"] == .int(Int64(AppDescription.currentFormatVersion)))
+        #expect(json["tables"][0]["semantic_type"] == "llm.prompt@1")
+        #expect(json["handlers"][0]["dead_letter_subject"] == "aut.acme.dlq.needs-prompt-prompts")
+        #expect(try AppDescription.decode(described.encoded()) == described)
     }
 
     func problems(_ build: (inout AppBuilder) -> Void) -> [String] {

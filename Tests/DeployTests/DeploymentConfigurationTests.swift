@@ -1,5 +1,6 @@
 import ClusterCore
 import Deploy
+import Foundation
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -95,11 +96,26 @@ struct AppDescriptionTests {
         orders.onNewRecords("enrich") { _, _ in }
         app.schedule("nightly", .daily(at: "03:00")) { _, _ in }
         // `describe` runs for one tenant; the deploy renders for another.
-        let description = try AppDescription(json: try app.build().describe(tenant: "default"))
+        let description = try AppDescription.decode(try app.build().description(tenant: "default").encoded())
         #expect(description.streamName(of: "enrich", tenant: "acme") == "AUT_ACME_tbl_orders")
-        let schedule = try #require(description.handlers.first { $0 != "enrich" })
+        let schedule = try #require(description.handlers.first { $0.name != "enrich" }?.name)
         #expect(description.streamName(of: schedule, tenant: "acme") == "AUT_ACME")
         #expect(Wire.tableStreamName(tenant: "a_1", table: "x") != Wire.tableStreamName(tenant: "a", table: "1_x"))
+    }
+
+    @Test("A graph of a newer format, or of none, is refused with a message saying why")
+    func versions() throws {
+        var app = AppBuilder(name: "Versions")
+        _ = app.table("orders")
+        var description = try app.build().description(tenant: "default")
+        description.formatVersion = AppDescription.currentFormatVersion + 1
+        #expect(throws: ConfigurationError.self) { try AppDescription.decode(description.encoded()) }
+        do {
+            _ = try AppDescription.decode(description.encoded())
+        } catch {
+            #expect("\(error)".contains("format \(AppDescription.currentFormatVersion + 1)"))
+        }
+        #expect(throws: ConfigurationError.self) { try AppDescription.decode(Data(#"{"app":"old","tables":[]}"#.utf8)) }
     }
 }
 

@@ -1,0 +1,183 @@
+import Foundation
+
+/// The app graph as other programs read it: what `<app> describe` prints, what the deploy
+/// tool renders from, and what an app written in another language will print the same way.
+/// One Codable type on both sides; the JSON uses snake_case keys and carries
+/// ``formatVersion`` so a reader can refuse a graph newer than it understands
+/// (`docs/wire.md`, "The app graph").
+public struct AppDescription: Codable, Sendable, Hashable {
+    /// The version of this format that this build writes, and the newest it reads.
+    public static let currentFormatVersion = 1
+
+    public var formatVersion: Int
+    public var app: String
+    /// The tenant whose subjects and streams are shown.
+    public var tenant: String
+    /// The tenant's stream of schedule ticks and dead letters (each table has its own).
+    public var stream: String
+    public var tables: [Table]
+    public var handlers: [Handler]
+    public var routes: [Route]
+    public var schedules: [Schedule]
+
+    public struct Table: Codable, Sendable, Hashable {
+        public var name: String
+        /// `table`, or `schedule` for a schedule's table of ticks.
+        public var kind: String
+        public var semanticType: String
+        public var subject: String
+        public var stream: String
+        /// The Swift type's name, or `JSON` for a dynamic table.
+        public var recordType: String
+        /// Every top-level field a record may have, when known.
+        public var fields: [String]?
+        public var requiredFields: [String]?
+        /// Set when an ordered handler reads the table.
+        public var partitioning: Partitioning?
+
+        enum CodingKeys: String, CodingKey {
+            case name, kind, subject, stream, fields, partitioning
+            case semanticType = "semantic_type"
+            case recordType = "record_type"
+            case requiredFields = "required_fields"
+        }
+    }
+
+    public struct Partitioning: Codable, Sendable, Hashable {
+        public var field: String
+        public var partitions: Int
+    }
+
+    public struct Handler: Codable, Sendable, Hashable {
+        public var name: String
+        public var source: String
+        /// `table` or `schedule`.
+        public var sourceKind: String
+        public var consumer: String
+        public var batchSize: Int
+        public var concurrency: Int
+        public var maxAttempts: Int
+        public var deadLetterSubject: String
+        public var component: String?
+        public var outputs: [String]?
+        /// Names of the secrets (environment variables) it needs, never their values.
+        public var secrets: [String]?
+        /// The key an ordered handler keeps each record's order by.
+        public var orderedBy: String?
+
+        enum CodingKeys: String, CodingKey {
+            case name, source, consumer, concurrency, component, outputs, secrets
+            case sourceKind = "source_kind"
+            case batchSize = "batch_size"
+            case maxAttempts = "max_attempts"
+            case deadLetterSubject = "dead_letter_subject"
+            case orderedBy = "ordered_by"
+        }
+    }
+
+    public struct Route: Codable, Sendable, Hashable {
+        public var method: String
+        public var path: String
+        /// `route` (runs app code) or `webhook` (appends the verified body to `table`).
+        public var kind: String
+        public var table: String?
+        /// How a webhook verifies its sender, e.g. `slack`.
+        public var verification: String?
+    }
+
+    public struct Schedule: Codable, Sendable, Hashable {
+        public var name: String
+        public var schedule: String
+        public var timeZone: String
+        public var subject: String
+
+        enum CodingKeys: String, CodingKey {
+            case name, schedule, subject
+            case timeZone = "time_zone"
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case app, tenant, stream, tables, handlers, routes, schedules
+        case formatVersion = "format_version"
+    }
+
+    /// Reads a graph that `describe` printed; refuses one of a newer format, naming both.
+    public static func decode(_ data: Data) throws -> AppDescription {
+        struct Version: Decodable {
+            var formatVersion: Int?
+            enum CodingKeys: String, CodingKey { case formatVersion = "format_version" }
+        }
+        let version = try JSONDecoder().decode(Version.self, from: data).formatVersion ?? 0
+        guard version >= 1 else {
+            throw ConfigurationError("the app graph has no format_version; it was printed by a release before the format was versioned")
+        }
+        guard version <= currentFormatVersion else {
+            throw ConfigurationError(
+                "the app graph is of format \(version); this build reads formats up to \(currentFormatVersion): use an autonomous command as new as the app"
+            )
+        }
+        return try JSONDecoder().decode(AppDescription.self, from: data)
+    }
+
+    /// The graph as `describe` prints it: indented, keys sorted.
+    public func encoded() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // Every field is a plain string, number, array or optional of them: encoding cannot fail.
+        return try! encoder.encode(self)
+    }
+}
+
+extension AppGraph {
+    /// The graph as other programs read it, with `tenant`'s subjects and streams.
+    public func description(tenant: String) -> AppDescription {
+        AppDescription(
+            formatVersion: AppDescription.currentFormatVersion,
+            app: name,
+            tenant: tenant,
+            stream: Wire.streamName(tenant: tenant),
+            tables: tables.map { table in
+                AppDescription.Table(
+                    name: table.name,
+                    kind: table.kind.rawValue,
+                    semanticType: table.semanticType.description,
+                    subject: table.subject(tenant: tenant),
+                    stream: table.streamName(tenant: tenant),
+                    recordType: table.typeName ?? "JSON",
+                    fields: table.knownFields,
+                    requiredFields: table.requiredFields,
+                    partitioning: table.partitioning.map { AppDescription.Partitioning(field: $0.field, partitions: $0.partitions) }
+                )
+            },
+            handlers: handlers.map { handler in
+                AppDescription.Handler(
+                    name: handler.name,
+                    source: handler.source,
+                    sourceKind: handler.sourceKind.rawValue,
+                    consumer: handler.consumerName,
+                    batchSize: handler.options.batchSize,
+                    concurrency: handler.options.concurrency,
+                    maxAttempts: handler.options.maxAttempts,
+                    deadLetterSubject: Wire.deadLetterSubject(tenant: tenant, handler: handler.name),
+                    component: handler.component,
+                    outputs: handler.outputs.isEmpty ? nil : handler.outputs,
+                    secrets: handler.secrets.isEmpty ? nil : handler.secrets.map(\.name),
+                    orderedBy: handler.options.ordering?.field
+                )
+            },
+            routes: routes.map { AppDescription.Route(method: $0.method, path: $0.path, kind: "route") }
+                + webhooks.map {
+                    AppDescription.Route(method: "POST", path: $0.path, kind: "webhook", table: $0.table, verification: $0.verification.label)
+                },
+            schedules: schedules.map {
+                AppDescription.Schedule(
+                    name: $0.name,
+                    schedule: $0.schedule.description,
+                    timeZone: $0.schedule.timeZoneIdentifier,
+                    subject: Wire.scheduleSubject(tenant: tenant, schedule: $0.name)
+                )
+            }
+        )
+    }
+}
