@@ -20,6 +20,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the \
                 coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY, \
                 AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10), \
+                AUTONOMOUS_SHUTDOWN_TIMEOUT (seconds a graceful shutdown may take before what still \
+                runs is cancelled; default 30), \
                 AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4), \
                 AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish \
                 through nats.c instead of the event loops' own connections; default true), \
@@ -177,6 +179,12 @@ struct CommonOptions: ParsableArguments {
                 throw ValidationError("AUTONOMOUS_LEASE_TTL '\(text)' must be seconds between 1 and 300")
             }
             configuration.leaseTTL = .milliseconds(Int64(seconds * 1000))
+        }
+        if let text = environment["AUTONOMOUS_SHUTDOWN_TIMEOUT"] {
+            guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
+                throw ValidationError("AUTONOMOUS_SHUTDOWN_TIMEOUT '\(text)' must be seconds between 1 and 3600")
+            }
+            configuration.shutdownTimeout = .milliseconds(Int64(seconds * 1000))
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration

@@ -246,14 +246,16 @@ public struct AppRuntime: Sendable {
             await connection.close()
             throw error
         }
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { .init(service: $0) },
-                gracefulShutdownSignals: signals,
-                cancellationSignals: [],
-                logger: logger
-            )
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: signals,
+            cancellationSignals: [],
+            logger: logger
         )
+        // A handler that never returns cannot hold the process: after this long the services
+        // still running are cancelled (their unacknowledged records are redelivered).
+        groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownTimeout
+        let group = ServiceGroup(configuration: groupConfiguration)
         if let onStarted { await onStarted(group) }
         do {
             try await group.run()

@@ -17,8 +17,8 @@ struct DevModeTests {
         let output: String
         let errors: String
 
-        init(dataDirectory: String, port: Int = 0) throws {
-            let binary = DevModeTests.packageRoot.appendingPathComponent(".build/debug/OrderFlow").path
+        init(dataDirectory: String, port: Int = 0, app: String = "OrderFlow", environment: [String: String] = [:]) throws {
+            let binary = DevModeTests.packageRoot.appendingPathComponent(".build/debug/\(app)").path
             guard FileManager.default.isExecutableFile(atPath: binary) else {
                 throw ConfigurationError("\(binary) is missing; run `swift build --build-tests` first")
             }
@@ -31,6 +31,9 @@ struct DevModeTests {
             process.arguments = ["dev", "--port", String(port), "--data-dir", dataDirectory, "--log-level", "warning"]
             process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
             process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors))
+            if !environment.isEmpty {
+                process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+            }
             try process.run()
             self.process = process
         }
@@ -40,7 +43,7 @@ struct DevModeTests {
             for _ in 0..<600 {
                 let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
                 if text.contains("Storages online:"),
-                    let port = text.firstMatch(of: /localhost:(\d+)\/orders POST/).flatMap({ Int($0.1) }),
+                    let port = text.firstMatch(of: /localhost:(\d+)\/v1\/tables/).flatMap({ Int($0.1) }),
                     let url = text.firstMatch(of: /(nats:\/\/127\.0\.0\.1:\d+)/).map({ String($0.1) })
                 {
                     return (port, url)
@@ -124,6 +127,36 @@ struct DevModeTests {
         #expect(await dev.stop(signal: SIGTERM) == 0)
         let warnings = try String(contentsOfFile: dev.errors, encoding: .utf8)
         #expect(!warnings.contains("aut._coord.rpc"), "dev runs its own coordinator: \(warnings)")
+    }
+
+    @Test("SIGTERM with a handler that never returns: the process stops after AUTONOMOUS_SHUTDOWN_TIMEOUT")
+    func shutdownTimeout() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
+        let started = dataDirectory + ".started"
+        defer {
+            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr", started] { try? FileManager.default.removeItem(atPath: path) }
+        }
+        let dev = try DevProcess(
+            dataDirectory: dataDirectory,
+            app: "ClusterFixture",
+            environment: ["AUTONOMOUS_SHUTDOWN_TIMEOUT": "2", "FIXTURE_STUCK_SECONDS": "3600", "FIXTURE_STARTED_FILE": started]
+        )
+        let (port, _) = try await dev.waitForBanner()
+        #expect(try await post("http://127.0.0.1:\(port)/v1/tables/stuck_in/records", #"{"n":1}"#) == 202)
+        var running = false
+        for _ in 0..<600 where !running {
+            running = FileManager.default.fileExists(atPath: started)
+            if !running { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(running, "the handler started")
+        // Without the timeout the worker would wait an hour for its batch; the test gives up
+        // (and kills it) after 20 s.
+        let status = await dev.stop(signal: SIGTERM)
+        #expect(status != -1, "the process stopped by itself")
+        let pidText = try String(contentsOfFile: dataDirectory + "/nats/nats-server.pid", encoding: .utf8)
+        if let natsPID = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            #expect(kill(natsPID, 0) != 0, "the embedded nats-server stopped with it")
+        }
     }
 
     @Test("A true/false setting with another value stops the process with a message naming it")

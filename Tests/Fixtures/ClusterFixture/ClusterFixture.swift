@@ -21,6 +21,14 @@ struct ClusterFixtureApp: AutonomousApp {
             try await ordered.append(records.map { ["key": $0["key"], "seq": $0["seq"], "pid": .int(pid)] }, ctx)
         }
 
+        // A handler that does not return (for the shutdown timeout): it marks that it started.
+        let stuckSeconds = ProcessInfo.processInfo.environment["FIXTURE_STUCK_SECONDS"].flatMap(Int.init) ?? 0
+        let startedFile = ProcessInfo.processInfo.environment["FIXTURE_STARTED_FILE"]
+        app.table("stuck_in").onNewRecords("stuck", options: HandlerOptions(batchSize: 1, concurrency: 1)) { _, _ in
+            if let startedFile { FileManager.default.createFile(atPath: startedFile, contents: Data()) }
+            if stuckSeconds > 0 { try await Task.sleep(for: .seconds(stuckSeconds)) }
+        }
+
         // The same records handled in the shapes people write by hand.
         let loopIn = app.table("loop_in")
         let viaFor = app.table("loop_for")
