@@ -224,6 +224,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "CoordinatorTests",
+            dependencies: ["Coordinator"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "WorkerTests",
             dependencies: ["Worker"],
             swiftSettings: swiftSettings

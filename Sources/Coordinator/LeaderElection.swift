@@ -35,11 +35,9 @@ struct LeadershipLost: Error, CustomStringConvertible {
 
 /// Leader election by a lease in the coordinator store.
 ///
-/// Every coordinator runs one. `ttl` bounds the takeover: the lease is written for 85 % of it
-/// and standbys try every 10 %, so a standby leads at most `ttl` after the leader's last
-/// successful renewal (and so at most `ttl` after the leader died). The leader renews every
-/// 20 % of `ttl`. Its duties run in their own task, cancelled as soon as the tenure ends
-/// (lost to another holder, or its deadline passed without a successful renewal).
+/// Every coordinator runs one; the timing and states are ``LeaderLease``'s. A leader's duties
+/// run in their own task, cancelled as soon as the tenure ends (lost to another holder, or its
+/// deadline passed without a successful renewal).
 struct LeaderElection: Sendable {
     static let leaseName = "leader"
 
@@ -50,52 +48,36 @@ struct LeaderElection: Sendable {
 
     /// Acts as candidate until cancelled; runs `duties` during each tenure.
     func run(duties: @escaping @Sendable (Leadership) async -> Void) async {
+        var lease = LeaderLease<ContinuousClock.Instant>(ttl: ttl)
         var current: (leadership: Leadership, task: Task<Void, Never>)?
-        let leaseLength = ttl / 20 * 17
-        // The local deadline ends before the database's expiry by this much.
-        let margin = max(ttl / 10, .milliseconds(100))
         while !Task.isCancelled {
             let attempt = ContinuousClock.now
-            var outcome: Result<Int64?, any Error>
+            var action = LeaderLease<ContinuousClock.Instant>.Action.none
             do {
                 let store = self.store
                 let holder = self.holder
-                outcome = .success(
-                    try await withDeadline(ttl / 5) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: leaseLength) }
-                )
+                let length = lease.leaseLength
+                let token = try await withDeadline(ttl / 5) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: length) }
+                action = lease.acquired(token, sentAt: attempt)
             } catch {
-                outcome = .failure(error)
-            }
-            switch outcome {
-            case .success(let token?):
-                if let existing = current, existing.leadership.token == token {
-                    existing.leadership.extend(to: attempt + leaseLength - margin)
-                } else {
-                    if let existing = current { await stop(existing, reason: "the fencing token changed") }
-                    let leadership = Leadership(
-                        fence: LeaseFence(name: Self.leaseName, holder: holder, token: token),
-                        deadline: attempt + leaseLength - margin
-                    )
-                    logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
-                    current = (leadership, Task { await duties(leadership) })
-                }
-            case .success(nil):
-                if let existing = current {
-                    await stop(existing, reason: "another coordinator holds the lease")
-                    current = nil
-                }
-            case .failure(let error):
                 logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"])
             }
-            if let existing = current, !existing.leadership.isValid {
-                await stop(existing, reason: "the lease could not be renewed in time")
+            if case .none = action { action = lease.check(now: .now) }
+            switch action {
+            case .none:
+                break
+            case .extend(let deadline):
+                current?.leadership.extend(to: deadline)
+            case .startLeading(let token, let deadline), .restartLeading(let token, let deadline):
+                if let existing = current { await stop(existing, reason: "the fencing token changed") }
+                let leadership = Leadership(fence: LeaseFence(name: Self.leaseName, holder: holder, token: token), deadline: deadline)
+                logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
+                current = (leadership, Task { await duties(leadership) })
+            case .stopLeading(let reason):
+                if let existing = current { await stop(existing, reason: reason) }
                 current = nil
             }
-            var pause = current == nil ? ttl / 10 : ttl / 5
-            if let existing = current {
-                pause = min(pause, max(.zero, existing.leadership.validUntil - ContinuousClock.now))
-            }
-            try? await Task.sleep(for: pause)
+            try? await Task.sleep(for: lease.pause(now: .now))
         }
         if let existing = current {
             await stop(existing, reason: "shutting down")
