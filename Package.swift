@@ -224,6 +224,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "NATSTests",
+            dependencies: ["NATS", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "CoordinatorTests",
             dependencies: ["Coordinator"],
             swiftSettings: swiftSettings

@@ -499,19 +499,24 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
 
     private let publisher: EventLoopPublisher
     private let endpoint: ServerEndpoint
-    private let name: String
     private var handshake: EventLoopPromise<Void>?
-    private var sawInfo = false
-    private var cumulation: ByteBuffer?
-
-    /// Longest control line accepted (an INFO with many cluster URLs stays well below).
-    private static let maxLine = 64 * 1024
+    private var parser = NATSServerMessageParser()
+    private var connection: PublisherHandshake
 
     init(publisher: EventLoopPublisher, endpoint: ServerEndpoint, name: String, handshake: EventLoopPromise<Void>) {
         self.publisher = publisher
         self.endpoint = endpoint
-        self.name = name
         self.handshake = handshake
+        self.connection = PublisherHandshake(
+            settings: .init(
+                name: name,
+                user: endpoint.user,
+                password: endpoint.password,
+                token: endpoint.token,
+                wantsTLS: publisher.sslContext != nil,
+                server: "\(endpoint.host):\(endpoint.port)"
+            )
+        )
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -528,13 +533,15 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        if cumulation == nil || cumulation!.readableBytes == 0 {
-            cumulation = incoming
-        } else {
-            cumulation!.writeBuffer(&incoming)
-        }
+        parser.append(&incoming)
         do {
-            try parse(context: context)
+            while let message = try parser.next() {
+                if case .msg(let subject, let status, let payload) = message {
+                    publisher.received(subject: subject, status: status, payload: payload)
+                } else {
+                    try act(on: connection.received(message), context: context)
+                }
+            }
         } catch {
             publisher.logConnectionFailure(error)
             fail(error)
@@ -542,146 +549,45 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
         }
     }
 
-    private func fail(_ error: NATSError) {
-        handshake?.fail(error)
-        handshake = nil
-    }
-
-    private func parse(context: ChannelHandlerContext) throws(NATSError) {
-        guard var buffer = cumulation else { return }
-        cumulation = nil
-        defer {
-            if buffer.readableBytes > 0 {
-                // Keep only the unread tail: under steady load a read often ends mid-message,
-                // and the consumed bytes in front would otherwise pile up.
-                if buffer.readerIndex >= 16 * 1024 { buffer.discardReadBytes() }
-                cumulation = buffer
-            }
-        }
-        while buffer.readableBytes > 0 {
-            let view = buffer.readableBytesView
-            guard let lineEnd = Self.crlf(in: view) else {
-                if view.count > Self.maxLine { throw NATSError(code: .connectionFailed, message: "NATS control line too long") }
-                return
-            }
-            let line = view[view.startIndex..<lineEnd]
-            let lineLength = lineEnd - view.startIndex + 2
-            if line.starts(with: "MSG ".utf8) || line.starts(with: "HMSG ".utf8) {
-                let hasHeaders = line.first == UInt8(ascii: "H")
-                let arguments = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true).dropFirst()
-                guard arguments.count >= (hasHeaders ? 4 : 3), let subject = arguments.first,
-                    let total = PubAckBody.number(arguments.last!).map(Int.init)
-                else { throw NATSError(code: .connectionFailed, message: "unreadable MSG line from NATS") }
-                let headerLength = hasHeaders ? PubAckBody.number(arguments[arguments.endIndex - 2]).map(Int.init) ?? -1 : 0
-                guard headerLength >= 0, headerLength <= total else {
-                    throw NATSError(code: .connectionFailed, message: "unreadable HMSG line from NATS")
-                }
-                guard buffer.readableBytes >= lineLength + total + 2 else { return }  // wait for the rest
-                let subjectView = ByteBufferView(buffer.getSlice(at: subject.startIndex, length: subject.count)!)
-                var status: Int?
-                if hasHeaders {
-                    // "NATS/1.0 503\r\n…": a status (no responders) on the first line.
-                    let block = buffer.getSlice(at: buffer.readerIndex + lineLength, length: headerLength)!.readableBytesView
-                    if block.count >= 12, block.starts(with: "NATS/1.0 ".utf8) {
-                        status = PubAckBody.number(block.dropFirst(9)).map(Int.init)
-                    }
-                }
-                let payload = buffer.getSlice(at: buffer.readerIndex + lineLength + headerLength, length: total - headerLength)!
-                buffer.moveReaderIndex(forwardBy: lineLength + total + 2)
-                publisher.received(subject: subjectView, status: status, payload: payload)
-            } else if line.starts(with: "PING".utf8) {
-                buffer.moveReaderIndex(forwardBy: lineLength)
-                context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "PONG\r\n")), promise: nil)
-            } else if line.starts(with: "PONG".utf8) {
-                buffer.moveReaderIndex(forwardBy: lineLength)
-                publisher.pong()
-                if let handshake {
-                    // Connected: subscribe to the reply inbox before anything is published.
-                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: publisher.replySubscription)), promise: nil)
-                    self.handshake = nil
-                    handshake.succeed()
-                }
-            } else if line.starts(with: "INFO ".utf8) {
-                let info = String(decoding: line.dropFirst(5), as: UTF8.self)
-                buffer.moveReaderIndex(forwardBy: lineLength)
-                if !sawInfo {
-                    sawInfo = true
-                    try greet(info: info, context: context)
-                }
-            } else if line.starts(with: "+OK".utf8) {
-                buffer.moveReaderIndex(forwardBy: lineLength)
-            } else if line.starts(with: "-ERR".utf8) {
-                let message = String(decoding: line.dropFirst(4), as: UTF8.self).trimmingCharacters(in: .whitespaces)
-                buffer.moveReaderIndex(forwardBy: lineLength)
-                let error = NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) answered -ERR \(message)")
-                // During the handshake it ends the attempt (authorization). Later, the server
-                // closes the connection itself when the error is fatal; a refused publish
-                // (permissions) fails by its deadline.
-                if handshake != nil { throw error }
-                publisher.logConnectionFailure(error)
-            } else {
-                throw NATSError(code: .connectionFailed, message: "unexpected line from NATS: \(String(decoding: line.prefix(80), as: UTF8.self))")
-            }
-        }
-    }
-
-    /// Answers the server's first INFO with CONNECT and a PING (whose PONG ends the handshake).
-    private func greet(info: String, context: ChannelHandlerContext) throws(NATSError) {
-        func flag(_ key: String) -> Bool { info.contains("\"\(key)\":true") }
-        if let sslContext = publisher.sslContext {
-            guard flag("tls_required") || flag("tls_available") else {
-                throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) offers no TLS")
-            }
+    private func act(on action: PublisherHandshake.Action, context: ChannelHandlerContext) throws(NATSError) {
+        switch action {
+        case .none:
+            return
+        case .send(let text):
+            if let limit = connection.maxPayload { publisher.serverLimits(maxPayload: limit) }
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+        case .upgradeAndSend(let text):
+            if let limit = connection.maxPayload { publisher.serverLimits(maxPayload: limit) }
             // Upgrade now: the server waits for the TLS handshake after its INFO. What is written
             // from here (CONNECT, PING) waits in the TLS handler until the handshake is done.
             do {
                 try context.pipeline.syncOperations.addHandler(
-                    try NIOSSLClientHandler(context: sslContext, serverHostname: nil),
+                    try NIOSSLClientHandler(context: publisher.sslContext!, serverHostname: nil),
                     position: .first
                 )
             } catch {
                 throw NATSError(code: .connectionFailed, message: "cannot start TLS with NATS at \(endpoint.host):\(endpoint.port): \(error)")
             }
-        } else if flag("tls_required") {
-            throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) requires TLS")
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+        case .connected:
+            publisher.pong()
+            // Connected: subscribe to the reply inbox before anything is published.
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: publisher.replySubscription)), promise: nil)
+            let promise = handshake
+            handshake = nil
+            promise?.succeed()
+        case .alive:
+            publisher.pong()
+        case .fail(let error):
+            throw error
+        case .log(let error):
+            publisher.logConnectionFailure(error)
         }
-        if info.contains("\"headers\":false") {
-            throw NATSError(code: .connectionFailed, message: "NATS at \(endpoint.host):\(endpoint.port) does not support headers")
-        }
-        if let range = info.range(of: "\"max_payload\":") {
-            publisher.serverLimits(maxPayload: Int(info[range.upperBound...].prefix { $0.isNumber }))
-        }
-        var connect = #"{"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"lang":"swift","version":"1","protocol":1"#
-        connect += #","name":"# + Self.quoted(name)
-        if let user = endpoint.user { connect += #","user":"# + Self.quoted(user) }
-        if let password = endpoint.password { connect += #","pass":"# + Self.quoted(password) }
-        if let token = endpoint.token { connect += #","auth_token":"# + Self.quoted(token) }
-        connect += "}"
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "CONNECT \(connect)\r\nPING\r\n")), promise: nil)
     }
 
-    private static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-
-    private static func crlf(in view: ByteBufferView) -> Int? {
-        var i = view.startIndex
-        while let cr = view[i...].firstIndex(of: 13) {
-            let next = view.index(after: cr)
-            if next < view.endIndex, view[next] == 10 { return cr }
-            if next >= view.endIndex { return nil }
-            i = next
-        }
-        return nil
+    private func fail(_ error: NATSError) {
+        handshake?.fail(error)
+        handshake = nil
     }
 }
 
