@@ -75,6 +75,8 @@ let package = Package(
                 "NATS",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -196,6 +198,13 @@ let package = Package(
             path: "Examples/OrderFlow",
             swiftSettings: swiftSettings
         ),
+        // The README's "An app", compiled as it stands there (ReadmeTests keeps them equal).
+        .executableTarget(
+            name: "QuickStart",
+            dependencies: ["Autonomous", "Components"],
+            path: "Examples/QuickStart",
+            swiftSettings: swiftSettings
+        ),
         // What `autonomous init` copies into a new app.
         .executableTarget(
             name: "Starter",
@@ -256,6 +265,7 @@ let package = Package(
                 "OrderFlow",
                 "Worker",
                 "SlackBot",
+                "AutonomousCLI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

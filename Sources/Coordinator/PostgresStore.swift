@@ -1,20 +1,22 @@
 public import ClusterCore
 import Foundation
 public import Logging
+import NIOPosix
 import PostgresNIO
 
 /// The production coordinator store: PostgreSQL through PostgresNIO's pooled client, with
 /// versioned migrations applied under an advisory lock (several coordinators may start at once).
 public final class PostgresStore: CoordinatorStore {
-    private let client: PostgresClient
+    let client: PostgresClient
     // The pool's run loop; cancelled by `close()`. Owned here because the store is opened
     // before the process's services start and closed after they stop.
     private let runTask: Task<Void, Never>
-    private let logger: Logger
+    let logger: Logger
     public let displayName: String
 
-    /// Connects to `url` (`postgres://user[:password]@host[:port]/database`); the password may
-    /// also come from `password` (e.g. a secret in the environment).
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/database[?sslmode=…]`); the
+    /// password may also come from `password` (e.g. a secret in the environment). TLS follows
+    /// libpq's `sslmode` and `sslrootcert` (``tls(from:)``).
     public static func open(url: String, password: String? = nil, logger: Logger) async throws -> PostgresStore {
         guard let components = URLComponents(string: url), components.scheme == "postgres" || components.scheme == "postgresql",
             let host = components.host, !host.isEmpty
@@ -22,13 +24,38 @@ public final class PostgresStore: CoordinatorStore {
             throw ConfigurationError("Postgres URL must look like postgres://user@host:5432/database")
         }
         let database = components.path.split(separator: "/").first.map(String.init)
+        let port = components.port ?? 5432
+        let tls = try tls(from: components)
+        // Connect once before handing out the pool: a wrong password, a refused certificate or a
+        // server that does not answer is reported now, naming the server, instead of every query
+        // waiting on a pool that keeps retrying. (A supervisor restarts the coordinator.)
+        do {
+            let probe = try await PostgresConnection.connect(
+                on: MultiThreadedEventLoopGroup.singleton.next(),
+                configuration: PostgresConnection.Configuration(
+                    host: host,
+                    port: port,
+                    username: components.user ?? "postgres",
+                    password: password ?? components.password,
+                    database: database,
+                    tls: try tls.connection()
+                ),
+                id: 0,
+                logger: logger
+            ).get()
+            try await probe.close()
+        } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError("cannot connect to PostgreSQL at \(host):\(port): \(Self.describe(error))")
+        }
         var configuration = PostgresClient.Configuration(
             host: host,
-            port: components.port ?? 5432,
+            port: port,
             username: components.user ?? "postgres",
             password: password ?? components.password,
             database: database,
-            tls: .disable
+            tls: tls.client
         )
         configuration.options.maximumConnections = 4
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)

@@ -23,7 +23,14 @@ public struct LocalPostgres: Sendable {
     }
 
     /// Initialises (first time) and starts the server; creates `database` if missing.
-    public static func start(directory: String, port: Int, database: String, logger: Logger) async throws -> LocalPostgres {
+    /// `tls` (PEM files of the server's certificate and key) turns TLS on.
+    public static func start(
+        directory: String,
+        port: Int,
+        database: String,
+        tls: (certificateFile: String, keyFile: String)? = nil,
+        logger: Logger
+    ) async throws -> LocalPostgres {
         guard let binaries = findBinaries() else {
             throw DeployError("PostgreSQL is configured but not installed (apt-get install postgresql)")
         }
@@ -44,10 +51,21 @@ public struct LocalPostgres: Sendable {
             if root { try await postgres.run("/bin/chown", ["-R", "postgres:postgres", dataDirectory], asPostgres: false) }
             try await postgres.run("\(binaries)/initdb", ["-D", dataDirectory, "-A", "trust", "-U", "postgres", "--no-sync"])
         }
+        var options = "-p \(port) -k \(dataDirectory) -c listen_addresses=127.0.0.1"
+        if let tls {
+            // The server reads them as its own user and wants the key private.
+            for (source, name) in [(tls.certificateFile, "server.crt"), (tls.keyFile, "server.key")] {
+                let target = dataDirectory + "/" + name
+                try? fm.removeItem(atPath: target)
+                try fm.copyItem(atPath: source, toPath: target)
+                try fm.setAttributes([.posixPermissions: 0o600], ofItemAtPath: target)
+                if root { try await postgres.run("/bin/chown", ["postgres:postgres", target], asPostgres: false) }
+            }
+            options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+        }
         try await postgres.run(
             "\(binaries)/pg_ctl",
-            ["-D", dataDirectory, "-w", "-t", "60", "-l", dataDirectory + "/server.log", "-o",
-             "-p \(port) -k \(dataDirectory) -c listen_addresses=127.0.0.1", "start"]
+            ["-D", dataDirectory, "-w", "-t", "60", "-l", dataDirectory + "/server.log", "-o", options, "start"]
         )
         let exists = try await postgres.output("\(binaries)/psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-tAc", "SELECT 1 FROM pg_database WHERE datname = '\(database)'"])
         if !exists.contains("1") {

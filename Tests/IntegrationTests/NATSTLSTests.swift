@@ -24,7 +24,8 @@ struct NATSTLSTests {
         /// The client's side of mutual TLS: the CA, and the client certificate and key.
         var mutual: NATSConnection.Configuration.TLS { .init(caFile: ca, certificateFile: clientCertificate, keyFile: clientKey) }
 
-        static func make() async throws -> Certificates {
+        /// `serverNames`: the server certificate's subject alternative names.
+        static func make(serverNames: String = "IP:127.0.0.1,DNS:localhost") async throws -> Certificates {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-tls-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let certificates = Certificates(directory: directory)
@@ -36,7 +37,7 @@ struct NATSTLSTests {
             for name in ["ca", "other-ca"] {
                 try await openssl(["req", "-x509"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem", "-days", "2", "-subj", "/CN=autonomous test \(name)"])
             }
-            for (name, extensions) in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n")] {
+            for (name, extensions) in [("server", "subjectAltName=\(serverNames)\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n")] {
                 try extensions.write(toFile: "\(directory)/\(name).ext", atomically: true, encoding: .utf8)
                 try await openssl(["req"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=autonomous test \(name)"])
                 try await openssl([
