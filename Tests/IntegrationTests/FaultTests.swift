@@ -58,21 +58,82 @@ struct FaultTests {
         return (Int(response.status.code), ContinuousClock.now - start)
     }
 
-    func audit(_ natsURL: String, expected: Set<String>) async throws -> (outputs: Int, unique: Set<String>) {
+    /// Reads every record of `table` (default: OrderFlow's enriched orders); returns how many
+    /// there are and the distinct values of `field` among them.
+    func audit(
+        _ natsURL: String,
+        table: String = "enriched_orders",
+        field: String = "order_id",
+        expected: Set<String>
+    ) async throws -> (outputs: Int, unique: Set<String>) {
         var configuration = NATSConnection.Configuration(url: natsURL)
         configuration.connectTimeout = .seconds(10)
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         do {
-            let enriched = try await StreamAudit.read(
-                connection: connection, stream: "AUT_DEFAULT_tbl_enriched_orders", subject: "aut.default.tbl.enriched_orders",
+            let records = try await StreamAudit.read(
+                connection: connection, stream: "AUT_DEFAULT_tbl_\(table)", subject: "aut.default.tbl.\(table)",
                 atLeast: expected.count, timeout: .seconds(180)
             )
             await connection.close()
-            let ids = enriched.compactMap { try? JSONParser.parse($0.payload)["order_id"].stringValue }
-            return (enriched.count, Set(ids))
+            let ids = records.compactMap { try? JSONParser.parse($0.payload)[field].stringValue }
+            return (records.count, Set(ids))
         } catch {
             await connection.close()
             throw error
+        }
+    }
+
+    /// Runs `body` while a worker (slot 0, then 1, …) is killed with SIGKILL every 2 s; returns
+    /// what `body` returned and how many kills there were.
+    func killingWorkers<T: Sendable>(of cluster: ProcessCluster, _ body: () async throws -> T) async throws -> (T, kills: Int) {
+        let done = Mutex(false)
+        let chaos = Task {
+            var kills = 0
+            while !done.withLock({ $0 }) {
+                try? await Task.sleep(for: .seconds(2))
+                if done.withLock({ $0 }) { break }
+                await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
+                kills += 1
+            }
+            return kills
+        }
+        do {
+            let result = try await body()
+            done.withLock { $0 = true }
+            return (result, await chaos.value)
+        } catch {
+            done.withLock { $0 = true }
+            _ = await chaos.value
+            throw error
+        }
+    }
+
+    /// Posts NDJSON batches `0..<batches` of `table` from `senders` concurrent clients, each
+    /// retried until accepted (its Idempotency-Key is `key(b)`).
+    func postBatches(
+        _ ingress: String,
+        batches: Int,
+        senders: Int,
+        table: String = "orders",
+        key: @escaping @Sendable (Int) -> String,
+        body: @escaping @Sendable (Int) -> String
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for sender in 0..<senders {
+                group.addTask {
+                    for b in stride(from: sender, to: batches, by: senders) {
+                        let text = body(b)
+                        var accepted = false
+                        for _ in 0..<50 where !accepted {
+                            let (status, _) = await post(ingress, key: key(b), body: text, table: table)
+                            accepted = status == 202
+                            if !accepted { try await Task.sleep(for: .milliseconds(200)) }
+                        }
+                        #expect(accepted, "batch \(b) was never accepted")
+                    }
+                }
+            }
+            try await group.waitForAll()
         }
     }
 
@@ -84,39 +145,14 @@ struct FaultTests {
             let ingress = await cluster.ingressURLs()[0]
             let batches = 100
             let perBatch = 1_000
-            let done = Mutex(false)
             let start = ContinuousClock.now
-            let chaos = Task {
-                var kills = 0
-                while !done.withLock({ $0 }) {
-                    try? await Task.sleep(for: .seconds(2))
-                    if done.withLock({ $0 }) { break }
-                    await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
-                    kills += 1
-                }
-                return kills
-            }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for worker in 0..<4 {
-                    group.addTask {
-                        for b in stride(from: worker, to: batches, by: 4) {
-                            let body = (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
-                            var accepted = false
-                            for _ in 0..<50 where !accepted {
-                                let (status, _) = await post(ingress, key: "b\(b)", body: body)
-                                accepted = status == 202
-                                if !accepted { try await Task.sleep(for: .milliseconds(200)) }
-                            }
-                            #expect(accepted, "batch \(b) was never accepted")
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
             let expected = Set((0..<batches).flatMap { b in (0..<perBatch).map { "o-\(b)-\($0)" } })
-            let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
-            done.withLock { $0 = true }
-            let kills = await chaos.value
+            let ((outputs, unique), kills) = try await killingWorkers(of: cluster) {
+                try await postBatches(ingress, batches: batches, senders: 4, key: { "b\($0)" }) { b in
+                    (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
+                }
+                return try await audit(cluster.natsURL, expected: expected)
+            }
             let elapsed = ContinuousClock.now - start
             let restarts = await cluster.restarts
             print("kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)")
@@ -135,55 +171,18 @@ struct FaultTests {
             let ingress = await cluster.ingressURLs()[0]
             let batches = 50
             let perBatch = 1_000
-            let done = Mutex(false)
-            let chaos = Task {
-                var kills = 0
-                while !done.withLock({ $0 }) {
-                    try? await Task.sleep(for: .seconds(2))
-                    if done.withLock({ $0 }) { break }
-                    await cluster.signal(SIGKILL, role: "worker", slot: kills % 2)
-                    kills += 1
-                }
-                return kills
-            }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for sender in 0..<2 {
-                    group.addTask {
-                        for b in stride(from: sender, to: batches, by: 2) {
-                            let body = (0..<perBatch).map { #"{"id":"r-\#(b)-\#($0)"}"# }.joined(separator: "\n")
-                            var accepted = false
-                            for _ in 0..<50 where !accepted {
-                                let (status, _) = await post(ingress, key: "loops-\(b)", body: body, table: "loop_in")
-                                accepted = status == 202
-                                if !accepted { try await Task.sleep(for: .milliseconds(200)) }
-                            }
-                            #expect(accepted, "batch \(b) was never accepted")
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
             let expected = Set((0..<batches).flatMap { b in (0..<perBatch).map { "r-\(b)-\($0)" } })
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
-            configuration.connectTimeout = .seconds(10)
-            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-            var counts: [String: (outputs: Int, unique: Int)] = [:]
-            do {
-                for table in ["loop_for", "loop_foreach", "loop_pair_a", "loop_pair_b"] {
-                    let outputs = try await StreamAudit.read(
-                        connection: connection, stream: "AUT_DEFAULT_tbl_\(table)", subject: "aut.default.tbl.\(table)",
-                        atLeast: expected.count, timeout: .seconds(240)
-                    )
-                    let ids = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["id"].stringValue })
-                    counts[table] = (outputs.count, ids.intersection(expected).count)
+            let (counts, kills) = try await killingWorkers(of: cluster) {
+                try await postBatches(ingress, batches: batches, senders: 2, table: "loop_in", key: { "loops-\($0)" }) { b in
+                    (0..<perBatch).map { #"{"id":"r-\#(b)-\#($0)"}"# }.joined(separator: "\n")
                 }
-                await connection.close()
-            } catch {
-                await connection.close()
-                throw error
+                var counts: [String: (outputs: Int, unique: Int)] = [:]
+                for table in ["loop_for", "loop_foreach", "loop_pair_a", "loop_pair_b"] {
+                    let (outputs, unique) = try await audit(cluster.natsURL, table: table, field: "id", expected: expected)
+                    counts[table] = (outputs, unique.intersection(expected).count)
+                }
+                return counts
             }
-            done.withLock { $0 = true }
-            let kills = await chaos.value
             print("loop handlers under kill -9: \(expected.count) records, \(kills) kills, outputs \(counts)")
             #expect(kills >= 2)
             for (table, count) in counts {
