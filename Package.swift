@@ -234,7 +234,12 @@ let package = Package(
         ),
         .testTarget(
             name: "NATSTests",
-            dependencies: ["NATS", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["NATS", "AutonomousTesting", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IngressTests",
+            dependencies: ["Ingress", "ClusterCore", "AutonomousTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import Logging
 public import NATS
 
@@ -86,4 +87,15 @@ public enum StreamAudit {
             return AuditedRecord(subject: message.subject, payload: message.payload, headers: headers, deliveryCount: message.deliveryCount)
         }
     }
+}
+
+/// A clock that moves only when a test says so, for timing logic tested without waiting.
+public final class ManualClock: Sendable {
+    private let instant = Mutex(ContinuousClock.now)
+
+    public init() {}
+
+    public var now: ContinuousClock.Instant { instant.withLock { $0 } }
+
+    public func advance(_ duration: Duration) { instant.withLock { $0 += duration } }
 }

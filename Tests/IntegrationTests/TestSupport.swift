@@ -218,10 +218,3 @@ func runProgram(_ path: String, _ arguments: [String], environment: [String: Str
         }
     }
 }
-
-/// A clock that moves only when a test says so, for timing logic tested without waiting.
-final class ManualClock: Sendable {
-    private let instant = Mutex(ContinuousClock.now)
-    var now: ContinuousClock.Instant { instant.withLock { $0 } }
-    func advance(_ duration: Duration) { instant.withLock { $0 += duration } }
-}

@@ -1,3 +1,4 @@
+import AutonomousTesting
 import ClusterCore
 import Foundation
 @testable import Ingress
