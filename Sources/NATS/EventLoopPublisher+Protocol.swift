@@ -17,25 +17,36 @@ struct NATSServerMessageParser {
     /// Longest control line accepted (an INFO with many cluster URLs stays well below).
     static let maxLine = 64 * 1024
 
-    private var buffer = ByteBuffer()
+    /// Unparsed bytes; `nil` once all are parsed, so a read buffer is not held after its last
+    /// message (NIO can then reuse its storage for the next read).
+    private var unparsed: ByteBuffer?
 
     /// Bytes not yet parsed.
-    var pendingBytes: Int { buffer.readableBytes }
+    var pendingBytes: Int { unparsed?.readableBytes ?? 0 }
 
     mutating func append(_ bytes: inout ByteBuffer) {
-        if buffer.readableBytes == 0 {
-            buffer = bytes
-        } else {
-            // Keep only the unread tail: under steady load a read often ends mid-message, and
-            // the consumed bytes in front would otherwise pile up.
-            if buffer.readerIndex >= 16 * 1024 { buffer.discardReadBytes() }
-            buffer.writeBuffer(&bytes)
+        guard var buffer = unparsed.take(), buffer.readableBytes > 0 else {
+            unparsed = bytes
+            return
         }
+        // Keep only the unread tail: under steady load a read often ends mid-message, and
+        // the consumed bytes in front would otherwise pile up.
+        if buffer.readerIndex >= 16 * 1024 { buffer.discardReadBytes() }
+        buffer.writeBuffer(&bytes)
+        unparsed = buffer
     }
 
     /// The next complete message, `nil` when more bytes are needed; throws for a stream that is
     /// not the NATS protocol.
     mutating func next() throws(NATSError) -> Message? {
+        // Taken out while parsing (so moving its reader index copies nothing), put back only
+        // while bytes remain.
+        guard var buffer = unparsed.take() else { return nil }
+        defer { if buffer.readableBytes > 0 { unparsed = buffer } }
+        return try Self.next(from: &buffer)
+    }
+
+    private static func next(from buffer: inout ByteBuffer) throws(NATSError) -> Message? {
         guard buffer.readableBytes > 0 else { return nil }
         let view = buffer.readableBytesView
         guard let lineEnd = Self.crlf(in: view) else {
@@ -86,7 +97,7 @@ struct NATSServerMessageParser {
         return message
     }
 
-    private static func crlf(in view: ByteBufferView) -> Int? {
+    static func crlf(in view: ByteBufferView) -> Int? {
         var i = view.startIndex
         while let cr = view[i...].firstIndex(of: 13) {
             let next = view.index(after: cr)
