@@ -1,10 +1,18 @@
 @testable import Coordinator
 import Testing
 
+/// A point on a time line the test writes down: no clock is ever read.
+struct TestInstant: InstantProtocol, Hashable {
+    var offset: Duration
+    func advanced(by duration: Duration) -> TestInstant { TestInstant(offset: offset + duration) }
+    func duration(to other: TestInstant) -> Duration { other.offset - offset }
+    static func < (lhs: TestInstant, rhs: TestInstant) -> Bool { lhs.offset < rhs.offset }
+}
+
 @Suite("Leader lease timing, without a clock")
 struct LeaderLeaseTests {
-    typealias Lease = LeaderLease<ContinuousClock.Instant>
-    let t0 = ContinuousClock.now
+    typealias Lease = LeaderLease<TestInstant>
+    let t0 = TestInstant(offset: .zero)
 
     @Test("A leader stops before the store lets anyone else in; a standby leads within the TTL of the last renewal")
     func takeoverBound() {
@@ -37,13 +45,15 @@ struct LeaderLeaseTests {
             for phase in stride(from: 0, to: 10, by: 1) {
                 var standby = Lease(ttl: ttl)
                 var attempt = lastRenewal.advanced(by: ttl / 10 * phase / 10)
-                var taken: ContinuousClock.Instant?
+                var taken: TestInstant?
                 while taken == nil {
                     let granted: Int64? = attempt >= expiry ? 2 : nil
                     if case .startLeading = standby.acquired(granted, sentAt: attempt) { taken = attempt }
                     attempt = attempt.advanced(by: standby.pause(now: attempt))
                 }
-                #expect(lastRenewal.duration(to: taken!) <= ttl, "ttl \(ttl), phase \(phase): took over after \(lastRenewal.duration(to: taken!))")
+                // Offsets on the test's own time line, not a measured duration.
+                let takeover = taken!.offset - lastRenewal.offset
+                #expect(takeover <= ttl, "ttl \(ttl), phase \(phase): took over \(takeover) after the last renewal")
             }
         }
     }
