@@ -1,10 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// One settings array for every target: Swift 6 language mode (complete strict concurrency)
-// and `any` spelled out for existentials.
+// One settings array for every target: Swift 6 language mode (complete strict concurrency),
+// `any` spelled out for existentials, imports internal unless a file says `public import` or
+// `package import` (so a module's dependencies do not leak to its importers), and members of a
+// module usable only in files that import it.
 let swiftSettings: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny")
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
 let package = Package(
@@ -87,6 +91,7 @@ let package = Package(
         .target(
             name: "Worker",
             dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
                 "ClusterCore",
                 "NATS",
                 .product(name: "Logging", package: "swift-log"),
@@ -98,6 +103,7 @@ let package = Package(
         .target(
             name: "Ingress",
             dependencies: [
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 "ClusterCore",
                 "NATS",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -117,6 +123,8 @@ let package = Package(
         .target(
             name: "Components",
             dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -144,6 +152,8 @@ let package = Package(
         .target(
             name: "Deploy",
             dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
                 "NATS",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -160,6 +170,7 @@ let package = Package(
         .executableTarget(
             name: "LoadRunner",
             dependencies: [
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
                 "Deploy",
                 "NATS",
@@ -181,6 +192,7 @@ let package = Package(
         .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
                 "Deploy",
                 "NATS",
@@ -229,7 +241,9 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterCoreTests",
-            dependencies: ["ClusterCore", "NATS", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "ClusterCore", "NATS", .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -260,6 +274,11 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 "Autonomous",
                 "Components",
                 "AutonomousTesting",

@@ -767,6 +767,7 @@ final class RequestTimes: Sendable {
 }
 
 import Synchronization
+import NIOHTTP1
 
 /// A flag one task sets and others poll.
 final class StopFlag: Sendable {

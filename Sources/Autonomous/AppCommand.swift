@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NATS
 import ServiceLifecycle
+import Coordinator
 
 /// The command line of every app binary.
 struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {

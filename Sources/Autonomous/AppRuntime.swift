@@ -1,104 +1,104 @@
 import ClusterCore
-import Coordinator
+package import Coordinator
 import Foundation
 import Ingress
-import Logging
-import NATS
-import ServiceLifecycle
-import UnixSignals
+package import Logging
+package import NATS
+package import ServiceLifecycle
+package import UnixSignals
 import Worker
 
 /// Which parts of the app a process runs.
-public struct Role: Sendable, Hashable, CustomStringConvertible {
+package struct Role: Sendable, Hashable, CustomStringConvertible {
     let runsIngress: Bool
     let runsWorker: Bool
     let runsCoordinator: Bool
-    public let description: String
+    package let description: String
 
-    public static let ingress = Role(runsIngress: true, runsWorker: false, runsCoordinator: false, description: "ingress")
-    public static let worker = Role(runsIngress: false, runsWorker: true, runsCoordinator: false, description: "worker")
-    public static let coordinator = Role(runsIngress: false, runsWorker: false, runsCoordinator: true, description: "coordinator")
+    package static let ingress = Role(runsIngress: true, runsWorker: false, runsCoordinator: false, description: "ingress")
+    package static let worker = Role(runsIngress: false, runsWorker: true, runsCoordinator: false, description: "worker")
+    package static let coordinator = Role(runsIngress: false, runsWorker: false, runsCoordinator: true, description: "coordinator")
     /// Every role in one process.
-    public static let all = Role(runsIngress: true, runsWorker: true, runsCoordinator: true, description: "all")
+    package static let all = Role(runsIngress: true, runsWorker: true, runsCoordinator: true, description: "all")
 }
 
 /// Settings of a running app process. The command line fills it from flags and environment
 /// variables; tests fill it directly.
-public struct RuntimeConfiguration: Sendable {
+package struct RuntimeConfiguration: Sendable {
     /// NATS server URL(s), comma separated. `nil` in `dev` starts an embedded nats-server.
-    public var natsURL: String?
+    package var natsURL: String?
     /// TLS files for the NATS connections (``NATS/NATSConnection/Configuration/tls``).
-    public var natsTLS: NATSConnection.Configuration.TLS?
+    package var natsTLS: NATSConnection.Configuration.TLS?
     /// A NATS credentials file (``NATS/NATSConnection/Configuration/credentialsFile``).
-    public var natsCredentialsFile: String?
+    package var natsCredentialsFile: String?
     /// The tenant this process serves.
-    public var tenant: String = "default"
-    public var httpHost: String = "127.0.0.1"
-    public var httpPort: Int = 3000
+    package var tenant: String = "default"
+    package var httpHost: String = "127.0.0.1"
+    package var httpPort: Int = 3000
     /// Worker: run only these handlers (`nil`: all).
-    public var handlers: Set<String>?
+    package var handlers: Set<String>?
     /// Worker: run every handler but these.
-    public var excludedHandlers: Set<String> = []
+    package var excludedHandlers: Set<String> = []
     /// Port of `/healthz`, `/readyz` and `/metrics` for processes without the ingress (`nil`: none).
-    public var healthPort: Int?
+    package var healthPort: Int?
     /// PostgreSQL for the coordinator's state (`postgres://user@host:port/db`); `nil` keeps it
     /// in SQLite under `dataDirectory`.
-    public var postgresURL: String?
+    package var postgresURL: String?
     /// Where `dev` keeps NATS data and the coordinator's SQLite file.
-    public var dataDirectory: String = ".autonomous"
+    package var dataDirectory: String = ".autonomous"
     /// Process environment, for secrets and component settings.
-    public var environment: [String: String] = [:]
-    public var topology = Topology.Configuration()
-    public var connectTimeout: Duration = .seconds(30)
-    public var publishTimeout: Duration = .seconds(5)
-    public var maxBodyBytes: Int = 16 * 1024 * 1024
-    public var maxInFlightRecords: Int = 200_000
+    package var environment: [String: String] = [:]
+    package var topology = Topology.Configuration()
+    package var connectTimeout: Duration = .seconds(30)
+    package var publishTimeout: Duration = .seconds(5)
+    package var maxBodyBytes: Int = 16 * 1024 * 1024
+    package var maxInFlightRecords: Int = 200_000
     /// NATS connections the ingress spreads tenants over (``Ingress/Configuration/publishLanes``).
-    public var ingressLanes: Int = 4
+    package var ingressLanes: Int = 4
     /// Small record-API requests publish through the event loops' own NATS connections
     /// (``Ingress/Configuration/eventLoopPublishing``).
-    public var ingressEventLoopPublishing = true
+    package var ingressEventLoopPublishing = true
     /// How long the ingress holds a request of a tenant over its limit
     /// (``Ingress/Configuration/rateLimitMaxDelay``).
-    public var rateLimitMaxDelay: Duration = .seconds(1)
+    package var rateLimitMaxDelay: Duration = .seconds(1)
     /// The time tenant limits refill by (a clock a test moves by hand).
     package var rateLimitClock: @Sendable () -> ContinuousClock.Instant = { .now }
     /// Whether tenant limits are shared among the ingress nodes alive
     /// (``Ingress/Configuration/shareLimitsAcrossNodes``) or enforced whole by each.
-    public var shareRateLimitsAcrossNodes = true
+    package var shareRateLimitsAcrossNodes = true
     /// Longest time a graceful shutdown may take before the process stops anyway.
-    public var shutdownTimeout: Duration = .seconds(30)
+    package var shutdownTimeout: Duration = .seconds(30)
     /// Called with the HTTP port once the ingress listens.
-    public var onListening: (@Sendable (Int) async -> Void)?
+    package var onListening: (@Sendable (Int) async -> Void)?
     /// Coordinator: port of the admin API (with `/healthz` and `/readyz`); 0 picks a free
     /// one. `nil`: the coordinator serves it on `healthPort` when it runs alone, else not at all.
-    public var adminPort: Int?
+    package var adminPort: Int?
     /// Coordinator: the bearer token of the admin API (`nil`: admin API disabled).
-    public var adminToken: String?
+    package var adminToken: String?
     /// Called with the admin port once the coordinator's admin server listens.
-    public var onAdminListening: (@Sendable (Int) async -> Void)?
+    package var onAdminListening: (@Sendable (Int) async -> Void)?
     /// Ingress: refuse requests without an API key.
-    public var requireAPIKey = false
+    package var requireAPIKey = false
     /// Coordinator: leader lease length.
-    public var leaseTTL: Duration = .seconds(10)
+    package var leaseTTL: Duration = .seconds(10)
     /// Coordinator: partition lease length for ordered handlers.
-    public var partitionLeaseTTL: Duration = .seconds(6)
+    package var partitionLeaseTTL: Duration = .seconds(6)
     /// How long a call to the coordinators waits for an answer.
-    public var coordinatorCallTimeout: Duration = .seconds(5)
+    package var coordinatorCallTimeout: Duration = .seconds(5)
     /// Coordinator: this process's name in leases (`nil`: host, pid and a random suffix).
-    public var coordinatorID: String?
+    package var coordinatorID: String?
 
-    public init() {}
+    package init() {}
 
-    public var sqlitePath: String { dataDirectory + "/coordinator.sqlite" }
+    package var sqlitePath: String { dataDirectory + "/coordinator.sqlite" }
 }
 
 /// Runs an app graph in one of its roles.
-public struct AppRuntime: Sendable {
-    public let graph: AppGraph
-    public var configuration: RuntimeConfiguration
+package struct AppRuntime: Sendable {
+    package let graph: AppGraph
+    package var configuration: RuntimeConfiguration
 
-    public init(graph: AppGraph, configuration: RuntimeConfiguration) {
+    package init(graph: AppGraph, configuration: RuntimeConfiguration) {
         self.graph = graph
         self.configuration = configuration
     }
@@ -106,7 +106,7 @@ public struct AppRuntime: Sendable {
     /// Connects to NATS, builds the role's services and runs them until SIGTERM/SIGINT (or
     /// until `shutdown` is triggered). Services stop in reverse order: ingress first, then
     /// workers finish their batches, then the coordinator, then the NATS connection.
-    public func run(
+    package func run(
         role: Role,
         logger: Logger,
         signals: [UnixSignal] = [.sigterm, .sigint],

@@ -1,4 +1,7 @@
-// `import Autonomous` is all an app needs: the app model (tables, records, handlers, routes,
-// schedules) lives in ClusterCore and is re-exported here as one unit, because apps use
-// nearly all of it.
-@_exported import ClusterCore
+// `import Autonomous` is all an app needs. The app model (tables, records, handlers, routes,
+// schedules, secrets and their errors) lives in ClusterCore, below the roles that run it, and
+// its public declarations are exactly that model: wire format, stores, RPC, dead letters and
+// the roles are `package`, so they are visible inside this package only. `Logging` comes with
+// it because every context hands handlers a `Logger` (`ctx.logger`).
+@_exported public import ClusterCore
+@_exported public import Logging

@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import ClusterCore
 import Foundation
 import NIOCore
+import NIOHTTP1
 
 /// Where the coordinator's admin API is and how to authenticate.
 struct AdminOptions: ParsableArguments {

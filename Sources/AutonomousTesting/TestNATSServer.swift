@@ -1,16 +1,16 @@
 import Foundation
 import Synchronization
-public import Logging
-public import NATS
+package import Logging
+package import NATS
 
 /// A fresh `nats-server -js` on a free loopback port with its data in a temporary directory,
 /// for one test. Use ``withTestNATSServer(_:)`` so it is always stopped.
-public struct TestNATSServer: Sendable {
-    public let process: NATSServerProcess
-    public let connection: NATSConnection
-    public var url: String { process.url }
+package struct TestNATSServer: Sendable {
+    package let process: NATSServerProcess
+    package let connection: NATSConnection
+    package var url: String { process.url }
 
-    public static let logger: Logger = {
+    package static let logger: Logger = {
         var logger = Logger(label: "autonomous.tests")
         logger.logLevel = ProcessInfo.processInfo.environment["AUTONOMOUS_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         return logger
@@ -19,7 +19,7 @@ public struct TestNATSServer: Sendable {
 
 /// Runs `body` with a started server and a connection to it; stops both afterwards.
 /// `serverArguments` go to nats-server (e.g. TLS options); `tls` is the connection's.
-public func withTestNATSServer<T: Sendable>(
+package func withTestNATSServer<T: Sendable>(
     directory: String? = nil,
     serverArguments: [String] = [],
     tls: NATSConnection.Configuration.TLS? = nil,
@@ -53,18 +53,18 @@ public func withTestNATSServer<T: Sendable>(
 }
 
 /// A record read back from a stream, with every wire header.
-public struct AuditedRecord: Sendable {
-    public var subject: String
-    public var payload: [UInt8]
-    public var headers: [String: String]
-    public var deliveryCount: UInt64
+package struct AuditedRecord: Sendable {
+    package var subject: String
+    package var payload: [UInt8]
+    package var headers: [String: String]
+    package var deliveryCount: UInt64
 
-    public var id: String? { headers["Nats-Msg-Id"] }
-    public var causedBy: String? { headers["Aut-Caused-By"] }
-    public var text: String { String(decoding: payload, as: UTF8.self) }
+    package var id: String? { headers["Nats-Msg-Id"] }
+    package var causedBy: String? { headers["Aut-Caused-By"] }
+    package var text: String { String(decoding: payload, as: UTF8.self) }
 }
 
-public enum StreamAudit {
+package enum StreamAudit {
     static let headerNames = [
         "Nats-Msg-Id", "Aut-Table", "Aut-Tenant", "Aut-Type", "Aut-Caused-By", "traceparent",
         "Aut-Error", "Aut-Attempts", "Aut-Handler", "Aut-Record-Id", "Aut-First-Failure", "Aut-Last-Failure", "Aut-Source-Subject",
@@ -73,7 +73,7 @@ public enum StreamAudit {
     /// Reads every message on `subject` from the start of `stream`, waiting up to `timeout`
     /// for at least `atLeast` of them, then keeps reading until the subject is drained.
     /// Uses its own durable consumer, deleted afterwards.
-    public static func read(
+    package static func read(
         connection: NATSConnection,
         stream: String,
         subject: String,
@@ -90,12 +90,12 @@ public enum StreamAudit {
 }
 
 /// A clock that moves only when a test says so, for timing logic tested without waiting.
-public final class ManualClock: Sendable {
+package final class ManualClock: Sendable {
     private let instant = Mutex(ContinuousClock.now)
 
-    public init() {}
+    package init() {}
 
-    public var now: ContinuousClock.Instant { instant.withLock { $0 } }
+    package var now: ContinuousClock.Instant { instant.withLock { $0 } }
 
-    public func advance(_ duration: Duration) { instant.withLock { $0 += duration } }
+    package func advance(_ duration: Duration) { instant.withLock { $0 += duration } }
 }

@@ -1,39 +1,39 @@
-import Foundation
+package import Foundation
 
 /// The app graph as other programs read it: what `<app> describe` prints, what the deploy
 /// tool renders from, and what an app written in another language will print the same way.
 /// One Codable type on both sides; the JSON uses snake_case keys and carries
 /// ``formatVersion`` so a reader can refuse a graph newer than it understands
 /// (`docs/wire.md`, "The app graph").
-public struct AppDescription: Codable, Sendable, Hashable {
+package struct AppDescription: Codable, Sendable, Hashable {
     /// The version of this format that this build writes, and the newest it reads.
-    public static let currentFormatVersion = 1
+    package static let currentFormatVersion = 1
 
-    public var formatVersion: Int
-    public var app: String
+    package var formatVersion: Int
+    package var app: String
     /// The tenant whose subjects and streams are shown.
-    public var tenant: String
+    package var tenant: String
     /// The tenant's stream of schedule ticks and dead letters (each table has its own).
-    public var stream: String
-    public var tables: [Table]
-    public var handlers: [Handler]
-    public var routes: [Route]
-    public var schedules: [Schedule]
+    package var stream: String
+    package var tables: [Table]
+    package var handlers: [Handler]
+    package var routes: [Route]
+    package var schedules: [Schedule]
 
-    public struct Table: Codable, Sendable, Hashable {
-        public var name: String
+    package struct Table: Codable, Sendable, Hashable {
+        package var name: String
         /// `table`, or `schedule` for a schedule's table of ticks.
-        public var kind: String
-        public var semanticType: String
-        public var subject: String
-        public var stream: String
+        package var kind: String
+        package var semanticType: String
+        package var subject: String
+        package var stream: String
         /// The Swift type's name, or `JSON` for a dynamic table.
-        public var recordType: String
+        package var recordType: String
         /// Every top-level field a record may have, when known.
-        public var fields: [String]?
-        public var requiredFields: [String]?
+        package var fields: [String]?
+        package var requiredFields: [String]?
         /// Set when an ordered handler reads the table.
-        public var partitioning: Partitioning?
+        package var partitioning: Partitioning?
 
         enum CodingKeys: String, CodingKey {
             case name, kind, subject, stream, fields, partitioning
@@ -43,27 +43,27 @@ public struct AppDescription: Codable, Sendable, Hashable {
         }
     }
 
-    public struct Partitioning: Codable, Sendable, Hashable {
-        public var field: String
-        public var partitions: Int
+    package struct Partitioning: Codable, Sendable, Hashable {
+        package var field: String
+        package var partitions: Int
     }
 
-    public struct Handler: Codable, Sendable, Hashable {
-        public var name: String
-        public var source: String
+    package struct Handler: Codable, Sendable, Hashable {
+        package var name: String
+        package var source: String
         /// `table` or `schedule`.
-        public var sourceKind: String
-        public var consumer: String
-        public var batchSize: Int
-        public var concurrency: Int
-        public var maxAttempts: Int
-        public var deadLetterSubject: String
-        public var component: String?
-        public var outputs: [String]?
+        package var sourceKind: String
+        package var consumer: String
+        package var batchSize: Int
+        package var concurrency: Int
+        package var maxAttempts: Int
+        package var deadLetterSubject: String
+        package var component: String?
+        package var outputs: [String]?
         /// Names of the secrets (environment variables) it needs, never their values.
-        public var secrets: [String]?
+        package var secrets: [String]?
         /// The key an ordered handler keeps each record's order by.
-        public var orderedBy: String?
+        package var orderedBy: String?
 
         enum CodingKeys: String, CodingKey {
             case name, source, consumer, concurrency, component, outputs, secrets
@@ -75,21 +75,21 @@ public struct AppDescription: Codable, Sendable, Hashable {
         }
     }
 
-    public struct Route: Codable, Sendable, Hashable {
-        public var method: String
-        public var path: String
+    package struct Route: Codable, Sendable, Hashable {
+        package var method: String
+        package var path: String
         /// `route` (runs app code) or `webhook` (appends the verified body to `table`).
-        public var kind: String
-        public var table: String?
+        package var kind: String
+        package var table: String?
         /// How a webhook verifies its sender, e.g. `slack`.
-        public var verification: String?
+        package var verification: String?
     }
 
-    public struct Schedule: Codable, Sendable, Hashable {
-        public var name: String
-        public var schedule: String
-        public var timeZone: String
-        public var subject: String
+    package struct Schedule: Codable, Sendable, Hashable {
+        package var name: String
+        package var schedule: String
+        package var timeZone: String
+        package var subject: String
 
         enum CodingKeys: String, CodingKey {
             case name, schedule, subject
@@ -103,7 +103,7 @@ public struct AppDescription: Codable, Sendable, Hashable {
     }
 
     /// Reads a graph that `describe` printed; refuses one of a newer format, naming both.
-    public static func decode(_ data: Data) throws -> AppDescription {
+    package static func decode(_ data: Data) throws -> AppDescription {
         struct Version: Decodable {
             var formatVersion: Int?
             enum CodingKeys: String, CodingKey { case formatVersion = "format_version" }
@@ -121,7 +121,7 @@ public struct AppDescription: Codable, Sendable, Hashable {
     }
 
     /// The graph as `describe` prints it: indented, keys sorted.
-    public func encoded() -> Data {
+    package func encoded() -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         // Every field is a plain string, number, array or optional of them: encoding cannot fail.
@@ -131,7 +131,7 @@ public struct AppDescription: Codable, Sendable, Hashable {
 
 extension AppGraph {
     /// The graph as other programs read it, with `tenant`'s subjects and streams.
-    public func description(tenant: String) -> AppDescription {
+    package func description(tenant: String) -> AppDescription {
         AppDescription(
             formatVersion: AppDescription.currentFormatVersion,
             app: name,

@@ -10,19 +10,19 @@ public struct AppGraph: Sendable {
     public let schedules: [ScheduleDefinition]
 
     /// Paths the ingress serves itself.
-    public static let reservedPaths = ["/healthz", "/readyz", "/metrics"]
-    public static let reservedPrefix = "/v1/"
+    package static let reservedPaths = ["/healthz", "/readyz", "/metrics"]
+    package static let reservedPrefix = "/v1/"
 
     public func table(_ name: String) -> TableDefinition? {
         tables.first { $0.name == name && $0.kind == .table }
     }
 
-    public func source(of handler: HandlerDefinition) -> TableDefinition? {
+    package func source(of handler: HandlerDefinition) -> TableDefinition? {
         tables.first { $0.name == handler.source && $0.kind == handler.sourceKind }
     }
 
     /// Every secret a worker needs to run all handlers.
-    public var secrets: [Secret] {
+    package var secrets: [Secret] {
         var seen = Set<Secret>()
         return (handlers.flatMap(\.secrets) + webhooks.flatMap(\.verification.secrets)).filter { seen.insert($0).inserted }
     }

@@ -1,30 +1,34 @@
 import Foundation
-import Logging
-import NATS
-import NIOCore
+public import Logging
+package import NATS
+package import NIOCore
 import Synchronization
 
 /// Publishes messages to JetStream and returns when all have their PubAck.
 /// `NATSConnection` is the production implementation.
-public protocol MessagePublisher: Sendable {
+package protocol MessagePublisher: Sendable {
     func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck]
 }
 
 extension NATSConnection: MessagePublisher {}
 
 /// A record body waiting to be appended, with the record it was derived from.
+///
+/// Only the runtime makes these (``Table/append(_:_:)`` and its overloads); the type is
+/// public because ``AppendContext`` names it.
 public struct PendingRecord: Sendable {
-    public var payload: [UInt8]
-    public var cause: RecordMetadata?
+    package var payload: [UInt8]
+    package var cause: RecordMetadata?
 
-    public init(payload: [UInt8], cause: RecordMetadata?) {
+    package init(payload: [UInt8], cause: RecordMetadata?) {
         self.payload = payload
         self.cause = cause
     }
 }
 
 /// Where appends go: a handler's context (outputs published after the handler returns) or a
-/// route's context (published at once; `append` returns after the PubAck).
+/// route's context (published at once; `append` returns after the PubAck). The runtime's
+/// contexts are the implementations; an app passes the one it was given.
 public protocol AppendContext: Sendable {
     var tenant: String { get }
     func append(_ records: [PendingRecord], to table: TableDefinition) async throws
@@ -32,7 +36,7 @@ public protocol AppendContext: Sendable {
 
 extension Wire {
     /// Builds the message for one record with every header of the wire contract.
-    public static func message(
+    package static func message(
         payload: [UInt8],
         id: String,
         table: TableDefinition,
@@ -43,7 +47,7 @@ extension Wire {
     }
 
     /// Builds the message for one record with every header of the wire contract.
-    public static func message(
+    package static func message(
         payload: ByteBuffer,
         id: String,
         table: TableDefinition,
@@ -110,7 +114,7 @@ public final class HandlerContext: AppendContext {
 
     private let state = Mutex(State())
 
-    public init(
+    package init(
         handler: String,
         tenant: String,
         inputs: [RecordMetadata],
@@ -176,13 +180,13 @@ public final class HandlerContext: AppendContext {
     let tables: [String: TableDefinition]
 
     /// Appends to the table named `name`.
-    public func append(name: String, _ records: [PendingRecord]) async throws {
+    package func append(name: String, _ records: [PendingRecord]) async throws {
         guard let table = tables[name] else { throw ConfigurationError("table '\(name)' is not declared") }
         try await append(records, to: table)
     }
 
     /// Publishes buffered outputs and waits for their PubAcks.
-    public func flush() async throws {
+    package func flush() async throws {
         let pending = state.withLock { state -> [OutgoingMessage] in
             defer { state.outputs.removeAll(keepingCapacity: true) }
             return state.outputs
@@ -193,7 +197,7 @@ public final class HandlerContext: AppendContext {
     }
 
     /// How many outputs this context has published so far.
-    public var publishedCount: Int { state.withLock { $0.published } }
+    package var publishedCount: Int { state.withLock { $0.published } }
 }
 
 /// The context of an HTTP route: appends are published at once and `append` returns after
@@ -206,7 +210,7 @@ public final class RouteContext: AppendContext {
     private let idempotencyKey: String?
     private let counter = Mutex(0)
 
-    public init(
+    package init(
         tenant: String,
         publisher: any MessagePublisher,
         ids: RecordIDGenerator,

@@ -1,31 +1,31 @@
-public import Distributed
-import Foundation
-public import Logging
-public import NATS
+package import Distributed
+package import Foundation
+package import Logging
+package import NATS
 import Synchronization
 
 /// Identifies a distributed actor by the NATS subject its calls go to.
 ///
 /// With a `queue`, several processes host the same actor and NATS hands each call to one of
 /// them (the coordinators do this: any coordinator answers).
-public struct ClusterActorID: Hashable, Sendable, Codable, CustomStringConvertible {
-    public var subject: String
-    public var queue: String?
+package struct ClusterActorID: Hashable, Sendable, Codable, CustomStringConvertible {
+    package var subject: String
+    package var queue: String?
 
-    public init(subject: String, queue: String? = nil) {
+    package init(subject: String, queue: String? = nil) {
         self.subject = subject
         self.queue = queue
     }
 
     /// The coordinators' RPC endpoint, served by every coordinator.
-    public static let coordinator = ClusterActorID(subject: "aut._coord.rpc", queue: "coordinators")
+    package static let coordinator = ClusterActorID(subject: "aut._coord.rpc", queue: "coordinators")
 
-    public var description: String { subject }
+    package var description: String { subject }
 }
 
 /// Why a cluster call failed: the remote side's domain error, or the transport's.
-public struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomStringConvertible {
-    public enum Code: String, Codable, Sendable {
+package struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomStringConvertible {
+    package enum Code: String, Codable, Sendable {
         /// Nobody serves the actor's subject (for the coordinator: none is running).
         case unavailable
         /// No reply within the call timeout.
@@ -41,24 +41,24 @@ public struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomString
         case `internal`
     }
 
-    public var code: Code
-    public var message: String
+    package var code: Code
+    package var message: String
 
-    public init(_ code: Code, _ message: String) {
+    package init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
-    public var description: String { "\(code.rawValue): \(message)" }
+    package var description: String { "\(code.rawValue): \(message)" }
 
     /// Compares only the ``code``.
-    public static func == (lhs: ClusterCallError, rhs: ClusterCallError) -> Bool { lhs.code == rhs.code }
-    public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+    package static func == (lhs: ClusterCallError, rhs: ClusterCallError) -> Bool { lhs.code == rhs.code }
+    package func hash(into hasher: inout Hasher) { hasher.combine(code) }
 
     /// Whether the peer does not know the call: a coordinator of an earlier release during a
     /// rolling upgrade (releases before `versionMismatch` for unknown calls answered `internal`
     /// naming `targetAccessorNotFound`).
-    public var isUnknownCall: Bool {
+    package var isUnknownCall: Bool {
         code == .versionMismatch || (code == .internal && message.contains("targetAccessorNotFound"))
     }
 }
@@ -68,18 +68,18 @@ public struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomString
 ///
 /// A call to an actor hosted by this system runs locally without touching NATS; a call to
 /// any other ID is sent to the ID's subject and waits at most `callTimeout` for the reply.
-public final class ClusterActorSystem: DistributedActorSystem, Sendable {
-    public typealias ActorID = ClusterActorID
-    public typealias InvocationEncoder = ClusterInvocationEncoder
-    public typealias InvocationDecoder = ClusterInvocationDecoder
-    public typealias ResultHandler = ClusterResultHandler
-    public typealias SerializationRequirement = Codable
+package final class ClusterActorSystem: DistributedActorSystem, Sendable {
+    package typealias ActorID = ClusterActorID
+    package typealias InvocationEncoder = ClusterInvocationEncoder
+    package typealias InvocationDecoder = ClusterInvocationDecoder
+    package typealias ResultHandler = ClusterResultHandler
+    package typealias SerializationRequirement = Codable
 
     /// Version of the call envelope; a peer with another version gets `.versionMismatch`.
-    public static let envelopeVersion = 1
+    package static let envelopeVersion = 1
 
-    public let connection: NATSConnection
-    public let callTimeout: Duration
+    package let connection: NATSConnection
+    package let callTimeout: Duration
     let logger: Logger
 
     private struct Hosted {
@@ -91,29 +91,29 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
 
     @TaskLocal static var pendingID: ClusterActorID?
 
-    public init(connection: NATSConnection, callTimeout: Duration = .seconds(5), logger: Logger) {
+    package init(connection: NATSConnection, callTimeout: Duration = .seconds(5), logger: Logger) {
         self.connection = connection
         self.callTimeout = callTimeout
         self.logger = logger
     }
 
     /// Creates an actor under a well-known ID (instead of a random one).
-    public static func withID<T>(_ id: ClusterActorID, _ body: () throws -> T) rethrows -> T {
+    package static func withID<T>(_ id: ClusterActorID, _ body: () throws -> T) rethrows -> T {
         try $pendingID.withValue(id, operation: body)
     }
 
     // MARK: DistributedActorSystem
 
-    public func resolve<Act>(id: ClusterActorID, as actorType: Act.Type) throws -> Act?
+    package func resolve<Act>(id: ClusterActorID, as actorType: Act.Type) throws -> Act?
     where Act: DistributedActor, Act.ID == ClusterActorID {
         hosted.withLock { $0.actors[id] as? Act }
     }
 
-    public func assignID<Act>(_ actorType: Act.Type) -> ClusterActorID where Act: DistributedActor, Act.ID == ClusterActorID {
+    package func assignID<Act>(_ actorType: Act.Type) -> ClusterActorID where Act: DistributedActor, Act.ID == ClusterActorID {
         Self.pendingID ?? ClusterActorID(subject: "aut._actor.\(UUID().uuidString.lowercased())")
     }
 
-    public func actorReady<Act>(_ actor: Act) where Act: DistributedActor, Act.ID == ClusterActorID {
+    package func actorReady<Act>(_ actor: Act) where Act: DistributedActor, Act.ID == ClusterActorID {
         let id = actor.id
         let subscription: CoreSubscription
         do {
@@ -135,7 +135,7 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
-    public func resignID(_ id: ClusterActorID) {
+    package func resignID(_ id: ClusterActorID) {
         let subscription = hosted.withLock { state in
             state.actors[id] = nil
             return state.subscriptions.removeValue(forKey: id)
@@ -144,7 +144,7 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
     }
 
     /// Stops serving every hosted actor (their subscriptions end).
-    public func shutdown() {
+    package func shutdown() {
         let subscriptions = hosted.withLock { state in
             defer { state = Hosted() }
             return Array(state.subscriptions.values)
@@ -152,9 +152,9 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
         subscriptions.forEach { $0.unsubscribe() }
     }
 
-    public func makeInvocationEncoder() -> ClusterInvocationEncoder { ClusterInvocationEncoder() }
+    package func makeInvocationEncoder() -> ClusterInvocationEncoder { ClusterInvocationEncoder() }
 
-    public func remoteCall<Act, Err, Res>(
+    package func remoteCall<Act, Err, Res>(
         on actor: Act,
         target: RemoteCallTarget,
         invocation: inout ClusterInvocationEncoder,
@@ -170,7 +170,7 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
-    public func remoteCallVoid<Act, Err>(
+    package func remoteCallVoid<Act, Err>(
         on actor: Act,
         target: RemoteCallTarget,
         invocation: inout ClusterInvocationEncoder,
@@ -248,11 +248,11 @@ public final class ClusterActorSystem: DistributedActorSystem, Sendable {
 
 /// A call on the wire: target (the mangled method identifier), generic substitutions and
 /// JSON-encoded arguments.
-public struct CallEnvelope: Codable, Sendable {
-    public var v: Int = ClusterActorSystem.envelopeVersion
-    public var target: String = ""
-    public var generics: [String] = []
-    public var arguments: [Data] = []
+package struct CallEnvelope: Codable, Sendable {
+    package var v: Int = ClusterActorSystem.envelopeVersion
+    package var target: String = ""
+    package var generics: [String] = []
+    package var arguments: [Data] = []
 }
 
 struct ReplyEnvelope: Codable, Sendable {
@@ -267,28 +267,28 @@ struct ReplyEnvelope: Codable, Sendable {
     }
 }
 
-public struct ClusterInvocationEncoder: DistributedTargetInvocationEncoder {
-    public typealias SerializationRequirement = Codable
+package struct ClusterInvocationEncoder: DistributedTargetInvocationEncoder {
+    package typealias SerializationRequirement = Codable
     var envelope = CallEnvelope()
 
-    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws {
+    package mutating func recordGenericSubstitution<T>(_ type: T.Type) throws {
         guard let name = _mangledTypeName(type) else {
             throw ClusterCallError(.invalidArgument, "cannot send generic type \(type)")
         }
         envelope.generics.append(name)
     }
 
-    public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
+    package mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
         envelope.arguments.append(try JSONEncoder().encode(argument.value))
     }
 
-    public mutating func recordReturnType<R: Codable>(_ type: R.Type) throws {}
-    public mutating func recordErrorType<E: Error>(_ type: E.Type) throws {}
-    public mutating func doneRecording() throws {}
+    package mutating func recordReturnType<R: Codable>(_ type: R.Type) throws {}
+    package mutating func recordErrorType<E: Error>(_ type: E.Type) throws {}
+    package mutating func doneRecording() throws {}
 }
 
-public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
-    public typealias SerializationRequirement = Codable
+package struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
+    package typealias SerializationRequirement = Codable
     let envelope: CallEnvelope
     var nextArgument = 0
 
@@ -296,14 +296,14 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
         self.envelope = envelope
     }
 
-    public mutating func decodeGenericSubstitutions() throws -> [any Any.Type] {
+    package mutating func decodeGenericSubstitutions() throws -> [any Any.Type] {
         try envelope.generics.map { name in
             guard let type = _typeByName(name) else { throw ClusterCallError(.versionMismatch, "unknown type \(name)") }
             return type
         }
     }
 
-    public mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
+    package mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
         guard nextArgument < envelope.arguments.count else {
             throw ClusterCallError(.versionMismatch, "the call has fewer arguments than \(envelope.target) takes")
         }
@@ -315,24 +315,24 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
         }
     }
 
-    public mutating func decodeErrorType() throws -> (any Any.Type)? { nil }
-    public mutating func decodeReturnType() throws -> (any Any.Type)? { nil }
+    package mutating func decodeErrorType() throws -> (any Any.Type)? { nil }
+    package mutating func decodeReturnType() throws -> (any Any.Type)? { nil }
 }
 
-public final class ClusterResultHandler: DistributedTargetInvocationResultHandler, Sendable {
-    public typealias SerializationRequirement = Codable
+package final class ClusterResultHandler: DistributedTargetInvocationResultHandler, Sendable {
+    package typealias SerializationRequirement = Codable
     private let result = Mutex(ReplyEnvelope(v: ClusterActorSystem.envelopeVersion))
 
     var reply: ReplyEnvelope { result.withLock { $0 } }
 
-    public func onReturn<Success: Codable>(value: Success) async throws {
+    package func onReturn<Success: Codable>(value: Success) async throws {
         let data = try JSONEncoder().encode(value)
         result.withLock { $0.result = data }
     }
 
-    public func onReturnVoid() async throws {}
+    package func onReturnVoid() async throws {}
 
-    public func onThrow<Err: Error>(error: Err) async throws {
+    package func onThrow<Err: Error>(error: Err) async throws {
         let described: ClusterCallError
         if let error = error as? ClusterCallError {
             described = error

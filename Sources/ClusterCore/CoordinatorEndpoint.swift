@@ -1,7 +1,7 @@
-public import Distributed
+package import Distributed
 
 /// What the coordinators answer for workers and ingress nodes (which never talk SQL).
-public protocol CoordinatorBackend: Sendable {
+package protocol CoordinatorBackend: Sendable {
     /// The tenant (and its ingest limits) of an active API key of an enabled tenant, by the
     /// key's hash (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an
     /// unknown, revoked or disabled key.
@@ -16,17 +16,17 @@ public protocol CoordinatorBackend: Sendable {
 }
 
 /// A worker's view of one ordered handler's partitions, sent with every lease renewal.
-public struct PartitionRequest: Codable, Sendable, Hashable {
-    public var tenant: String
-    public var handler: String
+package struct PartitionRequest: Codable, Sendable, Hashable {
+    package var tenant: String
+    package var handler: String
     /// The asking worker's unique id (a new one per process start).
-    public var worker: String
+    package var worker: String
     /// Partitions the worker holds and keeps processing.
-    public var held: [Int]
+    package var held: [Int]
     /// Partitions the worker stopped processing since its last request.
-    public var released: [Int]
+    package var released: [Int]
 
-    public init(tenant: String, handler: String, worker: String, held: [Int], released: [Int]) {
+    package init(tenant: String, handler: String, worker: String, held: [Int], released: [Int]) {
         self.tenant = tenant
         self.handler = handler
         self.worker = worker
@@ -37,15 +37,15 @@ public struct PartitionRequest: Codable, Sendable, Hashable {
 
 /// The coordinator's answer: which partitions the worker may process until the lease TTL
 /// has passed (counted from when it sent the request), and which it must give back.
-public struct PartitionAssignment: Codable, Sendable, Hashable {
+package struct PartitionAssignment: Codable, Sendable, Hashable {
     /// Partition → fencing token, for every partition the worker holds now.
-    public var granted: [Int: Int64]
+    package var granted: [Int: Int64]
     /// Partitions the worker holds but another worker should take: finish, then release.
-    public var revoke: [Int]
+    package var revoke: [Int]
     /// Lease length in milliseconds.
-    public var ttlMilliseconds: Int
+    package var ttlMilliseconds: Int
 
-    public init(granted: [Int: Int64], revoke: [Int], ttlMilliseconds: Int) {
+    package init(granted: [Int: Int64], revoke: [Int], ttlMilliseconds: Int) {
         self.granted = granted
         self.revoke = revoke
         self.ttlMilliseconds = ttlMilliseconds
@@ -55,19 +55,19 @@ public struct PartitionAssignment: Codable, Sendable, Hashable {
 /// The coordinators' RPC surface. Every coordinator hosts one under
 /// ``ClusterActorID/coordinator`` (a NATS queue group); workers and ingress nodes call it
 /// through ``remote(in:)`` and get a ``ClusterCallError`` when none answers in time.
-public distributed actor CoordinatorEndpoint {
-    public typealias ActorSystem = ClusterActorSystem
+package distributed actor CoordinatorEndpoint {
+    package typealias ActorSystem = ClusterActorSystem
 
     private let backend: (any CoordinatorBackend)?
 
     /// Hosts the endpoint in this process (coordinators only).
-    public static func host(in system: ClusterActorSystem, backend: any CoordinatorBackend) -> CoordinatorEndpoint {
+    package static func host(in system: ClusterActorSystem, backend: any CoordinatorBackend) -> CoordinatorEndpoint {
         ClusterActorSystem.withID(.coordinator) { CoordinatorEndpoint(actorSystem: system, backend: backend) }
     }
 
     /// The endpoint as seen from this process: local when this process hosts it, else a
     /// proxy that calls a coordinator over NATS.
-    public static func remote(in system: ClusterActorSystem) throws -> CoordinatorEndpoint {
+    package static func remote(in system: ClusterActorSystem) throws -> CoordinatorEndpoint {
         try resolve(id: .coordinator, using: system)
     }
 
@@ -81,27 +81,27 @@ public distributed actor CoordinatorEndpoint {
         return backend
     }
 
-    public distributed func access(forKeyHash hash: String) async throws -> TenantAccess? {
+    package distributed func access(forKeyHash hash: String) async throws -> TenantAccess? {
         try await requireBackend().access(forKeyHash: hash)
     }
 
     /// The tenant alone, for ingress nodes of the release before tenant limits (answered
     /// during a rolling upgrade).
-    public distributed func tenant(forKeyHash hash: String) async throws -> String? {
+    package distributed func tenant(forKeyHash hash: String) async throws -> String? {
         try await requireBackend().access(forKeyHash: hash)?.tenant
     }
 
     /// Throws `.invalidArgument` for a name that is not a valid tenant name.
-    public distributed func limits(ofTenant tenant: String) async throws -> TenantLimits? {
+    package distributed func limits(ofTenant tenant: String) async throws -> TenantLimits? {
         if let problem = Names.problem(with: tenant, kind: "tenant") { throw ClusterCallError(.invalidArgument, problem) }
         return try await requireBackend().limits(ofTenant: tenant)
     }
 
-    public distributed func activeTenants() async throws -> [String] {
+    package distributed func activeTenants() async throws -> [String] {
         try await requireBackend().activeTenants()
     }
 
-    public distributed func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment {
+    package distributed func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment {
         try await requireBackend().assignPartitions(request)
     }
 }

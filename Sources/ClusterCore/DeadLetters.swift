@@ -1,25 +1,25 @@
-import Foundation
-public import NATS
+package import Foundation
+package import NATS
 import NIOCore
 
 /// A record a handler gave up on, as stored on `aut.<tenant>.dlq.<handler>`.
-public struct DeadLetter: Sendable {
+package struct DeadLetter: Sendable {
     /// Its sequence in the tenant's stream (what replay and purge remove).
-    public var sequence: UInt64
-    public var handler: String
-    public var recordID: String
-    public var table: String
-    public var error: String
-    public var attempts: Int
-    public var firstFailure: Date?
-    public var lastFailure: Date?
-    public var sourceSubject: String
-    public var payload: [UInt8]
-    public var headers: [String: String]
+    package var sequence: UInt64
+    package var handler: String
+    package var recordID: String
+    package var table: String
+    package var error: String
+    package var attempts: Int
+    package var firstFailure: Date?
+    package var lastFailure: Date?
+    package var sourceSubject: String
+    package var payload: [UInt8]
+    package var headers: [String: String]
 }
 
 /// Operator actions on dead letters: list, replay (after fixing the handler), purge.
-public enum DeadLetters {
+package enum DeadLetters {
     static let headerNames = [
         Wire.Header.recordID, Wire.Header.handler, Wire.Header.table, Wire.Header.error, Wire.Header.attempts,
         Wire.Header.firstFailure, Wire.Header.lastFailure, Wire.Header.sourceSubject, Wire.Header.type, Wire.Header.causedBy, Wire.Header.traceparent,
@@ -30,7 +30,7 @@ public enum DeadLetters {
     }
 
     /// Dead letters of `tenant` (of one handler, or all), oldest first, failed within [since, until].
-    public static func list(
+    package static func list(
         connection: NATSConnection,
         tenant: String,
         handler: String? = nil,
@@ -70,7 +70,7 @@ public enum DeadLetters {
     /// `Aut-Replay-For`). Each replay gets the id `<record id>.replay-<dead-letter sequence>`,
     /// so running replay twice, or a crash between publish and delete, does not process a
     /// record twice inside the duplicate window. Returns how many were replayed.
-    public static func replay(
+    package static func replay(
         connection: NATSConnection,
         tenant: String,
         handler: String? = nil,
@@ -103,7 +103,7 @@ public enum DeadLetters {
     }
 
     /// Deletes dead letters (of one handler, or all) for good. Returns how many.
-    public static func purge(connection: NATSConnection, tenant: String, handler: String? = nil) async throws -> Int {
+    package static func purge(connection: NATSConnection, tenant: String, handler: String? = nil) async throws -> Int {
         let letters = try await list(connection: connection, tenant: tenant, handler: handler)
         if !letters.isEmpty {
             try await connection.purge(stream: Wire.streamName(tenant: tenant), subject: subject(tenant: tenant, handler: handler))

@@ -1,7 +1,7 @@
 import Foundation
-import NATS
-import NIOCore
-import Logging
+package import NATS
+package import NIOCore
+public import Logging
 import Synchronization
 
 /// A table as the runtime sees it, typed or dynamic.
@@ -17,11 +17,11 @@ public struct TableDefinition: Sendable {
     public let kind: Kind
     public let semanticType: SemanticType
     /// Swift type name for typed tables, `nil` for dynamic (JSON) tables.
-    public let typeName: String?
+    package let typeName: String?
     /// Top-level fields every record has (typed tables whose fields could be probed).
-    public let requiredFields: [String]?
+    package let requiredFields: [String]?
     /// All top-level fields a record may have, when known.
-    public let knownFields: [String]?
+    package let knownFields: [String]?
     /// Checks one record body against the table's type: `nil` when it fits, else (field, problem).
     let check: @Sendable ([UInt8]) -> (field: String?, problem: String)?
     /// Set when an ordered handler reads the table: its records go to partition subjects
@@ -29,7 +29,7 @@ public struct TableDefinition: Sendable {
     public internal(set) var partitioning: HandlerOrdering? = nil
 
     /// The table's subject (without a partition).
-    public func subject(tenant: String) -> String {
+    package func subject(tenant: String) -> String {
         switch kind {
         case .table: return Wire.tableSubject(tenant: tenant, table: name)
         case .schedule: return Wire.scheduleSubject(tenant: tenant, schedule: name)
@@ -37,7 +37,7 @@ public struct TableDefinition: Sendable {
     }
 
     /// The subject of one record: its partition's for a partitioned table.
-    public func subject(tenant: String, payload: ByteBuffer) -> String {
+    package func subject(tenant: String, payload: ByteBuffer) -> String {
         guard let partitioning else { return subject(tenant: tenant) }
         let key = Wire.partitionKey(payload, field: partitioning.field)
         return subject(tenant: tenant) + "." + String(Wire.partition(key, of: partitioning.partitions))
@@ -45,19 +45,19 @@ public struct TableDefinition: Sendable {
 
     /// The stream holding the table's records: its own for a table, the tenant's for a
     /// schedule's ticks.
-    public func streamName(tenant: String) -> String {
+    package func streamName(tenant: String) -> String {
         Wire.streamName(tenant: tenant, source: name, isTable: kind == .table)
     }
 
     /// What a consumer of every record of the table filters on.
-    public func filterSubject(tenant: String) -> String {
+    package func filterSubject(tenant: String) -> String {
         partitioning == nil ? subject(tenant: tenant) : subject(tenant: tenant) + ".>"
     }
 
     /// Validates a record body against the table's type.
-    public func validate(_ body: [UInt8]) -> (field: String?, problem: String)? { check(body) }
+    package func validate(_ body: [UInt8]) -> (field: String?, problem: String)? { check(body) }
 
-    public var isTyped: Bool { typeName != nil }
+    package var isTyped: Bool { typeName != nil }
 
     static func make<Row: Record>(_ name: String, kind: Kind, of type: Row.Type) -> TableDefinition {
         if Row.self == JSONValue.self {
@@ -147,7 +147,7 @@ public struct HandlerOptions: Sendable {
         return copy
     }
 
-    public func backoff(afterAttempt attempt: Int) -> Duration {
+    package func backoff(afterAttempt attempt: Int) -> Duration {
         guard !retryBackoff.isEmpty else { return .seconds(1) }
         return retryBackoff[min(max(attempt - 1, 0), retryBackoff.count - 1)]
     }
@@ -166,7 +166,7 @@ public struct HandlerOrdering: Sendable, Hashable {
     }
 
     /// `h_<handler>_p<partition>`: each partition has its own durable consumer.
-    public static func consumerName(handler: String, partition: Int) -> String {
+    package static func consumerName(handler: String, partition: Int) -> String {
         Wire.consumerName(handler: handler) + "_p\(partition)"
     }
 }
@@ -177,21 +177,21 @@ public struct ComponentEnvironment: Sendable {
     public var environment: [String: String]
     public var logger: Logger
 
-    public init(environment: [String: String], logger: Logger) {
+    package init(environment: [String: String], logger: Logger) {
         self.environment = environment
         self.logger = logger
     }
 }
 
 /// Runs one batch of raw records.
-public typealias HandlerInvoker = @Sendable ([IncomingRecord], HandlerContext) async throws -> Void
+package typealias HandlerInvoker = @Sendable ([IncomingRecord], HandlerContext) async throws -> Void
 
 /// A record that does not fit the table's type. The worker sends it to the dead-letter
 /// subject instead of retrying it.
-public struct UndecodableRecordError: Error, Sendable, CustomStringConvertible {
-    public var recordID: String
-    public var message: String
-    public var description: String { "record \(recordID) does not decode: \(message)" }
+package struct UndecodableRecordError: Error, Sendable, CustomStringConvertible {
+    package var recordID: String
+    package var message: String
+    package var description: String { "record \(recordID) does not decode: \(message)" }
 }
 
 public struct HandlerDefinition: Sendable {
@@ -210,13 +210,13 @@ public struct HandlerDefinition: Sendable {
     public let producedFields: [String: [String]]
     public let secrets: [Secret]
     /// Resolves secrets and settings and returns the function that runs batches.
-    public let prepare: @Sendable (ComponentEnvironment) throws -> HandlerInvoker
+    package let prepare: @Sendable (ComponentEnvironment) throws -> HandlerInvoker
 
-    public var consumerName: String { Wire.consumerName(handler: name) }
+    package var consumerName: String { Wire.consumerName(handler: name) }
 
     /// The durable consumer of one partition of an ordered handler. At most `batchSize`
     /// records are unacknowledged, so a partition moves forward one batch at a time.
-    public func partitionConsumer(source: TableDefinition, tenant: String, partition: Int, ackWait: Duration, startSequence: UInt64? = nil) -> ConsumerConfiguration {
+    package func partitionConsumer(source: TableDefinition, tenant: String, partition: Int, ackWait: Duration, startSequence: UInt64? = nil) -> ConsumerConfiguration {
         var consumer = ConsumerConfiguration(durableName: HandlerOrdering.consumerName(handler: name, partition: partition))
         consumer.filterSubject = source.subject(tenant: tenant) + ".\(partition)"
         consumer.ackWait = ackWait
@@ -373,7 +373,7 @@ public struct Table<Row: Record>: Sendable {
 extension Records {
     /// Decodes raw records; a record that does not fit `Row` throws ``UndecodableRecordError``.
     /// `lineage` is the handler context's, so appends in loops over the batch know their source.
-    public static func decoding(_ raw: [IncomingRecord]) throws -> Records<Row> {
+    package static func decoding(_ raw: [IncomingRecord]) throws -> Records<Row> {
         try decoding(raw, lineage: nil)
     }
 

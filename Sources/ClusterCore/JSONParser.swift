@@ -11,8 +11,8 @@ public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible
 /// It either builds a ``JSONValue`` or only validates (no allocation), which is what the
 /// ingress does before publishing the caller's bytes unchanged. Nesting is bounded so that
 /// no input can exhaust the stack.
-public struct JSONParser: ~Copyable {
-    public static let maximumDepth = 256
+package struct JSONParser: ~Copyable {
+    package static let maximumDepth = 256
 
     private let bytes: UnsafeBufferPointer<UInt8>
     private var index: Int
@@ -24,7 +24,7 @@ public struct JSONParser: ~Copyable {
     }
 
     /// Parses a whole JSON text into a value.
-    public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
+    package static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
         try bytes.withUnsafeBufferPointer { (buffer) throws(JSONParseError) -> JSONValue in
             var parser = JSONParser(buffer)
             parser.skipWhitespace()
@@ -36,7 +36,7 @@ public struct JSONParser: ~Copyable {
     }
 
     /// What a top-level JSON text is.
-    public enum Shape: Sendable, Equatable {
+    package enum Shape: Sendable, Equatable {
         /// One object spanning the given byte range.
         case object(Range<Int>)
         /// An array; each element's byte range and whether the element is an object.
@@ -44,7 +44,7 @@ public struct JSONParser: ~Copyable {
         /// Any other value (string, number, …).
         case scalar
 
-        public static func == (lhs: Shape, rhs: Shape) -> Bool {
+        package static func == (lhs: Shape, rhs: Shape) -> Bool {
             switch (lhs, rhs) {
             case (.object(let a), .object(let b)): return a == b
             case (.scalar, .scalar): return true
@@ -56,7 +56,7 @@ public struct JSONParser: ~Copyable {
     }
 
     /// Validates a whole JSON text without building values and reports its shape.
-    public static func validate(_ bytes: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> Shape {
+    package static func validate(_ bytes: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> Shape {
         var parser = JSONParser(bytes)
         parser.skipWhitespace()
         guard parser.index < bytes.count else { throw parser.error("empty body") }
@@ -428,8 +428,8 @@ public struct JSONParser: ~Copyable {
 }
 
 /// Serialises ``JSONValue``s to compact JSON text.
-public enum JSONWriter {
-    public static func encode(_ value: JSONValue) -> [UInt8] {
+package enum JSONWriter {
+    package static func encode(_ value: JSONValue) -> [UInt8] {
         var out: [UInt8] = []
         // Most records fit: one allocation instead of growing 128 → 256 → 512.
         out.reserveCapacity(512)
@@ -437,7 +437,7 @@ public enum JSONWriter {
         return out
     }
 
-    public static func write(_ value: JSONValue, into out: inout [UInt8]) {
+    package static func write(_ value: JSONValue, into out: inout [UInt8]) {
         switch value {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A JSON value: the record type of dynamic tables.
 ///
@@ -256,8 +256,8 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
 }
 
 /// ISO 8601 timestamps in UTC with milliseconds, e.g. `2026-11-26T01:02:03.456Z`.
-public enum ISO8601 {
-    public static func format(_ date: Date) -> String {
+package enum ISO8601 {
+    package static func format(_ date: Date) -> String {
         let millis = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
         var seconds = time_t(millis / 1000)
         var parts = tm()
@@ -271,7 +271,7 @@ public enum ISO8601 {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(ms, 3))Z"
     }
 
-    public static func parse(_ text: String) -> Date? {
+    package static func parse(_ text: String) -> Date? {
         let withFraction = ISO8601DateFormatter()
         withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         if let date = withFraction.date(from: text) { return date }

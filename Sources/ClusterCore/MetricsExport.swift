@@ -6,19 +6,19 @@ import Synchronization
 /// Metrics are process-wide (swift-metrics has one backend per process), so the exposition is
 /// too: the runtime that installs the backend registers how to render it here. Without one
 /// (an app that bootstrapped its own metrics backend), `/metrics` answers 404.
-public enum MetricsExport {
+package enum MetricsExport {
     private static let renderer = Mutex<(@Sendable () -> [UInt8])?>(nil)
 
     /// Registers how to render the process's metrics (the runtime does, once).
-    public static func register(_ render: @escaping @Sendable () -> [UInt8]) {
+    package static func register(_ render: @escaping @Sendable () -> [UInt8]) {
         renderer.withLock { $0 = render }
     }
 
     /// The metrics as Prometheus text, or `nil` when nothing was registered.
-    public static func render() -> [UInt8]? {
+    package static func render() -> [UInt8]? {
         renderer.withLock { $0 }?()
     }
 
     /// `Content-Type` of ``render()``'s text.
-    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+    package static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 }

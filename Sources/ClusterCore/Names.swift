@@ -2,11 +2,11 @@
 ///
 /// Tenants, tables, handlers and schedules are `[a-z0-9_-]`, start with a letter or digit,
 /// and are at most ``maximumLength`` bytes. Nothing else is ever interpolated into a subject.
-public enum Names {
-    public static let maximumLength = 64
+package enum Names {
+    package static let maximumLength = 64
 
     /// Returns `nil` when `name` is valid, otherwise why it is not.
-    public static func problem(with name: String, kind: String) -> String? {
+    package static func problem(with name: String, kind: String) -> String? {
         if name.isEmpty { return "\(kind) name must not be empty" }
         if name.utf8.count > maximumLength {
             return "\(kind) name '\(name.prefix(80))' is longer than \(maximumLength) characters"
@@ -23,10 +23,10 @@ public enum Names {
         return nil
     }
 
-    public static func isValid(_ name: String) -> Bool { problem(with: name, kind: "") == nil }
+    package static func isValid(_ name: String) -> Bool { problem(with: name, kind: "") == nil }
 
     /// Record ids and idempotency keys: `[A-Za-z0-9._:-]`, 1–128 bytes.
-    public static func isValidRecordID(_ id: String) -> Bool {
+    package static func isValidRecordID(_ id: String) -> Bool {
         guard !id.isEmpty, id.utf8.count <= 128 else { return false }
         return id.utf8.allSatisfy { byte in
             switch byte {

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A named, versioned meaning of a record, e.g. `llm.prompt@1`.
 public struct SemanticType: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral, Codable {
@@ -54,7 +54,7 @@ public struct RecordMetadata: Sendable, Hashable {
     /// 1 on first delivery to the current handler, more on redeliveries.
     public var deliveryCount: Int
 
-    public init(
+    package init(
         id: String,
         table: String,
         tenant: String,
@@ -76,13 +76,13 @@ public struct RecordMetadata: Sendable, Hashable {
 }
 
 /// A record as it comes off the wire, before decoding.
-public struct IncomingRecord: Sendable {
-    public var metadata: RecordMetadata
-    public var payload: [UInt8]
+package struct IncomingRecord: Sendable {
+    package var metadata: RecordMetadata
+    package var payload: [UInt8]
     /// The subject the record was stored under (its partition's, for partitioned tables).
-    public var subject: String
+    package var subject: String
 
-    public init(metadata: RecordMetadata, payload: [UInt8], subject: String = "") {
+    package init(metadata: RecordMetadata, payload: [UInt8], subject: String = "") {
         self.metadata = metadata
         self.payload = payload
         self.subject = subject
@@ -94,7 +94,7 @@ public struct Entry<Row: Sendable>: Sendable {
     public var value: Row
     public var metadata: RecordMetadata
 
-    public init(value: Row, metadata: RecordMetadata) {
+    package init(value: Row, metadata: RecordMetadata) {
         self.value = value
         self.metadata = metadata
     }
@@ -120,7 +120,7 @@ public struct Records<Row: Record>: RandomAccessCollection, Sendable {
     /// Reports the record being handled to the handler's context (`nil` outside a handler).
     let lineage: LineageCursor?
 
-    public init(_ entries: [Entry<Row>]) {
+    package init(_ entries: [Entry<Row>]) {
         self.entries = entries
         self.lineage = nil
     }
@@ -224,7 +224,7 @@ public struct Derived<Value>: RandomAccessCollection {
     public let causes: [RecordMetadata]
     let lineage: LineageCursor?
 
-    public init(values: [Value], causes: [RecordMetadata]) {
+    package init(values: [Value], causes: [RecordMetadata]) {
         self.init(values: values, causes: causes, lineage: nil)
     }
 
@@ -282,7 +282,7 @@ public struct Tick: Record, Hashable {
     /// `true` for a tick an operator triggered by hand (absent for scheduled ticks).
     public var manual: Bool?
 
-    public init(schedule: String, fireTime: Date, manual: Bool? = nil) {
+    package init(schedule: String, fireTime: Date, manual: Bool? = nil) {
         self.schedule = schedule
         self.fireTime = ISO8601.format(fireTime)
         self.manual = manual

@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 
 /// An HTTP request as a route handler sees it.
 public struct RouteRequest: Sendable {
@@ -10,7 +10,7 @@ public struct RouteRequest: Sendable {
     public var headers: [String: String]
     public var body: [UInt8]
 
-    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8]) {
+    package init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8]) {
         self.method = method
         self.path = path
         self.query = query
@@ -97,7 +97,7 @@ public typealias RouteHandler = @Sendable (RouteRequest, RouteContext) async thr
 public struct RouteDefinition: Sendable {
     public var method: String
     public var path: String
-    public var handler: RouteHandler
+    package var handler: RouteHandler
 }
 
 /// How a webhook checks that a request really comes from its sender.
@@ -125,12 +125,12 @@ public struct WebhookVerification: Sendable {
         WebhookVerification(kind: .custom(verify))
     }
 
-    public var secrets: [Secret] {
+    package var secrets: [Secret] {
         if case .slack(let secret, _) = kind { return [secret] }
         return []
     }
 
-    public var label: String {
+    package var label: String {
         switch kind {
         case .none: return "none"
         case .slack: return "slack"
@@ -149,7 +149,7 @@ import Crypto
 
 extension WebhookVerification {
     /// Checks `request`; throws a ``RouteError`` (401) naming what is wrong.
-    public func verify(_ request: RouteRequest, environment: [String: String], now: Date = Date()) throws {
+    package func verify(_ request: RouteRequest, environment: [String: String], now: Date = Date()) throws {
         switch kind {
         case .none:
             return
@@ -177,7 +177,7 @@ extension WebhookVerification {
     }
 
     /// Computes the `X-Slack-Signature` value for a body (for senders and tests).
-    public static func slackSignature(secret: String, timestamp: String, body: [UInt8]) -> String {
+    package static func slackSignature(secret: String, timestamp: String, body: [UInt8]) -> String {
         var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8)))
         hmac.update(data: Array("v0:\(timestamp):".utf8))
         hmac.update(data: body)

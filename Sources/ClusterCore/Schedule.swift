@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 
 /// When a schedule fires: a cron expression or a fixed interval, in a time zone.
 ///
@@ -104,7 +104,7 @@ public struct Schedule: Sendable, CustomStringConvertible {
     }
 
     /// Why the schedule cannot be used, or `nil`.
-    public var problem: String? {
+    package var problem: String? {
         if case .invalid(let message) = kind { return message }
         if TimeZone(identifier: timeZoneIdentifier) == nil { return "unknown time zone '\(timeZoneIdentifier)'" }
         if maximumJitter < .zero { return "jitter must not be negative" }
@@ -115,7 +115,7 @@ public struct Schedule: Sendable, CustomStringConvertible {
     }
 
     /// The first fire time strictly after `date`, or `nil` if there is none within five years.
-    public func nextFire(after date: Date) -> Date? {
+    package func nextFire(after date: Date) -> Date? {
         switch kind {
         case .invalid: return nil
         case .every(let interval):
@@ -131,7 +131,7 @@ public struct Schedule: Sendable, CustomStringConvertible {
     /// The ticks to fire for the time between `last` (the last tick handled, exclusive) and
     /// `now` (inclusive), according to the catch-up policy. `dropped` counts missed ticks the
     /// policy left out (counted up to 1,000,000).
-    public func catchUpFires(after last: Date, upTo now: Date) -> (fires: [Date], dropped: Int) {
+    package func catchUpFires(after last: Date, upTo now: Date) -> (fires: [Date], dropped: Int) {
         var missed: [Date] = []
         var total = 0
         let keep: Int
@@ -153,7 +153,7 @@ public struct Schedule: Sendable, CustomStringConvertible {
     }
 
     /// How long after `fireTime` the tick is published (see ``jitter(_:)``).
-    public func jitterDelay(for fireTime: Date, key: String) -> Duration {
+    package func jitterDelay(for fireTime: Date, key: String) -> Duration {
         let window = maximumJitter.components.seconds * 1000 + maximumJitter.components.attoseconds / 1_000_000_000_000_000
         guard window > 0 else { return .zero }
         // FNV-1a over the key and the fire time: stable across processes and restarts.

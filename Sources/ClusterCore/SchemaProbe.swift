@@ -4,8 +4,8 @@
 /// This works for synthesized `Codable` conformances, which is what typed records use. A type
 /// whose `init(from:)` rejects the placeholders (for example a `URL` field) gives `nil`; its
 /// fields are then unknown and only the runtime decode checks them.
-public enum SchemaProbe {
-    public static func fields<T: Decodable>(of type: T.Type) -> (required: [String], all: [String])? {
+package enum SchemaProbe {
+    package static func fields<T: Decodable>(of type: T.Type) -> (required: [String], all: [String])? {
         let recorder = KeyRecorder()
         do {
             _ = try T(from: ProbeDecoder(recorder: recorder, codingPath: []))
@@ -16,7 +16,7 @@ public enum SchemaProbe {
     }
 
     /// The field path and a user-facing sentence for a decoding failure.
-    public static func describe(_ error: DecodingError) -> (field: String?, problem: String) {
+    package static func describe(_ error: DecodingError) -> (field: String?, problem: String) {
         func path(_ codingPath: [any CodingKey]) -> String? {
             let parts = codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
             guard !parts.isEmpty else { return nil }

@@ -6,7 +6,7 @@ public struct Secret: Sendable, Hashable, CustomStringConvertible {
     public static func secret(_ name: String) -> Secret { Secret(name: name) }
 
     /// Reads the secret, or throws an error that names the missing variable.
-    public func resolve(in environment: [String: String]) throws -> String {
+    package func resolve(in environment: [String: String]) throws -> String {
         guard let value = environment[name], !value.isEmpty else {
             throw ConfigurationError("missing secret: set the environment variable \(name)")
         }

@@ -1,12 +1,12 @@
 import Crypto
-import Foundation
+package import Foundation
 
 /// The coordinator's durable state. Postgres in production and SQLite in embedded mode
 /// implement it; workers and ingress never use it directly (they ask a coordinator over NATS).
 ///
 /// Every name reaches SQL as a bound parameter. Lease times come from the database's clock
 /// (Postgres `now()`), so coordinators on different machines agree on expiry.
-public protocol CoordinatorStore: Sendable {
+package protocol CoordinatorStore: Sendable {
     /// Creates or upgrades the schema (idempotent, versioned).
     func migrate() async throws
     /// A description for startup output, without credentials.
@@ -61,13 +61,13 @@ public protocol CoordinatorStore: Sendable {
 }
 
 /// What an operator changed about a schedule for one tenant.
-public struct ScheduleControl: Sendable, Hashable, Codable {
-    public var paused: Bool
+package struct ScheduleControl: Sendable, Hashable, Codable {
+    package var paused: Bool
     /// A cron expression replacing the app's timing, if set.
-    public var expression: String?
-    public var timeZone: String?
+    package var expression: String?
+    package var timeZone: String?
 
-    public init(paused: Bool = false, expression: String? = nil, timeZone: String? = nil) {
+    package init(paused: Bool = false, expression: String? = nil, timeZone: String? = nil) {
         self.paused = paused
         self.expression = expression
         self.timeZone = timeZone
@@ -75,39 +75,39 @@ public struct ScheduleControl: Sendable, Hashable, Codable {
 }
 
 extension CoordinatorStore {
-    public func isPaused(tenant: String, schedule: String) async throws -> Bool {
+    package func isPaused(tenant: String, schedule: String) async throws -> Bool {
         try await scheduleControl(tenant: tenant, schedule: schedule).paused
     }
 
     /// Records that the tick at `fireTime` was published.
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence? = nil) async throws {
+    package func recordFire(tenant: String, schedule: String, at fireTime: Date, fence: LeaseFence? = nil) async throws {
         try await recordFire(tenant: tenant, schedule: schedule, at: fireTime, published: true, fence: fence)
     }
 }
 
 /// A lease a write must still hold to take effect (its name, holder and fencing token).
-public typealias LeaseFence = Lease
+package typealias LeaseFence = Lease
 
 /// A lease: who holds `name`, under which fencing token.
-public struct Lease: Sendable, Hashable, Codable {
-    public var name: String
-    public var holder: String
-    public var token: Int64
+package struct Lease: Sendable, Hashable, Codable {
+    package var name: String
+    package var holder: String
+    package var token: Int64
 
-    public init(name: String, holder: String, token: Int64) {
+    package init(name: String, holder: String, token: Int64) {
         self.name = name
         self.holder = holder
         self.token = token
     }
 }
 
-public struct TenantRecord: Sendable, Hashable, Codable {
-    public var name: String
-    public var disabled: Bool
-    public var createdAt: Date
-    public var limits: TenantLimits
+package struct TenantRecord: Sendable, Hashable, Codable {
+    package var name: String
+    package var disabled: Bool
+    package var createdAt: Date
+    package var limits: TenantLimits
 
-    public init(name: String, disabled: Bool, createdAt: Date, limits: TenantLimits = TenantLimits()) {
+    package init(name: String, disabled: Bool, createdAt: Date, limits: TenantLimits = TenantLimits()) {
         self.name = name
         self.disabled = disabled
         self.createdAt = createdAt
@@ -118,25 +118,25 @@ public struct TenantRecord: Sendable, Hashable, Codable {
 /// How fast one tenant may ingest records through the cluster's ingress nodes: a token bucket
 /// that refills at `recordsPerSecond` and holds up to `burst` records, shared evenly among the
 /// ingress nodes alive (each enforces its share). No `recordsPerSecond`: no limit.
-public struct TenantLimits: Sendable, Hashable, Codable {
-    public var recordsPerSecond: Int?
+package struct TenantLimits: Sendable, Hashable, Codable {
+    package var recordsPerSecond: Int?
     /// Records a tenant may send at once after a quiet time; `nil`: one second's worth.
-    public var burst: Int?
+    package var burst: Int?
 
-    public static let maximumRate = 100_000_000
+    package static let maximumRate = 100_000_000
 
-    public init(recordsPerSecond: Int? = nil, burst: Int? = nil) {
+    package init(recordsPerSecond: Int? = nil, burst: Int? = nil) {
         self.recordsPerSecond = recordsPerSecond
         self.burst = burst
     }
 
-    public var isUnlimited: Bool { recordsPerSecond == nil }
+    package var isUnlimited: Bool { recordsPerSecond == nil }
 
     /// The bucket's size: `burst`, else one second's worth.
-    public var effectiveBurst: Int? { recordsPerSecond.map { burst ?? $0 } }
+    package var effectiveBurst: Int? { recordsPerSecond.map { burst ?? $0 } }
 
     /// What is wrong with these limits, as "field: problem", or `nil`.
-    public var problem: String? {
+    package var problem: String? {
         if let rate = recordsPerSecond, !(1...Self.maximumRate).contains(rate) {
             return "recordsPerSecond: must be between 1 and \(Self.maximumRate), or null for no limit"
         }
@@ -149,23 +149,23 @@ public struct TenantLimits: Sendable, Hashable, Codable {
 }
 
 /// What an API key grants: the tenant it acts for and that tenant's limits.
-public struct TenantAccess: Sendable, Hashable, Codable {
-    public var tenant: String
-    public var limits: TenantLimits
+package struct TenantAccess: Sendable, Hashable, Codable {
+    package var tenant: String
+    package var limits: TenantLimits
 
-    public init(tenant: String, limits: TenantLimits = TenantLimits()) {
+    package init(tenant: String, limits: TenantLimits = TenantLimits()) {
         self.tenant = tenant
         self.limits = limits
     }
 }
 
-public struct APIKeyRecord: Sendable, Hashable, Codable {
-    public var id: String
-    public var tenant: String
-    public var createdAt: Date
-    public var revokedAt: Date?
+package struct APIKeyRecord: Sendable, Hashable, Codable {
+    package var id: String
+    package var tenant: String
+    package var createdAt: Date
+    package var revokedAt: Date?
 
-    public init(id: String, tenant: String, createdAt: Date, revokedAt: Date?) {
+    package init(id: String, tenant: String, createdAt: Date, revokedAt: Date?) {
         self.id = id
         self.tenant = tenant
         self.createdAt = createdAt
@@ -174,28 +174,28 @@ public struct APIKeyRecord: Sendable, Hashable, Codable {
 }
 
 /// A store refused an operation for a reason the caller can act on.
-public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
-    public enum Kind: String, Sendable, Hashable {
+package struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    package enum Kind: String, Sendable, Hashable {
         case duplicate, notFound, fenced
     }
 
-    public var kind: Kind
-    public var message: String
+    package var kind: Kind
+    package var message: String
 
-    public static func duplicate(_ message: String) -> StoreError { StoreError(kind: .duplicate, message: message) }
-    public static func notFound(_ message: String) -> StoreError { StoreError(kind: .notFound, message: message) }
-    public static func fenced(_ message: String) -> StoreError { StoreError(kind: .fenced, message: message) }
+    package static func duplicate(_ message: String) -> StoreError { StoreError(kind: .duplicate, message: message) }
+    package static func notFound(_ message: String) -> StoreError { StoreError(kind: .notFound, message: message) }
+    package static func fenced(_ message: String) -> StoreError { StoreError(kind: .fenced, message: message) }
 
-    public var description: String { message }
+    package var description: String { message }
 
     /// Compares only the ``kind``.
-    public static func == (lhs: StoreError, rhs: StoreError) -> Bool { lhs.kind == rhs.kind }
-    public func hash(into hasher: inout Hasher) { hasher.combine(kind) }
+    package static func == (lhs: StoreError, rhs: StoreError) -> Bool { lhs.kind == rhs.kind }
+    package func hash(into hasher: inout Hasher) { hasher.combine(kind) }
 }
 
 /// API keys: `aut_<id>_<secret>`. The id is public (listed, used to revoke); the whole key is
 /// shown once at creation and only its SHA-256 is stored.
-public enum APIKeys {
+package enum APIKeys {
     static let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
 
     static func random(_ count: Int) -> String {
@@ -204,13 +204,13 @@ public enum APIKeys {
     }
 
     /// A new key and its id.
-    public static func generate() -> (id: String, key: String) {
+    package static func generate() -> (id: String, key: String) {
         let id = random(12)
         return (id, "aut_\(id)_\(random(40))")
     }
 
     /// The stored form of a key.
-    public static func hash(_ key: String) -> String {
+    package static func hash(_ key: String) -> String {
         SHA256.hash(data: Array(key.utf8)).map { byte in
             let hex = Array("0123456789abcdef".utf8)
             return String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xf)]], as: UTF8.self)
@@ -218,21 +218,21 @@ public enum APIKeys {
     }
 
     /// `true` when `key` has the shape of a key (checked before any lookup).
-    public static func isWellFormed(_ key: String) -> Bool {
+    package static func isWellFormed(_ key: String) -> Bool {
         let parts = key.split(separator: "_", omittingEmptySubsequences: false)
         return parts.count == 3 && parts[0] == "aut" && parts[1].utf8.count == 12 && parts[2].utf8.count == 40
             && parts[1].utf8.allSatisfy(alphabet.contains) && parts[2].utf8.allSatisfy(alphabet.contains)
     }
 
     /// `true` when `id` has the shape of a key id.
-    public static func isWellFormedID(_ id: String) -> Bool {
+    package static func isWellFormedID(_ id: String) -> Bool {
         id.utf8.count == 12 && id.utf8.allSatisfy(alphabet.contains)
     }
 }
 
 extension Duration {
     /// The duration in (fractional) seconds.
-    public var inSeconds: Double {
+    package var inSeconds: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
 }

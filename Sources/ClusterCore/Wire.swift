@@ -1,66 +1,66 @@
 import Crypto
 import Foundation
-import NIOCore
+package import NIOCore
 import Synchronization
 
 /// The wire contract (docs/wire.md): subjects, stream and consumer names, headers, record ids.
-public enum Wire {
-    public enum Header {
-        public static let messageID = "Nats-Msg-Id"
-        public static let table = "Aut-Table"
-        public static let tenant = "Aut-Tenant"
-        public static let type = "Aut-Type"
-        public static let causedBy = "Aut-Caused-By"
-        public static let traceparent = "traceparent"
-        public static let error = "Aut-Error"
-        public static let attempts = "Aut-Attempts"
-        public static let handler = "Aut-Handler"
-        public static let firstFailure = "Aut-First-Failure"
-        public static let lastFailure = "Aut-Last-Failure"
-        public static let sourceSubject = "Aut-Source-Subject"
-        public static let recordID = "Aut-Record-Id"
+package enum Wire {
+    package enum Header {
+        package static let messageID = "Nats-Msg-Id"
+        package static let table = "Aut-Table"
+        package static let tenant = "Aut-Tenant"
+        package static let type = "Aut-Type"
+        package static let causedBy = "Aut-Caused-By"
+        package static let traceparent = "traceparent"
+        package static let error = "Aut-Error"
+        package static let attempts = "Aut-Attempts"
+        package static let handler = "Aut-Handler"
+        package static let firstFailure = "Aut-First-Failure"
+        package static let lastFailure = "Aut-Last-Failure"
+        package static let sourceSubject = "Aut-Source-Subject"
+        package static let recordID = "Aut-Record-Id"
         /// On a replayed dead letter: the only handler that processes it.
-        public static let replayFor = "Aut-Replay-For"
+        package static let replayFor = "Aut-Replay-For"
     }
 
     /// Headers a worker reads from every fetched record, in this order.
-    public static let consumedHeaders = [Header.messageID, Header.causedBy, Header.type, Header.traceparent, Header.replayFor]
+    package static let consumedHeaders = [Header.messageID, Header.causedBy, Header.type, Header.traceparent, Header.replayFor]
 
     /// `aut.<tenant>.tbl.<table>`
-    public static func tableSubject(tenant: String, table: String) -> String { "aut.\(tenant).tbl.\(table)" }
+    package static func tableSubject(tenant: String, table: String) -> String { "aut.\(tenant).tbl.\(table)" }
     /// `aut.<tenant>.sched.<schedule>`
-    public static func scheduleSubject(tenant: String, schedule: String) -> String { "aut.\(tenant).sched.\(schedule)" }
+    package static func scheduleSubject(tenant: String, schedule: String) -> String { "aut.\(tenant).sched.\(schedule)" }
     /// `aut.<tenant>.dlq.<handler>`
-    public static func deadLetterSubject(tenant: String, handler: String) -> String { "aut.\(tenant).dlq.\(handler)" }
+    package static func deadLetterSubject(tenant: String, handler: String) -> String { "aut.\(tenant).dlq.\(handler)" }
     /// `AUT_<TENANT>` (the tenant name upper-cased): the tenant's schedule ticks and dead letters.
-    public static func streamName(tenant: String) -> String { "AUT_" + tenant.uppercased() }
+    package static func streamName(tenant: String) -> String { "AUT_" + tenant.uppercased() }
     /// `aut.<tenant>.sched.>` and `aut.<tenant>.dlq.>`
-    public static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).sched.>", "aut.\(tenant).dlq.>"] }
+    package static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).sched.>", "aut.\(tenant).dlq.>"] }
     /// What the tenant stream held in the one-stream layout (every table in it), which
     /// provisioning recognises: `aut.<tenant>.>`
-    public static func legacyStreamSubject(tenant: String) -> String { "aut.\(tenant).>" }
+    package static func legacyStreamSubject(tenant: String) -> String { "aut.\(tenant).>" }
     /// `AUT_<TENANT>_tbl_<table>`: one table's records (every partition).
     ///
     /// Each table has a stream of its own, so JetStream stores a table's records and a
     /// handler's outputs in parallel and a handler's consumer reads only its table. Unambiguous:
     /// the upper-cased tenant holds no lowercase letter, so the first one starts `tbl_`.
-    public static func tableStreamName(tenant: String, table: String) -> String { "AUT_" + tenant.uppercased() + "_tbl_" + table }
+    package static func tableStreamName(tenant: String, table: String) -> String { "AUT_" + tenant.uppercased() + "_tbl_" + table }
     /// The stream holding the records of a handler's source: the table's own, or the tenant
     /// stream for a schedule's ticks.
-    public static func streamName(tenant: String, source: String, isTable: Bool) -> String {
+    package static func streamName(tenant: String, source: String, isTable: Bool) -> String {
         isTable ? tableStreamName(tenant: tenant, table: source) : streamName(tenant: tenant)
     }
     /// `aut.<tenant>.tbl.<table>` and its partitions, `aut.<tenant>.tbl.<table>.>`
-    public static func tableStreamSubjects(tenant: String, table: String) -> [String] {
+    package static func tableStreamSubjects(tenant: String, table: String) -> [String] {
         let subject = tableSubject(tenant: tenant, table: table)
         return [subject, subject + ".>"]
     }
     /// `h_<handler>`
-    public static func consumerName(handler: String) -> String { "h_" + handler }
+    package static func consumerName(handler: String) -> String { "h_" + handler }
 
     /// The bytes of a record's ordering key: a string field's UTF-8, any other value's JSON
     /// text, nothing when the field is missing or null (all such records share a partition).
-    public static func partitionKey(_ payload: ByteBuffer, field: String) -> [UInt8] {
+    package static func partitionKey(_ payload: ByteBuffer, field: String) -> [UInt8] {
         guard let record = try? JSONParser.parse(Array(payload.readableBytesView)) else { return [] }
         switch record[field] {
         case .null: return []
@@ -70,7 +70,7 @@ public enum Wire {
     }
 
     /// The partition of a key: 32-bit FNV-1a of its bytes, modulo `partitions`.
-    public static func partition(_ key: [UInt8], of partitions: Int) -> Int {
+    package static func partition(_ key: [UInt8], of partitions: Int) -> Int {
         var hash: UInt32 = 0x811c_9dc5
         for byte in key {
             hash ^= UInt32(byte)
@@ -83,7 +83,7 @@ public enum Wire {
     ///
     /// Deterministic, so a redelivered source produces the same ids and JetStream drops the
     /// repeats inside the stream's duplicate window.
-    public static func outputID(source sourceID: String, handler: String, index: Int) -> String {
+    package static func outputID(source sourceID: String, handler: String, index: Int) -> String {
         var hasher = SHA256()
         var source = sourceID
         source.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
@@ -124,18 +124,18 @@ public enum Wire {
 ///
 /// 64 random bits per process make a collision between processes negligible; the counter
 /// makes ids of one process distinct and roughly ordered.
-public final class RecordIDGenerator: Sendable {
+package final class RecordIDGenerator: Sendable {
     private let prefix: String
     private let counter = Atomic<UInt64>(0)
 
-    public init() {
+    package init() {
         var generator = SystemRandomNumberGenerator()
         let random = generator.next() as UInt64
         let millis = UInt64(Date().timeIntervalSince1970 * 1000)
         prefix = "r" + String(millis, radix: 36) + String(random, radix: 36) + "-"
     }
 
-    public func next() -> String {
+    package func next() -> String {
         let n = counter.add(1, ordering: .relaxed).newValue
         return prefix + String(n, radix: 36)
     }

@@ -2,16 +2,16 @@ import ClusterCore
 import Crypto
 import Foundation
 import Hummingbird
-public import Logging
-public import NATS
+package import Logging
+package import NATS
 import NIOCore
-public import ServiceLifecycle
+import ServiceLifecycle
 
 /// The coordinator's HTTP port: `/healthz`, `/readyz`, `/metrics` and the admin API under `/v1/admin`
 /// (tenants, API keys, schedules), protected by the admin token. See docs/api.md.
 ///
 /// Without a configured admin token every admin path answers 403 `admin_disabled`.
-public struct AdminServer: Service {
+package struct AdminServer: Service {
     let host: String
     let port: Int
     let adminToken: String?
@@ -20,7 +20,7 @@ public struct AdminServer: Service {
     let logger: Logger
     let onListening: (@Sendable (Int) async -> Void)?
 
-    public init(
+    package init(
         host: String,
         port: Int,
         adminToken: String?,
@@ -38,7 +38,7 @@ public struct AdminServer: Service {
         self.onListening = onListening
     }
 
-    public func run() async throws {
+    package func run() async throws {
         let responder = AdminResponder(adminToken: adminToken, administration: administration, connection: connection, logger: logger)
         let onListening = self.onListening
         let app = Application(

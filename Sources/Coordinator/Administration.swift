@@ -1,20 +1,20 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
 import Synchronization
-public import Logging
-public import NATS
+package import Logging
+package import NATS
 
 /// Operations on tenants, API keys and schedules, shared by the admin HTTP API and by the
 /// coordinators' RPC endpoint. Every failure is a ``ClusterCallError`` whose code maps to an
 /// HTTP status (404 unknown, 409 duplicate, 422 invalid, 503 unavailable).
-public struct Administration: Sendable {
+package struct Administration: Sendable {
     let graph: AppGraph
     let store: any CoordinatorStore
     let connection: NATSConnection
     let topology: Topology.Configuration
     let logger: Logger
 
-    public init(graph: AppGraph, store: any CoordinatorStore, connection: NATSConnection, topology: Topology.Configuration, logger: Logger) {
+    package init(graph: AppGraph, store: any CoordinatorStore, connection: NATSConnection, topology: Topology.Configuration, logger: Logger) {
         self.graph = graph
         self.store = store
         self.connection = connection
@@ -24,20 +24,20 @@ public struct Administration: Sendable {
 
     // MARK: Tenants
 
-    public struct TenantInfo: Codable, Sendable {
-        public var name: String
-        public var disabled: Bool
-        public var createdAt: String
-        public var stream: String
+    package struct TenantInfo: Codable, Sendable {
+        package var name: String
+        package var disabled: Bool
+        package var createdAt: String
+        package var stream: String
         /// Ingest limit of the cluster (shared among the ingress nodes); `null` fields: no limit.
-        public var limits: Limits
+        package var limits: Limits
 
-        public struct Limits: Codable, Sendable {
-            public var recordsPerSecond: Int?
-            public var burst: Int?
+        package struct Limits: Codable, Sendable {
+            package var recordsPerSecond: Int?
+            package var burst: Int?
 
             // Encoded with explicit nulls, so a reader sees "no limit" rather than a missing field.
-            public func encode(to encoder: any Encoder) throws {
+            package func encode(to encoder: any Encoder) throws {
                 var container = encoder.container(keyedBy: CodingKeys.self)
                 try container.encode(recordsPerSecond, forKey: .recordsPerSecond)
                 try container.encode(burst, forKey: .burst)
@@ -56,7 +56,7 @@ public struct Administration: Sendable {
     }
 
     /// Creates the tenant and its stream and consumers.
-    public func createTenant(_ name: String) async throws -> TenantInfo {
+    package func createTenant(_ name: String) async throws -> TenantInfo {
         if let problem = Names.problem(with: name, kind: "tenant") { throw ClusterCallError(.invalidArgument, problem) }
         do {
             try await store.createTenant(name)
@@ -73,11 +73,11 @@ public struct Administration: Sendable {
         return try await tenant(name)
     }
 
-    public func tenants() async throws -> [TenantInfo] {
+    package func tenants() async throws -> [TenantInfo] {
         try await store.tenants().map(info)
     }
 
-    public func tenant(_ name: String) async throws -> TenantInfo {
+    package func tenant(_ name: String) async throws -> TenantInfo {
         guard Names.isValid(name), let record = try await store.tenants().first(where: { $0.name == name }) else {
             throw ClusterCallError(.notFound, "no tenant '\(name.prefix(100))'")
         }
@@ -86,7 +86,7 @@ public struct Administration: Sendable {
 
     /// Sets how fast the tenant may ingest through the ingress nodes together (no `recordsPerSecond`:
     /// no limit). Ingress nodes apply it within their key cache lifetime.
-    public func setLimits(_ name: String, _ limits: TenantLimits) async throws -> TenantInfo {
+    package func setLimits(_ name: String, _ limits: TenantLimits) async throws -> TenantInfo {
         if let problem = limits.problem { throw ClusterCallError(.invalidArgument, problem) }
         _ = try await tenant(name)
         try await store.setTenantLimits(name, limits: limits)
@@ -103,7 +103,7 @@ public struct Administration: Sendable {
 
     /// Disables (or enables) a tenant: its keys stop resolving within the ingress cache
     /// lifetime, workers stop its handlers and the leader stops its schedules. Data stays.
-    public func setDisabled(_ name: String, _ disabled: Bool) async throws -> TenantInfo {
+    package func setDisabled(_ name: String, _ disabled: Bool) async throws -> TenantInfo {
         _ = try await tenant(name)
         try await store.setTenantDisabled(name, disabled: disabled)
         logger.notice(disabled ? "Tenant disabled" : "Tenant enabled", metadata: ["coordinator.tenant": "\(name)"])
@@ -112,16 +112,16 @@ public struct Administration: Sendable {
 
     // MARK: API keys
 
-    public struct KeyInfo: Codable, Sendable {
-        public var id: String
-        public var tenant: String
-        public var createdAt: String
-        public var revokedAt: String?
+    package struct KeyInfo: Codable, Sendable {
+        package var id: String
+        package var tenant: String
+        package var createdAt: String
+        package var revokedAt: String?
         /// The key itself: only in the answer that created it.
-        public var key: String?
+        package var key: String?
     }
 
-    public func createKey(tenant name: String) async throws -> KeyInfo {
+    package func createKey(tenant name: String) async throws -> KeyInfo {
         _ = try await tenant(name)
         let (id, key) = APIKeys.generate()
         try await store.insertAPIKey(id: id, tenant: name, hash: APIKeys.hash(key))
@@ -129,14 +129,14 @@ public struct Administration: Sendable {
         return KeyInfo(id: id, tenant: name, createdAt: ISO8601.format(Date()), revokedAt: nil, key: key)
     }
 
-    public func keys(tenant name: String) async throws -> [KeyInfo] {
+    package func keys(tenant name: String) async throws -> [KeyInfo] {
         _ = try await tenant(name)
         return try await store.apiKeys(tenant: name).map {
             KeyInfo(id: $0.id, tenant: $0.tenant, createdAt: ISO8601.format($0.createdAt), revokedAt: $0.revokedAt.map(ISO8601.format), key: nil)
         }
     }
 
-    public func revokeKey(tenant name: String, id: String) async throws -> KeyInfo {
+    package func revokeKey(tenant name: String, id: String) async throws -> KeyInfo {
         _ = try await tenant(name)
         guard APIKeys.isWellFormedID(id) else { throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'") }
         do {
@@ -152,7 +152,7 @@ public struct Administration: Sendable {
     }
 
     /// Issues a new key and revokes `id`: the new key is shown once.
-    public func rotateKey(tenant name: String, id: String) async throws -> KeyInfo {
+    package func rotateKey(tenant name: String, id: String) async throws -> KeyInfo {
         let existing = try await keys(tenant: name)
         guard let old = existing.first(where: { $0.id == id }) else { throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'") }
         guard old.revokedAt == nil else { throw ClusterCallError(.invalidArgument, "key '\(id)' is already revoked; create a new one") }
@@ -163,17 +163,17 @@ public struct Administration: Sendable {
 
     // MARK: Schedules
 
-    public struct ScheduleInfo: Codable, Sendable {
-        public var name: String
-        public var tenant: String
+    package struct ScheduleInfo: Codable, Sendable {
+        package var name: String
+        package var tenant: String
         /// The timing in effect (the app's, or an override).
-        public var schedule: String
-        public var timeZone: String
-        public var overridden: Bool
-        public var paused: Bool
-        public var catchUp: String
-        public var lastFire: String?
-        public var nextFire: String?
+        package var schedule: String
+        package var timeZone: String
+        package var overridden: Bool
+        package var paused: Bool
+        package var catchUp: String
+        package var lastFire: String?
+        package var nextFire: String?
     }
 
     func definition(_ name: String) throws -> ScheduleDefinition {
@@ -184,7 +184,7 @@ public struct Administration: Sendable {
         return definition
     }
 
-    public func schedules(tenant name: String) async throws -> [ScheduleInfo] {
+    package func schedules(tenant name: String) async throws -> [ScheduleInfo] {
         _ = try await tenant(name)
         var result: [ScheduleInfo] = []
         for definition in graph.schedules {
@@ -193,7 +193,7 @@ public struct Administration: Sendable {
         return result
     }
 
-    public func schedule(_ scheduleName: String, tenant name: String) async throws -> ScheduleInfo {
+    package func schedule(_ scheduleName: String, tenant name: String) async throws -> ScheduleInfo {
         _ = try await tenant(name)
         let definition = try definition(scheduleName)
         let control = try await store.scheduleControl(tenant: name, schedule: scheduleName)
@@ -214,7 +214,7 @@ public struct Administration: Sendable {
         )
     }
 
-    public func setPaused(_ scheduleName: String, tenant name: String, paused: Bool) async throws -> ScheduleInfo {
+    package func setPaused(_ scheduleName: String, tenant name: String, paused: Bool) async throws -> ScheduleInfo {
         _ = try await tenant(name)
         _ = try definition(scheduleName)
         try await store.setPaused(tenant: name, schedule: scheduleName, paused: paused)
@@ -224,7 +224,7 @@ public struct Administration: Sendable {
 
     /// Replaces the schedule's timing for one tenant with a cron expression (`nil`: back to
     /// the app's own timing).
-    public func retime(_ scheduleName: String, tenant name: String, cron: String?, timeZone: String?) async throws -> ScheduleInfo {
+    package func retime(_ scheduleName: String, tenant name: String, cron: String?, timeZone: String?) async throws -> ScheduleInfo {
         _ = try await tenant(name)
         let definition = try definition(scheduleName)
         if let cron {
@@ -240,7 +240,7 @@ public struct Administration: Sendable {
     }
 
     /// Publishes a tick now, outside the schedule (marked `manual`).
-    public func trigger(_ scheduleName: String, tenant name: String) async throws -> [String: String] {
+    package func trigger(_ scheduleName: String, tenant name: String) async throws -> [String: String] {
         let info = try await tenant(name)
         if info.disabled { throw ClusterCallError(.invalidArgument, "tenant '\(name)' is disabled") }
         let definition = try definition(scheduleName)

@@ -1,8 +1,9 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
-public import Logging
-public import NATS
-public import ServiceLifecycle
+package import Logging
+package import NATS
+import ServiceLifecycle
+import Synchronization
 
 /// The cluster's stateful role.
 ///
@@ -10,26 +11,26 @@ public import ServiceLifecycle
 /// (tenant lookups and partition leases for workers and ingress nodes, answered from the
 /// store) and stands for election. The leader alone fires schedules and provisions tenants
 /// created since it took over. Run two or more for failover; they share one Postgres.
-public struct Coordinator: Service {
-    public struct Configuration: Sendable {
+package struct Coordinator: Service {
+    package struct Configuration: Sendable {
         /// The tenant created at startup (it serves records sent without an API key).
-        public var defaultTenant: String
-        public var topology: Topology.Configuration
+        package var defaultTenant: String
+        package var topology: Topology.Configuration
         /// Leader lease length: a standby takes over at most this long (plus a tenth) after
         /// the leader's last renewal.
-        public var leaseTTL: Duration = .seconds(10)
+        package var leaseTTL: Duration = .seconds(10)
         /// Partition lease length for ordered handlers.
-        public var partitionLeaseTTL: Duration = .seconds(6)
+        package var partitionLeaseTTL: Duration = .seconds(6)
         /// This coordinator's name in leases (unique per process).
-        public var instanceID: String
+        package var instanceID: String
 
-        public init(defaultTenant: String, topology: Topology.Configuration = .init(), instanceID: String? = nil) {
+        package init(defaultTenant: String, topology: Topology.Configuration = .init(), instanceID: String? = nil) {
             self.defaultTenant = defaultTenant
             self.topology = topology
             self.instanceID = instanceID ?? Self.makeInstanceID()
         }
 
-        public static func makeInstanceID() -> String {
+        package static func makeInstanceID() -> String {
             let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
             return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
         }
@@ -42,7 +43,7 @@ public struct Coordinator: Service {
     let store: any CoordinatorStore
     let logger: Logger
 
-    public init(
+    package init(
         graph: AppGraph,
         configuration: Configuration,
         connection: NATSConnection,
@@ -60,7 +61,7 @@ public struct Coordinator: Service {
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         try await store.migrate()
         do {
             try await store.createTenant(configuration.defaultTenant)
@@ -156,34 +157,34 @@ struct LeaderDuties: Sendable {
 }
 
 /// Creates the streams and consumers an app needs.
-public enum Topology {
-    public struct Configuration: Sendable {
+package enum Topology {
+    package struct Configuration: Sendable {
         /// Stream replicas: 1 for a single server, 3 for a production cluster.
-        public var replicas: Int = 1
+        package var replicas: Int = 1
         /// How long JetStream remembers message ids to drop duplicates.
-        public var duplicateWindow: Duration = .seconds(120)
+        package var duplicateWindow: Duration = .seconds(120)
         /// How long records are kept (0 = forever).
-        public var maxAge: Duration = .zero
+        package var maxAge: Duration = .zero
         /// Largest stream size in bytes (-1 = unlimited).
-        public var maxBytes: Int64 = -1
+        package var maxBytes: Int64 = -1
         /// Consumer ack wait: a record not acked within it is redelivered.
-        public var ackWait: Duration = .seconds(30)
+        package var ackWait: Duration = .seconds(30)
         /// Records delivered but not yet acked, per consumer (flow control).
-        public var maxAckPending: Int = 65_536
-        public var storage: StorageType = .file
+        package var maxAckPending: Int = 65_536
+        package var storage: StorageType = .file
 
-        public init() {}
+        package init() {}
     }
 
     /// The tenant's stream: its schedule ticks and dead letters.
-    public static func streamConfiguration(tenant: String, configuration: Configuration) -> StreamConfiguration {
+    package static func streamConfiguration(tenant: String, configuration: Configuration) -> StreamConfiguration {
         var stream = StreamConfiguration(name: Wire.streamName(tenant: tenant), subjects: Wire.streamSubjects(tenant: tenant))
         stream.description = "Autonomous schedule ticks and dead letters of tenant \(tenant)"
         return configured(stream, configuration)
     }
 
     /// The stream of one table of a tenant.
-    public static func streamConfiguration(tenant: String, table: String, configuration: Configuration) -> StreamConfiguration {
+    package static func streamConfiguration(tenant: String, table: String, configuration: Configuration) -> StreamConfiguration {
         var stream = StreamConfiguration(
             name: Wire.tableStreamName(tenant: tenant, table: table),
             subjects: Wire.tableStreamSubjects(tenant: tenant, table: table)
@@ -211,7 +212,7 @@ public enum Topology {
     /// history until their max age); its handlers' consumers move to the tables' streams. While
     /// a handler still has records to process there, provisioning stops with an error naming
     /// the handlers and what to do, since narrowing would leave those records unread.
-    public static func provision(
+    package static func provision(
         graph: AppGraph,
         tenants: [String],
         configuration: Configuration,

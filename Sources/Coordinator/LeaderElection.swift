@@ -1,4 +1,4 @@
-import ClusterCore
+package import ClusterCore
 import Logging
 import Synchronization
 
@@ -7,9 +7,9 @@ import Synchronization
 /// The deadline is set from the instant the renewal was *sent*, shortened by a safety margin,
 /// so it always falls before the database's lease expiry: a leader that stops hearing from
 /// the store stops acting before any standby can take the lease.
-public final class Leadership: Sendable {
-    public let token: Int64
-    public let fence: LeaseFence
+package final class Leadership: Sendable {
+    package let token: Int64
+    package let fence: LeaseFence
     private let deadline: Mutex<ContinuousClock.Instant>
 
     init(fence: LeaseFence, deadline: ContinuousClock.Instant) {
@@ -19,7 +19,7 @@ public final class Leadership: Sendable {
     }
 
     /// `true` while this process may act as leader.
-    public var isValid: Bool { ContinuousClock.now < deadline.withLock { $0 } }
+    package var isValid: Bool { ContinuousClock.now < deadline.withLock { $0 } }
 
     var validUntil: ContinuousClock.Instant { deadline.withLock { $0 } }
 

@@ -1,23 +1,23 @@
-public import ClusterCore
-import Foundation
-public import Logging
+package import ClusterCore
+package import Foundation
+package import Logging
 import NIOPosix
 import PostgresNIO
 
 /// The production coordinator store: PostgreSQL through PostgresNIO's pooled client, with
 /// versioned migrations applied under an advisory lock (several coordinators may start at once).
-public final class PostgresStore: CoordinatorStore {
+package final class PostgresStore: CoordinatorStore {
     let client: PostgresClient
     // The pool's run loop; cancelled by `close()`. Owned here because the store is opened
     // before the process's services start and closed after they stop.
     private let runTask: Task<Void, Never>
     let logger: Logger
-    public let displayName: String
+    package let displayName: String
 
     /// Connects to `url` (`postgres://user[:password]@host[:port]/database[?sslmode=…]`); the
     /// password may also come from `password` (e.g. a secret in the environment). TLS follows
     /// libpq's `sslmode` and `sslrootcert` (``tls(from:)``).
-    public static func open(url: String, password: String? = nil, logger: Logger) async throws -> PostgresStore {
+    package static func open(url: String, password: String? = nil, logger: Logger) async throws -> PostgresStore {
         guard let components = URLComponents(string: url), components.scheme == "postgres" || components.scheme == "postgresql",
             let host = components.host, !host.isEmpty
         else {
@@ -133,7 +133,7 @@ public final class PostgresStore: CoordinatorStore {
         """,
     ]
 
-    public func migrate() async throws {
+    package func migrate() async throws {
         try await client.withConnection { connection in
             // One coordinator migrates at a time.
             try await connection.query("SELECT pg_advisory_lock(4242424242)", logger: self.logger)
@@ -170,7 +170,7 @@ public final class PostgresStore: CoordinatorStore {
         }
     }
 
-    public func lastFire(tenant: String, schedule: String) async throws -> Date? {
+    package func lastFire(tenant: String, schedule: String) async throws -> Date? {
         let rows = try await client.query(
             "SELECT last_fire FROM autonomous_schedule_state WHERE tenant = \(tenant) AND schedule = \(schedule)",
             logger: logger
@@ -181,7 +181,7 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
+    package func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
         let rows = try await client.query(
             "SELECT last_published FROM autonomous_schedule_state WHERE tenant = \(tenant) AND schedule = \(schedule)",
             logger: logger
@@ -192,7 +192,7 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
+    package func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
         let seconds = fireTime.timeIntervalSince1970
         let publishedSeconds: Double? = published ? seconds : nil
         // GREATEST ignores NULL: a skipped tick leaves the last published one as it was.
@@ -227,7 +227,7 @@ public final class PostgresStore: CoordinatorStore {
         }
     }
 
-    public func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
+    package func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
         let rows = try await client.query(
             "SELECT paused, expression, time_zone FROM autonomous_schedule_controls WHERE tenant = \(tenant) AND schedule = \(schedule)",
             logger: logger
@@ -238,7 +238,7 @@ public final class PostgresStore: CoordinatorStore {
         return ScheduleControl()
     }
 
-    public func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
+    package func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
         try await client.query(
             """
             INSERT INTO autonomous_schedule_controls (tenant, schedule, expression, time_zone) VALUES (\(tenant), \(schedule), \(expression), \(timeZone))
@@ -248,7 +248,7 @@ public final class PostgresStore: CoordinatorStore {
         )
     }
 
-    public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
+    package func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
         try await client.query(
             """
             INSERT INTO autonomous_schedule_controls (tenant, schedule, paused) VALUES (\(tenant), \(schedule), \(paused))
@@ -258,7 +258,7 @@ public final class PostgresStore: CoordinatorStore {
         )
     }
 
-    public func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
+    package func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
         let seconds = ttl.inSeconds
         let rows = try await client.query(
             """
@@ -277,14 +277,14 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func releaseLease(name: String, holder: String) async throws {
+    package func releaseLease(name: String, holder: String) async throws {
         try await client.query(
             "UPDATE autonomous_leases SET expires_at = now() - interval '1 second' WHERE name = \(name) AND holder = \(holder)",
             logger: logger
         )
     }
 
-    public func liveLeases(prefix: String) async throws -> [Lease] {
+    package func liveLeases(prefix: String) async throws -> [Lease] {
         let rows = try await client.query(
             """
             SELECT name, holder, token FROM autonomous_leases
@@ -299,14 +299,14 @@ public final class PostgresStore: CoordinatorStore {
         return leases
     }
 
-    public func createTenant(_ name: String) async throws {
+    package func createTenant(_ name: String) async throws {
         let created = try await returnsRow(
             "INSERT INTO autonomous_tenants (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING RETURNING 1"
         )
         if !created { throw StoreError.duplicate("tenant '\(name)' already exists") }
     }
 
-    public func tenants() async throws -> [TenantRecord] {
+    package func tenants() async throws -> [TenantRecord] {
         let rows = try await client.query(
             "SELECT name, disabled, extract(epoch FROM created_at)::float8, records_per_second, burst FROM autonomous_tenants ORDER BY name",
             logger: logger
@@ -325,28 +325,28 @@ public final class PostgresStore: CoordinatorStore {
         return result
     }
 
-    public func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
+    package func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
         let found = try await returnsRow(
             "UPDATE autonomous_tenants SET records_per_second = \(limits.recordsPerSecond), burst = \(limits.burst) WHERE name = \(name) RETURNING 1"
         )
         if !found { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
-    public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
+    package func setTenantDisabled(_ name: String, disabled: Bool) async throws {
         let found = try await returnsRow(
             "UPDATE autonomous_tenants SET disabled = \(disabled) WHERE name = \(name) RETURNING 1"
         )
         if !found { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
-    public func insertAPIKey(id: String, tenant: String, hash: String) async throws {
+    package func insertAPIKey(id: String, tenant: String, hash: String) async throws {
         let inserted = try await returnsRow(
             "INSERT INTO autonomous_api_keys (id, tenant, hash) SELECT \(id), name, \(hash) FROM autonomous_tenants WHERE name = \(tenant) RETURNING 1"
         )
         if !inserted { throw StoreError.notFound("no tenant '\(tenant)'") }
     }
 
-    public func accessForAPIKey(hash: String) async throws -> TenantAccess? {
+    package func accessForAPIKey(hash: String) async throws -> TenantAccess? {
         let rows = try await client.query(
             """
             SELECT k.tenant, t.records_per_second, t.burst FROM autonomous_api_keys k JOIN autonomous_tenants t ON t.name = k.tenant
@@ -360,14 +360,14 @@ public final class PostgresStore: CoordinatorStore {
         return nil
     }
 
-    public func revokeAPIKey(id: String, tenant: String) async throws {
+    package func revokeAPIKey(id: String, tenant: String) async throws {
         let found = try await returnsRow(
             "UPDATE autonomous_api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = \(id) AND tenant = \(tenant) RETURNING 1"
         )
         if !found { throw StoreError.notFound("tenant '\(tenant)' has no key '\(id)'") }
     }
 
-    public func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
+    package func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
         let rows = try await client.query(
             """
             SELECT id, tenant, extract(epoch FROM created_at)::float8, extract(epoch FROM revoked_at)::float8
@@ -390,7 +390,7 @@ public final class PostgresStore: CoordinatorStore {
         return false
     }
 
-    public func close() async throws {
+    package func close() async throws {
         runTask.cancel()
         await runTask.value
     }

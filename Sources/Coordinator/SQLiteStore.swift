@@ -1,15 +1,15 @@
-public import ClusterCore
-import Foundation
-import Logging
+package import ClusterCore
+package import Foundation
+package import Logging
 import SQLiteNIO
 
 /// The embedded coordinator store: one SQLite file (WAL), used by `dev` and single-node setups.
-public actor SQLiteStore: CoordinatorStore {
+package actor SQLiteStore: CoordinatorStore {
     private let connection: SQLiteConnection
-    public nonisolated let displayName: String
+    package nonisolated let displayName: String
 
     /// Opens (creating if needed) the database at `path`.
-    public static func open(path: String, logger: Logger) async throws -> SQLiteStore {
+    package static func open(path: String, logger: Logger) async throws -> SQLiteStore {
         let directory = (path as NSString).deletingLastPathComponent
         if !directory.isEmpty {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -76,7 +76,7 @@ public actor SQLiteStore: CoordinatorStore {
         """,
     ]
 
-    public func migrate() async throws {
+    package func migrate() async throws {
         _ = try await connection.query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
         let rows = try await connection.query("SELECT MAX(version) AS v FROM schema_migrations")
         let current = rows.first?.column("v")?.integer ?? 0
@@ -95,7 +95,7 @@ public actor SQLiteStore: CoordinatorStore {
         }
     }
 
-    public func lastFire(tenant: String, schedule: String) async throws -> Date? {
+    package func lastFire(tenant: String, schedule: String) async throws -> Date? {
         let rows = try await connection.query(
             "SELECT last_fire FROM schedule_state WHERE tenant = ? AND schedule = ?",
             [.text(tenant), .text(schedule)]
@@ -103,7 +103,7 @@ public actor SQLiteStore: CoordinatorStore {
         return rows.first?.column("last_fire")?.double.map { Date(timeIntervalSince1970: $0) }
     }
 
-    public func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
+    package func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
         let rows = try await connection.query(
             "SELECT last_published FROM schedule_state WHERE tenant = ? AND schedule = ?",
             [.text(tenant), .text(schedule)]
@@ -111,7 +111,7 @@ public actor SQLiteStore: CoordinatorStore {
         return rows.first?.column("last_published")?.double.map { Date(timeIntervalSince1970: $0) }
     }
 
-    public func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
+    package func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
         // One statement, so the fence check and the write cannot interleave with another
         // call on this actor's connection.
         var sql = """
@@ -137,7 +137,7 @@ public actor SQLiteStore: CoordinatorStore {
         }
     }
 
-    public func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
+    package func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
         let rows = try await connection.query(
             "SELECT paused, expression, time_zone FROM schedule_controls WHERE tenant = ? AND schedule = ?",
             [.text(tenant), .text(schedule)]
@@ -150,7 +150,7 @@ public actor SQLiteStore: CoordinatorStore {
         )
     }
 
-    public func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
+    package func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
         _ = try await connection.query(
             """
             INSERT INTO schedule_controls (tenant, schedule, expression, time_zone) VALUES (?, ?, ?, ?)
@@ -160,7 +160,7 @@ public actor SQLiteStore: CoordinatorStore {
         )
     }
 
-    public func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
+    package func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
         _ = try await connection.query(
             """
             INSERT INTO schedule_controls (tenant, schedule, paused) VALUES (?, ?, ?)
@@ -173,7 +173,7 @@ public actor SQLiteStore: CoordinatorStore {
     /// SQLite has no server clock; the embedded store runs on one machine, so its clock is used.
     private static func now() -> Double { Date().timeIntervalSince1970 }
 
-    public func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
+    package func acquireLease(name: String, holder: String, ttl: Duration) async throws -> Int64? {
         let now = Self.now()
         let rows = try await connection.query(
             """
@@ -190,14 +190,14 @@ public actor SQLiteStore: CoordinatorStore {
         return rows.first?.column("token")?.integer.map(Int64.init)
     }
 
-    public func releaseLease(name: String, holder: String) async throws {
+    package func releaseLease(name: String, holder: String) async throws {
         _ = try await connection.query(
             "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
             [.float(Self.now() - 1), .text(name), .text(holder)]
         )
     }
 
-    public func liveLeases(prefix: String) async throws -> [Lease] {
+    package func liveLeases(prefix: String) async throws -> [Lease] {
         let rows = try await connection.query(
             "SELECT name, holder, token FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ? ORDER BY name",
             [.integer(prefix.utf8.count), .text(prefix), .float(Self.now())]
@@ -209,7 +209,7 @@ public actor SQLiteStore: CoordinatorStore {
         }
     }
 
-    public func createTenant(_ name: String) async throws {
+    package func createTenant(_ name: String) async throws {
         let rows = try await connection.query(
             "INSERT INTO tenants (name, disabled, created_at) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING RETURNING 1 AS done",
             [.text(name), .float(Self.now())]
@@ -217,7 +217,7 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.duplicate("tenant '\(name)' already exists") }
     }
 
-    public func tenants() async throws -> [TenantRecord] {
+    package func tenants() async throws -> [TenantRecord] {
         let rows = try await connection.query("SELECT name, disabled, created_at, records_per_second, burst FROM tenants ORDER BY name")
         return rows.compactMap { row in
             guard let name = row.column("name")?.string, let created = row.column("created_at")?.double else { return nil }
@@ -234,7 +234,7 @@ public actor SQLiteStore: CoordinatorStore {
         TenantLimits(recordsPerSecond: row.column("records_per_second")?.integer, burst: row.column("burst")?.integer)
     }
 
-    public func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
+    package func setTenantLimits(_ name: String, limits: TenantLimits) async throws {
         let rows = try await connection.query(
             "UPDATE tenants SET records_per_second = ?, burst = ? WHERE name = ? RETURNING 1 AS done",
             [limits.recordsPerSecond.map { .integer($0) } ?? .null, limits.burst.map { .integer($0) } ?? .null, .text(name)]
@@ -242,7 +242,7 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
-    public func setTenantDisabled(_ name: String, disabled: Bool) async throws {
+    package func setTenantDisabled(_ name: String, disabled: Bool) async throws {
         let rows = try await connection.query(
             "UPDATE tenants SET disabled = ? WHERE name = ? RETURNING 1 AS done",
             [.integer(disabled ? 1 : 0), .text(name)]
@@ -250,7 +250,7 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.notFound("no tenant '\(name)'") }
     }
 
-    public func insertAPIKey(id: String, tenant: String, hash: String) async throws {
+    package func insertAPIKey(id: String, tenant: String, hash: String) async throws {
         let rows = try await connection.query(
             "INSERT INTO api_keys (id, tenant, hash, created_at) SELECT ?, name, ?, ? FROM tenants WHERE name = ? RETURNING 1 AS done",
             [.text(id), .text(hash), .float(Self.now()), .text(tenant)]
@@ -258,7 +258,7 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.notFound("no tenant '\(tenant)'") }
     }
 
-    public func accessForAPIKey(hash: String) async throws -> TenantAccess? {
+    package func accessForAPIKey(hash: String) async throws -> TenantAccess? {
         let rows = try await connection.query(
             """
             SELECT k.tenant AS tenant, t.records_per_second AS records_per_second, t.burst AS burst
@@ -271,7 +271,7 @@ public actor SQLiteStore: CoordinatorStore {
         return TenantAccess(tenant: tenant, limits: Self.limits(row))
     }
 
-    public func revokeAPIKey(id: String, tenant: String) async throws {
+    package func revokeAPIKey(id: String, tenant: String) async throws {
         let rows = try await connection.query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND tenant = ? RETURNING 1 AS done",
             [.float(Self.now()), .text(id), .text(tenant)]
@@ -279,7 +279,7 @@ public actor SQLiteStore: CoordinatorStore {
         if rows.isEmpty { throw StoreError.notFound("tenant '\(tenant)' has no key '\(id)'") }
     }
 
-    public func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
+    package func apiKeys(tenant: String) async throws -> [APIKeyRecord] {
         let rows = try await connection.query(
             "SELECT id, tenant, created_at, revoked_at FROM api_keys WHERE tenant = ? ORDER BY created_at, id",
             [.text(tenant)]
@@ -296,7 +296,7 @@ public actor SQLiteStore: CoordinatorStore {
         }
     }
 
-    public func close() async throws {
+    package func close() async throws {
         try await connection.close()
     }
 }

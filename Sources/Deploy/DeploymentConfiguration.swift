@@ -6,20 +6,20 @@ import Foundation
 /// Secrets are referenced, never inlined: a URL with a password is refused; use
 /// `{"secret": "ENV_NAME"}` instead of a string where a value is secret.
 /// The schema is `docs/autonomous.schema.json`.
-public struct DeploymentConfiguration: Sendable, Equatable {
-    public struct Storage: Sendable, Equatable {
-        public enum Kind: String, Sendable, CaseIterable { case database, file }
-        public var name: String
-        public var kind: Kind
-        public var url: Value
+package struct DeploymentConfiguration: Sendable, Equatable {
+    package struct Storage: Sendable, Equatable {
+        package enum Kind: String, Sendable, CaseIterable { case database, file }
+        package var name: String
+        package var kind: Kind
+        package var url: Value
     }
 
     /// A plain value or a reference to a secret in the environment.
-    public enum Value: Sendable, Equatable, CustomStringConvertible {
+    package enum Value: Sendable, Equatable, CustomStringConvertible {
         case plain(String)
         case secret(String)
 
-        public var description: String {
+        package var description: String {
             switch self {
             case .plain(let text): return text
             case .secret(let name): return "secret(\(name))"
@@ -27,20 +27,20 @@ public struct DeploymentConfiguration: Sendable, Equatable {
         }
     }
 
-    public struct Runtime: Sendable, Equatable {
-        public var name: String
-        public var dockerfile: String
+    package struct Runtime: Sendable, Equatable {
+        package var name: String
+        package var dockerfile: String
     }
 
-    public struct Engine: Sendable, Hashable, CustomStringConvertible {
-        public let name: String
-        public static let kubernetes = Engine(name: "kubernetes")
-        public static let nomad = Engine(name: "nomad")
-        public static let process = Engine(name: "process")
-        public static let all: [Engine] = [.kubernetes, .nomad, .process]
-        public var description: String { name }
+    package struct Engine: Sendable, Hashable, CustomStringConvertible {
+        package let name: String
+        package static let kubernetes = Engine(name: "kubernetes")
+        package static let nomad = Engine(name: "nomad")
+        package static let process = Engine(name: "process")
+        package static let all: [Engine] = [.kubernetes, .nomad, .process]
+        package var description: String { name }
 
-        public init?(_ name: String) {
+        package init?(_ name: String) {
             guard let engine = Self.all.first(where: { $0.name == name }) else { return nil }
             self = engine
         }
@@ -48,39 +48,39 @@ public struct DeploymentConfiguration: Sendable, Equatable {
         private init(name: String) { self.name = name }
     }
 
-    public struct WorkerGroup: Sendable, Equatable {
-        public var name: String
-        public var handlers: [String]
-        public var replicas: Int
+    package struct WorkerGroup: Sendable, Equatable {
+        package var name: String
+        package var handlers: [String]
+        package var replicas: Int
     }
 
-    public struct Deployment: Sendable, Equatable {
-        public var engine: Engine = .process
-        public var target: String = "local"
-        public var image: String?
-        public var namespace: String?
-        public var tenant: String = "default"
-        public var natsURL: String?
-        public var replicas: [String: Int] = ["ingress": 1, "worker": 1, "coordinator": 1]
-        public var workerGroups: [WorkerGroup] = []
-        public var httpPort: Int = 3000
+    package struct Deployment: Sendable, Equatable {
+        package var engine: Engine = .process
+        package var target: String = "local"
+        package var image: String?
+        package var namespace: String?
+        package var tenant: String = "default"
+        package var natsURL: String?
+        package var replicas: [String: Int] = ["ingress": 1, "worker": 1, "coordinator": 1]
+        package var workerGroups: [WorkerGroup] = []
+        package var httpPort: Int = 3000
     }
 
-    public var storages: [Storage] = []
-    public var runtimes: [Runtime] = []
-    public var deployment = Deployment()
+    package var storages: [Storage] = []
+    package var runtimes: [Runtime] = []
+    package var deployment = Deployment()
 
-    public init() {}
+    package init() {}
 
     /// Reads and validates a file; errors name the file, and the line or JSON path.
-    public static func load(path: String) throws(DeploymentConfigurationError) -> DeploymentConfiguration {
+    package static func load(path: String) throws(DeploymentConfigurationError) -> DeploymentConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DeploymentConfigurationError(file: path, problems: ["cannot read the file"])
         }
         return try parse(Array(data), file: path)
     }
 
-    public static func parse(_ bytes: [UInt8], file: String = "autonomous.json") throws(DeploymentConfigurationError) -> DeploymentConfiguration {
+    package static func parse(_ bytes: [UInt8], file: String = "autonomous.json") throws(DeploymentConfigurationError) -> DeploymentConfiguration {
         let root: JSONValue
         do {
             root = try JSONParser.parse(bytes)
@@ -110,10 +110,10 @@ public struct DeploymentConfiguration: Sendable, Equatable {
 }
 
 /// `autonomous.json` is invalid. Each problem starts with the JSON path it concerns.
-public struct DeploymentConfigurationError: Error, Sendable, CustomStringConvertible {
-    public var file: String
-    public var problems: [String]
-    public var description: String {
+package struct DeploymentConfigurationError: Error, Sendable, CustomStringConvertible {
+    package var file: String
+    package var problems: [String]
+    package var description: String {
         problems.map { "\(file): \($0)" }.joined(separator: "\n")
     }
 }

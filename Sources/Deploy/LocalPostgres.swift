@@ -1,16 +1,16 @@
 import Foundation
-public import Logging
+package import Logging
 
 /// A PostgreSQL server for the `process` engine, with its data under the cluster's directory
 /// (or under `/var/tmp` when running as root, where the `postgres` user must own it).
-public struct LocalPostgres: Sendable {
-    public let dataDirectory: String
-    public let port: Int
-    public let database: String
+package struct LocalPostgres: Sendable {
+    package let dataDirectory: String
+    package let port: Int
+    package let database: String
     let binaries: String
     let asPostgresUser: Bool
 
-    public var url: String { "postgres://postgres@127.0.0.1:\(port)/\(database)" }
+    package var url: String { "postgres://postgres@127.0.0.1:\(port)/\(database)" }
 
     /// The newest installed server's binaries (Debian keeps them in /usr/lib/postgresql/<v>/bin).
     static func findBinaries() -> String? {
@@ -24,7 +24,7 @@ public struct LocalPostgres: Sendable {
 
     /// Initialises (first time) and starts the server; creates `database` if missing.
     /// `tls` (PEM files of the server's certificate and key) turns TLS on.
-    public static func start(
+    package static func start(
         directory: String,
         port: Int,
         database: String,
@@ -76,12 +76,12 @@ public struct LocalPostgres: Sendable {
     }
 
     /// Stops the server (fast shutdown), waiting for it to exit.
-    public func stop() async {
+    package func stop() async {
         try? await run("\(binaries)/pg_ctl", ["-D", dataDirectory, "-w", "-t", "60", "-m", "fast", "stop"])
     }
 
     /// The postmaster's process id, if it runs.
-    public var processIdentifier: Int32? {
+    package var processIdentifier: Int32? {
         guard let text = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8),
             let first = text.split(separator: "\n").first, let pid = Int32(first), kill(pid, 0) == 0
         else { return nil }

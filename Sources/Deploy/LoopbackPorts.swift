@@ -8,11 +8,11 @@ import Glibc
 /// Ports are picked below Linux's ephemeral range (32768 up): there, the kernel hands ports to
 /// outgoing connections and to servers that ask for port 0, so a port that was free a moment
 /// ago is taken by another program's connection.
-public enum LoopbackPorts {
+package enum LoopbackPorts {
     /// A random base `p` (a multiple of 10 from 10,000 to 29,990) with `p + offset` free for
     /// every offset in `spans`. Another program may still take one before it is bound, but not
     /// one that is listening now.
-    public static func freeBase(spans: [Range<Int>]) -> Int {
+    package static func freeBase(spans: [Range<Int>]) -> Int {
         var base = 0
         for _ in 0..<200 {
             base = Int.random(in: 1_000..<3_000) * 10
@@ -23,7 +23,7 @@ public enum LoopbackPorts {
 
     /// Whether a server could listen on `port` of 127.0.0.1 now (bound with `SO_REUSEADDR`,
     /// as NIO and nats-server bind, so sockets in TIME_WAIT do not count).
-    public static func isFree(_ port: Int) -> Bool {
+    package static func isFree(_ port: Int) -> Bool {
         guard (1...65_535).contains(port) else { return false }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
@@ -34,7 +34,7 @@ public enum LoopbackPorts {
     }
 
     /// `bind(2)` of socket `fd` to 127.0.0.1:`port`; returns what `bind` returns.
-    public static func bindLoopback(_ fd: Int32, port: Int) -> Int32 {
+    package static func bindLoopback(_ fd: Int32, port: Int) -> Int32 {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -49,7 +49,7 @@ extension ProcessCluster.Specification {
     /// Sets `httpPort` and `healthPort` (100 above it) to ports free now: ingress slots from
     /// `httpPort`, health and admin ports of coordinators, workers and the first worker
     /// group from `healthPort`.
-    public mutating func useFreePorts() {
+    package mutating func useFreePorts() {
         httpPort = LoopbackPorts.freeBase(spans: [0..<10, 100..<300])
         healthPort = httpPort + 100
     }

@@ -1,7 +1,9 @@
 import AsyncHTTPClient
 import Foundation
-public import Logging
+package import Logging
 import NATS
+import NIOHTTP1
+import NIOCore
 
 /// The `process` deploy engine: a whole cluster as supervised processes on this machine —
 /// nats-server (unless an external URL is given), coordinators, N ingress and M worker
@@ -11,45 +13,45 @@ import NATS
 /// stopping worker finishes and acks what it holds); ``down()`` stops everything in reverse
 /// dependency order. The fault and load tests drive clusters through this API; the
 /// `autonomous` command runs it as a daemon.
-public actor ProcessCluster {
-    public struct Specification: Sendable, Codable, Equatable {
+package actor ProcessCluster {
+    package struct Specification: Sendable, Codable, Equatable {
         /// Path of the app binary.
-        public var app: String
+        package var app: String
         /// Logs, NATS data and coordinator state go here.
-        public var directory: String
-        public var tenant: String = "default"
+        package var directory: String
+        package var tenant: String = "default"
         /// An existing NATS; `nil` starts nats-server under `directory/nats`.
-        public var natsURL: String?
+        package var natsURL: String?
         /// Ingress `i` listens on `httpPort + i`.
-        public var httpPort: Int = 3000
+        package var httpPort: Int = 3000
         /// Coordinator 0 serves health and the admin API on `healthPort` (coordinator `n` on
         /// `healthPort + 50 + n`), worker `n` serves health on `healthPort + 1 + n`.
-        public var healthPort: Int = 3100
+        package var healthPort: Int = 3100
         /// Replicas by role: `ingress`, `worker`, `worker-<group>` for worker groups, and
         /// `coordinator` (default 1; more run as standbys, which needs Postgres).
-        public var replicas: [String: Int] = ["ingress": 1, "worker": 1]
+        package var replicas: [String: Int] = ["ingress": 1, "worker": 1]
         /// Handlers of each worker group (role `worker-<group>` runs only these).
-        public var workerGroups: [String: [String]] = [:]
+        package var workerGroups: [String: [String]] = [:]
         /// Extra environment for every child (secrets come from here or the parent's environment).
-        public var environment: [String: String] = [:]
+        package var environment: [String: String] = [:]
         /// Log level of the children.
-        public var logLevel: String = "info"
+        package var logLevel: String = "info"
         /// nats-server nodes to run when `natsURL` is nil: 1, or 3 for a JetStream cluster
         /// whose streams get 3 replicas.
-        public var natsNodes: Int = 1
+        package var natsNodes: Int = 1
         /// A local PostgreSQL to run for the app (`autonomous.json` storage on 127.0.0.1).
-        public var postgres: Postgres?
+        package var postgres: Postgres?
 
-        public struct Postgres: Sendable, Codable, Equatable {
-            public var port: Int
-            public var database: String
-            public init(port: Int, database: String) {
+        package struct Postgres: Sendable, Codable, Equatable {
+            package var port: Int
+            package var database: String
+            package init(port: Int, database: String) {
                 self.port = port
                 self.database = database
             }
         }
 
-        public init(app: String, directory: String) {
+        package init(app: String, directory: String) {
             self.app = app
             self.directory = directory
         }
@@ -61,8 +63,8 @@ public actor ProcessCluster {
         let port: Int
     }
 
-    public nonisolated let specification: Specification
-    public nonisolated let natsURL: String
+    package nonisolated let specification: Specification
+    package nonisolated let natsURL: String
     private let logger: Logger
     private var natsNodes: [NATSServerProcess] = []
     private var nats: NATSServerProcess? { natsNodes.first }
@@ -71,7 +73,7 @@ public actor ProcessCluster {
     private var desired: [String: Int] = [:]
     private var monitor: Task<Void, Never>?
     private var stopping = false
-    public private(set) var restarts = 0
+    package private(set) var restarts = 0
 
     private init(specification: Specification, natsURL: String, nats: [NATSServerProcess], postgres: LocalPostgres?, logger: Logger) {
         self.specification = specification
@@ -82,7 +84,7 @@ public actor ProcessCluster {
     }
 
     /// Starts the cluster and returns once every process is ready.
-    public static func up(_ specification: Specification, logger: Logger) async throws -> ProcessCluster {
+    package static func up(_ specification: Specification, logger: Logger) async throws -> ProcessCluster {
         guard FileManager.default.isExecutableFile(atPath: specification.app) else {
             throw DeployError("app binary \(specification.app) does not exist or is not executable")
         }
@@ -158,32 +160,32 @@ public actor ProcessCluster {
     }
 
     /// Roles and their running process ids.
-    public func processIDs() -> [String: [Int32]] {
+    package func processIDs() -> [String: [Int32]] {
         children.mapValues { $0.values.sorted { $0.slot < $1.slot }.map(\.process.processIdentifier) }
     }
 
     /// Every process id of the cluster, nats-server included.
-    public func allProcessIDs() -> [Int32] {
+    package func allProcessIDs() -> [Int32] {
         children.values.flatMap { $0.values.map(\.process.processIdentifier) } + natsNodes.map(\.processIdentifier)
             + (postgres?.processIdentifier.map { [$0] } ?? [])
     }
 
     /// The local PostgreSQL's URL, when the cluster runs one.
-    public nonisolated var postgresURL: String? { postgres?.url }
+    package nonisolated var postgresURL: String? { postgres?.url }
 
     /// Where the local PostgreSQL keeps its data (kept by `down`).
-    public nonisolated var postgresDataDirectory: String? { postgres?.dataDirectory }
+    package nonisolated var postgresDataDirectory: String? { postgres?.dataDirectory }
 
     /// The ingress base URLs, by slot.
-    public func ingressURLs() -> [String] {
+    package func ingressURLs() -> [String] {
         (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map { "http://127.0.0.1:\($0.port)" }
     }
 
-    public func replicas(of role: String) -> Int { children[role]?.count ?? 0 }
+    package func replicas(of role: String) -> Int { children[role]?.count ?? 0 }
 
     /// Changes the number of replicas of `role`, waiting until new ones are ready and removed
     /// ones have drained and exited.
-    public func scale(_ role: String, to count: Int) async throws {
+    package func scale(_ role: String, to count: Int) async throws {
         guard role == "ingress" || role == "worker" || role == "coordinator" || role.hasPrefix("worker-") else {
             throw DeployError("unknown role '\(role)'; expected ingress, worker, worker-<group> or coordinator")
         }
@@ -303,13 +305,13 @@ public actor ProcessCluster {
 
     /// Stops the embedded nats-server (fault tests). The app processes keep running and
     /// reconnect once ``restartNATS()`` brings it back.
-    public func stopNATS(kill: Bool = false) async throws {
+    package func stopNATS(kill: Bool = false) async throws {
         guard let nats else { throw DeployError("the cluster uses an external NATS") }
         if kill { nats.kill9() } else { await nats.stop() }
     }
 
     /// Starts the embedded nats-server again on the same port and data directory.
-    public func restartNATS() async throws {
+    package func restartNATS() async throws {
         guard let old = nats else { throw DeployError("the cluster uses an external NATS") }
         guard let port = URLComponents(string: natsURL)?.port else { throw DeployError("cannot read the NATS port from \(natsURL)") }
         if old.isRunning { await old.stop() }
@@ -317,12 +319,12 @@ public actor ProcessCluster {
     }
 
     /// Sends `signal` to one replica (fault tests); the supervisor restarts it if it dies.
-    public func signal(_ signal: Int32, role: String, slot: Int) {
+    package func signal(_ signal: Int32, role: String, slot: Int) {
         if let child = children[role]?[slot] { kill(child.process.processIdentifier, signal) }
     }
 
     /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.
-    public func down() async {
+    package func down() async {
         stopping = true
         monitor?.cancel()
         monitor = nil
@@ -340,7 +342,7 @@ public actor ProcessCluster {
     }
 
     /// Kills one node of the NATS cluster with SIGKILL (fault tests).
-    public func killNATSNode(_ node: Int) {
+    package func killNATSNode(_ node: Int) {
         guard natsNodes.indices.contains(node) else { return }
         natsNodes[node].kill9()
     }
@@ -359,15 +361,15 @@ public actor ProcessCluster {
 }
 
 /// A deployment failed; the message says what to fix.
-public struct DeployError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+package struct DeployError: Error, Sendable, CustomStringConvertible {
+    package var message: String
+    package init(_ message: String) { self.message = message }
+    package var description: String { message }
 }
 
 extension ProcessCluster {
     /// jemalloc's shared library when the system has it (Debian package `libjemalloc2`).
-    public static let jemalloc: String? = {
+    package static let jemalloc: String? = {
         #if arch(x86_64)
         let candidates = ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2"]
         #else

@@ -1,15 +1,15 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
 
 extension AppDescription {
     /// The stream `handler`'s consumer reads, for `tenant`.
-    public func streamName(of handler: String, tenant: String) -> String {
+    package func streamName(of handler: String, tenant: String) -> String {
         guard let source = handlers.first(where: { $0.name == handler }) else { return Wire.streamName(tenant: tenant) }
         return Wire.streamName(tenant: tenant, source: source.source, isTable: source.sourceKind != "schedule")
     }
 
     /// Runs `<binary> describe`.
-    public static func of(binary: String) throws -> AppDescription {
+    package static func of(binary: String) throws -> AppDescription {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["describe"]
@@ -30,7 +30,7 @@ extension AppDescription {
     }
 
     /// Checks that worker groups name real handlers, each at most once.
-    public func check(_ deployment: DeploymentConfiguration.Deployment) throws {
+    package func check(_ deployment: DeploymentConfiguration.Deployment) throws {
         var seen = Set<String>()
         let names = handlers.map(\.name)
         for (i, group) in deployment.workerGroups.enumerated() {
@@ -47,9 +47,9 @@ extension AppDescription {
 }
 
 /// Writes a kustomize overlay for one app on top of `deploy/k8s/overlays/<target>`.
-public enum KubernetesRenderer {
+package enum KubernetesRenderer {
     /// Returns the files to write (name → contents).
-    public static func render(
+    package static func render(
         app: AppDescription,
         deployment: DeploymentConfiguration.Deployment,
         manifests: String,
@@ -145,8 +145,8 @@ public enum KubernetesRenderer {
 }
 
 /// Writes the Nomad variables file for the project's job.
-public enum NomadRenderer {
-    public static func render(app: AppDescription, deployment: DeploymentConfiguration.Deployment) throws -> [String: String] {
+package enum NomadRenderer {
+    package static func render(app: AppDescription, deployment: DeploymentConfiguration.Deployment) throws -> [String: String] {
         guard deployment.workerGroups.isEmpty else {
             throw DeployError("deployment.worker_groups: the nomad engine runs one worker group; remove worker_groups or use kubernetes/process")
         }

@@ -1,26 +1,26 @@
 import ClusterCore
 import Foundation
 import Hummingbird
-public import Logging
-public import NATS
-public import ServiceLifecycle
+package import Logging
+package import NATS
+import ServiceLifecycle
 
 /// `/healthz`, `/readyz` and `/metrics` for roles without the ingress (worker, coordinator),
 /// so orchestrators can probe them. Ready means the NATS connection is up.
-public struct HealthServer: Service {
+package struct HealthServer: Service {
     let host: String
     let port: Int
     let connection: NATSConnection
     let logger: Logger
 
-    public init(host: String, port: Int, connection: NATSConnection, logger: Logger) {
+    package init(host: String, port: Int, connection: NATSConnection, logger: Logger) {
         self.host = host
         self.port = port
         self.connection = connection
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         let connection = self.connection
         let router = Router()
         router.get("/healthz") { _, _ in Self.json(200, ["status": "ok"]) }

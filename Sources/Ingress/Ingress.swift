@@ -1,12 +1,12 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
 import Hummingbird
 import HummingbirdCore
-public import Logging
-public import NATS
+package import Logging
+package import NATS
 import NIOCore
 import NIOPosix
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
 
 /// The HTTP entry point: user routes, webhooks and the record API, on Hummingbird 2.
@@ -14,59 +14,59 @@ import Synchronization
 /// Every 2xx that carries records is sent only after JetStream acknowledged all of them.
 /// When JetStream is unreachable or slow the ingress answers 503, and 429 when more records
 /// are in flight than configured, both with `Retry-After`.
-public struct Ingress: Service {
-    public struct Configuration: Sendable {
-        public var host: String = "127.0.0.1"
+package struct Ingress: Service {
+    package struct Configuration: Sendable {
+        package var host: String = "127.0.0.1"
         /// 0 picks a free port (see `onListening`).
-        public var port: Int = 3000
+        package var port: Int = 3000
         /// Tenant of requests without an API key, and of webhooks.
-        public var tenant: String
+        package var tenant: String
         /// Resolves an API key's hash (``APIKeys/hash(_:)``) to its tenant and the tenant's
         /// limits, `nil` when the key is unknown, revoked or its tenant disabled. Without it,
         /// API keys are refused.
-        public var accessForKeyHash: (@Sendable (String) async throws -> TenantAccess?)?
+        package var accessForKeyHash: (@Sendable (String) async throws -> TenantAccess?)?
         /// A tenant's limits (from a coordinator), asked for ``tenant`` every `keyCacheTTL`:
         /// requests without an API key and webhooks count against them. `nil`: not limited.
-        public var limitsForTenant: (@Sendable (String) async throws -> TenantLimits?)?
+        package var limitsForTenant: (@Sendable (String) async throws -> TenantLimits?)?
         /// Refuse record API calls and routes without an API key (401).
-        public var requireAPIKey = false
+        package var requireAPIKey = false
         /// How long a key's tenant (or its absence) is remembered: revocation takes effect
         /// within this time.
-        public var keyCacheTTL: Duration = .seconds(2)
+        package var keyCacheTTL: Duration = .seconds(2)
         /// Largest accepted request body.
-        public var maxBodyBytes: Int = 16 * 1024 * 1024
+        package var maxBodyBytes: Int = 16 * 1024 * 1024
         /// Records waiting for their PubAck across all requests before new requests get 429.
-        public var maxInFlightRecords: Int = 200_000
+        package var maxInFlightRecords: Int = 200_000
         /// NATS connections the ingress publishes through. Each tenant is given one (spread
         /// evenly, in order of first request), so one tenant's burst waiting in the server's
         /// per-connection queue does not delay another tenant's PubAcks. 1 publishes all
         /// tenants through the process's main connection.
-        public var publishLanes: Int = 4
+        package var publishLanes: Int = 4
         /// Record-API requests answered on an event loop publish through NATS connections of
         /// that loop (one per lane; see `EventLoopPublisher`) instead of through nats.c. Turned
         /// off, with a credentials file, or when the server cannot be reached that way (TLS
         /// required but not configured), they use the lanes.
-        public var eventLoopPublishing = true
+        package var eventLoopPublishing = true
         /// Seconds clients are told to wait in `Retry-After` (an over-limit tenant is told
         /// when its limit lets the request in).
-        public var retryAfterSeconds: Int = 1
+        package var retryAfterSeconds: Int = 1
         /// How long a request of a tenant over its records/s limit may be held until the limit
         /// lets it in; a request that would wait longer gets 429 `rate_limited`. 0 refuses
         /// at once.
-        public var rateLimitMaxDelay: Duration = .seconds(1)
+        package var rateLimitMaxDelay: Duration = .seconds(1)
         /// The time tenant limits refill by (a clock a test moves by hand).
         package var rateLimitClock: @Sendable () -> ContinuousClock.Instant = { .now }
         /// Tenant limits are the cluster's: each ingress node enforces the limit divided by the
         /// ingress nodes alive, which hear each other on `aut._ingress.alive` every
         /// `peerInterval`. `false` enforces each whole limit on this node alone.
-        public var shareLimitsAcrossNodes = true
-        public var peerInterval: Duration = .seconds(1)
+        package var shareLimitsAcrossNodes = true
+        package var peerInterval: Duration = .seconds(1)
         /// Process environment, for webhook secrets.
-        public var environment: [String: String]
+        package var environment: [String: String]
         /// Called with the bound port once the server listens.
-        public var onListening: (@Sendable (Int) async -> Void)?
+        package var onListening: (@Sendable (Int) async -> Void)?
 
-        public init(tenant: String, environment: [String: String]) {
+        package init(tenant: String, environment: [String: String]) {
             self.tenant = tenant
             self.environment = environment
         }
@@ -77,7 +77,7 @@ public struct Ingress: Service {
     let connection: NATSConnection
     let logger: Logger
 
-    public init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
+    package init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
         for webhook in graph.webhooks {
             for secret in webhook.verification.secrets {
                 do {
@@ -93,7 +93,7 @@ public struct Ingress: Service {
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         // Lane 0 is the process's connection; the others are opened here and drained last.
         var lanes = [connection]
         do {

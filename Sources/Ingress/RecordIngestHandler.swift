@@ -8,6 +8,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import Synchronization
+import CoreMetrics
 
 /// The ingress's HTTP/1 connection: Hummingbird's pipeline plus `RecordIngestHandler`, which
 /// answers small record-API requests on the connection's event loop. Every other request

@@ -7,7 +7,7 @@ extension NATSConnection.Configuration {
     /// and its key), any of which turns TLS on, and `AUTONOMOUS_NATS_CREDS` (a credentials file
     /// as `nsc` writes it). Each file must exist and be readable now, so a wrong path fails at
     /// startup with the variable's name, not at the first reconnect. Empty values count as unset.
-    public mutating func readSecurity(from environment: [String: String]) throws(NATSError) {
+    package mutating func readSecurity(from environment: [String: String]) throws(NATSError) {
         func file(_ name: String) throws(NATSError) -> String? {
             guard let path = environment[name], !path.isEmpty else { return nil }
             guard FileManager.default.isReadableFile(atPath: path) else {

@@ -2,16 +2,16 @@ import CNATS
 import Synchronization
 
 /// A core NATS message (not stored by JetStream): requests, replies, notifications.
-public struct CoreMessage: Sendable {
-    public var subject: String
+package struct CoreMessage: Sendable {
+    package var subject: String
     /// Where an answer goes, for requests.
-    public var reply: String?
-    public var payload: [UInt8]
-    public var headers: [String: String]
+    package var reply: String?
+    package var payload: [UInt8]
+    package var headers: [String: String]
     /// Set on the status message the server sends to a request nobody serves.
     var isNoResponders = false
 
-    public init(subject: String, reply: String? = nil, payload: [UInt8], headers: [String: String] = [:]) {
+    package init(subject: String, reply: String? = nil, payload: [UInt8], headers: [String: String] = [:]) {
         self.subject = subject
         self.reply = reply
         self.payload = payload
@@ -24,8 +24,8 @@ public struct CoreMessage: Sendable {
 /// The sequence ends after ``unsubscribe()`` or when the connection closes. Messages are
 /// buffered without bound between nats.c's delivery thread and the consumer, so serve them
 /// promptly (nats.c itself drops messages for a slow consumer past its pending limits).
-public final class CoreSubscription: AsyncSequence, Sendable {
-    public typealias Element = CoreMessage
+package final class CoreSubscription: AsyncSequence, Sendable {
+    package typealias Element = CoreMessage
     private let handle: SubscriptionHandle
     private let stream: AsyncStream<CoreMessage>
 
@@ -34,10 +34,10 @@ public final class CoreSubscription: AsyncSequence, Sendable {
         self.stream = stream
     }
 
-    public func makeAsyncIterator() -> AsyncStream<CoreMessage>.AsyncIterator { stream.makeAsyncIterator() }
+    package func makeAsyncIterator() -> AsyncStream<CoreMessage>.AsyncIterator { stream.makeAsyncIterator() }
 
     /// Stops delivery; the sequence finishes once nats.c has delivered what it holds.
-    public func unsubscribe() {
+    package func unsubscribe() {
         handle.unsubscribe()
     }
 }
@@ -127,7 +127,7 @@ extension NATSConnection {
     }
 
     /// Publishes a core NATS message (no PubAck; buffered and flushed by nats.c).
-    public func publishCore(_ message: CoreMessage) throws {
+    package func publishCore(_ message: CoreMessage) throws {
         let headers = message.headers.map { ($0.key, $0.value) }
         let msg = try message.payload.withUnsafeBytes { bytes in
             guard let reply = message.reply else {
@@ -148,7 +148,7 @@ extension NATSConnection {
 
     /// Subscribes to `subject` (wildcards allowed). With a `queue`, each message goes to one
     /// member of the queue group.
-    public func subscribeCore(subject: String, queue: String? = nil) throws -> CoreSubscription {
+    package func subscribeCore(subject: String, queue: String? = nil) throws -> CoreSubscription {
         let (stream, continuation) = AsyncStream<CoreMessage>.makeStream()
         let sub: OpaquePointer
         do {
@@ -172,7 +172,7 @@ extension NATSConnection {
     ///
     /// Throws `.noResponders` at once when nobody subscribes to `subject`, and `.timeout` when
     /// no reply came within `timeout`. Replies come through one shared inbox subscription.
-    public func request(_ message: CoreMessage, timeout: Duration) async throws -> CoreMessage {
+    package func request(_ message: CoreMessage, timeout: Duration) async throws -> CoreMessage {
         if isClosed { throw NATSError(code: .connectionClosed, message: "connection closed") }
         let inbox = try requestInbox()
         let token = requests.nextToken()

@@ -1,6 +1,6 @@
 import Foundation
-import Logging
-import NIOCore
+package import Logging
+package import NIOCore
 import NIOPosix
 import NIOSSL
 import Synchronization
@@ -31,34 +31,34 @@ import Synchronization
 /// (each entry point hops there or requires being called there, checked with
 /// `preconditionInEventLoop`); the only state read from other threads is `connectedFlag`, an
 /// atomic.
-public final class EventLoopPublisher: @unchecked Sendable {
-    public struct Configuration: Sendable {
-        public var servers: [String]
+package final class EventLoopPublisher: @unchecked Sendable {
+    package struct Configuration: Sendable {
+        package var servers: [String]
         /// Connection name shown by the server's monitoring endpoints.
-        public var name: String
-        public var reconnectWait: Duration = .milliseconds(250)
+        package var name: String
+        package var reconnectWait: Duration = .milliseconds(250)
         /// How long a publish waits for its PubAck before failing with `.timeout`.
-        public var publishTimeout: Duration = .seconds(5)
+        package var publishTimeout: Duration = .seconds(5)
         /// How long connecting (TCP and the protocol handshake) may take per server.
-        public var connectTimeout: Duration = .seconds(5)
+        package var connectTimeout: Duration = .seconds(5)
         /// Upper bound of publishes waiting for their PubAck; past it `publish` fails at once.
-        public var maxPendingPublishes: Int = 262_144
+        package var maxPendingPublishes: Int = 262_144
         /// How often the publisher pings the server; after `maxPingsOut` PINGs without a PONG
         /// the connection counts as dead and is replaced.
-        public var pingInterval: Duration = .seconds(2)
-        public var maxPingsOut = 3
+        package var pingInterval: Duration = .seconds(2)
+        package var maxPingsOut = 3
         /// TLS to the servers, as ``NATSConnection/Configuration/tls``.
-        public var tls: NATSConnection.Configuration.TLS?
+        package var tls: NATSConnection.Configuration.TLS?
 
-        public init(servers: [String], name: String) {
+        package init(servers: [String], name: String) {
             self.servers = servers
             self.name = name
         }
     }
 
-    public typealias Completion = (Result<[PublishAck], NATSError>) -> Void
+    package typealias Completion = (Result<[PublishAck], NATSError>) -> Void
 
-    public let eventLoop: any EventLoop
+    package let eventLoop: any EventLoop
     let configuration: Configuration
     fileprivate let logger: Logger
     /// Reply subjects are `<inbox>.<sequence>`.
@@ -95,7 +95,7 @@ public final class EventLoopPublisher: @unchecked Sendable {
 
     /// Connects to the first server that answers; throws `.connectionFailed` naming the reason
     /// (TLS required, refused, no answer) of the last server tried.
-    public static func connect(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) async throws -> EventLoopPublisher {
+    package static func connect(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) async throws -> EventLoopPublisher {
         guard !configuration.servers.isEmpty else {
             throw NATSError(code: .invalidArgument, message: "no NATS server to publish to")
         }
@@ -139,12 +139,12 @@ public final class EventLoopPublisher: @unchecked Sendable {
     }
 
     /// `true` while connected (not reconnecting, not closed). Safe from any thread.
-    public var isConnected: Bool { connectedFlag.load(ordering: .relaxed) }
+    package var isConnected: Bool { connectedFlag.load(ordering: .relaxed) }
 
     /// Publishes every message and calls `completion` on this publisher's event loop once every
     /// PubAck arrived, or with the first failure. Call it on `eventLoop`. `completion` may run
     /// before this returns (a publish that cannot start).
-    public func publish(_ messages: [OutgoingMessage], completion: @escaping Completion) {
+    package func publish(_ messages: [OutgoingMessage], completion: @escaping Completion) {
         eventLoop.preconditionInEventLoop()
         if messages.isEmpty { return completion(.success([])) }
         guard !closed, let channel, isConnected else {
@@ -170,7 +170,7 @@ public final class EventLoopPublisher: @unchecked Sendable {
 
     /// Stops reconnecting and closes the connection; publishes still waiting fail with
     /// `.connectionClosed`.
-    public func close() async {
+    package func close() async {
         let closing: EventLoopFuture<Void> = eventLoop.flatSubmit {
             self.closed = true
             self.connectedFlag.store(false, ordering: .relaxed)

@@ -1,5 +1,5 @@
 import CNATS
-import Logging
+package import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -14,55 +14,55 @@ import Synchronization
 /// ``PullSubscription``).
 ///
 /// The connection reconnects by itself for as long as it is open. Call ``close()`` when done.
-public final class NATSConnection: Sendable {
-    public struct Configuration: Sendable {
+package final class NATSConnection: Sendable {
+    package struct Configuration: Sendable {
         /// Server URLs, e.g. `nats://127.0.0.1:4222`. Several URLs form one cluster.
-        public var servers: [String]
+        package var servers: [String]
         /// Connection name shown by the server's monitoring endpoints.
-        public var name: String = "autonomous"
+        package var name: String = "autonomous"
         /// How long ``connect(configuration:logger:)`` keeps trying before it gives up.
-        public var connectTimeout: Duration = .seconds(10)
+        package var connectTimeout: Duration = .seconds(10)
         /// Delay between reconnect attempts once connected.
-        public var reconnectWait: Duration = .milliseconds(250)
+        package var reconnectWait: Duration = .milliseconds(250)
         /// How long a publish waits for its PubAck before failing with `.timeout`.
-        public var publishTimeout: Duration = .seconds(5)
+        package var publishTimeout: Duration = .seconds(5)
         /// Timeout for JetStream API requests (stream/consumer administration).
-        public var apiTimeout: Duration = .seconds(5)
+        package var apiTimeout: Duration = .seconds(5)
         /// Upper bound of publishes waiting for their PubAck; past it `publish` fails at once.
-        public var maxPendingPublishes: Int = 262_144
+        package var maxPendingPublishes: Int = 262_144
         /// Threads for blocking nats.c calls (connect, stream and consumer administration).
-        public var blockingThreads: Int = 16
+        package var blockingThreads: Int = 16
         /// How often the client pings the server to detect a dead connection.
-        public var pingInterval: Duration = .seconds(2)
+        package var pingInterval: Duration = .seconds(2)
         /// TLS to the servers, required when set. A `tls://` URL asks for TLS too, verified
         /// against the system's CAs.
-        public var tls: TLS?
+        package var tls: TLS?
         /// A NATS credentials file (a user JWT and its NKey seed, as `nsc` writes it) to
         /// authenticate with. Users and passwords or tokens go in the URL instead.
-        public var credentialsFile: String?
+        package var credentialsFile: String?
 
         /// Certificates for a TLS connection, as PEM files.
-        public struct TLS: Sendable, Equatable {
+        package struct TLS: Sendable, Equatable {
             /// The CA(s) the server's certificate must chain to; `nil` trusts the system's.
-            public var caFile: String?
+            package var caFile: String?
             /// The client's certificate (chain), for servers that verify clients
             /// (`verify: true`); needs `keyFile`.
-            public var certificateFile: String?
+            package var certificateFile: String?
             /// The private key of `certificateFile`.
-            public var keyFile: String?
+            package var keyFile: String?
 
-            public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
+            package init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
                 self.caFile = caFile
                 self.certificateFile = certificateFile
                 self.keyFile = keyFile
             }
         }
 
-        public init(servers: [String]) {
+        package init(servers: [String]) {
             self.servers = servers
         }
 
-        public init(url: String) {
+        package init(url: String) {
             self.servers = url.split(separator: ",").map { String($0).trimmingSpaces() }
         }
     }
@@ -84,7 +84,7 @@ public final class NATSConnection: Sendable {
     private let expiry: Task<Void, Never>
     let threadPool: NIOThreadPool
     private let closed = Atomic<Bool>(false)
-    public let configuration: Configuration
+    package let configuration: Configuration
     let logger: Logger
 
     private init(
@@ -124,7 +124,7 @@ public final class NATSConnection: Sendable {
     }
 
     /// Connects, retrying until `configuration.connectTimeout` has passed.
-    public static func connect(configuration: Configuration, logger: Logger) async throws -> NATSConnection {
+    package static func connect(configuration: Configuration, logger: Logger) async throws -> NATSConnection {
         guard !configuration.servers.isEmpty else {
             throw NATSError(code: .invalidArgument, message: "no NATS server URL given")
         }
@@ -252,19 +252,19 @@ public final class NATSConnection: Sendable {
     }
 
     /// `true` while the connection is up (not reconnecting, not closed).
-    public var isConnected: Bool {
+    package var isConnected: Bool {
         natsConnection_Status(connection) == NATS_CONN_STATUS_CONNECTED
     }
 
-    public var isClosed: Bool { closed.load(ordering: .relaxed) }
+    package var isClosed: Bool { closed.load(ordering: .relaxed) }
 
     /// Publishes in flight inside this connection, waiting for their PubAck.
-    public var publishesInFlight: Int { tracker.inFlight }
+    package var publishesInFlight: Int { tracker.inFlight }
 
     /// Drains the connection: subscriptions stop receiving, buffered publishes are flushed,
     /// then the connection closes (waiting at most `timeout`). Publishes still waiting for
     /// a PubAck afterwards fail with `.connectionClosed`.
-    public func drain(timeout: Duration = .seconds(10)) async {
+    package func drain(timeout: Duration = .seconds(10)) async {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         let handle = UnsafeHandle(connection)
         let clock = ContinuousClock()
@@ -284,7 +284,7 @@ public final class NATSConnection: Sendable {
     }
 
     /// Flushes buffered messages and closes the connection. Pending publishes fail with `.connectionClosed`.
-    public func close() async {
+    package func close() async {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         let handle = UnsafeHandle(connection)
         _ = try? await threadPool.runIfActive {
@@ -301,10 +301,10 @@ public final class NATSConnection: Sendable {
     /// Whether this process writes header blocks itself (the fast path; see `MessageEncoding`)
     /// rather than through nats.c's header map. `false` only with a libnats that does not
     /// behave as the start-up check expects; publishing works either way.
-    public static var encodesHeaderBlocks: Bool { MessageEncoding.preEncodedHeaders }
+    package static var encodesHeaderBlocks: Bool { MessageEncoding.preEncodedHeaders }
 
     /// Publishes one message and returns its PubAck.
-    public func publish(_ message: OutgoingMessage) async throws -> PublishAck {
+    package func publish(_ message: OutgoingMessage) async throws -> PublishAck {
         try await publish([message])[0]
     }
 
@@ -312,7 +312,7 @@ public final class NATSConnection: Sendable {
     ///
     /// Throws the first failure if any message was not acknowledged (the others may be stored;
     /// give each message a `Nats-Msg-Id` so that a retry of the whole batch is safe).
-    public func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
+    package func publish(_ messages: [OutgoingMessage]) async throws -> [PublishAck] {
         if messages.isEmpty { return [] }
         return try await withCheckedThrowingContinuation { continuation in
             start(messages, waiter: .continuation(continuation))
@@ -325,7 +325,7 @@ public final class NATSConnection: Sendable {
     /// `completion` runs exactly once, on a nats.c delivery thread, in the connection's expiry
     /// task (timeouts, `close`), or on the calling thread when the publish cannot start: it
     /// must not block. For callers that must not suspend (an event loop answering a request).
-    public func publish(
+    package func publish(
         _ messages: [OutgoingMessage],
         completion: @escaping @Sendable (Result<[PublishAck], NATSError>) -> Void
     ) {
@@ -406,7 +406,7 @@ public final class NATSConnection: Sendable {
     // MARK: Administration
 
     /// Creates the stream, or updates it when it exists with another configuration.
-    public func createOrUpdateStream(_ config: StreamConfiguration) async throws {
+    package func createOrUpdateStream(_ config: StreamConfiguration) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             try Self.withStreamConfig(config) { cfg in
@@ -456,7 +456,7 @@ public final class NATSConnection: Sendable {
 
     /// Creates the durable pull consumer on `stream`, or updates it when it exists (unless
     /// `updateExisting` is false: then an existing consumer is left as it is).
-    public func createOrUpdateConsumer(stream: String, _ config: ConsumerConfiguration, updateExisting: Bool = true) async throws {
+    package func createOrUpdateConsumer(stream: String, _ config: ConsumerConfiguration, updateExisting: Bool = true) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var cfg = jsConsumerConfig()
@@ -517,7 +517,7 @@ public final class NATSConnection: Sendable {
     }
 
     /// The stream's message counts, or `nil` when it does not exist.
-    public func streamState(_ stream: String) async throws -> StreamState? {
+    package func streamState(_ stream: String) async throws -> StreamState? {
         let js = UnsafeHandle(jetStream)
         return try await threadPool.runIfActive {
             var info: UnsafeMutablePointer<jsStreamInfo>?
@@ -549,7 +549,7 @@ public final class NATSConnection: Sendable {
     }
 
     /// The consumer's progress, or `nil` when it does not exist.
-    public func consumerState(stream: String, consumer: String) async throws -> ConsumerState? {
+    package func consumerState(stream: String, consumer: String) async throws -> ConsumerState? {
         let js = UnsafeHandle(jetStream)
         return try await threadPool.runIfActive {
             var info: UnsafeMutablePointer<jsConsumerInfo>?
@@ -571,7 +571,7 @@ public final class NATSConnection: Sendable {
         }
     }
 
-    public func deleteConsumer(stream: String, consumer: String) async throws {
+    package func deleteConsumer(stream: String, consumer: String) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var errCode = jsErrCode(rawValue: 0)
@@ -582,7 +582,7 @@ public final class NATSConnection: Sendable {
         }
     }
 
-    public func deleteStream(_ stream: String) async throws {
+    package func deleteStream(_ stream: String) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var errCode = jsErrCode(rawValue: 0)
@@ -594,7 +594,7 @@ public final class NATSConnection: Sendable {
     }
 
     /// Reads the message stored at `sequence`, or `nil` when there is none.
-    public func message(stream: String, sequence: UInt64) async throws -> StoredMessage? {
+    package func message(stream: String, sequence: UInt64) async throws -> StoredMessage? {
         let js = UnsafeHandle(jetStream)
         return try await threadPool.runIfActive {
             var msg: OpaquePointer?
@@ -617,7 +617,7 @@ public final class NATSConnection: Sendable {
     /// Binds a pull subscription to an existing durable consumer.
     ///
     /// - Parameter headers: names of the headers to copy out of each fetched message.
-    public func pullSubscription(
+    package func pullSubscription(
         stream: String,
         consumer: String,
         filterSubject: String,
@@ -628,7 +628,7 @@ public final class NATSConnection: Sendable {
 
     /// Creates an ephemeral pull consumer on `stream` (one replica, in memory, removed by the
     /// server shortly after the subscription goes away) and binds to it.
-    public func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
+    package func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
         try await subscribe(stream: stream, consumer: nil, filterSubject: filterSubject, headers: headers)
     }
 
@@ -724,7 +724,7 @@ extension String {
 
 extension NATSConnection {
     /// Deletes the message at `sequence` from `stream`.
-    public func deleteMessage(stream: String, sequence: UInt64) async throws {
+    package func deleteMessage(stream: String, sequence: UInt64) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var errCode = jsErrCode(rawValue: 0)
@@ -736,7 +736,7 @@ extension NATSConnection {
     }
 
     /// Removes every message on `subject` from `stream`.
-    public func purge(stream: String, subject: String) async throws {
+    package func purge(stream: String, subject: String) async throws {
         let js = UnsafeHandle(jetStream)
         try await threadPool.runIfActive {
             var options = jsOptions()
@@ -756,7 +756,7 @@ extension NATSConnection {
     /// for at least `atLeast` of them, then until the subject is drained. Uses an ephemeral
     /// consumer (one replica, in memory, hosted by the stream leader, so it works while a
     /// cluster node is down); the messages stay in the stream.
-    public func readAll(
+    package func readAll(
         stream: String,
         subject: String,
         headers: [String],

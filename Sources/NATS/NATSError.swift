@@ -4,8 +4,8 @@ import CNATS
 ///
 /// `description` is safe to show to users; it never contains payloads or credentials.
 /// Equality compares only the ``code``.
-public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
+package struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    package struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case connectionFailed
             case connectionClosed
@@ -22,52 +22,52 @@ public struct NATSError: Error, Sendable, Equatable, CustomStringConvertible, Cu
         private init(_ base: Base) { self.base = base }
 
         /// No server could be reached (at connect time).
-        public static let connectionFailed = Code(.connectionFailed)
+        package static let connectionFailed = Code(.connectionFailed)
         /// The connection is closed or was closed while the operation was in flight.
-        public static let connectionClosed = Code(.connectionClosed)
+        package static let connectionClosed = Code(.connectionClosed)
         /// The operation did not complete in time (also: no PubAck within the publish timeout).
-        public static let timeout = Code(.timeout)
+        package static let timeout = Code(.timeout)
         /// A stream, consumer or message does not exist.
-        public static let notFound = Code(.notFound)
+        package static let notFound = Code(.notFound)
         /// JetStream refused or did not acknowledge a publish.
-        public static let publishFailed = Code(.publishFailed)
+        package static let publishFailed = Code(.publishFailed)
         /// JetStream answered an API request with an error.
-        public static let jetStream = Code(.jetStream)
+        package static let jetStream = Code(.jetStream)
         /// A caller passed a value nats.c refused.
-        public static let invalidArgument = Code(.invalidArgument)
+        package static let invalidArgument = Code(.invalidArgument)
         /// A request found no subscriber on its subject (nobody is serving it).
-        public static let noResponders = Code(.noResponders)
+        package static let noResponders = Code(.noResponders)
         /// Any other nats.c failure.
-        public static let other = Code(.other)
+        package static let other = Code(.other)
 
-        public var description: String { base.rawValue }
+        package var description: String { base.rawValue }
     }
 
-    public var code: Code
+    package var code: Code
     /// A short, user-safe explanation.
-    public var message: String
+    package var message: String
     /// The nats.c status code, when the error came from nats.c.
-    public var status: Int32
+    package var status: Int32
     /// The JetStream API error code (`err_code`), or 0.
-    public var jetStreamErrorCode: Int
+    package var jetStreamErrorCode: Int
 
-    public init(code: Code, message: String, status: Int32 = 0, jetStreamErrorCode: Int = 0) {
+    package init(code: Code, message: String, status: Int32 = 0, jetStreamErrorCode: Int = 0) {
         self.code = code
         self.message = message
         self.status = status
         self.jetStreamErrorCode = jetStreamErrorCode
     }
 
-    public static func == (lhs: NATSError, rhs: NATSError) -> Bool { lhs.code == rhs.code }
+    package static func == (lhs: NATSError, rhs: NATSError) -> Bool { lhs.code == rhs.code }
 
-    public var description: String { "NATSError(\(code)): \(message)" }
+    package var description: String { "NATSError(\(code)): \(message)" }
 
-    public var debugDescription: String {
+    package var debugDescription: String {
         "NATSError(code: \(code), message: \(message), status: \(status), jsErrorCode: \(jetStreamErrorCode))"
     }
 
     /// `true` for failures that may go away by themselves (server restarting, reconnecting).
-    public var isTransient: Bool {
+    package var isTransient: Bool {
         code == .timeout || code == .connectionClosed || code == .connectionFailed || code == .publishFailed
             || code == .noResponders
     }

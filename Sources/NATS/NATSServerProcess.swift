@@ -1,19 +1,19 @@
 import Foundation
-import Logging
+package import Logging
 
 /// A `nats-server -js` child process on a free loopback port: the embedded server of `dev`
 /// mode and of the test harness.
 ///
 /// The server writes its data under `directory` (reused by the next start), a pid file, a log,
 /// and a ports file from which the client URL is read, so no port is ever guessed.
-public final class NATSServerProcess: Sendable {
-    public let url: String
-    public let directory: String
-    public let logFile: String
+package final class NATSServerProcess: Sendable {
+    package let url: String
+    package let directory: String
+    package let logFile: String
     private let process: Process  // Process is thread safe for terminate/isRunning/processIdentifier.
 
     /// Finds `nats-server` in `PATH` or the Debian location.
-    public static func executablePath() -> String? {
+    package static func executablePath() -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
         for directory in path.split(separator: ":") + ["/usr/sbin", "/usr/local/sbin"] {
             let candidate = "\(directory)/nats-server"
@@ -35,7 +35,7 @@ public final class NATSServerProcess: Sendable {
     ///   - directory: data, pid, ports and log files live here.
     ///   - port: 0 picks a free port.
     ///   - extraArguments: e.g. cluster options.
-    public static func start(
+    package static func start(
         directory: String,
         port: Int = 0,
         extraArguments: [String] = [],
@@ -101,11 +101,11 @@ public final class NATSServerProcess: Sendable {
         if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
     }
 
-    public var processIdentifier: Int32 { process.processIdentifier }
-    public var isRunning: Bool { process.isRunning }
+    package var processIdentifier: Int32 { process.processIdentifier }
+    package var isRunning: Bool { process.isRunning }
 
     /// Stops the server (SIGTERM, then SIGKILL after `timeout`) and waits for it to exit.
-    public func stop(timeout: Duration = .seconds(10)) async {
+    package func stop(timeout: Duration = .seconds(10)) async {
         guard process.isRunning else { return }
         process.terminate()
         let clock = ContinuousClock()
@@ -120,7 +120,7 @@ public final class NATSServerProcess: Sendable {
     }
 
     /// Kills the server at once (fault tests).
-    public func kill9() {
+    package func kill9() {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }

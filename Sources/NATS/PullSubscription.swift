@@ -5,16 +5,16 @@ import Glibc
 import Synchronization
 
 /// A message fetched from a durable pull consumer.
-public struct JetStreamMessage: Sendable {
-    public var subject: String
-    public var payload: [UInt8]
+package struct JetStreamMessage: Sendable {
+    package var subject: String
+    package var payload: [UInt8]
     /// Values of the header names the subscription asked for, in the same order.
-    public var headerValues: [String?]
+    package var headerValues: [String?]
     /// 1 on first delivery, 2 on the first redelivery, …
-    public var deliveryCount: UInt64
-    public var streamSequence: UInt64
+    package var deliveryCount: UInt64
+    package var streamSequence: UInt64
     /// When the stream stored the message, in nanoseconds since 1970.
-    public var timestamp: Int64
+    package var timestamp: Int64
 }
 
 /// A pull consumer binding that speaks the JetStream pull protocol over one core NATS
@@ -36,8 +36,8 @@ public struct JetStreamMessage: Sendable {
 ///
 /// Messages are copied out of nats.c on its delivery thread and freed there; acks are plain
 /// core publishes to the message's reply subject.
-public final class PullSubscription: Sendable {
-    public let headerNames: [String]
+package final class PullSubscription: Sendable {
+    package let headerNames: [String]
     private let connection: NATSConnection
     private let box: PullBox
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`
@@ -78,7 +78,7 @@ public final class PullSubscription: Sendable {
 
     /// Returns what has arrived, up to `maxMessages`; when nothing has, waits at most
     /// `timeout` for the first message. Returns an empty batch when nothing arrived in time.
-    public func fetch(maxMessages: Int, timeout: Duration) async throws -> FetchedBatch {
+    package func fetch(maxMessages: Int, timeout: Duration) async throws -> FetchedBatch {
         let limit = max(1, maxMessages)
         let timeoutMs = max(1, timeout.milliseconds)
         if closed.withLock({ $0 }) { throw NATSError(code: .connectionClosed, message: "the subscription is closed") }
@@ -132,7 +132,7 @@ public final class PullSubscription: Sendable {
 
     /// How many loops fetch from this subscription (1 unless told): a pull request asks for
     /// that many batches, so each loop finds records waiting when it comes back.
-    public var concurrentFetchers: Int {
+    package var concurrentFetchers: Int {
         get { box.fetchers.load(ordering: .relaxed) }
         set { box.fetchers.store(max(1, newValue), ordering: .relaxed) }
     }
@@ -140,12 +140,12 @@ public final class PullSubscription: Sendable {
     /// How many pull requests this subscription gave up on because the server neither sent
     /// records nor ended them by the request's expiry (plus a grace); a new request replaced
     /// each. A few under heavy load are harmless; a steady rise means the server is starved.
-    public var presumedLostRequests: Int { box.lostRequests }
+    package var presumedLostRequests: Int { box.lostRequests }
 
     /// Sends an in-progress ack (`+WPI`) every `interval` for each message received but not
     /// fetched yet, so records waiting behind a slow batch are not redelivered. Use a third of
     /// the consumer's ack wait.
-    public func keepUnfetchedAlive(every interval: Duration) {
+    package func keepUnfetchedAlive(every interval: Duration) {
         let task = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
@@ -163,7 +163,7 @@ public final class PullSubscription: Sendable {
 
     /// Stops the subscription. Messages received but not fetched are handed back to the
     /// server at once (nak); unacknowledged fetched ones are redelivered after the ack wait.
-    public func close() {
+    package func close() {
         let first = closed.withLock { closed -> Bool in
             defer { closed = true }
             return !closed
@@ -504,8 +504,8 @@ struct AckSubject {
 ///
 /// Acknowledge each message once with ``ack(_:)``, ``nak(_:delay:)``, ``term(_:)``;
 /// ``inProgress(_:)`` may be sent any number of times before that.
-public final class FetchedBatch: Sendable {
-    public let messages: [JetStreamMessage]
+package final class FetchedBatch: Sendable {
+    package let messages: [JetStreamMessage]
     private let replies: [String]
     private let connection: NATSConnection?
     /// Which messages were acknowledged (ack, nak or term) already.
@@ -518,8 +518,8 @@ public final class FetchedBatch: Sendable {
         self.finished = Mutex(Array(repeating: false, count: deliveries.count))
     }
 
-    public var count: Int { messages.count }
-    public var isEmpty: Bool { messages.isEmpty }
+    package var count: Int { messages.count }
+    package var isEmpty: Bool { messages.isEmpty }
 
     private func send(_ index: Int, _ body: String, final: Bool) -> Bool {
         guard let connection, replies.indices.contains(index) else { return false }
@@ -534,20 +534,20 @@ public final class FetchedBatch: Sendable {
 
     /// Acknowledges message `index` (it will not be redelivered).
     @discardableResult
-    public func ack(_ index: Int) -> Bool { send(index, "+ACK", final: true) }
+    package func ack(_ index: Int) -> Bool { send(index, "+ACK", final: true) }
 
     /// Asks for redelivery of message `index` after `delay`.
     @discardableResult
-    public func nak(_ index: Int, delay: Duration) -> Bool {
+    package func nak(_ index: Int, delay: Duration) -> Bool {
         let nanoseconds = max(0, delay.nanoseconds)
         return send(index, nanoseconds > 0 ? "-NAK {\"delay\":\(nanoseconds)}" : "-NAK", final: true)
     }
 
     /// Tells the server never to redeliver message `index`.
     @discardableResult
-    public func term(_ index: Int) -> Bool { send(index, "+TERM", final: true) }
+    package func term(_ index: Int) -> Bool { send(index, "+TERM", final: true) }
 
     /// Resets the ack timer of message `index` (a handler is still working on it).
     @discardableResult
-    public func inProgress(_ index: Int) -> Bool { send(index, "+WPI", final: false) }
+    package func inProgress(_ index: Int) -> Bool { send(index, "+WPI", final: false) }
 }

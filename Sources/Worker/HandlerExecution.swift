@@ -2,6 +2,7 @@ import ClusterCore
 import Foundation
 import Logging
 import NATS
+import NIOCore
 
 /// Running one handler on records, the part shared by the unordered ``HandlerRunner`` and the
 /// ``OrderedHandlerRunner``: decoding fetched messages, invoking the handler and publishing

@@ -1,4 +1,4 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
 import Logging
 import Metrics
@@ -14,9 +14,9 @@ import Synchronization
 /// same consumer, so JetStream spreads the records over all of them. A failing batch is
 /// retried record by record; a record that keeps failing is naked with backoff and, after
 /// `maxAttempts`, moved to the dead-letter subject.
-public actor HandlerRunner {
-    public nonisolated let handler: HandlerDefinition
-    public nonisolated let tenant: String
+package actor HandlerRunner {
+    package nonisolated let handler: HandlerDefinition
+    package nonisolated let tenant: String
     private nonisolated let connection: NATSConnection
     private nonisolated let logger: Logger
     private nonisolated let ackWait: Duration
@@ -25,11 +25,11 @@ public actor HandlerRunner {
     private nonisolated let counters: Counters
     private nonisolated let execution: HandlerExecution
 
-    public struct Statistics: Sendable, Equatable {
-        public var batches = 0
-        public var processed = 0
-        public var retried = 0
-        public var deadLettered = 0
+    package struct Statistics: Sendable, Equatable {
+        package var batches = 0
+        package var processed = 0
+        package var retried = 0
+        package var deadLettered = 0
     }
 
     private var statistics = Statistics()
@@ -72,19 +72,19 @@ public actor HandlerRunner {
         )
     }
 
-    public var currentStatistics: Statistics { statistics }
+    package var currentStatistics: Statistics { statistics }
 
     private nonisolated let stopped = Atomic<Bool>(false)
     private nonisolated var isStopped: Bool { stopped.load(ordering: .relaxed) }
 
     /// Stops fetching (for a tenant that was disabled); batches in flight finish first.
-    public nonisolated func stop() {
+    package nonisolated func stop() {
         stopped.store(true, ordering: .relaxed)
     }
 
     private func record(_ update: (inout Statistics) -> Void) { update(&statistics) }
 
-    public func run() async throws {
+    package func run() async throws {
         guard let subscription = try await bind() else { return }
         defer { subscription.close() }
         // The loops share the subscription: a record goes to whichever loop is free, instead

@@ -1,4 +1,4 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
 import Logging
 import Metrics
@@ -21,9 +21,9 @@ import Synchronization
 /// it re-creates the partition's consumer at its ack floor, so the batch is delivered again
 /// in order at once (instead of after the ack wait). Handling it again republishes the same
 /// output ids, which JetStream drops as duplicates.
-public final class OrderedHandlerRunner: Sendable {
-    public let handler: HandlerDefinition
-    public let tenant: String
+package final class OrderedHandlerRunner: Sendable {
+    package let handler: HandlerDefinition
+    package let tenant: String
     let ordering: HandlerOrdering
     let source: TableDefinition
     let execution: HandlerExecution
@@ -68,13 +68,13 @@ public final class OrderedHandlerRunner: Sendable {
     }
 
     /// Stops (for a tenant that was disabled): partitions finish their batch and are released.
-    public func stop() {
+    package func stop() {
         stopped.store(true, ordering: .relaxed)
     }
 
     private var shouldRun: Bool { !Task.isShuttingDownGracefully && !Task.isCancelled && !stopped.load(ordering: .relaxed) }
 
-    public func run() async {
+    package func run() async {
         logger.info("Ordered handler started", metadata: ["worker.partitions": "\(ordering.partitions)", "worker.id": "\(workerID)"])
         var held: [Int: PartitionLease] = [:]
         var released: [Int] = []

@@ -1,38 +1,38 @@
-public import ClusterCore
+package import ClusterCore
 import Foundation
-public import Logging
-public import NATS
-public import ServiceLifecycle
+package import Logging
+package import NATS
+import ServiceLifecycle
 
 /// Runs every handler of the app: one ``HandlerRunner`` per handler and tenant.
 ///
 /// Handlers are prepared when the worker is created, so a missing secret or setting fails at
 /// startup with a message that names it, before any record is fetched.
-public struct Worker: Service {
-    public struct Configuration: Sendable {
+package struct Worker: Service {
+    package struct Configuration: Sendable {
         /// Tenants whose records this worker processes.
-        public var tenants: [String]
+        package var tenants: [String]
         /// Must match the consumers' ack wait; long handlers send progress at a third of it.
-        public var ackWait: Duration = .seconds(30)
+        package var ackWait: Duration = .seconds(30)
         /// Process environment, for component secrets and settings.
-        public var environment: [String: String]
+        package var environment: [String: String]
         /// Only run these handlers (`nil`: all).
-        public var handlers: Set<String>?
+        package var handlers: Set<String>?
         /// Lists the active tenants (the coordinator); new ones are served, disabled ones
         /// stopped. `nil`: only `tenants`.
-        public var tenantDirectory: (@Sendable () async throws -> [String])?
+        package var tenantDirectory: (@Sendable () async throws -> [String])?
         /// How often `tenantDirectory` is asked.
-        public var tenantRefresh: Duration = .seconds(2)
+        package var tenantRefresh: Duration = .seconds(2)
         /// Grants partition leases for ordered handlers (the coordinator). Ordered handlers
         /// do not run without it.
-        public var partitionAssigner: (@Sendable (PartitionRequest) async throws -> PartitionAssignment)?
+        package var partitionAssigner: (@Sendable (PartitionRequest) async throws -> PartitionAssignment)?
         /// This process's name in partition leases (unique per process start).
-        public var workerID: String = {
+        package var workerID: String = {
             let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
             return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
         }()
 
-        public init(tenants: [String], environment: [String: String]) {
+        package init(tenants: [String], environment: [String: String]) {
             self.tenants = tenants
             self.environment = environment
         }
@@ -49,7 +49,7 @@ public struct Worker: Service {
     let connection: NATSConnection
     let logger: Logger
 
-    public init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
+    package init(graph: AppGraph, configuration: Configuration, connection: NATSConnection, logger: Logger) throws {
         var prepared: [Prepared] = []
         var tables: [String: TableDefinition] = [:]
         for table in graph.tables where table.kind == .table { tables[table.name] = table }
@@ -125,7 +125,7 @@ public struct Worker: Service {
         }
     }
 
-    public func run() async throws {
+    package func run() async throws {
         if prepared.isEmpty {
             // Nothing to consume; stay up until shutdown like every other role.
             try? await gracefulShutdown()

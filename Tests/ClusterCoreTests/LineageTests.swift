@@ -2,6 +2,8 @@ import ClusterCore
 import Logging
 import NATS
 import Testing
+import Synchronization
+import NIOCore
 
 /// Output ids must not depend on how records are batched: a record redelivered after a crash,
 /// in another batch or alone, must produce the same ids whatever shape the handler has.

@@ -6,6 +6,7 @@ import Logging
 import NATS
 import NIOCore
 import Testing
+import NIOHTTP1
 
 /// Runs the real `OrderFlow dev` binary as a user would.
 @Suite("OrderFlow dev mode", .serialized)

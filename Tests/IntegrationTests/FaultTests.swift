@@ -7,6 +7,7 @@ import NATS
 import NIOCore
 import Synchronization
 import Testing
+import NIOHTTP1
 
 /// Faults injected into real processes started by the `process` deploy engine.
 @Suite("Faults against real processes", .serialized)

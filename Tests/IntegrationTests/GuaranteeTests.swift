@@ -6,6 +6,8 @@ import NIOCore
 import NATS
 import Synchronization
 import Testing
+import NIOHTTP1
+import Coordinator
 
 @Suite("Delivery guarantees", .serialized)
 struct GuaranteeTests {

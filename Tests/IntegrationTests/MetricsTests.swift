@@ -4,6 +4,7 @@ import AutonomousTesting
 import Foundation
 import NIOCore
 import Testing
+import NIOHTTP1
 
 @Suite("Metrics exposition")
 struct MetricsTests {

@@ -6,6 +6,7 @@ import Foundation
 import NATS
 import NIOCore
 import Testing
+import NIOHTTP1
 
 /// Ordered handlers: per-key order and exactly-once outputs, in one process and across
 /// worker processes with one of them killed.

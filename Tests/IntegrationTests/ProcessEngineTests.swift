@@ -7,6 +7,7 @@ import NATS
 import NIOCore
 import Synchronization
 import Testing
+import NIOHTTP1
 
 /// Drives the `autonomous` command as an operator would.
 @Suite("Process deploy engine", .serialized)

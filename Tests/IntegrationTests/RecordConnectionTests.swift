@@ -4,6 +4,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import AutonomousTesting
 #endif
 
 /// The record API is answered on the event loop, everything else by Hummingbird's responder;

@@ -3,6 +3,7 @@ import AutonomousTesting
 import Coordinator
 import Foundation
 import Testing
+import NATS
 
 /// The coordinator's schedulers against a real nats-server: what happens after downtime.
 @Suite("Schedule catch-up after downtime", .serialized)

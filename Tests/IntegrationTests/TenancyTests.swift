@@ -6,6 +6,7 @@ import NATS
 import NIOCore
 import Synchronization
 import Testing
+import NIOHTTP1
 
 /// Tenants, API keys, isolation and the admin API, in one process against a real nats-server
 /// (coordinator state in SQLite; the same store contract runs on Postgres).

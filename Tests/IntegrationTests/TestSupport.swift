@@ -8,6 +8,7 @@ import NIOCore
 import ServiceLifecycle
 import Synchronization
 import Testing
+import NIOHTTP1
 
 /// An app running in-process (role `all`) against a test nats-server, on a free HTTP port.
 struct RunningApp: Sendable {

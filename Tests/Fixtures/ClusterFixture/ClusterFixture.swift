@@ -25,7 +25,7 @@ struct ClusterFixtureApp: AutonomousApp {
         let stuckSeconds = ProcessInfo.processInfo.environment["FIXTURE_STUCK_SECONDS"].flatMap(Int.init) ?? 0
         let startedFile = ProcessInfo.processInfo.environment["FIXTURE_STARTED_FILE"]
         app.table("stuck_in").onNewRecords("stuck", options: HandlerOptions(batchSize: 1, concurrency: 1)) { _, _ in
-            if let startedFile { FileManager.default.createFile(atPath: startedFile, contents: Data()) }
+            if let startedFile { _ = FileManager.default.createFile(atPath: startedFile, contents: Data()) }
             if stuckSeconds > 0 { try await Task.sleep(for: .seconds(stuckSeconds)) }
         }
 
