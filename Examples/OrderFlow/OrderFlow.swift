@@ -111,7 +111,12 @@ struct OrderFlowApp: AutonomousApp {
 
         enriched.onNewRecords("flag-high-value") { records, ctx in
             let flagged = records.filter(\.high_value).map { order in
-                Review(order_id: order.order_id, customer: order.customer, total: order.total, reason: "total ≥ \(Int(Self.reviewThreshold))")
+                Review(
+                    order_id: order.order_id,
+                    customer: order.customer,
+                    total: order.total,
+                    reason: "total ≥ \(Int(Self.reviewThreshold))"
+                )
             }
             try await reviews.append(flagged, ctx)
         }

@@ -6,6 +6,8 @@ import Histogram
 import Logging
 import NATS
 import NIOCore
+import NIOHTTP1
+import Synchronization
 
 /// The scenarios. Each starts its own cluster (fresh nats-server and processes) and stops it.
 struct Bench: Sendable {
@@ -43,7 +45,10 @@ struct Bench: Sendable {
     /// `nil` when the pipeline is not built (the smoke test runs without it).
     func rawPaced(rate: Double, chunk: Int, events: Int) async throws -> [String: Double]? {
         guard FileManager.default.isExecutableFile(atPath: rawPipeline) else { return nil }
-        let (value, output) = try await runPipeline(name: "raw-paced", [String(events), "2", "1024", String(format: "%.0f", rate), String(chunk)])
+        let (value, output) = try await runPipeline(
+            name: "raw-paced",
+            [String(events), "2", "1024", String(format: "%.0f", rate), String(chunk)]
+        )
         var figures: [String: Double] = [:]
         for key in ["p50", "p90", "p99", "p999", "max"] {
             guard let figure = value["\(key)_ms"].doubleValue else { throw RunnerError("raw pipeline (paced) failed: \(output)") }
@@ -62,7 +67,9 @@ struct Bench: Sendable {
     /// test runs without it).
     func rawTenants(floodRate: Int? = nil) async throws -> RawTenants? {
         guard FileManager.default.isExecutableFile(atPath: rawPipeline) else { return nil }
-        let arguments = [String(Self.lightRate), String(lightRequestsPerPhase), String(recordsPerRequest), "2", "1024"] + (floodRate.map { [String($0)] } ?? [])
+        let arguments =
+            [String(Self.lightRate), String(lightRequestsPerPhase), String(recordsPerRequest), "2", "1024"]
+            + (floodRate.map { [String($0)] } ?? [])
         let (value, output) = try await runPipeline(name: "raw-tenants", arguments, mode: "tenants")
         guard let alone = value["alone_p99_ms"].doubleValue, let flood = value["flood_p99_ms"].doubleValue,
             let floodRate = value["flood_per_second"].doubleValue, value["failed"].intValue == 0
@@ -129,7 +136,13 @@ struct Bench: Sendable {
         }
         try await Self.waitForHTTP("http://127.0.0.1:\(port)/")
         let wrk = try await Self.wrk(url: "http://127.0.0.1:\(port)/", seconds: seconds, repetitions: repetitions, directory: directory)
-        print(String(format: again ? "  static nginx again: %.0f requests/s (median of %@)" : "static nginx: %.0f requests/s (median of %@)", wrk.requestsPerSecond, wrk.repetitionsText))
+        print(
+            String(
+                format: again ? "  static nginx again: %.0f requests/s (median of %@)" : "static nginx: %.0f requests/s (median of %@)",
+                wrk.requestsPerSecond,
+                wrk.repetitionsText
+            )
+        )
         return NginxResult(requestsPerSecond: wrk.requestsPerSecond, p99Milliseconds: wrk.p99Milliseconds, repetitions: wrk.repetitions)
     }
 
@@ -141,8 +154,19 @@ struct Bench: Sendable {
             let output = chain ? "chain_out" : "events_out"
             let start = ContinuousClock.now
             let producer = try await produce(records, table: input, tenant: "default", natsURL: cluster.natsURL, connection: connection)
-            let elapsed = try await Self.waitForMessages(records, stream: Self.stream("default", output), connection: connection, since: start)
-            let (audit, toHandler, toOutput) = try await Self.audit(output, tenant: "default", expected: records, connection: connection, sentTimes: nil)
+            let elapsed = try await Self.waitForMessages(
+                records,
+                stream: Self.stream("default", output),
+                connection: connection,
+                since: start
+            )
+            let (audit, toHandler, toOutput) = try await Self.audit(
+                output,
+                tenant: "default",
+                expected: records,
+                connection: connection,
+                sentTimes: nil
+            )
             return ScenarioResult(
                 name: name,
                 title: title,
@@ -203,7 +227,12 @@ struct Bench: Sendable {
                                 let due = start + interval * request
                                 if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
                             }
-                            try await Self.post(ingress + "/v1/tables/events/records", body: bodies[request], contentType: "application/x-ndjson", key: "req-\(request)")
+                            try await Self.post(
+                                ingress + "/v1/tables/events/records",
+                                body: bodies[request],
+                                contentType: "application/x-ndjson",
+                                key: "req-\(request)"
+                            )
                             completions.record(request)
                             request += concurrency
                         }
@@ -211,8 +240,19 @@ struct Bench: Sendable {
                 }
                 try await group.waitForAll()
             }
-            let elapsed = try await Self.waitForMessages(total, stream: Self.stream("default", "events_out"), connection: connection, since: start)
-            let (audit, toHandler, toOutput) = try await Self.audit("events_out", tenant: "default", expected: total, connection: connection, sentTimes: completions)
+            let elapsed = try await Self.waitForMessages(
+                total,
+                stream: Self.stream("default", "events_out"),
+                connection: connection,
+                since: start
+            )
+            let (audit, toHandler, toOutput) = try await Self.audit(
+                "events_out",
+                tenant: "default",
+                expected: total,
+                connection: connection,
+                sentTimes: completions
+            )
             return ScenarioResult(
                 name: name,
                 title: paceRecordsPerSecond == nil
@@ -241,12 +281,30 @@ struct Bench: Sendable {
             let directory = Self.scratch("wrk")
             defer { try? FileManager.default.removeItem(atPath: directory) }
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let wrk = try await Self.wrk(url: ingress + "/v1/tables/events/records", seconds: seconds, repetitions: repetitions, directory: directory)
+            let wrk = try await Self.wrk(
+                url: ingress + "/v1/tables/events/records",
+                seconds: seconds,
+                repetitions: repetitions,
+                directory: directory
+            )
             try await cluster.scale("worker", to: 1)
             // Every 2xx is a stored record; requests cut off when wrk stopped may be stored too.
-            let stored = try await connection.readAll(stream: Self.stream("default", "events"), subject: "aut.default.tbl.events", headers: [], atLeast: wrk.completed, timeout: .seconds(60)).count
+            let stored = try await connection.readAll(
+                stream: Self.stream("default", "events"),
+                subject: "aut.default.tbl.events",
+                headers: [],
+                atLeast: wrk.completed,
+                timeout: .seconds(60)
+            ).count
             _ = try await Self.waitForMessages(stored, stream: Self.stream("default", "events_out"), connection: connection, since: .now)
-            var (audit, _, _) = try await Self.audit("events_out", tenant: "default", expected: stored, connection: connection, sentTimes: nil, byCause: true)
+            var (audit, _, _) = try await Self.audit(
+                "events_out",
+                tenant: "default",
+                expected: stored,
+                connection: connection,
+                sentTimes: nil,
+                byCause: true
+            )
             audit.ok = audit.ok && stored >= wrk.completed && wrk.errors == 0
             return ScenarioResult(
                 name: "c",
@@ -300,8 +358,20 @@ struct Bench: Sendable {
             // tenant goes through its handler before anything is timed (the light one is
             // audited with the others; it is in no phase's timings).
             let warmUp = phases * perPhase
-            try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: warmUp, request: warmUp), contentType: "application/json", key: nil, apiKey: lightKey)
-            try await Self.post(ingress + "/v1/tables/events/records", body: Self.event(seq: 0, request: 0), contentType: "application/json", key: "warm-up", apiKey: floodKey)
+            try await Self.post(
+                ingress + "/v1/tables/events/records",
+                body: Self.event(seq: warmUp, request: warmUp),
+                contentType: "application/json",
+                key: nil,
+                apiKey: lightKey
+            )
+            try await Self.post(
+                ingress + "/v1/tables/events/records",
+                body: Self.event(seq: 0, request: 0),
+                contentType: "application/json",
+                key: "warm-up",
+                apiKey: floodKey
+            )
             _ = try await Self.waitForMessages(1, stream: Self.stream("light", "events_out"), connection: connection, since: .now)
             _ = try await Self.waitForMessages(1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
             // When each light request got its 2xx, by phase, for the time to handler start.
@@ -339,9 +409,17 @@ struct Bench: Sendable {
                     var sent = 0
                     let floodStart = ContinuousClock.now
                     while !stop.isSet {
-                        if let floodRate { try? await Task.sleep(until: floodStart + .seconds(Double(sent) / Double(floodRate)), clock: .continuous) }
+                        if let floodRate {
+                            try? await Task.sleep(until: floodStart + .seconds(Double(sent) / Double(floodRate)), clock: .continuous)
+                        }
                         let request = floodRequests.next()
-                        if (try? await Self.post(ingress + "/v1/tables/events/records", body: floodBody, contentType: "application/x-ndjson", key: "flood-\(request)", apiKey: floodKey)) != nil {
+                        if (try? await Self.post(
+                            ingress + "/v1/tables/events/records",
+                            body: floodBody,
+                            contentType: "application/x-ndjson",
+                            key: "flood-\(request)",
+                            apiKey: floodKey
+                        )) != nil {
                             sent += perRequest
                         }
                     }
@@ -366,7 +444,12 @@ struct Bench: Sendable {
             var limitedSeconds = 0.0
             if phases == 3 {
                 _ = try await Self.adminCall("PUT", admin + "/v1/admin/tenants/flood/limits", body: #"{"recordsPerSecond":\#(floodLimit)}"#)
-                _ = try await Self.waitForMessages(flooded + 1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
+                _ = try await Self.waitForMessages(
+                    flooded + 1,
+                    stream: Self.stream("flood", "events_out"),
+                    connection: connection,
+                    since: .now
+                )
                 try await Task.sleep(for: .milliseconds(2500))
                 let stopLimited = StopFlag()
                 let limitedFlooding = flood(until: stopLimited)
@@ -382,14 +465,32 @@ struct Bench: Sendable {
             var handler: [Latency?] = []
             var audit: Audit?
             for phase in 0..<phases {
-                let (phaseAudit, toHandler, _) = try await Self.audit("events_out", tenant: "light", expected: lightTotal, connection: connection, sentTimes: times[phase])
+                let (phaseAudit, toHandler, _) = try await Self.audit(
+                    "events_out",
+                    tenant: "light",
+                    expected: lightTotal,
+                    connection: connection,
+                    sentTimes: times[phase]
+                )
                 if audit == nil { audit = phaseAudit }
                 handler.append(toHandler)
             }
-            _ = try await Self.waitForMessages(flooded + limitedFlooded + 1, stream: Self.stream("flood", "events_out"), connection: connection, since: .now)
+            _ = try await Self.waitForMessages(
+                flooded + limitedFlooded + 1,
+                stream: Self.stream("flood", "events_out"),
+                connection: connection,
+                since: .now
+            )
             // Every flood request has its own idempotency key over the same body: one output per
             // input record id.
-            let floodAudit = try await Self.audit("events_out", tenant: "flood", expected: flooded + limitedFlooded + 1, connection: connection, sentTimes: nil, byCause: true).0
+            let floodAudit = try await Self.audit(
+                "events_out",
+                tenant: "flood",
+                expected: flooded + limitedFlooded + 1,
+                connection: connection,
+                sentTimes: nil,
+                byCause: true
+            ).0
             let aloneP99 = Latency(alone).p99
             let handlerAloneP99 = handler[0]?.p99 ?? 0
             var combined = audit!
@@ -414,7 +515,11 @@ struct Bench: Sendable {
                         // The light tenant's records from 2xx to handler start: what per-tenant
                         // streams and consumers protect from the flood's backlog.
                         "light 2xx to handler p99 alone": String(format: "%.2f ms", handlerAloneP99),
-                        "light 2xx to handler p99 with flood": String(format: "%.2f ms (%.1f ×)", toHandler, toHandler / max(0.001, handlerAloneP99)),
+                        "light 2xx to handler p99 with flood": String(
+                            format: "%.2f ms (%.1f ×)",
+                            toHandler,
+                            toHandler / max(0.001, handlerAloneP99)
+                        ),
                         "flood audit": floodAudit.ok
                             ? "ok (\(floodAudit.unique)/\(floodAudit.expected))"
                             : "FAILED (found \(floodAudit.found), unique \(floodAudit.unique), expected \(floodAudit.expected))",
@@ -439,7 +544,9 @@ struct Bench: Sendable {
                         title: "light tenant (50 req/s) while another floods, held to its tenant limit of \(floodLimit) records/s",
                         phase: 2,
                         histogram: limited,
-                        flood: ["flood records accepted": String(format: "%d (%.0f/s)", limitedFlooded, Double(limitedFlooded) / limitedSeconds)]
+                        flood: [
+                            "flood records accepted": String(format: "%d (%.0f/s)", limitedFlooded, Double(limitedFlooded) / limitedSeconds)
+                        ]
                     )
                 )
             }
@@ -474,7 +581,8 @@ struct Bench: Sendable {
         specification.replicas = ["ingress": ingress, "worker": workers]
         specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]
         // Knobs of the app under load, passed through from the runner's environment.
-        for (name, value) in ProcessInfo.processInfo.environment where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {
+        for (name, value) in ProcessInfo.processInfo.environment
+        where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {
             specification.environment[name] = value
         }
         let cluster = try await ProcessCluster.up(specification, logger: logger)
@@ -524,7 +632,8 @@ struct Bench: Sendable {
 
     /// A ~200-byte event like the raw pipeline's.
     static func event(seq: Int, request: Int, sent: Int64? = nil) -> String {
-        var text = #"{"order_id":"o-\#(seq)","customer":"c\#(seq % 100)","items":[{"sku":"s-\#(seq % 1000)","quantity":\#(1 + seq % 7),"unit_price":\#(seq % 500).5}],"currency":"EUR","seq":\#(seq),"req":\#(request)"#
+        var text =
+            #"{"order_id":"o-\#(seq)","customer":"c\#(seq % 100)","items":[{"sku":"s-\#(seq % 1000)","quantity":\#(1 + seq % 7),"unit_price":\#(seq % 500).5}],"currency":"EUR","seq":\#(seq),"req":\#(request)"#
         if let sent { text += #","sent_ns":\#(sent)"# }
         return text + "}"
     }
@@ -545,7 +654,9 @@ struct Bench: Sendable {
                     OutgoingMessage(
                         subject: subject,
                         payload: ByteBuffer(string: event(seq: seq, request: 0, sent: sent)),
-                        headers: [("Nats-Msg-Id", "ld-\(table)-\(seq)"), ("Aut-Table", table), ("Aut-Tenant", tenant), ("Aut-Type", "json@1")]
+                        headers: [
+                            ("Nats-Msg-Id", "ld-\(table)-\(seq)"), ("Aut-Table", table), ("Aut-Tenant", tenant), ("Aut-Type", "json@1"),
+                        ]
                     )
                 }
                 group.addTask { _ = try await connection.publish(messages) }
@@ -559,7 +670,13 @@ struct Bench: Sendable {
     static func stream(_ tenant: String, _ table: String) -> String { Wire.tableStreamName(tenant: tenant, table: table) }
 
     /// Waits until `stream` holds `count` messages; returns the time since `since`.
-    static func waitForMessages(_ count: Int, stream: String, connection: NATSConnection, since: ContinuousClock.Instant, timeout: Duration = .seconds(300)) async throws -> Duration {
+    static func waitForMessages(
+        _ count: Int,
+        stream: String,
+        connection: NATSConnection,
+        since: ContinuousClock.Instant,
+        timeout: Duration = .seconds(300)
+    ) async throws -> Duration {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let state = try await connection.streamState(stream), state.messages >= UInt64(count) {
@@ -589,7 +706,12 @@ struct Bench: Sendable {
         if byCause {
             // Inputs that all look alike (wrk sends one body): one output per input record id.
             let causes = Set(outputs.compactMap { $0.headerValues[0] })
-            let audit = Audit(expected: expected, found: outputs.count, unique: causes.count, ok: outputs.count == expected && causes.count == expected)
+            let audit = Audit(
+                expected: expected,
+                found: outputs.count,
+                unique: causes.count,
+                ok: outputs.count == expected && causes.count == expected
+            )
             return (audit, nil, nil)
         }
         var seen = Set<Int64>()
@@ -615,7 +737,12 @@ struct Bench: Sendable {
                 _ = toOutput.record(UInt64(max(0, (output.timestamp - reference) / 1000)))
             }
         }
-        let audit = Audit(expected: expected, found: outputs.count, unique: seen.count, ok: outputs.count == expected && seen.count == expected)
+        let audit = Audit(
+            expected: expected,
+            found: outputs.count,
+            unique: seen.count,
+            ok: outputs.count == expected && seen.count == expected
+        )
         return (audit, timed ? Latency(toHandler) : nil, timed ? Latency(toOutput) : nil)
     }
 
@@ -653,7 +780,11 @@ struct Bench: Sendable {
 
     static func waitForHTTP(_ url: String) async throws {
         for _ in 0..<100 {
-            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)), response.status.code == 200 { return }
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)),
+                response.status.code == 200
+            {
+                return
+            }
             try await Task.sleep(for: .milliseconds(50))
         }
         throw RunnerError("\(url) did not answer")
@@ -689,20 +820,25 @@ struct Bench: Sendable {
     static func wrk(url: String, seconds: Int, directory: String) async throws -> WrkResult {
         let script = directory + "/post.lua"
         try """
-            wrk.method = "POST"
-            wrk.body = '\(event(seq: 1, request: 0))'
-            wrk.headers["Content-Type"] = "application/json"
-            """.write(toFile: script, atomically: true, encoding: .utf8)
+        wrk.method = "POST"
+        wrk.body = '\(event(seq: 1, request: 0))'
+        wrk.headers["Content-Type"] = "application/json"
+        """.write(toFile: script, atomically: true, encoding: .utf8)
         let output = try await run("/usr/bin/wrk", ["-t2", "-c64", "-d\(seconds)s", "--latency", "-s", script, url])
         func number(after label: String) -> Double? {
             guard let line = output.split(separator: "\n").first(where: { $0.contains(label) }) else { return nil }
-            return line.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: CharacterSet.letters.union(.whitespaces))) }.first
+            return line.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: CharacterSet.letters.union(.whitespaces))) }
+                .first
         }
         guard let rate = number(after: "Requests/sec:") else { throw RunnerError("cannot read wrk's output:\n\(output)") }
         var p99 = 0.0
         if let line = output.split(separator: "\n").first(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("99%") }) {
             let text = String(line.split(separator: " ").last ?? "")
-            if text.hasSuffix("us") { p99 = (Double(text.dropLast(2)) ?? 0) / 1000 } else if text.hasSuffix("ms") { p99 = Double(text.dropLast(2)) ?? 0 } else if text.hasSuffix("s") {
+            if text.hasSuffix("us") {
+                p99 = (Double(text.dropLast(2)) ?? 0) / 1000
+            } else if text.hasSuffix("ms") {
+                p99 = Double(text.dropLast(2)) ?? 0
+            } else if text.hasSuffix("s") {
                 p99 = (Double(text.dropLast(1)) ?? 0) * 1000
             }
         }
@@ -723,7 +859,8 @@ struct Bench: Sendable {
                 // The raw pipeline and the producer get the allocator the app gets from the
                 // process engine, so both sides of every ratio run on the same malloc.
                 var environment = ProcessInfo.processInfo.environment
-                if environment["LD_PRELOAD"] == nil, environment["AUTONOMOUS_ALLOCATOR"] != "system", let jemalloc = ProcessCluster.jemalloc {
+                if environment["LD_PRELOAD"] == nil, environment["AUTONOMOUS_ALLOCATOR"] != "system", let jemalloc = ProcessCluster.jemalloc
+                {
                     environment["LD_PRELOAD"] = jemalloc
                 }
                 process.environment = environment
@@ -765,9 +902,6 @@ final class RequestTimes: Sendable {
         return value == 0 ? nil : value
     }
 }
-
-import Synchronization
-import NIOHTTP1
 
 /// A flag one task sets and others poll.
 final class StopFlag: Sendable {

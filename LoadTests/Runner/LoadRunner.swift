@@ -108,12 +108,25 @@ struct LoadRunner: AsyncParsableCommand {
             // that lost or doubled a record, or crashed, counts instead of the median.
             var runs: [ScenarioResult] = []
             for _ in 0..<bench.repetitions {
-                runs.append(withRatio(try await bracketed(try await bench.publishScenario(name: "a", title: "producer → JetStream → handler → output", workers: 1, chain: false))))
+                runs.append(
+                    withRatio(
+                        try await bracketed(
+                            try await bench.publishScenario(
+                                name: "a",
+                                title: "producer → JetStream → handler → output",
+                                workers: 1,
+                                chain: false
+                            )
+                        )
+                    )
+                )
             }
             let sorted = runs.sorted { ($0.ratio ?? $0.rate) < ($1.ratio ?? $1.rate) }
             var chosen = runs.first { !$0.audit.ok || $0.crashes > 0 } ?? sorted[sorted.count / 2]
             if runs.count > 1 {
-                chosen.notes["ratio of each run (median taken)"] = runs.map { $0.ratio.map { String(format: "%.2f", $0) } ?? String(format: "%.0f/s", $0.rate) }.joined(separator: ", ")
+                chosen.notes["ratio of each run (median taken)"] = runs.map {
+                    $0.ratio.map { String(format: "%.2f", $0) } ?? String(format: "%.0f/s", $0.rate)
+                }.joined(separator: ", ")
             }
             add(chosen)
         }
@@ -125,7 +138,10 @@ struct LoadRunner: AsyncParsableCommand {
             if let raw = try await bench.rawPaced(rate: full.rate / 2, chunk: recordsPerRequest, events: httpRecords) {
                 half.notes["raw nats.c at the same load, PubAck → worker"] = String(
                     format: "p50 %.2f / p90 %.2f / p99 %.2f / p99.9 %.2f ms",
-                    raw["p50"] ?? 0, raw["p90"] ?? 0, raw["p99"] ?? 0, raw["p999"] ?? 0
+                    raw["p50"] ?? 0,
+                    raw["p90"] ?? 0,
+                    raw["p99"] ?? 0,
+                    raw["p999"] ?? 0
                 )
                 half.rawPacedP99 = raw["p99"]
             }
@@ -146,10 +162,21 @@ struct LoadRunner: AsyncParsableCommand {
             }
             add(c)
         }
-        if selected.contains("d") { add(try await bracketed(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true))) }
+        if selected.contains("d") {
+            add(try await bracketed(try await bench.publishScenario(name: "d", title: "chain of three handlers", workers: 1, chain: true)))
+        }
         if selected.contains("e") {
             for workers in [1, 2, 4] {
-                add(try await bracketed(try await bench.publishScenario(name: "e-\(workers)", title: "\(workers) worker process(es)", workers: workers, chain: false)))
+                add(
+                    try await bracketed(
+                        try await bench.publishScenario(
+                            name: "e-\(workers)",
+                            title: "\(workers) worker process(es)",
+                            workers: workers,
+                            chain: false
+                        )
+                    )
+                )
             }
         }
         if selected.contains("f") {
@@ -210,11 +237,17 @@ struct RunResult: Codable {
         var lines = ["Autonomous load run \(date)\(smoke ? " (smoke: counts too small for speed)" : "")"]
         if let raw {
             var line = String(format: "  raw nats.c pipeline: %.0f events/s (publish %.0f/s)", raw.eventsPerSecond, raw.publishPerSecond)
-            if !rawAgain.isEmpty { line += "; again after each scenario: " + rawAgain.map { String(format: "%.0f", $0) }.joined(separator: ", ") }
+            if !rawAgain.isEmpty {
+                line += "; again after each scenario: " + rawAgain.map { String(format: "%.0f", $0) }.joined(separator: ", ")
+            }
             lines.append(line)
         }
         if let nginx {
-            var line = String(format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms", nginx.requestsPerSecond, nginx.p99Milliseconds)
+            var line = String(
+                format: "  static nginx:        %.0f requests/s (wrk -c64, p99 %.2f ms",
+                nginx.requestsPerSecond,
+                nginx.p99Milliseconds
+            )
             if let runs = nginx.repetitions, runs.count > 1 {
                 line += "; median of " + runs.map { String(format: "%.0f", $0) }.joined(separator: ", ")
             }
@@ -240,7 +273,13 @@ struct RawTenants: Codable {
     var floodPerSecond: Double
 
     var text: String {
-        String(format: "%.2f ms alone, %.2f ms beside a flood of %.0f records/s = %.1f ×", lightP99Alone, lightP99Flood, floodPerSecond, lightP99Flood / max(0.001, lightP99Alone))
+        String(
+            format: "%.2f ms alone, %.2f ms beside a flood of %.0f records/s = %.1f ×",
+            lightP99Alone,
+            lightP99Flood,
+            floodPerSecond,
+            lightP99Flood / max(0.001, lightP99Alone)
+        )
     }
 }
 
@@ -320,7 +359,10 @@ struct ScenarioResult: Codable {
         if let toHandlerStart { text += "; to handler start " + toHandlerStart.text }
         if let toOutput { text += String(format: "; to output p99 %.2f ms", toOutput.p99) }
         for (key, value) in notes.sorted(by: { $0.key < $1.key }) { text += "; \(key) \(value)" }
-        text += audit.ok ? "; audit ok (\(audit.unique)/\(audit.expected))" : "; AUDIT FAILED (found \(audit.found), unique \(audit.unique), expected \(audit.expected))"
+        text +=
+            audit.ok
+            ? "; audit ok (\(audit.unique)/\(audit.expected))"
+            : "; AUDIT FAILED (found \(audit.found), unique \(audit.unique), expected \(audit.expected))"
         text += crashes == 0 ? "; no crash" : "; CRASHED: \(crashes) process(es) restarted"
         return text
     }
@@ -334,7 +376,8 @@ enum Machine {
             info["loadavgAtStart"] = String(load.split(separator: " ").prefix(3).joined(separator: " "))
         }
         let environment = ProcessInfo.processInfo.environment
-        info["allocator"] = environment["LD_PRELOAD"] ?? (environment["AUTONOMOUS_ALLOCATOR"] == "system" ? nil : ProcessCluster.jemalloc) ?? "glibc malloc"
+        info["allocator"] =
+            environment["LD_PRELOAD"] ?? (environment["AUTONOMOUS_ALLOCATOR"] == "system" ? nil : ProcessCluster.jemalloc) ?? "glibc malloc"
         return info
     }
 }

@@ -1,10 +1,10 @@
 import ArgumentParser
 import ClusterCore
+import Coordinator
 import Foundation
 import Logging
 import NATS
 import ServiceLifecycle
-import Coordinator
 
 /// The command line of every app binary.
 struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
@@ -61,10 +61,17 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "HTTP port; 0 picks a free one. [env: AUTONOMOUS_HTTP_PORT, default: 3000]")
     var port: Int?
 
-    @Option(name: .customLong("health-port"), help: "Port of /healthz, /readyz and /metrics for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]")
+    @Option(
+        name: .customLong("health-port"),
+        help: "Port of /healthz, /readyz and /metrics for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]"
+    )
     var healthPort: Int?
 
-    @Option(name: .customLong("postgres-url"), help: "Coordinator state in PostgreSQL (postgres://user@host:port/db; password via AUTONOMOUS_POSTGRES_PASSWORD). [env: AUTONOMOUS_POSTGRES_URL, default: SQLite in the data directory]")
+    @Option(
+        name: .customLong("postgres-url"),
+        help:
+            "Coordinator state in PostgreSQL (postgres://user@host:port/db; password via AUTONOMOUS_POSTGRES_PASSWORD). [env: AUTONOMOUS_POSTGRES_URL, default: SQLite in the data directory]"
+    )
     var postgresURL: String?
 
     @Option(help: "Worker: run only these handlers (comma separated). [env: AUTONOMOUS_HANDLERS]")
@@ -73,16 +80,29 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("except-handlers"), help: "Worker: run every handler but these (comma separated).")
     var exceptHandlers: String?
 
-    @Option(name: .customLong("data-dir"), help: "Directory for embedded NATS data and SQLite. [env: AUTONOMOUS_DATA_DIR, default: .autonomous]")
+    @Option(
+        name: .customLong("data-dir"),
+        help: "Directory for embedded NATS data and SQLite. [env: AUTONOMOUS_DATA_DIR, default: .autonomous]"
+    )
     var dataDirectory: String?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [env: AUTONOMOUS_LOG_LEVEL, default: info]")
+    @Option(
+        name: .customLong("log-level"),
+        help: "trace, debug, info, notice, warning, error or critical. [env: AUTONOMOUS_LOG_LEVEL, default: info]"
+    )
     var logLevel: String?
 
-    @Option(name: .customLong("admin-port"), help: "Coordinator: port of the admin API (token in AUTONOMOUS_ADMIN_TOKEN); 0 picks a free one. [env: AUTONOMOUS_ADMIN_PORT, default: the health port for a lone coordinator, a free port in dev]")
+    @Option(
+        name: .customLong("admin-port"),
+        help:
+            "Coordinator: port of the admin API (token in AUTONOMOUS_ADMIN_TOKEN); 0 picks a free one. [env: AUTONOMOUS_ADMIN_PORT, default: the health port for a lone coordinator, a free port in dev]"
+    )
     var adminPort: Int?
 
-    @Flag(name: .customLong("require-api-key"), help: "Ingress: refuse record API calls and routes without an API key. [env: AUTONOMOUS_REQUIRE_API_KEY=true]")
+    @Flag(
+        name: .customLong("require-api-key"),
+        help: "Ingress: refuse record API calls and routes without an API key. [env: AUTONOMOUS_REQUIRE_API_KEY=true]"
+    )
     var requireAPIKey = false
 
     /// Reads flags, then environment variables (the only place the environment is read).
@@ -313,11 +333,12 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         let natsURL = configuration.natsURL!
         let dataDirectory = configuration.dataDirectory
         let tenant = configuration.tenant
-        let sqlite = configuration.postgresURL.map { url -> String in
-            var components = URLComponents(string: url)
-            components?.user = nil
-            return components?.string ?? "postgres"
-        } ?? "sqlite://" + configuration.sqlitePath
+        let sqlite =
+            configuration.postgresURL.map { url -> String in
+                var components = URLComponents(string: url)
+                components?.user = nil
+                return components?.string ?? "postgres"
+            } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
         let isEmbedded = embedded != nil
         if configuration.adminPort == nil { configuration.adminPort = 0 }
@@ -341,7 +362,16 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }
         configuration.onListening = { port in
-            let banner = DevBanner.render(graph: graph, tenant: tenant, host: host, port: port, natsURL: natsURL, embedded: isEmbedded, dataDirectory: dataDirectory, sqlitePath: sqlite)
+            let banner = DevBanner.render(
+                graph: graph,
+                tenant: tenant,
+                host: host,
+                port: port,
+                natsURL: natsURL,
+                embedded: isEmbedded,
+                dataDirectory: dataDirectory,
+                sqlitePath: sqlite
+            )
             FileHandle.standardOutput.write(Data((banner + "\n").utf8))
         }
         let runtime = AppRuntime(graph: graph, configuration: configuration)
@@ -373,7 +403,9 @@ enum DevBanner {
         for webhook in graph.webhooks {
             lines.append("  \(shownHost):\(port)\(webhook.path) POST  (webhook → \(webhook.table))")
         }
-        lines.append("  \(shownHost):\(port)/v1/tables/{table}/records POST  (tables: \(graph.tables.filter { $0.kind == .table }.map(\.name).joined(separator: ", ")))")
+        lines.append(
+            "  \(shownHost):\(port)/v1/tables/{table}/records POST  (tables: \(graph.tables.filter { $0.kind == .table }.map(\.name).joined(separator: ", ")))"
+        )
         lines.append("")
         lines.append("Live schedules:")
         if graph.schedules.isEmpty { lines.append("  (none)") }
@@ -389,7 +421,9 @@ enum DevBanner {
         }
         lines.append("")
         lines.append("Storages online:")
-        lines.append("  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), streams \(Wire.tableStreamName(tenant: tenant, table: "<table>")) and \(Wire.streamName(tenant: tenant)))")
+        lines.append(
+            "  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), streams \(Wire.tableStreamName(tenant: tenant, table: "<table>")) and \(Wire.streamName(tenant: tenant)))"
+        )
         lines.append("  \(sqlitePath) (coordinator state)")
         lines.append("")
         return lines.joined(separator: "\n")

@@ -112,7 +112,9 @@ package struct AppRuntime: Sendable {
         signals: [UnixSignal] = [.sigterm, .sigint],
         onStarted: (@Sendable (ServiceGroup) async -> Void)? = nil
     ) async throws {
-        guard let url = configuration.natsURL else { throw ConfigurationError("no NATS URL configured (--nats-url or AUTONOMOUS_NATS_URL)") }
+        guard let url = configuration.natsURL else {
+            throw ConfigurationError("no NATS URL configured (--nats-url or AUTONOMOUS_NATS_URL)")
+        }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ConfigurationError(problem) }
         ProcessMetrics.install()
         var natsConfiguration = NATSConnection.Configuration(url: url)
@@ -131,7 +133,11 @@ package struct AppRuntime: Sendable {
             if role.runsCoordinator {
                 let coordinatorStore: any CoordinatorStore
                 if let url = configuration.postgresURL {
-                    coordinatorStore = try await PostgresStore.open(url: url, password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"], logger: logger)
+                    coordinatorStore = try await PostgresStore.open(
+                        url: url,
+                        password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"],
+                        logger: logger
+                    )
                 } else {
                     coordinatorStore = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
                 }

@@ -7,7 +7,10 @@ import NIOHTTP1
 
 /// Where the coordinator's admin API is and how to authenticate.
 struct AdminOptions: ParsableArguments {
-    @Option(name: .customLong("admin-url"), help: "Base URL of a coordinator's admin API. [env: AUTONOMOUS_ADMIN_URL, default: http://127.0.0.1:7070]")
+    @Option(
+        name: .customLong("admin-url"),
+        help: "Base URL of a coordinator's admin API. [env: AUTONOMOUS_ADMIN_URL, default: http://127.0.0.1:7070]"
+    )
     var adminURL: String?
 
     @Flag(help: "Print the API's JSON answer instead of a table.")
@@ -57,19 +60,25 @@ struct AdminOptions: ParsableArguments {
         let rows = value.arrayValue ?? [value]
         var table = [columns]
         for row in rows {
-            table.append(columns.map { column in
-                // "a.b" reads field b of object a.
-                let value = column.split(separator: ".").reduce(row) { $0[String($1)] }
-                switch value {
-                case .null: return "-"
-                case .string(let text): return text
-                case let other: return other.jsonText
+            table.append(
+                columns.map { column in
+                    // "a.b" reads field b of object a.
+                    let value = column.split(separator: ".").reduce(row) { $0[String($1)] }
+                    switch value {
+                    case .null: return "-"
+                    case .string(let text): return text
+                    case let other: return other.jsonText
+                    }
                 }
-            })
+            )
         }
         let widths = columns.indices.map { index in table.map { $0[index].count }.max() ?? 0 }
         for line in table {
-            print(line.enumerated().map { index, cell in cell.padding(toLength: widths[index], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            print(
+                line.enumerated().map { index, cell in cell.padding(toLength: widths[index], withPad: " ", startingAt: 0) }.joined(
+                    separator: "  "
+                )
+            )
         }
     }
 }
@@ -120,7 +129,9 @@ struct TenantsCommand: AsyncParsableCommand {
     }
 
     struct Disable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Disable a tenant: its keys stop working, its handlers and schedules stop; data stays.")
+        static let configuration = CommandConfiguration(
+            abstract: "Disable a tenant: its keys stop working, its handlers and schedules stop; data stays."
+        )
         @OptionGroup var target: Target
         func run() async throws { try await target.post("disable") }
     }
@@ -148,7 +159,9 @@ struct TenantsCommand: AsyncParsableCommand {
         @Flag(help: "Remove the limit.") var none = false
 
         func validate() throws {
-            if none && (recordsPerSecond != nil || burst != nil) { throw ValidationError("--none takes no --records-per-second or --burst") }
+            if none && (recordsPerSecond != nil || burst != nil) {
+                throw ValidationError("--none takes no --records-per-second or --burst")
+            }
             if !none && recordsPerSecond == nil { throw ValidationError("give --records-per-second, or --none to remove the limit") }
         }
 
@@ -196,7 +209,10 @@ struct KeysCommand: AsyncParsableCommand {
         @Option(help: "The tenant.") var tenant: String
         @Argument(help: "Id of the key to replace.") var id: String
         func run() async throws {
-            admin.output(try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))/rotate"), columns: ["id", "tenant", "key"])
+            admin.output(
+                try await admin.call("POST", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))/rotate"),
+                columns: ["id", "tenant", "key"]
+            )
         }
     }
 
@@ -206,7 +222,10 @@ struct KeysCommand: AsyncParsableCommand {
         @Option(help: "The tenant.") var tenant: String
         @Argument(help: "Id of the key.") var id: String
         func run() async throws {
-            admin.output(try await admin.call("DELETE", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))"), columns: KeysCommand.columns)
+            admin.output(
+                try await admin.call("DELETE", "/v1/admin/tenants/\(segment(tenant))/keys/\(segment(id))"),
+                columns: KeysCommand.columns
+            )
         }
     }
 }

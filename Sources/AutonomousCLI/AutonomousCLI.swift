@@ -137,11 +137,23 @@ struct DeployCommand: AsyncParsableCommand {
         case .kubernetes:
             let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
             try write(files, to: out)
-            result = try apply(tool: "kubectl", probe: ["cluster-info", "--request-timeout=5s"], command: ["apply", "-k", out], render: ["kustomize", out], renderedFile: out + "/rendered.yaml")
+            result = try apply(
+                tool: "kubectl",
+                probe: ["cluster-info", "--request-timeout=5s"],
+                command: ["apply", "-k", out],
+                render: ["kustomize", out],
+                renderedFile: out + "/rendered.yaml"
+            )
         case .nomad:
             let files = try NomadRenderer.render(app: description, deployment: deployment)
             try write(files, to: out)
-            result = try apply(tool: "nomad", probe: ["node", "status"], command: ["job", "run", "-var-file=\(out)/autonomous.vars.hcl", nomadJob], render: nil, renderedFile: nil)
+            result = try apply(
+                tool: "nomad",
+                probe: ["node", "status"],
+                command: ["job", "run", "-var-file=\(out)/autonomous.vars.hcl", nomadJob],
+                render: nil,
+                renderedFile: nil
+            )
         default:
             result = try await deployProcesses(binary: binary, deployment: deployment, configuration: configuration)
         }
@@ -157,7 +169,9 @@ struct DeployCommand: AsyncParsableCommand {
         for schedule in description.schedules { print("  \(schedule.name)    \(schedule.schedule)") }
         print("")
         print("Storages online:")
-        print("  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))")
+        print(
+            "  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))"
+        )
         for storage in configuration.storages { print("  \(storage.url) (\(storage.name))") }
     }
 
@@ -247,7 +261,9 @@ struct DeployCommand: AsyncParsableCommand {
             specification.replicas["worker-\(group.name)"] = group.replicas
         }
         if dryRun {
-            print("dry run; would start: \(specification.replicas.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) coordinator=1")
+            print(
+                "dry run; would start: \(specification.replicas.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) coordinator=1"
+            )
             return "RENDERED (dry run)"
         }
         let daemon = SupervisorControl(directory: directory)

@@ -34,7 +34,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
 
         func date(_ text: String?, _ flag: String) throws -> Date? {
             guard let text else { return nil }
-            guard let date = ISO8601.parse(text) else { throw ValidationError("--\(flag) '\(text)' is not an ISO 8601 time, e.g. 2026-11-26T10:00:00Z") }
+            guard let date = ISO8601.parse(text) else {
+                throw ValidationError("--\(flag) '\(text)' is not an ISO 8601 time, e.g. 2026-11-26T10:00:00Z")
+            }
             return date
         }
 
@@ -69,8 +71,11 @@ struct DeadLetterCommand: AsyncParsableCommand {
             let letters: [DeadLetter]
             do {
                 letters = try await DeadLetters.list(
-                    connection: connection, tenant: tenant, handler: options.handler,
-                    since: try options.date(options.since, "since"), until: try options.date(options.until, "until")
+                    connection: connection,
+                    tenant: tenant,
+                    handler: options.handler,
+                    since: try options.date(options.since, "since"),
+                    until: try options.date(options.until, "until")
                 )
             } catch {
                 await connection.close()
@@ -84,7 +89,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
             for letter in letters {
                 let first = letter.firstFailure.map(ISO8601.format) ?? "?"
                 let last = letter.lastFailure.map(ISO8601.format) ?? "?"
-                print("\(letter.sequence)  first=\(first)  last=\(last)  \(letter.handler)  \(letter.table)  \(letter.recordID)  attempts=\(letter.attempts)  \(letter.error)")
+                print(
+                    "\(letter.sequence)  first=\(first)  last=\(last)  \(letter.handler)  \(letter.table)  \(letter.recordID)  attempts=\(letter.attempts)  \(letter.error)"
+                )
             }
             print("\(letters.count) dead letter(s).")
         }
@@ -100,8 +107,11 @@ struct DeadLetterCommand: AsyncParsableCommand {
             let (connection, tenant) = try await options.connect()
             do {
                 let count = try await DeadLetters.replay(
-                    connection: connection, tenant: tenant, handler: options.handler,
-                    since: try options.date(options.since, "since"), until: try options.date(options.until, "until")
+                    connection: connection,
+                    tenant: tenant,
+                    handler: options.handler,
+                    since: try options.date(options.since, "since"),
+                    until: try options.date(options.until, "until")
                 )
                 await connection.close()
                 print("Replayed \(count) dead letter(s).")

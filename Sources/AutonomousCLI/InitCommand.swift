@@ -22,7 +22,10 @@ struct InitCommand: ParsableCommand {
     @Option(name: .customLong("directory"), help: "Where to create the package. [default: ./<name>]")
     var directory: String?
 
-    @Option(name: .customLong("autonomous-path"), help: "The Autonomous checkout to depend on. [default: the one this command was built from]")
+    @Option(
+        name: .customLong("autonomous-path"),
+        help: "The Autonomous checkout to depend on. [default: the one this command was built from]"
+    )
     var autonomousPath: String?
 
     func validate() throws {
@@ -46,14 +49,24 @@ struct InitCommand: ParsableCommand {
         }
         let sources = target.appendingPathComponent("Sources/\(name)")
         try manager.createDirectory(at: sources, withIntermediateDirectories: true)
-        try Self.manifest(name: name, checkout: checkout).write(to: target.appendingPathComponent("Package.swift"), atomically: true, encoding: .utf8)
+        try Self.manifest(name: name, checkout: checkout).write(
+            to: target.appendingPathComponent("Package.swift"),
+            atomically: true,
+            encoding: .utf8
+        )
         try Self.app(from: source, name: name).write(to: sources.appendingPathComponent("\(name).swift"), atomically: true, encoding: .utf8)
-        try ".build/\n.autonomous/\nPackage.resolved\n".write(to: target.appendingPathComponent(".gitignore"), atomically: true, encoding: .utf8)
-        print("""
+        try ".build/\n.autonomous/\nPackage.resolved\n".write(
+            to: target.appendingPathComponent(".gitignore"),
+            atomically: true,
+            encoding: .utf8
+        )
+        print(
+            """
             Created \(name) in \(target.path), depending on Autonomous at \(checkout.path).
             Run it:   cd \(target.path) && swift run \(name) dev
             Describe: swift run \(name) describe
-            """)
+            """
+        )
     }
 
     /// The Autonomous checkout: the one given, or the one whose `.build` holds this binary.
@@ -65,9 +78,12 @@ struct InitCommand: ParsableCommand {
             }
             return url
         }
-        var directory = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var directory = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent()
         while directory.path != "/" {
-            if FileManager.default.fileExists(atPath: directory.appendingPathComponent("Examples/Starter/Starter.swift").path) { return directory }
+            if FileManager.default.fileExists(atPath: directory.appendingPathComponent("Examples/Starter/Starter.swift").path) {
+                return directory
+            }
             directory.deleteLastPathComponent()
         }
         throw CLIError("cannot tell which Autonomous checkout this command comes from; pass --autonomous-path")

@@ -48,7 +48,8 @@ struct SupervisorControl {
     /// Writes the desired state and starts or signals the daemon; waits until it is applied.
     func apply(_ specification: ProcessCluster.Specification) async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let previous = (try? JSONDecoder().decode(DesiredState.self, from: FileManager.default.contents(atPath: specPath) ?? Data()))?.generation ?? 0
+        let previous =
+            (try? JSONDecoder().decode(DesiredState.self, from: FileManager.default.contents(atPath: specPath) ?? Data()))?.generation ?? 0
         let generation = previous + 1
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -72,7 +73,9 @@ struct SupervisorControl {
         let deadline = Date().addingTimeInterval(180)
         while Date() < deadline {
             if let status = readStatus(), status.generation == generation {
-                if status.state == "failed" { throw ValidationError("the cluster failed: \(status.error ?? "see \(directory)/supervisor.log")") }
+                if status.state == "failed" {
+                    throw ValidationError("the cluster failed: \(status.error ?? "see \(directory)/supervisor.log")")
+                }
                 for url in status.ingress { print("ingress \(url)") }
                 return
             }
@@ -143,7 +146,20 @@ struct SupervisorControl {
         do {
             cluster = try await ProcessCluster.up(current.specification, logger: logger)
         } catch {
-            write(Status(generation: current.generation, state: "failed", error: "\(error)", supervisorPID: getpid(), natsURL: nil, postgresURL: nil, postgresData: nil, ingress: [], processes: [:], allPIDs: []))
+            write(
+                Status(
+                    generation: current.generation,
+                    state: "failed",
+                    error: "\(error)",
+                    supervisorPID: getpid(),
+                    natsURL: nil,
+                    postgresURL: nil,
+                    postgresData: nil,
+                    ingress: [],
+                    processes: [:],
+                    allPIDs: []
+                )
+            )
             throw error
         }
         write(await status(cluster, generation: current.generation, state: "running"))

@@ -1,7 +1,7 @@
 import Foundation
-import Synchronization
 package import Logging
 package import NATS
+import Synchronization
 
 /// A fresh `nats-server -js` on a free loopback port with its data in a temporary directory,
 /// for one test. Use ``withTestNATSServer(_:)`` so it is always stopped.
@@ -80,7 +80,13 @@ package enum StreamAudit {
         atLeast: Int,
         timeout: Duration = .seconds(30)
     ) async throws -> [AuditedRecord] {
-        let messages = try await connection.readAll(stream: stream, subject: subject, headers: headerNames, atLeast: atLeast, timeout: timeout)
+        let messages = try await connection.readAll(
+            stream: stream,
+            subject: subject,
+            headers: headerNames,
+            atLeast: atLeast,
+            timeout: timeout
+        )
         return messages.map { message in
             var headers: [String: String] = [:]
             for (name, value) in zip(headerNames, message.headerValues) { if let value { headers[name] = value } }

@@ -168,7 +168,13 @@ extension AppGraph {
             },
             routes: routes.map { AppDescription.Route(method: $0.method, path: $0.path, kind: "route") }
                 + webhooks.map {
-                    AppDescription.Route(method: "POST", path: $0.path, kind: "webhook", table: $0.table, verification: $0.verification.label)
+                    AppDescription.Route(
+                        method: "POST",
+                        path: $0.path,
+                        kind: "webhook",
+                        table: $0.table,
+                        verification: $0.verification.label
+                    )
                 },
             schedules: schedules.map {
                 AppDescription.Schedule(

@@ -54,7 +54,15 @@ extension Wire {
         tenant: String,
         cause: RecordMetadata?
     ) -> OutgoingMessage {
-        message(payload: payload, id: id, table: table, tenant: tenant, cause: cause, subject: table.subject(tenant: tenant, payload: payload), type: table.semanticType.description)
+        message(
+            payload: payload,
+            id: id,
+            table: table,
+            tenant: tenant,
+            cause: cause,
+            subject: table.subject(tenant: tenant, payload: payload),
+            type: table.semanticType.description
+        )
     }
 
     /// The same, with the subject and type computed once for many records of one table.

@@ -189,7 +189,10 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
         do {
             reply = try await connection.request(CoreMessage(subject: id.subject, payload: payload), timeout: callTimeout)
         } catch let error as NATSError where error.code == .noResponders {
-            throw ClusterCallError(.unavailable, "nobody answers on \(id.subject); is the \(id.queue == "coordinators" ? "coordinator" : "peer") running?")
+            throw ClusterCallError(
+                .unavailable,
+                "nobody answers on \(id.subject); is the \(id.queue == "coordinators" ? "coordinator" : "peer") running?"
+            )
         } catch let error as NATSError where error.code == .timeout {
             throw ClusterCallError(.timeout, "no reply from \(id.subject) within \(callTimeout)")
         } catch let error as NATSError {
@@ -212,7 +215,10 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
             if envelope.v != Self.envelopeVersion {
                 reply = ReplyEnvelope(
                     v: Self.envelopeVersion,
-                    error: ClusterCallError(.versionMismatch, "call envelope version \(envelope.v); this peer speaks \(Self.envelopeVersion)")
+                    error: ClusterCallError(
+                        .versionMismatch,
+                        "call envelope version \(envelope.v); this peer speaks \(Self.envelopeVersion)"
+                    )
                 )
             } else if let actor = hosted.withLock({ $0.actors[id] }) {
                 reply = await execute(envelope, on: actor)
@@ -240,7 +246,10 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
                 handler: handler
             )
         } catch {
-            return ReplyEnvelope(v: Self.envelopeVersion, error: ClusterCallError(.versionMismatch, "cannot run \(envelope.target): \(error)"))
+            return ReplyEnvelope(
+                v: Self.envelopeVersion,
+                error: ClusterCallError(.versionMismatch, "cannot run \(envelope.target): \(error)")
+            )
         }
         return handler.reply
     }

@@ -22,7 +22,8 @@ package struct DeadLetter: Sendable {
 package enum DeadLetters {
     static let headerNames = [
         Wire.Header.recordID, Wire.Header.handler, Wire.Header.table, Wire.Header.error, Wire.Header.attempts,
-        Wire.Header.firstFailure, Wire.Header.lastFailure, Wire.Header.sourceSubject, Wire.Header.type, Wire.Header.causedBy, Wire.Header.traceparent,
+        Wire.Header.firstFailure, Wire.Header.lastFailure, Wire.Header.sourceSubject, Wire.Header.type, Wire.Header.causedBy,
+        Wire.Header.traceparent,
     ]
 
     static func subject(tenant: String, handler: String?) -> String {

@@ -1,7 +1,7 @@
 import Foundation
+public import Logging
 package import NATS
 package import NIOCore
-public import Logging
 import Synchronization
 
 /// A table as the runtime sees it, typed or dynamic.
@@ -216,7 +216,13 @@ public struct HandlerDefinition: Sendable {
 
     /// The durable consumer of one partition of an ordered handler. At most `batchSize`
     /// records are unacknowledged, so a partition moves forward one batch at a time.
-    package func partitionConsumer(source: TableDefinition, tenant: String, partition: Int, ackWait: Duration, startSequence: UInt64? = nil) -> ConsumerConfiguration {
+    package func partitionConsumer(
+        source: TableDefinition,
+        tenant: String,
+        partition: Int,
+        ackWait: Duration,
+        startSequence: UInt64? = nil
+    ) -> ConsumerConfiguration {
         var consumer = ConsumerConfiguration(durableName: HandlerOrdering.consumerName(handler: name, partition: partition))
         consumer.filterSubject = source.subject(tenant: tenant) + ".\(partition)"
         consumer.ackWait = ackWait
@@ -437,7 +443,8 @@ final class GraphRegistry: Sendable {
     /// Declares a table (once per name and kind) and returns the binding its handles use.
     @discardableResult
     func addTable(_ definition: TableDefinition) -> TableBinding? {
-        let binding: TableBinding? = definition.kind == .table
+        let binding: TableBinding? =
+            definition.kind == .table
             ? bindings.withLock { bindings in
                 if let existing = bindings[definition.name] { return existing }
                 let made = TableBinding(definition)

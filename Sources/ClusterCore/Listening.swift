@@ -1,9 +1,10 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import NIOCore
 
 /// Runs a server's `body`, turning a failure to bind its address into an error that names the
 /// address and the setting that chooses it (`what` says which server, e.g. "the ingress").

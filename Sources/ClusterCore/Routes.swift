@@ -1,3 +1,4 @@
+import Crypto
 package import Foundation
 
 /// An HTTP request as a route handler sees it.
@@ -145,8 +146,6 @@ public struct WebhookDefinition: Sendable {
     public var verification: WebhookVerification
 }
 
-import Crypto
-
 extension WebhookVerification {
     /// Checks `request`; throws a ``RouteError`` (401) naming what is wrong.
     package func verify(_ request: RouteRequest, environment: [String: String], now: Date = Date()) throws {
@@ -158,13 +157,28 @@ extension WebhookVerification {
         case .slack(let secret, let tolerance):
             let key = try secret.resolve(in: environment)
             guard let timestamp = request.header("X-Slack-Request-Timestamp"), let seconds = Double(timestamp) else {
-                throw RouteError(status: 401, code: "invalid_signature", message: "missing X-Slack-Request-Timestamp header", field: "X-Slack-Request-Timestamp")
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_signature",
+                    message: "missing X-Slack-Request-Timestamp header",
+                    field: "X-Slack-Request-Timestamp"
+                )
             }
             guard abs(now.timeIntervalSince1970 - seconds) <= Double(tolerance.components.seconds) else {
-                throw RouteError(status: 401, code: "invalid_signature", message: "request timestamp is too old", field: "X-Slack-Request-Timestamp")
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_signature",
+                    message: "request timestamp is too old",
+                    field: "X-Slack-Request-Timestamp"
+                )
             }
             guard let signature = request.header("X-Slack-Signature"), signature.hasPrefix("v0=") else {
-                throw RouteError(status: 401, code: "invalid_signature", message: "missing X-Slack-Signature header", field: "X-Slack-Signature")
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_signature",
+                    message: "missing X-Slack-Signature header",
+                    field: "X-Slack-Signature"
+                )
             }
             var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(key.utf8)))
             hmac.update(data: Array("v0:\(timestamp):".utf8))

@@ -53,7 +53,11 @@ public struct Schedule: Sendable, CustomStringConvertible {
         do {
             return Schedule(kind: .cron(try CronExpression(expression)), timeZoneIdentifier: timeZone, source: expression)
         } catch {
-            return Schedule(kind: .invalid("invalid cron expression '\(expression)': \(error.message)"), timeZoneIdentifier: timeZone, source: expression)
+            return Schedule(
+                kind: .invalid("invalid cron expression '\(expression)': \(error.message)"),
+                timeZoneIdentifier: timeZone,
+                source: expression
+            )
         }
     }
 

@@ -52,7 +52,9 @@ public struct OpenAICompletion: Component {
     public var produces: [String: [String]] { [output: ["prompt", "completion", "model", "source_id"] + passthrough] }
     public var secrets: [Secret] { [apiKey] }
 
-    public func makeHandler(_ environment: ComponentEnvironment) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void {
+    public func makeHandler(
+        _ environment: ComponentEnvironment
+    ) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void {
         let key = try apiKey.resolve(in: environment.environment)
         let base = (baseURL ?? environment.environment["OPENAI_BASE_URL"] ?? "https://api.openai.com/v1").trimmingSuffix("/")
         guard URL(string: base) != nil else { throw ConfigurationError("OPENAI_BASE_URL '\(base)' is not a URL") }

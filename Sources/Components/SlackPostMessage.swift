@@ -35,7 +35,9 @@ public struct SlackPostMessage: Component {
     public var produces: [String: [String]] { [:] }
     public var secrets: [Secret] { [token] }
 
-    public func makeHandler(_ environment: ComponentEnvironment) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void {
+    public func makeHandler(
+        _ environment: ComponentEnvironment
+    ) throws -> @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void {
         let bearer = try token.resolve(in: environment.environment)
         let base = (apiURL ?? environment.environment["SLACK_API_URL"] ?? "https://slack.com/api").trimmingSuffix("/")
         guard URL(string: base) != nil else { throw ConfigurationError("SLACK_API_URL '\(base)' is not a URL") }

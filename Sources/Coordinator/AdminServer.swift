@@ -103,8 +103,14 @@ struct AdminResponder: HTTPResponder {
             return connection.isConnected
                 ? Self.json(200, ["status": "ready"]) : Self.json(503, ["status": "unavailable", "reason": "NATS is not connected"])
         case ("GET", "/metrics"):
-            guard let text = MetricsExport.render() else { throw RouteError(status: 404, code: "not_found", message: "no metrics backend in this process") }
-            return Response(status: .ok, headers: [.contentType: MetricsExport.contentType], body: .init(byteBuffer: ByteBuffer(bytes: text)))
+            guard let text = MetricsExport.render() else {
+                throw RouteError(status: 404, code: "not_found", message: "no metrics backend in this process")
+            }
+            return Response(
+                status: .ok,
+                headers: [.contentType: MetricsExport.contentType],
+                body: .init(byteBuffer: ByteBuffer(bytes: text))
+            )
         default: break
         }
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
@@ -131,7 +137,10 @@ struct AdminResponder: HTTPResponder {
         case ("POST", ["disable"]): return try Self.encode(200, try await a.setDisabled(tenant, true))
         case ("POST", ["enable"]): return try Self.encode(200, try await a.setDisabled(tenant, false))
         case ("PUT", ["limits"]):
-            let limits = TenantLimits(recordsPerSecond: try Self.optionalInteger(body, "recordsPerSecond"), burst: try Self.optionalInteger(body, "burst"))
+            let limits = TenantLimits(
+                recordsPerSecond: try Self.optionalInteger(body, "recordsPerSecond"),
+                burst: try Self.optionalInteger(body, "burst")
+            )
             return try Self.encode(200, try await a.setLimits(tenant, limits))
         case ("GET", ["keys"]): return try Self.encode(200, try await a.keys(tenant: tenant))
         case ("POST", ["keys"]): return try Self.encode(201, try await a.createKey(tenant: tenant))

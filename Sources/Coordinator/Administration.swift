@@ -1,8 +1,8 @@
 package import ClusterCore
 import Foundation
-import Synchronization
 package import Logging
 package import NATS
+import Synchronization
 
 /// Operations on tenants, API keys and schedules, shared by the admin HTTP API and by the
 /// coordinators' RPC endpoint. Every failure is a ``ClusterCallError`` whose code maps to an
@@ -14,7 +14,8 @@ package struct Administration: Sendable {
     let topology: Topology.Configuration
     let logger: Logger
 
-    package init(graph: AppGraph, store: any CoordinatorStore, connection: NATSConnection, topology: Topology.Configuration, logger: Logger) {
+    package init(graph: AppGraph, store: any CoordinatorStore, connection: NATSConnection, topology: Topology.Configuration, logger: Logger)
+    {
         self.graph = graph
         self.store = store
         self.connection = connection
@@ -67,7 +68,10 @@ package struct Administration: Sendable {
             try await Topology.provision(graph: graph, tenants: [name], configuration: topology, connection: connection)
         } catch {
             // The leader provisions every tenant it does not know yet, so this heals itself.
-            logger.warning("Tenant created; its stream will be provisioned later", metadata: ["coordinator.tenant": "\(name)", "error": "\(error)"])
+            logger.warning(
+                "Tenant created; its stream will be provisioned later",
+                metadata: ["coordinator.tenant": "\(name)", "error": "\(error)"]
+            )
         }
         logger.notice("Tenant created", metadata: ["coordinator.tenant": "\(name)"])
         return try await tenant(name)
@@ -132,7 +136,13 @@ package struct Administration: Sendable {
     package func keys(tenant name: String) async throws -> [KeyInfo] {
         _ = try await tenant(name)
         return try await store.apiKeys(tenant: name).map {
-            KeyInfo(id: $0.id, tenant: $0.tenant, createdAt: ISO8601.format($0.createdAt), revokedAt: $0.revokedAt.map(ISO8601.format), key: nil)
+            KeyInfo(
+                id: $0.id,
+                tenant: $0.tenant,
+                createdAt: ISO8601.format($0.createdAt),
+                revokedAt: $0.revokedAt.map(ISO8601.format),
+                key: nil
+            )
         }
     }
 
@@ -148,13 +158,21 @@ package struct Administration: Sendable {
         guard let record = try await store.apiKeys(tenant: name).first(where: { $0.id == id }) else {
             throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id)'")
         }
-        return KeyInfo(id: id, tenant: name, createdAt: ISO8601.format(record.createdAt), revokedAt: record.revokedAt.map(ISO8601.format), key: nil)
+        return KeyInfo(
+            id: id,
+            tenant: name,
+            createdAt: ISO8601.format(record.createdAt),
+            revokedAt: record.revokedAt.map(ISO8601.format),
+            key: nil
+        )
     }
 
     /// Issues a new key and revokes `id`: the new key is shown once.
     package func rotateKey(tenant name: String, id: String) async throws -> KeyInfo {
         let existing = try await keys(tenant: name)
-        guard let old = existing.first(where: { $0.id == id }) else { throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'") }
+        guard let old = existing.first(where: { $0.id == id }) else {
+            throw ClusterCallError(.notFound, "tenant '\(name)' has no key '\(id.prefix(40))'")
+        }
         guard old.revokedAt == nil else { throw ClusterCallError(.invalidArgument, "key '\(id)' is already revoked; create a new one") }
         let fresh = try await createKey(tenant: name)
         _ = try await revokeKey(tenant: name, id: id)
@@ -179,7 +197,10 @@ package struct Administration: Sendable {
     func definition(_ name: String) throws -> ScheduleDefinition {
         guard let definition = graph.schedules.first(where: { $0.name == name }) else {
             let known = graph.schedules.map(\.name).sorted().joined(separator: ", ")
-            throw ClusterCallError(.notFound, "no schedule '\(name.prefix(100))'" + (known.isEmpty ? "; the app has none" : "; the app has \(known)"))
+            throw ClusterCallError(
+                .notFound,
+                "no schedule '\(name.prefix(100))'" + (known.isEmpty ? "; the app has none" : "; the app has \(known)")
+            )
         }
         return definition
     }
@@ -218,7 +239,10 @@ package struct Administration: Sendable {
         _ = try await tenant(name)
         _ = try definition(scheduleName)
         try await store.setPaused(tenant: name, schedule: scheduleName, paused: paused)
-        logger.notice(paused ? "Schedule paused" : "Schedule resumed", metadata: ["coordinator.tenant": "\(name)", "coordinator.schedule": "\(scheduleName)"])
+        logger.notice(
+            paused ? "Schedule paused" : "Schedule resumed",
+            metadata: ["coordinator.tenant": "\(name)", "coordinator.schedule": "\(scheduleName)"]
+        )
         return try await schedule(scheduleName, tenant: name)
     }
 
@@ -340,13 +364,21 @@ struct StoreBackend: CoordinatorBackend {
         guard Names.isValid(request.tenant), let handler = graph.handlers.first(where: { $0.name == request.handler }),
             let ordering = handler.options.ordering
         else {
-            throw ClusterCallError(.notFound, "no ordered handler '\(request.handler.prefix(100))' for tenant '\(request.tenant.prefix(100))'")
+            throw ClusterCallError(
+                .notFound,
+                "no ordered handler '\(request.handler.prefix(100))' for tenant '\(request.tenant.prefix(100))'"
+            )
         }
-        guard !request.worker.isEmpty, request.worker.utf8.count <= 200 else { throw ClusterCallError(.invalidArgument, "worker id must be 1-200 bytes") }
+        guard !request.worker.isEmpty, request.worker.utf8.count <= 200 else {
+            throw ClusterCallError(.invalidArgument, "worker id must be 1-200 bytes")
+        }
         let prefix = Self.memberPrefix(tenant: request.tenant, handler: request.handler)
         _ = try await store.acquireLease(name: prefix + request.worker, holder: request.worker, ttl: partitionLeaseTTL)
         for partition in Set(request.released) where (0..<ordering.partitions).contains(partition) {
-            try await store.releaseLease(name: Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition), holder: request.worker)
+            try await store.releaseLease(
+                name: Self.leaseName(tenant: request.tenant, handler: request.handler, partition: partition),
+                holder: request.worker
+            )
         }
         let members = try await store.liveLeases(prefix: prefix).map(\.holder)
         let owners = Self.owners(partitions: ordering.partitions, among: members)

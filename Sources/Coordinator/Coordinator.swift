@@ -106,10 +106,18 @@ struct LeaderDuties: Sendable {
                     for tenant in enabled.sorted() where schedulers[tenant] == nil {
                         if !provisioned.contains(tenant) {
                             do {
-                                try await Topology.provision(graph: graph, tenants: [tenant], configuration: configuration.topology, connection: connection)
+                                try await Topology.provision(
+                                    graph: graph,
+                                    tenants: [tenant],
+                                    configuration: configuration.topology,
+                                    connection: connection
+                                )
                                 provisioned.insert(tenant)
                             } catch {
-                                logger.warning("Cannot provision tenant yet", metadata: ["coordinator.tenant": "\(tenant)", "error": "\(error)"])
+                                logger.warning(
+                                    "Cannot provision tenant yet",
+                                    metadata: ["coordinator.tenant": "\(tenant)", "error": "\(error)"]
+                                )
                                 continue
                             }
                         }
@@ -131,7 +139,14 @@ struct LeaderDuties: Sendable {
         var started: [Scheduler] = []
         for definition in graph.schedules {
             guard let table = graph.tables.first(where: { $0.name == definition.name && $0.kind == .schedule }) else { continue }
-            let scheduler = Scheduler(definition: definition, tenant: tenant, table: table, connection: connection, store: store, logger: logger)
+            let scheduler = Scheduler(
+                definition: definition,
+                tenant: tenant,
+                table: table,
+                connection: connection,
+                store: store,
+                logger: logger
+            )
             started.append(scheduler)
             let logger = self.logger
             group.addTask {
@@ -146,7 +161,10 @@ struct LeaderDuties: Sendable {
                     } catch {
                         // A store or NATS failure: start over (re-reading state) after a pause.
                         failures += 1
-                        logger.warning("Scheduler failed, restarting", metadata: ["coordinator.schedule": "\(definition.name)", "error": "\(error)"])
+                        logger.warning(
+                            "Scheduler failed, restarting",
+                            metadata: ["coordinator.schedule": "\(definition.name)", "error": "\(error)"]
+                        )
                         try? await Task.sleep(for: .milliseconds(min(5000, 250 * failures)))
                     }
                 }
@@ -225,7 +243,10 @@ package enum Topology {
                 existing.subjects.contains(Wire.legacyStreamSubject(tenant: tenant))
             {
                 let legacyConsumers = graph.handlers.filter { $0.sourceKind == .table }.flatMap { handler in
-                    [handler.consumerName] + (0..<(handler.options.ordering?.partitions ?? 0)).map { HandlerOrdering.consumerName(handler: handler.name, partition: $0) }
+                    [handler.consumerName]
+                        + (0..<(handler.options.ordering?.partitions ?? 0)).map {
+                            HandlerOrdering.consumerName(handler: handler.name, partition: $0)
+                        }
                 }
                 if existing.messages > 0 {
                     var behind: [String] = []
@@ -254,7 +275,9 @@ package enum Topology {
                 try await connection.createOrUpdateStream(tenantStream)
             }
             for table in graph.tables where table.kind == .table {
-                try await connection.createOrUpdateStream(streamConfiguration(tenant: tenant, table: table.name, configuration: configuration))
+                try await connection.createOrUpdateStream(
+                    streamConfiguration(tenant: tenant, table: table.name, configuration: configuration)
+                )
             }
             // Last: the ingress reports ready once the tenant stream exists.
             try await connection.createOrUpdateStream(tenantStream)
@@ -266,7 +289,12 @@ package enum Topology {
                     // One consumer per partition. A worker that takes over a partition after
                     // a crash may re-create it at its ack floor, so existing ones are kept.
                     for partition in 0..<ordering.partitions {
-                        let consumer = handler.partitionConsumer(source: source, tenant: tenant, partition: partition, ackWait: configuration.ackWait)
+                        let consumer = handler.partitionConsumer(
+                            source: source,
+                            tenant: tenant,
+                            partition: partition,
+                            ackWait: configuration.ackWait
+                        )
                         try await connection.createOrUpdateConsumer(stream: stream, consumer, updateExisting: false)
                     }
                     continue

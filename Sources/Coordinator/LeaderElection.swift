@@ -57,7 +57,9 @@ struct LeaderElection: Sendable {
                 let store = self.store
                 let holder = self.holder
                 let length = lease.leaseLength
-                let token = try await withDeadline(ttl / 5) { try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: length) }
+                let token = try await withDeadline(ttl / 5) {
+                    try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: length)
+                }
                 action = lease.acquired(token, sentAt: attempt)
             } catch {
                 logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"])

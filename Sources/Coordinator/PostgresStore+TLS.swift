@@ -42,7 +42,9 @@ extension PostgresStore {
         case "verify-full":
             return .require(try configuration(verify: .fullVerification))
         default:
-            throw ConfigurationError("sslmode '\(mode.prefix(40))' in the PostgreSQL URL is not one of disable, prefer, require, verify-ca, verify-full")
+            throw ConfigurationError(
+                "sslmode '\(mode.prefix(40))' in the PostgreSQL URL is not one of disable, prefer, require, verify-ca, verify-full"
+            )
         }
     }
 

@@ -155,7 +155,10 @@ package final class PostgresStore: CoordinatorStore {
                         for part in statement.split(separator: ";") where !part.allSatisfy(\.isWhitespace) {
                             try await connection.query(PostgresQuery(unsafeSQL: String(part)), logger: self.logger)
                         }
-                        try await connection.query("INSERT INTO autonomous_schema_migrations (version) VALUES (\(index + 1))", logger: self.logger)
+                        try await connection.query(
+                            "INSERT INTO autonomous_schema_migrations (version) VALUES (\(index + 1))",
+                            logger: self.logger
+                        )
                         try await connection.query("COMMIT", logger: self.logger)
                     } catch {
                         _ = try? await connection.query("ROLLBACK", logger: self.logger)
@@ -378,7 +381,12 @@ package final class PostgresStore: CoordinatorStore {
         var result: [APIKeyRecord] = []
         for try await (id, tenant, created, revoked) in rows.decode((String, String, Double, Double?).self) {
             result.append(
-                APIKeyRecord(id: id, tenant: tenant, createdAt: Date(timeIntervalSince1970: created), revokedAt: revoked.map { Date(timeIntervalSince1970: $0) })
+                APIKeyRecord(
+                    id: id,
+                    tenant: tenant,
+                    createdAt: Date(timeIntervalSince1970: created),
+                    revokedAt: revoked.map { Date(timeIntervalSince1970: $0) }
+                )
             )
         }
         return result

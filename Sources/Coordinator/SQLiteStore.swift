@@ -285,7 +285,8 @@ package actor SQLiteStore: CoordinatorStore {
             [.text(tenant)]
         )
         return rows.compactMap { row in
-            guard let id = row.column("id")?.string, let tenant = row.column("tenant")?.string, let created = row.column("created_at")?.double
+            guard let id = row.column("id")?.string, let tenant = row.column("tenant")?.string,
+                let created = row.column("created_at")?.double
             else { return nil }
             return APIKeyRecord(
                 id: id,

@@ -23,7 +23,14 @@ final class Scheduler: Sendable {
     /// How often a waiting scheduler looks again at pause state and timing overrides.
     static let controlRefresh: Duration = .seconds(2)
 
-    init(definition: ScheduleDefinition, tenant: String, table: TableDefinition, connection: NATSConnection, store: any CoordinatorStore, logger: Logger) {
+    init(
+        definition: ScheduleDefinition,
+        tenant: String,
+        table: TableDefinition,
+        connection: NATSConnection,
+        store: any CoordinatorStore,
+        logger: Logger
+    ) {
         self.definition = definition
         self.tenant = tenant
         self.table = table
@@ -53,7 +60,10 @@ final class Scheduler: Sendable {
             if !fires.isEmpty || dropped > 0 {
                 logger.info(
                     "Catching up missed ticks",
-                    metadata: ["coordinator.policy": "\(schedule.catchUpPolicy)", "coordinator.firing": "\(fires.count)", "coordinator.dropped": "\(dropped)"]
+                    metadata: [
+                        "coordinator.policy": "\(schedule.catchUpPolicy)", "coordinator.firing": "\(fires.count)",
+                        "coordinator.dropped": "\(dropped)",
+                    ]
                 )
             }
             for fire in fires {
@@ -102,7 +112,10 @@ final class Scheduler: Sendable {
                 guard leadership.isValid else { throw LeadershipLost() }
                 do {
                     let ack = try await publishTick(at: fireTime, manual: false)
-                    logger.debug("Tick fired", metadata: ["coordinator.fire_time": "\(ISO8601.format(fireTime))", "nats.duplicate": "\(ack.duplicate)"])
+                    logger.debug(
+                        "Tick fired",
+                        metadata: ["coordinator.fire_time": "\(ISO8601.format(fireTime))", "nats.duplicate": "\(ack.duplicate)"]
+                    )
                     break
                 } catch let error as NATSError where error.isTransient {
                     attempt += 1

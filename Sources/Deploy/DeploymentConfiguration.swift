@@ -80,7 +80,10 @@ package struct DeploymentConfiguration: Sendable, Equatable {
         return try parse(Array(data), file: path)
     }
 
-    package static func parse(_ bytes: [UInt8], file: String = "autonomous.json") throws(DeploymentConfigurationError) -> DeploymentConfiguration {
+    package static func parse(
+        _ bytes: [UInt8],
+        file: String = "autonomous.json"
+    ) throws(DeploymentConfigurationError) -> DeploymentConfiguration {
         let root: JSONValue
         do {
             root = try JSONParser.parse(bytes)
@@ -223,7 +226,10 @@ private struct Reader {
                         let schemes = kind == .database ? ["postgres", "postgresql", "sqlite"] : ["s3", "file"]
                         let scheme = URLComponents(string: text)?.scheme ?? ""
                         if !schemes.contains(scheme) {
-                            fail("\(path).url", "a \(kind.rawValue) URL must start with \(schemes.map { $0 + "://" }.joined(separator: " or "))")
+                            fail(
+                                "\(path).url",
+                                "a \(kind.rawValue) URL must start with \(schemes.map { $0 + "://" }.joined(separator: " or "))"
+                            )
                         }
                     }
                     if let name, let kind, let url { configuration.storages.append(.init(name: name, kind: kind, url: url)) }
@@ -264,7 +270,11 @@ private struct Reader {
             d.image = string(fields, "image", "deployment", required: false)
             d.namespace = string(fields, "namespace", "deployment", required: false)
             if let tenant = string(fields, "tenant", "deployment", required: false) {
-                if let problem = Names.problem(with: tenant, kind: "tenant") { fail("deployment.tenant", problem) } else { d.tenant = tenant }
+                if let problem = Names.problem(with: tenant, kind: "tenant") {
+                    fail("deployment.tenant", problem)
+                } else {
+                    d.tenant = tenant
+                }
             }
             if let url = string(fields, "nats_url", "deployment", required: false) {
                 if let components = URLComponents(string: url), components.password != nil {
@@ -274,7 +284,9 @@ private struct Reader {
                 }
             }
             if let port = fields["http_port"], let value = integer(port, "deployment.http_port", range: 1...65535) { d.httpPort = value }
-            if let replicas = fields["replicas"], let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator"]) {
+            if let replicas = fields["replicas"],
+                let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator"])
+            {
                 for (role, value) in map {
                     let range = role == "coordinator" ? 1...5 : 0...1000
                     if let n = integer(value, "deployment.replicas.\(role)", range: range) { d.replicas[role] = n }
@@ -290,7 +302,9 @@ private struct Reader {
                         var handlers: [String] = []
                         if case .array(let list)? = group["handlers"], !list.isEmpty {
                             for (j, handler) in list.enumerated() {
-                                if let text = handler.stringValue { handlers.append(text) } else {
+                                if let text = handler.stringValue {
+                                    handlers.append(text)
+                                } else {
                                     fail("\(path).handlers[\(j)]", "expected a handler name (string), got \(kind(handler))")
                                 }
                             }

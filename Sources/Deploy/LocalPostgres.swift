@@ -67,9 +67,15 @@ package struct LocalPostgres: Sendable {
             "\(binaries)/pg_ctl",
             ["-D", dataDirectory, "-w", "-t", "60", "-l", dataDirectory + "/server.log", "-o", options, "start"]
         )
-        let exists = try await postgres.output("\(binaries)/psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-tAc", "SELECT 1 FROM pg_database WHERE datname = '\(database)'"])
+        let exists = try await postgres.output(
+            "\(binaries)/psql",
+            ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-tAc", "SELECT 1 FROM pg_database WHERE datname = '\(database)'"]
+        )
         if !exists.contains("1") {
-            try await postgres.run("\(binaries)/psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-c", "CREATE DATABASE \(database)"])
+            try await postgres.run(
+                "\(binaries)/psql",
+                ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-c", "CREATE DATABASE \(database)"]
+            )
         }
         logger.info("PostgreSQL started", metadata: ["deploy.postgres.port": "\(port)", "deploy.postgres.data": "\(dataDirectory)"])
         return postgres

@@ -2,8 +2,8 @@ import AsyncHTTPClient
 import Foundation
 package import Logging
 import NATS
-import NIOHTTP1
 import NIOCore
+import NIOHTTP1
 
 /// The `process` deploy engine: a whole cluster as supervised processes on this machine —
 /// nats-server (unless an external URL is given), coordinators, N ingress and M worker
@@ -192,7 +192,9 @@ package actor ProcessCluster {
         if role.hasPrefix("worker-") && specification.workerGroups[String(role.dropFirst("worker-".count))] == nil {
             throw DeployError("unknown worker group '\(role.dropFirst("worker-".count))'")
         }
-        guard count >= 0, count <= 49, role != "coordinator" || count >= 1 else { throw DeployError("invalid replica count \(count) for \(role)") }
+        guard count >= 0, count <= 49, role != "coordinator" || count >= 1 else {
+            throw DeployError("invalid replica count \(count) for \(role)")
+        }
         desired[role] = count
         var current = children[role] ?? [:]
         while current.count > count, let slot = current.keys.max() {
@@ -265,7 +267,10 @@ package actor ProcessCluster {
         process.standardError = log
         try process.run()
         try? log.close()
-        logger.info("Started", metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"])
+        logger.info(
+            "Started",
+            metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"]
+        )
         return Child(slot: slot, process: process, port: port)
     }
 
@@ -284,7 +289,9 @@ package actor ProcessCluster {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw DeployError("\(role) \(child.slot) was not ready within \(timeout); see \(specification.directory)/logs/\(role)-\(child.slot).log")
+        throw DeployError(
+            "\(role) \(child.slot) was not ready within \(timeout); see \(specification.directory)/logs/\(role)-\(child.slot).log"
+        )
     }
 
     private func restartCrashed() async {

@@ -145,7 +145,12 @@ package struct Ingress: Service {
             logger: logger
         )
         do {
-            try await listening("the ingress", host: configuration.host, port: configuration.port, setting: "--port or AUTONOMOUS_HTTP_PORT") {
+            try await listening(
+                "the ingress",
+                host: configuration.host,
+                port: configuration.port,
+                setting: "--port or AUTONOMOUS_HTTP_PORT"
+            ) {
                 try await app.run()
             }
         } catch {
@@ -182,7 +187,10 @@ package struct Ingress: Service {
                 failing = false
             } catch {
                 if !failing {
-                    logger.notice("Cannot learn the ingress tenant's limits; keeping the last known", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+                    logger.notice(
+                        "Cannot learn the ingress tenant's limits; keeping the last known",
+                        metadata: ["tenant": "\(tenant)", "error": "\(error)"]
+                    )
                 }
                 failing = true
             }

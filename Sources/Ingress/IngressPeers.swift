@@ -146,7 +146,10 @@ final class IngressPeers: Sendable {
                 subscription = try connection.subscribeCore(subject: Self.subject)
             } catch {
                 if !warned {
-                    logger.warning("Cannot hear the other ingress nodes; enforcing whole tenant limits here", metadata: ["error": "\(error)"])
+                    logger.warning(
+                        "Cannot hear the other ingress nodes; enforcing whole tenant limits here",
+                        metadata: ["error": "\(error)"]
+                    )
                     warned = true
                 }
                 try? await Task.sleep(for: interval)

@@ -190,7 +190,12 @@ struct IngressResponder: HTTPResponder {
         let tenant: String
         if let authorization = request.headers[.authorization] {
             guard authorization.hasPrefix("Bearer ") else {
-                throw RouteError(status: 401, code: "unauthorized", message: "send the API key as Authorization: Bearer <key>", field: "Authorization")
+                throw RouteError(
+                    status: 401,
+                    code: "unauthorized",
+                    message: "send the API key as Authorization: Bearer <key>",
+                    field: "Authorization"
+                )
             }
             let key = String(authorization.dropFirst(7))
             guard APIKeys.isWellFormed(key) else {
@@ -200,23 +205,47 @@ struct IngressResponder: HTTPResponder {
             do {
                 resolved = try await state.keys.tenant(forKey: key)
             } catch TenantKeyCache.Unsupported.noResolver {
-                throw RouteError(status: 401, code: "invalid_api_key", message: "this ingress does not accept API keys", field: "Authorization")
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_api_key",
+                    message: "this ingress does not accept API keys",
+                    field: "Authorization"
+                )
             } catch {
                 state.logger.warning("Cannot check an API key", metadata: ["error": "\(error)"])
-                throw RouteError(status: 503, code: "unavailable", message: "cannot check the API key now (no coordinator answered); retry later")
+                throw RouteError(
+                    status: 503,
+                    code: "unavailable",
+                    message: "cannot check the API key now (no coordinator answered); retry later"
+                )
             }
             guard let resolved else {
-                throw RouteError(status: 401, code: "invalid_api_key", message: "the API key is unknown, revoked, or its tenant is disabled", field: "Authorization")
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_api_key",
+                    message: "the API key is unknown, revoked, or its tenant is disabled",
+                    field: "Authorization"
+                )
             }
             tenant = resolved
         } else if state.configuration.requireAPIKey {
-            throw RouteError(status: 401, code: "unauthorized", message: "an API key is required: send Authorization: Bearer <key>", field: "Authorization")
+            throw RouteError(
+                status: 401,
+                code: "unauthorized",
+                message: "an API key is required: send Authorization: Bearer <key>",
+                field: "Authorization"
+            )
         } else {
             tenant = state.configuration.tenant
         }
         if let named, named != tenant {
             // The same answer whether or not the named tenant exists: nothing leaks.
-            throw RouteError(status: 403, code: "forbidden", message: "this request may not act for tenant '\(named.prefix(64))'", field: "tenant")
+            throw RouteError(
+                status: 403,
+                code: "forbidden",
+                message: "this request may not act for tenant '\(named.prefix(64))'",
+                field: "tenant"
+            )
         }
         return tenant
     }
@@ -241,7 +270,11 @@ struct IngressResponder: HTTPResponder {
     static func metrics() -> Response {
         guard let text = MetricsExport.render() else {
             let error = RouteError(status: 404, code: "not_found", message: "no metrics backend in this process")
-            return Response(status: .notFound, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(error.body))))
+            return Response(
+                status: .notFound,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(error.body)))
+            )
         }
         return Response(status: .ok, headers: [.contentType: MetricsExport.contentType], body: .init(byteBuffer: ByteBuffer(bytes: text)))
     }
@@ -272,7 +305,11 @@ struct IngressResponder: HTTPResponder {
         let key = try idempotencyKey(request)
         let body = try await collectBody(request)
         let batch = try state.prepareRecords(
-            table: name, tenant: tenant, contentType: request.headers[.contentType], idempotencyKey: key, body: body
+            table: name,
+            tenant: tenant,
+            contentType: request.headers[.contentType],
+            idempotencyKey: key,
+            body: body
         )
         try await publish(batch.messages, tenant: tenant)
         return json(202, IngressState.acceptedAnswer(batch.ids))
@@ -496,10 +533,11 @@ struct GuardedPublisher: MessagePublisher {
             state.limitCounters(of: tenant).refused.increment(by: count)
             let seconds = max(1, Int((retryAfter / .seconds(1)).rounded(.up)))
             let limit = state.limiter.limit(of: tenant)
-            let described = limit.map { limit in
-                let share = Double(limit.rate) == limit.share ? "" : String(format: "; this ingress node's share %.0f/s", limit.share)
-                return "\(limit.rate) records/s (burst \(limit.burst)\(share))"
-            } ?? "its limit"
+            let described =
+                limit.map { limit in
+                    let share = Double(limit.rate) == limit.share ? "" : String(format: "; this ingress node's share %.0f/s", limit.share)
+                    return "\(limit.rate) records/s (burst \(limit.burst)\(share))"
+                } ?? "its limit"
             var error = RouteError(
                 status: 429,
                 code: "rate_limited",

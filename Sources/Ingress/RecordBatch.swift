@@ -48,7 +48,8 @@ extension IngressState {
     ) throws(RouteError) -> RecordBatch {
         let table = try self.table(named: name)
         let contentType = contentType?.lowercased() ?? "application/json"
-        let isNDJSON = contentType.hasPrefix("application/x-ndjson") || contentType.hasPrefix("application/jsonl")
+        let isNDJSON =
+            contentType.hasPrefix("application/x-ndjson") || contentType.hasPrefix("application/jsonl")
             || contentType.hasPrefix("application/ndjson")
         guard isNDJSON || contentType.hasPrefix("application/json") else {
             throw RouteError(
@@ -151,12 +152,22 @@ extension IngressState {
             do {
                 shape = try slice.withUnsafeReadableBytes { try JSONParser.validate($0.bindMemory(to: UInt8.self)) }
             } catch let error as JSONParseError {
-                throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error.description)", field: "line \(lineNumber)")
+                throw RouteError(
+                    status: 400,
+                    code: "invalid_json",
+                    message: "line \(lineNumber): \(error.description)",
+                    field: "line \(lineNumber)"
+                )
             } catch {
                 throw RouteError(status: 400, code: "invalid_json", message: "line \(lineNumber): \(error)", field: "line \(lineNumber)")
             }
             guard case .object = shape else {
-                throw RouteError(status: 422, code: "not_an_object", message: "line \(lineNumber) is not a JSON object", field: "line \(lineNumber)")
+                throw RouteError(
+                    status: 422,
+                    code: "not_an_object",
+                    message: "line \(lineNumber) is not a JSON object",
+                    field: "line \(lineNumber)"
+                )
             }
             records.append(slice)
         }

@@ -1,4 +1,5 @@
 import ClusterCore
+import CoreMetrics
 import Foundation
 import HummingbirdCore
 import Logging
@@ -8,7 +9,6 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import Synchronization
-import CoreMetrics
 
 /// The ingress's HTTP/1 connection: Hummingbird's pipeline plus `RecordIngestHandler`, which
 /// answers small record-API requests on the connection's event loop. Every other request
@@ -174,7 +174,9 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard head.version.major == 1, head.version.minor >= 1,
             head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" })
         else { return }
-        if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > state.configuration.maxBodyBytes { return }
+        if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > state.configuration.maxBodyBytes {
+            return
+        }
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
     }
 

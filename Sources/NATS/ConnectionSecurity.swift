@@ -19,8 +19,10 @@ extension NATSConnection.Configuration {
         let certificate = try file("AUTONOMOUS_NATS_CERT")
         let key = try file("AUTONOMOUS_NATS_KEY")
         switch (certificate, key) {
-        case (.some, nil): throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_CERT is set but AUTONOMOUS_NATS_KEY (its private key) is not")
-        case (nil, .some): throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_KEY is set but AUTONOMOUS_NATS_CERT (its certificate) is not")
+        case (.some, nil):
+            throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_CERT is set but AUTONOMOUS_NATS_KEY (its private key) is not")
+        case (nil, .some):
+            throw NATSError(code: .invalidArgument, message: "AUTONOMOUS_NATS_KEY is set but AUTONOMOUS_NATS_CERT (its certificate) is not")
         default: break
         }
         if ca != nil || certificate != nil {

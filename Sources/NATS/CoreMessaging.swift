@@ -176,7 +176,12 @@ extension NATSConnection {
         if isClosed { throw NATSError(code: .connectionClosed, message: "connection closed") }
         let inbox = try requestInbox()
         let token = requests.nextToken()
-        let outgoing = CoreMessage(subject: message.subject, reply: inbox.prefix + token, payload: message.payload, headers: message.headers)
+        let outgoing = CoreMessage(
+            subject: message.subject,
+            reply: inbox.prefix + token,
+            payload: message.payload,
+            headers: message.headers
+        )
         return try await withThrowingTaskGroup(of: CoreMessage?.self) { group in
             group.addTask {
                 try await withTaskCancellationHandler {

@@ -91,7 +91,10 @@ struct NATSServerMessageParser {
         } else if line.starts(with: "-ERR".utf8) {
             message = .err(String(decoding: line.dropFirst(4), as: UTF8.self).trimmingCharacters(in: .whitespaces))
         } else {
-            throw NATSError(code: .connectionFailed, message: "unexpected line from NATS: \(String(decoding: line.prefix(80), as: UTF8.self))")
+            throw NATSError(
+                code: .connectionFailed,
+                message: "unexpected line from NATS: \(String(decoding: line.prefix(80), as: UTF8.self))"
+            )
         }
         buffer.moveReaderIndex(forwardBy: lineLength)
         return message

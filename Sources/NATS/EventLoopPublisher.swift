@@ -134,7 +134,11 @@ package final class EventLoopPublisher: @unchecked Sendable {
         } catch let error as NATSError {
             throw error
         } catch {
-            throw NATSError(code: .invalidArgument, message: "cannot load the TLS files (\(tls.caFile ?? "system CAs"), \(tls.certificateFile ?? "no client certificate")): \(error)")
+            throw NATSError(
+                code: .invalidArgument,
+                message:
+                    "cannot load the TLS files (\(tls.caFile ?? "system CAs"), \(tls.certificateFile ?? "no client certificate")): \(error)"
+            )
         }
     }
 
@@ -151,7 +155,9 @@ package final class EventLoopPublisher: @unchecked Sendable {
             return completion(.failure(NATSError(code: .connectionClosed, message: "not connected to NATS")))
         }
         guard pending.count + messages.count <= configuration.maxPendingPublishes else {
-            return completion(.failure(NATSError(code: .publishFailed, message: "too many publishes waiting for their PubAck; retry later")))
+            return completion(
+                .failure(NATSError(code: .publishFailed, message: "too many publishes waiting for their PubAck; retry later"))
+            )
         }
         let batch = LoopBatch(count: messages.count, completion: completion)
         let deadline = NIODeadline.now() + .nanoseconds(configuration.publishTimeout.nanoseconds)
@@ -197,10 +203,16 @@ package final class EventLoopPublisher: @unchecked Sendable {
         if !message.headers.isEmpty { headerLength += MessageEncoding.preamble.count + 2 }
         let total = headerLength + message.payload.readableBytes
         guard total <= maxPayload else {
-            throw NATSError(code: .invalidArgument, message: "message of \(total) bytes is larger than the server's maximum payload (\(maxPayload) bytes)")
+            throw NATSError(
+                code: .invalidArgument,
+                message: "message of \(total) bytes is larger than the server's maximum payload (\(maxPayload) bytes)"
+            )
         }
         guard Self.isValidSubject(message.subject) else {
-            throw NATSError(code: .invalidArgument, message: "subject '\(message.subject.prefix(200))' is empty or holds a space or line break")
+            throw NATSError(
+                code: .invalidArgument,
+                message: "subject '\(message.subject.prefix(200))' is empty or holds a space or line break"
+            )
         }
         sequence += 1
         outbound.reserveCapacity(minimumWritableBytes: message.subject.utf8.count + inbox.count + 64 + total)
@@ -366,7 +378,9 @@ package final class EventLoopPublisher: @unchecked Sendable {
             }
             .connect(host: endpoint.host, port: endpoint.port)
         connecting.whenFailure { error in
-            handshake.fail(NATSError(code: .connectionClosed, message: "cannot connect to NATS at \(endpoint.host):\(endpoint.port): \(error)"))
+            handshake.fail(
+                NATSError(code: .connectionClosed, message: "cannot connect to NATS at \(endpoint.host):\(endpoint.port): \(error)")
+            )
         }
         return handshake.futureResult.always { _ in timeout.cancel() }.flatMap {
             connecting.map { channel in
@@ -566,7 +580,10 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
                     position: .first
                 )
             } catch {
-                throw NATSError(code: .connectionFailed, message: "cannot start TLS with NATS at \(endpoint.host):\(endpoint.port): \(error)")
+                throw NATSError(
+                    code: .connectionFailed,
+                    message: "cannot start TLS with NATS at \(endpoint.host):\(endpoint.port): \(error)"
+                )
             }
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
         case .connected:

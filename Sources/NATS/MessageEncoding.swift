@@ -1,4 +1,5 @@
 import CNATS
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,10 +27,11 @@ enum MessageEncoding {
 
     /// `natsStatus natsMsg_create(natsMsg **, const char *subject, int subjLen,
     /// const char *reply, int replyLen, const char *buf, int bufLen, int hdrLen)`
-    private typealias CreateFunction = @convention(c) (
-        UnsafeMutablePointer<OpaquePointer?>?, UnsafePointer<CChar>?, Int32, UnsafePointer<CChar>?, Int32,
-        UnsafePointer<CChar>?, Int32, Int32
-    ) -> natsStatus
+    private typealias CreateFunction =
+        @convention(c) (
+            UnsafeMutablePointer<OpaquePointer?>?, UnsafePointer<CChar>?, Int32, UnsafePointer<CChar>?, Int32,
+            UnsafePointer<CChar>?, Int32, Int32
+        ) -> natsStatus
     /// `void natsMsg_free(void *)`
     private typealias FreeFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
 
@@ -232,7 +234,13 @@ enum MessageEncoding {
         payload: UnsafeRawBufferPointer
     ) throws(NATSError) -> OpaquePointer {
         var msg: OpaquePointer?
-        var status = natsMsg_Create(&msg, subject, reply?.baseAddress, payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
+        var status = natsMsg_Create(
+            &msg,
+            subject,
+            reply?.baseAddress,
+            payload.baseAddress?.assumingMemoryBound(to: CChar.self),
+            Int32(payload.count)
+        )
         guard status == NATS_OK, let msg else { throw NATSError.from(status: status, context: "creating message") }
         for (name, value) in headers {
             status = natsMsgHeader_Set(msg, name, value)

@@ -206,7 +206,10 @@ package final class NATSConnection: Sendable {
             }
             switch (tls.certificateFile, tls.keyFile) {
             case (let certificate?, let key?):
-                try checkDetailed(natsOptions_LoadCertificatesChain(options, certificate, key), "loading the client certificate \(certificate) and key \(key)")
+                try checkDetailed(
+                    natsOptions_LoadCertificatesChain(options, certificate, key),
+                    "loading the client certificate \(certificate) and key \(key)"
+                )
             case (nil, nil):
                 break
             default:
@@ -220,7 +223,11 @@ package final class NATSConnection: Sendable {
         var connection: OpaquePointer?
         let status = natsConnection_Connect(&connection, options)
         guard status == NATS_OK, let connection else {
-            throw NATSError.from(status: status, context: "connecting to \(configuration.servers.joined(separator: ","))", detail: lastErrorText())
+            throw NATSError.from(
+                status: status,
+                context: "connecting to \(configuration.servers.joined(separator: ","))",
+                detail: lastErrorText()
+            )
         }
 
         var jsOptions = jsOptions()
@@ -269,9 +276,10 @@ package final class NATSConnection: Sendable {
         let handle = UnsafeHandle(connection)
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
-        let started = (try? await threadPool.runIfActive {
-            natsConnection_DrainTimeout(handle.pointer, timeout.milliseconds) == NATS_OK
-        }) ?? false
+        let started =
+            (try? await threadPool.runIfActive {
+                natsConnection_DrainTimeout(handle.pointer, timeout.milliseconds) == NATS_OK
+            }) ?? false
         if started {
             while natsConnection_Status(connection) != NATS_CONN_STATUS_CLOSED && clock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(10))

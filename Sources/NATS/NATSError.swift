@@ -97,7 +97,9 @@ extension NATSError {
                 code = .other
             }
         }
-        if code == .other || code == .jetStream, jsCode == Int(JSStreamNotFoundErr.rawValue) || jsCode == Int(JSConsumerNotFoundErr.rawValue) {
+        if code == .other || code == .jetStream,
+            jsCode == Int(JSStreamNotFoundErr.rawValue) || jsCode == Int(JSConsumerNotFoundErr.rawValue)
+        {
             return NATSError(code: .notFound, message: "\(context): \(text)", status: Int32(status.rawValue), jetStreamErrorCode: jsCode)
         }
         var message = "\(context): \(text)"

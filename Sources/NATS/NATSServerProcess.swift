@@ -56,14 +56,15 @@ package final class NATSServerProcess: Sendable {
         let logFile = directory + "/nats-server.log"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [
-            "-js", "-sd", directory + "/jetstream",
-            "-a", "127.0.0.1",
-            "-p", port == 0 ? "-1" : String(port),
-            "--ports_file_dir", directory,
-            "-P", pidFile,
-            "-l", logFile,
-        ] + extraArguments
+        process.arguments =
+            [
+                "-js", "-sd", directory + "/jetstream",
+                "-a", "127.0.0.1",
+                "-p", port == 0 ? "-1" : String(port),
+                "--ports_file_dir", directory,
+                "-P", pidFile,
+                "-l", logFile,
+            ] + extraArguments
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -73,7 +74,8 @@ package final class NATSServerProcess: Sendable {
         let deadline = clock.now.advanced(by: timeout)
         while clock.now < deadline {
             if !process.isRunning {
-                let tail = (try? String(contentsOfFile: logFile, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
+                let tail =
+                    (try? String(contentsOfFile: logFile, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
                 throw NATSError(code: .connectionFailed, message: "nats-server exited at startup; see \(logFile)\n\(tail)")
             }
             if let data = fm.contents(atPath: portsFile),

@@ -133,7 +133,10 @@ let onPublishAck: natsMsgHandler = { _, _, msg, closure in
     let tracker = Unmanaged<PublishTracker>.fromOpaque(closure).takeUnretainedValue()
     guard let sequence = lastTokenNumber(subject) else { return }
     if natsMsg_IsNoResponders(msg) {
-        tracker.complete(sequence, result: .failure(NATSError(code: .publishFailed, message: "JetStream publish failed: no stream stores this subject")))
+        tracker.complete(
+            sequence,
+            result: .failure(NATSError(code: .publishFailed, message: "JetStream publish failed: no stream stores this subject"))
+        )
         return
     }
     let count = Int(natsMsg_GetDataLength(msg))

@@ -1,8 +1,9 @@
 import CNATS
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// A message fetched from a durable pull consumer.
 package struct JetStreamMessage: Sendable {
@@ -68,7 +69,12 @@ package final class PullSubscription: Sendable {
         natsInbox_Destroy(inboxPointer)
         let box = PullBox(headerNames: headerNames)
         self.box = box
-        self.subscription = try connection.subscribe(subject: inbox + ".*", handler: onPullMessage, onComplete: onPullComplete, context: box)
+        self.subscription = try connection.subscribe(
+            subject: inbox + ".*",
+            handler: onPullMessage,
+            onComplete: onPullComplete,
+            context: box
+        )
         box.setRequester { [weak self] request in try? self?.sendPullRequest(request) }
     }
 
@@ -438,7 +444,8 @@ private let onPullMessage: natsMsgHandler = { _, _, msg, closure in
     // 100: an idle heartbeat or flow control; not the end of anything.
     if status == 100 { return }
     var descriptionText: UnsafePointer<CChar>?
-    let description = natsMsgHeader_Get(msg, "Description", &descriptionText) == NATS_OK ? descriptionText.map { String(cString: $0) } ?? "" : ""
+    let description =
+        natsMsgHeader_Get(msg, "Description", &descriptionText) == NATS_OK ? descriptionText.map { String(cString: $0) } ?? "" : ""
     box.ended(requestID: id, status: status, description: description)
 }
 

@@ -16,7 +16,14 @@ struct HandlerExecution: Sendable {
     let logger: Logger
 
     /// `logger` gets the handler's and tenant's names as metadata.
-    init(handler: HandlerDefinition, invoker: @escaping HandlerInvoker, tenant: String, tables: [String: TableDefinition], connection: NATSConnection, logger: Logger) {
+    init(
+        handler: HandlerDefinition,
+        invoker: @escaping HandlerInvoker,
+        tenant: String,
+        tables: [String: TableDefinition],
+        connection: NATSConnection,
+        logger: Logger
+    ) {
         self.handler = handler
         self.invoker = invoker
         self.tenant = tenant
@@ -93,7 +100,10 @@ struct HandlerExecution: Sendable {
             (Wire.Header.attempts, String(attempts)),
             (Wire.Header.firstFailure, ISO8601.format(firstFailure)),
             (Wire.Header.lastFailure, now),
-            (Wire.Header.sourceSubject, record.subject.isEmpty ? Self.filterSubject(of: handler, tenant: tenant, tables: tables) : record.subject),
+            (
+                Wire.Header.sourceSubject,
+                record.subject.isEmpty ? Self.filterSubject(of: handler, tenant: tenant, tables: tables) : record.subject
+            ),
         ]
         if let type = record.metadata.semanticType { headers.append((Wire.Header.type, type)) }
         if let cause = record.metadata.causedBy { headers.append((Wire.Header.causedBy, cause)) }

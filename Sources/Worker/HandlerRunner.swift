@@ -58,7 +58,14 @@ package actor HandlerRunner {
         self.tenant = tenant
         self.ackWait = ackWait
         self.connection = connection
-        let execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
+        let execution = HandlerExecution(
+            handler: handler,
+            invoker: invoker,
+            tenant: tenant,
+            tables: tables,
+            connection: connection,
+            logger: logger
+        )
         self.execution = execution
         self.logger = execution.logger
         self.stream = HandlerExecution.streamName(of: handler, tenant: tenant)

@@ -57,7 +57,14 @@ package final class OrderedHandlerRunner: Sendable {
         self.workerID = workerID
         self.ackWait = ackWait
         self.connection = connection
-        let execution = HandlerExecution(handler: handler, invoker: invoker, tenant: tenant, tables: tables, connection: connection, logger: logger)
+        let execution = HandlerExecution(
+            handler: handler,
+            invoker: invoker,
+            tenant: tenant,
+            tables: tables,
+            connection: connection,
+            logger: logger
+        )
         self.execution = execution
         self.logger = execution.logger
         self.stream = HandlerExecution.streamName(of: handler, tenant: tenant)
@@ -87,14 +94,21 @@ package final class OrderedHandlerRunner: Sendable {
                     released.append(partition)
                 }
                 let sent = ContinuousClock.now
-                let request = PartitionRequest(tenant: tenant, handler: handler.name, worker: workerID, held: held.keys.sorted(), released: released)
+                let request = PartitionRequest(
+                    tenant: tenant,
+                    handler: handler.name,
+                    worker: workerID,
+                    held: held.keys.sorted(),
+                    released: released
+                )
                 do {
                     let assignment = try await assign(request)
                     notice.succeeded()
                     released = []
                     ttl = .milliseconds(max(300, assignment.ttlMilliseconds))
                     let deadline = sent + ttl - max(ttl / 10, .milliseconds(100))
-                    for (partition, token) in assignment.granted.sorted(by: { $0.key < $1.key }) where (0..<ordering.partitions).contains(partition) {
+                    for (partition, token) in assignment.granted.sorted(by: { $0.key < $1.key })
+                    where (0..<ordering.partitions).contains(partition) {
                         if let lease = held[partition], lease.token == token {
                             lease.extend(to: deadline)
                         } else {

@@ -92,7 +92,10 @@ package struct Worker: Service {
         prepared.compactMap { entry in
             if let ordering = entry.handler.options.ordering {
                 guard let assign = configuration.partitionAssigner, let source = tables[entry.handler.source] else {
-                    logger.error("Ordered handler needs a coordinator to lease partitions; not running it", metadata: ["worker.handler": "\(entry.handler.name)"])
+                    logger.error(
+                        "Ordered handler needs a coordinator to lease partitions; not running it",
+                        metadata: ["worker.handler": "\(entry.handler.name)"]
+                    )
                     return nil
                 }
                 return .ordered(

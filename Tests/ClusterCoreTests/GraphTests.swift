@@ -145,9 +145,11 @@ struct GraphTests {
             _ = app.table("out")
             notes.onNewRecords(NeedsPrompt(output: "out"))
         }
-        #expect(found == [
-            "handler 'needs-prompt-notes' (needs-prompt) needs field 'prompt', but records of table 'notes' (Note) have no such field"
-        ])
+        #expect(
+            found == [
+                "handler 'needs-prompt-notes' (needs-prompt) needs field 'prompt', but records of table 'notes' (Note) have no such field"
+            ]
+        )
     }
 
     @Test("A component writing records without a field the output type requires is named")

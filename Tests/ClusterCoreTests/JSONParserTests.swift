@@ -5,7 +5,9 @@ import Testing
 struct JSONParserTests {
     @Test("Parses every kind of value")
     func parsesValues() throws {
-        let value = try JSONValue(parsing: #" {"a": [1, -2.5e2, true, false, null, "x\n\u00e9\ud83d\ude00"], "b": {"c": 9007199254740993}} "#)
+        let value = try JSONValue(
+            parsing: #" {"a": [1, -2.5e2, true, false, null, "x\n\u00e9\ud83d\ude00"], "b": {"c": 9007199254740993}} "#
+        )
         #expect(value["a"][0] == 1)
         #expect(value["a"][1].doubleValue == -250)
         #expect(value["a"][2] == true)
@@ -62,7 +64,9 @@ struct JSONParserTests {
 
     @Test("Writer output parses back to the same value")
     func roundTrip() throws {
-        let value: JSONValue = ["s": "quote\" backslash\\ newline\n tab\t ctrl\u{01}", "n": [1, 2.5, -0.001, 1e300], "o": ["x": nil, "t": true]]
+        let value: JSONValue = [
+            "s": "quote\" backslash\\ newline\n tab\t ctrl\u{01}", "n": [1, 2.5, -0.001, 1e300], "o": ["x": nil, "t": true],
+        ]
         let text = JSONWriter.encode(value)
         #expect(try JSONParser.parse(text) == value)
         #expect("\(JSONValue.string("plain"))" == "plain")

@@ -1,9 +1,9 @@
 import ClusterCore
 import Logging
 import NATS
-import Testing
-import Synchronization
 import NIOCore
+import Synchronization
+import Testing
 
 /// Output ids must not depend on how records are batched: a record redelivered after a crash,
 /// in another batch or alone, must produce the same ids whatever shape the handler has.
@@ -39,7 +39,13 @@ struct LineageTests {
             let raw = batch.map { n in
                 IncomingRecord(metadata: RecordMetadata(id: "r\(n)", table: "items", tenant: "t"), payload: Array(#"{"n":\#(n)}"#.utf8))
             }
-            let ctx = HandlerContext(handler: "shape", tenant: "t", inputs: raw.map(\.metadata), publisher: publisher, logger: Logger(label: "test"))
+            let ctx = HandlerContext(
+                handler: "shape",
+                tenant: "t",
+                inputs: raw.map(\.metadata),
+                publisher: publisher,
+                logger: Logger(label: "test")
+            )
             try await invoke(raw, ctx)
             try await ctx.flush()
             // Output id → the table, the record that caused it, and the body.
@@ -69,58 +75,85 @@ struct LineageTests {
         for (id, output) in whole {
             let parts = output.split(separator: " ", maxSplits: 2)
             let source = parts[1]
-            #expect(parts[2].contains(#""n":\#(source.dropFirst())"#), "output \(id) names its own record as its cause", sourceLocation: sourceLocation)
+            #expect(
+                parts[2].contains(#""n":\#(source.dropFirst())"#),
+                "output \(id) names its own record as its cause",
+                sourceLocation: sourceLocation
+            )
         }
     }
 
     @Test("for … in, with an await in the body and two tables per record")
     func forIn() async throws {
-        try await Self.expectStable({ records, ctx, first, second in
-            for item in records {
-                try await first.append(Out(n: item.n, tag: "a"), ctx)
-                await Task.yield()
-                try await second.append(Out(n: item.n, tag: "b"), ctx)
-                try await first.append(Out(n: item.n, tag: "c"), ctx)
-            }
-        }, outputsPerRecord: 3)
+        try await Self.expectStable(
+            { records, ctx, first, second in
+                for item in records {
+                    try await first.append(Out(n: item.n, tag: "a"), ctx)
+                    await Task.yield()
+                    try await second.append(Out(n: item.n, tag: "b"), ctx)
+                    try await first.append(Out(n: item.n, tag: "c"), ctx)
+                }
+            },
+            outputsPerRecord: 3
+        )
     }
 
     @Test("forEach with await (and a synchronous forEach still needs none)")
     func forEach() async throws {
-        try await Self.expectStable({ records, ctx, first, _ in
-            var seen = 0
-            records.forEach { _ in seen += 1 }
-            try await records.forEach { item in try await first.append(Out(n: item.n, tag: "e\(seen > 0)"), ctx) }
-        }, outputsPerRecord: 1)
+        try await Self.expectStable(
+            { records, ctx, first, _ in
+                var seen = 0
+                records.forEach { _ in seen += 1 }
+                try await records.forEach { item in try await first.append(Out(n: item.n, tag: "e\(seen > 0)"), ctx) }
+            },
+            outputsPerRecord: 1
+        )
     }
 
     @Test("An index loop, enumerated(), and a loop over filter or sorted")
     func indexLoops() async throws {
-        try await Self.expectStable({ records, ctx, first, _ in
-            for i in records.indices { try await first.append(Out(n: records[i].n, tag: "i"), ctx) }
-        }, outputsPerRecord: 1)
-        try await Self.expectStable({ records, ctx, first, _ in
-            for (i, item) in records.enumerated() { try await first.append(Out(n: item.n, tag: "\(i >= 0)"), ctx) }
-        }, outputsPerRecord: 1)
-        try await Self.expectStable({ records, ctx, first, second in
-            for item in records.filter({ $0.n % 2 == 0 }) { try await first.append(Out(n: item.n, tag: "even"), ctx) }
-            for item in records.sorted(by: { $0.n > $1.n }) where item.n % 2 == 1 { try await second.append(Out(n: item.n, tag: "odd"), ctx) }
-        }, outputsPerRecord: 1)
+        try await Self.expectStable(
+            { records, ctx, first, _ in
+                for i in records.indices { try await first.append(Out(n: records[i].n, tag: "i"), ctx) }
+            },
+            outputsPerRecord: 1
+        )
+        try await Self.expectStable(
+            { records, ctx, first, _ in
+                for (i, item) in records.enumerated() { try await first.append(Out(n: item.n, tag: "\(i >= 0)"), ctx) }
+            },
+            outputsPerRecord: 1
+        )
+        try await Self.expectStable(
+            { records, ctx, first, second in
+                for item in records.filter({ $0.n % 2 == 0 }) { try await first.append(Out(n: item.n, tag: "even"), ctx) }
+                for item in records.sorted(by: { $0.n > $1.n }) where item.n % 2 == 1 {
+                    try await second.append(Out(n: item.n, tag: "odd"), ctx)
+                }
+            },
+            outputsPerRecord: 1
+        )
     }
 
     @Test("map, then a loop over the derived values; a nested loop hands the outer record back")
     func derivedAndNested() async throws {
-        try await Self.expectStable({ records, ctx, first, _ in
-            let doubled = records.map { $0.n * 2 }
-            for value in doubled { try await first.append(Out(n: value / 2, tag: "d"), ctx) }
-        }, outputsPerRecord: 1)
-        try await Self.expectStable({ records, ctx, first, _ in
-            for item in records {
-                var total = 0
-                for other in records { total += other.n }
-                try await first.append(Out(n: item.n, tag: "seen \(total > 0)"), ctx)
-            }
-        }, outputsPerRecord: 1)
+        try await Self.expectStable(
+            { records, ctx, first, _ in
+                let doubled = records.map { $0.n * 2 }
+                for value in doubled { try await first.append(Out(n: value / 2, tag: "d"), ctx) }
+            },
+            outputsPerRecord: 1
+        )
+        try await Self.expectStable(
+            { records, ctx, first, _ in
+                for item in records {
+                    var total = 0
+                    for other in records { total += other.n }
+                    try await first.append(Out(n: item.n, tag: "seen \(total > 0)"), ctx)
+                }
+            },
+            outputsPerRecord: 1
+        )
     }
 
     @Test("An append after the loop, or from a child task, fails and names the fix")
@@ -179,10 +212,19 @@ struct LineageTests {
         let handler = try #require(graph.handlers.first { $0.name == "schedule-beat" })
         let invoke = try handler.prepare(ComponentEnvironment(environment: [:], logger: Logger(label: "test")))
         let raw = ["t1", "t2"].map { id in
-            IncomingRecord(metadata: RecordMetadata(id: id, table: "beat", tenant: "t"), payload: Array(#"{"schedule":"beat","fire_time":"2026-12-07T00:00:00Z"}"#.utf8))
+            IncomingRecord(
+                metadata: RecordMetadata(id: id, table: "beat", tenant: "t"),
+                payload: Array(#"{"schedule":"beat","fire_time":"2026-12-07T00:00:00Z"}"#.utf8)
+            )
         }
         let publisher = RecordingPublisher()
-        let ctx = HandlerContext(handler: handler.name, tenant: "t", inputs: raw.map(\.metadata), publisher: publisher, logger: Logger(label: "test"))
+        let ctx = HandlerContext(
+            handler: handler.name,
+            tenant: "t",
+            inputs: raw.map(\.metadata),
+            publisher: publisher,
+            logger: Logger(label: "test")
+        )
         try await invoke(raw, ctx)
         try await ctx.flush()
         #expect(ctx.publishedCount == 4, "the worker's log line counts what the schedule appended")

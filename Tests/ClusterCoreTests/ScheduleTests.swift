@@ -6,17 +6,20 @@ import Testing
 struct ScheduleTests {
     func date(_ text: String) -> Date { ISO8601.parse(text)! }
 
-    @Test("Cron fires at the next matching instant", arguments: [
-        ("*/15 * * * *", "2026-11-26T10:07:30.000Z", "2026-11-26T10:15:00.000Z"),
-        ("0 3 * * *", "2026-11-26T03:00:00.000Z", "2026-11-27T03:00:00.000Z"),
-        ("30 2 1 * *", "2026-11-26T10:00:00.000Z", "2026-12-01T02:30:00.000Z"),
-        ("0 9 * * mon-fri", "2026-11-27T10:00:00.000Z", "2026-11-30T09:00:00.000Z"),
-        ("*/10 * * * * *", "2026-11-26T10:00:01.000Z", "2026-11-26T10:00:10.000Z"),
-        ("@hourly", "2026-11-26T10:59:59.500Z", "2026-11-26T11:00:00.000Z"),
-        ("0 0 29 feb *", "2026-03-01T00:00:00.000Z", "2028-02-29T00:00:00.000Z"),
-        ("0 12 1 jan,jul sun", "2026-11-26T00:00:00.000Z", "2027-01-01T12:00:00.000Z"),
-        ("0 12 1 jan,jul sun", "2027-01-01T13:00:00.000Z", "2027-01-03T12:00:00.000Z"),
-    ])
+    @Test(
+        "Cron fires at the next matching instant",
+        arguments: [
+            ("*/15 * * * *", "2026-11-26T10:07:30.000Z", "2026-11-26T10:15:00.000Z"),
+            ("0 3 * * *", "2026-11-26T03:00:00.000Z", "2026-11-27T03:00:00.000Z"),
+            ("30 2 1 * *", "2026-11-26T10:00:00.000Z", "2026-12-01T02:30:00.000Z"),
+            ("0 9 * * mon-fri", "2026-11-27T10:00:00.000Z", "2026-11-30T09:00:00.000Z"),
+            ("*/10 * * * * *", "2026-11-26T10:00:01.000Z", "2026-11-26T10:00:10.000Z"),
+            ("@hourly", "2026-11-26T10:59:59.500Z", "2026-11-26T11:00:00.000Z"),
+            ("0 0 29 feb *", "2026-03-01T00:00:00.000Z", "2028-02-29T00:00:00.000Z"),
+            ("0 12 1 jan,jul sun", "2026-11-26T00:00:00.000Z", "2027-01-01T12:00:00.000Z"),
+            ("0 12 1 jan,jul sun", "2027-01-01T13:00:00.000Z", "2027-01-03T12:00:00.000Z"),
+        ]
+    )
     func cron(expression: String, after: String, expected: String) {
         let schedule = Schedule.cron(expression)
         #expect(schedule.problem == nil)
@@ -40,14 +43,17 @@ struct ScheduleTests {
         #expect(schedule.nextFire(after: date("2026-11-26T10:00:30.000Z")) == date("2026-11-26T10:01:00.000Z"))
     }
 
-    @Test("Bad schedules explain themselves", arguments: [
-        (Schedule.cron("61 * * * *"), "minute '61'"),
-        (Schedule.cron("* * *"), "expected 5 or 6 fields"),
-        (Schedule.cron("*/0 * * * *"), "step"),
-        (Schedule.cron("0 0 * * *", timeZone: "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
-        (Schedule.daily(at: "25:00"), "HH:mm"),
-        (Schedule.every(.milliseconds(10)), "at least one second"),
-    ])
+    @Test(
+        "Bad schedules explain themselves",
+        arguments: [
+            (Schedule.cron("61 * * * *"), "minute '61'"),
+            (Schedule.cron("* * *"), "expected 5 or 6 fields"),
+            (Schedule.cron("*/0 * * * *"), "step"),
+            (Schedule.cron("0 0 * * *", timeZone: "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
+            (Schedule.daily(at: "25:00"), "HH:mm"),
+            (Schedule.every(.milliseconds(10)), "at least one second"),
+        ]
+    )
     func problems(schedule: Schedule, fragment: String) {
         #expect(schedule.problem?.contains(fragment) == true, "\(schedule.problem ?? "nil")")
     }
@@ -73,13 +79,15 @@ struct ScheduleTests {
                 "2026-03-08T07:00:00.000Z",  // 02:30 does not exist: 03:00 EDT
                 "2026-03-09T06:30:00.000Z",  // 02:30 EDT
                 "2026-03-10T06:30:00.000Z",
-            ])
+            ]
+        )
         // Several gap times of one day collapse into one fire at the jump.
         let quarterly = Schedule.cron("*/15 2 * * *", timeZone: "America/New_York")
         #expect(
             fires(quarterly, after: "2026-03-08T06:00:00.000Z", count: 2) == [
                 "2026-03-08T07:00:00.000Z", "2026-03-09T06:00:00.000Z",
-            ])
+            ]
+        )
     }
 
     @Test("An hourly job keeps firing every 60 minutes across fall-back; a fixed-hour job fires once")
@@ -93,41 +101,50 @@ struct ScheduleTests {
                 "2026-11-01T06:00:00.000Z",  // 01:00 EST (the repeated hour)
                 "2026-11-01T07:00:00.000Z",  // 02:00 EST
                 "2026-11-01T08:00:00.000Z",
-            ])
+            ]
+        )
         let halfHourly = Schedule.cron("*/30 * * * *", timeZone: "America/New_York")
         #expect(
             fires(halfHourly, after: "2026-11-01T05:10:00.000Z", count: 4) == [
                 "2026-11-01T05:30:00.000Z", "2026-11-01T06:00:00.000Z", "2026-11-01T06:30:00.000Z", "2026-11-01T07:00:00.000Z",
-            ])
+            ]
+        )
         let fixed = Schedule.cron("30 1 * * *", timeZone: "America/New_York")
         #expect(
             fires(fixed, after: "2026-10-31T12:00:00.000Z", count: 3) == [
                 "2026-11-01T05:30:00.000Z",  // first 01:30 (EDT) only
                 "2026-11-02T06:30:00.000Z",
                 "2026-11-03T06:30:00.000Z",
-            ])
+            ]
+        )
         // Berlin's change (2026-10-25, 03:00 CEST -> 02:00 CET at 01:00Z) behaves the same.
         let berlin = Schedule.cron("0 * * * *", timeZone: "Europe/Berlin")
         #expect(
             fires(berlin, after: "2026-10-24T23:30:00.000Z", count: 3) == [
                 "2026-10-25T00:00:00.000Z", "2026-10-25T01:00:00.000Z", "2026-10-25T02:00:00.000Z",
-            ])
+            ]
+        )
     }
 
     @Test("Every-second cron stays cheap to evaluate")
     func everySecondCron() {
         let schedule = Schedule.cron("* * * * * *")
-        #expect(fires(schedule, after: "2026-11-26T23:59:58.000Z", count: 3) == [
-            "2026-11-26T23:59:59.000Z", "2026-11-27T00:00:00.000Z", "2026-11-27T00:00:01.000Z",
-        ])
+        #expect(
+            fires(schedule, after: "2026-11-26T23:59:58.000Z", count: 3) == [
+                "2026-11-26T23:59:59.000Z", "2026-11-27T00:00:00.000Z", "2026-11-27T00:00:01.000Z",
+            ]
+        )
     }
 
-    @Test("Catch-up policies after downtime", arguments: [
-        (Schedule.CatchUpPolicy.skip, [String](), 10),
-        (.fireOnce, ["2026-11-26T10:10:00.000Z"], 9),
-        (.fireAll(limit: 100), (1...10).map { String(format: "2026-11-26T10:%02d:00.000Z", $0) }, 0),
-        (.fireAll(limit: 3), ["2026-11-26T10:08:00.000Z", "2026-11-26T10:09:00.000Z", "2026-11-26T10:10:00.000Z"], 7),
-    ])
+    @Test(
+        "Catch-up policies after downtime",
+        arguments: [
+            (Schedule.CatchUpPolicy.skip, [String](), 10),
+            (.fireOnce, ["2026-11-26T10:10:00.000Z"], 9),
+            (.fireAll(limit: 100), (1...10).map { String(format: "2026-11-26T10:%02d:00.000Z", $0) }, 0),
+            (.fireAll(limit: 3), ["2026-11-26T10:08:00.000Z", "2026-11-26T10:09:00.000Z", "2026-11-26T10:10:00.000Z"], 7),
+        ]
+    )
     func catchUp(policy: Schedule.CatchUpPolicy, expected: [String], dropped: Int) {
         let schedule = Schedule.every(.seconds(60)).catchUp(policy)
         let result = schedule.catchUpFires(after: date("2026-11-26T10:00:00.000Z"), upTo: date("2026-11-26T10:10:30.000Z"))

@@ -1,5 +1,6 @@
-@testable import Coordinator
 import Testing
+
+@testable import Coordinator
 
 /// A point on a time line the test writes down: no clock is ever read.
 struct TestInstant: InstantProtocol, Hashable {
@@ -68,7 +69,10 @@ struct LeaderLeaseTests {
         #expect(lease.pause(now: t0.advanced(by: .milliseconds(6500))) == .seconds(1), "and sooner when its deadline comes first")
         // A renewal sent earlier than the last one never shortens the deadline.
         #expect(lease.acquired(7, sentAt: t0.advanced(by: .seconds(-1))) == .extend(deadline: t0.advanced(by: .milliseconds(7500))))
-        #expect(lease.acquired(8, sentAt: t0.advanced(by: .seconds(2))) == .restartLeading(token: 8, deadline: t0.advanced(by: .milliseconds(9500))))
+        #expect(
+            lease.acquired(8, sentAt: t0.advanced(by: .seconds(2)))
+                == .restartLeading(token: 8, deadline: t0.advanced(by: .milliseconds(9500)))
+        )
         #expect(lease.acquired(nil, sentAt: t0.advanced(by: .seconds(4))) == .stopLeading(reason: "another coordinator holds the lease"))
         #expect(lease.state == .candidate)
         #expect(lease.check(now: t0.advanced(by: .seconds(100))) == .none, "a candidate has no deadline")

@@ -1,5 +1,6 @@
-@testable import Coordinator
 import Testing
+
+@testable import Coordinator
 
 @Suite("Partition owners by rendezvous hashing")
 struct PartitionOwnersTests {

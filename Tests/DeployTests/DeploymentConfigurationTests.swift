@@ -2,6 +2,7 @@ import ClusterCore
 import Deploy
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -49,21 +50,42 @@ struct DeploymentConfigurationTests {
         #expect(configuration.deployment.workerGroups.first?.handlers == ["openai-completion-prompts"])
     }
 
-    @Test("Malformed files name the path and the problem", arguments: [
-        (#"{"deployment": {"engine": "docker"}}"#, "deployment.engine: unknown engine 'docker'; expected kubernetes, nomad or process"),
-        (#"{"storages": [{"type": "database", "name": "pg"}]}"#, "storages[0].url: missing"),
-        (#"{"storages": {"type": "database"}}"#, "storages: expected an array, got an object"),
-        (#"{"storages": [{"type": 5, "url": "postgres://h/db", "name": "pg"}]}"#, "storages[0].type: expected a string, got a number"),
-        (#"{"storages": [{"type": "database", "url": "postgres://u:hunter2@h/db", "name": "pg"}]}"#, "storages[0].url: contains a password"),
-        (#"{"storages": [{"type": "database", "url": "mysql://h/db", "name": "pg"}]}"#, "storages[0].url: a database URL must start with"),
-        (#"{"deployment": {"engine": "process", "replicas": {"worker": "three"}}}"#, "deployment.replicas.worker: expected an integer, got a string"),
-        (#"{"deployment": {"engine": "process", "replicas": {"coordinator": 2}}}"#, "deployment.replicas.coordinator: more than one coordinator needs a shared Postgres"),
-        (#"{"deployment": {"engine": "process", "replicas": {"coordinator": 9}}}"#, "deployment.replicas.coordinator: must be between 1 and 5"),
-        (#"{"deployment": {"engine": "process", "worker_groups": [{"name": "g"}]}}"#, "deployment.worker_groups[0].handlers: expected a non-empty array"),
-        (#"{"deployment": {"engine": "process", "tenant": "Acme"}}"#, "deployment.tenant: tenant name 'Acme'"),
-        (#"{"storage": []}"#, "$.storage: unknown key"),
-        (#"{"deployment": {}}"#, "deployment.engine: missing"),
-    ])
+    @Test(
+        "Malformed files name the path and the problem",
+        arguments: [
+            (#"{"deployment": {"engine": "docker"}}"#, "deployment.engine: unknown engine 'docker'; expected kubernetes, nomad or process"),
+            (#"{"storages": [{"type": "database", "name": "pg"}]}"#, "storages[0].url: missing"),
+            (#"{"storages": {"type": "database"}}"#, "storages: expected an array, got an object"),
+            (#"{"storages": [{"type": 5, "url": "postgres://h/db", "name": "pg"}]}"#, "storages[0].type: expected a string, got a number"),
+            (
+                #"{"storages": [{"type": "database", "url": "postgres://u:hunter2@h/db", "name": "pg"}]}"#,
+                "storages[0].url: contains a password"
+            ),
+            (
+                #"{"storages": [{"type": "database", "url": "mysql://h/db", "name": "pg"}]}"#,
+                "storages[0].url: a database URL must start with"
+            ),
+            (
+                #"{"deployment": {"engine": "process", "replicas": {"worker": "three"}}}"#,
+                "deployment.replicas.worker: expected an integer, got a string"
+            ),
+            (
+                #"{"deployment": {"engine": "process", "replicas": {"coordinator": 2}}}"#,
+                "deployment.replicas.coordinator: more than one coordinator needs a shared Postgres"
+            ),
+            (
+                #"{"deployment": {"engine": "process", "replicas": {"coordinator": 9}}}"#,
+                "deployment.replicas.coordinator: must be between 1 and 5"
+            ),
+            (
+                #"{"deployment": {"engine": "process", "worker_groups": [{"name": "g"}]}}"#,
+                "deployment.worker_groups[0].handlers: expected a non-empty array"
+            ),
+            (#"{"deployment": {"engine": "process", "tenant": "Acme"}}"#, "deployment.tenant: tenant name 'Acme'"),
+            (#"{"storage": []}"#, "$.storage: unknown key"),
+            (#"{"deployment": {}}"#, "deployment.engine: missing"),
+        ]
+    )
     func malformed(text: String, expected: String) {
         let found = problems(text)
         #expect(found.contains { $0.hasPrefix(expected) }, "\(found)")

@@ -1,7 +1,8 @@
 import AutonomousTesting
-@testable import Ingress
 import Synchronization
 import Testing
+
+@testable import Ingress
 
 /// How ingress nodes count each other, on a clock the test moves by hand.
 @Suite("Ingress peers, counting")
@@ -15,7 +16,9 @@ struct IngressPeersCountingTests {
         #expect(peers.heard(Array(#"{"node":"a"}"#.utf8)) == 2)
         #expect(peers.heard(Array(#"{"node":"a"}"#.utf8)) == nil, "the same node again")
         #expect(peers.heard(Array(#"{"node":"b"}"#.utf8)) == 3)
-        for bad in [#"{"node":"B!"}"#, #"{"node":""}"#, #"{"node":5}"#, "[]", "garbage", #"{"node":"\#(String(repeating: "x", count: 65))"}"#] {
+        for bad in [
+            #"{"node":"B!"}"#, #"{"node":""}"#, #"{"node":5}"#, "[]", "garbage", #"{"node":"\#(String(repeating: "x", count: 65))"}"#,
+        ] {
             #expect(peers.heard(Array(bad.utf8)) == nil, "\(bad)")
         }
         #expect(peers.count == 3)

@@ -1,9 +1,10 @@
 import AutonomousTesting
 import ClusterCore
 import Foundation
-@testable import Ingress
 import Synchronization
 import Testing
+
+@testable import Ingress
 
 /// The ingress's per-tenant token buckets, on a clock the test moves by hand.
 @Suite("Tenant rate limiter")

@@ -16,7 +16,13 @@ struct BadInputTests {
 
     static let environment = ["SIGNING_SECRET": "s3cr3t"]
 
-    func expectError(_ response: (status: Int, body: JSONValue), status: Int, code: String, field: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
+    func expectError(
+        _ response: (status: Int, body: JSONValue),
+        status: Int,
+        code: String,
+        field: String? = nil,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(response.status == status, "status", sourceLocation: sourceLocation)
         #expect(response.body["error"]["code"].stringValue == code, "code in \(response.body)", sourceLocation: sourceLocation)
         #expect(response.body["error"]["message"].stringValue?.isEmpty == false, "message", sourceLocation: sourceLocation)
@@ -32,39 +38,77 @@ struct BadInputTests {
             let good = try await app.post("/v1/tables/events/records", body: #"{"keep":"me"}"#)
             #expect(good.status == 202)
 
-            expectError(try await app.post("/v1/tables/events/records", body: #"{"a": 1,"#), status: 400, code: "invalid_json", field: "body")
-            expectError(try await app.post("/v1/tables/events/records", body: "\"just a string\""), status: 422, code: "not_an_object", field: "body")
-            expectError(try await app.post("/v1/tables/events/records", body: #"[{"a":1}, 42]"#), status: 422, code: "not_an_object", field: "records[1]")
+            expectError(
+                try await app.post("/v1/tables/events/records", body: #"{"a": 1,"#),
+                status: 400,
+                code: "invalid_json",
+                field: "body"
+            )
+            expectError(
+                try await app.post("/v1/tables/events/records", body: "\"just a string\""),
+                status: 422,
+                code: "not_an_object",
+                field: "body"
+            )
+            expectError(
+                try await app.post("/v1/tables/events/records", body: #"[{"a":1}, 42]"#),
+                status: 422,
+                code: "not_an_object",
+                field: "records[1]"
+            )
             expectError(try await app.post("/v1/tables/nope/records", body: "{}"), status: 404, code: "unknown_table", field: "table")
-            expectError(try await app.post("/v1/tables/Bad.Name/records", body: "{}"), status: 400, code: "invalid_table_name", field: "table")
+            expectError(
+                try await app.post("/v1/tables/Bad.Name/records", body: "{}"),
+                status: 400,
+                code: "invalid_table_name",
+                field: "table"
+            )
             let big = "{\"x\":\"" + String(repeating: "a", count: 8000) + "\"}"
             expectError(try await app.post("/v1/tables/events/records", body: big), status: 413, code: "body_too_large", field: "body")
             expectError(
                 try await app.post("/v1/tables/events/records", body: "{\"a\":1}\n{oops}\n", contentType: "application/x-ndjson"),
-                status: 400, code: "invalid_json", field: "line 2"
+                status: 400,
+                code: "invalid_json",
+                field: "line 2"
             )
             expectError(
                 try await app.post("/v1/tables/events/records", body: "{\"a\":1}\n[1]\n", contentType: "application/x-ndjson"),
-                status: 422, code: "not_an_object", field: "line 2"
+                status: 422,
+                code: "not_an_object",
+                field: "line 2"
             )
             expectError(try await app.post("/v1/tables/events/records", body: "[]"), status: 400, code: "no_records", field: "body")
             expectError(
                 try await app.post("/v1/tables/events/records", body: "{}", contentType: "text/plain"),
-                status: 415, code: "unsupported_media_type", field: "Content-Type"
+                status: 415,
+                code: "unsupported_media_type",
+                field: "Content-Type"
             )
             expectError(
                 try await app.post("/v1/tables/events/records", body: "{}", headers: [("Idempotency-Key", "no spaces allowed")]),
-                status: 400, code: "invalid_idempotency_key", field: "Idempotency-Key"
+                status: 400,
+                code: "invalid_idempotency_key",
+                field: "Idempotency-Key"
             )
             // Typed table: the record must decode as a Reading.
-            expectError(try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s1"}"#), status: 422, code: "invalid_record", field: "value")
+            expectError(
+                try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s1"}"#),
+                status: 422,
+                code: "invalid_record",
+                field: "value"
+            )
             // Every missing field is named at once.
             let bare = try await app.post("/v1/tables/readings/records", body: #"{"note":"x"}"#)
             expectError(bare, status: 422, code: "invalid_record", field: "sensor")
-            #expect(bare.body["error"]["message"].stringValue?.contains("missing required fields 'sensor', 'value'") == true, "\(bare.body)")
+            #expect(
+                bare.body["error"]["message"].stringValue?.contains("missing required fields 'sensor', 'value'") == true,
+                "\(bare.body)"
+            )
             expectError(
                 try await app.post("/v1/tables/readings/records", body: #"[{"sensor":"s1","value":1},{"sensor":"s2","value":"high"}]"#),
-                status: 422, code: "invalid_record", field: "records[1].value"
+                status: 422,
+                code: "invalid_record",
+                field: "records[1].value"
             )
             expectError(try await app.post("/echo", body: "{nope"), status: 400, code: "invalid_json", field: "body")
             expectError(try await app.post("/nowhere", body: "{}"), status: 404, code: "not_found")
@@ -74,11 +118,21 @@ struct BadInputTests {
             let body = #"{"sensor":"s","value":1}"#
             let timestamp = String(Int(Date().timeIntervalSince1970))
             expectError(
-                try await app.post("/signed", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", "v0=deadbeef")]),
-                status: 401, code: "invalid_signature", field: "X-Slack-Signature"
+                try await app.post(
+                    "/signed",
+                    body: body,
+                    headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", "v0=deadbeef")]
+                ),
+                status: 401,
+                code: "invalid_signature",
+                field: "X-Slack-Signature"
             )
             let signature = WebhookVerification.slackSignature(secret: "s3cr3t", timestamp: timestamp, body: Array(body.utf8))
-            let signed = try await app.post("/signed", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)])
+            let signed = try await app.post(
+                "/signed",
+                body: body,
+                headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)]
+            )
             #expect(signed.status == 200)
 
             // Nothing that was refused reached a table; what was accepted is there once.
@@ -93,7 +147,11 @@ struct BadInputTests {
     func idempotencyKey() async throws {
         try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
             for _ in 0..<3 {
-                let response = try await app.post("/v1/tables/events/records", body: #"[{"n":1},{"n":2}]"#, headers: [("Idempotency-Key", "order-77")])
+                let response = try await app.post(
+                    "/v1/tables/events/records",
+                    body: #"[{"n":1},{"n":2}]"#,
+                    headers: [("Idempotency-Key", "order-77")]
+                )
                 #expect(response.status == 202)
                 #expect(response.body["ids"] == ["order-77-0", "order-77-1"])
             }

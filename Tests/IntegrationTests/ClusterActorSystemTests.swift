@@ -28,7 +28,11 @@ final class FakeBackend: CoordinatorBackend {
 
     func assignPartitions(_ request: PartitionRequest) async throws -> PartitionAssignment {
         calls.add(1, ordering: .relaxed)
-        return PartitionAssignment(granted: Dictionary(uniqueKeysWithValues: request.held.map { ($0, 7) }), revoke: request.released, ttlMilliseconds: 1234)
+        return PartitionAssignment(
+            granted: Dictionary(uniqueKeysWithValues: request.held.map { ($0, 7) }),
+            revoke: request.released,
+            ttlMilliseconds: 1234
+        )
     }
 }
 
@@ -52,7 +56,10 @@ struct ClusterActorSystemTests {
             // The subscription may need a moment to reach the server.
             try await Task.sleep(for: .milliseconds(100))
             #expect(try await proxy.activeTenants() == ["acme", "globex"])
-            #expect(try await proxy.access(forKeyHash: APIKeys.hash("good")) == TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900)))
+            #expect(
+                try await proxy.access(forKeyHash: APIKeys.hash("good"))
+                    == TenantAccess(tenant: "acme", limits: TenantLimits(recordsPerSecond: 500, burst: 900))
+            )
             #expect(try await proxy.access(forKeyHash: APIKeys.hash("bad")) == nil)
             #expect(try await proxy.tenant(forKeyHash: APIKeys.hash("good")) == "acme", "the call of ingress nodes before tenant limits")
             #expect(try await proxy.limits(ofTenant: "acme") == TenantLimits(recordsPerSecond: 500, burst: 900))
@@ -89,10 +96,18 @@ struct ClusterActorSystemTests {
             // So does a call this release does not know (a newer peer's): ingress nodes fall back
             // to `tenant(forKeyHash:)` on it when a coordinator predates `access(forKeyHash:)`.
             let unknown = try await other.request(
-                CoreMessage(subject: "aut._coord.rpc", payload: Array(#"{"v":1,"target":"$s11ClusterCore19CoordinatorEndpointC7unknownyyYaKFTE","generics":[],"arguments":[]}"#.utf8)),
+                CoreMessage(
+                    subject: "aut._coord.rpc",
+                    payload: Array(
+                        #"{"v":1,"target":"$s11ClusterCore19CoordinatorEndpointC7unknownyyYaKFTE","generics":[],"arguments":[]}"#.utf8
+                    )
+                ),
                 timeout: .seconds(2)
             )
-            #expect(String(decoding: unknown.payload, as: UTF8.self).contains("versionMismatch"), "\(String(decoding: unknown.payload, as: UTF8.self))")
+            #expect(
+                String(decoding: unknown.payload, as: UTF8.self).contains("versionMismatch"),
+                "\(String(decoding: unknown.payload, as: UTF8.self))"
+            )
 
             #expect(endpoint.id == .coordinator, "(keeps the hosted actor alive until here)")
             // Once the host stops serving, callers get `.unavailable` again.

@@ -17,7 +17,9 @@ struct CoordinatorFailoverTests {
         return parts.count >= 3 ? Int32(parts[parts.count - 2]) : nil
     }
 
-    @Test("kill -9 of the leader hands leadership to a standby within the lease TTL; an every-second schedule fires each tick exactly once across two failovers")
+    @Test(
+        "kill -9 of the leader hands leadership to a standby within the lease TTL; an every-second schedule fires each tick exactly once across two failovers"
+    )
     func failover() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-failover-\(UUID().uuidString)").path
         var specification = ProcessCluster.Specification(app: Self.fixture, directory: directory)
@@ -69,12 +71,18 @@ struct CoordinatorFailoverTests {
             let first = Int(start.timeIntervalSince1970.rounded(.up)) + 1
             let last = Int(end.timeIntervalSince1970.rounded(.down)) - 1
             let ticks = try await StreamAudit.read(
-                connection: connection, stream: "AUT_DEFAULT", subject: "aut.default.sched.beat", atLeast: last - first + 1, timeout: .seconds(20)
+                connection: connection,
+                stream: "AUT_DEFAULT",
+                subject: "aut.default.sched.beat",
+                atLeast: last - first + 1,
+                timeout: .seconds(20)
             )
             await connection.close()
             var counts: [Int: Int] = [:]
             for tick in ticks {
-                guard let text = try? JSONParser.parse(tick.payload)["fire_time"].stringValue, let date = ISO8601.parse(text) else { continue }
+                guard let text = try? JSONParser.parse(tick.payload)["fire_time"].stringValue, let date = ISO8601.parse(text) else {
+                    continue
+                }
                 counts[Int(date.timeIntervalSince1970), default: 0] += 1
             }
             let window = first...last

@@ -5,13 +5,14 @@ import Foundation
 import Logging
 import NATS
 import NIOCore
-import Testing
 import NIOHTTP1
+import Testing
 
 /// Runs the real `OrderFlow dev` binary as a user would.
 @Suite("OrderFlow dev mode", .serialized)
 struct DevModeTests {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     final class DevProcess: Sendable {
         let process: Process
@@ -98,7 +99,9 @@ struct DevModeTests {
     func devAdminAndPorts() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
         defer {
-            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] { try? FileManager.default.removeItem(atPath: path) }
+            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
         }
         let dev = try DevProcess(dataDirectory: dataDirectory)
         let (port, _) = try await dev.waitForBanner()
@@ -120,7 +123,8 @@ struct DevModeTests {
         }
         let clash = try DevProcess(dataDirectory: other, port: port)
         for _ in 0..<600 where clash.process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
-        let clashText = (try String(contentsOfFile: clash.errors, encoding: .utf8)) + (try String(contentsOfFile: clash.output, encoding: .utf8))
+        let clashText =
+            (try String(contentsOfFile: clash.errors, encoding: .utf8)) + (try String(contentsOfFile: clash.output, encoding: .utf8))
         #expect(!clash.process.isRunning)
         if !clash.process.isRunning { #expect(clash.process.terminationStatus != 0) } else { _ = await clash.stop(signal: SIGKILL) }
         #expect(clashText.contains("\(port)") && clashText.contains("in use"), "\(clashText)")
@@ -135,7 +139,9 @@ struct DevModeTests {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-dev-\(UUID().uuidString)").path
         let started = dataDirectory + ".started"
         defer {
-            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr", started] { try? FileManager.default.removeItem(atPath: path) }
+            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr", started] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
         }
         let dev = try DevProcess(
             dataDirectory: dataDirectory,
@@ -164,7 +170,11 @@ struct DevModeTests {
     func badFlags() async throws {
         let binary = Self.packageRoot.appendingPathComponent(".build/debug/OrderFlow").path
         for name in ["AUTONOMOUS_RATE_LIMIT_PER_NODE", "AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH", "AUTONOMOUS_REQUIRE_API_KEY"] {
-            let (status, output) = try await runProgram(binary, ["ingress", "--nats-url", "nats://127.0.0.1:1"], environment: [name: "maybe"])
+            let (status, output) = try await runProgram(
+                binary,
+                ["ingress", "--nats-url", "nats://127.0.0.1:1"],
+                environment: [name: "maybe"]
+            )
             #expect(status != 0 && output.contains("\(name) 'maybe' must be true or false"), "\(name): \(output)")
         }
     }

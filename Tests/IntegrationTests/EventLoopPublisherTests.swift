@@ -1,10 +1,11 @@
 import AutonomousTesting
 import Foundation
-@testable import NATS
 import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
+
+@testable import NATS
 
 /// The ingress's event-loop publisher: its own NATS protocol client, against a real nats-server.
 @Suite("Event-loop publisher against a real nats-server")
@@ -15,7 +16,11 @@ struct EventLoopPublisherTests {
             let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
             var configuration = EventLoopPublisher.Configuration(servers: [server.url], name: "elp-test")
             configuration.publishTimeout = .seconds(5)
-            let publisher = try await EventLoopPublisher.connect(configuration: configuration, eventLoop: eventLoop, logger: TestNATSServer.logger)
+            let publisher = try await EventLoopPublisher.connect(
+                configuration: configuration,
+                eventLoop: eventLoop,
+                logger: TestNATSServer.logger
+            )
             #expect(publisher.isConnected)
             do {
                 try await body(publisher, server.connection)
@@ -47,11 +52,14 @@ struct EventLoopPublisherTests {
     func publishesAndAcks() async throws {
         try await Self.withPublisher { publisher, connection in
             let big = String(repeating: "x", count: 100_000)
-            let acks = try await Self.publish(publisher, [
-                Self.message("elp.a", #"{"n":1}"#, id: "one", headers: [("Aut-Table", "a"), ("Note", "colon: inside, ünïcode")]),
-                Self.message("elp.b", "", id: "two"),
-                Self.message("elp.c", big),
-            ]).get()
+            let acks = try await Self.publish(
+                publisher,
+                [
+                    Self.message("elp.a", #"{"n":1}"#, id: "one", headers: [("Aut-Table", "a"), ("Note", "colon: inside, ünïcode")]),
+                    Self.message("elp.b", "", id: "two"),
+                    Self.message("elp.c", big),
+                ]
+            ).get()
             #expect(acks.map(\.sequence) == [1, 2, 3])
             #expect(acks.allSatisfy { !$0.duplicate })
             let first = try #require(try await connection.message(stream: "ELP", sequence: 1))
@@ -102,7 +110,11 @@ struct EventLoopPublisherTests {
         try await Self.withPublisher { publisher, _ in
             await publisher.close()
             let outcome = await Self.publish(publisher, [Self.message("elp.a", "{}")])
-            if case .failure(let error) = outcome { #expect(error.code == .connectionClosed) } else { Issue.record("published after close") }
+            if case .failure(let error) = outcome {
+                #expect(error.code == .connectionClosed)
+            } else {
+                Issue.record("published after close")
+            }
         }
     }
 
@@ -139,7 +151,11 @@ struct EventLoopPublisherTests {
         // fails when the publisher gives up on the connection (well before its 30 s deadline).
         // (`.connectionClosed`, not the deadline's `.timeout`.)
         let outcome = await Self.publish(publisher, [Self.message("elp.a", "{}")])
-        if case .failure(let error) = outcome { #expect(error.code == .connectionClosed, "\(error)") } else { Issue.record("acknowledged by a silent server") }
+        if case .failure(let error) = outcome {
+            #expect(error.code == .connectionClosed, "\(error)")
+        } else {
+            Issue.record("acknowledged by a silent server")
+        }
         // The second connection answers PINGs: the publisher is connected again.
         let deadline = ContinuousClock.now + .seconds(10)
         while !publisher.isConnected || server.connections < 2, ContinuousClock.now < deadline {

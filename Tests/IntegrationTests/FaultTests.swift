@@ -5,9 +5,9 @@ import Deploy
 import Foundation
 import NATS
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
-import NIOHTTP1
 
 /// Faults injected into real processes started by the `process` deploy engine.
 @Suite("Faults against real processes", .serialized)
@@ -26,7 +26,10 @@ struct FaultTests {
     }
 
     /// Starts a cluster, runs `body`, and always stops the cluster and removes its directory.
-    func withCluster<T: Sendable>(_ specification: ProcessCluster.Specification, _ body: (ProcessCluster) async throws -> T) async throws -> T {
+    func withCluster<T: Sendable>(
+        _ specification: ProcessCluster.Specification,
+        _ body: (ProcessCluster) async throws -> T
+    ) async throws -> T {
         let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
         do {
             let result = try await body(cluster)
@@ -45,7 +48,8 @@ struct FaultTests {
     }
 
     /// Posts one NDJSON batch; returns the status (0 for a transport error) and how long it took.
-    func post(_ url: String, key: String, body: String, table: String = "orders", timeout: Duration = .seconds(30)) async -> (Int, Duration) {
+    func post(_ url: String, key: String, body: String, table: String = "orders", timeout: Duration = .seconds(30)) async -> (Int, Duration)
+    {
         let start = ContinuousClock.now
         var request = HTTPClientRequest(url: url + "/v1/tables/\(table)/records")
         request.method = .POST
@@ -72,8 +76,11 @@ struct FaultTests {
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         do {
             let records = try await StreamAudit.read(
-                connection: connection, stream: "AUT_DEFAULT_tbl_\(table)", subject: "aut.default.tbl.\(table)",
-                atLeast: expected.count, timeout: .seconds(180)
+                connection: connection,
+                stream: "AUT_DEFAULT_tbl_\(table)",
+                subject: "aut.default.tbl.\(table)",
+                atLeast: expected.count,
+                timeout: .seconds(180)
             )
             await connection.close()
             let ids = records.compactMap { try? JSONParser.parse($0.payload)[field].stringValue }
@@ -156,7 +163,9 @@ struct FaultTests {
             }
             let elapsed = ContinuousClock.now - start
             let restarts = await cluster.restarts
-            print("kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)")
+            print(
+                "kill -9 test: \(batches * perBatch) records, \(kills) worker kills, \(restarts) restarts, \(outputs) outputs in \(elapsed)"
+            )
             #expect(kills >= 2)
             #expect(outputs == expected.count, "no output lost or doubled")
             #expect(unique == expected)
@@ -224,7 +233,9 @@ struct FaultTests {
             let all = outcomes.withLock { $0 }
             let accepted = all.filter { $0.status == 202 }
             let refused = all.filter { $0.status != 202 }
-            print("outage test: \(all.count) requests, \(accepted.count) accepted, \(refused.count) refused (\(Set(refused.map(\.status))))")
+            print(
+                "outage test: \(all.count) requests, \(accepted.count) accepted, \(refused.count) refused (\(Set(refused.map(\.status))))"
+            )
             #expect(!refused.isEmpty, "some requests fell in the outage")
             let statuses = Set(refused.map(\.status))
             let slowest = all.map(\.seconds).max() ?? 0
@@ -235,10 +246,12 @@ struct FaultTests {
             #expect(recovered == 5, "the ingress recovered by itself")
 
             // Every record of every 2xx is enriched exactly once.
-            let expected = Set(accepted.flatMap { outcome in
-                let n = Int(outcome.key.dropFirst())!
-                return (0..<20).map { "o-\(n)-\($0)" }
-            })
+            let expected = Set(
+                accepted.flatMap { outcome in
+                    let n = Int(outcome.key.dropFirst())!
+                    return (0..<20).map { "o-\(n)-\($0)" }
+                }
+            )
             let (_, unique) = try await audit(cluster.natsURL, expected: expected)
             #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
         }
@@ -256,17 +269,22 @@ struct FaultTests {
                 return MetricsTests.value(text, "autonomous_ingress_nodes")
             }
             // Each shares tenant limits between the two.
-            #expect(try await eventually(timeout: .seconds(15)) {
+            #expect(
+                try await eventually(timeout: .seconds(15)) {
                     let first = await nodes(urls[0])
                     let second = await nodes(urls[1])
                     return first == 2 && second == 2
-                })
+                }
+            )
             // SIGTERM to the second: it says it is leaving, so the first counts it out for that
             // reason, not for going quiet.
             try await cluster.scale("ingress", to: 1)
             #expect(try await eventually(timeout: .seconds(10)) { await nodes(urls[0]) == 1 })
             let metrics = try await MetricsTests.get(urls[0] + "/metrics").text
-            #expect(MetricsTests.value(metrics, #"autonomous_ingress_nodes_departed_total{reason="leaving"}"#) == 1, "counted out by its leaving message")
+            #expect(
+                MetricsTests.value(metrics, #"autonomous_ingress_nodes_departed_total{reason="leaving"}"#) == 1,
+                "counted out by its leaving message"
+            )
             #expect((MetricsTests.value(metrics, #"autonomous_ingress_nodes_departed_total{reason="silent"}"#) ?? 0) == 0)
         }
     }
@@ -324,7 +342,10 @@ struct FaultTests {
                 try await cluster.scale("worker", to: workers)
                 var drained = false
                 while ContinuousClock.now - start < .seconds(120) {
-                    if let state = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_enriched_orders", consumer: "h_flag-high-value"),
+                    if let state = try await connection.consumerState(
+                        stream: "AUT_DEFAULT_tbl_enriched_orders",
+                        consumer: "h_flag-high-value"
+                    ),
                         let enrich = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_orders", consumer: "h_enrich-orders"),
                         enrich.numPending == 0, enrich.numAckPending == 0, state.numPending == 0, state.numAckPending == 0,
                         enrich.ackFloorStreamSequence > 0

@@ -1,13 +1,13 @@
 import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
+import Coordinator
 import Foundation
-import NIOCore
 import NATS
+import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
-import NIOHTTP1
-import Coordinator
 
 @Suite("Delivery guarantees", .serialized)
 struct GuaranteeTests {
@@ -33,7 +33,10 @@ struct GuaranteeTests {
             let counts = invocations.withLock { $0 }
             #expect(counts.count == 3)
             #expect(counts.values.allSatisfy { $0 == 1 }, "each record handled once: \(counts)")
-            let state = try await app.connection.consumerState(stream: Wire.tableStreamName(tenant: "default", table: "inputs"), consumer: "h_slow")
+            let state = try await app.connection.consumerState(
+                stream: Wire.tableStreamName(tenant: "default", table: "inputs"),
+                consumer: "h_slow"
+            )
             #expect(state?.numRedelivered == 0)
             #expect(state?.numAckPending == 0)
         }
@@ -47,7 +50,9 @@ struct GuaranteeTests {
         let inputs = app.table("inputs")
         let fixed = app.table("fixed")
         let steady = app.table("steady_out")
-        inputs.onNewRecords("fragile", options: HandlerOptions(batchSize: 10, maxAttempts: 2, retryBackoff: [.milliseconds(50)])) { records, ctx in
+        inputs.onNewRecords("fragile", options: HandlerOptions(batchSize: 10, maxAttempts: 2, retryBackoff: [.milliseconds(50)])) {
+            records,
+            ctx in
             if broken.withLock({ $0 }) { throw ConfigurationError("upstream API returned 500") }
             try await fixed.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
         }
@@ -129,10 +134,13 @@ struct GuaranteeTests {
         var app = AppBuilder(name: "Pressure")
         _ = app.table("events")
         let graph = try app.build()
-        try await withRunningApp(graph, configure: {
-            $0.maxInFlightRecords = 50
-            $0.publishTimeout = .seconds(3)
-        }) { app in
+        try await withRunningApp(
+            graph,
+            configure: {
+                $0.maxInFlightRecords = 50
+                $0.publishTimeout = .seconds(3)
+            }
+        ) { app in
             #expect(try await app.post("/v1/tables/events/records", body: #"{"warm":"up"}"#).status == 202)
             // Freeze nats-server: the TCP connection stays up, PubAcks stop.
             let pid = app.server.process.processIdentifier

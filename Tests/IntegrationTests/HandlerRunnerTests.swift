@@ -2,8 +2,9 @@ import Autonomous
 import AutonomousTesting
 import Coordinator
 import Foundation
-@testable import NATS
 import Testing
+
+@testable import NATS
 @testable import Worker
 
 @Suite("Handler runner against a real nats-server")
@@ -59,12 +60,19 @@ struct HandlerRunnerTests {
             }
             // Not connected to a subscription: its acks go nowhere.
             let batch = FetchedBatch(
-                deliveries: [delivery("a", sequence: 7, count: 1), delivery("b", sequence: 8, count: 1), delivery("a", sequence: 7, count: 2)],
+                deliveries: [
+                    delivery("a", sequence: 7, count: 1), delivery("b", sequence: 8, count: 1), delivery("a", sequence: 7, count: 2),
+                ],
                 connection: nil
             )
             await runner.process(batch)
             #expect(seen.all == ["a@2", "b@1"])
-            let outputs = try await server.connection.readAll(stream: "AUT_DEFAULT_tbl_out", subject: "aut.default.tbl.out", headers: [], atLeast: 2)
+            let outputs = try await server.connection.readAll(
+                stream: "AUT_DEFAULT_tbl_out",
+                subject: "aut.default.tbl.out",
+                headers: [],
+                atLeast: 2
+            )
             #expect(outputs.count == 2)
             #expect(try await server.connection.streamState("AUT_DEFAULT_tbl_out")?.messages == 2)
         }
@@ -97,13 +105,20 @@ struct HandlerRunnerTests {
             // Out of order, and "a" (sequence 7) twice: handled once, as its latest delivery,
             // before "b" (sequence 8).
             let batch = FetchedBatch(
-                deliveries: [delivery("b", sequence: 8, count: 1), delivery("a", sequence: 7, count: 1), delivery("a", sequence: 7, count: 2)],
+                deliveries: [
+                    delivery("b", sequence: 8, count: 1), delivery("a", sequence: 7, count: 1), delivery("a", sequence: 7, count: 2),
+                ],
                 connection: nil
             )
             let lease = PartitionLease(partition: 0, token: 1, deadline: .now + .seconds(30))
             await runner.process(batch, lease: lease, logger: TestNATSServer.logger)
             #expect(seen.all == ["a@2", "b@1"])
-            let outputs = try await server.connection.readAll(stream: "AUT_DEFAULT_tbl_out", subject: "aut.default.tbl.out", headers: [], atLeast: 2)
+            let outputs = try await server.connection.readAll(
+                stream: "AUT_DEFAULT_tbl_out",
+                subject: "aut.default.tbl.out",
+                headers: [],
+                atLeast: 2
+            )
             #expect(outputs.count == 2)
             #expect(try await server.connection.streamState("AUT_DEFAULT_tbl_out")?.messages == 2)
         }

@@ -23,10 +23,13 @@ struct HelpTextTests {
         return found
     }
 
-    @Test("Every command's discussion is wrapped by the terminal's width only", arguments: [
-        [orderFlow, "--help"], [orderFlow, "dev", "--help"], [cli, "deploy", "--help"], [cli, "dlq", "--help"],
-        [cli, "tenants", "limit", "--help"],
-    ])
+    @Test(
+        "Every command's discussion is wrapped by the terminal's width only",
+        arguments: [
+            [orderFlow, "--help"], [orderFlow, "dev", "--help"], [cli, "deploy", "--help"], [cli, "dlq", "--help"],
+            [cli, "tenants", "limit", "--help"],
+        ]
+    )
     func wrapped(_ command: [String]) async throws {
         for columns in [80, 120] {
             let (status, output) = try await runProgram(command[0], Array(command.dropFirst()), environment: ["COLUMNS": String(columns)])

@@ -1,10 +1,11 @@
 import Autonomous
 import AutonomousTesting
 import Foundation
-@testable import Ingress
 import NATS
 import NIOPosix
 import Testing
+
+@testable import Ingress
 
 @Suite("Ingress publish lanes")
 struct IngressLaneTests {
@@ -12,7 +13,9 @@ struct IngressLaneTests {
     func assignment() async throws {
         try await withTestNATSServer { server in
             var lanes: [NATSConnection] = [server.connection]
-            for _ in 1..<3 { lanes.append(try await NATSConnection.connect(configuration: .init(url: server.url), logger: TestNATSServer.logger)) }
+            for _ in 1..<3 {
+                lanes.append(try await NATSConnection.connect(configuration: .init(url: server.url), logger: TestNATSServer.logger))
+            }
             let graph = try AppBuilder(name: "Lanes").build()
             let state = IngressState(
                 graph: graph,

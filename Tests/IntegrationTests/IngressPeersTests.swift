@@ -1,9 +1,10 @@
 import AutonomousTesting
 import Foundation
-@testable import Ingress
 import NATS
 import Synchronization
 import Testing
+
+@testable import Ingress
 
 /// How ingress nodes count each other for shared tenant limits.
 @Suite("Ingress peers")
@@ -15,7 +16,10 @@ struct IngressPeersTests {
         /// Runs node `i` on `connection`, announcing every `interval`, until the task is cancelled.
         func startNode(_ i: Int, interval: Duration, connection: NATSConnection) -> (Task<Void, Never>, IngressPeers) {
             let peers = IngressPeers(interval: interval)
-            return (Task { await peers.run(connection: connection, logger: TestNATSServer.logger) { n in self.values.withLock { $0[i] = n } } }, peers)
+            return (
+                Task { await peers.run(connection: connection, logger: TestNATSServer.logger) { n in self.values.withLock { $0[i] = n } } },
+                peers
+            )
         }
     }
 
@@ -29,7 +33,10 @@ struct IngressPeersTests {
             for i in 0..<3 {
                 tasks.append(counts.startNode(i, interval: .seconds(20), connection: server.connection).0)
                 // Well before the others' next announcement.
-                #expect(try await eventually(timeout: .seconds(15)) { counts.values.withLock { $0[i] } == i + 1 }, "node \(i) counted the \(i) before it")
+                #expect(
+                    try await eventually(timeout: .seconds(15)) { counts.values.withLock { $0[i] } == i + 1 },
+                    "node \(i) counted the \(i) before it"
+                )
                 // Past the others' spacing between two answers out of turn.
                 try await Task.sleep(for: .milliseconds(100))
             }

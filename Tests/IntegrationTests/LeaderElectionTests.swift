@@ -1,9 +1,10 @@
-@testable import Coordinator
 import Autonomous
 import AutonomousTesting
 import Foundation
 import Synchronization
 import Testing
+
+@testable import Coordinator
 
 /// A store whose lease calls can be cut off, as if its coordinator lost Postgres.
 final class PartitionableStore: CoordinatorStore {
@@ -16,12 +17,18 @@ final class PartitionableStore: CoordinatorStore {
     func migrate() async throws { try await base.migrate() }
     func close() async throws { try await base.close() }
     func lastFire(tenant: String, schedule: String) async throws -> Date? { try await base.lastFire(tenant: tenant, schedule: schedule) }
-    func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? { try await base.lastPublishedFire(tenant: tenant, schedule: schedule) }
+    func lastPublishedFire(tenant: String, schedule: String) async throws -> Date? {
+        try await base.lastPublishedFire(tenant: tenant, schedule: schedule)
+    }
     func recordFire(tenant: String, schedule: String, at fireTime: Date, published: Bool, fence: LeaseFence?) async throws {
         try await base.recordFire(tenant: tenant, schedule: schedule, at: fireTime, published: published, fence: fence)
     }
-    func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl { try await base.scheduleControl(tenant: tenant, schedule: schedule) }
-    func setPaused(tenant: String, schedule: String, paused: Bool) async throws { try await base.setPaused(tenant: tenant, schedule: schedule, paused: paused) }
+    func scheduleControl(tenant: String, schedule: String) async throws -> ScheduleControl {
+        try await base.scheduleControl(tenant: tenant, schedule: schedule)
+    }
+    func setPaused(tenant: String, schedule: String, paused: Bool) async throws {
+        try await base.setPaused(tenant: tenant, schedule: schedule, paused: paused)
+    }
     func setScheduleOverride(tenant: String, schedule: String, expression: String?, timeZone: String?) async throws {
         try await base.setScheduleOverride(tenant: tenant, schedule: schedule, expression: expression, timeZone: timeZone)
     }
@@ -37,7 +44,9 @@ final class PartitionableStore: CoordinatorStore {
     func createTenant(_ name: String) async throws { try await base.createTenant(name) }
     func tenants() async throws -> [TenantRecord] { try await base.tenants() }
     func setTenantDisabled(_ name: String, disabled: Bool) async throws { try await base.setTenantDisabled(name, disabled: disabled) }
-    func insertAPIKey(id: String, tenant: String, hash: String) async throws { try await base.insertAPIKey(id: id, tenant: tenant, hash: hash) }
+    func insertAPIKey(id: String, tenant: String, hash: String) async throws {
+        try await base.insertAPIKey(id: id, tenant: tenant, hash: hash)
+    }
     func setTenantLimits(_ name: String, limits: TenantLimits) async throws { try await base.setTenantLimits(name, limits: limits) }
     func accessForAPIKey(hash: String) async throws -> TenantAccess? { try await base.accessForAPIKey(hash: hash) }
     func revokeAPIKey(id: String, tenant: String) async throws { try await base.revokeAPIKey(id: id, tenant: tenant) }
@@ -91,7 +100,12 @@ struct LeaderElectionTests {
         // The fencing token stops a write a deposed leader might still attempt.
         let tokenA: Int64 = 1
         await #expect(throws: StoreError.fenced("")) {
-            try await storeB.recordFire(tenant: "t", schedule: "s", at: Date(), fence: LeaseFence(name: "leader", holder: "a", token: tokenA))
+            try await storeB.recordFire(
+                tenant: "t",
+                schedule: "s",
+                at: Date(),
+                fence: LeaseFence(name: "leader", holder: "a", token: tokenA)
+            )
         }
         runB.cancel()
         await runB.value

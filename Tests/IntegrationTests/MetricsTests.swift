@@ -3,8 +3,8 @@ import Autonomous
 import AutonomousTesting
 import Foundation
 import NIOCore
-import Testing
 import NIOHTTP1
+import Testing
 
 @Suite("Metrics exposition")
 struct MetricsTests {
@@ -31,12 +31,20 @@ struct MetricsTests {
         let graph = try builder.build()
         try await withRunningApp(graph, configure: { $0.adminPort = 0 }) { app in
             #expect(try await app.post("/v1/tables/metered_in/records", body: #"{"n":1}"#).status == 202)
-            #expect(try await app.post("/v1/tables/metered_in/records", body: "{\"n\":2}\n{\"n\":3}", contentType: "application/x-ndjson").status == 202)
+            #expect(
+                try await app.post("/v1/tables/metered_in/records", body: "{\"n\":2}\n{\"n\":3}", contentType: "application/x-ndjson")
+                    .status == 202
+            )
             _ = try await app.records(in: "metered_out", atLeast: 3)
             // The worker counts a batch after acking it, just after its outputs are stored.
-            #expect(try await eventually(timeout: .seconds(5)) {
-                Self.value(try await Self.get(app.baseURL + "/metrics").text, #"autonomous_worker_records_processed_total{handler="metered-copy"}"#) == 3
-            })
+            #expect(
+                try await eventually(timeout: .seconds(5)) {
+                    Self.value(
+                        try await Self.get(app.baseURL + "/metrics").text,
+                        #"autonomous_worker_records_processed_total{handler="metered-copy"}"#
+                    ) == 3
+                }
+            )
             let ingress = try await Self.get(app.baseURL + "/metrics")
             #expect(ingress.status == 200)
             #expect(ingress.contentType?.hasPrefix("text/plain") == true)
@@ -49,7 +57,8 @@ struct MetricsTests {
                 #expect(try await app.post("/v1/tables/metered_in/records", body: "[]").status == 400)
             }
             #expect(try await app.post("/v1/tables/nope/records", body: "{}").status == 404)
-            let rejectedAfter = Self.value(try await Self.get(app.baseURL + "/metrics").text, "autonomous_ingress_requests_rejected_total") ?? 0
+            let rejectedAfter =
+                Self.value(try await Self.get(app.baseURL + "/metrics").text, "autonomous_ingress_requests_rejected_total") ?? 0
             #expect(rejectedAfter - rejectedBefore >= 11, "\(rejectedBefore) → \(rejectedAfter)")
             let admin = try await Self.get(app.adminURL + "/metrics")
             #expect(admin.status == 200)

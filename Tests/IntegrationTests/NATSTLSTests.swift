@@ -2,10 +2,11 @@ import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
 import Foundation
-@testable import NATS
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import NATS
 
 /// NATS connections over TLS, against a real nats-server that requires TLS and verifies its
 /// clients, with certificates made by `openssl` for each test.
@@ -35,11 +36,22 @@ struct NATSTLSTests {
             }
             let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
             for name in ["ca", "other-ca"] {
-                try await openssl(["req", "-x509"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem", "-days", "2", "-subj", "/CN=autonomous test \(name)"])
+                try await openssl(
+                    ["req", "-x509"] + key + [
+                        "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem", "-days", "2", "-subj",
+                        "/CN=autonomous test \(name)",
+                    ]
+                )
             }
-            for (name, extensions) in [("server", "subjectAltName=\(serverNames)\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n")] {
+            for (name, extensions) in [
+                ("server", "subjectAltName=\(serverNames)\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n"),
+            ] {
                 try extensions.write(toFile: "\(directory)/\(name).ext", atomically: true, encoding: .utf8)
-                try await openssl(["req"] + key + ["-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=autonomous test \(name)"])
+                try await openssl(
+                    ["req"] + key + [
+                        "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=autonomous test \(name)",
+                    ]
+                )
                 try await openssl([
                     "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", certificates.ca, "-CAkey", "\(directory)/ca.key",
                     "-CAcreateserial", "-out", "\(directory)/\(name).pem", "-days", "2", "-extfile", "\(directory)/\(name).ext",
@@ -87,24 +99,36 @@ struct NATSTLSTests {
     }
 
     /// An event-loop publisher for `server` with `tls`.
-    static func publisherSettings(_ server: NATSServerProcess, _ tls: NATSConnection.Configuration.TLS?) -> EventLoopPublisher.Configuration {
+    static func publisherSettings(_ server: NATSServerProcess, _ tls: NATSConnection.Configuration.TLS?) -> EventLoopPublisher.Configuration
+    {
         var settings = EventLoopPublisher.Configuration(servers: [server.url], name: "el-tls-test")
         settings.tls = tls
         settings.connectTimeout = .seconds(5)
         return settings
     }
 
-    @Test("With the CA and a client certificate, nats.c and the event-loop publisher both publish over TLS to a server that verifies clients")
+    @Test(
+        "With the CA and a client certificate, nats.c and the event-loop publisher both publish over TLS to a server that verifies clients"
+    )
     func mutualTLS() async throws {
         try await withTLSServer { certificates, server in
-            let connection = try await NATSConnection.connect(configuration: configuration(server, certificates.mutual), logger: TestNATSServer.logger)
+            let connection = try await NATSConnection.connect(
+                configuration: configuration(server, certificates.mutual),
+                logger: TestNATSServer.logger
+            )
             try await connection.createOrUpdateStream(StreamConfiguration(name: "TLS", subjects: ["tls.>"]))
-            let acks = try await connection.publish((0..<100).map { OutgoingMessage(subject: "tls.records", payload: ByteBuffer(string: #"{"n":\#($0)}"#)) })
+            let acks = try await connection.publish(
+                (0..<100).map { OutgoingMessage(subject: "tls.records", payload: ByteBuffer(string: #"{"n":\#($0)}"#)) }
+            )
             #expect(acks.map(\.sequence) == Array(1...100))
             await connection.close()
 
             let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
-            let publisher = try await EventLoopPublisher.connect(configuration: Self.publisherSettings(server, certificates.mutual), eventLoop: eventLoop, logger: TestNATSServer.logger)
+            let publisher = try await EventLoopPublisher.connect(
+                configuration: Self.publisherSettings(server, certificates.mutual),
+                eventLoop: eventLoop,
+                logger: TestNATSServer.logger
+            )
             let messages = (100..<200).map { EventLoopPublisherTests.message("tls.records", #"{"n":\#($0)}"#, id: "el-\($0)") }
             let loopAcks = try await EventLoopPublisherTests.publish(publisher, messages).get()
             #expect(loopAcks.map(\.sequence) == Array(101...200))
@@ -118,11 +142,18 @@ struct NATSTLSTests {
             let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
             for tls in [
                 NATSConnection.Configuration.TLS(caFile: certificates.ca),
-                NATSConnection.Configuration.TLS(caFile: certificates.otherCA, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey),
+                NATSConnection.Configuration.TLS(
+                    caFile: certificates.otherCA,
+                    certificateFile: certificates.clientCertificate,
+                    keyFile: certificates.clientKey
+                ),
                 nil,
             ] {
                 do {
-                    let connection = try await NATSConnection.connect(configuration: configuration(server, tls), logger: TestNATSServer.logger)
+                    let connection = try await NATSConnection.connect(
+                        configuration: configuration(server, tls),
+                        logger: TestNATSServer.logger
+                    )
                     await connection.close()
                     Issue.record("connected with \(String(describing: tls))")
                 } catch let error as NATSError {
@@ -131,7 +162,11 @@ struct NATSTLSTests {
                     #expect(error.code != .connectionFailed && error.code != .timeout, "\(error)")
                 }
                 do {
-                    let publisher = try await EventLoopPublisher.connect(configuration: Self.publisherSettings(server, tls), eventLoop: eventLoop, logger: TestNATSServer.logger)
+                    let publisher = try await EventLoopPublisher.connect(
+                        configuration: Self.publisherSettings(server, tls),
+                        eventLoop: eventLoop,
+                        logger: TestNATSServer.logger
+                    )
                     await publisher.close()
                     Issue.record("the event-loop publisher connected with \(String(describing: tls))")
                 } catch let error as NATSError {
@@ -144,7 +179,11 @@ struct NATSTLSTests {
             var plain = Self.publisherSettings(server, nil)
             plain.servers = [server.url.replacingOccurrences(of: "tls://", with: "nats://")]
             do {
-                let publisher = try await EventLoopPublisher.connect(configuration: plain, eventLoop: eventLoop, logger: TestNATSServer.logger)
+                let publisher = try await EventLoopPublisher.connect(
+                    configuration: plain,
+                    eventLoop: eventLoop,
+                    logger: TestNATSServer.logger
+                )
                 await publisher.close()
                 Issue.record("connected without TLS")
             } catch let error as NATSError {
@@ -169,7 +208,13 @@ struct NATSTLSTests {
             // from the event loop) and an NDJSON batch.
             #expect(try await app.post("/readings", body: #"{"sensor":"s1","value":1}"#).status == 202)
             #expect(try await app.post("/v1/tables/readings/records", body: #"{"sensor":"s2","value":2}"#).status == 202)
-            #expect(try await app.post("/v1/tables/readings/records", body: "{\"sensor\":\"s3\",\"value\":3}\n{\"sensor\":\"s4\",\"value\":4}", contentType: "application/x-ndjson").status == 202)
+            #expect(
+                try await app.post(
+                    "/v1/tables/readings/records",
+                    body: "{\"sensor\":\"s3\",\"value\":3}\n{\"sensor\":\"s4\",\"value\":4}",
+                    contentType: "application/x-ndjson"
+                ).status == 202
+            )
             let outputs = try await app.records(in: "doubled", atLeast: 4)
             #expect(Set(outputs.compactMap { try? JSONParser.parse($0.payload)["doubled"].doubleValue }) == [2, 4, 6, 8])
         }
@@ -224,7 +269,14 @@ struct NATSTLSTests {
             "AUTONOMOUS_NATS_KEY": "\(certificates)/client.key",
             "AUTONOMOUS_NATS_CREDS": "\(certificates)/user.creds",
         ])
-        #expect(configuration.tls == .init(caFile: "\(certificates)/ca.pem", certificateFile: "\(certificates)/client.pem", keyFile: "\(certificates)/client.key"))
+        #expect(
+            configuration.tls
+                == .init(
+                    caFile: "\(certificates)/ca.pem",
+                    certificateFile: "\(certificates)/client.pem",
+                    keyFile: "\(certificates)/client.key"
+                )
+        )
         #expect(configuration.credentialsFile == "\(certificates)/user.creds")
 
         func refusal(_ environment: [String: String]) -> String? {
@@ -236,8 +288,13 @@ struct NATSTLSTests {
                 return error.message
             }
         }
-        #expect(refusal(["AUTONOMOUS_NATS_CA": "\(certificates)/missing.pem"]) == "AUTONOMOUS_NATS_CA: cannot read '\(certificates)/missing.pem'")
-        #expect(refusal(["AUTONOMOUS_NATS_CREDS": "/nonexistent/user.creds"]) == "AUTONOMOUS_NATS_CREDS: cannot read '/nonexistent/user.creds'")
+        #expect(
+            refusal(["AUTONOMOUS_NATS_CA": "\(certificates)/missing.pem"])
+                == "AUTONOMOUS_NATS_CA: cannot read '\(certificates)/missing.pem'"
+        )
+        #expect(
+            refusal(["AUTONOMOUS_NATS_CREDS": "/nonexistent/user.creds"]) == "AUTONOMOUS_NATS_CREDS: cannot read '/nonexistent/user.creds'"
+        )
         #expect(refusal(["AUTONOMOUS_NATS_CERT": "\(certificates)/client.pem"])?.contains("AUTONOMOUS_NATS_KEY") == true)
         #expect(refusal(["AUTONOMOUS_NATS_KEY": "\(certificates)/client.key"])?.contains("AUTONOMOUS_NATS_CERT") == true)
         #expect(refusal(["AUTONOMOUS_NATS_CA": ""]) == nil)

@@ -1,10 +1,18 @@
 import Testing
+
 @testable import OrderFlow
 
 @Suite("OrderFlow example")
 struct OrderFlowTests {
     static func order(_ total: Double) -> EnrichedOrder {
-        EnrichedOrder(order_id: "o", customer: "c", currency: "EUR", item_count: 1, total: total, high_value: total >= OrderFlowApp.reviewThreshold)
+        EnrichedOrder(
+            order_id: "o",
+            customer: "c",
+            currency: "EUR",
+            item_count: 1,
+            total: total,
+            high_value: total >= OrderFlowApp.reviewThreshold
+        )
     }
 
     @Test("Each tenant's minute summary counts its own orders only")

@@ -5,8 +5,8 @@ import Deploy
 import Foundation
 import NATS
 import NIOCore
-import Testing
 import NIOHTTP1
+import Testing
 
 /// Ordered handlers: per-key order and exactly-once outputs, in one process and across
 /// worker processes with one of them killed.
@@ -40,7 +40,10 @@ struct OrderedHandlerTests {
         let events = app.table("events")
         let out = app.table("ordered_out")
         let plain = app.table("plain_out")
-        events.onNewRecords("in-order", options: HandlerOptions(batchSize: 20, retryBackoff: [.milliseconds(50)]).ordered(by: "key", partitions: 4)) { records, ctx in
+        events.onNewRecords(
+            "in-order",
+            options: HandlerOptions(batchSize: 20, retryBackoff: [.milliseconds(50)]).ordered(by: "key", partitions: 4)
+        ) { records, ctx in
             for entry in records.entries where entry.value["seq"] == 7 && entry.metadata.deliveryCount < 3 {
                 throw ConfigurationError("record 7 fails twice")
             }
@@ -55,11 +58,18 @@ struct OrderedHandlerTests {
         try await withRunningApp(graph) { app in
             for start in stride(from: 0, to: 2_000, by: 500) {
                 let (status, _) = try await app.post(
-                    "/v1/tables/events/records", body: Self.ndjson(start..<(start + 500), keys: 20), contentType: "application/x-ndjson"
+                    "/v1/tables/events/records",
+                    body: Self.ndjson(start..<(start + 500), keys: 20),
+                    contentType: "application/x-ndjson"
                 )
                 #expect(status == 202)
             }
-            let subjects = try await app.connection.readAll(stream: "AUT_DEFAULT_tbl_events", subject: "aut.default.tbl.events.>", headers: [], atLeast: 2_000)
+            let subjects = try await app.connection.readAll(
+                stream: "AUT_DEFAULT_tbl_events",
+                subject: "aut.default.tbl.events.>",
+                headers: [],
+                atLeast: 2_000
+            )
             #expect(Set(subjects.map(\.subject)).count == 4, "records spread over the 4 partition subjects")
             let outputs = try await app.records(in: "ordered_out", atLeast: 2_000)
             let result = Self.check(outputs, expected: 2_000)
@@ -93,10 +103,17 @@ struct OrderedHandlerTests {
                 #expect(status == 202)
             }
             let (status, _) = try await app.post(
-                "/v1/tables/incoming/records", body: Self.ndjson(200..<1_000, keys: 10), contentType: "application/x-ndjson"
+                "/v1/tables/incoming/records",
+                body: Self.ndjson(200..<1_000, keys: 10),
+                contentType: "application/x-ndjson"
             )
             #expect(status == 202)
-            let stored = try await app.connection.readAll(stream: "AUT_DEFAULT_tbl_events", subject: "aut.default.tbl.events.>", headers: [], atLeast: 1_000)
+            let stored = try await app.connection.readAll(
+                stream: "AUT_DEFAULT_tbl_events",
+                subject: "aut.default.tbl.events.>",
+                headers: [],
+                atLeast: 1_000
+            )
             #expect(stored.count == 1_000, "route and handler appends went to the partition subjects")
             let outputs = try await app.records(in: "ordered_out", atLeast: 1_000)
             let result = Self.check(outputs, expected: 1_000)
@@ -111,7 +128,13 @@ struct OrderedHandlerTests {
         defer { Task { await connection.close() } }
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            let outputs = try await connection.readAll(stream: "AUT_DEFAULT_tbl_ordered_out", subject: "aut.default.tbl.ordered_out", headers: [], atLeast: 0, timeout: .seconds(1))
+            let outputs = try await connection.readAll(
+                stream: "AUT_DEFAULT_tbl_ordered_out",
+                subject: "aut.default.tbl.ordered_out",
+                headers: [],
+                atLeast: 0,
+                timeout: .seconds(1)
+            )
             let writers = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["pid"].intValue }.map(Int32.init))
             let workers = await cluster.processIDs()["worker"] ?? []
             if let pid = workers.first(where: writers.contains) { return pid }
@@ -164,7 +187,11 @@ struct OrderedHandlerTests {
             let outputs: [AuditedRecord]
             do {
                 outputs = try await StreamAudit.read(
-                    connection: connection, stream: "AUT_DEFAULT_tbl_ordered_out", subject: "aut.default.tbl.ordered_out", atLeast: total, timeout: .seconds(120)
+                    connection: connection,
+                    stream: "AUT_DEFAULT_tbl_ordered_out",
+                    subject: "aut.default.tbl.ordered_out",
+                    atLeast: total,
+                    timeout: .seconds(120)
                 )
                 await connection.close()
             } catch {
@@ -179,7 +206,9 @@ struct OrderedHandlerTests {
                 let text = (try? String(contentsOfFile: directory + "/logs/" + name, encoding: .utf8)) ?? ""
                 return text.components(separatedBy: "resuming at the ack floor").count - 1
             }.reduce(0, +)
-            print("ordered: \(outputs.count) outputs in \(elapsed), from \(pids.count) worker processes (killed \(killedPID.map(String.init) ?? "none")), \(resumed) partitions resumed at their ack floor, missing \(result.missing), doubled \(result.doubled), out of order \(result.outOfOrder)")
+            print(
+                "ordered: \(outputs.count) outputs in \(elapsed), from \(pids.count) worker processes (killed \(killedPID.map(String.init) ?? "none")), \(resumed) partitions resumed at their ack floor, missing \(result.missing), doubled \(result.doubled), out of order \(result.outOfOrder)"
+            )
             #expect(killedPID != nil)
             #expect(outputs.count == total, "each record's output appears exactly once")
             #expect(result.missing == 0 && result.doubled == 0 && result.outOfOrder == 0, "\(result)")
@@ -191,6 +220,10 @@ struct OrderedHandlerTests {
             throw error
         }
         await cluster.down()
-        if ProcessInfo.processInfo.environment["KEEP_TEST_LOGS"] == nil { try? FileManager.default.removeItem(atPath: directory) } else { print("logs in \(directory)") }
+        if ProcessInfo.processInfo.environment["KEEP_TEST_LOGS"] == nil {
+            try? FileManager.default.removeItem(atPath: directory)
+        } else {
+            print("logs in \(directory)")
+        }
     }
 }

@@ -77,7 +77,9 @@ struct PipelineTests {
             let outputs = try await app.records(in: "doubled", atLeast: count, timeout: .seconds(120))
             let elapsed = ContinuousClock.now - start
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            print("NDJSON 10,000 records: ingest → handler → output persisted in \(String(format: "%.2f", seconds)) s = \(Int(Double(count) / seconds)) records/s (debug build)")
+            print(
+                "NDJSON 10,000 records: ingest → handler → output persisted in \(String(format: "%.2f", seconds)) s = \(Int(Double(count) / seconds)) records/s (debug build)"
+            )
 
             #expect(outputs.count == count)
             let sensors = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["sensor"].stringValue })
@@ -98,7 +100,8 @@ struct PipelineTests {
         let inputs = app.table("inputs")
         let outputs = app.table("outputs")
         inputs.onNewRecords("flaky", options: HandlerOptions(batchSize: 10, maxAttempts: 5, retryBackoff: [.milliseconds(100)])) {
-            records, ctx in
+            records,
+            ctx in
             for entry in records.entries {
                 let n = attempts.withLock { counts -> Int in
                     counts[entry.id, default: 0] += 1
@@ -124,7 +127,9 @@ struct PipelineTests {
     func deadLetter() async throws {
         var app = AppBuilder(name: "Failing")
         let inputs = app.table("inputs")
-        inputs.onNewRecords("always-fails", options: HandlerOptions(batchSize: 10, maxAttempts: 2, retryBackoff: [.milliseconds(50)])) { _, _ in
+        inputs.onNewRecords("always-fails", options: HandlerOptions(batchSize: 10, maxAttempts: 2, retryBackoff: [.milliseconds(50)])) {
+            _,
+            _ in
             throw ConfigurationError("the database is on fire")
         }
         let graph = try app.build()

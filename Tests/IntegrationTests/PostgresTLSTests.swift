@@ -1,9 +1,10 @@
 import Autonomous
 import AutonomousTesting
-@testable import Coordinator
 import Deploy
 import Foundation
 import Testing
+
+@testable import Coordinator
 
 /// The coordinator's PostgreSQL connection over TLS, as libpq's `sslmode` asks, against a real
 /// PostgreSQL with TLS on and certificates `openssl` makes for the test.

@@ -5,9 +5,9 @@ import Deploy
 import Foundation
 import NATS
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
-import NIOHTTP1
 
 /// Drives the `autonomous` command as an operator would.
 @Suite("Process deploy engine", .serialized)
@@ -22,9 +22,11 @@ struct ProcessEngineTests {
     }
 
     func pgIsReady(port: Int) throws -> Bool {
-        let candidates = ["/usr/bin/pg_isready"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).map {
-            "/usr/lib/postgresql/\($0)/bin/pg_isready"
-        }
+        let candidates =
+            ["/usr/bin/pg_isready"]
+            + ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).map {
+                "/usr/lib/postgresql/\($0)/bin/pg_isready"
+            }
         guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw ConfigurationError("pg_isready not found")
         }
@@ -69,9 +71,9 @@ struct ProcessEngineTests {
         let port = LoopbackPorts.freeBase(spans: [0..<10, 100..<300, 500..<501])
         let postgresPort = port + 500
         try #"""
-            {"storages": [{"type": "database", "url": "postgresql://127.0.0.1:\#(postgresPort)/orders", "name": "local-pg"}],
-             "deployment": {"engine": "process", "http_port": \#(port), "replicas": {"ingress": 2, "worker": 3}}}
-            """#.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        {"storages": [{"type": "database", "url": "postgresql://127.0.0.1:\#(postgresPort)/orders", "name": "local-pg"}],
+         "deployment": {"engine": "process", "http_port": \#(port), "replicas": {"ingress": 2, "worker": 3}}}
+        """#.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
 
         let up = try autonomous(["deploy", Self.orderFlow, "--log-level", "warning"], in: directory)
         #expect(up.status == 0, "\(up.output)")
@@ -127,10 +129,18 @@ struct ProcessEngineTests {
         configuration.connectTimeout = .seconds(5)
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         let enriched = try await StreamAudit.read(
-            connection: connection, stream: "AUT_DEFAULT_tbl_enriched_orders", subject: "aut.default.tbl.enriched_orders", atLeast: total, timeout: .seconds(120)
+            connection: connection,
+            stream: "AUT_DEFAULT_tbl_enriched_orders",
+            subject: "aut.default.tbl.enriched_orders",
+            atLeast: total,
+            timeout: .seconds(120)
         )
         let orders = try await StreamAudit.read(
-            connection: connection, stream: "AUT_DEFAULT_tbl_orders", subject: "aut.default.tbl.orders", atLeast: total, timeout: .seconds(30)
+            connection: connection,
+            stream: "AUT_DEFAULT_tbl_orders",
+            subject: "aut.default.tbl.orders",
+            atLeast: total,
+            timeout: .seconds(30)
         )
         await connection.close()
         #expect(orders.count == total)
@@ -159,9 +169,18 @@ struct ProcessEngineTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let cases = [
-            (#"{"deployment": {"engine": "swarm"}}"#, "autonomous.json: deployment.engine: unknown engine 'swarm'; expected kubernetes, nomad or process"),
-            (#"{"storages": [{"type": "database", "name": "pg"}], "deployment": {"engine": "process"}}"#, "autonomous.json: storages[0].url: missing"),
-            (#"{"deployment": {"engine": "process", "replicas": {"worker": true}}}"#, "autonomous.json: deployment.replicas.worker: expected an integer, got a boolean"),
+            (
+                #"{"deployment": {"engine": "swarm"}}"#,
+                "autonomous.json: deployment.engine: unknown engine 'swarm'; expected kubernetes, nomad or process"
+            ),
+            (
+                #"{"storages": [{"type": "database", "name": "pg"}], "deployment": {"engine": "process"}}"#,
+                "autonomous.json: storages[0].url: missing"
+            ),
+            (
+                #"{"deployment": {"engine": "process", "replicas": {"worker": true}}}"#,
+                "autonomous.json: deployment.replicas.worker: expected an integer, got a boolean"
+            ),
         ]
         for (text, message) in cases {
             try text.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
@@ -177,25 +196,37 @@ struct ProcessEngineTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try """
-            {"deployment": {"engine": "kubernetes", "target": "production", "image": "registry.example.com/shop/orderflow:1.2.3",
-              "replicas": {"ingress": 3, "worker": 4},
-              "worker_groups": [{"name": "enrich", "handlers": ["enrich-orders"], "replicas": 2}]}}
-            """.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        {"deployment": {"engine": "kubernetes", "target": "production", "image": "registry.example.com/shop/orderflow:1.2.3",
+          "replicas": {"ingress": 3, "worker": 4},
+          "worker_groups": [{"name": "enrich", "handlers": ["enrich-orders"], "replicas": 2}]}}
+        """.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
         let manifests = Self.root.appendingPathComponent("deploy/k8s").path
         let k8s = try autonomous(["deploy", Self.orderFlow, "--dry-run", "--manifests", manifests], in: directory)
         #expect(k8s.status == 0, "\(k8s.output)")
-        #expect(k8s.output.contains("would run: kubectl apply -k .autonomous/deploy/kubernetes-production") || k8s.output.contains("kubectl is not installed"))
-        let kustomization = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/kustomization.yaml", encoding: .utf8)
+        #expect(
+            k8s.output.contains("would run: kubectl apply -k .autonomous/deploy/kubernetes-production")
+                || k8s.output.contains("kubectl is not installed")
+        )
+        let kustomization = try String(
+            contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/kustomization.yaml",
+            encoding: .utf8
+        )
         #expect(kustomization.contains("newTag: \"1.2.3\""))
         let group = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/worker-enrich.yaml", encoding: .utf8)
         #expect(group.contains(#"args: ["worker", "--handlers", "enrich-orders"]"#))
         if FileManager.default.fileExists(atPath: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml") {
-            let rendered = try String(contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml", encoding: .utf8)
+            let rendered = try String(
+                contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml",
+                encoding: .utf8
+            )
             #expect(rendered.contains("image: registry.example.com/shop/orderflow:1.2.3"))
             #expect(rendered.contains("name: worker-enrich"))
             #expect(rendered.contains("--except-handlers"))
         }
-        let unknown = try autonomous(["deploy", Self.orderFlow, "--dry-run", "--engine", "kubernetes", "--target", "mars", "--manifests", manifests], in: directory)
+        let unknown = try autonomous(
+            ["deploy", Self.orderFlow, "--dry-run", "--engine", "kubernetes", "--target", "mars", "--manifests", manifests],
+            in: directory
+        )
         #expect(unknown.status != 0)
         #expect(unknown.output.contains("no kustomize overlay 'mars'"))
 

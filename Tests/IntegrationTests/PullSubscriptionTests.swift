@@ -1,9 +1,10 @@
 import AutonomousTesting
 import Foundation
-@testable import NATS
 import NIOCore
 import Synchronization
 import Testing
+
+@testable import NATS
 
 /// The JetStream protocol Autonomous speaks itself over core NATS: pulls (no
 /// `natsSubscription_Fetch`) and publishes with PubAcks on its own inbox (no `js_PublishMsgAsync`).
@@ -30,7 +31,11 @@ struct PullSubscriptionTests {
 
     static func publish(_ connection: NATSConnection, _ count: Int, from first: Int = 0) async throws {
         let messages = (first..<first + count).map { i in
-            OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m\(i)"), headers: [("Nats-Msg-Id", "id-\(i)"), ("X-Index", "\(i)")])
+            OutgoingMessage(
+                subject: "pull.\(i)",
+                payload: ByteBuffer(string: "m\(i)"),
+                headers: [("Nats-Msg-Id", "id-\(i)"), ("X-Index", "\(i)")]
+            )
         }
         _ = try await connection.publish(messages)
     }
@@ -131,9 +136,13 @@ struct PullSubscriptionTests {
                 let batch = try await subscription.fetch(maxMessages: 3, timeout: .seconds(2))
                 for (i, message) in batch.messages.enumerated() {
                     switch message.headerValues[0] {
-                    case "0": #expect(batch.ack(i)); #expect(!batch.ack(i), "a second ack must be refused")
+                    case "0":
+                        #expect(batch.ack(i))
+                        #expect(!batch.ack(i), "a second ack must be refused")
                     case "1": #expect(batch.nak(i, delay: .milliseconds(100)))
-                    default: #expect(batch.term(i)); #expect(!batch.nak(i, delay: .zero))
+                    default:
+                        #expect(batch.term(i))
+                        #expect(!batch.nak(i, delay: .zero))
                     }
                 }
                 first += batch.messages
@@ -180,16 +189,22 @@ struct PullSubscriptionTests {
     @Test("Publishing returns each PubAck: sequence, duplicate, JetStream's error and no stream")
     func publishAcks() async throws {
         try await Self.withStream { connection in
-            let first = try await connection.publish((0..<300).map { i in
-                OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-\(i)")])
-            })
+            let first = try await connection.publish(
+                (0..<300).map { i in
+                    OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-\(i)")])
+                }
+            )
             #expect(first.map(\.sequence) == Array(1...300))
             #expect(first.allSatisfy { !$0.duplicate })
-            let again = try await connection.publish(OutgoingMessage(subject: "pull.7", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-7")]))
+            let again = try await connection.publish(
+                OutgoingMessage(subject: "pull.7", payload: ByteBuffer(string: "m"), headers: [("Nats-Msg-Id", "id-7")])
+            )
             #expect(again.duplicate && again.sequence == 8)
             // JetStream refuses: the expected stream does not match (err_code 10060).
             let refused = await #expect(throws: NATSError.self) {
-                _ = try await connection.publish(OutgoingMessage(subject: "pull.x", payload: ByteBuffer(string: "m"), headers: [("Nats-Expected-Stream", "OTHER")]))
+                _ = try await connection.publish(
+                    OutgoingMessage(subject: "pull.x", payload: ByteBuffer(string: "m"), headers: [("Nats-Expected-Stream", "OTHER")])
+                )
             }
             #expect(refused?.code == .publishFailed && refused?.jetStreamErrorCode == 10060, "\(String(describing: refused))")
             // No stream stores the subject: reported at once, not after the publish timeout.
@@ -211,17 +226,31 @@ struct PullSubscriptionTests {
         try await Self.withStream { connection in
             let values = ["plain", "with: colon and spaces", "ünïcödé ✓", String(repeating: "x", count: 2_000)]
             let messages = values.enumerated().map { i, value in
-                OutgoingMessage(subject: "pull.\(i)", payload: ByteBuffer(string: "{\"i\":\(i)}"), headers: [("Nats-Msg-Id", "h-\(i)"), ("X-Value", value)])
+                OutgoingMessage(
+                    subject: "pull.\(i)",
+                    payload: ByteBuffer(string: "{\"i\":\(i)}"),
+                    headers: [("Nats-Msg-Id", "h-\(i)"), ("X-Value", value)]
+                )
             }
             _ = try await connection.publish(messages)
             // A repeated header: the first value is the one read.
-            _ = try await connection.publish(OutgoingMessage(subject: "pull.twice", payload: ByteBuffer(string: "t"), headers: [("X-Value", "first"), ("X-Value", "second")]))
+            _ = try await connection.publish(
+                OutgoingMessage(
+                    subject: "pull.twice",
+                    payload: ByteBuffer(string: "t"),
+                    headers: [("X-Value", "first"), ("X-Value", "second")]
+                )
+            )
             // No payload at all, and no headers at all.
-            _ = try await connection.publish(OutgoingMessage(subject: "pull.empty", payload: ByteBuffer(), headers: [("X-Value", "empty body")]))
+            _ = try await connection.publish(
+                OutgoingMessage(subject: "pull.empty", payload: ByteBuffer(), headers: [("X-Value", "empty body")])
+            )
             _ = try await connection.publish(OutgoingMessage(subject: "pull.bare", payload: ByteBuffer(string: "bare")))
             for (name, value) in [("X-Value", "two\r\nNats-Msg-Id: forged"), ("Bad Name", "v"), ("Bad:Name", "v"), ("", "v")] {
                 let refused = await #expect(throws: NATSError.self) {
-                    _ = try await connection.publish(OutgoingMessage(subject: "pull.bad", payload: ByteBuffer(string: "m"), headers: [(name, value)]))
+                    _ = try await connection.publish(
+                        OutgoingMessage(subject: "pull.bad", payload: ByteBuffer(string: "m"), headers: [(name, value)])
+                    )
                 }
                 #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
                 #expect(throws: NATSError.self) {
@@ -242,8 +271,12 @@ struct PullSubscriptionTests {
             #expect(received[values.count].headerValues[0] == "first")
             #expect(received.prefix(values.count).map { $0.headerValues[0] } == values)
             #expect(received.prefix(values.count).map { $0.headerValues[1] } == values.indices.map { "h-\($0)" })
-            #expect(received.prefix(values.count).map { String(decoding: $0.payload, as: UTF8.self) } == values.indices.map { "{\"i\":\($0)}" })
-            #expect(received.last?.headerValues == [nil, nil] && received.last.map { String(decoding: $0.payload, as: UTF8.self) } == "bare")
+            #expect(
+                received.prefix(values.count).map { String(decoding: $0.payload, as: UTF8.self) } == values.indices.map { "{\"i\":\($0)}" }
+            )
+            #expect(
+                received.last?.headerValues == [nil, nil] && received.last.map { String(decoding: $0.payload, as: UTF8.self) } == "bare"
+            )
             #expect(received.dropLast().last?.headerValues[0] == "empty body" && received.dropLast().last?.payload.isEmpty == true)
         }
     }
@@ -265,9 +298,11 @@ struct PullSubscriptionTests {
                 for i in 0..<first.count { first.inProgress(i) }
             }
             for i in 0..<first.count { first.ack(i) }
-            let all = try await first.messages + Self.fetchAndAck(subscription, for: .seconds(5)) { fetched, idle in
-                idle && first.count + fetched.count >= 5
-            }
+            let all =
+                try await first.messages
+                + Self.fetchAndAck(subscription, for: .seconds(5)) { fetched, idle in
+                    idle && first.count + fetched.count >= 5
+                }
             #expect(all.map(\.streamSequence).sorted() == [1, 2, 3, 4, 5], "\(all.map(\.streamSequence))")
             #expect(all.allSatisfy { $0.deliveryCount == 1 }, "\(all.map(\.deliveryCount))")
             let state = try await connection.consumerState(stream: "PULL", consumer: "c")

@@ -1,6 +1,7 @@
-@testable import AutonomousCLI
 import Foundation
 import Testing
+
+@testable import AutonomousCLI
 
 /// The code the README shows is code that compiles or that the tools write.
 @Suite("README code")
@@ -17,7 +18,10 @@ struct ReadmeTests {
 
     @Test("'An app' is Examples/QuickStart, which the package builds")
     func quickStart() throws {
-        let compiled = try String(contentsOf: FaultTests.root.appendingPathComponent("Examples/QuickStart/QuickStart.swift"), encoding: .utf8)
+        let compiled = try String(
+            contentsOf: FaultTests.root.appendingPathComponent("Examples/QuickStart/QuickStart.swift"),
+            encoding: .utf8
+        )
         #expect(try Self.block(after: "## An app") == compiled)
     }
 

@@ -134,7 +134,11 @@ struct RecordConnectionTests {
             defer { connection.close() }
             // 1 KB is answered on the event loop, 50 KB by Hummingbird.
             for size in [1_000, 50_000] {
-                let request = RawHTTP.post("/v1/tables/events/records", body: #"{"x":""# + String(repeating: "a", count: size) + #""}"#, headers: ["Expect: 100-continue"])
+                let request = RawHTTP.post(
+                    "/v1/tables/events/records",
+                    body: #"{"x":""# + String(repeating: "a", count: size) + #""}"#,
+                    headers: ["Expect: 100-continue"]
+                )
                 let split = try #require(request.range(of: "\r\n\r\n"))
                 try connection.send(String(request[..<split.upperBound]))
                 let interim = try connection.read(count: 1)
@@ -144,7 +148,9 @@ struct RecordConnectionTests {
             }
             let old = try RawHTTP(port: app.port)
             defer { old.close() }
-            try old.send(RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#, headers: ["Expect: 100-continue"], version: "HTTP/1.0"))
+            try old.send(
+                RawHTTP.post("/v1/tables/events/records", body: #"{"n":1}"#, headers: ["Expect: 100-continue"], version: "HTTP/1.0")
+            )
             #expect(try old.read(count: 1).map(\.status) == [202], "HTTP/1.0 ignores Expect")
             let records = try await app.records(in: "events", atLeast: 3, timeout: .seconds(5))
             #expect(records.count == 3)
@@ -157,7 +163,8 @@ struct RecordConnectionTests {
             let connection = try RawHTTP(port: app.port)
             defer { connection.close() }
             let lines = (0..<400).map { #"{"n":\#($0),"pad":"\#(String(repeating: "p", count: 100))"}"# }.joined(separator: "\n")
-            var chunked = "POST /v1/tables/events/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            var chunked =
+                "POST /v1/tables/events/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
             let body = Array(lines.utf8)
             for start in stride(from: 0, to: body.count, by: 10_000) {
                 let piece = body[start..<min(body.count, start + 10_000)]

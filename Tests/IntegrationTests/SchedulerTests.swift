@@ -2,17 +2,20 @@ import Autonomous
 import AutonomousTesting
 import Coordinator
 import Foundation
-import Testing
 import NATS
+import Testing
 
 /// The coordinator's schedulers against a real nats-server: what happens after downtime.
 @Suite("Schedule catch-up after downtime", .serialized)
 struct SchedulerTests {
-    @Test("skip fires nothing missed, fire-once the latest, fire-all up to its limit", arguments: [
-        (Schedule.CatchUpPolicy.skip, 0),
-        (.fireOnce, 1),
-        (.fireAll(limit: 5), 5),
-    ])
+    @Test(
+        "skip fires nothing missed, fire-once the latest, fire-all up to its limit",
+        arguments: [
+            (Schedule.CatchUpPolicy.skip, 0),
+            (.fireOnce, 1),
+            (.fireAll(limit: 5), 5),
+        ]
+    )
     func catchUp(policy: Schedule.CatchUpPolicy, expectedMissed: Int) async throws {
         var builder = AppBuilder(name: "CatchUp")
         // Hourly, so no regular tick falls into the few seconds the test runs.
@@ -28,7 +31,13 @@ struct SchedulerTests {
         try await store.close()
         try await withRunningApp(graph, configure: { $0.dataDirectory = dataDirectory }) { app in
             try await Task.sleep(for: .milliseconds(1500))
-            let ticks = try await app.connection.readAll(stream: "AUT_DEFAULT", subject: "aut.default.sched.hourly", headers: [], atLeast: 0, timeout: .seconds(2))
+            let ticks = try await app.connection.readAll(
+                stream: "AUT_DEFAULT",
+                subject: "aut.default.sched.hourly",
+                headers: [],
+                atLeast: 0,
+                timeout: .seconds(2)
+            )
             let missed = ticks.compactMap { try? JSONParser.parse($0.payload)["fire_time"].stringValue }.compactMap(ISO8601.parse)
             #expect(missed.count == expectedMissed, "\(policy): fired \(missed.map(ISO8601.format))")
             #expect(missed.allSatisfy { $0 > lastFire }, "nothing at or before the last recorded tick")

@@ -30,14 +30,22 @@ final class FakeAPIs: Sendable {
                 "choices": [["index": 0, "message": ["role": "assistant", "content": .string(self.answer)], "finish_reason": "stop"]],
                 "usage": ["prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25],
             ]
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply))))
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply)))
+            )
         }
         router.post("/api/chat.postMessage") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 1 << 20)
             let value = try JSONParser.parse(Array(body.readableBytesView))
             self.slackMessages.withLock { $0.append((request.headers[.authorization], value)) }
             let reply: JSONValue = ["ok": true, "channel": value["channel"], "ts": "1700000000.000100", "message": ["text": value["text"]]]
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply))))
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(reply)))
+            )
         }
         return router
     }
@@ -67,7 +75,8 @@ struct SlackBotTests {
                 "SLACK_SIGNING_SECRET": "signing-secret",
             ]
             try await withRunningApp(try SlackBotApp.graph(), environment: environment) { app in
-                let mention = #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
+                let mention =
+                    #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
                 let response = try await app.post("/slack-mentions", body: mention)
                 #expect(response.status == 200)
 

@@ -64,7 +64,13 @@ struct StoreContractTests {
             // A tick skipped while paused is handled, but was not published.
             let published = first.addingTimeInterval(86_400)
             #expect(try await store.lastPublishedFire(tenant: "acme", schedule: "nightly") == published)
-            try await store.recordFire(tenant: "acme", schedule: "nightly", at: published.addingTimeInterval(60), published: false, fence: nil)
+            try await store.recordFire(
+                tenant: "acme",
+                schedule: "nightly",
+                at: published.addingTimeInterval(60),
+                published: false,
+                fence: nil
+            )
             #expect(try await store.lastFire(tenant: "acme", schedule: "nightly") == published.addingTimeInterval(60))
             #expect(try await store.lastPublishedFire(tenant: "acme", schedule: "nightly") == published)
             try await store.recordFire(tenant: "paused", schedule: "s", at: first, published: false, fence: nil)
@@ -97,7 +103,12 @@ struct StoreContractTests {
                 try await store.recordFire(tenant: "t", schedule: "s", at: fire.addingTimeInterval(1), fence: fenceA)
             }
             #expect(try await store.lastFire(tenant: "t", schedule: "s") == fire, "the deposed holder wrote nothing")
-            try await store.recordFire(tenant: "t", schedule: "s", at: fire.addingTimeInterval(1), fence: LeaseFence(name: "leader", holder: "b", token: b!))
+            try await store.recordFire(
+                tenant: "t",
+                schedule: "s",
+                at: fire.addingTimeInterval(1),
+                fence: LeaseFence(name: "leader", holder: "b", token: b!)
+            )
             #expect(try await store.lastFire(tenant: "t", schedule: "s") == fire.addingTimeInterval(1))
             try await store.releaseLease(name: "leader", holder: "a")
             #expect(try await store.liveLeases(prefix: "leader").map(\.holder) == ["b"], "only the holder can release")
@@ -121,7 +132,10 @@ struct StoreContractTests {
             #expect(try await store.isPaused(tenant: "t", schedule: "s"))
             #expect(try await store.isPaused(tenant: "u", schedule: "s") == false)
             try await store.setScheduleOverride(tenant: "t", schedule: "s", expression: "*/5 * * * *", timeZone: "Europe/Berlin")
-            #expect(try await store.scheduleControl(tenant: "t", schedule: "s") == ScheduleControl(paused: true, expression: "*/5 * * * *", timeZone: "Europe/Berlin"))
+            #expect(
+                try await store.scheduleControl(tenant: "t", schedule: "s")
+                    == ScheduleControl(paused: true, expression: "*/5 * * * *", timeZone: "Europe/Berlin")
+            )
             try await store.setPaused(tenant: "t", schedule: "s", paused: false)
             #expect(try await store.isPaused(tenant: "t", schedule: "s") == false)
             try await store.setScheduleOverride(tenant: "t", schedule: "s", expression: nil, timeZone: nil)
@@ -164,11 +178,15 @@ struct StoreContractTests {
             try await store.setTenantLimits("acme", limits: TenantLimits(recordsPerSecond: 500))
             #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.limits == TenantLimits(recordsPerSecond: 500))
             try await store.setTenantLimits("acme", limits: TenantLimits(recordsPerSecond: 2_000_000, burst: 4_000_000))
-            #expect(try await store.tenants().first { $0.name == "acme" }?.limits == TenantLimits(recordsPerSecond: 2_000_000, burst: 4_000_000))
+            #expect(
+                try await store.tenants().first { $0.name == "acme" }?.limits == TenantLimits(recordsPerSecond: 2_000_000, burst: 4_000_000)
+            )
             #expect(try await store.tenants().first { $0.name == "globex" }?.limits == TenantLimits(), "only that tenant")
             try await store.setTenantLimits("acme", limits: TenantLimits())
             #expect(try await store.accessForAPIKey(hash: APIKeys.hash(key))?.limits.isUnlimited == true)
-            await #expect(throws: StoreError.notFound("")) { try await store.setTenantLimits("nope", limits: TenantLimits(recordsPerSecond: 1)) }
+            await #expect(throws: StoreError.notFound("")) {
+                try await store.setTenantLimits("nope", limits: TenantLimits(recordsPerSecond: 1))
+            }
 
             try await store.revokeAPIKey(id: id, tenant: "acme")
             try await store.revokeAPIKey(id: id, tenant: "acme")
@@ -181,7 +199,10 @@ struct StoreContractTests {
     func coordinatorOnPostgres() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-pgcoord-\(UUID().uuidString)").path
         let server = try await LocalPostgres.start(
-            directory: directory, port: LoopbackPorts.freeBase(spans: [0..<1]), database: "coord", logger: TestNATSServer.logger
+            directory: directory,
+            port: LoopbackPorts.freeBase(spans: [0..<1]),
+            database: "coord",
+            logger: TestNATSServer.logger
         )
         do {
             var app = AppBuilder(name: "PgTicks")

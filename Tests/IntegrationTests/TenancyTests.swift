@@ -4,9 +4,9 @@ import AutonomousTesting
 import Foundation
 import NATS
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
-import NIOHTTP1
 
 /// Tenants, API keys, isolation and the admin API, in one process against a real nats-server
 /// (coordinator state in SQLite; the same store contract runs on Postgres).
@@ -35,7 +35,12 @@ struct TenancyTests {
     func isolation() async throws {
         try await withRunningApp(try Self.graph(), configure: configure) { app in
             let admin = [("Authorization", "Bearer \(Self.adminToken)")]
-            func adminCall(_ method: String, _ path: String, body: String? = nil, headers: [(String, String)]? = nil) async throws -> (status: Int, body: JSONValue) {
+            func adminCall(
+                _ method: String,
+                _ path: String,
+                body: String? = nil,
+                headers: [(String, String)]? = nil
+            ) async throws -> (status: Int, body: JSONValue) {
                 try await app.http(method, app.adminURL + path, body: body, headers: headers ?? admin)
             }
             // Tenants.
@@ -76,7 +81,9 @@ struct TenancyTests {
             #expect(try await write("aut_AAAAAAAAAAAA_" + String(repeating: "A", count: 40), "x5") == 401, "an unknown key")
             #expect(try await write("not-a-key", "x6") == 401)
             let headerTrick = try await app.http(
-                "POST", app.baseURL + "/v1/tables/notes/records?tenant=globex", body: #"{"text":"a3"}"#,
+                "POST",
+                app.baseURL + "/v1/tables/notes/records?tenant=globex",
+                body: #"{"text":"a3"}"#,
                 headers: [("Authorization", "Bearer \(keyA)"), ("Aut-Tenant", "globex")]
             )
             #expect(headerTrick.status == 202, "tenant hints in query or headers are ignored; the key decides")
@@ -110,12 +117,19 @@ struct TenancyTests {
             ]
             for key in [keyA, keyB] {
                 for (method, path) in adminPaths {
-                    let answer = try await adminCall(method, path, body: method == "GET" || method == "DELETE" ? nil : "{}", headers: [("Authorization", "Bearer \(key)")])
+                    let answer = try await adminCall(
+                        method,
+                        path,
+                        body: method == "GET" || method == "DELETE" ? nil : "{}",
+                        headers: [("Authorization", "Bearer \(key)")]
+                    )
                     #expect(answer.status == 401, "\(method) \(path) answered \(answer.status)")
                 }
             }
             #expect(try await adminCall("GET", "/v1/admin/tenants", headers: []).status == 401)
-            #expect(try await adminCall("GET", "/v1/admin/tenants", headers: [("Authorization", "Bearer wrong-token-0000000000")]).status == 401)
+            #expect(
+                try await adminCall("GET", "/v1/admin/tenants", headers: [("Authorization", "Bearer wrong-token-0000000000")]).status == 401
+            )
             #expect(try await adminCall("GET", "/v1/admin/tenants/acme/keys").status == 200, "the admin token still works")
 
             // Revocation and rotation take effect within seconds.
@@ -156,9 +170,17 @@ struct TenancyTests {
             let badCron = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"61 * * * *"}"#)
             #expect(badCron.status == 422 && badCron.body["error"]["field"] == "cron")
             #expect(badCron.body["error"]["message"].stringValue?.contains("minute '61'") == true)
-            let badZone = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"0 3 * * *","timeZone":"Mars/Olympus"}"#)
+            let badZone = try await call(
+                "PUT",
+                "/v1/admin/tenants/default/schedules/hourly",
+                body: #"{"cron":"0 3 * * *","timeZone":"Mars/Olympus"}"#
+            )
             #expect(badZone.status == 422 && badZone.body["error"]["field"] == "timeZone")
-            let retimed = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":"30 2 * * *","timeZone":"America/New_York"}"#)
+            let retimed = try await call(
+                "PUT",
+                "/v1/admin/tenants/default/schedules/hourly",
+                body: #"{"cron":"30 2 * * *","timeZone":"America/New_York"}"#
+            )
             #expect(retimed.status == 200 && retimed.body["overridden"] == true && retimed.body["schedule"] == "30 2 * * *")
             #expect(retimed.body["timeZone"] == "America/New_York")
             let restored = try await call("PUT", "/v1/admin/tenants/default/schedules/hourly", body: #"{"cron":null}"#)
@@ -172,7 +194,11 @@ struct TenancyTests {
             let triggered = try await call("POST", "/v1/admin/tenants/default/schedules/hourly/trigger")
             #expect(triggered.status == 202)
             let ticks = try await StreamAudit.read(
-                connection: app.connection, stream: "AUT_DEFAULT", subject: "aut.default.sched.hourly", atLeast: 1, timeout: .seconds(10)
+                connection: app.connection,
+                stream: "AUT_DEFAULT",
+                subject: "aut.default.sched.hourly",
+                atLeast: 1,
+                timeout: .seconds(10)
             )
             #expect(ticks.count == 1)
             #expect(try JSONParser.parse(ticks[0].payload)["manual"] == true)
@@ -188,22 +214,33 @@ struct TenancyTests {
             let admin = [("Authorization", "Bearer \(Self.adminToken)")]
             let subject = "aut.default.sched.second"
             @Sendable func count() async throws -> Int {
-                try await app.connection.readAll(stream: "AUT_DEFAULT", subject: subject, headers: [], atLeast: 0, timeout: .seconds(1)).count
+                try await app.connection.readAll(stream: "AUT_DEFAULT", subject: subject, headers: [], atLeast: 0, timeout: .seconds(1))
+                    .count
             }
             #expect(try await eventually(timeout: .seconds(10)) { try await count() >= 2 }, "ticks flow")
-            #expect(try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/pause", headers: admin).status == 200)
+            #expect(
+                try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/pause", headers: admin).status == 200
+            )
             // The scheduler re-reads its controls at least every 2 s.
             try await Task.sleep(for: .seconds(3))
             let paused = try await count()
             try await Task.sleep(for: .seconds(3))
             #expect(try await count() == paused, "no tick while paused")
             // Its last fire is the last tick published, not one skipped while paused.
-            let ticks = try await app.connection.readAll(stream: "AUT_DEFAULT", subject: subject, headers: [], atLeast: paused, timeout: .seconds(5))
+            let ticks = try await app.connection.readAll(
+                stream: "AUT_DEFAULT",
+                subject: subject,
+                headers: [],
+                atLeast: paused,
+                timeout: .seconds(5)
+            )
             let lastPublished = ticks.compactMap { try? JSONParser.parse($0.payload)["fire_time"].stringValue }.max()
             let info = try await app.http("GET", app.adminURL + "/v1/admin/tenants/default/schedules/second", headers: admin)
             #expect(info.status == 200 && info.body["paused"] == true)
             #expect(info.body["lastFire"].stringValue == lastPublished, "\(info.body) against \(lastPublished ?? "none")")
-            #expect(try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/resume", headers: admin).status == 200)
+            #expect(
+                try await app.http("POST", app.adminURL + "/v1/admin/tenants/default/schedules/second/resume", headers: admin).status == 200
+            )
             #expect(try await eventually(timeout: .seconds(10)) { try await count() >= paused + 2 }, "ticks resume")
         }
     }
@@ -218,7 +255,10 @@ struct TenancyTests {
             let created = try await cli("tenants", "create", "initech")
             #expect(created.status == 0 && created.output.contains("AUT_INITECH"), "\(created.output)")
             let duplicate = try await cli("tenants", "create", "initech")
-            #expect(duplicate.status != 0 && duplicate.output.contains("already exists") && duplicate.output.contains("409"), "\(duplicate.output)")
+            #expect(
+                duplicate.status != 0 && duplicate.output.contains("already exists") && duplicate.output.contains("409"),
+                "\(duplicate.output)"
+            )
             let listed = try await cli("tenants", "list")
             #expect(listed.output.contains("initech") && listed.output.contains("default"), "\(listed.output)")
 
@@ -226,14 +266,24 @@ struct TenancyTests {
             #expect(key.status == 0, "\(key.output)")
             let value = try JSONParser.parse(Array(key.output.utf8))
             let secret = try #require(value["key"].stringValue)
-            #expect(try await app.http("POST", app.baseURL + "/v1/tables/notes/records", body: #"{"text":"cli"}"#, headers: [("Authorization", "Bearer \(secret)")]).status == 202)
+            #expect(
+                try await app.http(
+                    "POST",
+                    app.baseURL + "/v1/tables/notes/records",
+                    body: #"{"text":"cli"}"#,
+                    headers: [("Authorization", "Bearer \(secret)")]
+                ).status == 202
+            )
             let keys = try await cli("keys", "list", "--tenant", "initech")
             #expect(keys.output.contains(value["id"].stringValue!) && !keys.output.contains(secret), "keys are listed without the secret")
             let revoked = try await cli("keys", "revoke", "--tenant", "initech", value["id"].stringValue!)
             #expect(revoked.status == 0, "\(revoked.output)")
 
             let badCron = try await cli("schedules", "set", "hourly", "--tenant", "initech", "--cron", "* * *")
-            #expect(badCron.status != 0 && badCron.output.contains("expected 5 or 6 fields") && badCron.output.contains("(cron)"), "\(badCron.output)")
+            #expect(
+                badCron.status != 0 && badCron.output.contains("expected 5 or 6 fields") && badCron.output.contains("(cron)"),
+                "\(badCron.output)"
+            )
             let badZone = try await cli("schedules", "set", "hourly", "--cron", "0 3 * * *", "--time-zone", "Nowhere/Special")
             #expect(badZone.status != 0 && badZone.output.contains("unknown time zone"), "\(badZone.output)")
             let paused = try await cli("schedules", "pause", "hourly", "--tenant", "initech")
@@ -244,17 +294,30 @@ struct TenancyTests {
             #expect(ghost.status != 0 && ghost.output.contains("no tenant 'ghost'"), "\(ghost.output)")
 
             let limited = try await cli("tenants", "limit", "initech", "--records-per-second", "5000", "--json")
-            #expect(limited.status == 0 && (try? JSONParser.parse(Array(limited.output.utf8)))?["limits"] == ["recordsPerSecond": 5000, "burst": 5000], "\(limited.output)")
+            #expect(
+                limited.status == 0
+                    && (try? JSONParser.parse(Array(limited.output.utf8)))?["limits"] == ["recordsPerSecond": 5000, "burst": 5000],
+                "\(limited.output)"
+            )
             let table = try await cli("tenants", "list")
             #expect(table.output.contains("limits.recordsPerSecond") && table.output.contains("5000"), "\(table.output)")
             let badLimit = try await cli("tenants", "limit", "initech", "--records-per-second", "0")
-            #expect(badLimit.status != 0 && badLimit.output.contains("(recordsPerSecond)") && badLimit.output.contains("422"), "\(badLimit.output)")
+            #expect(
+                badLimit.status != 0 && badLimit.output.contains("(recordsPerSecond)") && badLimit.output.contains("422"),
+                "\(badLimit.output)"
+            )
             let noRate = try await cli("tenants", "limit", "initech")
             #expect(noRate.status != 0 && noRate.output.contains("--none"), "\(noRate.output)")
             let unlimited = try await cli("tenants", "limit", "initech", "--none", "--json")
-            #expect(unlimited.status == 0 && (try? JSONParser.parse(Array(unlimited.output.utf8)))?["limits"]["recordsPerSecond"] == .null, "\(unlimited.output)")
+            #expect(
+                unlimited.status == 0 && (try? JSONParser.parse(Array(unlimited.output.utf8)))?["limits"]["recordsPerSecond"] == .null,
+                "\(unlimited.output)"
+            )
 
-            let noToken = try await runAutonomousCLIAsync(["tenants", "list", "--admin-url", app.adminURL], environment: ["AUTONOMOUS_ADMIN_TOKEN": ""])
+            let noToken = try await runAutonomousCLIAsync(
+                ["tenants", "list", "--admin-url", app.adminURL],
+                environment: ["AUTONOMOUS_ADMIN_TOKEN": ""]
+            )
             #expect(noToken.status != 0 && noToken.output.contains("AUTONOMOUS_ADMIN_TOKEN"), "\(noToken.output)")
         }
     }
@@ -265,10 +328,13 @@ struct TenancyTests {
         // Its buckets refill only when the test moves their clock, so every decision below is
         // the same on a fast machine and a slow one.
         let clock = ManualClock()
-        try await withRunningApp(try Self.graph(), configure: {
-            configure(&$0)
-            $0.rateLimitClock = { clock.now }
-        }) { app in
+        try await withRunningApp(
+            try Self.graph(),
+            configure: {
+                configure(&$0)
+                $0.rateLimitClock = { clock.now }
+            }
+        ) { app in
             func adminCall(_ method: String, _ path: String, body: String? = nil) async throws -> (status: Int, body: JSONValue) {
                 try await app.admin(method, path, body: body)
             }
@@ -316,7 +382,10 @@ struct TenancyTests {
             #expect(single.body["error"]["message"].stringValue?.contains("10 records/s") == true, "\(single.body)")
             #expect((3...4).contains(single.retryAfter ?? 0), "\(single)")
             let large = try await post(3000)
-            #expect(large.status == 429 && large.body["error"]["code"] == "rate_limited" && (3...5).contains(large.retryAfter ?? 0), "\(large)")
+            #expect(
+                large.status == 429 && large.body["error"]["code"] == "rate_limited" && (3...5).contains(large.retryAfter ?? 0),
+                "\(large)"
+            )
 
             // A higher limit applies within the key cache's lifetime.
             #expect(try await adminCall("PUT", "/v1/admin/tenants/acme/limits", body: #"{"recordsPerSecond":1000}"#).status == 200)
@@ -386,15 +455,22 @@ struct TenancyTests {
         let notes = builder.table("notes")
         builder.webhook("/hooks/slack", into: notes, verify: .slack(signingSecret: .secret("SIGNING_SECRET")))
         let graph = try builder.build()
-        try await withRunningApp(graph, environment: ["SIGNING_SECRET": "s3cr3t"], configure: { configuration in
-            configuration.adminPort = 0
-            configuration.adminToken = Self.adminToken
-        }) { app in
+        try await withRunningApp(
+            graph,
+            environment: ["SIGNING_SECRET": "s3cr3t"],
+            configure: { configuration in
+                configuration.adminPort = 0
+                configuration.adminToken = Self.adminToken
+            }
+        ) { app in
             let limit = try await app.admin("PUT", "/v1/admin/tenants/\(app.tenant)/limits", body: #"{"recordsPerSecond":10,"burst":10}"#)
             #expect(limit.status == 200, "\(limit)")
             @Sendable func post(_ count: Int) async throws -> (status: Int, body: JSONValue) {
                 let record = #"{"text":"n"}"#
-                return try await app.post("/v1/tables/notes/records", body: count == 1 ? record : "[" + Array(repeating: record, count: count).joined(separator: ",") + "]")
+                return try await app.post(
+                    "/v1/tables/notes/records",
+                    body: count == 1 ? record : "[" + Array(repeating: record, count: count).joined(separator: ",") + "]"
+                )
             }
             // The ingress asks for its tenant's limits every 2 s. Once it has them, 50 records
             // pass with the bucket full and leave it 40 records (4 s) in debt.
@@ -407,13 +483,21 @@ struct TenancyTests {
             let body = #"{"text":"hook"}"#
             let timestamp = String(Int(Date().timeIntervalSince1970))
             let signature = WebhookVerification.slackSignature(secret: "s3cr3t", timestamp: timestamp, body: Array(body.utf8))
-            let hook = try await app.post("/hooks/slack", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)])
+            let hook = try await app.post(
+                "/hooks/slack",
+                body: body,
+                headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)]
+            )
             #expect(hook.status == 429 && hook.body["error"]["code"] == "rate_limited", "\(hook)")
 
             // Without the limit everything goes again.
             #expect(try await app.admin("PUT", "/v1/admin/tenants/\(app.tenant)/limits", body: #"{"recordsPerSecond":null}"#).status == 200)
             #expect(try await eventually(timeout: .seconds(6)) { try await post(1).status == 202 })
-            let again = try await app.post("/hooks/slack", body: body, headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)])
+            let again = try await app.post(
+                "/hooks/slack",
+                body: body,
+                headers: [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)]
+            )
             #expect(again.status == 200, "\(again)")
         }
     }

@@ -5,10 +5,10 @@ import Foundation
 import Logging
 import NATS
 import NIOCore
+import NIOHTTP1
 import ServiceLifecycle
 import Synchronization
 import Testing
-import NIOHTTP1
 
 /// An app running in-process (role `all`) against a test nats-server, on a free HTTP port.
 struct RunningApp: Sendable {
@@ -23,7 +23,12 @@ struct RunningApp: Sendable {
     var adminURL: String { "http://127.0.0.1:\(adminPort ?? 0)" }
 
     /// Any request; the body of the answer parsed as JSON (`.null` when it is not JSON).
-    func http(_ method: String, _ url: String, body: String? = nil, headers: [(String, String)] = []) async throws -> (status: Int, body: JSONValue) {
+    func http(
+        _ method: String,
+        _ url: String,
+        body: String? = nil,
+        headers: [(String, String)] = []
+    ) async throws -> (status: Int, body: JSONValue) {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         if let body {
@@ -59,7 +64,12 @@ struct RunningApp: Sendable {
         )
     }
 
-    func post(_ path: String, body: String, contentType: String? = "application/json", headers: [(String, String)] = []) async throws -> (status: Int, body: JSONValue) {
+    func post(
+        _ path: String,
+        body: String,
+        contentType: String? = "application/json",
+        headers: [(String, String)] = []
+    ) async throws -> (status: Int, body: JSONValue) {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = .POST
         if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
@@ -195,7 +205,8 @@ func runAutonomousCLIAsync(_ arguments: [String], environment: [String: String] 
 }
 
 /// Runs a program on a thread of its own; returns its exit status and combined output.
-func runProgram(_ path: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
+func runProgram(_ path: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String)
+{
     try await withCheckedThrowingContinuation { continuation in
         Thread.detachNewThread {
             let process = Process()

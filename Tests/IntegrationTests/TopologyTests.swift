@@ -45,12 +45,19 @@ struct TopologyTests {
         try await withTestNATSServer { server in
             let connection = server.connection
             try await connection.createOrUpdateStream(StreamConfiguration(name: "AUT_ACME", subjects: ["aut.acme.>"]))
-            try await connection.createOrUpdateConsumer(stream: "AUT_ACME", ConsumerConfiguration(durableName: "h_enrich", filterSubject: "aut.acme.tbl.orders"))
+            try await connection.createOrUpdateConsumer(
+                stream: "AUT_ACME",
+                ConsumerConfiguration(durableName: "h_enrich", filterSubject: "aut.acme.tbl.orders")
+            )
             _ = try await connection.publish(
                 OutgoingMessage(subject: "aut.acme.tbl.orders", payload: ByteBuffer(string: #"{"n":1}"#), headers: [("Nats-Msg-Id", "o-1")])
             )
             _ = try await connection.publish(
-                OutgoingMessage(subject: "aut.acme.dlq.enrich", payload: ByteBuffer(string: #"{"n":0}"#), headers: [("Nats-Msg-Id", "dlq-1")])
+                OutgoingMessage(
+                    subject: "aut.acme.dlq.enrich",
+                    payload: ByteBuffer(string: #"{"n":0}"#),
+                    headers: [("Nats-Msg-Id", "dlq-1")]
+                )
             )
             let error = await #expect(throws: ConfigurationError.self) {
                 try await Topology.provision(graph: Self.graph(), tenants: ["acme"], configuration: .init(), connection: connection)
@@ -61,7 +68,12 @@ struct TopologyTests {
             #expect(try await connection.streamState("AUT_ACME_tbl_orders") == nil)
 
             // The earlier version's worker processes the record: the stream may move on.
-            let subscription = try await connection.pullSubscription(stream: "AUT_ACME", consumer: "h_enrich", filterSubject: "aut.acme.tbl.orders", headers: [])
+            let subscription = try await connection.pullSubscription(
+                stream: "AUT_ACME",
+                consumer: "h_enrich",
+                filterSubject: "aut.acme.tbl.orders",
+                headers: []
+            )
             let batch = try await subscription.fetch(maxMessages: 10, timeout: .seconds(5))
             #expect(batch.count == 1)
             batch.ack(0)
@@ -77,7 +89,13 @@ struct TopologyTests {
             #expect(try await connection.streamState("AUT_ACME_tbl_orders") != nil)
             #expect(try await connection.consumerState(stream: "AUT_ACME", consumer: "h_enrich") == nil, "the old consumer is gone")
             #expect(try await connection.consumerState(stream: "AUT_ACME_tbl_orders", consumer: "h_enrich") != nil)
-            let deadLetters = try await connection.readAll(stream: "AUT_ACME", subject: "aut.acme.dlq.>", headers: [], atLeast: 1, timeout: .seconds(5))
+            let deadLetters = try await connection.readAll(
+                stream: "AUT_ACME",
+                subject: "aut.acme.dlq.>",
+                headers: [],
+                atLeast: 1,
+                timeout: .seconds(5)
+            )
             #expect(deadLetters.count == 1, "dead letters are still read from the tenant stream")
         }
     }

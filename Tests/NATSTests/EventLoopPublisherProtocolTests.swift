@@ -1,6 +1,7 @@
-@testable import NATS
 import NIOCore
 import Testing
+
+@testable import NATS
 
 @Suite("The event-loop publisher's protocol, without a socket")
 struct EventLoopPublisherProtocolTests {
@@ -15,7 +16,9 @@ struct EventLoopPublisherProtocolTests {
                 switch message {
                 case .info(let info): seen.append("info \(info)")
                 case .msg(let subject, let status, let payload):
-                    seen.append("msg \(String(decoding: subject, as: UTF8.self)) \(status.map(String.init) ?? "-") \(String(buffer: payload))")
+                    seen.append(
+                        "msg \(String(decoding: subject, as: UTF8.self)) \(status.map(String.init) ?? "-") \(String(buffer: payload))"
+                    )
                 case .ping: seen.append("ping")
                 case .pong: seen.append("pong")
                 case .ok: seen.append("ok")
@@ -28,12 +31,15 @@ struct EventLoopPublisherProtocolTests {
 
     @Test("Messages split anywhere across reads come out whole, in order")
     func splitReads() throws {
-        let stream = "INFO {\"max_payload\":1048576}\r\n+OK\r\nPING\r\nMSG _INBOX.x.7 1 5\r\nhello\r\nHMSG _INBOX.x.8 2 16 16\r\nNATS/1.0 503\r\n\r\n\r\nPONG\r\n-ERR 'Authorization Violation'\r\n"
+        let stream =
+            "INFO {\"max_payload\":1048576}\r\n+OK\r\nPING\r\nMSG _INBOX.x.7 1 5\r\nhello\r\nHMSG _INBOX.x.8 2 16 16\r\nNATS/1.0 503\r\n\r\n\r\nPONG\r\n-ERR 'Authorization Violation'\r\n"
         let whole = try Self.parse([stream])
-        #expect(whole == [
-            "info {\"max_payload\":1048576}", "ok", "ping", "msg _INBOX.x.7 - hello", "msg _INBOX.x.8 503 ", "pong",
-            "err 'Authorization Violation'",
-        ])
+        #expect(
+            whole == [
+                "info {\"max_payload\":1048576}", "ok", "ping", "msg _INBOX.x.7 - hello", "msg _INBOX.x.8 503 ", "pong",
+                "err 'Authorization Violation'",
+            ]
+        )
         let bytes = Array(stream.utf8)
         for cut in stride(from: 1, to: bytes.count, by: 7) {
             let pieces = [String(decoding: bytes[..<cut], as: UTF8.self), String(decoding: bytes[cut...], as: UTF8.self)]

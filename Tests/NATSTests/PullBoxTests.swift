@@ -1,15 +1,21 @@
 import AutonomousTesting
-@testable import NATS
 import Synchronization
 import Testing
+
+@testable import NATS
 
 /// The pull subscription's bookkeeping and header reading, without a server.
 @Suite("Pull requests and header blocks, without a server")
 struct PullBoxTests {
     @Test("Header blocks are read in place as nats.c reads them: first value, trimmed, exact names")
     func headerBlockParsing() {
-        let block = Array("NATS/1.0 100 Idle\r\nX-Value:  spaced\t \r\nno colon here\r\nX-Val: short\r\nX-Value: second\r\nEmpty:\r\nx-value: lower\r\n\r\n".utf8)
-        let values = block.withUnsafeBufferPointer { MessageEncoding.parse($0, names: ["X-Value", "X-Val", "Empty", "Missing", "x-value"]) }
+        let block = Array(
+            "NATS/1.0 100 Idle\r\nX-Value:  spaced\t \r\nno colon here\r\nX-Val: short\r\nX-Value: second\r\nEmpty:\r\nx-value: lower\r\n\r\n"
+                .utf8
+        )
+        let values = block.withUnsafeBufferPointer {
+            MessageEncoding.parse($0, names: ["X-Value", "X-Val", "Empty", "Missing", "x-value"])
+        }
         #expect(values == ["spaced", "short", "", nil, "lower"])
         #expect(MessageEncoding.parse(UnsafeBufferPointer(start: nil, count: 0), names: ["A"]) == [nil])
     }
@@ -52,7 +58,14 @@ struct PullBoxTests {
         box.setRequester { request in sent.withLock { $0.append(request) } }
         func message(_ sequence: UInt64) -> DeliveredMessage {
             DeliveredMessage(
-                message: JetStreamMessage(subject: "s", payload: [], headerValues: [], deliveryCount: 1, streamSequence: sequence, timestamp: 0),
+                message: JetStreamMessage(
+                    subject: "s",
+                    payload: [],
+                    headerValues: [],
+                    deliveryCount: 1,
+                    streamSequence: sequence,
+                    timestamp: 0
+                ),
                 reply: "r"
             )
         }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Worker
 
 @Suite("When a worker warns that the coordinator does not answer")
