@@ -7,5 +7,7 @@ bash scripts/install-deps.sh
 swift build --build-tests
 # The public API must match api/ (a changed surface is a reviewed diff, not an accident).
 bash scripts/public-api.sh --check
+# The DocC catalog builds without a warning.
+bash scripts/docs.sh
 # One suite at a time: the fault tests start many processes, and 2 cores are shared.
 swift test --skip-build --no-parallel "$@"

@@ -14,7 +14,7 @@ extension NATSConnection: MessagePublisher {}
 
 /// A record body waiting to be appended, with the record it was derived from.
 ///
-/// Only the runtime makes these (``Table/append(_:_:)`` and its overloads); the type is
+/// Only the runtime makes these (in ``Table``'s `append` methods); the type is
 /// public because ``AppendContext`` names it.
 public struct PendingRecord: Sendable {
     package var payload: [UInt8]

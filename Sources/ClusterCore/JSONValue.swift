@@ -165,7 +165,7 @@ extension JSONValue: Codable {
 /// is cheaper than hashing every key of every record parsed. Lookups scan the members, so
 /// an object with thousands of keys is better read through ``dictionary`` once.
 ///
-/// Members keep their order: ``JSONWriter`` writes them as they come, a parsed object
+/// Members keep their order: the writer writes them as they come, a parsed object
 /// re-encodes in its original order, and a repeated key keeps its first position with the
 /// last value (as JavaScript does). An object made from a `Dictionary` has its keys sorted,
 /// so it encodes the same way in every process. Equality and hashing ignore the order.
