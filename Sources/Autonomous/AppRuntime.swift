@@ -127,131 +127,42 @@ package struct AppRuntime: Sendable {
         let connection = try await NATSConnection.connect(configuration: natsConfiguration, logger: logger)
         let actorSystem = ClusterActorSystem(connection: connection, callTimeout: configuration.coordinatorCallTimeout, logger: logger)
         let coordinatorEndpoint = try CoordinatorEndpoint.remote(in: actorSystem)
+        // The outer group: the NATS connection (first to start, last to stop), the PostgreSQL
+        // pool, then the role's services. Those run in a group of their own that starts only
+        // after the store is migrated and JetStream provisioned, so their first publish or
+        // bind succeeds; a graceful shutdown of the outer group reaches them first.
         var services: [any Service] = [ConnectionService(connection: connection, actorSystem: actorSystem)]
         var store: (any CoordinatorStore)?
         do {
             if role.runsCoordinator {
-                let coordinatorStore: any CoordinatorStore
                 if let url = configuration.postgresURL {
-                    coordinatorStore = try await PostgresStore.open(
+                    let postgres = try await PostgresStore.open(
                         url: url,
                         password: configuration.environment["AUTONOMOUS_POSTGRES_PASSWORD"],
                         logger: logger
                     )
+                    services.append(postgres)
+                    store = postgres
                 } else {
-                    coordinatorStore = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
+                    store = try await SQLiteStore.open(path: configuration.sqlitePath, logger: logger)
                 }
-                store = coordinatorStore
-                try await coordinatorStore.migrate()
-                // Provision before ingress and workers start so their first publish or bind
-                // succeeds. A new NATS cluster answers JetStream requests only once it has
-                // elected a meta leader, so keep trying until the connect timeout.
-                let clock = ContinuousClock()
-                let deadline = clock.now.advanced(by: configuration.connectTimeout)
-                while true {
-                    do {
-                        try await Topology.provision(
-                            graph: graph,
-                            tenants: [configuration.tenant],
-                            configuration: configuration.topology,
-                            connection: connection
-                        )
-                        break
-                    } catch let error as NATSError where clock.now < deadline {
-                        logger.info("JetStream not ready for provisioning yet, retrying", metadata: ["error": "\(error)"])
-                        try await Task.sleep(for: .milliseconds(500))
-                    }
-                }
-                var coordinatorConfiguration = Coordinator.Configuration(
-                    defaultTenant: configuration.tenant,
-                    topology: configuration.topology,
-                    instanceID: configuration.coordinatorID
-                )
-                coordinatorConfiguration.leaseTTL = configuration.leaseTTL
-                coordinatorConfiguration.partitionLeaseTTL = configuration.partitionLeaseTTL
-                services.append(
-                    Coordinator(
-                        graph: graph,
-                        configuration: coordinatorConfiguration,
-                        connection: connection,
-                        actorSystem: actorSystem,
-                        store: coordinatorStore,
-                        logger: logger
-                    )
-                )
-                let adminPort = configuration.adminPort ?? (role == .coordinator ? configuration.healthPort : nil)
-                if let adminPort {
-                    services.append(
-                        AdminServer(
-                            host: configuration.httpHost,
-                            port: adminPort,
-                            adminToken: configuration.adminToken,
-                            administration: Administration(
-                                graph: graph,
-                                store: coordinatorStore,
-                                connection: connection,
-                                topology: configuration.topology,
-                                logger: logger
-                            ),
-                            connection: connection,
-                            logger: logger,
-                            onListening: configuration.onAdminListening
-                        )
-                    )
-                }
-            }
-            if role.runsWorker {
-                var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
-                let known = Set(graph.handlers.map(\.name))
-                for name in configuration.handlers.map({ $0.union(configuration.excludedHandlers) }) ?? configuration.excludedHandlers
-                where !known.contains(name) {
-                    throw ConfigurationError("unknown handler '\(name)'; the app has \(known.sorted().joined(separator: ", "))")
-                }
-                let selected = (configuration.handlers ?? known).subtracting(configuration.excludedHandlers)
-                workerConfiguration.handlers = selected
-                workerConfiguration.ackWait = configuration.topology.ackWait
-                workerConfiguration.tenantDirectory = { try await coordinatorEndpoint.activeTenants() }
-                workerConfiguration.partitionAssigner = { request in try await coordinatorEndpoint.assignPartitions(request) }
-                services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
-            }
-            if role.runsIngress {
-                var ingressConfiguration = Ingress.Configuration(tenant: configuration.tenant, environment: configuration.environment)
-                ingressConfiguration.host = configuration.httpHost
-                ingressConfiguration.port = configuration.httpPort
-                ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
-                ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
-                ingressConfiguration.publishLanes = configuration.ingressLanes
-                ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
-                ingressConfiguration.rateLimitClock = configuration.rateLimitClock
-                ingressConfiguration.shareLimitsAcrossNodes = configuration.shareRateLimitsAcrossNodes
-                ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
-                ingressConfiguration.onListening = configuration.onListening
-                ingressConfiguration.requireAPIKey = configuration.requireAPIKey
-                ingressConfiguration.accessForKeyHash = { hash in
-                    do {
-                        return try await coordinatorEndpoint.access(forKeyHash: hash)
-                    } catch let error as ClusterCallError where error.isUnknownCall {
-                        // A coordinator of the release before tenant limits (a rolling upgrade):
-                        // the tenant alone, no limit.
-                        return try await coordinatorEndpoint.tenant(forKeyHash: hash).map { TenantAccess(tenant: $0) }
-                    }
-                }
-                ingressConfiguration.limitsForTenant = { tenant in
-                    do {
-                        return try await coordinatorEndpoint.limits(ofTenant: tenant)
-                    } catch let error as ClusterCallError where error.isUnknownCall {
-                        return nil  // an older coordinator: no limit for key-less requests yet
-                    }
-                }
-                services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
-            } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
-                services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))
             }
         } catch {
-            try? await store?.close()
             await connection.close()
             throw error
         }
+        services.append(
+            RoleServices(logger: logger) { [store] in
+                try await makeServices(
+                    role: role,
+                    store: store,
+                    connection: connection,
+                    actorSystem: actorSystem,
+                    coordinatorEndpoint: coordinatorEndpoint,
+                    logger: logger
+                )
+            }
+        )
         var groupConfiguration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: signals,
@@ -273,16 +184,162 @@ package struct AppRuntime: Sendable {
         try? await store?.close()
         await connection.close()
     }
+
+    /// The role's services, once the store is migrated and the topology provisioned.
+    private func makeServices(
+        role: Role,
+        store: (any CoordinatorStore)?,
+        connection: NATSConnection,
+        actorSystem: ClusterActorSystem,
+        coordinatorEndpoint: CoordinatorEndpoint,
+        logger: Logger
+    ) async throws -> [any Service] {
+        var services: [any Service] = []
+        if role.runsCoordinator {
+            guard let coordinatorStore = store else { preconditionFailure("a coordinator role runs with a store") }
+            try await coordinatorStore.migrate()
+            // Provision before ingress and workers start so their first publish or bind
+            // succeeds. A new NATS cluster answers JetStream requests only once it has
+            // elected a meta leader, so keep trying until the connect timeout.
+            let clock = ContinuousClock()
+            let deadline = clock.now.advanced(by: configuration.connectTimeout)
+            while true {
+                do {
+                    try await Topology.provision(
+                        graph: graph,
+                        tenants: [configuration.tenant],
+                        configuration: configuration.topology,
+                        connection: connection
+                    )
+                    break
+                } catch let error as NATSError where clock.now < deadline {
+                    logger.info("JetStream not ready for provisioning yet, retrying", metadata: ["error": "\(error)"])
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            var coordinatorConfiguration = Coordinator.Configuration(
+                defaultTenant: configuration.tenant,
+                topology: configuration.topology,
+                instanceID: configuration.coordinatorID
+            )
+            coordinatorConfiguration.leaseTTL = configuration.leaseTTL
+            coordinatorConfiguration.partitionLeaseTTL = configuration.partitionLeaseTTL
+            services.append(
+                Coordinator(
+                    graph: graph,
+                    configuration: coordinatorConfiguration,
+                    connection: connection,
+                    actorSystem: actorSystem,
+                    store: coordinatorStore,
+                    logger: logger
+                )
+            )
+            let adminPort = configuration.adminPort ?? (role == .coordinator ? configuration.healthPort : nil)
+            if let adminPort {
+                services.append(
+                    AdminServer(
+                        host: configuration.httpHost,
+                        port: adminPort,
+                        adminToken: configuration.adminToken,
+                        administration: Administration(
+                            graph: graph,
+                            store: coordinatorStore,
+                            connection: connection,
+                            topology: configuration.topology,
+                            logger: logger
+                        ),
+                        connection: connection,
+                        logger: logger,
+                        onListening: configuration.onAdminListening
+                    )
+                )
+            }
+        }
+        if role.runsWorker {
+            var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
+            let known = Set(graph.handlers.map(\.name))
+            for name in configuration.handlers.map({ $0.union(configuration.excludedHandlers) }) ?? configuration.excludedHandlers
+            where !known.contains(name) {
+                throw ConfigurationError("unknown handler '\(name)'; the app has \(known.sorted().joined(separator: ", "))")
+            }
+            let selected = (configuration.handlers ?? known).subtracting(configuration.excludedHandlers)
+            workerConfiguration.handlers = selected
+            workerConfiguration.ackWait = configuration.topology.ackWait
+            workerConfiguration.tenantDirectory = { try await coordinatorEndpoint.activeTenants() }
+            workerConfiguration.partitionAssigner = { request in try await coordinatorEndpoint.assignPartitions(request) }
+            services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
+        }
+        if role.runsIngress {
+            var ingressConfiguration = Ingress.Configuration(tenant: configuration.tenant, environment: configuration.environment)
+            ingressConfiguration.host = configuration.httpHost
+            ingressConfiguration.port = configuration.httpPort
+            ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
+            ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
+            ingressConfiguration.publishLanes = configuration.ingressLanes
+            ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
+            ingressConfiguration.rateLimitClock = configuration.rateLimitClock
+            ingressConfiguration.shareLimitsAcrossNodes = configuration.shareRateLimitsAcrossNodes
+            ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
+            ingressConfiguration.onListening = configuration.onListening
+            ingressConfiguration.requireAPIKey = configuration.requireAPIKey
+            ingressConfiguration.accessForKeyHash = { hash in
+                do {
+                    return try await coordinatorEndpoint.access(forKeyHash: hash)
+                } catch let error as ClusterCallError where error.isUnknownCall {
+                    // A coordinator of the release before tenant limits (a rolling upgrade):
+                    // the tenant alone, no limit.
+                    return try await coordinatorEndpoint.tenant(forKeyHash: hash).map { TenantAccess(tenant: $0) }
+                }
+            }
+            ingressConfiguration.limitsForTenant = { tenant in
+                do {
+                    return try await coordinatorEndpoint.limits(ofTenant: tenant)
+                } catch let error as ClusterCallError where error.isUnknownCall {
+                    return nil  // an older coordinator: no limit for key-less requests yet
+                }
+            }
+            services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
+        } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
+            services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))
+        }
+        return services
+    }
 }
 
-/// Keeps the NATS connection open for the services after it and closes it last.
+/// Prepares the role's services (migrations, provisioning) and runs them as a group of their
+/// own inside the process's group, which shuts them down gracefully before the services
+/// they depend on.
+struct RoleServices: Service {
+    let logger: Logger
+    let prepare: @Sendable () async throws -> [any Service]
+
+    func run() async throws {
+        let services = try await prepare()
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [],
+                cancellationSignals: [],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}
+
+/// Keeps the NATS connection open for the services after it and closes it last; serves the
+/// distributed actors' calls meanwhile.
 struct ConnectionService: Service {
     let connection: NATSConnection
     let actorSystem: ClusterActorSystem
 
     func run() async throws {
-        try? await gracefulShutdown()
-        actorSystem.shutdown()
+        // Serves calls to this process's distributed actors until the graceful shutdown.
+        await withDiscardingTaskGroup { group in
+            group.addTask { await actorSystem.run() }
+            try? await gracefulShutdown()
+            actorSystem.shutdown()
+        }
         await connection.drain()
     }
 }

@@ -68,6 +68,9 @@ package struct ClusterCallError: Error, Codable, Sendable, Hashable, CustomStrin
 ///
 /// A call to an actor hosted by this system runs locally without touching NATS; a call to
 /// any other ID is sent to the ID's subject and waits at most `callTimeout` for the reply.
+///
+/// Calls from other processes are served by ``run()``, which the process runs for as long as
+/// it hosts actors (the runtime's connection service does); every call is a child task of it.
 package final class ClusterActorSystem: DistributedActorSystem, Sendable {
     package typealias ActorID = ClusterActorID
     package typealias InvocationEncoder = ClusterInvocationEncoder
@@ -88,6 +91,9 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
     }
 
     private let hosted = Mutex(Hosted())
+    /// Subscriptions of actors that became ready, for ``run()`` to serve.
+    private let ready: AsyncStream<(ClusterActorID, CoreSubscription)>
+    private let readyContinuation: AsyncStream<(ClusterActorID, CoreSubscription)>.Continuation
 
     @TaskLocal static var pendingID: ClusterActorID?
 
@@ -95,6 +101,23 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
         self.connection = connection
         self.callTimeout = callTimeout
         self.logger = logger
+        (ready, readyContinuation) = AsyncStream.makeStream(of: (ClusterActorID, CoreSubscription).self)
+    }
+
+    /// Serves calls to the actors hosted here until ``shutdown()``: a child task per actor,
+    /// and one per call. Returns once every call in progress has answered.
+    package func run() async {
+        await withDiscardingTaskGroup { group in
+            for await (id, subscription) in ready {
+                group.addTask {
+                    await withDiscardingTaskGroup { calls in
+                        for await message in subscription {
+                            calls.addTask { await self.serve(message, for: id) }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Creates an actor under a well-known ID (instead of a random one).
@@ -127,12 +150,7 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
             state.subscriptions[id]?.unsubscribe()
             state.subscriptions[id] = subscription
         }
-        Task { [weak self] in
-            for await message in subscription {
-                guard let self else { return }
-                Task { await self.serve(message, for: id) }
-            }
-        }
+        readyContinuation.yield((id, subscription))
     }
 
     package func resignID(_ id: ClusterActorID) {
@@ -143,8 +161,9 @@ package final class ClusterActorSystem: DistributedActorSystem, Sendable {
         subscription?.unsubscribe()
     }
 
-    /// Stops serving every hosted actor (their subscriptions end).
+    /// Stops serving every hosted actor (their subscriptions end, and so does ``run()``).
     package func shutdown() {
+        readyContinuation.finish()
         let subscriptions = hosted.withLock { state in
             defer { state = Hosted() }
             return Array(state.subscriptions.values)

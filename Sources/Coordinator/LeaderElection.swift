@@ -62,6 +62,7 @@ struct LeaderElection: Sendable {
                 }
                 action = lease.acquired(token, sentAt: attempt)
             } catch {
+                if Task.isCancelled { break }  // shutting down, not a failure
                 logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"])
             }
             if case .none = action { action = lease.check(now: .now) }

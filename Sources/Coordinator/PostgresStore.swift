@@ -3,14 +3,19 @@ package import Foundation
 package import Logging
 import NIOPosix
 import PostgresNIO
+package import ServiceLifecycle
 
 /// The production coordinator store: PostgreSQL through PostgresNIO's pooled client, with
 /// versioned migrations applied under an advisory lock (several coordinators may start at once).
-package final class PostgresStore: CoordinatorStore {
+///
+/// The store is a `Service`: its connection pool runs in ``run()``, which the process's
+/// `ServiceGroup` starts before the coordinator and stops after it. Outside a group (tools,
+/// tests) ``withStore(url:password:logger:_:)`` runs it around a body.
+package final class PostgresStore: CoordinatorStore, Service {
     let client: PostgresClient
-    // The pool's run loop; cancelled by `close()`. Owned here because the store is opened
-    // before the process's services start and closed after they stop.
-    private let runTask: Task<Void, Never>
+    /// Finished when ``run()`` starts the pool; ``migrate()``, the first query, waits for it.
+    private let started: AsyncStream<Never>
+    private let startedContinuation: AsyncStream<Never>.Continuation
     let logger: Logger
     package let displayName: String
 
@@ -58,28 +63,40 @@ package final class PostgresStore: CoordinatorStore {
             tls: tls.client
         )
         configuration.options.maximumConnections = 4
-        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
-        // Queries made before `run()` has started work but log a warning; return once the task
-        // is about to call it (its first step marks the client as running).
-        let (started, starting) = AsyncStream.makeStream(of: Never.self)
-        let runTask = Task {
-            starting.finish()
-            await client.run()
-        }
-        for await _ in started {}
         return PostgresStore(
-            client: client,
-            runTask: runTask,
+            client: PostgresClient(configuration: configuration, backgroundLogger: logger),
             logger: logger,
             displayName: "postgres://\(host):\(components.port ?? 5432)/\(database ?? "")"
         )
     }
 
-    private init(client: PostgresClient, runTask: Task<Void, Never>, logger: Logger, displayName: String) {
+    private init(client: PostgresClient, logger: Logger, displayName: String) {
         self.client = client
-        self.runTask = runTask
+        (started, startedContinuation) = AsyncStream.makeStream(of: Never.self)
         self.logger = logger
         self.displayName = displayName
+    }
+
+    /// Runs the connection pool until a graceful shutdown or cancellation; then its
+    /// connections close.
+    package func run() async {
+        startedContinuation.finish()
+        await cancelWhenGracefulShutdown { await self.client.run() }
+    }
+
+    /// Opens a store and runs its pool while `body` runs, for callers outside a `ServiceGroup`.
+    package static func withStore<T: Sendable>(
+        url: String,
+        password: String? = nil,
+        logger: Logger,
+        _ body: (PostgresStore) async throws -> T
+    ) async throws -> T {
+        let store = try await open(url: url, password: password, logger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await store.run() }
+            defer { group.cancelAll() }
+            return try await body(store)
+        }
     }
 
     /// Versioned migrations; each runs once, in order, in its own transaction.
@@ -134,6 +151,8 @@ package final class PostgresStore: CoordinatorStore {
     ]
 
     package func migrate() async throws {
+        // PostgresNIO warns about a query made before the pool runs.
+        for await _ in started {}
         try await client.withConnection { connection in
             // One coordinator migrates at a time.
             try await connection.query("SELECT pg_advisory_lock(4242424242)", logger: self.logger)
@@ -398,8 +417,6 @@ package final class PostgresStore: CoordinatorStore {
         return false
     }
 
-    package func close() async throws {
-        runTask.cancel()
-        await runTask.value
-    }
+    /// Nothing to do: the pool closes its connections when ``run()`` returns.
+    package func close() async throws {}
 }

@@ -117,20 +117,6 @@ package struct Ingress: Service {
             logger: logger
         )
         let responder = IngressResponder(state: state)
-        let peers: Task<Void, Never>? =
-            configuration.shareLimitsAcrossNodes
-            ? Task { [connection, logger] in
-                await IngressPeers(interval: configuration.peerInterval).run(connection: connection, logger: logger) { nodes in
-                    state.limiter.setShare(nodes: nodes)
-                    logger.info("Ingress nodes alive changed; tenant limits shared among them", metadata: ["ingress.nodes": "\(nodes)"])
-                }
-            }
-            : nil
-        let ownLimits = configuration.limitsForTenant.map { resolve in
-            Task { [tenant = configuration.tenant, interval = configuration.keyCacheTTL, logger] in
-                await Self.followLimits(of: tenant, every: interval, resolve: resolve, limiter: state.limiter, logger: logger)
-            }
-        }
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
@@ -144,30 +130,48 @@ package struct Ingress: Service {
             },
             logger: logger
         )
-        do {
-            try await listening(
-                "the ingress",
-                host: configuration.host,
-                port: configuration.port,
-                setting: "--port or AUTONOMOUS_HTTP_PORT"
-            ) {
-                try await app.run()
+        // Learning who else serves (to share tenant limits) and following the ingress tenant's
+        // limits run as child tasks for as long as the server does.
+        let served: Result<Void, any Error> = await withTaskGroup(of: Void.self) { background in
+            if configuration.shareLimitsAcrossNodes {
+                background.addTask { [connection, logger] in
+                    await IngressPeers(interval: configuration.peerInterval).run(connection: connection, logger: logger) { nodes in
+                        state.limiter.setShare(nodes: nodes)
+                        logger.info(
+                            "Ingress nodes alive changed; tenant limits shared among them",
+                            metadata: ["ingress.nodes": "\(nodes)"]
+                        )
+                    }
+                }
             }
-        } catch {
-            // Says it is leaving before the connection goes.
-            ownLimits?.cancel()
-            peers?.cancel()
-            await peers?.value
-            for publisher in publishers.values.joined() { await publisher.close() }
-            for lane in lanes.dropFirst() { await lane.drain() }
-            throw error
+            if let resolve = configuration.limitsForTenant {
+                background.addTask { [tenant = configuration.tenant, interval = configuration.keyCacheTTL, logger] in
+                    await Self.followLimits(of: tenant, every: interval, resolve: resolve, limiter: state.limiter, logger: logger)
+                }
+            }
+            let result: Result<Void, any Error>
+            do {
+                try await listening(
+                    "the ingress",
+                    host: configuration.host,
+                    port: configuration.port,
+                    setting: "--port or AUTONOMOUS_HTTP_PORT"
+                ) {
+                    try await app.run()
+                }
+                result = .success(())
+            } catch {
+                result = .failure(error)
+            }
+            // The peers' task says this node is leaving before the connection goes.
+            background.cancelAll()
+            await background.waitForAll()
+            return result
         }
-        ownLimits?.cancel()
-        peers?.cancel()
-        await peers?.value
         // Every request has been answered; what was published has its PubAck.
         for publisher in publishers.values.joined() { await publisher.close() }
         for lane in lanes.dropFirst() { await lane.drain() }
+        try served.get()
     }
 
     /// Keeps the ingress tenant's limits current until cancelled (a key's lookup does the same

@@ -80,8 +80,10 @@ package final class NATSConnection: Sendable {
     /// (`_INBOX.<id>.`). Destroyed in deinit, before the connection.
     private nonisolated(unsafe) let ackSubscription: OpaquePointer
     private let ackPrefix: [UInt8]
-    /// Fails publishes that got no PubAck within `publishTimeout`.
-    private let expiry: Task<Void, Never>
+    /// Fails publishes that got no PubAck within `publishTimeout`: a timer on one of NIO's
+    /// shared event loops (no task outlives the connection), cancelled by `close`, `drain`
+    /// and deinit.
+    private let expiry: RepeatedTask
     let threadPool: NIOThreadPool
     private let closed = Atomic<Bool>(false)
     package let configuration: Configuration
@@ -104,16 +106,16 @@ package final class NATSConnection: Sendable {
         self.threadPool = threadPool
         self.configuration = configuration
         self.logger = logger
-        self.expiry = Task { [tracker] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                tracker.expire(now: monotonicNanoseconds())
-            }
+        self.expiry = MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(
+            initialDelay: .milliseconds(100),
+            delay: .milliseconds(100)
+        ) { [tracker] _ in
+            tracker.expire(now: monotonicNanoseconds())
         }
     }
 
     deinit {
-        expiry.cancel()
+        expiry.cancel(promise: nil)
         natsSubscription_Destroy(ackSubscription)
         jsCtx_Destroy(jetStream)
         natsConnection_Destroy(connection)
@@ -286,7 +288,7 @@ package final class NATSConnection: Sendable {
             }
         }
         _ = try? await threadPool.runIfActive { natsConnection_Close(handle.pointer) }
-        expiry.cancel()
+        expiry.cancel(promise: nil)
         tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
         try? await threadPool.shutdownGracefully()
     }
@@ -299,7 +301,7 @@ package final class NATSConnection: Sendable {
             _ = natsConnection_FlushTimeout(handle.pointer, 1000)
             natsConnection_Close(handle.pointer)
         }
-        expiry.cancel()
+        expiry.cancel(promise: nil)
         tracker.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
         try? await threadPool.shutdownGracefully()
     }

@@ -30,74 +30,74 @@ struct CoordinatorFailoverTests {
         let ttl = 3.0
         specification.environment = ["AUTONOMOUS_LEASE_TTL": "\(Int(ttl))"]
         let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
-        let store = try await PostgresStore.open(url: cluster.postgresURL!, logger: TestNATSServer.logger)
         do {
-            @Sendable func leader() async throws -> Lease? { try await store.liveLeases(prefix: "leader").first }
-            #expect(try await eventually(timeout: .seconds(20)) { try await leader() != nil }, "a coordinator leads")
-            let start = Date()
-            var takeovers: [Double] = []
-            var tokens: [Int64] = [try await leader()!.token]
-            for _ in 0..<2 {
-                try await Task.sleep(for: .seconds(7))
-                let old = try #require(try await leader())
-                let pid = try #require(Self.pid(of: old.holder))
-                let coordinators = await cluster.processIDs()["coordinator"] ?? []
-                #expect(coordinators.contains(pid), "the lease names a running coordinator")
-                let killed = ContinuousClock.now
-                kill(pid, SIGKILL)
-                var next: Lease?
-                // How soon is the lease logic's to keep (its own tests, on a clock); here only
-                // that a standby takes over, with a larger fencing token.
-                while ContinuousClock.now - killed < .seconds(120) {
-                    if let current = try await leader(), current.holder != old.holder {
-                        next = current
-                        break
+            let postgresURL = try #require(cluster.postgresURL)
+            try await PostgresStore.withStore(url: postgresURL, logger: TestNATSServer.logger) { store in
+                @Sendable func leader() async throws -> Lease? { try await store.liveLeases(prefix: "leader").first }
+                #expect(try await eventually(timeout: .seconds(20)) { try await leader() != nil }, "a coordinator leads")
+                let start = Date()
+                var takeovers: [Double] = []
+                var tokens: [Int64] = [try await leader()!.token]
+                for _ in 0..<2 {
+                    try await Task.sleep(for: .seconds(7))
+                    let old = try #require(try await leader())
+                    let pid = try #require(Self.pid(of: old.holder))
+                    let coordinators = await cluster.processIDs()["coordinator"] ?? []
+                    #expect(coordinators.contains(pid), "the lease names a running coordinator")
+                    let killed = ContinuousClock.now
+                    kill(pid, SIGKILL)
+                    var next: Lease?
+                    // How soon is the lease logic's to keep (its own tests, on a clock); here only
+                    // that a standby takes over, with a larger fencing token.
+                    while ContinuousClock.now - killed < .seconds(120) {
+                        if let current = try await leader(), current.holder != old.holder {
+                            next = current
+                            break
+                        }
+                        try await Task.sleep(for: .milliseconds(50))
                     }
-                    try await Task.sleep(for: .milliseconds(50))
+                    let elapsed = ContinuousClock.now - killed
+                    let taken = try #require(next, "nobody took over within 120 s")
+                    takeovers.append(elapsed.inSeconds)
+                    tokens.append(taken.token)
+                    #expect(taken.token > old.token, "the fencing token grows")
                 }
-                let elapsed = ContinuousClock.now - killed
-                let taken = try #require(next, "nobody took over within 120 s")
-                takeovers.append(elapsed.inSeconds)
-                tokens.append(taken.token)
-                #expect(taken.token > old.token, "the fencing token grows")
-            }
-            try await Task.sleep(for: .seconds(8))
-            let end = Date()
-            print("failover: takeovers after \(takeovers.map { String(format: "%.2f s", $0) }) (lease TTL \(ttl) s), tokens \(tokens)")
+                try await Task.sleep(for: .seconds(8))
+                let end = Date()
+                print("failover: takeovers after \(takeovers.map { String(format: "%.2f s", $0) }) (lease TTL \(ttl) s), tokens \(tokens)")
 
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
-            configuration.connectTimeout = .seconds(10)
-            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
-            let first = Int(start.timeIntervalSince1970.rounded(.up)) + 1
-            let last = Int(end.timeIntervalSince1970.rounded(.down)) - 1
-            let ticks = try await StreamAudit.read(
-                connection: connection,
-                stream: "AUT_DEFAULT",
-                subject: "aut.default.sched.beat",
-                atLeast: last - first + 1,
-                timeout: .seconds(20)
-            )
-            await connection.close()
-            var counts: [Int: Int] = [:]
-            for tick in ticks {
-                guard let text = try? JSONParser.parse(tick.payload)["fire_time"].stringValue, let date = ISO8601.parse(text) else {
-                    continue
+                var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+                configuration.connectTimeout = .seconds(10)
+                let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+                let first = Int(start.timeIntervalSince1970.rounded(.up)) + 1
+                let last = Int(end.timeIntervalSince1970.rounded(.down)) - 1
+                let ticks = try await StreamAudit.read(
+                    connection: connection,
+                    stream: "AUT_DEFAULT",
+                    subject: "aut.default.sched.beat",
+                    atLeast: last - first + 1,
+                    timeout: .seconds(20)
+                )
+                await connection.close()
+                var counts: [Int: Int] = [:]
+                for tick in ticks {
+                    guard let text = try? JSONParser.parse(tick.payload)["fire_time"].stringValue, let date = ISO8601.parse(text) else {
+                        continue
+                    }
+                    counts[Int(date.timeIntervalSince1970), default: 0] += 1
                 }
-                counts[Int(date.timeIntervalSince1970), default: 0] += 1
+                let window = first...last
+                let missing = window.filter { counts[$0] == nil }
+                let doubled = counts.filter { $0.value > 1 }.map(\.key).sorted()
+                print("failover: \(window.count) ticks in the window, \(missing.count) missing, \(doubled.count) doubled")
+                #expect(window.count >= 20, "the window spans at least 20 ticks")
+                #expect(missing.isEmpty, "missing ticks: \(missing)")
+                #expect(doubled.isEmpty, "doubled ticks: \(doubled)")
             }
-            let window = first...last
-            let missing = window.filter { counts[$0] == nil }
-            let doubled = counts.filter { $0.value > 1 }.map(\.key).sorted()
-            print("failover: \(window.count) ticks in the window, \(missing.count) missing, \(doubled.count) doubled")
-            #expect(window.count >= 20, "the window spans at least 20 ticks")
-            #expect(missing.isEmpty, "missing ticks: \(missing)")
-            #expect(doubled.isEmpty, "doubled ticks: \(doubled)")
         } catch {
-            try? await store.close()
             await cluster.down()
             throw error
         }
-        try? await store.close()
         await cluster.down()
         try? FileManager.default.removeItem(atPath: directory)
     }

@@ -28,15 +28,9 @@ struct PostgresTLSTests {
             /// whether the connection used TLS.
             func usesTLS(_ query: String, host: String = "127.0.0.1") async throws -> Bool {
                 let url = server.url.replacingOccurrences(of: "127.0.0.1", with: host) + query
-                let store = try await PostgresStore.open(url: url, logger: TestNATSServer.logger)
-                do {
+                return try await PostgresStore.withStore(url: url, logger: TestNATSServer.logger) { store in
                     try await store.migrate()
-                    let tls = try await store.connectionUsesTLS()
-                    try await store.close()
-                    return tls
-                } catch {
-                    try? await store.close()
-                    throw error
+                    return try await store.connectionUsesTLS()
                 }
             }
             #expect(try await usesTLS("?sslmode=disable") == false)

@@ -35,7 +35,7 @@ struct StoreContractTests {
                 logger: TestNATSServer.logger
             )
             do {
-                try await use(try await PostgresStore.open(url: server.url, logger: TestNATSServer.logger))
+                try await PostgresStore.withStore(url: server.url, logger: TestNATSServer.logger) { try await use($0) }
                 await server.stop()
                 try? FileManager.default.removeItem(atPath: server.dataDirectory)
             } catch {
@@ -215,9 +215,9 @@ struct StoreContractTests {
                 let out = try await app.records(in: "seen", atLeast: 2, timeout: .seconds(10))
                 #expect(out.count >= 2)
             }
-            let store = try await PostgresStore.open(url: server.url, logger: TestNATSServer.logger)
-            let last = try await store.lastFire(tenant: "default", schedule: "tick")
-            try await store.close()
+            let last = try await PostgresStore.withStore(url: server.url, logger: TestNATSServer.logger) {
+                try await $0.lastFire(tenant: "default", schedule: "tick")
+            }
             #expect(last != nil, "the coordinator wrote its schedule state to Postgres")
             await server.stop()
             try? FileManager.default.removeItem(atPath: server.dataDirectory)
