@@ -258,7 +258,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CoordinatorTests",
-            dependencies: ["Coordinator"],
+            dependencies: ["Coordinator", "ClusterCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -218,7 +218,7 @@ package struct Administration: Sendable {
         _ = try await tenant(name)
         let definition = try definition(scheduleName)
         let control = try await store.scheduleControl(tenant: name, schedule: scheduleName)
-        let effective = Scheduler.effective(definition.schedule, control: control)
+        let effective = ScheduleTimeline.effective(definition.schedule, controls: control)
         // Handled through `last` (published or skipped); the last tick that fired is reported.
         let last = try await store.lastFire(tenant: name, schedule: scheduleName)
         let published = try await store.lastPublishedFire(tenant: name, schedule: scheduleName)

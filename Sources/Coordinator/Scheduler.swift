@@ -42,65 +42,40 @@ final class Scheduler: Sendable {
         self.logger = logger
     }
 
-    /// The schedule in effect: the app's, or an operator's override.
-    static func effective(_ base: Schedule, control: ScheduleControl) -> Schedule {
-        guard let expression = control.expression else { return base }
-        let overridden = Schedule.cron(expression, timeZone: control.timeZone ?? base.timeZoneIdentifier)
-        guard overridden.problem == nil else { return base }
-        return overridden.catchUp(base.catchUpPolicy).jitter(base.maximumJitter)
-    }
-
+    /// Runs the schedule's ``ScheduleTimeline`` against the wall clock and the store while
+    /// `leadership` holds.
     func run(leadership: Leadership) async throws {
-        var control = try await store.scheduleControl(tenant: tenant, schedule: definition.name)
-        var schedule = Self.effective(definition.schedule, control: control)
-        let now = Date()
-        var cursor = now
-        if let last = try await store.lastFire(tenant: tenant, schedule: definition.name) {
-            let (fires, dropped) = schedule.catchUpFires(after: last, upTo: now)
-            if !fires.isEmpty || dropped > 0 {
-                logger.info(
-                    "Catching up missed ticks",
-                    metadata: [
-                        "coordinator.policy": "\(schedule.catchUpPolicy)", "coordinator.firing": "\(fires.count)",
-                        "coordinator.dropped": "\(dropped)",
-                    ]
-                )
-            }
-            for fire in fires {
-                try await handle(fire, paused: control.paused, leadership: leadership)
-            }
-            cursor = max(last, now)
+        var timeline = ScheduleTimeline(
+            base: definition.schedule,
+            jitterKey: "\(tenant)/\(definition.name)",
+            controls: try await store.scheduleControl(tenant: tenant, schedule: definition.name),
+            lastFire: try await store.lastFire(tenant: tenant, schedule: definition.name),
+            now: Date(),
+            controlRefresh: Self.controlRefresh
+        )
+        if !timeline.catchUp.isEmpty || timeline.dropped > 0 {
+            logger.info(
+                "Catching up missed ticks",
+                metadata: [
+                    "coordinator.policy": "\(timeline.schedule.catchUpPolicy)", "coordinator.firing": "\(timeline.catchUp.count)",
+                    "coordinator.dropped": "\(timeline.dropped)",
+                ]
+            )
         }
-        var lastControlRead = ContinuousClock.now
+        for fire in timeline.catchUp {
+            try await handle(fire, paused: timeline.controls.paused, leadership: leadership)
+        }
         while !Task.isCancelled && !stopped.load(ordering: .relaxed) {
-            guard let next = schedule.nextFire(after: cursor) else {
-                // No fire time within five years: look again later (an override may change it).
-                try await Task.sleep(for: Self.controlRefresh)
-                control = try await store.scheduleControl(tenant: tenant, schedule: definition.name)
-                schedule = Self.effective(definition.schedule, control: control)
-                continue
+            switch timeline.next(now: Date()) {
+            case .sleep(let duration):
+                try await Task.sleep(for: duration)
+            case .readControls:
+                let controls = try await store.scheduleControl(tenant: tenant, schedule: definition.name)
+                timeline.controlsRead(controls, now: Date())
+            case .fire(let fireTime, let paused):
+                try await handle(fireTime, paused: paused, leadership: leadership)
+                timeline.fired(fireTime)
             }
-            let due = next.addingTimeInterval(schedule.jitterDelay(for: next, key: "\(tenant)/\(definition.name)").inSeconds)
-            let wait = due.timeIntervalSinceNow
-            if wait > 0 {
-                try await Task.sleep(for: min(.milliseconds(Int64(wait * 1000) + 1), Self.controlRefresh))
-                if ContinuousClock.now - lastControlRead >= Self.controlRefresh {
-                    control = try await store.scheduleControl(tenant: tenant, schedule: definition.name)
-                    schedule = Self.effective(definition.schedule, control: control)
-                    lastControlRead = ContinuousClock.now
-                }
-                continue
-            }
-            control = try await store.scheduleControl(tenant: tenant, schedule: definition.name)
-            lastControlRead = ContinuousClock.now
-            let current = Self.effective(definition.schedule, control: control)
-            if current.description != schedule.description {
-                // The timing changed while waiting: do not fire at the old time.
-                schedule = current
-                continue
-            }
-            try await handle(next, paused: control.paused, leadership: leadership)
-            cursor = next
         }
     }
 
