@@ -263,7 +263,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WorkerTests",
-            dependencies: ["Worker"],
+            dependencies: ["Worker", "ClusterCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

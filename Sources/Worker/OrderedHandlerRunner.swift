@@ -83,47 +83,35 @@ package final class OrderedHandlerRunner: Sendable {
 
     package func run() async {
         logger.info("Ordered handler started", metadata: ["worker.partitions": "\(ordering.partitions)", "worker.id": "\(workerID)"])
-        var held: [Int: PartitionLease] = [:]
-        var released: [Int] = []
+        var book = PartitionBook<ContinuousClock.Instant>(partitions: ordering.partitions)
+        /// The task of each partition held, by partition.
+        var leases: [Int: PartitionLease] = [:]
         await withDiscardingTaskGroup { group in
-            var ttl = Duration.seconds(6)
             var notice = CoordinatorNotice(startedAt: .now)
             while shouldRun {
-                for (partition, lease) in held where lease.isFinished {
-                    held[partition] = nil
-                    released.append(partition)
+                for (partition, lease) in leases where lease.isFinished {
+                    leases[partition] = nil
+                    book.partitionFinished(partition)
                 }
                 let sent = ContinuousClock.now
-                let request = PartitionRequest(
-                    tenant: tenant,
-                    handler: handler.name,
-                    worker: workerID,
-                    held: held.keys.sorted(),
-                    released: released
-                )
                 do {
-                    let assignment = try await assign(request)
+                    let assignment = try await assign(book.request(tenant: tenant, handler: handler.name, worker: workerID))
                     notice.succeeded()
-                    released = []
-                    ttl = .milliseconds(max(300, assignment.ttlMilliseconds))
-                    let deadline = sent + ttl - max(ttl / 10, .milliseconds(100))
-                    for (partition, token) in assignment.granted.sorted(by: { $0.key < $1.key })
-                    where (0..<ordering.partitions).contains(partition) {
-                        if let lease = held[partition], lease.token == token {
-                            lease.extend(to: deadline)
-                        } else {
-                            held[partition]?.lose()
+                    for change in book.answered(assignment, sentAt: sent) {
+                        switch change {
+                        case .start(let partition, let token, let deadline):
                             let lease = PartitionLease(partition: partition, token: token, deadline: deadline)
-                            held[partition] = lease
+                            leases[partition] = lease
                             group.addTask { await self.runPartition(lease) }
+                        case .extend(let partition, let deadline):
+                            leases[partition]?.extend(to: deadline)
+                        case .lose(let partition):
+                            leases[partition]?.lose()
+                            leases[partition] = nil
+                        case .drain(let partition):
+                            leases[partition]?.drain()
                         }
                     }
-                    for (partition, lease) in held where assignment.granted[partition] == nil {
-                        // Not ours any more (expired and taken): stop at once, release nothing.
-                        lease.lose()
-                        held[partition] = nil
-                    }
-                    for partition in assignment.revoke { held[partition]?.drain() }
                 } catch {
                     if notice.failed(at: .now) {
                         logger.warning("Cannot renew partition leases; working on until they expire", metadata: ["error": "\(error)"])
@@ -131,13 +119,13 @@ package final class OrderedHandlerRunner: Sendable {
                         logger.debug("Cannot renew partition leases yet", metadata: ["error": "\(error)"])
                     }
                 }
-                let pause = max(ttl / 3, .milliseconds(100))
+                let pause = book.pause
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
             }
-            for lease in held.values { lease.drain() }
+            for lease in leases.values { lease.drain() }
         }
         // Every partition task has finished its batch: hand the partitions back at once.
-        let all = Array(held.keys) + released
+        let all = book.handBack
         if !all.isEmpty {
             _ = try? await assign(PartitionRequest(tenant: tenant, handler: handler.name, worker: workerID, held: [], released: all))
         }

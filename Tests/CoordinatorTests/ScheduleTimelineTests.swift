@@ -58,7 +58,13 @@ struct ScheduleTimelineTests {
     @Test("Every minute for an hour: 60 ticks, none early, each within the control refresh of its time")
     func everyMinute() {
         let start = Self.at(0, 0, 30)
-        var timeline = ScheduleTimeline(base: .every(.seconds(60)), jitterKey: "t/s", controls: ScheduleControl(), lastFire: nil, now: start)
+        var timeline = ScheduleTimeline(
+            base: .every(.seconds(60)),
+            jitterKey: "t/s",
+            controls: ScheduleControl(),
+            lastFire: nil,
+            now: start
+        )
         let run = Self.simulate(&timeline, from: start, until: Self.at(1, 0, 30))
         #expect(run.fires.map(\.time) == (1...60).map { Self.at(0, $0) })
         #expect(run.fires.allSatisfy { $0.firedAt >= $0.time && $0.firedAt.timeIntervalSince($0.time) < 2.01 && !$0.paused })
@@ -74,7 +80,13 @@ struct ScheduleTimelineTests {
     @Test("Ticks due while paused are handled as paused; the others are published")
     func paused() {
         let start = Self.at(0, 0, 30)
-        var timeline = ScheduleTimeline(base: .every(.seconds(60)), jitterKey: "t/s", controls: ScheduleControl(), lastFire: nil, now: start)
+        var timeline = ScheduleTimeline(
+            base: .every(.seconds(60)),
+            jitterKey: "t/s",
+            controls: ScheduleControl(),
+            lastFire: nil,
+            now: start
+        )
         let run = Self.simulate(&timeline, from: start, until: Self.at(0, 30, 30)) { now in
             ScheduleControl(paused: now >= Self.at(0, 9, 30) && now < Self.at(0, 19, 30))
         }
@@ -86,13 +98,25 @@ struct ScheduleTimelineTests {
     func overrides() {
         let override = ScheduleControl(expression: "45 * * * *")
         // Changed at 00:30, half-way to the hourly tick at 01:00.
-        var early = ScheduleTimeline(base: .every(.seconds(3600)), jitterKey: "t/s", controls: ScheduleControl(), lastFire: nil, now: Self.at(0, 0, 30))
+        var early = ScheduleTimeline(
+            base: .every(.seconds(3600)),
+            jitterKey: "t/s",
+            controls: ScheduleControl(),
+            lastFire: nil,
+            now: Self.at(0, 0, 30)
+        )
         let first = Self.simulate(&early, from: Self.at(0, 0, 30), until: Self.at(2, 0)) { now in
             now >= Self.at(0, 30) ? override : ScheduleControl()
         }
         #expect(first.fires.map(\.time) == [Self.at(0, 45), Self.at(1, 45)])
         // Changed at 01:00:00 exactly: the read at the due time sees it.
-        var late = ScheduleTimeline(base: .every(.seconds(3600)), jitterKey: "t/s", controls: ScheduleControl(), lastFire: nil, now: Self.at(0, 0, 30))
+        var late = ScheduleTimeline(
+            base: .every(.seconds(3600)),
+            jitterKey: "t/s",
+            controls: ScheduleControl(),
+            lastFire: nil,
+            now: Self.at(0, 0, 30)
+        )
         let second = Self.simulate(&late, from: Self.at(0, 0, 30), until: Self.at(2, 0)) { now in
             now >= Self.at(1, 0) ? override : ScheduleControl()
         }
@@ -124,7 +148,13 @@ struct ScheduleTimelineTests {
         let run = Self.simulate(&skip, from: now, until: Self.at(0, 8, 30))
         #expect(run.fires.map(\.time) == [Self.at(0, 6), Self.at(0, 7), Self.at(0, 8)])
         // A last fire in the future (a clock that went back) is not fired again.
-        let ahead = ScheduleTimeline(base: .every(.seconds(60)), jitterKey: "t/s", controls: ScheduleControl(), lastFire: Self.at(0, 10), now: now)
+        let ahead = ScheduleTimeline(
+            base: .every(.seconds(60)),
+            jitterKey: "t/s",
+            controls: ScheduleControl(),
+            lastFire: Self.at(0, 10),
+            now: now
+        )
         #expect(ahead.catchUp.isEmpty && ahead.cursor == Self.at(0, 10))
     }
 
