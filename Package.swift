@@ -72,9 +72,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What every HTTP server of the cluster shares: errors as Hummingbird answers them,
+        // and /healthz, /readyz and /metrics.
+        .target(
+            name: "HTTPEndpoints",
+            dependencies: [
+                "ClusterCore",
+                "NATS",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Coordinator",
             dependencies: [
+                "HTTPEndpoints",
                 "ClusterCore",
                 "NATS",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
@@ -103,6 +119,7 @@ let package = Package(
         .target(
             name: "Ingress",
             dependencies: [
+                "HTTPEndpoints",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 "ClusterCore",
                 "NATS",
@@ -134,6 +151,7 @@ let package = Package(
         .target(
             name: "Autonomous",
             dependencies: [
+                "HTTPEndpoints",
                 "ClusterCore",
                 "NATS",
                 "Coordinator",

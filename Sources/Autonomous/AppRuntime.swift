@@ -1,6 +1,7 @@
 import ClusterCore
 package import Coordinator
 import Foundation
+import HTTPEndpoints
 import Ingress
 package import Logging
 package import NATS

@@ -1,14 +1,16 @@
 import ClusterCore
 import Crypto
 import Foundation
+import HTTPEndpoints
 import Hummingbird
 package import Logging
 package import NATS
 import NIOCore
 import ServiceLifecycle
 
-/// The coordinator's HTTP port: `/healthz`, `/readyz`, `/metrics` and the admin API under `/v1/admin`
-/// (tenants, API keys, schedules), protected by the admin token. See docs/api.md.
+/// The coordinator's HTTP port, on Hummingbird's router: `/healthz`, `/readyz`, `/metrics`
+/// (``HealthEndpoints``) and the admin API under `/v1/admin` (tenants, API keys, schedules),
+/// protected by the admin token. See docs/api.md.
 ///
 /// Without a configured admin token every admin path answers 403 `admin_disabled`.
 package struct AdminServer: Service {
@@ -39,10 +41,16 @@ package struct AdminServer: Service {
     }
 
     package func run() async throws {
-        let responder = AdminResponder(adminToken: adminToken, administration: administration, connection: connection, logger: logger)
+        let router = Router(context: BasicRequestContext.self)
+        // Outermost: every error becomes a JSON answer; then the admin token, checked before
+        // any admin path is matched (an unknown path with a wrong token is 401, not 404).
+        router.add(middleware: AdminErrors(logger: logger))
+        router.add(middleware: AdminAuthorization(adminToken: adminToken))
+        HealthEndpoints(connection: connection).add(to: router)
+        AdminRoutes(administration: administration).add(to: router.group("/v1/admin"))
         let onListening = self.onListening
         let app = Application(
-            responder: responder,
+            router: router,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "autonomous-coordinator"),
             onServerRunning: { channel in
                 if let onListening, let port = channel.localAddress?.port { await onListening(port) }
@@ -55,115 +63,54 @@ package struct AdminServer: Service {
     }
 }
 
-struct AdminResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
-    let adminToken: String?
-    let administration: Administration
-    let connection: NATSConnection
+/// Answers every error as JSON (``APIError``): a route's, a failed cluster call's, the router's
+/// own 404, and anything else as a logged 500.
+struct AdminErrors<Context: RequestContext>: RouterMiddleware {
     let logger: Logger
 
-    func respond(to request: Request, context: BasicRequestContext) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
-            return try await route(request)
+            return try await next(request, context)
         } catch let error as RouteError {
-            return Self.json(error.status, error.body)
+            throw APIError(error)
         } catch let error as ClusterCallError {
-            let status: Int
-            switch error.code {
-            case .notFound: status = 404
-            case .duplicate: status = 409
-            case .invalidArgument: status = 422
-            case .unauthorized: status = 401
-            case .forbidden: status = 403
-            case .unavailable, .timeout: status = 503
-            case .versionMismatch, .internal: status = 500
-            }
-            var code = error.code.rawValue
-            var message = error.message
-            var field: String?
-            // "field: problem" messages name the field separately.
-            if status == 422, let colon = message.firstIndex(of: ":"), !message[..<colon].contains(" ") {
-                field = String(message[..<colon])
-                message = String(message[message.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
-                code = "invalid_field"
-            }
-            return Self.json(status, RouteError(status: status, code: code, message: message, field: field).body)
+            throw APIError(error)
+        } catch let error as APIError {
+            throw error
+        } catch let error as HTTPError where error.status == .notFound || error.status == .methodNotAllowed {
+            let method = request.method.rawValue
+            throw APIError(
+                RouteError(
+                    status: Int(error.status.code),
+                    code: "not_found",
+                    message: "no route for \(method) \(request.uri.path.prefix(200))"
+                )
+            )
         } catch {
             logger.error("Admin request failed", metadata: ["error": "\(error)"])
-            return Self.json(500, RouteError(status: 500, code: "internal_error", message: "the coordinator failed; see its log").body)
+            throw APIError(RouteError(status: 500, code: "internal_error", message: "the coordinator failed; see its log"))
         }
     }
+}
 
-    private func route(_ request: Request) async throws -> Response {
-        let path = request.uri.path
-        let method = request.method.rawValue
-        switch (method, path) {
-        case ("GET", "/healthz"): return Self.json(200, ["status": "ok"])
-        case ("GET", "/readyz"):
-            return connection.isConnected
-                ? Self.json(200, ["status": "ready"]) : Self.json(503, ["status": "unavailable", "reason": "NATS is not connected"])
-        case ("GET", "/metrics"):
-            guard let text = MetricsExport.render() else {
-                throw RouteError(status: 404, code: "not_found", message: "no metrics backend in this process")
-            }
-            return Response(
-                status: .ok,
-                headers: [.contentType: MetricsExport.contentType],
-                body: .init(byteBuffer: ByteBuffer(bytes: text))
-            )
-        default: break
-        }
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
-        guard segments.count >= 3, segments[0] == "v1", segments[1] == "admin" else {
-            throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
-        }
+/// For every path under `/v1/admin/`: the admin token (without a configured token every
+/// admin path answers 403 `admin_disabled`), then the body, which must be empty or a JSON
+/// object of at most 64 KiB whether or not the route reads it.
+struct AdminAuthorization<Context: RequestContext>: RouterMiddleware {
+    let adminToken: String?
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.uri.path.hasPrefix("/v1/admin/") || request.uri.path == "/v1/admin" else { return try await next(request, context) }
         try authorize(request)
-        let rest = Array(segments.dropFirst(2))
-        let body = try await parseBody(request)
-        let a = administration
-        switch (method, rest.count, rest.first) {
-        case ("GET", 1, "tenants"):
-            return try Self.encode(200, try await a.tenants())
-        case ("POST", 1, "tenants"):
-            return try Self.encode(201, try await a.createTenant(try Self.string(body, "name")))
-        case (_, _, "tenants"):
-            break
-        default:
-            throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: AdminRoutes.maximumBody)
+        } catch {
+            throw RouteError(status: 413, code: "body_too_large", message: "admin request bodies are at most 64 KiB", field: "body")
         }
-        let tenant = rest[1]
-        switch (method, Array(rest.dropFirst(2))) {
-        case ("GET", []): return try Self.encode(200, try await a.tenant(tenant))
-        case ("POST", ["disable"]): return try Self.encode(200, try await a.setDisabled(tenant, true))
-        case ("POST", ["enable"]): return try Self.encode(200, try await a.setDisabled(tenant, false))
-        case ("PUT", ["limits"]):
-            let limits = TenantLimits(
-                recordsPerSecond: try Self.optionalInteger(body, "recordsPerSecond"),
-                burst: try Self.optionalInteger(body, "burst")
-            )
-            return try Self.encode(200, try await a.setLimits(tenant, limits))
-        case ("GET", ["keys"]): return try Self.encode(200, try await a.keys(tenant: tenant))
-        case ("POST", ["keys"]): return try Self.encode(201, try await a.createKey(tenant: tenant))
-        case ("POST", let p) where p.count == 3 && p[0] == "keys" && p[2] == "rotate":
-            return try Self.encode(201, try await a.rotateKey(tenant: tenant, id: p[1]))
-        case ("DELETE", let p) where p.count == 2 && p[0] == "keys":
-            return try Self.encode(200, try await a.revokeKey(tenant: tenant, id: p[1]))
-        case ("GET", ["schedules"]): return try Self.encode(200, try await a.schedules(tenant: tenant))
-        case ("GET", let p) where p.count == 2 && p[0] == "schedules":
-            return try Self.encode(200, try await a.schedule(p[1], tenant: tenant))
-        case ("PUT", let p) where p.count == 2 && p[0] == "schedules":
-            let cron = try Self.optionalString(body, "cron")
-            let timeZone = try Self.optionalString(body, "timeZone")
-            return try Self.encode(200, try await a.retime(p[1], tenant: tenant, cron: cron, timeZone: timeZone))
-        case ("POST", let p) where p.count == 3 && p[0] == "schedules" && p[2] == "pause":
-            return try Self.encode(200, try await a.setPaused(p[1], tenant: tenant, paused: true))
-        case ("POST", let p) where p.count == 3 && p[0] == "schedules" && p[2] == "resume":
-            return try Self.encode(200, try await a.setPaused(p[1], tenant: tenant, paused: false))
-        case ("POST", let p) where p.count == 3 && p[0] == "schedules" && p[2] == "trigger":
-            return try Self.encode(202, try await a.trigger(p[1], tenant: tenant))
-        default:
-            throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
-        }
+        _ = try AdminRoutes.body(buffer)
+        return try await next(request, context)
     }
 
     private func authorize(_ request: Request) throws {
@@ -186,14 +133,97 @@ struct AdminResponder: HTTPResponder {
             throw RouteError(status: 401, code: "unauthorized", message: "wrong admin token")
         }
     }
+}
 
-    private func parseBody(_ request: Request) async throws -> [String: JSONValue] {
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: 64 * 1024)
-        } catch {
-            throw RouteError(status: 413, code: "body_too_large", message: "admin request bodies are at most 64 KiB", field: "body")
+/// The admin API's routes (docs/api.md), under `/v1/admin`.
+struct AdminRoutes: Sendable {
+    let administration: Administration
+
+    func add<Context: RequestContext>(to admin: RouterGroup<Context>) {
+        let a = administration
+        admin.get("tenants") { _, _ in try Self.encode(200, try await a.tenants()) }
+        admin.post("tenants") { request, _ in
+            try Self.encode(201, try await a.createTenant(try Self.string(try await Self.body(request), "name")))
         }
+        let tenant = admin.group("tenants/:tenant")
+        tenant.get { _, context in try Self.encode(200, try await a.tenant(try context.parameters.require("tenant"))) }
+        tenant.post("disable") { _, context in try Self.encode(200, try await a.setDisabled(try context.parameters.require("tenant"), true))
+        }
+        tenant.post("enable") { _, context in try Self.encode(200, try await a.setDisabled(try context.parameters.require("tenant"), false))
+        }
+        tenant.put("limits") { request, context in
+            let body = try await Self.body(request)
+            let limits = TenantLimits(
+                recordsPerSecond: try Self.optionalInteger(body, "recordsPerSecond"),
+                burst: try Self.optionalInteger(body, "burst")
+            )
+            return try Self.encode(200, try await a.setLimits(try context.parameters.require("tenant"), limits))
+        }
+        tenant.get("keys") { _, context in try Self.encode(200, try await a.keys(tenant: try context.parameters.require("tenant"))) }
+        tenant.post("keys") { _, context in try Self.encode(201, try await a.createKey(tenant: try context.parameters.require("tenant"))) }
+        tenant.post("keys/:id/rotate") { _, context in
+            try Self.encode(
+                201,
+                try await a.rotateKey(tenant: try context.parameters.require("tenant"), id: try context.parameters.require("id"))
+            )
+        }
+        tenant.delete("keys/:id") { _, context in
+            try Self.encode(
+                200,
+                try await a.revokeKey(tenant: try context.parameters.require("tenant"), id: try context.parameters.require("id"))
+            )
+        }
+        tenant.get("schedules") { _, context in
+            try Self.encode(200, try await a.schedules(tenant: try context.parameters.require("tenant")))
+        }
+        tenant.get("schedules/:schedule") { _, context in
+            try Self.encode(
+                200,
+                try await a.schedule(try context.parameters.require("schedule"), tenant: try context.parameters.require("tenant"))
+            )
+        }
+        tenant.put("schedules/:schedule") { request, context in
+            let body = try await Self.body(request)
+            let cron = try Self.optionalString(body, "cron")
+            let timeZone = try Self.optionalString(body, "timeZone")
+            return try Self.encode(
+                200,
+                try await a.retime(
+                    try context.parameters.require("schedule"),
+                    tenant: try context.parameters.require("tenant"),
+                    cron: cron,
+                    timeZone: timeZone
+                )
+            )
+        }
+        for (action, paused) in [("pause", true), ("resume", false)] {
+            tenant.post(RouterPath("schedules/:schedule/\(action)")) { _, context in
+                try Self.encode(
+                    200,
+                    try await a.setPaused(
+                        try context.parameters.require("schedule"),
+                        tenant: try context.parameters.require("tenant"),
+                        paused: paused
+                    )
+                )
+            }
+        }
+        tenant.post("schedules/:schedule/trigger") { _, context in
+            try Self.encode(
+                202,
+                try await a.trigger(try context.parameters.require("schedule"), tenant: try context.parameters.require("tenant"))
+            )
+        }
+    }
+
+    static let maximumBody = 64 * 1024
+
+    /// The body as a JSON object (`[:]` when empty); ``AdminAuthorization`` has read it already.
+    static func body(_ request: Request) async throws -> [String: JSONValue] {
+        try body(try await request.body.collect(upTo: maximumBody))
+    }
+
+    static func body(_ buffer: ByteBuffer) throws -> [String: JSONValue] {
         guard buffer.readableBytes > 0 else { return [:] }
         let value: JSONValue
         do {
@@ -243,11 +273,4 @@ struct AdminResponder: HTTPResponder {
         )
     }
 
-    static func json(_ status: Int, _ value: JSONValue) -> Response {
-        Response(
-            status: .init(code: status),
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(value)))
-        )
-    }
 }

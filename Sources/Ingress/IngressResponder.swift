@@ -1,5 +1,6 @@
 import ClusterCore
 import Foundation
+import HTTPEndpoints
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -125,41 +126,13 @@ struct IngressResponder: HTTPResponder {
     typealias Context = BasicRequestContext
     let state: IngressState
 
-    private static let recordsPrefix = "/v1/tables/"
-    private static let tenantsPrefix = "/v1/tenants/"
-    private static let recordsSuffix = "/records"
-
     func respond(to request: Request, context: Context) async throws -> Response {
         let path = request.uri.path
         let method = request.method.rawValue
         do {
-            switch path {
-            case "/healthz":
-                return json(200, ["status": "ok"])
-            case "/readyz":
-                return await readiness()
-            case "/metrics":
-                return Self.metrics()
-            default:
-                break
-            }
-            if path.hasPrefix(Self.recordsPrefix) && path.hasSuffix(Self.recordsSuffix)
-                && path.utf8.count > Self.recordsPrefix.utf8.count + Self.recordsSuffix.utf8.count
-            {
-                guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
-                let start = path.index(path.startIndex, offsetBy: Self.recordsPrefix.count)
-                let end = path.index(path.endIndex, offsetBy: -Self.recordsSuffix.count)
-                let tenant = try await tenant(of: request, named: nil)
-                return try await ingest(table: String(path[start..<end]), tenant: tenant, request: request)
-            }
-            if path.hasPrefix(Self.tenantsPrefix) {
-                // /v1/tenants/{tenant}/tables/{table}/records
-                let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-                if parts.count == 7, parts[4] == "tables", parts[6] == "records" {
-                    guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
-                    let tenant = try await tenant(of: request, named: String(parts[3]))
-                    return try await ingest(table: String(parts[5]), tenant: tenant, request: request)
-                }
+            if let response = await health.respond(to: path) { return response }
+            if let target = try RecordIngest.target(method: method, path: path[...]) {
+                return try await ingest(target, request: request)
             }
             if let route = state.routes["\(method) \(path)"] {
                 return try await runRoute(route, request: request)
@@ -174,109 +147,21 @@ struct IngressResponder: HTTPResponder {
             throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
         } catch let error as RouteError {
             state.rejectedRequests.increment()
-            var response = json(error.status, error.body)
-            if error.status == 429 || error.status == 503 {
-                response.headers[.retryAfter] = String(error.retryAfterSeconds ?? state.configuration.retryAfterSeconds)
-            }
-            return response
+            return APIError(error, defaultRetryAfter: state.configuration.retryAfterSeconds).response
         }
     }
 
-    // MARK: - Tenants
+    private var pipeline: RecordIngest { RecordIngest(state: state) }
 
-    /// The tenant a request acts for: its API key's, else the ingress's default tenant.
-    /// `named` is a tenant the path names; it must be that tenant.
-    private func tenant(of request: Request, named: String?) async throws -> String {
-        let tenant: String
-        if let authorization = request.headers[.authorization] {
-            guard authorization.hasPrefix("Bearer ") else {
-                throw RouteError(
-                    status: 401,
-                    code: "unauthorized",
-                    message: "send the API key as Authorization: Bearer <key>",
-                    field: "Authorization"
-                )
-            }
-            let key = String(authorization.dropFirst(7))
-            guard APIKeys.isWellFormed(key) else {
-                throw RouteError(status: 401, code: "invalid_api_key", message: "the API key is malformed", field: "Authorization")
-            }
-            let resolved: String?
-            do {
-                resolved = try await state.keys.tenant(forKey: key)
-            } catch TenantKeyCache.Unsupported.noResolver {
-                throw RouteError(
-                    status: 401,
-                    code: "invalid_api_key",
-                    message: "this ingress does not accept API keys",
-                    field: "Authorization"
-                )
-            } catch {
-                state.logger.warning("Cannot check an API key", metadata: ["error": "\(error)"])
-                throw RouteError(
-                    status: 503,
-                    code: "unavailable",
-                    message: "cannot check the API key now (no coordinator answered); retry later"
-                )
-            }
-            guard let resolved else {
-                throw RouteError(
-                    status: 401,
-                    code: "invalid_api_key",
-                    message: "the API key is unknown, revoked, or its tenant is disabled",
-                    field: "Authorization"
-                )
-            }
-            tenant = resolved
-        } else if state.configuration.requireAPIKey {
-            throw RouteError(
-                status: 401,
-                code: "unauthorized",
-                message: "an API key is required: send Authorization: Bearer <key>",
-                field: "Authorization"
-            )
-        } else {
-            tenant = state.configuration.tenant
-        }
-        if let named, named != tenant {
-            // The same answer whether or not the named tenant exists: nothing leaks.
-            throw RouteError(
-                status: 403,
-                code: "forbidden",
-                message: "this request may not act for tenant '\(named.prefix(64))'",
-                field: "tenant"
-            )
-        }
-        return tenant
-    }
-
-    // MARK: - Health
-
-    private func readiness() async -> Response {
-        guard state.connection.isConnected else {
-            return json(503, ["status": "unavailable", "reason": "NATS is not connected"])
-        }
-        if !state.streamReady.load(ordering: .relaxed) {
+    /// `/healthz`, `/readyz` (also waiting for the tenant's stream) and `/metrics`.
+    private var health: HealthEndpoints {
+        HealthEndpoints(connection: state.connection) { [state] in
+            guard !state.streamReady.load(ordering: .relaxed) else { return nil }
             let stream = Wire.streamName(tenant: state.configuration.tenant)
-            guard (try? await state.connection.streamState(stream)) != nil else {
-                return json(503, ["status": "unavailable", "reason": "stream \(stream) does not exist yet"])
-            }
+            guard (try? await state.connection.streamState(stream)) != nil else { return "stream \(stream) does not exist yet" }
             state.streamReady.store(true, ordering: .relaxed)
+            return nil
         }
-        return json(200, ["status": "ready"])
-    }
-
-    /// `GET /metrics`: the process's metrics (``MetricsExport``), 404 without a backend.
-    static func metrics() -> Response {
-        guard let text = MetricsExport.render() else {
-            let error = RouteError(status: 404, code: "not_found", message: "no metrics backend in this process")
-            return Response(
-                status: .notFound,
-                headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(error.body)))
-            )
-        }
-        return Response(status: .ok, headers: [.contentType: MetricsExport.contentType], body: .init(byteBuffer: ByteBuffer(bytes: text)))
     }
 
     // MARK: - Bodies
@@ -285,34 +170,47 @@ struct IngressResponder: HTTPResponder {
         do {
             return try await request.body.collect(upTo: state.configuration.maxBodyBytes)
         } catch is NIOTooManyBytesError {
-            throw RouteError(
-                status: 413,
-                code: "body_too_large",
-                message: "request body is larger than \(state.configuration.maxBodyBytes) bytes",
-                field: "body"
-            )
+            throw pipeline.bodyTooLarge
         }
     }
 
+    private static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
+
     private func idempotencyKey(_ request: Request) throws -> String? {
-        try IngressState.idempotencyKey(request.headers[HTTPField.Name("Idempotency-Key")!])
+        try IngressState.idempotencyKey(request.headers[Self.idempotencyKeyField])
     }
 
     // MARK: - Record API
 
-    private func ingest(table name: String, tenant: String, request: Request) async throws -> Response {
-        _ = try state.table(named: name)
-        let key = try idempotencyKey(request)
-        let body = try await collectBody(request)
-        let batch = try state.prepareRecords(
-            table: name,
-            tenant: tenant,
-            contentType: request.headers[.contentType],
-            idempotencyKey: key,
-            body: body
+    /// The record API through ``RecordIngest``, for requests the event-loop path leaves to
+    /// Hummingbird: any body size, and API keys whose tenant is not cached yet.
+    private func ingest(_ target: RecordIngest.Target, request: Request) async throws -> Response {
+        let pipeline = self.pipeline
+        let outcome: Result<[String], RouteError>
+        do {
+            let tenant = try await pipeline.tenant(authorization: request.headers[.authorization], named: target.tenant)
+            let key = try pipeline.accept(table: target.table, idempotencyKey: request.headers[Self.idempotencyKeyField])
+            let body = try await collectBody(request)
+            let batch = try pipeline.prepare(
+                table: target.table,
+                tenant: tenant,
+                contentType: request.headers[.contentType],
+                key: key,
+                body: body
+            )
+            try await pipeline.publish(batch, tenant: tenant)
+            outcome = .success(batch.ids)
+        } catch let error as RouteError {
+            outcome = .failure(error)
+        }
+        let answer = pipeline.answer(outcome)
+        var response = Response(
+            status: .init(code: answer.status),
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: answer.body)
         )
-        try await publish(batch.messages, tenant: tenant)
-        return json(202, IngressState.acceptedAnswer(batch.ids))
+        if let retryAfter = answer.retryAfter { response.headers[.retryAfter] = retryAfter }
+        return response
     }
 
     /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
@@ -337,7 +235,7 @@ struct IngressResponder: HTTPResponder {
     }
 
     private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
-        let tenant = try await tenant(of: request, named: nil)
+        let tenant = try await pipeline.tenant(authorization: request.headers[.authorization], named: nil)
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
         let ctx = RouteContext(
@@ -358,7 +256,7 @@ struct IngressResponder: HTTPResponder {
             state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
             throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")
         }
-        var answer = response.body.map { json(response.status, $0) } ?? Response(status: .init(code: response.status))
+        var answer = response.body.map { JSONResponse.make(response.status, $0) } ?? Response(status: .init(code: response.status))
         for (name, value) in response.headers {
             if let field = HTTPField.Name(name) { answer.headers[field] = value }
         }
@@ -377,7 +275,7 @@ struct IngressResponder: HTTPResponder {
         if let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
             let challenge = value["challenge"].stringValue
         {
-            return json(200, ["challenge": .string(challenge)])
+            return JSONResponse.make(200, ["challenge": .string(challenge)])
         }
         guard let table = state.graph.table(webhook.table) else {
             throw RouteError(status: 500, code: "internal_error", message: "webhook table is missing")
@@ -390,18 +288,9 @@ struct IngressResponder: HTTPResponder {
             [Wire.message(payload: payloads[0], id: id, table: table, tenant: state.configuration.tenant, cause: nil)],
             tenant: state.configuration.tenant
         )
-        return json(200, ["status": "accepted", "id": .string(id)])
+        return JSONResponse.make(200, ["status": "accepted", "id": .string(id)])
     }
 
-    private func json(_ status: Int, _ value: JSONValue) -> Response {
-        var buffer = ByteBuffer()
-        buffer.writeBytes(JSONWriter.encode(value))
-        return Response(
-            status: .init(code: status),
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: buffer)
-        )
-    }
 }
 
 /// Every ingress publish goes through here: the tenant's rate limit, the connection check,

@@ -51,10 +51,11 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
     }
 }
 
-/// Answers `POST /v1/tables/{table}/records` with a body of up to `inlineBodyLimit` bytes
-/// without leaving the event loop, exactly as
-/// `IngressResponder` would (same validation, ids, status codes and bodies; 2xx only after
-/// every PubAck). Requests it does not take pass through untouched.
+/// Answers record-API requests (``RecordIngest``) with a body of up to `inlineBodyLimit` bytes
+/// without leaving the event loop, through the same pipeline as `IngressResponder` (so the
+/// same validation, ids, status codes and bodies; 2xx only after every PubAck). Requests it
+/// does not take (other paths, bigger bodies, API keys whose tenant is not cached) pass
+/// through untouched.
 ///
 /// Not `Sendable`: used only on its channel's event loop. The PubAck callback comes back to it
 /// through `NIOLoopBound`, which checks that.
@@ -82,17 +83,17 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var idempotencyKey: String?
         var version: HTTPVersion
         var keepAlive: Bool
+        /// The caller may not send this request (its API key, or the tenant the path names).
+        var callerRefusal: RouteError?
         /// Set when the body grew past the limit; the rest is read and dropped.
-        var refusal: RouteError?
+        var bodyRefusal: RouteError?
     }
 
     /// The largest body answered on the event loop (about a hundred typical records).
     static let inlineBodyLimit = 32 * 1024
 
-    private static let prefix = "/v1/tables/".utf8
-    private static let suffix = "/records".utf8
-
     private let state: IngressState
+    private let pipeline: RecordIngest
     private var mode = Mode.idle
     /// The body of the request being collected (kept outside `mode` so appending does not copy).
     private var body = ByteBuffer()
@@ -103,6 +104,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(state: IngressState) {
         self.state = state
+        self.pipeline = RecordIngest(state: state)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -135,14 +137,9 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .body(let chunk):
             guard case .collecting(var request) = mode else { return context.fireChannelRead(data) }
-            guard request.refusal == nil else { return }
+            guard request.bodyRefusal == nil else { return }
             if body.readableBytes + chunk.readableBytes > state.configuration.maxBodyBytes {
-                request.refusal = RouteError(
-                    status: 413,
-                    code: "body_too_large",
-                    message: "request body is larger than \(state.configuration.maxBodyBytes) bytes",
-                    field: "body"
-                )
+                request.bodyRefusal = pipeline.bodyTooLarge
                 body = ByteBuffer()
                 mode = .collecting(request)
             } else if body.readableBytes == 0 {
@@ -180,8 +177,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
     }
 
-    /// The record-API request `head` starts, if this handler answers it: the plain record path,
-    /// and a tenant known without waiting (no API key, or a key whose tenant is cached).
+    /// The record-API request `head` starts, if this handler answers it: a small body, and a
+    /// caller known without waiting (no API key, a malformed one, or one whose tenant is cached).
     private func take(_ head: HTTPRequestHead) -> Request? {
         // Large batches (and bodies of unknown length) go to Hummingbird's responder: splitting
         // and publishing thousands of records here would hold up every other connection of
@@ -189,77 +186,70 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard head.method == .POST, let length = head.headers.first(name: "content-length").flatMap({ Int($0) }),
             length <= Self.inlineBodyLimit
         else { return nil }
-        var path = head.uri
-        if let query = path.utf8.firstIndex(of: UInt8(ascii: "?")) { path = String(path[..<query]) }
-        let utf8 = path.utf8
-        guard utf8.count > Self.prefix.count + Self.suffix.count, utf8.starts(with: Self.prefix),
-            utf8.reversed().starts(with: Self.suffix.reversed())
-        else { return nil }
-        let table = String(decoding: utf8.dropFirst(Self.prefix.count).dropLast(Self.suffix.count), as: UTF8.self)
-        let tenant: String
-        if let authorization = head.headers.first(name: "authorization") {
-            guard authorization.hasPrefix("Bearer ") else { return nil }
-            let key = String(authorization.dropFirst(7))
-            guard APIKeys.isWellFormed(key), let cached = state.keys.cachedTenant(forKey: key), let known = cached else {
-                return nil  // Hummingbird's path asks the coordinator or answers the error
+        let path = head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { head.uri[..<$0] } ?? head.uri[...]
+        guard let target = try? RecordIngest.target(method: "POST", path: path) else { return nil }
+        var tenant = ""
+        var refusal: RouteError?
+        do throws(RouteError) {
+            switch try pipeline.caller(authorization: head.headers.first(name: "authorization")) {
+            case .tenant(let known):
+                tenant = known
+                try RecordIngest.check(known, actsFor: target.tenant)
+            case .key:
+                return nil  // Hummingbird's path asks the coordinators
             }
-            tenant = known
-        } else if state.configuration.requireAPIKey {
-            return nil
-        } else {
-            tenant = state.configuration.tenant
+        } catch {
+            refusal = error
         }
         return Request(
-            table: table,
+            table: target.table,
             tenant: tenant,
             contentType: head.headers.first(name: "content-type"),
             idempotencyKey: head.headers.first(name: "idempotency-key"),
             version: head.version,
-            keepAlive: head.isKeepAlive
+            keepAlive: head.isKeepAlive,
+            callerRefusal: refusal
         )
     }
 
     private func ingest(_ request: Request, body: ByteBuffer, context: ChannelHandlerContext) {
         let batch: RecordBatch
         do throws(RouteError) {
-            _ = try state.table(named: request.table)
-            let key = try IngressState.idempotencyKey(request.idempotencyKey)
-            if let refusal = request.refusal { throw refusal }
-            batch = try state.prepareRecords(
+            if let refusal = request.callerRefusal { throw refusal }
+            let key = try pipeline.accept(table: request.table, idempotencyKey: request.idempotencyKey)
+            if let refusal = request.bodyRefusal { throw refusal }
+            batch = try pipeline.prepare(
                 table: request.table,
                 tenant: request.tenant,
                 contentType: request.contentType,
-                idempotencyKey: key,
+                key: key,
                 body: body
             )
         } catch {
-            return answer(encode(error), request: request, context: context)
+            return answer(pipeline.answer(.failure(error)), request: request, context: context)
         }
         let ids = batch.ids
-        let retryAfter = String(state.configuration.retryAfterSeconds)
-        let publisher = GuardedPublisher(state: state, tenant: request.tenant)
-        if let eventLoopPublisher = state.eventLoopPublisher(for: request.tenant, on: context.eventLoop) {
-            // The PubAcks come back on this loop: answer right there.
-            return publisher.publish(batch.messages, through: eventLoopPublisher) { outcome in
-                self.answer(EncodedResponse(outcome, ids: ids, retryAfter: retryAfter), request: request, context: context)
-            }
-        }
+        let pipeline = self.pipeline
         let target = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        publisher.publish(batch.messages) { outcome in
-            let response = EncodedResponse(outcome, ids: ids, retryAfter: retryAfter)
-            target.eventLoop.execute {
+        pipeline.publish(batch, tenant: request.tenant, on: context.eventLoop) { outcome in
+            let answer = pipeline.answer(outcome.map { ids })
+            // On the loop when it has its own publisher (the PubAcks came back to it).
+            if target.eventLoop.inEventLoop {
                 let (handler, context) = target.value
-                handler.answer(response, request: request, context: context)
+                handler.answer(answer, request: request, context: context)
+            } else {
+                target.eventLoop.execute {
+                    let (handler, context) = target.value
+                    handler.answer(answer, request: request, context: context)
+                }
             }
         }
     }
 
-    private func answer(_ response: EncodedResponse, request: Request, context: ChannelHandlerContext) {
+    private func answer(_ response: RecordIngest.Answer, request: Request, context: ChannelHandlerContext) {
         // Idle before the end is written: the pipelining handler may hand over the next
         // request from inside that write.
         mode = .idle
-        // Counted as the Hummingbird path counts its refusals.
-        if response.status >= 400 { state.rejectedRequests.increment() }
         guard isActive else { return }
         var headers = HTTPHeaders()
         headers.reserveCapacity(6)
@@ -283,35 +273,6 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 context.close(promise: nil)
             }
         }
-    }
-
-    private struct EncodedResponse: Sendable {
-        var status: Int
-        var body: ByteBuffer
-        var retryAfter: String?
-
-        init(status: Int, body: JSONValue) {
-            self.status = status
-            self.body = ByteBuffer(bytes: JSONWriter.encode(body))
-        }
-
-        /// The answer to a publish: 202 with the ids, or the error's.
-        init(_ outcome: Result<Void, RouteError>, ids: [String], retryAfter: String) {
-            switch outcome {
-            case .success: self.init(status: 202, body: IngressState.acceptedAnswer(ids))
-            case .failure(let error): self.init(error, retryAfter: retryAfter)
-            }
-        }
-
-        /// An error's answer; 429 and 503 (whose cause passes) say when to retry.
-        init(_ error: RouteError, retryAfter: String) {
-            self.init(status: error.status, body: error.body)
-            if error.status == 429 || error.status == 503 { self.retryAfter = error.retryAfterSeconds.map(String.init) ?? retryAfter }
-        }
-    }
-
-    private func encode(_ error: RouteError) -> EncodedResponse {
-        EncodedResponse(error, retryAfter: String(state.configuration.retryAfterSeconds))
     }
 }
 

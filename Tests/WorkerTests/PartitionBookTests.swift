@@ -16,14 +16,19 @@ struct PartitionBookTests {
     @Test("Grants start partitions; the same token extends; the lease ends a tenth early, counted from the request")
     func grantsAndRenewals() {
         var book = Book(partitions: 4)
-        #expect(book.request(tenant: "acme", handler: "h", worker: "w1") == PartitionRequest(tenant: "acme", handler: "h", worker: "w1", held: [], released: []))
+        #expect(
+            book.request(tenant: "acme", handler: "h", worker: "w1")
+                == PartitionRequest(tenant: "acme", handler: "h", worker: "w1", held: [], released: [])
+        )
         let first = book.answered(Self.answer([2: 7, 0: 5]), sentAt: Self.t0)
         let deadline = Self.t0 + .milliseconds(5400)
         #expect(first == [.start(partition: 0, token: 5, deadline: deadline), .start(partition: 2, token: 7, deadline: deadline)])
         #expect(book.request(tenant: "acme", handler: "h", worker: "w1").held == [0, 2])
         #expect(book.pause == .seconds(2))
         let second = book.answered(Self.answer([0: 5, 2: 7]), sentAt: Self.t0 + .seconds(2))
-        #expect(second == [.extend(partition: 0, deadline: deadline + .seconds(2)), .extend(partition: 2, deadline: deadline + .seconds(2))])
+        #expect(
+            second == [.extend(partition: 0, deadline: deadline + .seconds(2)), .extend(partition: 2, deadline: deadline + .seconds(2))]
+        )
     }
 
     @Test("A new token restarts the partition; a partition no longer granted is lost at once and not released")

@@ -21,14 +21,8 @@ package struct HealthServer: Service {
     }
 
     package func run() async throws {
-        let connection = self.connection
         let router = Router()
-        router.get("/healthz") { _, _ in Self.json(200, ["status": "ok"]) }
-        router.get("/metrics") { _, _ in IngressResponder.metrics() }
-        router.get("/readyz") { _, _ in
-            connection.isConnected
-                ? Self.json(200, ["status": "ready"]) : Self.json(503, ["status": "unavailable", "reason": "NATS is not connected"])
-        }
+        HealthEndpoints(connection: connection).add(to: router)
         let app = Application(
             router: router,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "autonomous-health"),
@@ -37,13 +31,5 @@ package struct HealthServer: Service {
         try await listening("the health server", host: host, port: port, setting: "--health-port or AUTONOMOUS_HEALTH_PORT") {
             try await app.run()
         }
-    }
-
-    static func json(_ status: Int, _ value: JSONValue) -> Response {
-        Response(
-            status: .init(code: status),
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(value)))
-        )
     }
 }

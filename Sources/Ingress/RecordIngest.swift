@@ -1,0 +1,190 @@
+import ClusterCore
+import HTTPEndpoints
+import NATS
+import NIOCore
+import Logging
+import CoreMetrics
+
+/// The record API's one pipeline: find the target → know the caller → parse and validate →
+/// admit (tenant limit, in-flight room) → publish → answer. Both ways a record-API request is
+/// served call it: Hummingbird's responder (``IngressResponder``, any body size, API keys not
+/// cached yet) and the event-loop handler (``RecordIngestHandler``, small bodies, answered
+/// without leaving the loop). Every rule of the record API is written here once.
+struct RecordIngest: Sendable {
+    let state: IngressState
+
+    /// The record-API request a path names.
+    struct Target: Equatable {
+        var table: String
+        /// The tenant `/v1/tenants/{tenant}/…` names; the caller must act for it.
+        var tenant: String?
+    }
+
+    private static let tablesPrefix = "/v1/tables/".utf8
+    private static let tenantsPrefix = "/v1/tenants/".utf8
+    private static let suffix = "/records".utf8
+
+    /// `POST /v1/tables/{table}/records` and `POST /v1/tenants/{tenant}/tables/{table}/records`
+    /// (`path` without its query); `nil` for any other path. Another method is refused (405).
+    static func target(method: String, path: Substring) throws(RouteError) -> Target? {
+        let utf8 = path.utf8
+        let target: Target
+        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed()) {
+            target = Target(table: String(decoding: utf8.dropFirst(tablesPrefix.count).dropLast(suffix.count), as: UTF8.self))
+        } else if utf8.starts(with: tenantsPrefix) {
+            // /v1/tenants/{tenant}/tables/{table}/records
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 7, parts[4] == "tables", parts[6] == "records" else { return nil }
+            target = Target(table: String(parts[5]), tenant: String(parts[3]))
+        } else {
+            return nil
+        }
+        guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
+        return target
+    }
+
+    /// Who a request acts for, as far as is known without waiting.
+    enum Caller: Equatable {
+        case tenant(String)
+        /// An API key whose tenant is not cached: ``tenant(forKey:)`` asks the coordinators.
+        case key(String)
+    }
+
+    /// The caller from the `Authorization` header: an API key's tenant, else the ingress's
+    /// default tenant (unless keys are required). A malformed header is refused (401).
+    func caller(authorization: String?) throws(RouteError) -> Caller {
+        guard let authorization else {
+            guard !state.configuration.requireAPIKey else {
+                throw RouteError(
+                    status: 401,
+                    code: "unauthorized",
+                    message: "an API key is required: send Authorization: Bearer <key>",
+                    field: "Authorization"
+                )
+            }
+            return .tenant(state.configuration.tenant)
+        }
+        guard authorization.hasPrefix("Bearer ") else {
+            throw RouteError(
+                status: 401,
+                code: "unauthorized",
+                message: "send the API key as Authorization: Bearer <key>",
+                field: "Authorization"
+            )
+        }
+        let key = String(authorization.dropFirst(7))
+        guard APIKeys.isWellFormed(key) else {
+            throw RouteError(status: 401, code: "invalid_api_key", message: "the API key is malformed", field: "Authorization")
+        }
+        if let cached = state.keys.cachedTenant(forKey: key) {
+            guard let tenant = cached else { throw Self.unknownKey }
+            return .tenant(tenant)
+        }
+        return .key(key)
+    }
+
+    private static let unknownKey = RouteError(
+        status: 401,
+        code: "invalid_api_key",
+        message: "the API key is unknown, revoked, or its tenant is disabled",
+        field: "Authorization"
+    )
+
+    /// The tenant of an API key not cached yet, asking the coordinators (401, or 503 when
+    /// none answers).
+    func tenant(forKey key: String) async throws(RouteError) -> String {
+        let resolved: String?
+        do {
+            resolved = try await state.keys.tenant(forKey: key)
+        } catch TenantKeyCache.Unsupported.noResolver {
+            throw RouteError(status: 401, code: "invalid_api_key", message: "this ingress does not accept API keys", field: "Authorization")
+        } catch {
+            state.logger.warning("Cannot check an API key", metadata: ["error": "\(error)"])
+            throw RouteError(status: 503, code: "unavailable", message: "cannot check the API key now (no coordinator answered); retry later")
+        }
+        guard let resolved else { throw Self.unknownKey }
+        return resolved
+    }
+
+    /// The caller's tenant, waiting for the coordinators if the key is not cached.
+    func tenant(authorization: String?, named: String?) async throws(RouteError) -> String {
+        let tenant: String
+        switch try caller(authorization: authorization) {
+        case .tenant(let known): tenant = known
+        case .key(let key): tenant = try await self.tenant(forKey: key)
+        }
+        try Self.check(tenant, actsFor: named)
+        return tenant
+    }
+
+    /// A path that names a tenant must name the caller's (403, the same whether or not the
+    /// named tenant exists: nothing leaks).
+    static func check(_ tenant: String, actsFor named: String?) throws(RouteError) {
+        guard let named, named != tenant else { return }
+        throw RouteError(status: 403, code: "forbidden", message: "this request may not act for tenant '\(named.prefix(64))'", field: "tenant")
+    }
+
+    /// The refusal of a body over the limit (413).
+    var bodyTooLarge: RouteError {
+        RouteError(
+            status: 413,
+            code: "body_too_large",
+            message: "request body is larger than \(state.configuration.maxBodyBytes) bytes",
+            field: "body"
+        )
+    }
+
+    /// What is checked before the body is read: the table's name and existence, and the
+    /// `Idempotency-Key` header's form. Returns the key.
+    func accept(table: String, idempotencyKey: String?) throws(RouteError) -> String? {
+        _ = try state.table(named: table)
+        return try IngressState.idempotencyKey(idempotencyKey)
+    }
+
+    /// Parses and validates the body (content type, the records' shape and fields) into
+    /// messages with their ids.
+    func prepare(table: String, tenant: String, contentType: String?, key: String?, body: ByteBuffer) throws(RouteError) -> RecordBatch {
+        try state.prepareRecords(table: table, tenant: tenant, contentType: contentType, idempotencyKey: key, body: body)
+    }
+
+    /// Admits and publishes, returning after every PubAck (Hummingbird's path).
+    func publish(_ batch: RecordBatch, tenant: String) async throws(RouteError) {
+        do {
+            _ = try await GuardedPublisher(state: state, tenant: tenant).publish(batch.messages)
+        } catch let error as RouteError {
+            throw error
+        } catch {
+            throw RouteError(status: 503, code: "unavailable", message: "JetStream did not acknowledge the records; retry later")
+        }
+    }
+
+    /// Admits and publishes without waiting; `completion` gets the outcome once, on
+    /// `eventLoop` when the event loop has a publisher of its own, else on a nats.c thread.
+    func publish(_ batch: RecordBatch, tenant: String, on eventLoop: any EventLoop, completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
+        let publisher = GuardedPublisher(state: state, tenant: tenant)
+        if let loopPublisher = state.eventLoopPublisher(for: tenant, on: eventLoop) {
+            publisher.publish(batch.messages, through: loopPublisher, completion: completion)
+        } else {
+            publisher.publish(batch.messages, completion: completion)
+        }
+    }
+
+    /// The answer: 202 with the records' ids, or the error's (counted as a refused request).
+    func answer(_ outcome: Result<[String], RouteError>) -> Answer {
+        switch outcome {
+        case .success(let ids):
+            return Answer(status: 202, body: ByteBuffer(bytes: JSONWriter.encode(IngressState.acceptedAnswer(ids))), retryAfter: nil)
+        case .failure(let error):
+            state.rejectedRequests.increment()
+            let answer = APIError(error, defaultRetryAfter: state.configuration.retryAfterSeconds)
+            return Answer(status: error.status, body: answer.encoded, retryAfter: answer.retryAfter)
+        }
+    }
+
+    /// An answer's parts, written by either path.
+    struct Answer: Sendable {
+        var status: Int
+        var body: ByteBuffer
+        var retryAfter: String?
+    }
+}
