@@ -183,6 +183,7 @@ let package = Package(
             name: "LoadApp",
             dependencies: ["Autonomous"],
             path: "LoadTests/App",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -205,6 +206,7 @@ let package = Package(
             name: "ClusterFixture",
             dependencies: ["Autonomous"],
             path: "Tests/Fixtures/ClusterFixture",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -222,10 +224,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The examples, the load app and the test fixture are apps: `packageAccess: false`
+        // compiles them as another package would be, against the public API only.
         .executableTarget(
             name: "OrderFlow",
             dependencies: ["Autonomous"],
             path: "Examples/OrderFlow",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         // The README's "An app", compiled as it stands there (ReadmeTests keeps them equal).
@@ -233,6 +238,7 @@ let package = Package(
             name: "QuickStart",
             dependencies: ["Autonomous", "Components"],
             path: "Examples/QuickStart",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         // What `autonomous init` copies into a new app.
@@ -240,12 +246,14 @@ let package = Package(
             name: "Starter",
             dependencies: ["Autonomous"],
             path: "Examples/Starter",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "SlackBot",
             dependencies: ["Autonomous", "Components"],
             path: "Examples/SlackBot",
+            packageAccess: false,
             swiftSettings: swiftSettings
         ),
         // Test support: starts real nats-server processes on free loopback ports.

@@ -1,6 +1,6 @@
+import ClusterCore
 package import Hummingbird
 package import NATS
-import ClusterCore
 import NIOCore
 
 /// `/healthz`, `/readyz` and `/metrics`: one implementation for the three servers that answer

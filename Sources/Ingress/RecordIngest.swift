@@ -1,9 +1,9 @@
 import ClusterCore
+import CoreMetrics
 import HTTPEndpoints
+import Logging
 import NATS
 import NIOCore
-import Logging
-import CoreMetrics
 
 /// The record API's one pipeline: find the target → know the caller → parse and validate →
 /// admit (tenant limit, in-flight room) → publish → answer. Both ways a record-API request is
@@ -29,7 +29,8 @@ struct RecordIngest: Sendable {
     static func target(method: String, path: Substring) throws(RouteError) -> Target? {
         let utf8 = path.utf8
         let target: Target
-        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed()) {
+        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed())
+        {
             target = Target(table: String(decoding: utf8.dropFirst(tablesPrefix.count).dropLast(suffix.count), as: UTF8.self))
         } else if utf8.starts(with: tenantsPrefix) {
             // /v1/tenants/{tenant}/tables/{table}/records
@@ -100,7 +101,11 @@ struct RecordIngest: Sendable {
             throw RouteError(status: 401, code: "invalid_api_key", message: "this ingress does not accept API keys", field: "Authorization")
         } catch {
             state.logger.warning("Cannot check an API key", metadata: ["error": "\(error)"])
-            throw RouteError(status: 503, code: "unavailable", message: "cannot check the API key now (no coordinator answered); retry later")
+            throw RouteError(
+                status: 503,
+                code: "unavailable",
+                message: "cannot check the API key now (no coordinator answered); retry later"
+            )
         }
         guard let resolved else { throw Self.unknownKey }
         return resolved
@@ -121,7 +126,12 @@ struct RecordIngest: Sendable {
     /// named tenant exists: nothing leaks).
     static func check(_ tenant: String, actsFor named: String?) throws(RouteError) {
         guard let named, named != tenant else { return }
-        throw RouteError(status: 403, code: "forbidden", message: "this request may not act for tenant '\(named.prefix(64))'", field: "tenant")
+        throw RouteError(
+            status: 403,
+            code: "forbidden",
+            message: "this request may not act for tenant '\(named.prefix(64))'",
+            field: "tenant"
+        )
     }
 
     /// The refusal of a body over the limit (413).
@@ -160,7 +170,12 @@ struct RecordIngest: Sendable {
 
     /// Admits and publishes without waiting; `completion` gets the outcome once, on
     /// `eventLoop` when the event loop has a publisher of its own, else on a nats.c thread.
-    func publish(_ batch: RecordBatch, tenant: String, on eventLoop: any EventLoop, completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
+    func publish(
+        _ batch: RecordBatch,
+        tenant: String,
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable (Result<Void, RouteError>) -> Void
+    ) {
         let publisher = GuardedPublisher(state: state, tenant: tenant)
         if let loopPublisher = state.eventLoopPublisher(for: tenant, on: eventLoop) {
             publisher.publish(batch.messages, through: loopPublisher, completion: completion)

@@ -9,9 +9,12 @@ struct RecordIngestTests {
     func targets() throws {
         #expect(try RecordIngest.target(method: "POST", path: "/v1/tables/orders/records") == .init(table: "orders"))
         #expect(
-            try RecordIngest.target(method: "POST", path: "/v1/tenants/acme/tables/orders/records") == .init(table: "orders", tenant: "acme")
+            try RecordIngest.target(method: "POST", path: "/v1/tenants/acme/tables/orders/records")
+                == .init(table: "orders", tenant: "acme")
         )
-        for path in ["/v1/tables//records", "/v1/tables/records", "/v1/tenants/acme/tables/orders", "/orders", "/v1/tenants/acme/x/orders/records"] {
+        for path in [
+            "/v1/tables//records", "/v1/tables/records", "/v1/tenants/acme/tables/orders", "/orders", "/v1/tenants/acme/x/orders/records",
+        ] {
             #expect(try RecordIngest.target(method: "POST", path: Substring(path)) == nil, "\(path)")
         }
         // A name that is not valid still reaches the pipeline, which refuses it with a 400.

@@ -29,6 +29,12 @@ struct InitCommandTests {
         #expect(description.contains(root.path), "\(description)")
         let targets = String(describing: manifest["targets"] ?? "")
         #expect(targets.contains(root.lastPathComponent) && targets.contains("Autonomous"), "\(targets)")
+        // An app resolves what the library needs and nothing the load tests alone use
+        // (SwiftPM resolves by target: LoadRunner's hdrhistogram stays out).
+        let resolved = try await runProgram("/usr/bin/env", ["swift", "package", "--package-path", directory.path, "resolve"])
+        #expect(resolved.status == 0, "\(resolved.output)")
+        let pins = try String(contentsOf: directory.appendingPathComponent("Package.resolved"), encoding: .utf8)
+        #expect(pins.contains("swift-nio") && !pins.contains("hdrhistogram"), "\(pins)")
         let ignored = try String(contentsOf: directory.appendingPathComponent(".gitignore"), encoding: .utf8)
         #expect(ignored.contains(".build/") && ignored.contains("Package.resolved"))
 
