@@ -125,6 +125,21 @@ final class IngressState: Sendable {
 struct IngressResponder: HTTPResponder {
     typealias Context = BasicRequestContext
     let state: IngressState
+    /// `/healthz`, `/readyz` (also waiting for the tenant's stream) and `/metrics`.
+    private let health: HealthEndpoints
+    private let pipeline: RecordIngest
+
+    init(state: IngressState) {
+        self.state = state
+        self.pipeline = RecordIngest(state: state)
+        self.health = HealthEndpoints(connection: state.connection) { [state] in
+            guard !state.streamReady.load(ordering: .relaxed) else { return nil }
+            let stream = Wire.streamName(tenant: state.configuration.tenant)
+            guard (try? await state.connection.streamState(stream)) != nil else { return "stream \(stream) does not exist yet" }
+            state.streamReady.store(true, ordering: .relaxed)
+            return nil
+        }
+    }
 
     func respond(to request: Request, context: Context) async throws -> Response {
         let path = request.uri.path
@@ -148,19 +163,6 @@ struct IngressResponder: HTTPResponder {
         } catch let error as RouteError {
             state.rejectedRequests.increment()
             return APIError(error, defaultRetryAfter: state.configuration.retryAfterSeconds).response
-        }
-    }
-
-    private var pipeline: RecordIngest { RecordIngest(state: state) }
-
-    /// `/healthz`, `/readyz` (also waiting for the tenant's stream) and `/metrics`.
-    private var health: HealthEndpoints {
-        HealthEndpoints(connection: state.connection) { [state] in
-            guard !state.streamReady.load(ordering: .relaxed) else { return nil }
-            let stream = Wire.streamName(tenant: state.configuration.tenant)
-            guard (try? await state.connection.streamState(stream)) != nil else { return "stream \(stream) does not exist yet" }
-            state.streamReady.store(true, ordering: .relaxed)
-            return nil
         }
     }
 
