@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.21.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
     ],
     targets: [
         // nats.c (Debian's libnats-dev) as a system library.
@@ -170,6 +172,8 @@ let package = Package(
         .target(
             name: "Deploy",
             dependencies: [
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
@@ -212,6 +216,7 @@ let package = Package(
         .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
+                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",
                 "Deploy",

@@ -43,12 +43,8 @@ struct DescribeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let binary = try resolveApp(app)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["describe"]
-        try process.run()
-        process.waitUntilExit()
-        if process.terminationStatus != 0 { throw ExitCode(process.terminationStatus) }
+        let status = try await Command.passthrough(binary, ["describe"])
+        if status != 0 { throw ExitCode(status) }
     }
 }
 
@@ -129,7 +125,7 @@ struct DeployCommand: AsyncParsableCommand {
             throw ValidationError("target '\(deployment.target)' must be [a-z0-9_-]")
         }
         let binary = try resolveApp(app)
-        let description = try AppDescription.of(binary: binary)
+        let description = try await AppDescription.of(binary: binary)
         do { try description.check(deployment) } catch let error as DeployError { throw ValidationError(error.message) }
         let out = outputDirectory ?? ".autonomous/deploy/\(deployment.engine)-\(deployment.target)"
         let result: String
@@ -137,7 +133,7 @@ struct DeployCommand: AsyncParsableCommand {
         case .kubernetes:
             let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
             try write(files, to: out)
-            result = try apply(
+            result = try await apply(
                 tool: "kubectl",
                 probe: ["cluster-info", "--request-timeout=5s"],
                 command: ["apply", "-k", out],
@@ -147,7 +143,7 @@ struct DeployCommand: AsyncParsableCommand {
         case .nomad:
             let files = try NomadRenderer.render(app: description, deployment: deployment)
             try write(files, to: out)
-            result = try apply(
+            result = try await apply(
                 tool: "nomad",
                 probe: ["node", "status"],
                 command: ["job", "run", "-var-file=\(out)/autonomous.vars.hcl", nomadJob],
@@ -191,30 +187,14 @@ struct DeployCommand: AsyncParsableCommand {
         return nil
     }
 
-    /// Runs `tool args`, returning (status, output).
-    private func runTool(_ path: String, _ arguments: [String], capture: Bool) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        if capture {
-            process.standardOutput = pipe
-            process.standardError = pipe
-        }
-        try process.run()
-        let data = capture ? pipe.fileHandleForReading.readDataToEndOfFile() : Data()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
-    private func apply(tool: String, probe: [String], command: [String], render: [String]?, renderedFile: String?) throws -> String {
+    private func apply(tool: String, probe: [String], command: [String], render: [String]?, renderedFile: String?) async throws -> String {
         let shown = ([tool] + command).joined(separator: " ")
         guard let path = toolPath(tool) else {
             print("\(tool) is not installed; to deploy, run: \(shown)")
             return "RENDERED"
         }
         if let render, let renderedFile {
-            let (status, output) = try runTool(path, render, capture: true)
+            let (status, output) = try await Command.captured(path, render)
             guard status == 0 else { throw ValidationError("\(tool) \(render.joined(separator: " ")) failed:\n\(output)") }
             try output.write(toFile: renderedFile, atomically: true, encoding: .utf8)
             print("wrote \(renderedFile)")
@@ -223,12 +203,12 @@ struct DeployCommand: AsyncParsableCommand {
             print("dry run; would run: \(shown)")
             return "RENDERED (dry run)"
         }
-        let (probeStatus, _) = try runTool(path, probe, capture: true)
+        let (probeStatus, _) = try await Command.captured(path, probe)
         guard probeStatus == 0 else {
             print("\(tool) reaches no cluster; to deploy, run: \(shown)")
             return "RENDERED"
         }
-        let (status, _) = try runTool(path, command, capture: false)
+        let status = try await Command.passthrough(path, command)
         guard status == 0 else { throw ExitCode(status) }
         return "DONE"
     }

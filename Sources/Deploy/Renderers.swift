@@ -9,19 +9,16 @@ extension AppDescription {
     }
 
     /// Runs `<binary> describe`.
-    package static func of(binary: String) throws -> AppDescription {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["describe"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.standardError
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw DeployError("\(binary) describe failed (exit \(process.terminationStatus))") }
+    package static func of(binary: String) async throws -> AppDescription {
+        let (status, output): (Int32, [UInt8])
         do {
-            return try AppDescription.decode(data)
+            (status, output) = try await Command.output(binary, ["describe"])
+        } catch {
+            throw DeployError("cannot run \(binary) describe: \(error)")
+        }
+        guard status == 0 else { throw DeployError("\(binary) describe failed (exit \(status))") }
+        do {
+            return try AppDescription.decode(Data(output))
         } catch let error as ConfigurationError {
             throw DeployError("\(binary) describe: \(error)")
         } catch {
