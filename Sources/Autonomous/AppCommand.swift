@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterCore
+import Configuration
 import Coordinator
 import Foundation
 import Logging
@@ -33,7 +34,9 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and AUTONOMOUS_NATS_KEY (PEM files: the \
                 CA the NATS servers' certificates chain to, and a client certificate and key for \
                 servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a \
-                NATS credentials file). Flags win over the environment.
+                NATS credentials file), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
+                nested: AUTONOMOUS_INGRESS_LANES is {"ingress": {"lanes": 4}}). Flags win over the \
+                environment, the environment over the file.
                 """,
             subcommands: [
                 DevCommand<App>.self,
@@ -105,12 +108,51 @@ struct CommonOptions: ParsableArguments {
     )
     var requireAPIKey = false
 
-    /// Reads flags, then environment variables (the only place the environment is read).
-    func runtimeConfiguration() throws -> RuntimeConfiguration {
+    @Option(
+        name: .customLong("config"),
+        help:
+            "A JSON settings file: keys as in the environment, nested (AUTONOMOUS_HTTP_PORT is {\"http\": {\"port\": 3000}}); flags, then the environment, win over it. [env: AUTONOMOUS_CONFIG]"
+    )
+    var settingsFile: String?
+
+    /// The settings given as flags, by key.
+    var flagSettings: [String: ConfigContent] {
+        var flags: [String: ConfigContent] = [:]
+        if let natsURL { flags["nats.url"] = .string(natsURL) }
+        if let tenant { flags["tenant"] = .string(tenant) }
+        if let host { flags["http.host"] = .string(host) }
+        if let port { flags["http.port"] = .int(port) }
+        if let healthPort { flags["health.port"] = .int(healthPort) }
+        if let postgresURL { flags["postgres.url"] = .string(postgresURL) }
+        if let handlers { flags["handlers"] = .string(handlers) }
+        if let dataDirectory { flags["dataDir"] = .string(dataDirectory) }
+        if let logLevel { flags["logLevel"] = .string(logLevel) }
+        if let adminPort { flags["admin.port"] = .int(adminPort) }
+        if requireAPIKey { flags["requireApiKey"] = .bool(true) }
+        return flags
+    }
+
+    /// The process's settings: flags, then `AUTONOMOUS_*` environment variables, then the
+    /// settings file, then the defaults (``SettingsSources``).
+    func settings() async throws -> SettingsSources {
+        let environment = ProcessInfo.processInfo.environment
+        return try await SettingsSources(
+            flags: flagSettings,
+            environment: environment,
+            filePath: settingsFile ?? environment["AUTONOMOUS_CONFIG"]
+        )
+    }
+
+    func runtimeConfiguration() async throws -> RuntimeConfiguration {
+        try await runtimeConfiguration(from: try await settings())
+    }
+
+    func runtimeConfiguration(from settings: SettingsSources) throws -> RuntimeConfiguration {
         let environment = ProcessInfo.processInfo.environment
         var configuration = RuntimeConfiguration()
+        // Secrets and component settings are read from the process environment by name.
         configuration.environment = environment
-        configuration.natsURL = natsURL ?? environment["AUTONOMOUS_NATS_URL"]
+        configuration.natsURL = settings.string(Setting("nats.url", flag: "--nats-url"))
         var nats = NATSConnection.Configuration(servers: [])
         do {
             try nats.readSecurity(from: environment)
@@ -119,110 +161,74 @@ struct CommonOptions: ParsableArguments {
         }
         configuration.natsTLS = nats.tls
         configuration.natsCredentialsFile = nats.credentialsFile
-        configuration.postgresURL = postgresURL ?? environment["AUTONOMOUS_POSTGRES_URL"]
+        configuration.postgresURL = settings.string(Setting("postgres.url", flag: "--postgres-url"))
         if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {
             throw ValidationError("the Postgres URL contains a password; pass it in AUTONOMOUS_POSTGRES_PASSWORD instead")
         }
-        configuration.tenant = tenant ?? environment["AUTONOMOUS_TENANT"] ?? "default"
-        configuration.httpHost = host ?? environment["AUTONOMOUS_HTTP_HOST"] ?? "127.0.0.1"
-        if let port = port {
-            configuration.httpPort = port
-        } else if let text = environment["AUTONOMOUS_HTTP_PORT"] {
-            guard let port = Int(text), (0...65535).contains(port) else {
-                throw ValidationError("AUTONOMOUS_HTTP_PORT '\(text)' is not a port number")
-            }
+        configuration.tenant = settings.string(Setting("tenant", flag: "--tenant")) ?? "default"
+        configuration.httpHost = settings.string(Setting("http.host", flag: "--host")) ?? "127.0.0.1"
+        let ports = 0...65535
+        if let port = try settings.int(Setting("http.port", flag: "--port"), in: ports, problem: "is not a port number (0-65535)") {
             configuration.httpPort = port
         }
-        guard (0...65535).contains(configuration.httpPort) else { throw ValidationError("--port must be 0-65535") }
-        if let port = healthPort {
-            configuration.healthPort = port
-        } else if let text = environment["AUTONOMOUS_HEALTH_PORT"] {
-            guard let port = Int(text), (0...65535).contains(port) else {
-                throw ValidationError("AUTONOMOUS_HEALTH_PORT '\(text)' is not a port number")
-            }
-            configuration.healthPort = port
-        }
-        configuration.dataDirectory = dataDirectory ?? environment["AUTONOMOUS_DATA_DIR"] ?? ".autonomous"
-        if let text = environment["AUTONOMOUS_STREAM_REPLICAS"] {
-            guard let replicas = Int(text), (1...5).contains(replicas) else {
-                throw ValidationError("AUTONOMOUS_STREAM_REPLICAS '\(text)' must be 1 to 5")
-            }
+        configuration.healthPort = try settings.int(
+            Setting("health.port", flag: "--health-port"),
+            in: ports,
+            problem: "is not a port number (0-65535)"
+        )
+        configuration.dataDirectory = settings.string(Setting("dataDir", flag: "--data-dir")) ?? ".autonomous"
+        if let replicas = try settings.int(Setting("streamReplicas"), in: 1...5, problem: "must be 1 to 5") {
             configuration.topology.replicas = replicas
         }
-        if let text = environment["AUTONOMOUS_INGRESS_LANES"] {
-            guard let lanes = Int(text), (1...64).contains(lanes) else {
-                throw ValidationError("AUTONOMOUS_INGRESS_LANES '\(text)' must be 1 to 64")
-            }
+        if let lanes = try settings.int(Setting("ingress.lanes"), in: 1...64, problem: "must be 1 to 64") {
             configuration.ingressLanes = lanes
         }
-        if let text = environment["AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS"] {
-            guard let milliseconds = Int(text), (0...60_000).contains(milliseconds) else {
-                throw ValidationError("AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS '\(text)' must be milliseconds between 0 and 60000")
-            }
+        if let milliseconds = try settings.int(
+            Setting("rateLimit.maxDelayMs"),
+            in: 0...60_000,
+            problem: "must be milliseconds between 0 and 60000"
+        ) {
             configuration.rateLimitMaxDelay = .milliseconds(milliseconds)
         }
-        if let perNode = try Self.flag("AUTONOMOUS_RATE_LIMIT_PER_NODE", in: environment) {
+        if let perNode = try settings.bool(Setting("rateLimit.perNode")) {
             configuration.shareRateLimitsAcrossNodes = !perNode
         }
-        if let eventLoop = try Self.flag("AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH", in: environment) {
+        if let eventLoop = try settings.bool(Setting("ingress.eventLoopPublish")) {
             configuration.ingressEventLoopPublishing = eventLoop
         }
-        if let text = environment["AUTONOMOUS_ACK_WAIT"] {
-            guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
-                throw ValidationError("AUTONOMOUS_ACK_WAIT '\(text)' must be seconds between 1 and 3600")
-            }
-            configuration.topology.ackWait = .milliseconds(Int64(seconds * 1000))
+        if let ackWait = try settings.seconds(Setting("ackWait"), in: 1...3600) {
+            configuration.topology.ackWait = ackWait
         }
-        if let list = handlers ?? environment["AUTONOMOUS_HANDLERS"] {
+        if let list = settings.string(Setting("handlers", flag: "--handlers")) {
             configuration.handlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
         }
         if let list = exceptHandlers {
             configuration.excludedHandlers = Set(list.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
         }
-        if let port = adminPort {
-            configuration.adminPort = port
-        } else if let text = environment["AUTONOMOUS_ADMIN_PORT"] {
-            guard let port = Int(text) else { throw ValidationError("AUTONOMOUS_ADMIN_PORT '\(text)' is not a port number") }
-            configuration.adminPort = port
-        }
-        if let port = configuration.adminPort, !(0...65535).contains(port) { throw ValidationError("--admin-port must be 0-65535") }
-        configuration.adminToken = environment["AUTONOMOUS_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        configuration.adminPort = try settings.int(
+            Setting("admin.port", flag: "--admin-port"),
+            in: ports,
+            problem: "is not a port number (0-65535)"
+        )
+        configuration.adminToken = settings.string(Setting("admin.token")).flatMap { $0.isEmpty ? nil : $0 }
         if let token = configuration.adminToken, token.utf8.count < 16 {
             throw ValidationError("AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters")
         }
-        if requireAPIKey {
-            configuration.requireAPIKey = true
-        } else if let required = try Self.flag("AUTONOMOUS_REQUIRE_API_KEY", in: environment) {
+        if let required = try settings.bool(Setting("requireApiKey", flag: "--require-api-key")) {
             configuration.requireAPIKey = required
         }
-        if let text = environment["AUTONOMOUS_LEASE_TTL"] {
-            guard let seconds = Double(text), seconds >= 1, seconds <= 300 else {
-                throw ValidationError("AUTONOMOUS_LEASE_TTL '\(text)' must be seconds between 1 and 300")
-            }
-            configuration.leaseTTL = .milliseconds(Int64(seconds * 1000))
+        if let ttl = try settings.seconds(Setting("leaseTtl"), in: 1...300) {
+            configuration.leaseTTL = ttl
         }
-        if let text = environment["AUTONOMOUS_SHUTDOWN_TIMEOUT"] {
-            guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
-                throw ValidationError("AUTONOMOUS_SHUTDOWN_TIMEOUT '\(text)' must be seconds between 1 and 3600")
-            }
-            configuration.shutdownTimeout = .milliseconds(Int64(seconds * 1000))
+        if let timeout = try settings.seconds(Setting("shutdownTimeout"), in: 1...3600) {
+            configuration.shutdownTimeout = timeout
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
         return configuration
     }
 
-    /// A true/false environment setting (`1`/`true`/`yes`, `0`/`false`/`no`/empty); `nil` when unset.
-    static func flag(_ name: String, in environment: [String: String]) throws -> Bool? {
-        guard let text = environment[name] else { return nil }
-        switch text.lowercased() {
-        case "1", "true", "yes": return true
-        case "0", "false", "no", "": return false
-        default: throw ValidationError("\(name) '\(text)' must be true or false")
-        }
-    }
-
-    func makeLogger(label: String) throws -> Logger {
-        let text = logLevel ?? ProcessInfo.processInfo.environment["AUTONOMOUS_LOG_LEVEL"] ?? "info"
+    func makeLogger(label: String, settings: SettingsSources) throws -> Logger {
+        let text = settings.string(Setting("logLevel", flag: "--log-level")) ?? "info"
         guard let level = Logger.Level(rawValue: text.lowercased()) else {
             throw ValidationError("log level '\(text)' must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -275,8 +281,9 @@ struct RoleCommand<App: AutonomousApp, R: RoleName>: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        let logger = try options.makeLogger(label: "autonomous.\(R.name)")
-        let configuration = try options.runtimeConfiguration()
+        let settings = try await options.settings()
+        let logger = try options.makeLogger(label: "autonomous.\(R.name)", settings: settings)
+        let configuration = try options.runtimeConfiguration(from: settings)
         guard configuration.natsURL != nil else {
             throw ValidationError("\(R.name) needs a NATS server: pass --nats-url or set AUTONOMOUS_NATS_URL")
         }
@@ -320,8 +327,9 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        let logger = try options.makeLogger(label: "autonomous.dev")
-        var configuration = try options.runtimeConfiguration()
+        let settings = try await options.settings()
+        let logger = try options.makeLogger(label: "autonomous.dev", settings: settings)
+        var configuration = try options.runtimeConfiguration(from: settings)
         let graph: AppGraph
         do { graph = try App.graph() } catch { throw ValidationError(error.description) }
         var embedded: NATSServerProcess?
