@@ -4,7 +4,8 @@
 # Examples/QuickStart is the README's "An app", laid out by hand for reading; it is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.swift' | grep -v '^Examples/QuickStart/')
+# Tracked files and new ones git does not ignore, so a file not added yet is checked too.
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.swift' | grep -v '^Examples/QuickStart/')
 if [ "${1:-}" = "--check" ]; then
     swift format lint --strict --parallel "${files[@]}"
     echo "format: ${#files[@]} files match .swift-format"

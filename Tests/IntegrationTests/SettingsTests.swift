@@ -22,7 +22,11 @@ struct SettingsTests {
             path = url.path
         }
         defer { if let path { try? FileManager.default.removeItem(atPath: path) } }
-        let settings = try await SettingsSources(flags: options.flagSettings, environment: environment, filePath: path ?? options.settingsFile)
+        let settings = try await SettingsSources(
+            flags: options.flagSettings,
+            environment: environment,
+            filePath: path ?? options.settingsFile
+        )
         return try options.runtimeConfiguration(from: settings)
     }
 
@@ -69,13 +73,20 @@ struct SettingsTests {
     @Test("A malformed value stops the process naming where it came from: the flag, the variable, or the file and key")
     func refusals() async {
         #expect(await Self.refusal(["--port", "70000"]) == "--port '70000' is not a port number (0-65535)")
-        #expect(await Self.refusal(environment: ["AUTONOMOUS_HTTP_PORT": "eighty"]) == "AUTONOMOUS_HTTP_PORT 'eighty' is not a port number (0-65535)")
-        #expect(await Self.refusal(environment: ["AUTONOMOUS_ACK_WAIT": "0"]) == "AUTONOMOUS_ACK_WAIT '0.0' must be seconds between 1 and 3600")
+        #expect(
+            await Self.refusal(environment: ["AUTONOMOUS_HTTP_PORT": "eighty"])
+                == "AUTONOMOUS_HTTP_PORT 'eighty' is not a port number (0-65535)"
+        )
+        #expect(
+            await Self.refusal(environment: ["AUTONOMOUS_ACK_WAIT": "0"]) == "AUTONOMOUS_ACK_WAIT '0.0' must be seconds between 1 and 3600"
+        )
         let fromFile = await Self.refusal(file: #"{"ingress": {"lanes": 100}}"#)
         #expect(fromFile.hasPrefix("ingress.lanes in /") && fromFile.hasSuffix(".json '100' must be 1 to 64"), "\(fromFile)")
         let badBool = await Self.refusal(file: #"{"requireApiKey": "maybe"}"#)
         #expect(badBool.contains("requireApiKey in") && badBool.hasSuffix("'maybe' must be true or false"), "\(badBool)")
-        #expect(await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": "short"]) == "AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters")
+        #expect(
+            await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": "short"]) == "AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters"
+        )
         // A settings file that is not there, or not JSON, is refused with its path.
         let missing = await Self.refusal(["--config", "/nonexistent/settings.json"])
         #expect(missing.hasPrefix("settings file /nonexistent/settings.json:"), "\(missing)")
@@ -88,7 +99,8 @@ struct SettingsTests {
         let expected = [
             "nats.url": "AUTONOMOUS_NATS_URL", "http.port": "AUTONOMOUS_HTTP_PORT", "dataDir": "AUTONOMOUS_DATA_DIR",
             "logLevel": "AUTONOMOUS_LOG_LEVEL", "requireApiKey": "AUTONOMOUS_REQUIRE_API_KEY", "leaseTtl": "AUTONOMOUS_LEASE_TTL",
-            "rateLimit.maxDelayMs": "AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS", "ingress.eventLoopPublish": "AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH",
+            "rateLimit.maxDelayMs": "AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS",
+            "ingress.eventLoopPublish": "AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH",
             "streamReplicas": "AUTONOMOUS_STREAM_REPLICAS", "admin.token": "AUTONOMOUS_ADMIN_TOKEN",
         ]
         for (key, name) in expected { #expect(Setting(key).environmentName == name) }
