@@ -25,6 +25,10 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_SHUTDOWN_TIMEOUT (seconds a graceful shutdown may take before what still \
                 runs is cancelled; default 30), \
                 AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4), \
+                AUTONOMOUS_INGRESS_MAX_BODY_BYTES (default 16 MiB), AUTONOMOUS_INGRESS_MAX_IN_FLIGHT_RECORDS \
+                (records waiting for their PubAck before requests get 429; default 200000), \
+                AUTONOMOUS_INGRESS_MAX_RECORDS_PER_REQUEST (413 beyond; default 10000, never more than \
+                the in-flight limit), \
                 AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish \
                 through nats.c instead of the event loops' own connections; default true), \
                 AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant \
@@ -182,6 +186,27 @@ struct CommonOptions: ParsableArguments {
         }
         if let lanes = try settings.int(Setting("ingress.lanes"), in: 1...64, problem: "must be 1 to 64") {
             configuration.ingressLanes = lanes
+        }
+        if let bytes = try settings.int(
+            Setting("ingress.maxBodyBytes"),
+            in: 1024...(1 << 30),
+            problem: "must be bytes between 1024 and 1073741824"
+        ) {
+            configuration.maxBodyBytes = bytes
+        }
+        if let records = try settings.int(
+            Setting("ingress.maxInFlightRecords"),
+            in: 1...10_000_000,
+            problem: "must be a number of records between 1 and 10000000"
+        ) {
+            configuration.maxInFlightRecords = records
+        }
+        if let records = try settings.int(
+            Setting("ingress.maxRecordsPerRequest"),
+            in: 1...1_000_000,
+            problem: "must be a number of records between 1 and 1000000"
+        ) {
+            configuration.maxRecordsPerRequest = records
         }
         if let milliseconds = try settings.int(
             Setting("rateLimit.maxDelayMs"),

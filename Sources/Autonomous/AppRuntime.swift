@@ -54,6 +54,9 @@ package struct RuntimeConfiguration: Sendable {
     package var publishTimeout: Duration = .seconds(5)
     package var maxBodyBytes: Int = 16 * 1024 * 1024
     package var maxInFlightRecords: Int = 200_000
+    /// Most records one record-API request (or one route's append) may carry
+    /// (``Ingress/Configuration/maxRecordsPerRequest``).
+    package var maxRecordsPerRequest: Int = 10_000
     /// NATS connections the ingress spreads tenants over (``Ingress/Configuration/publishLanes``).
     package var ingressLanes: Int = 4
     /// Small record-API requests publish through the event loops' own NATS connections
@@ -276,6 +279,7 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.port = configuration.httpPort
             ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
             ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
+            ingressConfiguration.maxRecordsPerRequest = configuration.maxRecordsPerRequest
             ingressConfiguration.publishLanes = configuration.ingressLanes
             ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
             ingressConfiguration.rateLimitClock = configuration.rateLimitClock

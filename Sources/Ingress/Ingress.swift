@@ -37,6 +37,12 @@ package struct Ingress: Service {
         package var maxBodyBytes: Int = 16 * 1024 * 1024
         /// Records waiting for their PubAck across all requests before new requests get 429.
         package var maxInFlightRecords: Int = 200_000
+        /// Most records one request may carry (413 beyond); never more than
+        /// `maxInFlightRecords`, so no request can pass the in-flight limit.
+        package var maxRecordsPerRequest: Int = 10_000
+
+        /// The cap that applies: the smaller of the two limits.
+        var recordsPerRequestCap: Int { max(1, min(maxRecordsPerRequest, maxInFlightRecords)) }
         /// NATS connections the ingress publishes through. Each tenant is given one (spread
         /// evenly, in order of first request), so one tenant's burst waiting in the server's
         /// per-connection queue does not delay another tenant's PubAcks. 1 publishes all

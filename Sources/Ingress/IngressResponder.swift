@@ -83,11 +83,13 @@ final class IngressState: Sendable {
         self.paths = paths
     }
 
-    /// Reserves room for `count` records in flight, or returns false when over the limit.
+    /// Reserves room for `count` records in flight, or returns false when that would pass
+    /// the limit. A request carries at most ``Ingress/Configuration/recordsPerRequestCap``
+    /// records, so one always fits once the records in flight drain.
     func reserve(_ count: Int) -> Bool {
         let limit = configuration.maxInFlightRecords
         let after = inFlight.add(count, ordering: .relaxed).newValue
-        if after > limit && after != count {
+        if after > limit {
             inFlight.subtract(count, ordering: .relaxed)
             return false
         }
@@ -443,6 +445,11 @@ struct GuardedPublisher: MessagePublisher {
     /// otherwise reserves room for `count` records, which `settle` releases. A refusal gives
     /// the tenant's tokens back.
     private func reserve(_ count: Int, connected: Bool) throws(RouteError) {
+        guard count <= state.configuration.recordsPerRequestCap else {
+            // A route appending more at once than could ever be in flight.
+            state.limiter.refund(tenant, records: count)
+            throw state.tooManyRecords(count)
+        }
         guard connected else {
             state.limiter.refund(tenant, records: count)
             throw RouteError(status: 503, code: "unavailable", message: "JetStream is not reachable; retry later")

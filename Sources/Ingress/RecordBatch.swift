@@ -63,6 +63,7 @@ extension IngressState {
         guard !payloads.isEmpty else {
             throw RouteError(status: 400, code: "no_records", message: "the body contains no records", field: "body")
         }
+        guard payloads.count <= configuration.recordsPerRequestCap else { throw tooManyRecords(payloads.count) }
         if table.isTyped {
             let many = isNDJSON || Self.isArray(body)
             for (i, payload) in payloads.enumerated() {
@@ -86,6 +87,16 @@ extension IngressState {
             batch.messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
         }
         return batch
+    }
+
+    /// The refusal of a request with more records than one request may carry (413).
+    func tooManyRecords(_ count: Int) -> RouteError {
+        RouteError(
+            status: 413,
+            code: "too_many_records",
+            message: "\(count) records in one request; the limit is \(configuration.recordsPerRequestCap): send them in smaller requests",
+            field: "body"
+        )
     }
 
     /// The 202 body: how many records were accepted and, up to 1,000, their ids.

@@ -143,6 +143,45 @@ struct BadInputTests {
         }
     }
 
+    /// A body of `count` records, one JSON array.
+    static func batch(_ count: Int) -> String {
+        "[" + (0..<count).map { #"{"n":\#($0)}"# }.joined(separator: ",") + "]"
+    }
+
+    @Test("One request cannot go past the in-flight limit: records per request are capped (413), on both answer paths")
+    func recordsPerRequest() async throws {
+        try await withRunningApp(
+            try Self.graph(),
+            environment: Self.environment,
+            configure: {
+                $0.maxInFlightRecords = 100
+                $0.maxBodyBytes = 1 << 20
+            }
+        ) { app in
+            // 150 records (about 1.4 KB, the event-loop path) and 5,000 (about 60 KB, Hummingbird's)
+            // against a limit of 100 in flight: refused, naming the limit, nothing stored.
+            for count in [150, 5000] {
+                let refused = try await app.post("/v1/tables/events/records", body: Self.batch(count))
+                expectError(refused, status: 413, code: "too_many_records", field: "body")
+                #expect(refused.body["error"]["message"].stringValue?.contains("100") == true, "\(refused.body)")
+            }
+            let accepted = try await app.post("/v1/tables/events/records", body: Self.batch(100))
+            #expect(accepted.status == 202 && accepted.body["accepted"] == 100)
+            let events = try await app.records(in: "events", atLeast: 100, timeout: .seconds(5))
+            #expect(events.count == 100)
+        }
+        // The per-request cap on its own, below the in-flight limit.
+        try await withRunningApp(try Self.graph(), environment: Self.environment, configure: { $0.maxRecordsPerRequest = 10 }) { app in
+            expectError(
+                try await app.post("/v1/tables/events/records", body: Self.batch(11)),
+                status: 413,
+                code: "too_many_records",
+                field: "body"
+            )
+            #expect(try await app.post("/v1/tables/events/records", body: Self.batch(10)).status == 202)
+        }
+    }
+
     @Test("An idempotency key makes a retried request a no-op")
     func idempotencyKey() async throws {
         try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
