@@ -314,7 +314,8 @@ package struct AppRuntime: Sendable {
 /// Prepares the role's services (migrations, provisioning) and runs them as a group of their
 /// own inside the process's group, which shuts them down gracefully before the services
 /// they depend on.
-struct RoleServices: Service {
+struct RoleServices: Service, CustomStringConvertible {
+    var description: String { "RoleServices" }
     let logger: Logger
     let prepare: @Sendable () async throws -> [any Service]
 
@@ -334,7 +335,8 @@ struct RoleServices: Service {
 
 /// Keeps the NATS connection open for the services after it and closes it last; serves the
 /// distributed actors' calls meanwhile.
-struct ConnectionService: Service {
+struct ConnectionService: Service, CustomStringConvertible {
+    var description: String { "ConnectionService(\(connection.configuration.name))" }
     let connection: NATSConnection
     let actorSystem: ClusterActorSystem
 
@@ -346,5 +348,12 @@ struct ConnectionService: Service {
             actorSystem.shutdown()
         }
         await connection.drain()
+    }
+}
+
+extension RuntimeConfiguration: CustomStringConvertible {
+    /// Never the environment or the admin token: they hold the process's secrets.
+    package var description: String {
+        "RuntimeConfiguration(tenant: \(tenant), http: \(httpHost):\(httpPort), dataDirectory: \(dataDirectory), postgres: \(postgresURL == nil ? "no" : "yes"), adminToken: \(adminToken == nil ? "none" : "set, not shown"), environment: \(environment.count) variables, not shown)"
     }
 }

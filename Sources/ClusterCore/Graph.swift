@@ -173,9 +173,12 @@ public struct HandlerOrdering: Sendable, Hashable {
 
 /// What a component or handler may read at startup: the environment (for secrets and base
 /// URLs) and a logger.
-public struct ComponentEnvironment: Sendable {
+public struct ComponentEnvironment: Sendable, CustomStringConvertible {
     public var environment: [String: String]
     public var logger: Logger
+
+    /// Never the values: the environment holds the process's secrets.
+    public var description: String { "ComponentEnvironment(\(environment.count) variables, not shown)" }
 
     package init(environment: [String: String], logger: Logger) {
         self.environment = environment

@@ -274,3 +274,10 @@ struct AdminRoutes: Sendable {
     }
 
 }
+
+// What a service group logs for the admin server: never the admin token.
+extension AdminServer: CustomStringConvertible {
+    package var description: String {
+        "AdminServer(address: \(host):\(port), token: \(adminToken == nil ? "none, admin API disabled" : "set, not shown"))"
+    }
+}

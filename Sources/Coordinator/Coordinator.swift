@@ -309,3 +309,10 @@ package enum Topology {
         }
     }
 }
+
+// What a service group logs for the coordinator: short (the store and graph are large).
+extension Coordinator: CustomStringConvertible {
+    package var description: String {
+        "Coordinator(app: \(graph.name), tenant: \(configuration.defaultTenant), id: \(configuration.instanceID))"
+    }
+}

@@ -420,3 +420,8 @@ package final class PostgresStore: CoordinatorStore, Service {
     /// Nothing to do: the pool closes its connections when ``run()`` returns.
     package func close() async throws {}
 }
+
+extension PostgresStore: CustomStringConvertible {
+    /// The server and database; never a user or password.
+    package var description: String { "PostgresStore(\(displayName))" }
+}

@@ -33,3 +33,7 @@ package struct HealthServer: Service {
         }
     }
 }
+
+extension HealthServer: CustomStringConvertible {
+    package var description: String { "HealthServer(address: \(host):\(port))" }
+}

@@ -244,3 +244,18 @@ package struct Ingress: Service {
         return publishers
     }
 }
+
+// What a service group logs for the ingress: short, and without the configuration's
+// environment, which holds the process's secrets.
+extension Ingress: CustomStringConvertible {
+    package var description: String {
+        "Ingress(app: \(graph.name), tenant: \(configuration.tenant), address: \(configuration.host):\(configuration.port))"
+    }
+}
+
+extension Ingress.Configuration: CustomStringConvertible {
+    /// Never the environment: it holds the process's secrets.
+    package var description: String {
+        "Ingress.Configuration(tenant: \(tenant), address: \(host):\(port), requireAPIKey: \(requireAPIKey), environment: \(environment.count) variables, not shown)"
+    }
+}

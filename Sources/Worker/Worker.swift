@@ -173,3 +173,18 @@ package struct Worker: Service {
         }
     }
 }
+
+// What a service group logs for the worker (at debug, when it starts and stops). Short, and
+// without the configuration's environment, which holds the process's secrets.
+extension Worker: CustomStringConvertible {
+    package var description: String {
+        "Worker(tenants: \(configuration.tenants), handlers: \(prepared.map(\.handler.name)))"
+    }
+}
+
+extension Worker.Configuration: CustomStringConvertible {
+    /// Never the environment: it holds the process's secrets.
+    package var description: String {
+        "Worker.Configuration(tenants: \(tenants), handlers: \(handlers.map { $0.sorted().description } ?? "all"), ackWait: \(ackWait), environment: \(environment.count) variables, not shown)"
+    }
+}

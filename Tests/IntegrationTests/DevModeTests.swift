@@ -19,7 +19,13 @@ struct DevModeTests {
         let output: String
         let errors: String
 
-        init(dataDirectory: String, port: Int = 0, app: String = "OrderFlow", environment: [String: String] = [:]) throws {
+        init(
+            dataDirectory: String,
+            port: Int = 0,
+            app: String = "OrderFlow",
+            environment: [String: String] = [:],
+            logLevel: String = "warning"
+        ) throws {
             let binary = DevModeTests.packageRoot.appendingPathComponent(".build/debug/\(app)").path
             guard FileManager.default.isExecutableFile(atPath: binary) else {
                 throw ConfigurationError("\(binary) is missing; run `swift build --build-tests` first")
@@ -30,7 +36,7 @@ struct DevModeTests {
             _ = FileManager.default.createFile(atPath: errors, contents: nil)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["dev", "--port", String(port), "--data-dir", dataDirectory, "--log-level", "warning"]
+            process.arguments = ["dev", "--port", String(port), "--data-dir", dataDirectory, "--log-level", logLevel]
             process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
             process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors))
             if !environment.isEmpty {
@@ -163,6 +169,33 @@ struct DevModeTests {
         let pidText = try String(contentsOfFile: dataDirectory + "/nats/nats-server.pid", encoding: .utf8)
         if let natsPID = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {
             #expect(kill(natsPID, 0) != 0, "the embedded nats-server stopped with it")
+        }
+    }
+
+    @Test("A debug run logs no secret: not the admin token, the Postgres password, nor any other environment value")
+    func noSecretsInDebugLogs() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-secrets-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
+        let secrets = [
+            "AUTONOMOUS_ADMIN_TOKEN": "adm-token-3c1f9e27b84d",
+            "AUTONOMOUS_POSTGRES_PASSWORD": "pg-password-7a52d0e1",
+            "OPENAI_API_KEY": "sk-test-5d8e2b9f41c7",
+        ]
+        let dev = try DevProcess(dataDirectory: dataDirectory, environment: secrets, logLevel: "debug")
+        let (port, _) = try await dev.waitForBanner()
+        #expect(
+            try await post(
+                "http://127.0.0.1:\(port)/v1/tables/orders/records",
+                #"{"order_id":"A-1","customer":"ada","items":[{"sku":"tv","quantity":1,"unit_price":1500}]}"#
+            ) == 202
+        )
+        _ = await dev.stop(signal: SIGTERM)
+        let logs =
+            ((try? String(contentsOfFile: dev.output, encoding: .utf8)) ?? "")
+            + ((try? String(contentsOfFile: dev.errors, encoding: .utf8)) ?? "")
+        #expect(logs.contains("debug"), "the run logged at debug level")
+        for (name, value) in secrets {
+            #expect(!logs.contains(value), "\(name)'s value is in the log")
         }
     }
 
