@@ -115,8 +115,16 @@ public struct Schedule: Sendable, CustomStringConvertible {
         if case .fireAll(let limit) = catchUpPolicy, !(1...100_000).contains(limit) {
             return "catch-up limit must be between 1 and 100000, not \(limit)"
         }
+        // Fields that are each valid can still match no date (`0 0 31 2 *`). Every expression
+        // that matches a date matches one within five years of 2001 (which holds a leap year).
+        if case .cron = kind, nextFire(after: Self.neverFiresProbe) == nil {
+            return "cron expression '\(source)' never fires: no date matches its day and month fields"
+        }
         return nil
     }
+
+    /// 2001-01-01T00:00:00Z.
+    private static let neverFiresProbe = Date(timeIntervalSince1970: 978_307_200)
 
     /// The first fire time strictly after `date`, or `nil` if there is none within five years.
     package func nextFire(after date: Date) -> Date? {

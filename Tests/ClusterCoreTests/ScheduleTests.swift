@@ -52,10 +52,20 @@ struct ScheduleTests {
             (Schedule.cron("0 0 * * *", timeZone: "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
             (Schedule.daily(at: "25:00"), "HH:mm"),
             (Schedule.every(.milliseconds(10)), "at least one second"),
+            // Valid fields, but no day ever matches: refused rather than silently never firing.
+            (Schedule.cron("0 0 31 2 *"), "never fires"),
+            (Schedule.cron("0 0 30 2 *", timeZone: "Europe/Berlin"), "never fires"),
         ]
     )
     func problems(schedule: Schedule, fragment: String) {
         #expect(schedule.problem?.contains(fragment) == true, "\(schedule.problem ?? "nil")")
+    }
+
+    @Test("Rare but real days are not refused: February 29th, and the 31st of the months that have one")
+    func rareDays() {
+        #expect(Schedule.cron("0 0 29 2 *").problem == nil)
+        #expect(Schedule.cron("30 12 31 * *").problem == nil)
+        #expect(Schedule.cron("0 0 13 * 5").problem == nil, "Friday the 13th")
     }
 
     func fires(_ schedule: Schedule, after start: String, count: Int) -> [String] {
