@@ -181,7 +181,9 @@ struct IngressResponder: HTTPResponder {
     private static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
 
     private func idempotencyKey(_ request: Request) throws -> String? {
-        try IngressState.idempotencyKey(request.headers[Self.idempotencyKeyField])
+        try IngressState.idempotencyKey(
+            try RecordIngest.single(request.headers[values: Self.idempotencyKeyField], header: "Idempotency-Key")
+        )
     }
 
     // MARK: - Record API
@@ -192,8 +194,8 @@ struct IngressResponder: HTTPResponder {
         let pipeline = self.pipeline
         let outcome: Result<[String], RouteError>
         do {
-            let tenant = try await pipeline.tenant(authorization: request.headers[.authorization], named: target.tenant)
-            let key = try pipeline.accept(table: target.table, idempotencyKey: request.headers[Self.idempotencyKeyField])
+            let tenant = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: target.tenant)
+            let key = try pipeline.accept(table: target.table, idempotencyKey: request.headers[values: Self.idempotencyKeyField])
             let body = try await collectBody(request)
             let batch = try pipeline.prepare(
                 table: target.table,
@@ -239,7 +241,7 @@ struct IngressResponder: HTTPResponder {
     }
 
     private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
-        let tenant = try await pipeline.tenant(authorization: request.headers[.authorization], named: nil)
+        let tenant = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
         let ctx = RouteContext(

@@ -51,10 +51,21 @@ struct RecordIngest: Sendable {
         case key(String)
     }
 
-    /// The caller from the `Authorization` header: an API key's tenant, else the ingress's
-    /// default tenant (unless keys are required). A malformed header is refused (401).
-    func caller(authorization: String?) throws(RouteError) -> Caller {
-        guard let authorization else {
+    /// The one value of a header that may appear once, refusing repeats (400): two
+    /// `Authorization` or `Idempotency-Key` values would otherwise be read differently by
+    /// whichever part looks first.
+    static func single(_ values: [String], header: String) throws(RouteError) -> String? {
+        guard values.count <= 1 else {
+            throw RouteError(status: 400, code: "repeated_header", message: "send \(header) once, not \(values.count) times", field: header)
+        }
+        return values.first
+    }
+
+    /// The caller from the `Authorization` header's values: an API key's tenant, else the
+    /// ingress's default tenant (unless keys are required). A malformed or repeated header is
+    /// refused (401, 400).
+    func caller(authorization values: [String]) throws(RouteError) -> Caller {
+        guard let authorization = try Self.single(values, header: "Authorization") else {
             guard !state.configuration.requireAPIKey else {
                 throw RouteError(
                     status: 401,
@@ -112,7 +123,7 @@ struct RecordIngest: Sendable {
     }
 
     /// The caller's tenant, waiting for the coordinators if the key is not cached.
-    func tenant(authorization: String?, named: String?) async throws(RouteError) -> String {
+    func tenant(authorization: [String], named: String?) async throws(RouteError) -> String {
         let tenant: String
         switch try caller(authorization: authorization) {
         case .tenant(let known): tenant = known
@@ -146,9 +157,9 @@ struct RecordIngest: Sendable {
 
     /// What is checked before the body is read: the table's name and existence, and the
     /// `Idempotency-Key` header's form. Returns the key.
-    func accept(table: String, idempotencyKey: String?) throws(RouteError) -> String? {
+    func accept(table: String, idempotencyKey values: [String]) throws(RouteError) -> String? {
         _ = try state.table(named: table)
-        return try IngressState.idempotencyKey(idempotencyKey)
+        return try IngressState.idempotencyKey(try Self.single(values, header: "Idempotency-Key"))
     }
 
     /// Parses and validates the body (content type, the records' shape and fields) into

@@ -80,7 +80,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var table: String
         var tenant: String
         var contentType: String?
-        var idempotencyKey: String?
+        var idempotencyKey: [String]
         var version: HTTPVersion
         var keepAlive: Bool
         /// The caller may not send this request (its API key, or the tenant the path names).
@@ -191,7 +191,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var tenant = ""
         var refusal: RouteError?
         do throws(RouteError) {
-            switch try pipeline.caller(authorization: head.headers.first(name: "authorization")) {
+            switch try pipeline.caller(authorization: head.headers["authorization"]) {
             case .tenant(let known):
                 tenant = known
                 try RecordIngest.check(known, actsFor: target.tenant)
@@ -205,7 +205,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             table: target.table,
             tenant: tenant,
             contentType: head.headers.first(name: "content-type"),
-            idempotencyKey: head.headers.first(name: "idempotency-key"),
+            idempotencyKey: head.headers["idempotency-key"],
             version: head.version,
             keepAlive: head.isKeepAlive,
             callerRefusal: refusal

@@ -182,6 +182,45 @@ struct BadInputTests {
         }
     }
 
+    @Test("A repeated Authorization or Idempotency-Key header is refused (400) on both answer paths")
+    func repeatedHeaders() async throws {
+        try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
+            // 2 records take the event-loop path; 3,000 (about 36 KB) Hummingbird's.
+            for body in [Self.batch(2), Self.batch(3000)] {
+                expectError(
+                    try await app.post(
+                        "/v1/tables/events/records",
+                        body: body,
+                        headers: [("Idempotency-Key", "first"), ("Idempotency-Key", "second")]
+                    ),
+                    status: 400,
+                    code: "repeated_header",
+                    field: "Idempotency-Key"
+                )
+                expectError(
+                    try await app.post(
+                        "/v1/tables/events/records",
+                        body: body,
+                        headers: [
+                            ("Authorization", "Bearer aut_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+                            ("Authorization", "Bearer other"),
+                        ]
+                    ),
+                    status: 400,
+                    code: "repeated_header",
+                    field: "Authorization"
+                )
+            }
+            // A route's idempotency key too.
+            expectError(
+                try await app.post("/echo", body: "{}", headers: [("Idempotency-Key", "a"), ("Idempotency-Key", "b")]),
+                status: 400,
+                code: "repeated_header",
+                field: "Idempotency-Key"
+            )
+        }
+    }
+
     @Test("An idempotency key makes a retried request a no-op")
     func idempotencyKey() async throws {
         try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
