@@ -94,6 +94,15 @@ public struct TableDefinition: Sendable {
                             return (missing[0], "missing required fields " + missing.map { "'\($0)'" }.joined(separator: ", "))
                         }
                     }
+                    // Foundation reports a number that fits no Swift number (or a fraction for a
+                    // whole-number field) as "not valid JSON", with no field; the body is valid JSON
+                    // (the ingress checked it), so say what is wrong and, where it can be found, where.
+                    if case .dataCorrupted(let context) = error, context.codingPath.isEmpty, let value = try? JSONParser.parse(body) {
+                        if let (path, number) = SchemaProbe.outOfRangeNumber(in: value) {
+                            return (path, "field '\(path)': \(number) is out of range for a number field")
+                        }
+                        return (nil, "a number does not fit its field's type: a fraction where a whole number is expected, or out of range")
+                    }
                     return SchemaProbe.describe(error)
                 } catch {
                     return (nil, "\(error)")

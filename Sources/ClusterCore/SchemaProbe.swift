@@ -37,6 +37,29 @@ package enum SchemaProbe {
         }
     }
 
+    /// The first number (depth first, by field path) that no Swift number field can hold:
+    /// infinite after parsing (`1e400`), or a whole number beyond Int64.
+    package static func outOfRangeNumber(in value: JSONValue, path: String = "") -> (path: String, number: String)? {
+        switch value {
+        case .double(let number):
+            if !number.isFinite { return (path, "a number beyond ±1.8e308") }
+            if number == number.rounded(), abs(number) >= 9.223_372_036_854_775_807e18 { return (path, "\(number)") }
+            return nil
+        case .object(let object):
+            for (key, member) in object {
+                if let found = outOfRangeNumber(in: member, path: path.isEmpty ? key : path + "." + key) { return found }
+            }
+            return nil
+        case .array(let elements):
+            for (index, element) in elements.enumerated() {
+                if let found = outOfRangeNumber(in: element, path: path + "[\(index)]") { return found }
+            }
+            return nil
+        default:
+            return nil
+        }
+    }
+
     private static func typeName(_ type: Any.Type) -> String {
         switch type {
         case is String.Type: return "a string"

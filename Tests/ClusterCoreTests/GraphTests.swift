@@ -221,3 +221,31 @@ struct SchemaTests {
         #expect(ids.next() != ids.next())
     }
 }
+
+struct Measured: Record {
+    struct Line: Codable, Sendable { var quantity: Int }
+    static let semanticType: SemanticType = "test.measured@1"
+    var lines: [Line]
+    var price: Double
+}
+
+@Suite("Typed validation of numbers")
+struct NumberValidationTests {
+    static func problem(_ body: String) throws -> (field: String?, problem: String)? {
+        var app = AppBuilder(name: "Numbers")
+        let table = app.table("measured", of: Measured.self)
+        _ = try app.build()
+        return table.definition.validate(Array(body.utf8))
+    }
+
+    @Test("A valid number too large for its field is named as such, with its field, not as invalid JSON")
+    func outOfRange() throws {
+        let big = try #require(try Self.problem(#"{"lines":[{"quantity": 123456789012345678901234567890}],"price":1}"#))
+        #expect(big.field == "lines[0].quantity" && big.problem.contains("out of range"), "\(big)")
+        let infinite = try #require(try Self.problem(#"{"lines":[],"price":1e400}"#))
+        #expect(infinite.field == "price" && infinite.problem.contains("out of range"), "\(infinite)")
+        let fraction = try #require(try Self.problem(#"{"lines":[{"quantity": 1.5}],"price":2}"#))
+        #expect(!fraction.problem.contains("not valid JSON"), "\(fraction)")
+        #expect(try Self.problem(#"{"lines":[{"quantity": 3}],"price":2.5}"#) == nil)
+    }
+}
