@@ -48,6 +48,25 @@ extension AppDescription {
 /// Writes a kustomize overlay for one app on top of `deploy/k8s/overlays/<target>`.
 package enum KubernetesRenderer {
     /// Returns the files to write (name → contents).
+    /// The names the base kustomization gives `autonomous-app` (its `images:` entries'
+    /// `newName`s), which an overlay's image must also match.
+    static func baseImageNames(manifests: String) -> [String] {
+        guard let text = try? String(contentsOfFile: "\(manifests)/base/kustomization.yaml", encoding: .utf8) else { return [] }
+        var names: [String] = []
+        var inImages = false
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if !line.hasPrefix(" ") && !line.hasPrefix("-") { inImages = line.hasPrefix("images:") }
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if inImages, trimmed.hasPrefix("newName:") {
+                let name = trimmed.dropFirst("newName:".count).trimmingCharacters(in: .whitespaces).trimmingCharacters(
+                    in: CharacterSet(charactersIn: "\"'")
+                )
+                if !name.isEmpty && name != "autonomous-app" && !names.contains(name) { names.append(name) }
+            }
+        }
+        return names
+    }
+
     package static func render(
         app: AppDescription,
         deployment: DeploymentConfiguration.Deployment,
@@ -83,16 +102,20 @@ package enum KubernetesRenderer {
         lines.append("resources:")
         lines += resources.map { "  - \($0)" }
         if let image = deployment.image {
+            // The base already renames `autonomous-app` (to its release image), and kustomize
+            // applies that first: match both names, or the base's image would stay.
             lines.append("images:")
-            lines.append("  - name: autonomous-app")
-            if let at = image.firstIndex(of: "@") {
-                lines.append("    newName: \(image[..<at])")
-                lines.append("    digest: \(image[image.index(after: at)...])")
-            } else if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {
-                lines.append("    newName: \(image[..<colon])")
-                lines.append("    newTag: \"\(image[image.index(after: colon)...])\"")
-            } else {
-                lines.append("    newName: \(image)")
+            for name in ["autonomous-app"] + Self.baseImageNames(manifests: manifests) {
+                lines.append("  - name: \(name)")
+                if let at = image.firstIndex(of: "@") {
+                    lines.append("    newName: \(image[..<at])")
+                    lines.append("    digest: \(image[image.index(after: at)...])")
+                } else if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {
+                    lines.append("    newName: \(image[..<colon])")
+                    lines.append("    newTag: \"\(image[image.index(after: colon)...])\"")
+                } else {
+                    lines.append("    newName: \(image)")
+                }
             }
         }
         lines.append("patches:")

@@ -219,7 +219,10 @@ struct ProcessEngineTests {
                 contentsOfFile: directory + "/.autonomous/deploy/kubernetes-production/rendered.yaml",
                 encoding: .utf8
             )
-            #expect(rendered.contains("image: registry.example.com/shop/orderflow:1.2.3"))
+            // Every container runs the image asked for, not the base's (the base renames
+            // `autonomous-app`, so the overlay must match the renamed image too).
+            let images = rendered.split(separator: "\n").filter { $0.contains("image:") }.map { $0.trimmingCharacters(in: .whitespaces) }
+            #expect(images.count >= 4 && Set(images) == ["image: registry.example.com/shop/orderflow:1.2.3"], "\(images)")
             #expect(rendered.contains("name: worker-enrich"))
             #expect(rendered.contains("--except-handlers"))
         }
