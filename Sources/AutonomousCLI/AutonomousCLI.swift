@@ -226,6 +226,7 @@ struct DeployCommand: AsyncParsableCommand {
         specification.healthPort = deployment.httpPort + 100
         specification.logLevel = logLevel
         specification.replicas = ["ingress": deployment.replicas["ingress"] ?? 1, "worker": deployment.replicas["worker"] ?? 1]
+        if let coordinators = deployment.replicas["coordinator"] { specification.replicas["coordinator"] = coordinators }
         // A database storage on this machine is run by the engine as well.
         for storage in configuration.storages where storage.kind == .database {
             guard case .plain(let text) = storage.url, let url = URLComponents(string: text),

@@ -61,7 +61,9 @@ package struct DeploymentConfiguration: Sendable, Equatable {
         package var namespace: String?
         package var tenant: String = "default"
         package var natsURL: String?
-        package var replicas: [String: Int] = ["ingress": 1, "worker": 1, "coordinator": 1]
+        /// Replicas per role, as autonomous.json gives them. A role not named keeps what the
+        /// target already says (the overlay's or the Nomad job's count; 1 in the process engine).
+        package var replicas: [String: Int] = [:]
         package var workerGroups: [WorkerGroup] = []
         package var httpPort: Int = 3000
     }

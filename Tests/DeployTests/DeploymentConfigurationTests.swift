@@ -125,6 +125,30 @@ struct AppDescriptionTests {
         #expect(Wire.tableStreamName(tenant: "a_1", table: "x") != Wire.tableStreamName(tenant: "a", table: "1_x"))
     }
 
+    @Test("Without replicas in autonomous.json the overlay's own counts stand: Kubernetes gets no replica patch, Nomad the job's defaults")
+    func replicasOnlyWhenGiven() throws {
+        var app = AppBuilder(name: "Counts")
+        _ = app.table("orders")
+        let description = try AppDescription.decode(try app.build().description(tenant: "default").encoded())
+        let manifests = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/k8s").path
+        var deployment = DeploymentConfiguration().deployment
+        deployment.target = "production"
+        let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: "/tmp/x")
+        let kustomization = try #require(files["kustomization.yaml"])
+        #expect(!kustomization.contains("/spec/replicas"), "\(kustomization)")
+        let nomad = try #require(try NomadRenderer.render(app: description, deployment: deployment)["autonomous.vars.hcl"])
+        #expect(nomad.contains("ingress_count = 2") && nomad.contains("worker_count = 2"), "\(nomad)")
+        // Given, they are rendered.
+        deployment.replicas = ["ingress": 5]
+        let given = try #require(
+            try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: "/tmp/x")[
+                "kustomization.yaml"
+            ]
+        )
+        #expect(given.contains("\"5\"") || given.contains(" 5"), "\(given)")
+    }
+
     @Test("A graph of a newer format, or of none, is refused with a message saying why")
     func versions() throws {
         var app = AppBuilder(name: "Versions")
