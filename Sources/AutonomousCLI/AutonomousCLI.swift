@@ -166,9 +166,40 @@ struct DeployCommand: AsyncParsableCommand {
         print("")
         print("Storages online:")
         print(
-            "  NATS JetStream: \(deployment.natsURL ?? (deployment.engine == .process ? "embedded nats-server" : "nats://nats:4222")) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))"
+            "  NATS JetStream: \(shownNATSURL(deployment: deployment, out: out)) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))"
         )
         for storage in configuration.storages { print("  \(storage.url) (\(storage.name))") }
+    }
+
+    /// The NATS URL the deployed processes get: the one given, else what the rendered files
+    /// say (the overlay's ConfigMap, the Nomad job's default), else where it comes from.
+    private func shownNATSURL(deployment: DeploymentConfiguration.Deployment, out: String) -> String {
+        if let url = deployment.natsURL { return url }
+        func value(in path: String, after marker: String) -> String? {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8), let range = text.range(of: marker) else { return nil }
+            let rest = text[range.upperBound...].drop { $0 == " " || $0 == "=" || $0 == ":" || $0 == "\n" }
+            let line = rest.prefix { $0 != "\n" }
+            let quoted = line.split(separator: "\"", omittingEmptySubsequences: false)
+            let found = quoted.count >= 3 ? String(quoted[1]) : line.trimmingCharacters(in: .whitespaces)
+            return found.isEmpty ? nil : found
+        }
+        switch deployment.engine {
+        case .kubernetes:
+            return value(in: out + "/rendered.yaml", after: "AUTONOMOUS_NATS_URL:")
+                ?? "AUTONOMOUS_NATS_URL as deploy/k8s/overlays/\(deployment.target) sets it"
+        case .nomad:
+            // The `default` of the job's `variable "nats_url" { … }` block.
+            if let text = try? String(contentsOfFile: nomadJob, encoding: .utf8), let block = text.range(of: "variable \"nats_url\"") {
+                let rest = text[block.upperBound...]
+                if let end = rest.firstIndex(of: "}"), let key = rest[..<end].range(of: "default") {
+                    let parts = rest[key.upperBound...].prefix { $0 != "\n" }.split(separator: "\"", omittingEmptySubsequences: false)
+                    if parts.count >= 3 { return String(parts[1]) }
+                }
+            }
+            return "the Nomad job's nats_url default"
+        default:
+            return "embedded nats-server"
+        }
     }
 
     private func write(_ files: [String: String], to directory: String) throws {

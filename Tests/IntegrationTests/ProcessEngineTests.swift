@@ -224,6 +224,9 @@ struct ProcessEngineTests {
             let images = rendered.split(separator: "\n").filter { $0.contains("image:") }.map { $0.trimmingCharacters(in: .whitespaces) }
             #expect(images.count >= 4 && Set(images) == ["image: registry.example.com/shop/orderflow:1.2.3"], "\(images)")
             #expect(rendered.contains("name: worker-enrich"))
+            // The NATS URL the deploy reports is the one rendered (the production overlay's).
+            #expect(rendered.contains("nats://nats.nats.svc.cluster.local:4222"))
+            #expect(k8s.output.contains("NATS JetStream: nats://nats.nats.svc.cluster.local:4222"), "\(k8s.output)")
             #expect(rendered.contains("--except-handlers"))
         }
         let unknown = try autonomous(
@@ -235,9 +238,11 @@ struct ProcessEngineTests {
 
         try #"{"deployment": {"engine": "nomad", "target": "dc1", "image": "registry.example.com/shop/orderflow:1.2.3"}}"#
             .write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
-        let nomad = try autonomous(["deploy", Self.orderFlow, "--dry-run"], in: directory)
+        let job = Self.root.appendingPathComponent("deploy/nomad/autonomous.nomad.hcl").path
+        let nomad = try autonomous(["deploy", Self.orderFlow, "--dry-run", "--nomad-job", job], in: directory)
         #expect(nomad.status == 0, "\(nomad.output)")
-        #expect(nomad.output.contains("nomad job run -var-file=.autonomous/deploy/nomad-dc1/autonomous.vars.hcl"))
+        #expect(nomad.output.contains("nomad job run -var-file=.autonomous/deploy/nomad-dc1/autonomous.vars.hcl \(job)"))
+        #expect(nomad.output.contains("NATS JetStream: nats://nats.service.consul:4222"), "the job's default, as rendered: \(nomad.output)")
         let vars = try String(contentsOfFile: directory + "/.autonomous/deploy/nomad-dc1/autonomous.vars.hcl", encoding: .utf8)
         #expect(vars.contains(#"image = "registry.example.com/shop/orderflow:1.2.3""#))
     }
