@@ -23,6 +23,9 @@ final class IngressState: Sendable {
     let streamReady = Atomic<Bool>(false)
     let keys: TenantKeyCache
     let limiter: TenantRateLimiter
+    /// The NATS server's largest message, read at start: a record that would not fit is
+    /// refused (413) instead of failing at publish (a retryable 503).
+    let maxMessageBytes: Int
     let acceptedRecords = Counter(label: "autonomous_ingress_records_accepted_total")
     let rejectedRequests = Counter(label: "autonomous_ingress_requests_rejected_total")
     /// Per limited tenant: its records refused, and held until the limit let them in.
@@ -60,6 +63,7 @@ final class IngressState: Sendable {
         self.configuration = configuration
         self.connection = connection
         self.lanes = lanes.isEmpty ? [connection] : lanes
+        self.maxMessageBytes = connection.maxPayload
         self.eventLoopPublishers = eventLoopPublishers
         self.logger = logger
         let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay, clock: configuration.rateLimitClock)

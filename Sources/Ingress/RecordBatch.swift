@@ -84,7 +84,19 @@ extension IngressState {
         for (i, payload) in payloads.enumerated() {
             let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? ids.next()
             batch.ids.append(id)
-            batch.messages.append(Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil))
+            let message = Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil)
+            if payload.readableBytes + 1024 > maxMessageBytes, Self.size(of: message) > maxMessageBytes {
+                let many = isNDJSON || Self.isArray(body)
+                let location = isNDJSON ? "line \(i + 1)" : (many ? "records[\(i)]" : "body")
+                throw RouteError(
+                    status: 413,
+                    code: "record_too_large",
+                    message:
+                        "\(location == "body" ? "the record" : location) is \(Self.size(of: message)) bytes with its headers; the NATS server takes at most \(maxMessageBytes) bytes a record",
+                    field: location
+                )
+            }
+            batch.messages.append(message)
         }
         return batch
     }
@@ -104,6 +116,12 @@ extension IngressState {
         var answer: JSONObject = ["accepted": .int(Int64(ids.count))]
         if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
         return .object(answer)
+    }
+
+    /// A message's size as NATS counts it against the max payload: payload and header block.
+    static func size(of message: OutgoingMessage) -> Int {
+        // "NATS/1.0\r\n", "name: value\r\n" each, "\r\n".
+        message.payload.readableBytes + 12 + message.headers.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 4 }
     }
 
     static func isArray(_ body: ByteBuffer) -> Bool {

@@ -265,6 +265,13 @@ package final class NATSConnection: Sendable {
         natsConnection_Status(connection) == NATS_CONN_STATUS_CONNECTED
     }
 
+    /// The largest message (payload and headers) the server takes, from its INFO; 1 MiB,
+    /// nats-server's default, before it has said.
+    package var maxPayload: Int {
+        let limit = Int(natsConnection_GetMaxPayload(connection))
+        return limit > 0 ? limit : 1024 * 1024
+    }
+
     package var isClosed: Bool { closed.load(ordering: .relaxed) }
 
     /// Publishes in flight inside this connection, waiting for their PubAck.

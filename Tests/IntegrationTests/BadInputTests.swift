@@ -221,6 +221,26 @@ struct BadInputTests {
         }
     }
 
+    @Test("A record larger than the NATS server's max payload is refused with 413 naming the limit, not a retryable 503")
+    func recordOverMaxPayload() async throws {
+        try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
+            // nats-server's default max payload is 1 MiB; the body limit (16 MiB) lets it through.
+            let big = #"{"blob":""# + String(repeating: "x", count: 1_200_000) + #""}"#
+            let refused = try await app.post("/v1/tables/events/records", body: big)
+            expectError(refused, status: 413, code: "record_too_large", field: "body")
+            #expect(refused.body["error"]["message"].stringValue?.contains("1048576") == true, "\(refused.body)")
+            // In a batch, the record is named by its position.
+            let batch = "[{\"small\":1}," + big + "]"
+            expectError(
+                try await app.post("/v1/tables/events/records", body: batch),
+                status: 413,
+                code: "record_too_large",
+                field: "records[1]"
+            )
+            #expect(try await app.post("/v1/tables/events/records", body: #"{"small":true}"#).status == 202)
+        }
+    }
+
     @Test("An idempotency key makes a retried request a no-op")
     func idempotencyKey() async throws {
         try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
