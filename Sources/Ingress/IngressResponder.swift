@@ -68,9 +68,11 @@ final class IngressState: Sendable {
         self.logger = logger
         let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay, clock: configuration.rateLimitClock)
         self.limiter = limiter
-        self.keys = TenantKeyCache(resolve: configuration.accessForKeyHash, ttl: configuration.keyCacheTTL) { access in
-            limiter.update(access.tenant, limits: access.limits)
-        }
+        self.keys = TenantKeyCache(
+            resolve: configuration.accessForKeyHash,
+            ttl: configuration.keyCacheTTL,
+            onAccess: { access in limiter.update(access.tenant, limits: access.limits) }
+        )
         var routes: [String: RouteDefinition] = [:]
         var paths = Set<String>()
         for route in graph.routes {

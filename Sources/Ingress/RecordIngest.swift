@@ -108,6 +108,15 @@ struct RecordIngest: Sendable {
         let resolved: String?
         do {
             resolved = try await state.keys.tenant(forKey: key)
+        } catch is TenantKeyCache.Throttled {
+            var error = RouteError(
+                status: 429,
+                code: "too_many_key_checks",
+                message: "too many API keys this ingress does not know yet are being checked; retry shortly",
+                field: "Authorization"
+            )
+            error.retryAfterSeconds = 1
+            throw error
         } catch TenantKeyCache.Unsupported.noResolver {
             throw RouteError(status: 401, code: "invalid_api_key", message: "this ingress does not accept API keys", field: "Authorization")
         } catch {
