@@ -164,11 +164,22 @@ extension WebhookVerification {
                     field: "X-Slack-Request-Timestamp"
                 )
             }
-            guard abs(now.timeIntervalSince1970 - seconds) <= Double(tolerance.components.seconds) else {
+            let age = now.timeIntervalSince1970 - seconds
+            guard age <= Double(tolerance.components.seconds) else {
                 throw RouteError(
                     status: 401,
                     code: "invalid_signature",
                     message: "request timestamp is too old",
+                    field: "X-Slack-Request-Timestamp"
+                )
+            }
+            // Ahead only by clock skew: a timestamp far in the future would keep a captured
+            // request replayable for that much longer.
+            guard age >= -Self.allowedClockSkew else {
+                throw RouteError(
+                    status: 401,
+                    code: "invalid_signature",
+                    message: "request timestamp is too far in the future (more than \(Int(Self.allowedClockSkew)) s ahead)",
                     field: "X-Slack-Request-Timestamp"
                 )
             }
@@ -189,6 +200,9 @@ extension WebhookVerification {
             }
         }
     }
+
+    /// How far ahead of this machine's clock a signed timestamp may be, in seconds.
+    static let allowedClockSkew: Double = 60
 
     /// Computes the `X-Slack-Signature` value for a body (for senders and tests).
     package static func slackSignature(secret: String, timestamp: String, body: [UInt8]) -> String {

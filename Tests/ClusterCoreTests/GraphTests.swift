@@ -1,4 +1,5 @@
 import ClusterCore
+import Foundation
 import NIOCore
 import Testing
 
@@ -247,5 +248,39 @@ struct NumberValidationTests {
         let fraction = try #require(try Self.problem(#"{"lines":[{"quantity": 1.5}],"price":2}"#))
         #expect(!fraction.problem.contains("not valid JSON"), "\(fraction)")
         #expect(try Self.problem(#"{"lines":[{"quantity": 3}],"price":2.5}"#) == nil)
+    }
+}
+
+@Suite("Slack signature timestamps")
+struct SlackTimestampTests {
+    static func request(timestamp: Double, secret: String = "s3cr3t") -> RouteRequest {
+        let body = Array(#"{"type":"event_callback"}"#.utf8)
+        let stamp = String(Int(timestamp))
+        return RouteRequest(
+            method: "POST",
+            path: "/slack",
+            headers: [
+                "x-slack-request-timestamp": stamp,
+                "x-slack-signature": WebhookVerification.slackSignature(secret: secret, timestamp: stamp, body: body),
+            ],
+            body: body
+        )
+    }
+
+    @Test("A signed request is taken within the past tolerance and a minute of clock skew ahead, not further ahead")
+    func window() throws {
+        let verification = WebhookVerification.slack(signingSecret: .secret("SIGNING"))
+        let environment = ["SIGNING": "s3cr3t"]
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        let check = { (offset: Double) throws in
+            try verification.verify(Self.request(timestamp: now.timeIntervalSince1970 + offset), environment: environment, now: now)
+        }
+        try check(0)
+        try check(-299)
+        try check(59)
+        #expect(throws: RouteError.self) { try check(-301) }
+        // A timestamp minutes ahead would let a captured request be replayed for that much longer.
+        let ahead = #expect(throws: RouteError.self) { try check(240) }
+        #expect(ahead?.message.contains("future") == true, "\(ahead?.message ?? "")")
     }
 }
