@@ -191,10 +191,7 @@ extension WebhookVerification {
                     field: "X-Slack-Signature"
                 )
             }
-            var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array(key.utf8)))
-            hmac.update(data: Array("v0:\(timestamp):".utf8))
-            hmac.update(data: request.body)
-            let expected = "v0=" + Wire.hex(hmac.finalize())
+            let expected = Self.slackSignature(secret: key, timestamp: timestamp, body: request.body)
             guard constantTimeEqual(Array(expected.utf8), Array(signature.utf8)) else {
                 throw RouteError(status: 401, code: "invalid_signature", message: "signature does not match", field: "X-Slack-Signature")
             }
