@@ -21,6 +21,26 @@ struct Order: Record {
     var customer: String
     var items: [Item]
     var currency: String?
+
+    /// Bounds that keep the totals in range: the record API answers 422 naming the item.
+    static let maxItems = 1_000
+    static let maxQuantity = 1_000_000
+    static let maxUnitPrice = 1_000_000_000.0
+
+    func validate() throws {
+        guard !items.isEmpty else { throw RecordValidationError(field: "items", "an order needs at least one item") }
+        guard items.count <= Self.maxItems else {
+            throw RecordValidationError(field: "items", "an order has at most \(Self.maxItems) items")
+        }
+        for (i, item) in items.enumerated() {
+            guard (1...Self.maxQuantity).contains(item.quantity) else {
+                throw RecordValidationError(field: "items[\(i)].quantity", "must be between 1 and \(Self.maxQuantity)")
+            }
+            guard item.unit_price.isFinite, (0...Self.maxUnitPrice).contains(item.unit_price) else {
+                throw RecordValidationError(field: "items[\(i)].unit_price", "must be between 0 and \(Int(Self.maxUnitPrice))")
+            }
+        }
+    }
 }
 
 struct EnrichedOrder: Record {
@@ -84,10 +104,8 @@ struct OrderFlowApp: AutonomousApp {
 
         // Our own checkout posts here; the route checks the order and answers with its total.
         app.post("/orders") { request, ctx in
+            // Decoding checks `Order.validate()` too: a bad order is a 422 naming the field.
             let order = try request.decode(Order.self)
-            guard !order.items.isEmpty else {
-                throw RouteError(status: 422, code: "invalid_record", message: "an order needs at least one item", field: "items")
-            }
             try await orders.append(order, ctx)
             let total = order.items.reduce(0) { $0 + Double($1.quantity) * $1.unit_price }
             return .json(["status": "accepted", "order_id": .string(order.order_id), "total": .double(total)], status: 202)

@@ -148,7 +148,7 @@ struct CommonOptions: ParsableArguments {
     }
 
     func runtimeConfiguration() async throws -> RuntimeConfiguration {
-        try await runtimeConfiguration(from: try await settings())
+        try runtimeConfiguration(from: try await settings())
     }
 
     func runtimeConfiguration(from settings: SettingsSources) throws -> RuntimeConfiguration {

@@ -57,6 +57,8 @@ package struct AppDescription: Codable, Sendable, Hashable {
         package var batchSize: Int
         package var concurrency: Int
         package var maxAttempts: Int
+        /// Longest one run may take, in seconds (absent in descriptions from before it existed).
+        package var timeoutSeconds: Double?
         package var deadLetterSubject: String
         package var component: String?
         package var outputs: [String]?
@@ -70,6 +72,7 @@ package struct AppDescription: Codable, Sendable, Hashable {
             case sourceKind = "source_kind"
             case batchSize = "batch_size"
             case maxAttempts = "max_attempts"
+            case timeoutSeconds = "timeout_seconds"
             case deadLetterSubject = "dead_letter_subject"
             case orderedBy = "ordered_by"
         }
@@ -159,6 +162,7 @@ extension AppGraph {
                     batchSize: handler.options.batchSize,
                     concurrency: handler.options.concurrency,
                     maxAttempts: handler.options.maxAttempts,
+                    timeoutSeconds: handler.options.timeout.inSeconds,
                     deadLetterSubject: Wire.deadLetterSubject(tenant: tenant, handler: handler.name),
                     component: handler.component,
                     outputs: handler.outputs.isEmpty ? nil : handler.outputs,

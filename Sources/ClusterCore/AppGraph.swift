@@ -82,6 +82,9 @@ public struct AppGraph: Sendable {
             if handler.options.maxAttempts < 1 {
                 problems.append("handler '\(handler.name)': maxAttempts must be at least 1")
             }
+            if handler.options.timeout <= .zero {
+                problems.append("handler '\(handler.name)': timeout must be more than zero")
+            }
             if let fields = source.knownFields {
                 for field in handler.requiredFields where !fields.contains(field) {
                     problems.append(

@@ -82,8 +82,10 @@ public struct TableDefinition: Sendable {
             knownFields: probe?.all,
             check: { body in
                 do {
-                    _ = try JSONDecoder().decode(Row.self, from: Data(body))
+                    try JSONDecoder().decode(Row.self, from: Data(body)).validate()
                     return nil
+                } catch let error as RecordValidationError {
+                    return (error.field, error.description)
                 } catch let error as DecodingError {
                     // A record missing several top-level fields hears of all of them at once.
                     if case .keyNotFound(_, let context) = error, context.codingPath.isEmpty,
@@ -130,6 +132,12 @@ public struct HandlerOptions: Sendable {
     /// Set by ``ordered(by:partitions:)``: records with the same key are handled one at a
     /// time, in order.
     public var ordering: HandlerOrdering?
+    /// Longest one run of the handler (one batch, outputs included) may take. A run that takes
+    /// longer is cancelled and counts as a failed attempt: retried with backoff, then
+    /// dead-lettered after `maxAttempts`. A handler that ignores cancellation keeps running in
+    /// the background; its late outputs are the same records (same ids), so they are stored
+    /// once.
+    public var timeout: Duration
 
     public init(
         batchSize: Int = 256,
@@ -137,8 +145,10 @@ public struct HandlerOptions: Sendable {
         concurrency: Int = 2,
         maxAttempts: Int = 5,
         retryBackoff: [Duration] = [.seconds(1), .seconds(5), .seconds(30), .seconds(120)],
-        maxAckPending: Int? = nil
+        maxAckPending: Int? = nil,
+        timeout: Duration = .seconds(300)
     ) {
+        self.timeout = timeout
         self.maxAckPending = maxAckPending
         self.batchSize = batchSize
         self.maxWait = maxWait
@@ -203,7 +213,7 @@ package typealias HandlerInvoker = @Sendable ([IncomingRecord], HandlerContext) 
 package struct UndecodableRecordError: Error, Sendable, CustomStringConvertible {
     package var recordID: String
     package var message: String
-    package var description: String { "record \(recordID) does not decode: \(message)" }
+    package var description: String { "record \(recordID) does not fit its table's type: \(message)" }
 }
 
 public struct HandlerDefinition: Sendable {
@@ -285,6 +295,7 @@ public struct Table<Row: Record>: Sendable {
         }
         // Sorted keys: the same record always has the same body (a redelivered record's
         // outputs are byte for byte the ones stored before).
+        try row.validate()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
         return Array(try encoder.encode(row))
@@ -410,12 +421,19 @@ extension Records {
         } else {
             let decoder = JSONDecoder()
             for record in raw {
+                let value: Row
                 do {
-                    entries.append(Entry(value: try decoder.decode(Row.self, from: Data(record.payload)), metadata: record.metadata))
+                    value = try decoder.decode(Row.self, from: Data(record.payload))
                 } catch let error as DecodingError {
                     let (field, problem) = SchemaProbe.describe(error)
                     throw UndecodableRecordError(recordID: record.metadata.id, message: field.map { "\($0): \(problem)" } ?? problem)
                 }
+                do {
+                    try value.validate()
+                } catch {
+                    throw UndecodableRecordError(recordID: record.metadata.id, message: "\(error)")
+                }
+                entries.append(Entry(value: value, metadata: record.metadata))
             }
         }
         return Records(entries, lineage: lineage)

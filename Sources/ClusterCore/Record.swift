@@ -32,6 +32,30 @@ public struct SemanticType: Sendable, Hashable, CustomStringConvertible, Express
 /// ```
 public protocol Record: Codable, Sendable {
     static var semanticType: SemanticType { get }
+
+    /// Checks what the type alone cannot say (ranges, non-empty lists). The record API answers
+    /// 422 naming the field when it throws; an append from a handler or a route throws it to the
+    /// caller; a worker sends a stored record that fails it to the dead-letter subject. Throw
+    /// ``RecordValidationError`` to name the field. The default accepts every record.
+    func validate() throws
+}
+
+extension Record {
+    public func validate() throws {}
+}
+
+/// A record that does not keep a rule of its type (see ``Record/validate()``).
+public struct RecordValidationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The field at fault, as a path (`items[0].quantity`), when there is one.
+    public var field: String?
+    public var problem: String
+
+    public init(field: String? = nil, _ problem: String) {
+        self.field = field
+        self.problem = problem
+    }
+
+    public var description: String { field.map { "field '\($0)': \(problem)" } ?? problem }
 }
 
 extension JSONValue: Record {

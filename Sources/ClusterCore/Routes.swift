@@ -28,15 +28,25 @@ public struct RouteRequest: Sendable {
         }
     }
 
-    /// The body decoded as `T`. A body that does not decode makes the route answer 422.
+    /// The body decoded as `T`. A body that does not decode, or a ``Record`` that fails its
+    /// ``Record/validate()``, makes the route answer 422.
     public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
         _ = try json()
+        let value: T
         do {
-            return try JSONDecoder().decode(T.self, from: Data(body))
+            value = try JSONDecoder().decode(T.self, from: Data(body))
         } catch let error as DecodingError {
             let (field, message) = SchemaProbe.describe(error)
             throw RouteError(status: 422, code: "invalid_record", message: message, field: field)
         }
+        if let record = value as? any Record {
+            do {
+                try record.validate()
+            } catch let error as RecordValidationError {
+                throw RouteError(status: 422, code: "invalid_record", message: error.description, field: error.field)
+            }
+        }
+        return value
     }
 
     public func header(_ name: String) -> String? { headers[name.lowercased()] }

@@ -34,8 +34,16 @@ package enum Wire {
     package static func deadLetterSubject(tenant: String, handler: String) -> String { "aut.\(tenant).dlq.\(handler)" }
     /// `AUT_<TENANT>` (the tenant name upper-cased): the tenant's schedule ticks and dead letters.
     package static func streamName(tenant: String) -> String { "AUT_" + tenant.uppercased() }
-    /// `aut.<tenant>.sched.>` and `aut.<tenant>.dlq.>`
-    package static func streamSubjects(tenant: String) -> [String] { ["aut.\(tenant).sched.>", "aut.\(tenant).dlq.>"] }
+    /// `aut.<tenant>.sched.>`, `aut.<tenant>.dlq.>` and `aut.<tenant>.run.>`
+    package static func streamSubjects(tenant: String) -> [String] {
+        ["aut.\(tenant).sched.>", "aut.\(tenant).dlq.>", "aut.\(tenant).run.>"]
+    }
+    /// `aut.<tenant>.run.<handler>.<sequence>`: a worker's note that it started handling the
+    /// record at `sequence` of the handler's source stream alone, removed when the run ends. A
+    /// note still there on the next delivery means the process stopped during the run.
+    package static func runSubject(tenant: String, handler: String, sequence: UInt64) -> String {
+        "aut.\(tenant).run.\(handler).\(sequence)"
+    }
     /// What the tenant stream held in the one-stream layout (every table in it), which
     /// provisioning recognises: `aut.<tenant>.>`
     package static func legacyStreamSubject(tenant: String) -> String { "aut.\(tenant).>" }

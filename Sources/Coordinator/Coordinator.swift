@@ -194,10 +194,10 @@ package enum Topology {
         package init() {}
     }
 
-    /// The tenant's stream: its schedule ticks and dead letters.
+    /// The tenant's stream: its schedule ticks, dead letters and run notes.
     package static func streamConfiguration(tenant: String, configuration: Configuration) -> StreamConfiguration {
         var stream = StreamConfiguration(name: Wire.streamName(tenant: tenant), subjects: Wire.streamSubjects(tenant: tenant))
-        stream.description = "Autonomous schedule ticks and dead letters of tenant \(tenant)"
+        stream.description = "Autonomous schedule ticks, dead letters and run notes of tenant \(tenant)"
         return configured(stream, configuration)
     }
 

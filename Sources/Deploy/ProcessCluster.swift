@@ -61,6 +61,9 @@ package actor ProcessCluster {
         let slot: Int
         let process: Process
         let port: Int
+        let started = ContinuousClock.now
+        /// Set once the child is seen exited: when its replacement starts.
+        var restartAt: ContinuousClock.Instant?
     }
 
     package nonisolated let specification: Specification
@@ -74,6 +77,8 @@ package actor ProcessCluster {
     private var monitor: Task<Void, Never>?
     private var stopping = false
     package private(set) var restarts = 0
+    /// Per role and slot: how soon a child that keeps exiting is started again.
+    private var backoffs: [String: RestartBackoff] = [:]
 
     private init(specification: Specification, natsURL: String, nats: [NATSServerProcess], postgres: LocalPostgres?, logger: Logger) {
         self.specification = specification
@@ -294,17 +299,32 @@ package actor ProcessCluster {
         )
     }
 
+    /// Restarts children that exited, each after its ``RestartBackoff`` delay: at once after a
+    /// run of a while, later and later while it keeps exiting soon after it starts.
     private func restartCrashed() async {
         guard !stopping else { return }
+        let now = ContinuousClock.now
         for (role, slots) in children {
             for (slot, child) in slots where !child.process.isRunning {
+                let key = "\(role)-\(slot)"
+                guard let restartAt = child.restartAt else {
+                    let delay = backoffs[key, default: RestartBackoff()].delay(afterRunning: now - child.started)
+                    children[role]?[slot]?.restartAt = now + delay
+                    logger.warning(
+                        "Process exited; restarting",
+                        metadata: [
+                            "deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.status": "\(child.process.terminationStatus)",
+                            "deploy.restart_in": "\(delay)",
+                        ]
+                    )
+                    continue
+                }
+                guard now >= restartAt else { continue }
                 restarts += 1
-                logger.warning(
-                    "Process exited; restarting",
-                    metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.status": "\(child.process.terminationStatus)"]
-                )
                 if let replacement = try? launch(role: role, slot: slot) {
                     children[role]?[slot] = replacement
+                } else {
+                    children[role]?[slot]?.restartAt = nil
                 }
             }
         }
@@ -364,6 +384,32 @@ package actor ProcessCluster {
             kill(process.processIdentifier, SIGKILL)
             while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
         }
+    }
+}
+
+/// How soon a supervised process that exited is started again: at once when it had run for
+/// `healthyAfter`, else after `initial`, doubling with each quick exit up to `maximum`. A
+/// process that crash-loops (a port in use, a poison record) is restarted a few times a
+/// minute, not many times a second.
+package struct RestartBackoff: Sendable, Equatable {
+    package var initial: Duration = .seconds(1)
+    package var maximum: Duration = .seconds(30)
+    package var healthyAfter: Duration = .seconds(30)
+    /// Quick exits in a row so far.
+    package private(set) var quickExits = 0
+
+    package init() {}
+
+    /// The delay before the next start of a process that exited after running `ran`.
+    package mutating func delay(afterRunning ran: Duration) -> Duration {
+        if ran >= healthyAfter {
+            quickExits = 0
+            return .zero
+        }
+        quickExits += 1
+        var delay = initial
+        for _ in 1..<quickExits where delay < maximum { delay *= 2 }
+        return min(delay, maximum)
     }
 }
 

@@ -264,6 +264,9 @@ struct IngressResponder: HTTPResponder {
             throw error
         } catch let error as ConfigurationError {
             throw RouteError(status: 422, code: "invalid_record", message: error.message)
+        } catch let error as RecordValidationError {
+            // A record the route appends breaks a rule of its type.
+            throw RouteError(status: 422, code: "invalid_record", message: error.description, field: error.field)
         } catch {
             state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
             throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")

@@ -631,6 +631,27 @@ package final class NATSConnection: Sendable {
         }
     }
 
+    /// Reads the last message stored on `subject`, or `nil` when there is none.
+    package func lastMessage(stream: String, subject: String) async throws -> StoredMessage? {
+        let js = UnsafeHandle(jetStream)
+        return try await threadPool.runIfActive {
+            var msg: OpaquePointer?
+            var errCode = jsErrCode(rawValue: 0)
+            let status = js_GetLastMsg(&msg, js.pointer, stream, subject, nil, &errCode)
+            defer { natsMsg_Destroy(msg) }
+            if status == NATS_NOT_FOUND || errCode.rawValue == 10037 { return nil }
+            guard status == NATS_OK, let msg else {
+                throw NATSError.from(status: status, jsError: errCode, context: "reading the last message on \(subject)")
+            }
+            return StoredMessage(
+                subject: String(cString: natsMsg_GetSubject(msg)),
+                sequence: natsMsg_GetSequence(msg),
+                payload: copyPayload(msg),
+                headers: allHeaders(msg)
+            )
+        }
+    }
+
     /// Binds a pull subscription to an existing durable consumer.
     ///
     /// - Parameter headers: names of the headers to copy out of each fetched message.

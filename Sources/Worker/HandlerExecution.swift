@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NATS
 import NIOCore
+import Synchronization
 
 /// Running one handler on records, the part shared by the unordered ``HandlerRunner`` and the
 /// ``OrderedHandlerRunner``: decoding fetched messages, invoking the handler and publishing
@@ -116,32 +117,143 @@ struct HandlerExecution: Sendable {
         )
     }
 
+    // MARK: - Run notes (docs/wire.md, "Poison records")
+
+    /// Notes that a run of the redelivered record at `sequence` starts; returns how many runs
+    /// of it started before and never ended (the process stopped during them).
+    func noteRunStarts(sequence: UInt64) async throws -> Int {
+        let subject = Wire.runSubject(tenant: tenant, handler: handler.name, sequence: sequence)
+        let stream = Wire.streamName(tenant: tenant)
+        let previous = try await connection.lastMessage(stream: stream, subject: subject)
+        let stops = previous.flatMap { Int(String(decoding: $0.payload, as: UTF8.self)) } ?? 0
+        _ = try await connection.publish(OutgoingMessage(subject: subject, payload: ByteBuffer(string: String(stops + 1))))
+        return stops
+    }
+
+    /// Removes the note of a run that ended (in any way). Best effort: a note left behind by a
+    /// NATS failure here counts as one stop on the record's next delivery.
+    func noteRunEnded(sequence: UInt64) async {
+        let subject = Wire.runSubject(tenant: tenant, handler: handler.name, sequence: sequence)
+        do {
+            try await connection.purge(stream: Wire.streamName(tenant: tenant), subject: subject)
+        } catch {
+            logger.warning("Could not remove a run note", metadata: ["worker.run_note": "\(subject)", "error": "\(error)"])
+        }
+    }
+
+    /// Whether a redelivered record whose runs stopped the process `stops` times (besides the
+    /// batch it first came in) has used up its attempts. At least one stop must have been
+    /// alone, so that only the record at fault is dead-lettered.
+    func stoppedTooOften(_ stops: Int) -> Bool {
+        stops >= 1 && stops + 1 >= handler.options.maxAttempts
+    }
+
+    /// Runs the handler on `records` of `batch` (see ``run(_:)``) with a heartbeat to JetStream
+    /// and the handler's timeout: a run longer than `handler.options.timeout` is cancelled and
+    /// fails with ``HandlerTimeoutError``.
+    func runGuarded(_ records: [IncomingRecord], of batch: FetchedBatch, ackWait: Duration) async -> Result<Int, any Error> {
+        await Self.withProgressHeartbeat(
+            batch,
+            ackWait: ackWait,
+            timeout: handler.options.timeout,
+            onTimeout: .failure(HandlerTimeoutError(timeout: handler.options.timeout))
+        ) { await run(records) }
+    }
+
     /// Tells JetStream the batch is still being worked on while `body` runs longer than a
     /// third of the ack wait, so slow handlers (LLM calls) are not redelivered meanwhile.
+    ///
+    /// With a `timeout`, `body` is cancelled when it runs longer and `onTimeout` is returned at
+    /// once. `body` runs as a task of its own so that a body that ignores cancellation does not
+    /// hold up its caller: it is left to finish in the background (its heartbeat stops, so
+    /// JetStream redelivers the batch after the ack wait if nobody settles it).
     static func withProgressHeartbeat<T: Sendable>(
         _ batch: FetchedBatch,
         ackWait: Duration,
+        timeout: Duration? = nil,
+        onTimeout: T? = nil,
         _ body: @escaping @Sendable () async -> T
     ) async -> T {
         let interval = ackWait / 3
-        return await withTaskGroup(of: T?.self) { group in
-            group.addTask { await body() }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    if Task.isCancelled { break }
+        let outcome = FirstOutcome<T>()
+        let work = Task { outcome.finish(await body()) }
+        let watcher = Task {
+            let start = ContinuousClock.now
+            let deadline = timeout.map { start + $0 }
+            var beat = start + interval
+            while true {
+                do {
+                    try await Task.sleep(until: deadline.map { min($0, beat) } ?? beat, clock: .continuous)
+                } catch {
+                    return
+                }
+                if let deadline, let onTimeout, ContinuousClock.now >= deadline {
+                    work.cancel()
+                    outcome.finish(onTimeout)
+                    return
+                }
+                if ContinuousClock.now >= beat {
                     for i in 0..<batch.count { batch.inProgress(i) }
-                }
-                return nil
-            }
-            var result: T?
-            while let next = await group.next() {
-                if let value = next {
-                    result = value
-                    group.cancelAll()
+                    beat += interval
                 }
             }
-            return result!
+        }
+        let value = await withTaskCancellationHandler {
+            await outcome.value()
+        } onCancel: {
+            work.cancel()
+        }
+        watcher.cancel()
+        return value
+    }
+}
+
+/// A handler run that took longer than its handler's ``HandlerOptions/timeout``.
+package struct HandlerTimeoutError: Error, Sendable, CustomStringConvertible {
+    package var timeout: Duration
+    package var description: String { "the handler did not finish within \(timeout) (its timeout); it was cancelled" }
+}
+
+/// A record whose runs stopped the process `maxAttempts` times (its run notes say so): the
+/// worker dead-letters it before running it again.
+package struct ProcessStoppedError: Error, Sendable, CustomStringConvertible {
+    /// Runs that never ended: the batch run it first came in, and each run alone since.
+    package var stops: Int
+    package var description: String {
+        "the process stopped while handling this record \(stops) times (crashed or was killed before the run ended)"
+    }
+}
+
+/// The first of several racing results (a body and its timeout); later ones are dropped.
+private final class FirstOutcome<T: Sendable>: Sendable {
+    private enum State {
+        case pending(CheckedContinuation<T, Never>?)
+        case done(T)
+    }
+
+    // Guarded by the mutex; the continuation is resumed exactly once, outside the lock.
+    private let state = Mutex<State>(.pending(nil))
+
+    func finish(_ value: T) {
+        let waiter = state.withLock { state -> CheckedContinuation<T, Never>? in
+            guard case .pending(let waiter) = state else { return nil }
+            state = .done(value)
+            return waiter
+        }
+        waiter?.resume(returning: value)
+    }
+
+    func value() async -> T {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> T? in
+                switch state {
+                case .done(let value): return value
+                case .pending:
+                    state = .pending(continuation)
+                    return nil
+                }
+            }
+            if let ready { continuation.resume(returning: ready) }
         }
     }
 }

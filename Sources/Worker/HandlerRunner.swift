@@ -188,36 +188,62 @@ package actor HandlerRunner {
     }
 
     private nonisolated func process(_ batch: FetchedBatch, indices: [Int], start: ContinuousClock.Instant) async {
-        let records = indices.map { execution.incoming(batch.messages[$0]) }
-        let outcome = await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { await self.attempt(records) }
-        switch outcome {
-        case nil:
-            for i in indices { batch.ack(i) }
-            forgetFailures(records)
-            counters.processed.increment(by: records.count)
-            await record {
-                $0.batches += 1
-                $0.processed += records.count
-            }
-        case .some(let error) where records.count > 1 && !Self.isTransient(error):
-            // Find the record(s) at fault: the others are processed and acked now.
-            for (i, index) in indices.enumerated() {
-                if let error = await attempt([records[i]]) {
-                    await fail(batch, index: index, record: records[i], error: error)
-                } else {
-                    batch.ack(index)
-                    forgetFailures([records[i]])
-                    counters.processed.increment()
-                    await record { $0.processed += 1 }
-                }
-            }
-            await record { $0.batches += 1 }
-        case let error?:
-            for (i, index) in indices.enumerated() { await fail(batch, index: index, record: records[i], error: error) }
-            await record { $0.batches += 1 }
+        // A record delivered before may be what stopped the process last time: it runs alone,
+        // so it takes no other record down with it, and its run notes count the runs that
+        // never ended (docs/wire.md, "Poison records").
+        var fresh: [Int] = []
+        var again: [Int] = []
+        for index in indices {
+            if batch.messages[index].deliveryCount > 1 { again.append(index) } else { fresh.append(index) }
         }
+        for index in again {
+            let record = execution.incoming(batch.messages[index])
+            let sequence = batch.messages[index].streamSequence
+            let stops: Int
+            do {
+                stops = try await execution.noteRunStarts(sequence: sequence)
+            } catch {
+                await fail(batch, index: index, record: record, error: error)
+                continue
+            }
+            if execution.stoppedTooOften(stops) {
+                await fail(batch, index: index, record: record, error: ProcessStoppedError(stops: stops + 1))
+            } else {
+                await runAlone(batch, index: index, record: record)
+            }
+            await execution.noteRunEnded(sequence: sequence)
+        }
+        if !fresh.isEmpty { await process(batch, fresh: fresh) }
+        await record { $0.batches += 1 }
         let elapsed = (ContinuousClock.now - start).components
         counters.batchDuration.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+    }
+
+    /// Runs first deliveries together; when that fails, record by record to find the one(s)
+    /// at fault.
+    private nonisolated func process(_ batch: FetchedBatch, fresh indices: [Int]) async {
+        let records = indices.map { execution.incoming(batch.messages[$0]) }
+        switch await attempt(records, of: batch) {
+        case nil:
+            for i in indices { batch.ack(i) }
+            counters.processed.increment(by: records.count)
+            await record { $0.processed += records.count }
+        case .some(let error) where records.count > 1 && !Self.isTransient(error):
+            for (i, index) in indices.enumerated() { await runAlone(batch, index: index, record: records[i]) }
+        case let error?:
+            for (i, index) in indices.enumerated() { await fail(batch, index: index, record: records[i], error: error) }
+        }
+    }
+
+    private nonisolated func runAlone(_ batch: FetchedBatch, index: Int, record: IncomingRecord) async {
+        if let error = await attempt([record], of: batch) {
+            await fail(batch, index: index, record: record, error: error)
+        } else {
+            batch.ack(index)
+            forgetFailures([record])
+            counters.processed.increment()
+            await self.record { $0.processed += 1 }
+        }
     }
 
     private nonisolated func forgetFailures(_ records: [IncomingRecord]) {
@@ -227,9 +253,10 @@ package actor HandlerRunner {
         }
     }
 
-    /// Runs the handler and publishes its outputs; returns the error, if any.
-    private nonisolated func attempt(_ records: [IncomingRecord]) async -> (any Error)? {
-        if case .failure(let error) = await execution.run(records) { return error }
+    /// Runs the handler and publishes its outputs (with a heartbeat and the handler's
+    /// timeout); returns the error, if any.
+    private nonisolated func attempt(_ records: [IncomingRecord], of batch: FetchedBatch) async -> (any Error)? {
+        if case .failure(let error) = await execution.runGuarded(records, of: batch, ackWait: ackWait) { return error }
         return nil
     }
 
@@ -247,7 +274,7 @@ package actor HandlerRunner {
             failures[record.metadata.id] = now
             return now
         }
-        let permanent = error is UndecodableRecordError
+        let permanent = error is UndecodableRecordError || error is ProcessStoppedError
         if Self.isTransient(error) || (!permanent && attempt < handler.options.maxAttempts) {
             let delay = handler.options.backoff(afterAttempt: attempt)
             logger.info(

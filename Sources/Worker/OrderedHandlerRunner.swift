@@ -219,55 +219,93 @@ package final class OrderedHandlerRunner: Sendable {
         guard !indices.isEmpty else { return }
         let execution = self.execution
         let records = indices.map { execution.incoming(batch.messages[$0]) }
-        let outcome = await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { await execution.run(records) }
-        if case .success = outcome {
-            for i in indices { batch.ack(i) }
-            processed.increment(by: records.count)
-            return
+        // A batch delivered before may hold the record that stopped the process last time:
+        // it goes record by record, so that record is found and the ones before it are acked.
+        if !records.contains(where: { $0.metadata.deliveryCount > 1 }) {
+            if case .success = await execution.runGuarded(records, of: batch, ackWait: ackWait) {
+                for i in indices { batch.ack(i) }
+                processed.increment(by: records.count)
+                return
+            }
         }
         for (position, index) in indices.enumerated() {
-            var record = records[position]
-            var attempt = record.metadata.deliveryCount
-            let firstFailure = Date()
-            while true {
-                guard lease.isValid, !Task.isCancelled else { return }
-                // Retries in place count as deliveries, as redeliveries would.
-                record.metadata.deliveryCount = attempt
-                let attemptRecord = record
-                let result = await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { await execution.run([attemptRecord]) }
-                guard case .failure(let error) = result else {
-                    batch.ack(index)
-                    processed.increment()
-                    break
+            // A redelivered record may be what stopped the process: its run notes count the
+            // runs that never ended, and one that used up its attempts is not run again.
+            var stopped: ProcessStoppedError?
+            let sequence = batch.messages[index].streamSequence
+            let noted = records[position].metadata.deliveryCount > 1
+            if noted {
+                guard let stops = try? await execution.noteRunStarts(sequence: sequence) else {
+                    // NATS is not answering: the batch comes back after the ack wait.
+                    return
                 }
-                if HandlerRunner.isTransient(error) {
+                if execution.stoppedTooOften(stops) { stopped = ProcessStoppedError(stops: stops + 1) }
+            }
+            let settled = await settle(records[position], index: index, of: batch, lease: lease, stopped: stopped, logger: logger)
+            if noted { await execution.noteRunEnded(sequence: sequence) }
+            guard settled else { return }
+        }
+    }
+
+    /// Runs one record until it is acked or dead-lettered, retrying in place; `false` when the
+    /// lease ran out or the task was cancelled first.
+    private func settle(
+        _ record: IncomingRecord,
+        index: Int,
+        of batch: FetchedBatch,
+        lease: PartitionLease,
+        stopped: ProcessStoppedError?,
+        logger: Logger
+    ) async -> Bool {
+        let execution = self.execution
+        var record = record
+        var attempt = record.metadata.deliveryCount
+        var stopped = stopped
+        let firstFailure = Date()
+        while true {
+            guard lease.isValid, !Task.isCancelled else { return false }
+            // Retries in place count as deliveries, as redeliveries would.
+            record.metadata.deliveryCount = attempt
+            let attemptRecord = record
+            let result: Result<Int, any Error>
+            if let error = stopped {
+                result = .failure(error)
+                stopped = nil
+            } else {
+                result = await execution.runGuarded([attemptRecord], of: batch, ackWait: ackWait)
+            }
+            guard case .failure(let error) = result else {
+                batch.ack(index)
+                processed.increment()
+                return true
+            }
+            if HandlerRunner.isTransient(error) {
+                try? await Task.sleep(for: .milliseconds(500))
+                continue
+            }
+            if error is UndecodableRecordError || error is ProcessStoppedError || attempt >= handler.options.maxAttempts {
+                do {
+                    try await execution.deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
+                } catch {
+                    logger.warning("Dead-letter publish failed, will retry", metadata: ["error": "\(error)"])
                     try? await Task.sleep(for: .milliseconds(500))
                     continue
                 }
-                if error is UndecodableRecordError || attempt >= handler.options.maxAttempts {
-                    do {
-                        try await execution.deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
-                    } catch {
-                        logger.warning("Dead-letter publish failed, will retry", metadata: ["error": "\(error)"])
-                        try? await Task.sleep(for: .milliseconds(500))
-                        continue
-                    }
-                    batch.term(index)
-                    deadLettered.increment()
-                    logger.warning(
-                        "Record moved to dead-letter subject; its partition moves on",
-                        metadata: ["worker.record.id": "\(record.metadata.id)", "worker.attempt": "\(attempt)", "error": "\(error)"]
-                    )
-                    break
-                }
-                logger.info(
-                    "Ordered handler failed; retrying the record before any later one",
+                batch.term(index)
+                deadLettered.increment()
+                logger.warning(
+                    "Record moved to dead-letter subject; its partition moves on",
                     metadata: ["worker.record.id": "\(record.metadata.id)", "worker.attempt": "\(attempt)", "error": "\(error)"]
                 )
-                let delay = min(handler.options.backoff(afterAttempt: attempt), max(.zero, lease.remaining))
-                await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { try? await Task.sleep(for: delay) }
-                attempt += 1
+                return true
             }
+            logger.info(
+                "Ordered handler failed; retrying the record before any later one",
+                metadata: ["worker.record.id": "\(record.metadata.id)", "worker.attempt": "\(attempt)", "error": "\(error)"]
+            )
+            let delay = min(handler.options.backoff(afterAttempt: attempt), max(.zero, lease.remaining))
+            await HandlerExecution.withProgressHeartbeat(batch, ackWait: ackWait) { try? await Task.sleep(for: delay) }
+            attempt += 1
         }
     }
 }

@@ -178,4 +178,16 @@ struct LoopbackPortsTests {
         #expect(!LoopbackPorts.isFree(base))
         #expect(!LoopbackPorts.isFree(0) && !LoopbackPorts.isFree(70_000))
     }
+
+    /// Before the fix the process engine restarted a crash-looping child every 250 ms.
+    @Test("A process that keeps exiting soon after it starts is restarted later and later; one that ran a while at once")
+    func restartBackoff() {
+        var backoff = RestartBackoff()
+        let quick = Duration.seconds(2)
+        let delays = (0..<7).map { _ in backoff.delay(afterRunning: quick) }
+        #expect(delays == [.seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(16), .seconds(30), .seconds(30)])
+        #expect(backoff.delay(afterRunning: .seconds(45)) == .zero, "a run of a while starts over")
+        #expect(backoff.quickExits == 0)
+        #expect(backoff.delay(afterRunning: quick) == .seconds(1))
+    }
 }

@@ -289,6 +289,92 @@ struct FaultTests {
         }
     }
 
+    /// Before the fix the poison record was redelivered after every ack wait, crashed the
+    /// restarted worker each time (with the batch it came in), and was never dead-lettered.
+    @Test("A record that traps its handler is dead-lettered after maxAttempts crashes; other records and tenants keep flowing")
+    func poisonRecord() async throws {
+        var specification = try specification("poison")
+        specification.app = CoordinatorFailoverTests.fixture
+        let token = "poison-test-admin-token-0123456789"
+        specification.environment = ["AUTONOMOUS_ACK_WAIT": "2", "AUTONOMOUS_ADMIN_TOKEN": token]
+        try await withCluster(specification) { cluster in
+            let ingress = await cluster.ingressURLs()[0]
+            let admin = "http://127.0.0.1:\(specification.healthPort)/v1/admin"
+            var create = HTTPClientRequest(url: admin + "/tenants")
+            create.method = .POST
+            create.headers.add(name: "Authorization", value: "Bearer \(token)")
+            create.headers.add(name: "Content-Type", value: "application/json")
+            create.body = .bytes(ByteBuffer(string: #"{"name":"acme"}"#))
+            let created = try await HTTPClient.shared.execute(create, timeout: .seconds(10))
+            #expect(created.status.code == 201)
+            var keyRequest = HTTPClientRequest(url: admin + "/tenants/acme/keys")
+            keyRequest.method = .POST
+            keyRequest.headers.add(name: "Authorization", value: "Bearer \(token)")
+            let keyResponse = try await HTTPClient.shared.execute(keyRequest, timeout: .seconds(10))
+            let acmeKey = try #require(
+                try JSONParser.parse(Array(buffer: try await keyResponse.body.collect(upTo: 1 << 16)))["key"].stringValue
+            )
+            @Sendable func post(_ tenant: String, _ numbers: Range<Int>, poison: Int? = nil) async throws {
+                let body = numbers.map { n in
+                    n == poison ? #"{"n":\#(n),"quantity":9223372036854775807}"# : #"{"n":\#(n),"quantity":2}"#
+                }.joined(separator: "\n")
+                // The tenant's streams appear once the coordinator has provisioned them.
+                #expect(
+                    try await eventually(timeout: .seconds(30)) {
+                        var request = HTTPClientRequest(url: ingress + "/v1/tenants/\(tenant)/tables/poison_in/records")
+                        request.method = .POST
+                        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+                        request.headers.add(name: "Idempotency-Key", value: "\(tenant)-\(numbers.lowerBound)")
+                        if tenant == "acme" { request.headers.add(name: "Authorization", value: "Bearer \(acmeKey)") }
+                        request.body = .bytes(ByteBuffer(string: body))
+                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                        if response.status.code != 202 {
+                            let text = String(buffer: try await response.body.collect(upTo: 1 << 16))
+                            print("poison test: \(tenant) got \(response.status.code) \(text)")
+                        }
+                        return response.status.code == 202
+                    }
+                )
+            }
+            try await post("default", 0..<100, poison: 50)
+            try await post("acme", 0..<100)
+            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            configuration.connectTimeout = .seconds(10)
+            let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
+            defer { Task { await connection.close() } }
+            let letters = try await StreamAudit.read(
+                connection: connection,
+                stream: "AUT_DEFAULT",
+                subject: "aut.default.dlq.poison",
+                atLeast: 1,
+                timeout: .seconds(120)
+            )
+            #expect(letters.count == 1, "\(letters.map { "\($0.headers["Aut-Record-Id"] ?? "?"): \($0.headers["Aut-Error"] ?? "?")" })")
+            let reason = letters.first?.headers["Aut-Error"] ?? ""
+            #expect(reason.contains("the process stopped while handling this record 3 times"), "\(reason)")
+            #expect(try JSONParser.parse(letters.first?.payload ?? [])["n"] == 50)
+            // Records that arrive after it flow, for both tenants.
+            try await post("default", 100..<120)
+            try await post("acme", 100..<120)
+            for (tenant, count) in [("default", 119), ("acme", 120)] {
+                let outputs = try await StreamAudit.read(
+                    connection: connection,
+                    stream: "AUT_\(tenant.uppercased())_tbl_poison_out",
+                    subject: "aut.\(tenant).tbl.poison_out",
+                    atLeast: count,
+                    timeout: .seconds(120)
+                )
+                let numbers = Set(outputs.compactMap { try? JSONParser.parse($0.payload)["n"].intValue })
+                #expect(outputs.count == count, "\(tenant): every record but the poison one, once")
+                #expect(numbers.count == count)
+            }
+            let restarts = await cluster.restarts
+            print("poison record: dead-lettered after \(restarts) worker restarts; reason: \(reason)")
+            #expect(restarts >= 1, "the poison record crashed the worker")
+            #expect(restarts <= 3, "no more restarts than maxAttempts")
+        }
+    }
+
     @Test("A worker stopped with SIGTERM finishes and acks what it holds: no redeliveries")
     func gracefulWorkerStop() async throws {
         var specification = try specification("sigterm")

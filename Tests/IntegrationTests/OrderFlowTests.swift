@@ -1,3 +1,5 @@
+import Autonomous
+import AutonomousTesting
 import Testing
 
 @testable import OrderFlow
@@ -24,5 +26,32 @@ struct OrderFlowTests {
         #expect(await stats.drain(tenant: "acme") == OrderStats.Totals(orders: 2, revenue: 2010, highValue: 1))
         #expect(await stats.drain(tenant: "globex") == OrderStats.Totals(orders: 1, revenue: 5, highValue: 0))
         #expect(await stats.drain(tenant: "acme") == OrderStats.Totals(), "a summary starts the next from zero")
+    }
+}
+
+@Suite("OrderFlow example against a real nats-server")
+struct OrderFlowIngressTests {
+    /// Before the fix such an order was accepted and its `item_count` sum trapped the worker
+    /// (an arithmetic overflow), over and over.
+    @Test("An order whose quantity would overflow its totals gets 422 naming the item, by the record API, the webhook and the route")
+    func overflowingQuantity() async throws {
+        var builder = AppBuilder(name: "OrderFlow")
+        OrderFlowApp().build(&builder)
+        try await withRunningApp(try builder.build()) { app in
+            let huge = #"{"order_id":"x","customer":"c","items":[{"sku":"s","quantity":1,"unit_price":1},{"sku":"t","quantity":9223372036854775807,"unit_price":1}]}"#
+            for path in ["/v1/tables/orders/records", "/webhooks/orders", "/orders"] {
+                let answer = try await app.http("POST", app.baseURL + path, body: huge)
+                #expect(answer.status == 422, "\(path): \(answer.body)")
+                #expect(answer.body["error"]["field"] == "items[1].quantity", "\(path): \(answer.body)")
+                #expect(answer.body["error"]["message"].stringValue?.contains("between 1 and 1000000") == true, "\(path)")
+            }
+            let negative = #"{"order_id":"y","customer":"c","items":[{"sku":"s","quantity":1,"unit_price":-5}]}"#
+            let refused = try await app.http("POST", app.baseURL + "/v1/tables/orders/records", body: negative)
+            #expect(refused.status == 422 && refused.body["error"]["field"] == "items[0].unit_price")
+            let fine = #"{"order_id":"z","customer":"c","items":[{"sku":"s","quantity":3,"unit_price":2.5}]}"#
+            #expect(try await app.http("POST", app.baseURL + "/orders", body: fine).status == 202)
+            let enriched = try await app.records(in: "enriched_orders", tenant: "default", atLeast: 1)
+            #expect(enriched.count == 1 && enriched.first?.text.contains(#""item_count":3"#) == true)
+        }
     }
 }

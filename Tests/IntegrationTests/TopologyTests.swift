@@ -26,7 +26,7 @@ struct TopologyTests {
             try await Topology.provision(graph: Self.graph(), tenants: ["acme"], configuration: .init(), connection: connection)
             #expect(try await connection.streamState("AUT_ACME_tbl_orders")?.subjects == ["aut.acme.tbl.orders", "aut.acme.tbl.orders.>"])
             #expect(try await connection.streamState("AUT_ACME_tbl_enriched") != nil)
-            #expect(try await connection.streamState("AUT_ACME")?.subjects == ["aut.acme.sched.>", "aut.acme.dlq.>"])
+            #expect(try await connection.streamState("AUT_ACME")?.subjects == ["aut.acme.sched.>", "aut.acme.dlq.>", "aut.acme.run.>"])
             #expect(try await connection.consumerState(stream: "AUT_ACME_tbl_orders", consumer: "h_enrich") != nil)
             // A record lands in its table's stream only.
             _ = try await connection.publish(
@@ -84,7 +84,7 @@ struct TopologyTests {
                 }
             )
             try await Topology.provision(graph: Self.graph(), tenants: ["acme"], configuration: .init(), connection: connection)
-            #expect(try await connection.streamState("AUT_ACME")?.subjects == ["aut.acme.sched.>", "aut.acme.dlq.>"])
+            #expect(try await connection.streamState("AUT_ACME")?.subjects == ["aut.acme.sched.>", "aut.acme.dlq.>", "aut.acme.run.>"])
             #expect(try await connection.streamState("AUT_ACME")?.messages == 2, "the dead letter and the processed record stay")
             #expect(try await connection.streamState("AUT_ACME_tbl_orders") != nil)
             #expect(try await connection.consumerState(stream: "AUT_ACME", consumer: "h_enrich") == nil, "the old consumer is gone")

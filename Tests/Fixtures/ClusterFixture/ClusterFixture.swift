@@ -2,8 +2,9 @@ import Autonomous
 import Foundation
 
 // An app for the multi-process tests: an every-second schedule that catches up every missed
-// tick (coordinator failover), an ordered handler (partition leases across workers), and
-// handlers that append in loops rather than with `map` (exactly-once under kill -9).
+// tick (coordinator failover), an ordered handler (partition leases across workers), handlers
+// that append in loops rather than with `map` (exactly-once under kill -9), and one that traps
+// on a poison record (crash loops).
 
 @main
 struct ClusterFixtureApp: AutonomousApp {
@@ -27,6 +28,17 @@ struct ClusterFixtureApp: AutonomousApp {
         app.table("stuck_in").onNewRecords("stuck", options: HandlerOptions(batchSize: 1, concurrency: 1)) { _, _ in
             if let startedFile { _ = FileManager.default.createFile(atPath: startedFile, contents: Data()) }
             if stuckSeconds > 0 { try await Task.sleep(for: .seconds(stuckSeconds)) }
+        }
+
+        // A handler that traps (an arithmetic overflow, as a naive total would) on a record
+        // whose `quantity` is huge: the poison-record test.
+        let poisonOut = app.table("poison_out")
+        app.table("poison_in").onNewRecords("poison", options: HandlerOptions(batchSize: 20, maxAttempts: 3)) { records, ctx in
+            for record in records {
+                let quantity = record["quantity"].intValue ?? 1
+                let total = quantity * 100
+                try await poisonOut.append(["n": record["n"], "total": .int(Int64(total)), "tenant": .string(ctx.tenant)], ctx)
+            }
         }
 
         // The same records handled in the shapes people write by hand.
