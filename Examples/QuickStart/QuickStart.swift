@@ -19,7 +19,7 @@ struct Completion: Record {
         let completions = app.table("completions", of: Completion.self)
         let reactions   = app.table("slack_reactions")
 
-        app.post("/slack-mentions") { request, ctx in
+        app.post("/slack-mentions", verify: .slack(signingSecret: .secret("SLACK_SIGNING_SECRET"))) { request, ctx in
             try await mentions.append(["timestamp": .now, "payload": try request.json()], ctx)
             return .ok
         }

@@ -34,8 +34,8 @@ struct SlackBotApp: AutonomousApp {
         let reactions = app.table("slack_reactions")
         let modelBuilds = app.table("model_builds")
 
-        // Slack's Events API posts mentions of the bot here.
-        app.post("/slack-mentions") { request, ctx in
+        // Slack's Events API posts mentions of the bot here, signed with the app's signing secret.
+        app.post("/slack-mentions", verify: .slack(signingSecret: .secret("SLACK_SIGNING_SECRET"))) { request, ctx in
             let payload = try request.json()
             if payload["type"] == "url_verification" { return .json(["challenge": payload["challenge"]]) }
             try await mentions.append(["timestamp": .now, "payload": payload], ctx)

@@ -84,7 +84,7 @@ package struct AppDescription: Codable, Sendable, Hashable {
         /// `route` (runs app code) or `webhook` (appends the verified body to `table`).
         package var kind: String
         package var table: String?
-        /// How a webhook verifies its sender, e.g. `slack`.
+        /// How the sender is verified: `api-key`, `slack`, `custom` or `unauthenticated`.
         package var verification: String?
     }
 
@@ -170,7 +170,9 @@ extension AppGraph {
                     orderedBy: handler.options.ordering?.field
                 )
             },
-            routes: routes.map { AppDescription.Route(method: $0.method, path: $0.path, kind: "route") }
+            routes: routes.map {
+                AppDescription.Route(method: $0.method, path: $0.path, kind: "route", verification: $0.verification.label)
+            }
                 + webhooks.map {
                     AppDescription.Route(
                         method: "POST",

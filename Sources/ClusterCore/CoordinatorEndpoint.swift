@@ -6,8 +6,8 @@ package protocol CoordinatorBackend: Sendable {
     /// key's hash (``APIKeys/hash(_:)``; keys themselves never cross the wire); `nil` for an
     /// unknown, revoked or disabled key.
     func access(forKeyHash hash: String) async throws -> TenantAccess?
-    /// A tenant's ingest limits, for requests without an API key and webhooks (which an
-    /// ingress takes in for its own tenant); `nil` for an unknown tenant.
+    /// A tenant's ingest limits, for requests without an API key and signed webhooks (which
+    /// an ingress takes in for its own tenant); `nil` for an unknown or disabled tenant.
     func limits(ofTenant tenant: String) async throws -> TenantLimits?
     /// Enabled tenants, whose records workers process.
     func activeTenants() async throws -> [String]

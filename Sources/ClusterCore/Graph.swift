@@ -530,22 +530,33 @@ public struct AppBuilder {
     }
 
     /// Runs `handler` for `method path`. The handler may append records (through `ctx`) and answer.
-    public mutating func route(_ method: String, _ path: String, _ handler: @escaping RouteHandler) {
-        registry.state.withLock { $0.routes.append(RouteDefinition(method: method.uppercased(), path: path, handler: handler)) }
+    /// `method path` runs `handler`. Callers need an API key when the ingress requires keys,
+    /// unless `verify` says how else they prove themselves (see ``WebhookVerification``).
+    public mutating func route(
+        _ method: String,
+        _ path: String,
+        verify: WebhookVerification = .apiKey,
+        _ handler: @escaping RouteHandler
+    ) {
+        registry.state.withLock {
+            $0.routes.append(RouteDefinition(method: method.uppercased(), path: path, verification: verify, handler: handler))
+        }
     }
 
     /// `POST path` runs `handler`.
-    public mutating func post(_ path: String, _ handler: @escaping RouteHandler) {
-        route("POST", path, handler)
+    public mutating func post(_ path: String, verify: WebhookVerification = .apiKey, _ handler: @escaping RouteHandler) {
+        route("POST", path, verify: verify, handler)
     }
 
     /// `GET path` runs `handler`.
-    public mutating func get(_ path: String, _ handler: @escaping RouteHandler) {
-        route("GET", path, handler)
+    public mutating func get(_ path: String, verify: WebhookVerification = .apiKey, _ handler: @escaping RouteHandler) {
+        route("GET", path, verify: verify, handler)
     }
 
-    /// `POST path` appends the verified request body (a JSON object) to `table`.
-    public mutating func webhook<Row: Record>(_ path: String, into table: Table<Row>, verify: WebhookVerification = .none) {
+    /// `POST path` appends the request body (one JSON object, sent as `application/json`) to
+    /// `table`, once the sender is verified: by an API key (the default), a provider's
+    /// signature, or not at all when `verify` is ``WebhookVerification/unauthenticated``.
+    public mutating func webhook<Row: Record>(_ path: String, into table: Table<Row>, verify: WebhookVerification = .apiKey) {
         registry.state.withLock {
             $0.webhooks.append(WebhookDefinition(path: path, table: table.name, verification: verify))
         }

@@ -108,21 +108,34 @@ public typealias RouteHandler = @Sendable (RouteRequest, RouteContext) async thr
 public struct RouteDefinition: Sendable {
     public var method: String
     public var path: String
+    /// Who may call the route (an API key unless said otherwise).
+    public var verification: WebhookVerification
     package var handler: RouteHandler
 }
 
-/// How a webhook checks that a request really comes from its sender.
+/// How a webhook or a route checks who sends a request.
+///
+/// The default, ``apiKey``, asks for an API key (`Authorization: Bearer <key>`) whenever the
+/// ingress requires keys, and the request acts for the key's tenant. A provider's signature
+/// (``slack(signingSecret:tolerance:)``, ``custom(_:)``) proves the sender instead, and the
+/// request acts for the ingress's own tenant. ``unauthenticated`` accepts anyone: it must be
+/// chosen explicitly, and the ingress says so in its startup log and in `describe`.
 public struct WebhookVerification: Sendable {
     enum Kind: Sendable {
-        case none
+        case apiKey
+        case unauthenticated
         case slack(signingSecret: Secret, tolerance: Duration)
         case custom(@Sendable (RouteRequest, [String: String]) throws -> Void)
     }
 
     let kind: Kind
 
-    /// Accept every request (for senders that cannot sign).
-    public static let none = WebhookVerification(kind: .none)
+    /// An API key, as the record API asks for (the default).
+    public static let apiKey = WebhookVerification(kind: .apiKey)
+
+    /// Accept every request, from anyone (for senders that can neither sign nor send a key).
+    /// The ingress logs a warning for each such path at startup.
+    public static let unauthenticated = WebhookVerification(kind: .unauthenticated)
 
     /// Slack's `X-Slack-Signature` (HMAC-SHA256 over `v0:<timestamp>:<body>`), rejecting
     /// timestamps older than `tolerance`.
@@ -141,9 +154,26 @@ public struct WebhookVerification: Sendable {
         return []
     }
 
+    /// The caller proves itself with an API key (else with a signature, or not at all).
+    package var usesAPIKey: Bool {
+        if case .apiKey = kind { return true }
+        return false
+    }
+
+    package var isUnauthenticated: Bool {
+        if case .unauthenticated = kind { return true }
+        return false
+    }
+
+    package var isSlack: Bool {
+        if case .slack = kind { return true }
+        return false
+    }
+
     package var label: String {
         switch kind {
-        case .none: return "none"
+        case .apiKey: return "api-key"
+        case .unauthenticated: return "unauthenticated"
         case .slack: return "slack"
         case .custom: return "custom"
         }
@@ -157,10 +187,11 @@ public struct WebhookDefinition: Sendable {
 }
 
 extension WebhookVerification {
-    /// Checks `request`; throws a ``RouteError`` (401) naming what is wrong.
+    /// Checks a signature on `request`; throws a ``RouteError`` (401) naming what is wrong. API
+    /// keys are the ingress's to check.
     package func verify(_ request: RouteRequest, environment: [String: String], now: Date = Date()) throws {
         switch kind {
-        case .none:
+        case .apiKey, .unauthenticated:
             return
         case .custom(let check):
             try check(request, environment)

@@ -128,23 +128,63 @@ package enum Wire {
     }
 }
 
-/// Generates unique record ids: a random per-process prefix and a counter.
+/// Makes the ids of records the server names (requests without an `Idempotency-Key`):
+/// `s` and 24 base-32 characters of SHA-256 over a secret random per-process key and a
+/// counter.
 ///
-/// 64 random bits per process make a collision between processes negligible; the counter
-/// makes ids of one process distinct and roughly ordered.
+/// Unguessable, so no client can claim an id the server is about to give another client's
+/// record (which JetStream would then drop as a duplicate). Client keys become ids of their own
+/// form (``scopedKey(_:tenant:caller:path:)``, starting with `k`), so the two never meet.
 package final class RecordIDGenerator: Sendable {
-    private let prefix: String
+    private let key: [UInt8]
     private let counter = Atomic<UInt64>(0)
 
     package init() {
         var generator = SystemRandomNumberGenerator()
-        let random = generator.next() as UInt64
-        let millis = UInt64(Date().timeIntervalSince1970 * 1000)
-        prefix = "r" + String(millis, radix: 36) + String(random, radix: 36) + "-"
+        var key: [UInt8] = []
+        for _ in 0..<4 { withUnsafeBytes(of: generator.next() as UInt64) { key.append(contentsOf: $0) } }
+        self.key = key
     }
 
     package func next() -> String {
         let n = counter.add(1, ordering: .relaxed).newValue
-        return prefix + String(n, radix: 36)
+        var hasher = SHA256()
+        hasher.update(data: key)
+        withUnsafeBytes(of: n.littleEndian) { hasher.update(bufferPointer: $0) }
+        return "s" + Wire.base32(hasher.finalize().prefix(15))
+    }
+
+    /// The record id for a client's `Idempotency-Key`, scoped to the tenant, the caller (its
+    /// API key's id, empty without one) and the path (a route's or webhook's; empty for the
+    /// record API): another caller sending the same key gets other ids, so it cannot make
+    /// this caller's records count as duplicates. `k` and 24 base-32 characters.
+    package static func scopedKey(_ key: String, tenant: String, caller: String, path: String) -> String {
+        var hasher = SHA256()
+        for part in [tenant, caller, path, key] {
+            hasher.update(data: Array(part.utf8))
+            hasher.update(data: [0])
+        }
+        return "k" + Wire.base32(hasher.finalize().prefix(15))
+    }
+}
+
+extension Wire {
+    private static let base32Digits = Array("abcdefghijklmnopqrstuvwxyz234567".utf8)
+
+    /// Lower-case base 32 (RFC 4648 alphabet) without padding; 5 bytes make 8 characters.
+    package static func base32(_ bytes: some Sequence<UInt8>) -> String {
+        var out: [UInt8] = []
+        var buffer: UInt32 = 0
+        var bits = 0
+        for byte in bytes {
+            buffer = (buffer << 8) | UInt32(byte)
+            bits += 8
+            while bits >= 5 {
+                bits -= 5
+                out.append(base32Digits[Int((buffer >> UInt32(bits)) & 31)])
+            }
+        }
+        if bits > 0 { out.append(base32Digits[Int((buffer << UInt32(5 - bits)) & 31)]) }
+        return String(decoding: out, as: UTF8.self)
     }
 }

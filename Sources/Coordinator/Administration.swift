@@ -318,7 +318,8 @@ struct StoreBackend: CoordinatorBackend {
         let now = ContinuousClock.now
         if let cached = tenantLimits.state.withLock({ $0 }), now - cached.read < .seconds(1) { return cached.limits[tenant] }
         var limits: [String: TenantLimits] = [:]
-        for record in try await store.tenants() { limits[record.name] = record.limits }
+        // A disabled tenant has none: the ingress refuses its key-less requests and webhooks.
+        for record in try await store.tenants() where !record.disabled { limits[record.name] = record.limits }
         tenantLimits.state.withLock { $0 = (now, limits) }
         return limits[tenant]
     }

@@ -122,6 +122,18 @@ package struct Ingress: Service {
             eventLoopPublishers: publishers,
             logger: logger
         )
+        for route in graph.routes where route.verification.isUnauthenticated {
+            logger.warning(
+                "Route accepts requests from anyone (verify: .unauthenticated)",
+                metadata: ["ingress.route": "\(route.method) \(route.path)"]
+            )
+        }
+        for webhook in graph.webhooks where webhook.verification.isUnauthenticated {
+            logger.warning(
+                "Webhook accepts requests from anyone (verify: .unauthenticated)",
+                metadata: ["ingress.route": "POST \(webhook.path)"]
+            )
+        }
         let responder = IngressResponder(state: state)
         let onListening = configuration.onListening
         let app = Application(
@@ -152,7 +164,7 @@ package struct Ingress: Service {
             }
             if let resolve = configuration.limitsForTenant {
                 background.addTask { [tenant = configuration.tenant, interval = configuration.keyCacheTTL, logger] in
-                    await Self.followLimits(of: tenant, every: interval, resolve: resolve, limiter: state.limiter, logger: logger)
+                    await Self.followLimits(of: tenant, every: interval, resolve: resolve, state: state, logger: logger)
                 }
             }
             let result: Result<Void, any Error>
@@ -180,19 +192,35 @@ package struct Ingress: Service {
         try served.get()
     }
 
-    /// Keeps the ingress tenant's limits current until cancelled (a key's lookup does the same
-    /// for the tenants of API keys). While no coordinator answers, the last known stay.
+    /// Keeps the ingress tenant's limits, and whether it is enabled, current until cancelled
+    /// (a key's lookup does the same for the tenants of API keys). While no coordinator
+    /// answers, the last known stay.
     static func followLimits(
         of tenant: String,
         every interval: Duration,
         resolve: @Sendable (String) async throws -> TenantLimits?,
-        limiter: TenantRateLimiter,
+        state: IngressState,
         logger: Logger
     ) async {
         var failing = false
         while !Task.isCancelled {
             do {
-                limiter.update(tenant, limits: try await resolve(tenant) ?? TenantLimits())
+                let limits = try await resolve(tenant)
+                let active = limits != nil
+                if state.ownTenantActive.exchange(active, ordering: .relaxed) != active {
+                    if active {
+                        logger.notice(
+                            "The ingress tenant is enabled; requests without an API key are taken again",
+                            metadata: ["tenant": "\(tenant)"]
+                        )
+                    } else {
+                        logger.warning(
+                            "The ingress tenant is disabled or unknown; requests without an API key get 403",
+                            metadata: ["tenant": "\(tenant)"]
+                        )
+                    }
+                }
+                state.limiter.update(tenant, limits: limits ?? TenantLimits())
                 if failing { logger.info("Learned the ingress tenant's limits again", metadata: ["tenant": "\(tenant)"]) }
                 failing = false
             } catch {

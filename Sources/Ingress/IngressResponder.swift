@@ -21,6 +21,9 @@ final class IngressState: Sendable {
     let paths: Set<String>
     let inFlight = Atomic<Int>(0)
     let streamReady = Atomic<Bool>(false)
+    /// Whether the ingress's own tenant (key-less requests, signed webhooks) is enabled, as
+    /// the coordinators last said; true until they have.
+    let ownTenantActive = Atomic<Bool>(true)
     let keys: TenantKeyCache
     let limiter: TenantRateLimiter
     /// The NATS server's largest message, read at start: a record that would not fit is
@@ -186,10 +189,14 @@ struct IngressResponder: HTTPResponder {
 
     private static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
 
-    private func idempotencyKey(_ request: Request) throws -> String? {
-        try IngressState.idempotencyKey(
+    /// The request's `Idempotency-Key` as a record id scoped to the tenant, the caller's API
+    /// key and `path` (see ``RecordIDGenerator/scopedKey(_:tenant:caller:path:)``).
+    private func scopedIdempotencyKey(_ request: Request, tenant: String, path: String) throws -> String? {
+        let key = try IngressState.idempotencyKey(
             try RecordIngest.single(request.headers[values: Self.idempotencyKeyField], header: "Idempotency-Key")
         )
+        let caller = RecordIngest.callerID(authorization: request.headers[values: .authorization])
+        return key.map { RecordIDGenerator.scopedKey($0, tenant: tenant, caller: caller, path: path) }
     }
 
     // MARK: - Record API
@@ -198,20 +205,22 @@ struct IngressResponder: HTTPResponder {
     /// Hummingbird: any body size, and API keys whose tenant is not cached yet.
     private func ingest(_ target: RecordIngest.Target, request: Request) async throws -> Response {
         let pipeline = self.pipeline
-        let outcome: Result<[String], RouteError>
+        let outcome: Result<RecordIngest.Accepted, RouteError>
         do {
-            let tenant = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: target.tenant)
+            let authorization = request.headers[values: .authorization]
+            let tenant = try await pipeline.tenant(authorization: authorization, named: target.tenant)
             let key = try pipeline.accept(table: target.table, idempotencyKey: request.headers[values: Self.idempotencyKeyField])
             let body = try await collectBody(request)
+            let caller = RecordIngest.callerID(authorization: authorization)
             let batch = try pipeline.prepare(
                 table: target.table,
                 tenant: tenant,
                 contentType: request.headers[.contentType],
-                key: key,
+                key: key.map { RecordIDGenerator.scopedKey($0, tenant: tenant, caller: caller, path: "") },
                 body: body
             )
-            try await pipeline.publish(batch, tenant: tenant)
-            outcome = .success(batch.ids)
+            let duplicates = try await pipeline.publish(batch, tenant: tenant)
+            outcome = .success(RecordIngest.Accepted(ids: batch.ids, duplicates: duplicates))
         } catch let error as RouteError {
             outcome = .failure(error)
         }
@@ -223,11 +232,6 @@ struct IngressResponder: HTTPResponder {
         )
         if let retryAfter = answer.retryAfter { response.headers[.retryAfter] = retryAfter }
         return response
-    }
-
-    /// Publishes and waits for every PubAck, mapping JetStream trouble to 429/503.
-    private func publish(_ messages: [OutgoingMessage], tenant: String) async throws {
-        _ = try await GuardedPublisher(state: state, tenant: tenant).publish(messages)
     }
 
     // MARK: - Routes and webhooks
@@ -246,15 +250,29 @@ struct IngressResponder: HTTPResponder {
         )
     }
 
+    /// The tenant a route or webhook request acts for: its API key's, or, for a sender proven
+    /// by a signature (checked here) or let in unauthenticated, the ingress's own.
+    private func caller(of request: Request, routeRequest: RouteRequest, verification: WebhookVerification) async throws -> String {
+        if verification.usesAPIKey {
+            return try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
+        }
+        try verification.verify(routeRequest, environment: state.configuration.environment)
+        return try pipeline.ownTenant()
+    }
+
     private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
-        let tenant = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
+        if route.verification.usesAPIKey {
+            // Before the body is read: a caller without a key reads nothing.
+            _ = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
+        }
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
+        let tenant = try await caller(of: request, routeRequest: routeRequest, verification: route.verification)
         let ctx = RouteContext(
             tenant: tenant,
             publisher: GuardedPublisher(state: state, tenant: tenant),
             ids: state.ids,
-            idempotencyKey: try idempotencyKey(request),
+            idempotencyKey: try scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
             logger: state.logger
         )
         let response: RouteResponse
@@ -279,15 +297,21 @@ struct IngressResponder: HTTPResponder {
     }
 
     private func receiveWebhook(_ webhook: WebhookDefinition, request: Request) async throws -> Response {
+        // JSON only: a cross-site form can post text/plain or form bodies without asking.
+        try RecordIngest.requireJSON(contentType: request.headers[.contentType])
+        if webhook.verification.usesAPIKey {
+            _ = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
+        }
         let body = try await collectBody(request)
         let routeRequest = routeRequest(request, body: body)
-        try webhook.verification.verify(routeRequest, environment: state.configuration.environment)
+        let tenant = try await caller(of: request, routeRequest: routeRequest, verification: webhook.verification)
         let payloads = try IngressState.splitJSON(body)
         guard payloads.count == 1, !IngressState.isArray(body) else {
             throw RouteError(status: 422, code: "not_an_object", message: "a webhook body must be one JSON object", field: "body")
         }
-        // Slack's Events API checks a new endpoint with a challenge it expects echoed back.
-        if let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
+        // Slack's Events API checks a new endpoint with a challenge it expects echoed back
+        // (signed, like every Slack request).
+        if webhook.verification.isSlack, let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
             let challenge = value["challenge"].stringValue
         {
             return JSONResponse.make(200, ["challenge": .string(challenge)])
@@ -298,12 +322,13 @@ struct IngressResponder: HTTPResponder {
         if let (field, problem) = table.validate(routeRequest.body) {
             throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
         }
-        let id = try idempotencyKey(request) ?? state.ids.next()
-        try await publish(
-            [Wire.message(payload: payloads[0], id: id, table: table, tenant: state.configuration.tenant, cause: nil)],
-            tenant: state.configuration.tenant
+        let id = try scopedIdempotencyKey(request, tenant: tenant, path: "webhook \(webhook.path)") ?? state.ids.next()
+        let acks = try await GuardedPublisher(state: state, tenant: tenant).publish(
+            [Wire.message(payload: payloads[0], id: id, table: table, tenant: tenant, cause: nil)]
         )
-        return JSONResponse.make(200, ["status": "accepted", "id": .string(id)])
+        var answer: JSONObject = ["status": "accepted", "id": .string(id)]
+        if acks.first?.duplicate == true { answer["duplicate"] = true }
+        return JSONResponse.make(200, .object(answer))
     }
 
 }
@@ -331,7 +356,7 @@ struct GuardedPublisher: MessagePublisher {
             state.release(messages.count)
             throw error
         }
-        try settle(outcome, count: messages.count).get()
+        _ = try settle(outcome, count: messages.count).get()
         return try outcome.get()
     }
 
@@ -370,7 +395,7 @@ struct GuardedPublisher: MessagePublisher {
 
     /// The same, for callers that must not wait: `completion` gets the outcome once (see
     /// `NATSConnection.publish(_:completion:)` for the thread it runs on).
-    func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Void, RouteError>) -> Void) {
+    func publish(_ messages: [OutgoingMessage], completion: @escaping @Sendable (Result<Int, RouteError>) -> Void) {
         let count = messages.count
         let delay: Duration?
         do throws(RouteError) {
@@ -399,7 +424,7 @@ struct GuardedPublisher: MessagePublisher {
     func publish(
         _ messages: [OutgoingMessage],
         through publisher: EventLoopPublisher,
-        completion: @escaping (Result<Void, RouteError>) -> Void
+        completion: @escaping (Result<Int, RouteError>) -> Void
     ) {
         let count = messages.count
         let delay: Duration?
@@ -472,12 +497,14 @@ struct GuardedPublisher: MessagePublisher {
     }
 
     /// Releases the room of `count` records and maps the publish's outcome.
-    private func settle(_ outcome: Result<[PublishAck], NATSError>, count: Int) -> Result<Void, RouteError> {
+    /// Releases the records' room in flight; the number of them JetStream had already, or the
+    /// refusal.
+    private func settle(_ outcome: Result<[PublishAck], NATSError>, count: Int) -> Result<Int, RouteError> {
         state.release(count)
         switch outcome {
-        case .success:
+        case .success(let acks):
             state.acceptedRecords.increment(by: count)
-            return .success(())
+            return .success(acks.count(where: \.duplicate))
         case .failure(let error):
             return .failure(refusal(error))
         }

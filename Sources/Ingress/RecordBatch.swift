@@ -37,8 +37,8 @@ extension IngressState {
     }
 
     /// Splits and validates a record-API body (one object, an array of objects, or NDJSON per
-    /// `contentType`) and builds one message per record with its id: the idempotency key
-    /// (suffixed `-<index>` for several records) or a new one.
+    /// `contentType`) and builds one message per record with its id: the scoped idempotency
+    /// key (suffixed `-<index>` for several records) or a new one.
     func prepareRecords(
         table name: String,
         tenant: String,
@@ -111,10 +111,16 @@ extension IngressState {
         )
     }
 
-    /// The 202 body: how many records were accepted and, up to 1,000, their ids.
-    static func acceptedAnswer(_ ids: [String]) -> JSONValue {
+    /// The 202 body: how many records were accepted and, up to 1,000, their ids; with
+    /// `"duplicates": n` when n of them were stored before (a retried `Idempotency-Key`), and
+    /// `"duplicate": true` when all were.
+    static func acceptedAnswer(_ ids: [String], duplicates: Int = 0) -> JSONValue {
         var answer: JSONObject = ["accepted": .int(Int64(ids.count))]
         if ids.count <= 1000 { answer["ids"] = .array(ids.map { .string($0) }) }
+        if duplicates > 0 {
+            answer["duplicates"] = .int(Int64(duplicates))
+            if duplicates == ids.count { answer["duplicate"] = true }
+        }
         return .object(answer)
     }
 

@@ -4,6 +4,7 @@ import HTTPEndpoints
 import Logging
 import NATS
 import NIOCore
+import Synchronization
 
 /// The record API's one pipeline: find the target → know the caller → parse and validate →
 /// admit (tenant limit, in-flight room) → publish → answer. Both ways a record-API request is
@@ -74,7 +75,7 @@ struct RecordIngest: Sendable {
                     field: "Authorization"
                 )
             }
-            return .tenant(state.configuration.tenant)
+            return .tenant(try ownTenant())
         }
         guard authorization.hasPrefix("Bearer ") else {
             throw RouteError(
@@ -93,6 +94,42 @@ struct RecordIngest: Sendable {
             return .tenant(tenant)
         }
         return .key(key)
+    }
+
+    /// The id of the API key in `Authorization` (empty without a well-formed key): what client
+    /// idempotency keys are scoped to besides the tenant.
+    static func callerID(authorization values: [String]) -> String {
+        guard values.count == 1, values[0].hasPrefix("Bearer ") else { return "" }
+        let key = String(values[0].dropFirst(7))
+        guard APIKeys.isWellFormed(key) else { return "" }
+        return String(key.split(separator: "_")[1])
+    }
+
+    /// The ingress's own tenant, for requests without a key and signed webhooks; 403 while
+    /// the coordinators say it is disabled (or does not exist).
+    func ownTenant() throws(RouteError) -> String {
+        guard state.ownTenantActive.load(ordering: .relaxed) else {
+            throw RouteError(
+                status: 403,
+                code: "tenant_disabled",
+                message: "tenant '\(state.configuration.tenant)' is disabled",
+                field: "tenant"
+            )
+        }
+        return state.configuration.tenant
+    }
+
+    /// Refuses a body that is not declared JSON (`application/json` or `…+json`), 415.
+    static func requireJSON(contentType: String?) throws(RouteError) {
+        let type = contentType?.split(separator: ";").first.map { $0.filter { $0 != " " && $0 != "\t" }.lowercased() } ?? ""
+        guard type == "application/json" || (type.hasPrefix("application/") && type.hasSuffix("+json")) else {
+            throw RouteError(
+                status: 415,
+                code: "unsupported_media_type",
+                message: "send the body as Content-Type: application/json" + (type.isEmpty ? "" : " (not \(type.prefix(64)))"),
+                field: "Content-Type"
+            )
+        }
     }
 
     private static let unknownKey = RouteError(
@@ -177,10 +214,18 @@ struct RecordIngest: Sendable {
         try state.prepareRecords(table: table, tenant: tenant, contentType: contentType, idempotencyKey: key, body: body)
     }
 
-    /// Admits and publishes, returning after every PubAck (Hummingbird's path).
-    func publish(_ batch: RecordBatch, tenant: String) async throws(RouteError) {
+    /// Records a request got stored: their ids, and how many JetStream had already (a retry
+    /// with the same `Idempotency-Key`).
+    struct Accepted: Sendable {
+        var ids: [String]
+        var duplicates: Int
+    }
+
+    /// Admits and publishes, returning after every PubAck (Hummingbird's path) with how many
+    /// records were already stored.
+    func publish(_ batch: RecordBatch, tenant: String) async throws(RouteError) -> Int {
         do {
-            _ = try await GuardedPublisher(state: state, tenant: tenant).publish(batch.messages)
+            return try await GuardedPublisher(state: state, tenant: tenant).publish(batch.messages).count(where: \.duplicate)
         } catch let error as RouteError {
             throw error
         } catch {
@@ -194,7 +239,7 @@ struct RecordIngest: Sendable {
         _ batch: RecordBatch,
         tenant: String,
         on eventLoop: any EventLoop,
-        completion: @escaping @Sendable (Result<Void, RouteError>) -> Void
+        completion: @escaping @Sendable (Result<Int, RouteError>) -> Void
     ) {
         let publisher = GuardedPublisher(state: state, tenant: tenant)
         if let loopPublisher = state.eventLoopPublisher(for: tenant, on: eventLoop) {
@@ -205,10 +250,14 @@ struct RecordIngest: Sendable {
     }
 
     /// The answer: 202 with the records' ids, or the error's (counted as a refused request).
-    func answer(_ outcome: Result<[String], RouteError>) -> Answer {
+    func answer(_ outcome: Result<Accepted, RouteError>) -> Answer {
         switch outcome {
-        case .success(let ids):
-            return Answer(status: 202, body: ByteBuffer(bytes: JSONWriter.encode(IngressState.acceptedAnswer(ids))), retryAfter: nil)
+        case .success(let accepted):
+            return Answer(
+                status: 202,
+                body: ByteBuffer(bytes: JSONWriter.encode(IngressState.acceptedAnswer(accepted.ids, duplicates: accepted.duplicates))),
+                retryAfter: nil
+            )
         case .failure(let error):
             state.rejectedRequests.increment()
             let answer = APIError(error, defaultRetryAfter: state.configuration.retryAfterSeconds)

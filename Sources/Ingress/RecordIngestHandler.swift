@@ -81,6 +81,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var tenant: String
         var contentType: String?
         var idempotencyKey: [String]
+        /// The API key's id (empty without a key): client keys are scoped to it.
+        var caller: String
         var version: HTTPVersion
         var keepAlive: Bool
         /// The caller may not send this request (its API key, or the tenant the path names).
@@ -206,6 +208,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             tenant: tenant,
             contentType: head.headers.first(name: "content-type"),
             idempotencyKey: head.headers["idempotency-key"],
+            caller: RecordIngest.callerID(authorization: head.headers["authorization"]),
             version: head.version,
             keepAlive: head.isKeepAlive,
             callerRefusal: refusal
@@ -222,7 +225,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 table: request.table,
                 tenant: request.tenant,
                 contentType: request.contentType,
-                key: key,
+                key: key.map { RecordIDGenerator.scopedKey($0, tenant: request.tenant, caller: request.caller, path: "") },
                 body: body
             )
         } catch {
@@ -232,7 +235,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let pipeline = self.pipeline
         let target = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         pipeline.publish(batch, tenant: request.tenant, on: context.eventLoop) { outcome in
-            let answer = pipeline.answer(outcome.map { ids })
+            let answer = pipeline.answer(outcome.map { RecordIngest.Accepted(ids: ids, duplicates: $0) })
             // On the loop when it has its own publisher (the PubAcks came back to it).
             if target.eventLoop.inEventLoop {
                 let (handler, context) = target.value

@@ -1,5 +1,6 @@
 import Autonomous
 import AutonomousTesting
+import ClusterCore
 import Foundation
 import Testing
 
@@ -241,20 +242,52 @@ struct BadInputTests {
         }
     }
 
-    @Test("An idempotency key makes a retried request a no-op")
+    @Test("An idempotency key makes a retried request a no-op, and the answer says it was a duplicate")
     func idempotencyKey() async throws {
         try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
-            for _ in 0..<3 {
+            let base = RecordIDGenerator.scopedKey("order-77", tenant: "default", caller: "", path: "")
+            for attempt in 0..<3 {
                 let response = try await app.post(
                     "/v1/tables/events/records",
                     body: #"[{"n":1},{"n":2}]"#,
                     headers: [("Idempotency-Key", "order-77")]
                 )
                 #expect(response.status == 202)
-                #expect(response.body["ids"] == ["order-77-0", "order-77-1"])
+                #expect(response.body["ids"] == [.string(base + "-0"), .string(base + "-1")])
+                #expect(response.body["duplicate"] == (attempt == 0 ? .null : true), "\(response.body)")
+                #expect(response.body["duplicates"] == (attempt == 0 ? .null : 2))
             }
             let events = try await app.records(in: "events", atLeast: 2, timeout: .seconds(5))
             #expect(events.count == 2)
+        }
+    }
+
+    /// Before the fix server ids were a per-process prefix and a counter, and a client key was
+    /// the record id as sent: a client that sent the next server id as its key made the next
+    /// key-less record vanish (JetStream took it for a duplicate; its sender still got 202).
+    @Test("A client cannot claim ids the server gives others: server ids are unguessable and client keys scoped")
+    func claimedIDs() async throws {
+        try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
+            var seen: [String] = []
+            for n in 0..<3 {
+                let victim = try await app.post("/v1/tables/events/records", body: #"{"victim":\#(n)}"#)
+                let id = try #require(victim.body["ids"][0].stringValue)
+                #expect(id.hasPrefix("s") && id.count == 25, "\(id)")
+                seen.append(id)
+                // The attacker sends the id just seen, and guesses at the next, as keys.
+                for claimed in [id, String(id.dropLast()) + "a", "r\(n)"] {
+                    let attack = try await app.post(
+                        "/v1/tables/events/records",
+                        body: #"{"attacker":true}"#,
+                        headers: [("Idempotency-Key", claimed)]
+                    )
+                    #expect(attack.status == 202 && attack.body["ids"][0].stringValue?.hasPrefix("k") == true)
+                    #expect(attack.body["duplicate"] == .null, "a client key never matches a server id")
+                }
+            }
+            #expect(Set(seen).count == 3)
+            let events = try await app.records(in: "events", atLeast: 3 + 9, timeout: .seconds(5))
+            #expect(events.filter { $0.text.contains("victim") }.count == 3, "every victim record is stored")
         }
     }
 

@@ -38,7 +38,8 @@ struct OrderFlowIngressTests {
         var builder = AppBuilder(name: "OrderFlow")
         OrderFlowApp().build(&builder)
         try await withRunningApp(try builder.build()) { app in
-            let huge = #"{"order_id":"x","customer":"c","items":[{"sku":"s","quantity":1,"unit_price":1},{"sku":"t","quantity":9223372036854775807,"unit_price":1}]}"#
+            let huge =
+                #"{"order_id":"x","customer":"c","items":[{"sku":"s","quantity":1,"unit_price":1},{"sku":"t","quantity":9223372036854775807,"unit_price":1}]}"#
             for path in ["/v1/tables/orders/records", "/webhooks/orders", "/orders"] {
                 let answer = try await app.http("POST", app.baseURL + path, body: huge)
                 #expect(answer.status == 422, "\(path): \(answer.body)")

@@ -1,4 +1,5 @@
 import Autonomous
+import ClusterCore
 import Foundation
 import Testing
 
@@ -41,7 +42,9 @@ struct RecordConnectionTests {
             #expect(responses[3].json["echo"] == true)
             #expect(responses[4].json["accepted"] == 2)
             #expect(responses[5].json["error"]["field"] == "table")
-            #expect(responses[6].json["ids"] == ["pipelined-4"])
+            #expect(
+                responses[6].json["ids"] == [.string(RecordIDGenerator.scopedKey("pipelined-4", tenant: "default", caller: "", path: ""))]
+            )
             for response in responses {
                 #expect(response.headers["content-type"] == "application/json")
                 #expect(response.headers["date"] != nil)

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Autonomous
 import AutonomousTesting
+import ClusterCore
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -53,6 +54,15 @@ final class FakeAPIs: Sendable {
 
 @Suite("SlackBot example end to end against fake OpenAI and Slack", .serialized)
 struct SlackBotTests {
+    /// The headers Slack signs a request with (`v0` HMAC-SHA256 of timestamp and body).
+    static func slackHeaders(_ body: String, secret: String = "signing-secret") -> [(String, String)] {
+        let timestamp = String(Int(Date().timeIntervalSince1970))
+        return [
+            ("X-Slack-Request-Timestamp", timestamp),
+            ("X-Slack-Signature", WebhookVerification.slackSignature(secret: secret, timestamp: timestamp, body: Array(body.utf8))),
+        ]
+    }
+
     @Test("A Slack mention becomes a prompt, a completion and a Slack message with the completion text")
     func mentionToSlackMessage() async throws {
         let fakes = FakeAPIs(answer: "Happy to help, friend!")
@@ -77,7 +87,16 @@ struct SlackBotTests {
             try await withRunningApp(try SlackBotApp.graph(), environment: environment) { app in
                 let mention =
                     #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
-                let response = try await app.post("/slack-mentions", body: mention)
+                // Before the fix anyone could post a mention: the route had no verification.
+                let unsigned = try await app.post("/slack-mentions", body: mention)
+                #expect(unsigned.status == 401 && unsigned.body["error"]["code"] == "invalid_signature")
+                let forged = try await app.post(
+                    "/slack-mentions",
+                    body: mention,
+                    headers: Self.slackHeaders(mention, secret: "wrong-secret")
+                )
+                #expect(forged.status == 401)
+                let response = try await app.post("/slack-mentions", body: mention, headers: Self.slackHeaders(mention))
                 #expect(response.status == 200)
 
                 let delivered = try await eventually { fakes.slackMessages.withLock { !$0.isEmpty } }
@@ -99,7 +118,8 @@ struct SlackBotTests {
                 #expect(completion["completion"] == "Happy to help, friend!")
                 #expect(completion["channel"] == "C123")
                 // The Slack challenge handshake is answered without storing anything.
-                let challenge = try await app.post("/slack-mentions", body: #"{"type":"url_verification","challenge":"abc123"}"#)
+                let handshake = #"{"type":"url_verification","challenge":"abc123"}"#
+                let challenge = try await app.post("/slack-mentions", body: handshake, headers: Self.slackHeaders(handshake))
                 #expect(challenge.body["challenge"] == "abc123")
                 // One message per mention: nothing was sent twice.
                 try await Task.sleep(for: .milliseconds(300))

@@ -449,6 +449,100 @@ struct TenancyTests {
         }
     }
 
+    /// Before the fix a webhook took any request with no key, as text/plain, and for a
+    /// disabled tenant; no verification was the silent default.
+    @Test("Webhooks and routes need an API key or a signature; unauthenticated is explicit; JSON only; disabled tenants refused")
+    func webhookAuthentication() async throws {
+        var builder = AppBuilder(name: "Hooks")
+        let notes = builder.table("notes")
+        builder.webhook("/hooks/keyed", into: notes)
+        builder.webhook("/hooks/slack", into: notes, verify: .slack(signingSecret: .secret("SIGNING_SECRET")))
+        builder.webhook("/hooks/open", into: notes, verify: .unauthenticated)
+        builder.post("/notes") { request, ctx in
+            try await notes.append(try request.json(), ctx)
+            return .json(["tenant": .string(ctx.tenant)], status: 202)
+        }
+        let graph = try builder.build()
+        let description = graph.description(tenant: "default")
+        #expect(
+            description.routes.map { "\($0.path) \($0.verification ?? "-")" }.sorted()
+                == ["/hooks/keyed api-key", "/hooks/open unauthenticated", "/hooks/slack slack", "/notes api-key"]
+        )
+        try await withRunningApp(graph, environment: ["SIGNING_SECRET": "s3cr3t"], configure: configure) { app in
+            #expect(try await app.admin("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
+            let key = try #require(try await app.admin("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
+            let auth = [("Authorization", "Bearer \(key)")]
+            let body = #"{"text":"hi"}"#
+
+            let noKey = try await app.post("/hooks/keyed", body: body)
+            #expect(noKey.status == 401 && noKey.body["error"]["field"] == "Authorization", "\(noKey)")
+            let plain = try await app.post("/hooks/keyed", body: body, contentType: "text/plain", headers: auth)
+            #expect(plain.status == 415 && plain.body["error"]["code"] == "unsupported_media_type", "\(plain)")
+            let form = try await app.post("/hooks/open", body: "a=1", contentType: "application/x-www-form-urlencoded")
+            #expect(form.status == 415, "a cross-site form cannot post to a webhook")
+            let keyed = try await app.post("/hooks/keyed", body: body, headers: auth)
+            #expect(keyed.status == 200, "\(keyed)")
+            #expect(try await app.post("/notes", body: body).status == 401)
+            let routed = try await app.post("/notes", body: body, headers: auth)
+            #expect(routed.status == 202 && routed.body["tenant"] == "acme", "a route acts for its key's tenant")
+            let unsigned = try await app.post("/hooks/slack", body: body)
+            #expect(unsigned.status == 401 && unsigned.body["error"]["code"] == "invalid_signature")
+            let open = try await app.post("/hooks/open", body: body)
+            #expect(open.status == 200, "unauthenticated is allowed when chosen: \(open)")
+            let stored = try await app.records(in: "notes", tenant: "acme", atLeast: 2)
+            #expect(stored.count == 2, "the keyed webhook and the route wrote to the key's tenant")
+
+            // A disabled tenant's key is refused; so are key-less and signed requests for a
+            // disabled ingress tenant.
+            #expect(try await app.admin("POST", "/v1/admin/tenants/acme/disable").status == 200)
+            #expect(
+                try await eventually(timeout: .seconds(10)) { try await app.post("/hooks/keyed", body: body, headers: auth).status == 401 }
+            )
+            #expect(try await app.admin("POST", "/v1/admin/tenants/\(app.tenant)/disable").status == 200)
+            let timestamp = String(Int(Date().timeIntervalSince1970))
+            let signature = WebhookVerification.slackSignature(secret: "s3cr3t", timestamp: timestamp, body: Array(body.utf8))
+            let signed = [("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature)]
+            #expect(
+                try await eventually(timeout: .seconds(10)) {
+                    let answer = try await app.post("/hooks/slack", body: body, headers: signed)
+                    return answer.status == 403 && answer.body["error"]["code"] == "tenant_disabled"
+                }
+            )
+            #expect(try await app.post("/hooks/open", body: body).status == 403)
+            #expect(try await app.admin("POST", "/v1/admin/tenants/\(app.tenant)/enable").status == 200)
+            #expect(
+                try await eventually(timeout: .seconds(10)) {
+                    try await app.post("/hooks/slack", body: body, headers: signed).status == 200
+                }
+            )
+        }
+    }
+
+    @Test("An Idempotency-Key is scoped to the API key that sends it: another client's same key stores its own record")
+    func idempotencyKeyScope() async throws {
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            #expect(try await app.admin("POST", "/v1/admin/tenants", body: #"{"name":"acme"}"#).status == 201)
+            let first = try #require(try await app.admin("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
+            let second = try #require(try await app.admin("POST", "/v1/admin/tenants/acme/keys").body["key"].stringValue)
+            func post(_ key: String, _ text: String) async throws -> (status: Int, body: JSONValue) {
+                try await app.post(
+                    "/v1/tables/notes/records",
+                    body: #"{"text":"\#(text)"}"#,
+                    headers: [("Authorization", "Bearer \(key)"), ("Idempotency-Key", "invoice-1")]
+                )
+            }
+            let a = try await post(first, "from the first client")
+            let b = try await post(second, "from the second client")
+            let again = try await post(first, "from the first client")
+            #expect(a.status == 202 && b.status == 202 && again.status == 202)
+            #expect(a.body["ids"] != b.body["ids"], "two callers, two records")
+            #expect(b.body["duplicate"] == .null)
+            #expect(again.body["ids"] == a.body["ids"] && again.body["duplicate"] == true, "the same caller's retry is a duplicate")
+            let stored = try await app.records(in: "notes", tenant: "acme", atLeast: 2)
+            #expect(stored.count == 2)
+        }
+    }
+
     @Test("Requests without a key and webhooks count against the ingress tenant's limit")
     func ownTenantLimit() async throws {
         var builder = AppBuilder(name: "OwnTenant")
