@@ -40,7 +40,7 @@ struct Shop: AutonomousApp {
         // snippet.end
 
         // snippet.handler
-        orders.onNewRecords("write-receipts") { records, ctx in
+        orders.onNewRecords("write-receipts", writes: [receipts, big]) { records, ctx in
             for order in records {
                 ctx.logger.debug("Writing a receipt", metadata: ["shop.order": "\(order.id)"])
                 try await receipts.append(Receipt(order: order.id, text: "Thank you, \(order.customer)"), ctx)

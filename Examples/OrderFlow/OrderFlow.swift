@@ -111,7 +111,7 @@ struct OrderFlowApp: AutonomousApp {
             return .json(["status": "accepted", "order_id": .string(order.order_id), "total": .double(total)], status: 202)
         }
 
-        orders.onNewRecords("enrich-orders", options: HandlerOptions(batchSize: 512)) { records, ctx in
+        orders.onNewRecords("enrich-orders", options: HandlerOptions(batchSize: 512), writes: [enriched]) { records, ctx in
             let out = records.map { order -> EnrichedOrder in
                 let total = order.items.reduce(0) { $0 + Double($1.quantity) * $1.unit_price }
                 return EnrichedOrder(
@@ -127,7 +127,7 @@ struct OrderFlowApp: AutonomousApp {
             for order in out.values { await stats.add(order, tenant: ctx.tenant) }
         }
 
-        enriched.onNewRecords("flag-high-value") { records, ctx in
+        enriched.onNewRecords("flag-high-value", writes: [reviews]) { records, ctx in
             let flagged = records.filter(\.high_value).map { order in
                 Review(
                     order_id: order.order_id,
@@ -139,7 +139,7 @@ struct OrderFlowApp: AutonomousApp {
             try await reviews.append(flagged, ctx)
         }
 
-        app.schedule("minute-summary", .every(.seconds(60))) { tick, ctx in
+        app.schedule("minute-summary", .every(.seconds(60)), writes: [summaries]) { tick, ctx in
             let totals = await stats.drain(tenant: ctx.tenant)
             try await summaries.append(
                 [

@@ -23,7 +23,7 @@ struct Completion: Record {
             try await mentions.append(["timestamp": .now, "payload": try request.json()], ctx)
             return .ok
         }
-        mentions.onNewRecords("prompt-from-mention") { records, ctx in
+        mentions.onNewRecords("prompt-from-mention", writes: [prompts]) { records, ctx in
             try await prompts.append(records.map {
                 Prompt(prompt: "Reply kindly to: \($0["payload"]["event"]["text"])",
                        channel: $0["payload"]["event"]["channel"].stringValue ?? "general")

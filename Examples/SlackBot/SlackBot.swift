@@ -43,7 +43,7 @@ struct SlackBotApp: AutonomousApp {
         }
 
         // React to mentions in real time.
-        mentions.onNewRecords("prompt-from-mention") { records, ctx in
+        mentions.onNewRecords("prompt-from-mention", writes: [prompts]) { records, ctx in
             try await prompts.append(
                 records.map {
                     Prompt(
@@ -66,7 +66,7 @@ struct SlackBotApp: AutonomousApp {
         app.webhook("/slack-reactions", into: reactions, verify: .slack(signingSecret: .secret("SLACK_SIGNING_SECRET")))
 
         // Rebuild the fine-tuned model once a day.
-        app.schedule("rebuild-model", .daily(at: "03:00", timeZone: "UTC")) { tick, ctx in
+        app.schedule("rebuild-model", .daily(at: "03:00", timeZone: "UTC"), writes: [modelBuilds]) { tick, ctx in
             try await modelBuilds.append(["requested_for": .string(tick.fireTime), "status": "requested"], ctx)
         }
     }

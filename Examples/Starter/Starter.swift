@@ -32,7 +32,7 @@ struct StarterApp: AutonomousApp {
         // Handlers get records in batches. Each summary's id comes from its note, so a note
         // handled again after a crash does not store its summary twice. Log with ctx.logger:
         // print() output is buffered and shows up late.
-        notes.onNewRecords("summarize") { records, ctx in
+        notes.onNewRecords("summarize", writes: [summaries]) { records, ctx in
             for note in records {
                 let words = note.text.split(separator: " ").count
                 ctx.logger.debug("Summing up a note", metadata: ["starter.words": "\(words)"])

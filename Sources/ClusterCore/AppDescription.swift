@@ -34,12 +34,16 @@ package struct AppDescription: Codable, Sendable, Hashable {
         package var requiredFields: [String]?
         /// Set when an ordered handler reads the table.
         package var partitioning: Partitioning?
+        /// `open` or `closed`: whether the record API takes records for it (absent for a
+        /// schedule's ticks, and in descriptions from before it existed).
+        package var recordAPI: String?
 
         enum CodingKeys: String, CodingKey {
             case name, kind, subject, stream, fields, partitioning
             case semanticType = "semantic_type"
             case recordType = "record_type"
             case requiredFields = "required_fields"
+            case recordAPI = "record_api"
         }
     }
 
@@ -150,7 +154,8 @@ extension AppGraph {
                     recordType: table.typeName ?? "JSON",
                     fields: table.knownFields,
                     requiredFields: table.requiredFields,
-                    partitioning: table.partitioning.map { AppDescription.Partitioning(field: $0.field, partitions: $0.partitions) }
+                    partitioning: table.partitioning.map { AppDescription.Partitioning(field: $0.field, partitions: $0.partitions) },
+                    recordAPI: table.kind == .table ? (acceptsRecordAPI(table) ? "open" : "closed") : nil
                 )
             },
             handlers: handlers.map { handler in

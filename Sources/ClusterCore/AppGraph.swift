@@ -17,6 +17,21 @@ public struct AppGraph: Sendable {
         tables.first { $0.name == name && $0.kind == .table }
     }
 
+    /// Whether the record API takes records for `table`: ``RecordAPIAccess/open``, or
+    /// ``RecordAPIAccess/automatic`` and no handler or schedule declares that it writes it.
+    package func acceptsRecordAPI(_ table: TableDefinition) -> Bool {
+        switch table.recordAPI {
+        case .open: return true
+        case .closed: return false
+        case .automatic: return writers(of: table.name).isEmpty
+        }
+    }
+
+    /// The handlers (and schedules) that declare they write `table`.
+    package func writers(of table: String) -> [String] {
+        handlers.filter { $0.outputs.contains(table) }.map(\.name)
+    }
+
     package func source(of handler: HandlerDefinition) -> TableDefinition? {
         tables.first { $0.name == handler.source && $0.kind == handler.sourceKind }
     }
@@ -92,6 +107,9 @@ public struct AppGraph: Sendable {
                             + "but records of table '\(source.name)' (\(source.typeName ?? "JSON")) have no such field"
                     )
                 }
+            }
+            for output in handler.outputs where table(output) == nil && handler.producedFields[output] == nil {
+                problems.append("handler '\(handler.name)' writes to table '\(output)', which is not declared")
             }
             for (output, fields) in handler.producedFields.sorted(by: { $0.key < $1.key }) {
                 guard let target = table(output) else {

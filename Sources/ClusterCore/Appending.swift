@@ -129,9 +129,11 @@ public final class HandlerContext: AppendContext {
         publisher: any MessagePublisher,
         logger: Logger,
         tables: [String: TableDefinition] = [:],
+        declaredOutputs: [String] = [],
         flushThreshold: Int = 4096
     ) {
         self.tables = tables
+        self.declaredOutputs = Set(declaredOutputs)
         self.handler = handler
         self.tenant = tenant
         self.inputs = inputs
@@ -161,6 +163,11 @@ public final class HandlerContext: AppendContext {
     }
 
     public func append(_ records: [PendingRecord], to table: TableDefinition) async throws {
+        if declaredOutputs.isEmpty {
+            UndeclaredWrites.note(handler: handler, table: table.name, logger: logger)
+        } else if !declaredOutputs.contains(table.name) {
+            throw UndeclaredWriteError(handler: handler, table: table.name, declared: declaredOutputs.sorted())
+        }
         // One subject for every record of an unpartitioned table.
         let fixedSubject = table.partitioning == nil ? table.subject(tenant: tenant) : nil
         let type = table.semanticType.description
@@ -186,6 +193,8 @@ public final class HandlerContext: AppendContext {
 
     /// Tables this context may append to by name (components address outputs by name).
     let tables: [String: TableDefinition]
+    /// The tables the handler declared it writes (`writes:`); empty when it declared none.
+    let declaredOutputs: Set<String>
 
     /// Appends to the table named `name`.
     package func append(name: String, _ records: [PendingRecord]) async throws {
@@ -247,5 +256,32 @@ public final class RouteContext: AppendContext {
             return Wire.message(payload: record.payload, id: id, table: table, tenant: tenant, cause: record.cause)
         }
         _ = try await publisher.publish(messages)
+    }
+}
+
+/// A handler that declared the tables it writes (`writes:`) appended to another one.
+public struct UndeclaredWriteError: Error, Sendable, CustomStringConvertible {
+    public var handler: String
+    public var table: String
+    public var declared: [String]
+
+    public var description: String {
+        "handler '\(handler)' appends to table '\(table)', which its writes: list (\(declared.joined(separator: ", "))) does not name"
+    }
+}
+
+/// Appends by handlers that declared no `writes:`: logged once per handler and table, since
+/// such a table stays open to the record API (see ``RecordAPIAccess``).
+enum UndeclaredWrites {
+    // Guarded by the mutex: handler and table names, joined by a NUL, already warned about.
+    private static let seen = Mutex<Set<String>>([])
+
+    static func note(handler: String, table: String, logger: Logger) {
+        let first = seen.withLock { $0.count < 10_000 && $0.insert(handler + "\u{0}" + table).inserted }
+        guard first else { return }
+        logger.warning(
+            "Handler appends to a table it does not declare; list it in writes: so that clients cannot append to it through the record API",
+            metadata: ["worker.handler": "\(handler)", "worker.table": "\(table)"]
+        )
     }
 }

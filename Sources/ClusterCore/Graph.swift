@@ -27,6 +27,8 @@ public struct TableDefinition: Sendable {
     /// Set when an ordered handler reads the table: its records go to partition subjects
     /// `aut.<tenant>.tbl.<name>.<partition>`.
     public internal(set) var partitioning: HandlerOrdering? = nil
+    /// Whether the record API takes records for the table (see ``RecordAPIAccess``).
+    public internal(set) var recordAPI: RecordAPIAccess = .automatic
 
     /// The table's subject (without a partition).
     package func subject(tenant: String) -> String {
@@ -112,6 +114,23 @@ public struct TableDefinition: Sendable {
             }
         )
     }
+}
+
+/// Whether clients may append to a table through the record API
+/// (`POST /v1/tables/{table}/records`).
+public enum RecordAPIAccess: String, Sendable, Hashable {
+    /// Open unless a handler or schedule declares that it writes the table (`writes:`, or a
+    /// component's outputs): a table the app derives is not for clients to fill.
+    case automatic
+    /// Open, even when handlers write it too.
+    case open
+    /// Closed: only the app's handlers, routes and webhooks append to it.
+    case closed
+}
+
+/// A table handle of any record type, for listing the tables a handler writes.
+public protocol TableReference: Sendable {
+    var name: String { get }
 }
 
 /// How a handler consumes: batch size, wait, concurrency, retries.
@@ -277,7 +296,7 @@ public struct ScheduleDefinition: Sendable {
 }
 
 /// A reactive table handle: append records, react to new ones.
-public struct Table<Row: Record>: Sendable {
+public struct Table<Row: Record>: TableReference {
     public let name: String
     let registry: GraphRegistry
     let binding: TableBinding
@@ -352,9 +371,15 @@ public struct Table<Row: Record>: Sendable {
     }
 
     /// Runs `body` with every batch of new records.
+    ///
+    /// `writes` lists the tables `body` appends to. The record API then refuses outside writes
+    /// to them (see ``RecordAPIAccess``), `describe` shows the edges, and an append to a table
+    /// not listed fails. A handler that lists nothing may append anywhere; the worker logs a
+    /// warning the first time it appends to each table it did not list.
     public func onNewRecords(
         _ name: String,
         options: HandlerOptions = HandlerOptions(),
+        writes: [any TableReference] = [],
         _ body: @escaping @Sendable (Records<Row>, HandlerContext) async throws -> Void
     ) {
         let table = self.name
@@ -366,7 +391,7 @@ public struct Table<Row: Record>: Sendable {
                 options: options,
                 component: nil,
                 requiredFields: [],
-                outputs: [],
+                outputs: Set(writes.map(\.name)).sorted(),
                 producedFields: [:],
                 secrets: [],
                 prepare: { _ in
@@ -519,17 +544,19 @@ public struct AppBuilder {
     }
 
     /// A dynamic table of JSON objects.
-    public mutating func table(_ name: String) -> Table<JSONValue> {
-        table(name, of: JSONValue.self)
+    public mutating func table(_ name: String, recordAPI: RecordAPIAccess = .automatic) -> Table<JSONValue> {
+        table(name, of: JSONValue.self, recordAPI: recordAPI)
     }
 
-    /// A typed table of `Row` records.
-    public mutating func table<Row: Record>(_ name: String, of type: Row.Type) -> Table<Row> {
-        let binding = registry.addTable(.make(name, kind: .table, of: Row.self))!
+    /// A typed table of `Row` records. `recordAPI` says whether clients may append to it
+    /// through the record API (by default: unless a handler declares it writes it).
+    public mutating func table<Row: Record>(_ name: String, of type: Row.Type, recordAPI: RecordAPIAccess = .automatic) -> Table<Row> {
+        var definition = TableDefinition.make(name, kind: .table, of: Row.self)
+        definition.recordAPI = recordAPI
+        let binding = registry.addTable(definition)!
         return Table(name: name, registry: registry, binding: binding)
     }
 
-    /// Runs `handler` for `method path`. The handler may append records (through `ctx`) and answer.
     /// `method path` runs `handler`. Callers need an API key when the ingress requires keys,
     /// unless `verify` says how else they prove themselves (see ``WebhookVerification``).
     public mutating func route(
@@ -568,6 +595,7 @@ public struct AppBuilder {
         _ name: String,
         _ schedule: Schedule,
         options: HandlerOptions = HandlerOptions(batchSize: 16, concurrency: 1),
+        writes: [any TableReference] = [],
         _ body: @escaping @Sendable (Tick, HandlerContext) async throws -> Void
     ) {
         registry.addTable(.make(name, kind: .schedule, of: Tick.self))
@@ -580,7 +608,7 @@ public struct AppBuilder {
                 options: options,
                 component: nil,
                 requiredFields: [],
-                outputs: [],
+                outputs: Set(writes.map(\.name)).sorted(),
                 producedFields: [:],
                 secrets: [],
                 prepare: { _ in
@@ -601,6 +629,7 @@ public struct AppBuilder {
         in table: String,
         _ name: String,
         options: HandlerOptions = HandlerOptions(),
+        writes: [any TableReference] = [],
         _ body: @escaping @Sendable (Records<JSONValue>, HandlerContext) async throws -> Void
     ) {
         registry.addHandler(
@@ -611,7 +640,7 @@ public struct AppBuilder {
                 options: options,
                 component: nil,
                 requiredFields: [],
-                outputs: [],
+                outputs: Set(writes.map(\.name)).sorted(),
                 producedFields: [:],
                 secrets: [],
                 prepare: { _ in { raw, ctx in try await body(Records<JSONValue>.decoding(raw, lineage: ctx.lineage), ctx) } }

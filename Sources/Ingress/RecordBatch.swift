@@ -19,6 +19,18 @@ extension IngressState {
         guard let table = graph.table(name) else {
             throw RouteError(status: 404, code: "unknown_table", message: "table '\(name)' does not exist", field: "table")
         }
+        guard graph.acceptsRecordAPI(table) else {
+            let writers = graph.writers(of: name)
+            throw RouteError(
+                status: 403,
+                code: "table_not_writable",
+                message: "table '\(name)' takes no records from the record API: "
+                    + (writers.isEmpty
+                        ? "it is declared closed"
+                        : "handler \(writers.map { "'\($0)'" }.joined(separator: ", ")) writes it (open it with recordAPI: .open)"),
+                field: "table"
+            )
+        }
         return table
     }
 

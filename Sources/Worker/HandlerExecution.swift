@@ -74,7 +74,8 @@ struct HandlerExecution: Sendable {
             inputs: records.map(\.metadata),
             publisher: connection,
             logger: logger,
-            tables: tables
+            tables: tables,
+            declaredOutputs: handler.outputs
         )
         do {
             try await invoker(records, ctx)

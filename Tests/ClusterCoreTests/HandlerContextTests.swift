@@ -49,4 +49,37 @@ struct HandlerContextTests {
         #expect(publisher.header("Aut-Caused-By", of: 0) == "other")
         #expect(ctx.publishedCount == 1)
     }
+
+    @Test("A handler that declares writes: fails on an append to another table; the graph knows which tables are outputs")
+    func declaredWrites() async throws {
+        var app = AppBuilder(name: "Writes")
+        let input = app.table("in")
+        let out = app.table("out")
+        let other = app.table("other")
+        let open = app.table("open_out", recordAPI: .open)
+        let closed = app.table("closed_in", recordAPI: .closed)
+        input.onNewRecords("copy", writes: [out, open]) { _, _ in }
+        app.schedule("tick", .every(.seconds(60)), writes: [other]) { _, _ in }
+        _ = closed
+        let graph = try app.build()
+        let access = Dictionary(
+            uniqueKeysWithValues: graph.tables.filter { $0.kind == .table }.map { ($0.name, graph.acceptsRecordAPI($0)) }
+        )
+        #expect(access == ["in": true, "out": false, "other": false, "open_out": true, "closed_in": false])
+        #expect(graph.writers(of: "out") == ["copy"] && graph.writers(of: "other") == ["schedule-tick"])
+
+        let publisher = RecordingPublisher()
+        let ctx = HandlerContext(
+            handler: "copy",
+            tenant: "t",
+            inputs: [RecordMetadata(id: "a", table: "in", tenant: "t")],
+            publisher: publisher,
+            logger: Logger(label: "test"),
+            declaredOutputs: ["out", "open_out"]
+        )
+        let source = RecordMetadata(id: "a", table: "in", tenant: "t")
+        try await out.append(["n": 1], causedBy: source, ctx)
+        let error = await #expect(throws: UndeclaredWriteError.self) { try await other.append(["n": 1], causedBy: source, ctx) }
+        #expect(error?.description.contains("'other'") == true)
+    }
 }

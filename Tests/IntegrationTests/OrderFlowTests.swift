@@ -55,4 +55,28 @@ struct OrderFlowIngressTests {
             #expect(enriched.count == 1 && enriched.first?.text.contains(#""item_count":3"#) == true)
         }
     }
+
+    /// Before the fix `enriched_orders` and `order_reviews` took records from anyone.
+    @Test("Tables a handler declares it writes refuse the record API (403 naming the handler); input tables take records")
+    func outputTablesAreClosed() async throws {
+        var builder = AppBuilder(name: "OrderFlow")
+        OrderFlowApp().build(&builder)
+        let graph = try builder.build()
+        let described = Dictionary(uniqueKeysWithValues: graph.description(tenant: "default").tables.map { ($0.name, $0.recordAPI) })
+        #expect(described["orders"] == "open" && described["enriched_orders"] == "closed" && described["order_reviews"] == "closed")
+        #expect(described["order_summaries"] == "closed")
+        try await withRunningApp(graph) { app in
+            for (table, writer) in [("enriched_orders", "enrich-orders"), ("order_reviews", "flag-high-value")] {
+                let forged = #"{"order_id":"x","customer":"c","currency":"EUR","item_count":1,"total":5000,"high_value":true,"reason":"r"}"#
+                for path in ["/v1/tables/\(table)/records", "/v1/tenants/default/tables/\(table)/records"] {
+                    let answer = try await app.post(path, body: forged)
+                    #expect(answer.status == 403 && answer.body["error"]["code"] == "table_not_writable", "\(path): \(answer)")
+                    #expect(answer.body["error"]["message"].stringValue?.contains(writer) == true)
+                }
+            }
+            let order = #"{"order_id":"o-1","customer":"c","items":[{"sku":"s","quantity":1,"unit_price":2}]}"#
+            #expect(try await app.post("/v1/tables/orders/records", body: order).status == 202)
+            #expect(try await app.records(in: "enriched_orders", tenant: "default", atLeast: 1).count == 1)
+        }
+    }
 }
