@@ -2,8 +2,13 @@
 public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible {
     public var offset: Int
     public var reason: String
+    /// Set when the text is valid JSON but an object names this key twice (which readers take
+    /// differently: some the first value, some the last), so validation refuses it.
+    package var duplicateKey: String?
 
-    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
+    public var description: String {
+        duplicateKey != nil ? "\(reason) (at byte \(offset))" : "invalid JSON at byte \(offset): \(reason)"
+    }
 }
 
 /// A strict RFC 8259 parser over UTF-8 bytes.
@@ -17,6 +22,13 @@ package struct JSONParser: ~Copyable {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var index: Int
     private var depth = 0
+    /// Validation: the byte ranges (inside the quotes) of the keys of the objects being
+    /// scanned, innermost object last, to refuse a key named twice in one object.
+    private var keys: [Range<Int>] = []
+    /// Validation: for objects with many keys (by the index of their first key in `keys`),
+    /// their keys by hash, so a huge object is checked in linear time.
+    private var keyIndexes: [Int: [Int: [Range<Int>]]] = [:]
+    private static let linearKeyLimit = 32
 
     private init(_ bytes: UnsafeBufferPointer<UInt8>, start: Int = 0) {
         self.bytes = bytes
@@ -139,13 +151,16 @@ package struct JSONParser: ~Copyable {
             try enter()
             index += 1
             skipWhitespace()
+            let base = keys.count
             if peek() == UInt8(ascii: "}") {
                 index += 1
             } else {
                 while true {
                     skipWhitespace()
                     guard peek() == UInt8(ascii: "\"") else { throw error("expected a string key in object") }
+                    let keyStart = index
                     try scanString(into: nil)
+                    try note(key: keyStart + 1..<index - 1, base: base)
                     skipWhitespace()
                     guard peek() == UInt8(ascii: ":") else { throw error("expected ':' after object key") }
                     index += 1
@@ -158,6 +173,8 @@ package struct JSONParser: ~Copyable {
                     if next != UInt8(ascii: ",") { throw error("expected ',' or '}' in object", at: index - 1) }
                 }
             }
+            keys.removeSubrange(base...)
+            keyIndexes.removeValue(forKey: base)
             depth -= 1
         case UInt8(ascii: "["):
             try enter()
@@ -183,6 +200,63 @@ package struct JSONParser: ~Copyable {
         case UInt8(ascii: "n"): try expectLiteral("null")
         default: _ = try scanNumber()
         }
+    }
+
+    /// Adds `key` (a range inside quotes) to the keys of the object whose first key is at
+    /// `base` in `keys`, refusing one it already has.
+    private mutating func note(key: Range<Int>, base: Int) throws(JSONParseError) {
+        let count = keys.count - base
+        if count < Self.linearKeyLimit {
+            for earlier in keys[base...] where sameKey(earlier, key) { throw duplicate(key) }
+        } else {
+            if keyIndexes[base] == nil {
+                var byHash: [Int: [Range<Int>]] = [:]
+                for earlier in keys[base...] { byHash[keyHash(earlier), default: []].append(earlier) }
+                keyIndexes[base] = byHash
+            }
+            let hash = keyHash(key)
+            for earlier in keyIndexes[base]![hash] ?? [] where sameKey(earlier, key) { throw duplicate(key) }
+            keyIndexes[base]![hash, default: []].append(key)
+        }
+        if keys.isEmpty { keys.reserveCapacity(16) }
+        keys.append(key)
+    }
+
+    private func duplicate(_ key: Range<Int>) -> JSONParseError {
+        let name = String(decoding: decodedKey(key), as: UTF8.self)
+        var error = error("key '\(name.prefix(64))' appears twice in one object", at: key.lowerBound - 1)
+        error.duplicateKey = name
+        return error
+    }
+
+    /// Two keys are the same when their decoded characters are: `"a"` and `"\u0061"` are.
+    private func sameKey(_ a: Range<Int>, _ b: Range<Int>) -> Bool {
+        let escaped = hasEscape(a) || hasEscape(b)
+        if !escaped {
+            return a.count == b.count && bytes[a].elementsEqual(bytes[b])
+        }
+        return decodedKey(a) == decodedKey(b)
+    }
+
+    private func keyHash(_ key: Range<Int>) -> Int {
+        var hasher = Hasher()
+        if hasEscape(key) {
+            for byte in decodedKey(key) { hasher.combine(byte) }
+        } else {
+            for byte in bytes[key] { hasher.combine(byte) }
+        }
+        return hasher.finalize()
+    }
+
+    private func hasEscape(_ key: Range<Int>) -> Bool { bytes[key].contains(UInt8(ascii: "\\")) }
+
+    /// The key's characters as UTF-8, escapes decoded (the key was validated already).
+    private func decodedKey(_ key: Range<Int>) -> [UInt8] {
+        guard hasEscape(key) else { return Array(bytes[key]) }
+        var parser = JSONParser(bytes, start: key.lowerBound - 1)
+        var text: [UInt8] = []
+        do { try parser.scanString(into: &text) } catch { return Array(bytes[key]) }
+        return text
     }
 
     // MARK: - Building values

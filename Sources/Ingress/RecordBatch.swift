@@ -154,6 +154,7 @@ extension IngressState {
                 try JSONParser.validate(raw.bindMemory(to: UInt8.self))
             }
         } catch let error as JSONParseError {
+            if error.duplicateKey != nil { throw RouteError(status: 422, code: "duplicate_key", message: error.description, field: "body") }
             throw RouteError(status: 400, code: "invalid_json", message: error.description, field: "body")
         } catch {
             throw RouteError(status: 400, code: "invalid_json", message: "\(error)", field: "body")
@@ -200,8 +201,8 @@ extension IngressState {
                 shape = try slice.withUnsafeReadableBytes { try JSONParser.validate($0.bindMemory(to: UInt8.self)) }
             } catch let error as JSONParseError {
                 throw RouteError(
-                    status: 400,
-                    code: "invalid_json",
+                    status: error.duplicateKey != nil ? 422 : 400,
+                    code: error.duplicateKey != nil ? "duplicate_key" : "invalid_json",
                     message: "line \(lineNumber): \(error.description)",
                     field: "line \(lineNumber)"
                 )

@@ -118,4 +118,34 @@ struct JSONParserTests {
         #expect(value.jsonText == #"{"a":5,"d":{"nested":true}}"#)
         for (key, member) in object { #expect(key == "a" && member == 5) }
     }
+
+    /// Before the fix `{"n":1,"n":2}` passed validation: typed validation saw one value while
+    /// the stored bytes kept both, and readers disagree on which one counts.
+    @Test("Validation refuses a key named twice in one object, at any depth and however it is escaped, in linear time")
+    func duplicateKeys() throws {
+        func check(_ text: String) -> String? {
+            let bytes = Array(text.utf8)
+            do {
+                _ = try bytes.withUnsafeBufferPointer { try JSONParser.validate($0) }
+                return nil
+            } catch let error as JSONParseError {
+                return error.duplicateKey
+            } catch {
+                return "unexpected \(error)"
+            }
+        }
+        #expect(check(#"{"n":1,"n":2}"#) == "n")
+        #expect(check(#"{"a":{"x":1,"y":{"x":2},"x":3}}"#) == "x", "nested objects keep their own keys")
+        #expect(check(#"[{"n":1},{"n":2}]"#) == nil, "the same key in two records is fine")
+        #expect(check(#"{"a":{"n":1},"b":{"n":1},"n":0}"#) == nil)
+        #expect(check(#"{"a":1,"\u0061":2}"#) == "a", "an escaped spelling is the same key")
+        #expect(check(#"{"é":1,"\u00e9":2}"#) == "é")
+        // Many keys: past the linear scan, through the hash index, including a late repeat.
+        let many = (0..<5000).map { "\"k\($0)\":\($0)" }
+        #expect(check("{" + many.joined(separator: ",") + "}") == nil)
+        #expect(check("{" + (many + [#""k17":0"#]).joined(separator: ",") + "}") == "k17")
+        #expect(check("{" + (many + [#""\u006b4999":0"#]).joined(separator: ",") + "}") == "k4999")
+        // Parsing (not validating) still takes the last value, as before.
+        #expect(try JSONParser.parse(Array(#"{"n":1,"n":2}"#.utf8))["n"] == 2)
+    }
 }

@@ -57,6 +57,22 @@ struct BadInputTests {
                 code: "not_an_object",
                 field: "records[1]"
             )
+            expectError(
+                try await app.post("/v1/tables/events/records", body: #"{"amount":1,"amount":1000000}"#),
+                status: 422,
+                code: "duplicate_key",
+                field: "body"
+            )
+            expectError(
+                try await app.post(
+                    "/v1/tables/events/records",
+                    body: "{\"ok\":1}\n{\"a\":{\"b\":1,\"b\":2}}",
+                    contentType: "application/x-ndjson"
+                ),
+                status: 422,
+                code: "duplicate_key",
+                field: "line 2"
+            )
             expectError(try await app.post("/v1/tables/nope/records", body: "{}"), status: 404, code: "unknown_table", field: "table")
             expectError(
                 try await app.post("/v1/tables/Bad.Name/records", body: "{}"),
