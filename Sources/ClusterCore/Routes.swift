@@ -165,6 +165,22 @@ public struct WebhookVerification: Sendable {
         return false
     }
 
+    /// How long a captured request stays acceptable (its signed timestamp's tolerance plus
+    /// the clock skew allowed ahead); `nil` when nothing bounds it.
+    package var replayWindow: Duration? {
+        if case .slack(_, let tolerance) = kind { return tolerance + .seconds(Self.allowedClockSkew) }
+        return nil
+    }
+
+    /// The provider's id of one delivery, which its retries repeat: Slack's `event_id`. It
+    /// becomes the record id, so a retried or replayed delivery is stored once.
+    package func deliveryID(of request: RouteRequest) -> String? {
+        guard case .slack = kind, let body = try? JSONParser.parse(request.body), let id = body["event_id"].stringValue,
+            Names.isValidRecordID(id)
+        else { return nil }
+        return id
+    }
+
     package var isSlack: Bool {
         if case .slack = kind { return true }
         return false

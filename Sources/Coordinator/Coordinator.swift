@@ -275,9 +275,14 @@ package enum Topology {
                 try await connection.createOrUpdateStream(tenantStream)
             }
             for table in graph.tables where table.kind == .table {
-                try await connection.createOrUpdateStream(
-                    streamConfiguration(tenant: tenant, table: table.name, configuration: configuration)
-                )
+                var stream = streamConfiguration(tenant: tenant, table: table.name, configuration: configuration)
+                // A signed webhook's delivery id is its record id: JetStream must remember it as
+                // long as the signature's timestamp is accepted, or a replay (or the provider's
+                // own late retry) would be stored again.
+                if let replay = graph.webhooks.filter({ $0.table == table.name }).compactMap(\.verification.replayWindow).max() {
+                    stream.duplicateWindow = max(stream.duplicateWindow, replay)
+                }
+                try await connection.createOrUpdateStream(stream)
             }
             // Last: the ingress reports ready once the tenant stream exists.
             try await connection.createOrUpdateStream(tenantStream)

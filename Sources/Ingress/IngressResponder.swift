@@ -272,7 +272,9 @@ struct IngressResponder: HTTPResponder {
             tenant: tenant,
             publisher: GuardedPublisher(state: state, tenant: tenant),
             ids: state.ids,
-            idempotencyKey: try scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
+            idempotencyKey: try route.verification.deliveryID(of: routeRequest).map {
+                RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
+            } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
             logger: state.logger
         )
         let response: RouteResponse
@@ -322,7 +324,11 @@ struct IngressResponder: HTTPResponder {
         if let (field, problem) = table.validate(routeRequest.body) {
             throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
         }
-        let id = try scopedIdempotencyKey(request, tenant: tenant, path: "webhook \(webhook.path)") ?? state.ids.next()
+        let scope = "webhook \(webhook.path)"
+        let id =
+            try webhook.verification.deliveryID(of: routeRequest).map {
+                RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: scope)
+            } ?? scopedIdempotencyKey(request, tenant: tenant, path: scope) ?? state.ids.next()
         let acks = try await GuardedPublisher(state: state, tenant: tenant).publish(
             [Wire.message(payload: payloads[0], id: id, table: table, tenant: tenant, cause: nil)]
         )

@@ -64,6 +64,8 @@ package struct StreamState: Sendable, Hashable {
     package var bytes: UInt64
     package var firstSequence: UInt64
     package var lastSequence: UInt64
+    /// How long the stream remembers message ids to drop repeats.
+    package var duplicateWindow: Duration = .zero
 }
 
 /// What `ConsumerInfo` reports.

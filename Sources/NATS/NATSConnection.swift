@@ -560,7 +560,8 @@ package final class NATSConnection: Sendable {
                 messages: s.Msgs,
                 bytes: s.Bytes,
                 firstSequence: s.FirstSeq,
-                lastSequence: s.LastSeq
+                lastSequence: s.LastSeq,
+                duplicateWindow: .nanoseconds(config?.Duplicates ?? 0)
             )
         }
     }

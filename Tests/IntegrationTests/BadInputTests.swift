@@ -2,6 +2,7 @@ import Autonomous
 import AutonomousTesting
 import ClusterCore
 import Foundation
+import NATS
 import Testing
 
 @Suite("Bad input gets a 4xx with a JSON error and loses nothing already accepted", .serialized)
@@ -304,6 +305,38 @@ struct BadInputTests {
             #expect(Set(seen).count == 3)
             let events = try await app.records(in: "events", atLeast: 3 + 9, timeout: .seconds(5))
             #expect(events.filter { $0.text.contains("victim") }.count == 3, "every victim record is stored")
+        }
+    }
+
+    /// Before the fix each delivery got a new id: Slack's retries (the last five minutes after
+    /// the first) and replays of a captured request were stored again.
+    @Test("A signed Slack delivery is stored once however often it is retried or replayed: its event_id is its record id")
+    func slackRetriesStoredOnce() async throws {
+        try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
+            let body = #"{"sensor":"s1","value":1.5,"event_id":"Ev0PV52K21","type":"event_callback"}"#
+            var answers: [(status: Int, body: JSONValue)] = []
+            for delay in [0, 1] {
+                // Each retry is signed afresh, with its own timestamp.
+                let timestamp = String(Int(Date().timeIntervalSince1970) - delay)
+                let signature = WebhookVerification.slackSignature(secret: "s3cr3t", timestamp: timestamp, body: Array(body.utf8))
+                answers.append(
+                    try await app.post(
+                        "/signed",
+                        body: body,
+                        headers: [
+                            ("X-Slack-Request-Timestamp", timestamp), ("X-Slack-Signature", signature), ("X-Slack-Retry-Num", "\(delay)"),
+                        ]
+                    )
+                )
+            }
+            #expect(answers.map(\.status) == [200, 200])
+            #expect(answers[0].body["id"] == answers[1].body["id"])
+            #expect(answers[0].body["duplicate"] == .null && answers[1].body["duplicate"] == true, "\(answers)")
+            let stored = try await app.records(in: "readings", atLeast: 1, timeout: .seconds(3))
+            #expect(stored.count == 1)
+            // The table's stream remembers ids as long as a signed timestamp is accepted.
+            let window = try await app.connection.streamState("AUT_DEFAULT_tbl_readings")?.duplicateWindow
+            #expect(window == .seconds(360))
         }
     }
 
