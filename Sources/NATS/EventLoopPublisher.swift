@@ -118,7 +118,9 @@ package final class EventLoopPublisher: @unchecked Sendable {
     /// certificate and key when given.
     static func makeSSLContext(_ tls: NATSConnection.Configuration.TLS) throws(NATSError) -> NIOSSLContext {
         var settings = TLSConfiguration.makeClientConfiguration()
-        settings.certificateVerification = .noHostnameVerification
+        // The certificate must name the server: its DNS name (checked against the URL's host,
+        // also sent as SNI) or, for a URL with an IP address, that address.
+        settings.certificateVerification = .fullVerification
         do {
             if let file = tls.caFile { settings.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(file)) }
             switch (tls.certificateFile, tls.keyFile) {
@@ -508,6 +510,11 @@ struct ServerEndpoint: Sendable {
 ///
 /// Not `Sendable`: used only on its channel's event loop, which is the publisher's.
 private final class PublisherProtocolHandler: ChannelInboundHandler {
+    /// An IPv4 or IPv6 literal (checked against the certificate's IP addresses, not sent as SNI).
+    static func isIPAddress(_ host: String) -> Bool {
+        (try? SocketAddress(ipAddress: host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: 0)) != nil
+    }
+
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -576,7 +583,10 @@ private final class PublisherProtocolHandler: ChannelInboundHandler {
             // from here (CONNECT, PING) waits in the TLS handler until the handshake is done.
             do {
                 try context.pipeline.syncOperations.addHandler(
-                    try NIOSSLClientHandler(context: publisher.sslContext!, serverHostname: nil),
+                    try NIOSSLClientHandler(
+                        context: publisher.sslContext!,
+                        serverHostname: Self.isIPAddress(endpoint.host) ? nil : endpoint.host
+                    ),
                     position: .first
                 )
             } catch {

@@ -74,8 +74,11 @@ struct NATSTLSTests {
     }
 
     /// Runs `body` with a nats-server that requires TLS and a client certificate from the CA.
-    func withTLSServer(_ body: (Certificates, NATSServerProcess) async throws -> Void) async throws {
-        let certificates = try await Certificates.make()
+    func withTLSServer(
+        serverNames: String = "IP:127.0.0.1,DNS:localhost",
+        _ body: (Certificates, NATSServerProcess) async throws -> Void
+    ) async throws {
+        let certificates = try await Certificates.make(serverNames: serverNames)
         defer { try? FileManager.default.removeItem(atPath: certificates.directory) }
         let server = try await NATSServerProcess.start(
             directory: certificates.directory + "/nats",
@@ -132,6 +135,45 @@ struct NATSTLSTests {
             let messages = (100..<200).map { EventLoopPublisherTests.message("tls.records", #"{"n":\#($0)}"#, id: "el-\($0)") }
             let loopAcks = try await EventLoopPublisherTests.publish(publisher, messages).get()
             #expect(loopAcks.map(\.sequence) == Array(101...200))
+            await publisher.close()
+        }
+    }
+
+    /// Before the fix the event-loop publisher checked only that the CA signed the server's
+    /// certificate, not that the certificate names the server: any certificate from that CA
+    /// could pose as NATS.
+    @Test("A server certificate that names another host is refused by nats.c and the event-loop publisher alike")
+    func hostNameVerified() async throws {
+        try await withTLSServer(serverNames: "DNS:other.example") { certificates, server in
+            await #expect(throws: NATSError.self) {
+                let connection = try await NATSConnection.connect(
+                    configuration: configuration(server, certificates.mutual),
+                    logger: TestNATSServer.logger
+                )
+                await connection.close()
+            }
+            let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
+            do {
+                let publisher = try await EventLoopPublisher.connect(
+                    configuration: Self.publisherSettings(server, certificates.mutual),
+                    eventLoop: eventLoop,
+                    logger: TestNATSServer.logger
+                )
+                await publisher.close()
+                Issue.record("the event-loop publisher accepted a certificate for another host")
+            } catch let error as NATSError {
+                #expect(error.code != .timeout, "\(error)")
+            }
+        }
+        // A certificate naming the host by DNS name is taken when the URL names it so.
+        try await withTLSServer(serverNames: "DNS:localhost") { certificates, server in
+            var settings = Self.publisherSettings(server, certificates.mutual)
+            settings.servers = [server.url.replacingOccurrences(of: "127.0.0.1", with: "localhost")]
+            let publisher = try await EventLoopPublisher.connect(
+                configuration: settings,
+                eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                logger: TestNATSServer.logger
+            )
             await publisher.close()
         }
     }
