@@ -15,12 +15,14 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
             abstract: "An Autonomous app. Pick the role this process plays.",
             discussion: """
                 Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST, \
-                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_DATA_DIR, \
+                AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_HEALTH_HOST (default 127.0.0.1), \
+                AUTONOMOUS_DATA_DIR, \
                 AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may \
                 stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS \
                 (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL, \
-                AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_TOKEN (the \
-                coordinator's admin API token, at least 16 characters), AUTONOMOUS_REQUIRE_API_KEY, \
+                AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_HOST (default \
+                127.0.0.1), AUTONOMOUS_ADMIN_TOKEN (the coordinator's admin API token, at least 24 \
+                characters), AUTONOMOUS_REQUIRE_API_KEY, \
                 AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10), \
                 AUTONOMOUS_SHUTDOWN_TIMEOUT (seconds a graceful shutdown may take before what still \
                 runs is cancelled; default 30), \
@@ -70,9 +72,16 @@ struct CommonOptions: ParsableArguments {
 
     @Option(
         name: .customLong("health-port"),
-        help: "Port of /healthz, /readyz and /metrics for worker and coordinator processes. [env: AUTONOMOUS_HEALTH_PORT, default: none]"
+        help:
+            "Port of /healthz, /readyz and /metrics (the ingress answers /healthz and /readyz on its HTTP port too). [env: AUTONOMOUS_HEALTH_PORT, default: none]"
     )
     var healthPort: Int?
+
+    @Option(
+        name: .customLong("health-host"),
+        help: "Listen address of the health port; /metrics names tenants and handlers. [env: AUTONOMOUS_HEALTH_HOST, default: 127.0.0.1]"
+    )
+    var healthHost: String?
 
     @Option(
         name: .customLong("postgres-url"),
@@ -106,6 +115,12 @@ struct CommonOptions: ParsableArguments {
     )
     var adminPort: Int?
 
+    @Option(
+        name: .customLong("admin-host"),
+        help: "Coordinator: listen address of the admin API. [env: AUTONOMOUS_ADMIN_HOST, default: 127.0.0.1]"
+    )
+    var adminHost: String?
+
     @Flag(
         name: .customLong("require-api-key"),
         help: "Ingress: refuse record API calls and routes without an API key. [env: AUTONOMOUS_REQUIRE_API_KEY=true]"
@@ -127,6 +142,8 @@ struct CommonOptions: ParsableArguments {
         if let host { flags["http.host"] = .string(host) }
         if let port { flags["http.port"] = .int(port) }
         if let healthPort { flags["health.port"] = .int(healthPort) }
+        if let healthHost { flags["health.host"] = .string(healthHost) }
+        if let adminHost { flags["admin.host"] = .string(adminHost) }
         if let postgresURL { flags["postgres.url"] = .string(postgresURL) }
         if let handlers { flags["handlers"] = .string(handlers) }
         if let dataDirectory { flags["dataDir"] = .string(dataDirectory) }
@@ -180,6 +197,8 @@ struct CommonOptions: ParsableArguments {
             in: ports,
             problem: "is not a port number (0-65535)"
         )
+        configuration.healthHost = settings.string(Setting("health.host", flag: "--health-host")) ?? "127.0.0.1"
+        configuration.adminHost = settings.string(Setting("admin.host", flag: "--admin-host")) ?? "127.0.0.1"
         configuration.dataDirectory = settings.string(Setting("dataDir", flag: "--data-dir")) ?? ".autonomous"
         if let replicas = try settings.int(Setting("streamReplicas"), in: 1...5, problem: "must be 1 to 5") {
             configuration.topology.replicas = replicas
@@ -236,8 +255,8 @@ struct CommonOptions: ParsableArguments {
             problem: "is not a port number (0-65535)"
         )
         configuration.adminToken = settings.string(Setting("admin.token")).flatMap { $0.isEmpty ? nil : $0 }
-        if let token = configuration.adminToken, token.utf8.count < 16 {
-            throw ValidationError("AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters")
+        if let token = configuration.adminToken, let problem = AdminToken.weakness(of: token) {
+            throw ValidationError("AUTONOMOUS_ADMIN_TOKEN \(problem) (make one with: openssl rand -hex 32)")
         }
         if let required = try settings.bool(Setting("requireApiKey", flag: "--require-api-key")) {
             configuration.requireAPIKey = required
@@ -373,6 +392,7 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
                 return components?.string ?? "postgres"
             } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
+        let adminHost = configuration.adminHost
         let isEmbedded = embedded != nil
         if configuration.adminPort == nil { configuration.adminPort = 0 }
         var generatedToken: String?
@@ -383,7 +403,7 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         }
         let shownToken = generatedToken
         configuration.onAdminListening = { port in
-            let shownHost = host == "127.0.0.1" || host == "0.0.0.0" ? "localhost" : host
+            let shownHost = adminHost == "127.0.0.1" || adminHost == "0.0.0.0" ? "localhost" : adminHost
             // The base URL, as `autonomous tenants|keys|dlq` take it in AUTONOMOUS_ADMIN_URL.
             var line = "Admin API: http://\(shownHost):\(port)"
             if let shownToken {
@@ -460,5 +480,20 @@ enum DevBanner {
         lines.append("  \(sqlitePath) (coordinator state)")
         lines.append("")
         return lines.joined(separator: "\n")
+    }
+}
+
+/// The admin token's minimum strength: it guards every tenant and key.
+enum AdminToken {
+    static let minimumLength = 24
+    static let minimumDistinctCharacters = 10
+
+    /// What makes `token` too weak, or `nil`.
+    static func weakness(of token: String) -> String? {
+        if token.count < minimumLength { return "must be at least \(minimumLength) characters (it has \(token.count))" }
+        if Set(token).count < minimumDistinctCharacters {
+            return "must have at least \(minimumDistinctCharacters) different characters (it has \(Set(token).count))"
+        }
+        return nil
     }
 }

@@ -40,8 +40,14 @@ package struct RuntimeConfiguration: Sendable {
     package var handlers: Set<String>?
     /// Worker: run every handler but these.
     package var excludedHandlers: Set<String> = []
-    /// Port of `/healthz`, `/readyz` and `/metrics` for processes without the ingress (`nil`: none).
+    /// Port of `/healthz`, `/readyz` and `/metrics` (`nil`: none). The ingress answers
+    /// `/healthz` and `/readyz` on its HTTP port too, never `/metrics`.
     package var healthPort: Int?
+    /// Address the health port listens on: loopback unless the deployment chooses otherwise
+    /// (`/metrics` names tenants and handlers).
+    package var healthHost: String = "127.0.0.1"
+    /// Address the admin API listens on: loopback unless the deployment chooses otherwise.
+    package var adminHost: String = "127.0.0.1"
     /// PostgreSQL for the coordinator's state (`postgres://user@host:port/db`); `nil` keeps it
     /// in SQLite under `dataDirectory`.
     package var postgresURL: String?
@@ -240,9 +246,15 @@ package struct AppRuntime: Sendable {
             )
             let adminPort = configuration.adminPort ?? (role == .coordinator ? configuration.healthPort : nil)
             if let adminPort {
+                if configuration.adminPort == nil, configuration.adminHost != configuration.healthHost {
+                    throw ConfigurationError(
+                        "the admin API shares the health port (no --admin-port), but AUTONOMOUS_ADMIN_HOST (\(configuration.adminHost)) "
+                            + "differs from AUTONOMOUS_HEALTH_HOST (\(configuration.healthHost)): give the admin API a port of its own"
+                    )
+                }
                 services.append(
                     AdminServer(
-                        host: configuration.httpHost,
+                        host: configuration.adminHost,
                         port: adminPort,
                         adminToken: configuration.adminToken,
                         administration: Administration(
@@ -304,8 +316,10 @@ package struct AppRuntime: Sendable {
                 }
             }
             services.append(try Ingress(graph: graph, configuration: ingressConfiguration, connection: connection, logger: logger))
-        } else if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
-            services.append(HealthServer(host: configuration.httpHost, port: healthPort, connection: connection, logger: logger))
+        }
+        // One health port per process, unless the lone coordinator's admin server answers there.
+        if let healthPort = configuration.healthPort, !(role == .coordinator && configuration.adminPort == nil) {
+            services.append(HealthServer(host: configuration.healthHost, port: healthPort, connection: connection, logger: logger))
         }
         return services
     }
@@ -354,6 +368,6 @@ struct ConnectionService: Service, CustomStringConvertible {
 extension RuntimeConfiguration: CustomStringConvertible {
     /// Never the environment or the admin token: they hold the process's secrets.
     package var description: String {
-        "RuntimeConfiguration(tenant: \(tenant), http: \(httpHost):\(httpPort), dataDirectory: \(dataDirectory), postgres: \(postgresURL == nil ? "no" : "yes"), adminToken: \(adminToken == nil ? "none" : "set, not shown"), environment: \(environment.count) variables, not shown)"
+        "RuntimeConfiguration(tenant: \(tenant), http: \(httpHost):\(httpPort), health: \(healthHost):\(healthPort.map(String.init) ?? "none"), admin: \(adminHost):\(adminPort.map(String.init) ?? "default"), dataDirectory: \(dataDirectory), postgres: \(postgresURL == nil ? "no" : "yes"), adminToken: \(adminToken == nil ? "none" : "set, not shown"), environment: \(environment.count) variables, not shown)"
     }
 }

@@ -25,7 +25,8 @@ package actor ProcessCluster {
         /// Ingress `i` listens on `httpPort + i`.
         package var httpPort: Int = 3000
         /// Coordinator 0 serves health and the admin API on `healthPort` (coordinator `n` on
-        /// `healthPort + 50 + n`), worker `n` serves health on `healthPort + 1 + n`.
+        /// `healthPort + 50 + n`), worker `n` serves health on `healthPort + 1 + n`, ingress `n`
+        /// on `healthPort + 90 + n`; all on loopback.
         package var healthPort: Int = 3100
         /// Replicas by role: `ingress`, `worker`, `worker-<group>` for worker groups, and
         /// `coordinator` (default 1; more run as standbys, which needs Postgres).
@@ -186,6 +187,17 @@ package actor ProcessCluster {
         (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map { "http://127.0.0.1:\($0.port)" }
     }
 
+    /// Where each ingress serves `/metrics` (its health port, on loopback).
+    package func ingressHealthURLs() -> [String] {
+        (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map {
+            "http://127.0.0.1:\(Self.ingressHealthPort(healthPort: specification.healthPort, slot: $0.slot))"
+        }
+    }
+
+    /// Ingress `n`'s health port: `healthPort + 90 + n` (workers take `+1…+49`, coordinators
+    /// `+50…`).
+    static func ingressHealthPort(healthPort: Int, slot: Int) -> Int { healthPort + 90 + slot }
+
     package func replicas(of role: String) -> Int { children[role]?.count ?? 0 }
 
     /// Changes the number of replicas of `role`, waiting until new ones are ready and removed
@@ -197,8 +209,8 @@ package actor ProcessCluster {
         if role.hasPrefix("worker-") && specification.workerGroups[String(role.dropFirst("worker-".count))] == nil {
             throw DeployError("unknown worker group '\(role.dropFirst("worker-".count))'")
         }
-        guard count >= 0, count <= 49, role != "coordinator" || count >= 1 else {
-            throw DeployError("invalid replica count \(count) for \(role)")
+        guard count >= 0, count <= (role == "ingress" ? 10 : 49), role != "coordinator" || count >= 1 else {
+            throw DeployError("invalid replica count \(count) for \(role) (ingress: 0 to 10; others: up to 49)")
         }
         desired[role] = count
         var current = children[role] ?? [:]
@@ -246,7 +258,9 @@ package actor ProcessCluster {
             "--data-dir", "\(specification.directory)/\(role)-\(slot)",
         ]
         if role == "ingress" {
-            arguments += ["--port", String(port)]
+            arguments += [
+                "--port", String(port), "--health-port", String(Self.ingressHealthPort(healthPort: specification.healthPort, slot: slot)),
+            ]
         } else {
             arguments += ["--health-port", String(port)]
         }

@@ -14,9 +14,13 @@ package struct HealthEndpoints: Sendable {
     package let connection: NATSConnection
     /// Why the process is not ready beyond NATS (`nil`: ready).
     package let readiness: (@Sendable () async -> String?)?
+    /// Whether `/metrics` is served here: on the health and admin ports (loopback unless the
+    /// deployment says otherwise), never on the ingress's public port, since it names tenants.
+    package let servesMetrics: Bool
 
-    package init(connection: NATSConnection, readiness: (@Sendable () async -> String?)? = nil) {
+    package init(connection: NATSConnection, servesMetrics: Bool = true, readiness: (@Sendable () async -> String?)? = nil) {
         self.connection = connection
+        self.servesMetrics = servesMetrics
         self.readiness = readiness
     }
 
@@ -27,7 +31,7 @@ package struct HealthEndpoints: Sendable {
         switch path {
         case "/healthz": return JSONResponse.make(200, ["status": "ok"])
         case "/readyz": return await ready()
-        case "/metrics": return Self.metrics()
+        case "/metrics" where servesMetrics: return Self.metrics()
         default: return nil
         }
     }

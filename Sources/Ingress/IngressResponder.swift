@@ -136,14 +136,15 @@ final class IngressState: Sendable {
 struct IngressResponder: HTTPResponder {
     typealias Context = BasicRequestContext
     let state: IngressState
-    /// `/healthz`, `/readyz` (also waiting for the tenant's stream) and `/metrics`.
+    /// `/healthz` and `/readyz` (also waiting for the tenant's stream); `/metrics` is on the
+    /// health port, not on this public one.
     private let health: HealthEndpoints
     private let pipeline: RecordIngest
 
     init(state: IngressState) {
         self.state = state
         self.pipeline = RecordIngest(state: state)
-        self.health = HealthEndpoints(connection: state.connection) { [state] in
+        self.health = HealthEndpoints(connection: state.connection, servesMetrics: false) { [state] in
             guard !state.streamReady.load(ordering: .relaxed) else { return nil }
             let stream = Wire.streamName(tenant: state.configuration.tenant)
             guard (try? await state.connection.streamState(stream)) != nil else { return "stream \(stream) does not exist yet" }

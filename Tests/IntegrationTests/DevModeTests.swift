@@ -177,7 +177,7 @@ struct DevModeTests {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-secrets-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
         let secrets = [
-            "AUTONOMOUS_ADMIN_TOKEN": "adm-token-3c1f9e27b84d",
+            "AUTONOMOUS_ADMIN_TOKEN": "adm-token-3c1f9e27b84d5a6e0f",
             "AUTONOMOUS_POSTGRES_PASSWORD": "pg-password-7a52d0e1",
             "OPENAI_API_KEY": "sk-test-5d8e2b9f41c7",
         ]

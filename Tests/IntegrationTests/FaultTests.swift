@@ -262,7 +262,7 @@ struct FaultTests {
         var specification = try specification("peers")
         specification.replicas = ["ingress": 2, "worker": 0]
         try await withCluster(specification) { cluster in
-            let urls = await cluster.ingressURLs()
+            let urls = await cluster.ingressHealthURLs()
             #expect(urls.count == 2)
             @Sendable func nodes(_ url: String) async -> Double? {
                 guard let text = try? await MetricsTests.get(url + "/metrics").text else { return nil }

@@ -22,7 +22,11 @@ struct MetricsTests {
         return nil
     }
 
-    @Test("GET /metrics on the ingress and the admin port: Prometheus text with the ingress and worker counters")
+    /// Before the fix `/metrics`, which names tenants and handlers, was served on the ingress's
+    /// public port.
+    @Test(
+        "GET /metrics on the admin (and health) port, not on the ingress's public port: Prometheus text with the ingress and worker counters"
+    )
     func exposition() async throws {
         var builder = AppBuilder(name: "Metered")
         let input = builder.table("metered_in")
@@ -40,12 +44,12 @@ struct MetricsTests {
             #expect(
                 try await eventually(timeout: .seconds(5)) {
                     Self.value(
-                        try await Self.get(app.baseURL + "/metrics").text,
+                        try await Self.get(app.adminURL + "/metrics").text,
                         #"autonomous_worker_records_processed_total{handler="metered-copy"}"#
                     ) == 3
                 }
             )
-            let ingress = try await Self.get(app.baseURL + "/metrics")
+            let ingress = try await Self.get(app.adminURL + "/metrics")
             #expect(ingress.status == 200)
             #expect(ingress.contentType?.hasPrefix("text/plain") == true)
             #expect((Self.value(ingress.text, "autonomous_ingress_records_accepted_total") ?? 0) >= 3)
@@ -58,10 +62,13 @@ struct MetricsTests {
             }
             #expect(try await app.post("/v1/tables/nope/records", body: "{}").status == 404)
             let rejectedAfter =
-                Self.value(try await Self.get(app.baseURL + "/metrics").text, "autonomous_ingress_requests_rejected_total") ?? 0
+                Self.value(try await Self.get(app.adminURL + "/metrics").text, "autonomous_ingress_requests_rejected_total") ?? 0
             #expect(rejectedAfter - rejectedBefore >= 11, "\(rejectedBefore) → \(rejectedAfter)")
             let admin = try await Self.get(app.adminURL + "/metrics")
             #expect(admin.status == 200)
+            let publicPort = try await Self.get(app.baseURL + "/metrics")
+            #expect(publicPort.status == 404, "the ingress's port serves no metrics")
+            #expect(try await Self.get(app.baseURL + "/readyz").status == 200, "but health, for load balancers")
             #expect(Self.value(admin.text, #"autonomous_worker_records_processed_total{handler="metered-copy"}"#) == 3)
         }
     }

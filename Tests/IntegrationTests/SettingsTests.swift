@@ -60,14 +60,14 @@ struct SettingsTests {
         let file = #"""
             {"requireApiKey": true, "ackWait": 2.5, "leaseTtl": 4, "shutdownTimeout": 9,
              "rateLimit": {"perNode": true, "maxDelayMs": 250}, "ingress": {"eventLoopPublish": false},
-             "streamReplicas": 3, "admin": {"port": 7071, "token": "0123456789abcdef0123"}, "handlers": "a, b"}
+             "streamReplicas": 3, "admin": {"port": 7071, "token": "0123456789abcdef01234567"}, "handlers": "a, b"}
             """#
         let configuration = try await Self.configuration(file: file)
         #expect(configuration.requireAPIKey && !configuration.shareRateLimitsAcrossNodes && !configuration.ingressEventLoopPublishing)
         #expect(configuration.topology.ackWait == .milliseconds(2500) && configuration.leaseTTL == .seconds(4))
         #expect(configuration.shutdownTimeout == .seconds(9) && configuration.rateLimitMaxDelay == .milliseconds(250))
         #expect(configuration.topology.replicas == 3 && configuration.adminPort == 7071)
-        #expect(configuration.adminToken == "0123456789abcdef0123" && configuration.handlers == ["a", "b"])
+        #expect(configuration.adminToken == "0123456789abcdef01234567" && configuration.handlers == ["a", "b"])
     }
 
     @Test("A malformed value stops the process naming where it came from: the flag, the variable, or the file and key")
@@ -85,7 +85,8 @@ struct SettingsTests {
         let badBool = await Self.refusal(file: #"{"requireApiKey": "maybe"}"#)
         #expect(badBool.contains("requireApiKey in") && badBool.hasSuffix("'maybe' must be true or false"), "\(badBool)")
         #expect(
-            await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": "short"]) == "AUTONOMOUS_ADMIN_TOKEN must be at least 16 characters"
+            await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": "short"])
+                == "AUTONOMOUS_ADMIN_TOKEN must be at least 24 characters (it has 5) (make one with: openssl rand -hex 32)"
         )
         // A settings file that is not there, or not JSON, is refused with its path.
         let missing = await Self.refusal(["--config", "/nonexistent/settings.json"])
@@ -104,5 +105,28 @@ struct SettingsTests {
             "streamReplicas": "AUTONOMOUS_STREAM_REPLICAS", "admin.token": "AUTONOMOUS_ADMIN_TOKEN",
         ]
         for (key, name) in expected { #expect(Setting(key).environmentName == name) }
+    }
+
+    /// Before the fix the admin API and `/metrics` listened wherever the ingress did (0.0.0.0
+    /// in the image), and a 16-character token of one letter was taken.
+    @Test("The admin API and the health port listen on loopback unless told otherwise; weak admin tokens are refused")
+    func adminAndHealthAddresses() async throws {
+        let defaults = try await Self.configuration(["--host", "0.0.0.0"])
+        #expect(defaults.httpHost == "0.0.0.0" && defaults.adminHost == "127.0.0.1" && defaults.healthHost == "127.0.0.1")
+        let chosen = try await Self.configuration(
+            ["--admin-host", "10.0.0.5"],
+            environment: ["AUTONOMOUS_HEALTH_HOST": "0.0.0.0", "AUTONOMOUS_ADMIN_HOST": "10.9.9.9"]
+        )
+        #expect(chosen.adminHost == "10.0.0.5" && chosen.healthHost == "0.0.0.0")
+        #expect(Setting("admin.host").environmentName == "AUTONOMOUS_ADMIN_HOST")
+        #expect(Setting("health.host").environmentName == "AUTONOMOUS_HEALTH_HOST")
+
+        let short = await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": "abcdefghijklmnop"])
+        #expect(short.contains("at least 24 characters"), "\(short)")
+        let repetitive = await Self.refusal(environment: ["AUTONOMOUS_ADMIN_TOKEN": String(repeating: "ab", count: 16)])
+        #expect(repetitive.contains("different characters"), "\(repetitive)")
+        #expect(!repetitive.contains("abab"), "the token is never echoed")
+        let strong = try await Self.configuration(environment: ["AUTONOMOUS_ADMIN_TOKEN": "3f9c1e07a2b84d5e9c1f6a0b7d2e4c81"])
+        #expect(strong.adminToken != nil)
     }
 }

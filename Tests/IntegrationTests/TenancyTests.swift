@@ -393,7 +393,7 @@ struct TenancyTests {
             clock.advance(.seconds(2))
             #expect(try await post(1000).status == 202, "a full bucket takes its burst at once")
             @Sendable func delayed() async throws -> Double {
-                let metrics = try await MetricsTests.get(app.baseURL + "/metrics").text
+                let metrics = try await MetricsTests.get(app.adminURL + "/metrics").text
                 return MetricsTests.value(metrics, #"autonomous_ingress_records_delayed_total{tenant="acme"}"#) ?? 0
             }
             let delayedBefore = try await delayed()
@@ -425,7 +425,7 @@ struct TenancyTests {
             #expect(spread >= 200, "the held records reached the stream over \(spread) ms, not at once")
 
             // The refusals and holds are counted per tenant.
-            let metrics = try await MetricsTests.get(app.baseURL + "/metrics").text
+            let metrics = try await MetricsTests.get(app.adminURL + "/metrics").text
             let refusedCount = MetricsTests.value(metrics, #"autonomous_ingress_records_rate_limited_total{tenant="acme"}"#) ?? 0
             let delayedCount = MetricsTests.value(metrics, #"autonomous_ingress_records_delayed_total{tenant="acme"}"#) ?? 0
             #expect(refusedCount >= 1 + 3000 + 900 && delayedCount >= 900, "refused \(refusedCount), held \(delayedCount)")

@@ -199,6 +199,8 @@ job "autonomous" {
       env {
         AUTONOMOUS_NATS_URL    = var.nats_url
         AUTONOMOUS_TENANT      = var.tenant
+        # /healthz, /readyz and /metrics on the allocation's address, for Nomad's checks.
+        AUTONOMOUS_HEALTH_HOST = "0.0.0.0"
         AUTONOMOUS_HEALTH_PORT = "8081"
         AUTONOMOUS_LOG_LEVEL   = "info"
       }
@@ -267,7 +269,11 @@ job "autonomous" {
       env {
         AUTONOMOUS_NATS_URL    = var.nats_url
         AUTONOMOUS_TENANT      = var.tenant
+        AUTONOMOUS_HEALTH_HOST = "0.0.0.0"
         AUTONOMOUS_HEALTH_PORT = "8081"
+        # The admin API stays on the task's loopback (nomad alloc exec, or a sidecar tunnel).
+        AUTONOMOUS_ADMIN_HOST  = "127.0.0.1"
+        AUTONOMOUS_ADMIN_PORT  = "8082"
         AUTONOMOUS_LOG_LEVEL   = "info"
       }
 
