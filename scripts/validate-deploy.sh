@@ -37,9 +37,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failures=0
 
+# Hardened defaults: every overlay requires API keys; the production ones serve HTTPS only.
+hardened() { # file, whether TLS is required
+  grep -q 'AUTONOMOUS_REQUIRE_API_KEY: "true"' "$1" || { echo "FAIL $1: API keys are not required"; return 1; }
+  grep -q 'AUTONOMOUS_ADMIN_HOST: 127.0.0.1' "$1" || { echo "FAIL $1: the admin API is not on loopback"; return 1; }
+  if [ "$2" = tls ]; then
+    grep -q 'secretName: autonomous-tls' "$1" || { echo "FAIL $1: the Ingress has no tls:"; return 1; }
+    grep -q 'force-ssl-redirect: "true"' "$1" || { echo "FAIL $1: plain HTTP is not redirected"; return 1; }
+  fi
+}
+
 for overlay in deploy/k8s/overlays/*/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" > "$out/$name.yaml"
+  case "$name" in production*) need=tls ;; *) need=keys ;; esac
+  hardened "$out/$name.yaml" "$need" || failures=$((failures + 1))
   count=$(grep -c '^kind:' "$out/$name.yaml")
   for version in "${K8S_VERSIONS[@]}"; do
     if ! "$validate" --strict --quiet -k "$version" "$out/$name.yaml"; then
@@ -58,7 +70,15 @@ if "$python" scripts/check-nomad-job.py deploy/nomad/autonomous.nomad.hcl; then 
   echo "FAIL nomad job"; failures=$((failures + 1))
 fi
 
+for setting in 'AUTONOMOUS_REQUIRE_API_KEY = "true"' 'AUTONOMOUS_ADMIN_HOST  = "127.0.0.1"' 'traefik.http.routers.autonomous.tls=true'; do
+  grep -qF "$setting" deploy/nomad/autonomous.nomad.hcl || { echo "FAIL nomad job: no $setting"; failures=$((failures + 1)); }
+done
+
 # Self-checks: broken inputs must be refused.
+grep -v 'secretName: autonomous-tls' "$out/production.yaml" > "$out/plain.yaml"
+if hardened "$out/plain.yaml" tls > /dev/null; then
+  echo "FAIL the hardening check accepted an Ingress without tls:"; failures=$((failures + 1))
+fi
 sed 's/replicas: 2/replicas: "two"/' deploy/k8s/base/worker-deployment.yaml > "$out/broken.yaml"
 if "$validate" --strict --quiet -k 1.29 "$out/broken.yaml" > /dev/null 2>&1; then
   echo "FAIL kubernetes-validate accepted a broken manifest"; failures=$((failures + 1))

@@ -393,6 +393,7 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
             } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
         let adminHost = configuration.adminHost
+        let requireAPIKey = configuration.requireAPIKey
         let isEmbedded = embedded != nil
         if configuration.adminPort == nil { configuration.adminPort = 0 }
         var generatedToken: String?
@@ -423,7 +424,8 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
                 natsURL: natsURL,
                 embedded: isEmbedded,
                 dataDirectory: dataDirectory,
-                sqlitePath: sqlite
+                sqlitePath: sqlite,
+                requireAPIKey: requireAPIKey
             )
             FileHandle.standardOutput.write(Data((banner + "\n").utf8))
         }
@@ -448,16 +450,30 @@ enum DevBanner {
         natsURL: String,
         embedded: Bool,
         dataDirectory: String,
-        sqlitePath: String
+        sqlitePath: String,
+        requireAPIKey: Bool = false
     ) -> String {
         let shownHost = host == "127.0.0.1" || host == "0.0.0.0" ? "localhost" : host
-        var lines = ["", "\(graph.name) is running (tenant '\(tenant)'). Ctrl-C stops it.", "", "Live endpoints:"]
-        for route in graph.routes { lines.append("  \(shownHost):\(port)\(route.path) \(route.method)") }
-        for webhook in graph.webhooks {
-            lines.append("  \(shownHost):\(port)\(webhook.path) POST  (webhook → \(webhook.table))")
+        var lines = ["", "\(graph.name) is running (tenant '\(tenant)'). Ctrl-C stops it.", ""]
+        if requireAPIKey {
+            lines.append("Access: API keys required (Authorization: Bearer <key>).")
+        } else {
+            lines.append("Access: OPEN. Requests without an API key act for tenant '\(tenant)': fine on your machine, not on a")
+            lines.append("network. Deployments set AUTONOMOUS_REQUIRE_API_KEY=true (the Kubernetes and Nomad files do).")
         }
+        lines += ["", "Live endpoints:"]
+        for route in graph.routes {
+            lines.append("  \(shownHost):\(port)\(route.path) \(route.method)  (\(route.verification.label))")
+        }
+        for webhook in graph.webhooks {
+            lines.append("  \(shownHost):\(port)\(webhook.path) POST  (webhook → \(webhook.table), \(webhook.verification.label))")
+        }
+        let tables = graph.tables.filter { $0.kind == .table }
+        let open = tables.filter { graph.acceptsRecordAPI($0) }.map(\.name)
+        let closed = tables.filter { !graph.acceptsRecordAPI($0) }.map(\.name)
         lines.append(
-            "  \(shownHost):\(port)/v1/tables/{table}/records POST  (tables: \(graph.tables.filter { $0.kind == .table }.map(\.name).joined(separator: ", ")))"
+            "  \(shownHost):\(port)/v1/tables/{table}/records POST  (tables: \(open.isEmpty ? "none" : open.joined(separator: ", "))"
+                + (closed.isEmpty ? ")" : "; written by handlers only: \(closed.joined(separator: ", ")))")
         )
         lines.append("")
         lines.append("Live schedules:")

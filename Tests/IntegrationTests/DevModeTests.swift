@@ -112,6 +112,10 @@ struct DevModeTests {
         let dev = try DevProcess(dataDirectory: dataDirectory)
         let (port, _) = try await dev.waitForBanner()
         let text = try String(contentsOfFile: dev.output, encoding: .utf8)
+        // dev says that it runs open, and which tables the record API takes.
+        #expect(text.contains("Access: OPEN. Requests without an API key act for tenant 'default'"), "\(text)")
+        #expect(text.contains("(tables: orders; written by handlers only: enriched_orders, order_reviews, order_summaries)"), "\(text)")
+        #expect(text.contains("/webhooks/orders POST  (webhook → orders, api-key)"), "\(text)")
         let exported = try #require(text.firstMatch(of: /export AUTONOMOUS_ADMIN_URL=(\S+) AUTONOMOUS_ADMIN_TOKEN=(\S+)/), "\(text)")
         let environment = ["AUTONOMOUS_ADMIN_URL": String(exported.1), "AUTONOMOUS_ADMIN_TOKEN": String(exported.2)]
         let listed = try await runAutonomousCLIAsync(["tenants", "list"], environment: environment)

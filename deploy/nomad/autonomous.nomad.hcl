@@ -93,6 +93,13 @@ job "autonomous" {
       name     = "autonomous-ingress"
       port     = "http"
       provider = "nomad"
+      # Clients reach the ingress over HTTPS through the load balancer (these tags are
+      # Traefik's); keep port 3000 itself off public networks.
+      tags = [
+        "traefik.enable=true",
+        "traefik.http.routers.autonomous.entrypoints=websecure",
+        "traefik.http.routers.autonomous.tls=true",
+      ]
 
       check {
         name     = "ready"
@@ -120,6 +127,8 @@ job "autonomous" {
         AUTONOMOUS_TENANT      = var.tenant
         AUTONOMOUS_HTTP_HOST   = "0.0.0.0"
         AUTONOMOUS_HTTP_PORT   = "3000"
+        # Every request needs a tenant's API key (or a provider's signature for webhooks).
+        AUTONOMOUS_REQUIRE_API_KEY = "true"
         AUTONOMOUS_LOG_LEVEL   = "info"
       }
 
