@@ -30,7 +30,12 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_INGRESS_MAX_BODY_BYTES (default 16 MiB), AUTONOMOUS_INGRESS_MAX_IN_FLIGHT_RECORDS \
                 (records waiting for their PubAck before requests get 429; default 200000), \
                 AUTONOMOUS_INGRESS_MAX_RECORDS_PER_REQUEST (413 beyond; default 10000, never more than \
-                the in-flight limit), \
+                the in-flight limit), AUTONOMOUS_INGRESS_MAX_CONNECTIONS (default 10000), \
+                AUTONOMOUS_INGRESS_MAX_BUFFERED_BYTES (request bodies held at once; default 256 MiB), \
+                AUTONOMOUS_INGRESS_IDLE_TIMEOUT (seconds a connection may take to send a request head; \
+                default 30), AUTONOMOUS_INGRESS_BODY_TIMEOUT (seconds for its body; default 60), \
+                AUTONOMOUS_INGRESS_UNAUTHENTICATED_PER_ADDRESS (requests a second per client address \
+                with refused keys or to unauthenticated paths; default 20), \
                 AUTONOMOUS_INGRESS_EVENT_LOOP_PUBLISH (false: small record-API requests publish \
                 through nats.c instead of the event loops' own connections; default true), \
                 AUTONOMOUS_RATE_LIMIT_MAX_DELAY_MS (how long an ingress holds a request of a tenant \
@@ -226,6 +231,33 @@ struct CommonOptions: ParsableArguments {
             problem: "must be a number of records between 1 and 1000000"
         ) {
             configuration.maxRecordsPerRequest = records
+        }
+        if let connections = try settings.int(
+            Setting("ingress.maxConnections"),
+            in: 1...1_000_000,
+            problem: "must be a number of connections between 1 and 1000000"
+        ) {
+            configuration.maxConnections = connections
+        }
+        if let bytes = try settings.int(
+            Setting("ingress.maxBufferedBytes"),
+            in: 1024...(1 << 40),
+            problem: "must be bytes between 1024 and 1099511627776"
+        ) {
+            configuration.maxBufferedBodyBytes = bytes
+        }
+        if let seconds = try settings.seconds(Setting("ingress.idleTimeout"), in: 1...3600) {
+            configuration.idleTimeout = seconds
+        }
+        if let seconds = try settings.seconds(Setting("ingress.bodyTimeout"), in: 1...3600) {
+            configuration.bodyTimeout = seconds
+        }
+        if let requests = try settings.int(
+            Setting("ingress.unauthenticatedPerAddress"),
+            in: 1...1_000_000,
+            problem: "must be requests per second between 1 and 1000000"
+        ) {
+            configuration.unauthenticatedRequestsPerAddress = requests
         }
         if let milliseconds = try settings.int(
             Setting("rateLimit.maxDelayMs"),

@@ -63,6 +63,13 @@ package struct RuntimeConfiguration: Sendable {
     /// Most records one record-API request (or one route's append) may carry
     /// (``Ingress/Configuration/maxRecordsPerRequest``).
     package var maxRecordsPerRequest: Int = 10_000
+    /// Ingress connection and request bounds (``Ingress/Configuration``): open connections,
+    /// body bytes held in memory, and how long a client may take to send a request.
+    package var maxConnections: Int = 10_000
+    package var maxBufferedBodyBytes: Int = 256 * 1024 * 1024
+    package var idleTimeout: Duration = .seconds(30)
+    package var bodyTimeout: Duration = .seconds(60)
+    package var unauthenticatedRequestsPerAddress: Int = 20
     /// NATS connections the ingress spreads tenants over (``Ingress/Configuration/publishLanes``).
     package var ingressLanes: Int = 4
     /// Small record-API requests publish through the event loops' own NATS connections
@@ -292,6 +299,11 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.maxBodyBytes = configuration.maxBodyBytes
             ingressConfiguration.maxInFlightRecords = configuration.maxInFlightRecords
             ingressConfiguration.maxRecordsPerRequest = configuration.maxRecordsPerRequest
+            ingressConfiguration.maxConnections = configuration.maxConnections
+            ingressConfiguration.maxBufferedBodyBytes = configuration.maxBufferedBodyBytes
+            ingressConfiguration.idleTimeout = configuration.idleTimeout
+            ingressConfiguration.bodyTimeout = configuration.bodyTimeout
+            ingressConfiguration.unauthenticatedRequestsPerAddress = configuration.unauthenticatedRequestsPerAddress
             ingressConfiguration.publishLanes = configuration.ingressLanes
             ingressConfiguration.rateLimitMaxDelay = configuration.rateLimitMaxDelay
             ingressConfiguration.rateLimitClock = configuration.rateLimitClock

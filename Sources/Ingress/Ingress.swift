@@ -35,6 +35,21 @@ package struct Ingress: Service {
         package var keyCacheTTL: Duration = .seconds(2)
         /// Largest accepted request body.
         package var maxBodyBytes: Int = 16 * 1024 * 1024
+        /// Request bodies held in memory at once, across all connections (being received or
+        /// waiting for their PubAcks); a request that would pass it gets 503 `overloaded`.
+        package var maxBufferedBodyBytes: Int = 256 * 1024 * 1024
+        /// Open connections at once; more are answered 503 and closed.
+        package var maxConnections: Int = 10_000
+        /// How long a connection may wait for a request head to arrive in full: after it opens,
+        /// and after each answer on a kept-alive connection. Then it is closed (idle and
+        /// slowly-sent headers alike).
+        package var idleTimeout: Duration = .seconds(30)
+        /// How long a request's body may take to arrive once its head has; then 408 and close.
+        package var bodyTimeout: Duration = .seconds(60)
+        /// Requests per second one client address may make that carry no valid credentials:
+        /// refused API keys, and routes or webhooks declared `.unauthenticated` (429 beyond,
+        /// with a burst of twice as many).
+        package var unauthenticatedRequestsPerAddress: Int = 20
         /// Records waiting for their PubAck across all requests before new requests get 429.
         package var maxInFlightRecords: Int = 200_000
         /// Most records one request may carry (413 beyond); never more than

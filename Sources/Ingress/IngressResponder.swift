@@ -26,6 +26,10 @@ final class IngressState: Sendable {
     let ownTenantActive = Atomic<Bool>(true)
     let keys: TenantKeyCache
     let limiter: TenantRateLimiter
+    /// Open connections and request bodies held, against their caps.
+    let capacity: IngressCapacity
+    /// Requests without valid credentials, per client address.
+    let addresses: AddressLimiter
     /// The NATS server's largest message, read at start: a record that would not fit is
     /// refused (413) instead of failing at publish (a retryable 503).
     let maxMessageBytes: Int
@@ -71,6 +75,11 @@ final class IngressState: Sendable {
         self.logger = logger
         let limiter = TenantRateLimiter(maxDelay: configuration.rateLimitMaxDelay, clock: configuration.rateLimitClock)
         self.limiter = limiter
+        self.capacity = IngressCapacity(
+            maxConnections: configuration.maxConnections,
+            maxBufferedBodyBytes: max(configuration.maxBufferedBodyBytes, configuration.maxBodyBytes)
+        )
+        self.addresses = AddressLimiter(rate: configuration.unauthenticatedRequestsPerAddress, clock: configuration.rateLimitClock)
         self.keys = TenantKeyCache(
             resolve: configuration.accessForKeyHash,
             ttl: configuration.keyCacheTTL,
@@ -134,7 +143,7 @@ final class IngressState: Sendable {
 }
 
 struct IngressResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
+    typealias Context = IngressRequestContext
     let state: IngressState
     /// `/healthz` and `/readyz` (also waiting for the tenant's stream); `/metrics` is on the
     /// health port, not on this public one.
@@ -156,16 +165,21 @@ struct IngressResponder: HTTPResponder {
     func respond(to request: Request, context: Context) async throws -> Response {
         let path = request.uri.path
         let method = request.method.rawValue
+        let address = AddressLimiter.key(context.remoteAddress)
         do {
             if let response = await health.respond(to: path) { return response }
+            // An address that keeps sending refused credentials waits before anything is read.
+            if state.addresses.isExhausted(address) { throw state.addresses.refusal }
             if let target = try RecordIngest.target(method: method, path: path[...]) {
-                return try await ingest(target, request: request)
+                return try await ingest(target, request: request, address: context.remoteAddress)
             }
             if let route = state.routes["\(method) \(path)"] {
+                if route.verification.isUnauthenticated, !state.addresses.charge(address) { throw state.addresses.refusal }
                 return try await runRoute(route, request: request)
             }
             if let webhook = state.webhooks[path] {
                 guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
+                if webhook.verification.isUnauthenticated, !state.addresses.charge(address) { throw state.addresses.refusal }
                 return try await receiveWebhook(webhook, request: request)
             }
             if state.paths.contains(path) {
@@ -173,6 +187,7 @@ struct IngressResponder: HTTPResponder {
             }
             throw RouteError(status: 404, code: "not_found", message: "no route for \(method) \(path.prefix(200))")
         } catch let error as RouteError {
+            if error.status == 401 { state.addresses.charge(address) }
             state.rejectedRequests.increment()
             return APIError(error, defaultRetryAfter: state.configuration.retryAfterSeconds).response
         }
@@ -180,12 +195,29 @@ struct IngressResponder: HTTPResponder {
 
     // MARK: - Bodies
 
-    private func collectBody(_ request: Request) async throws -> ByteBuffer {
-        do {
-            return try await request.body.collect(upTo: state.configuration.maxBodyBytes)
-        } catch is NIOTooManyBytesError {
-            throw pipeline.bodyTooLarge
+    /// Reads the body within the size limit and the ingress's memory budget, runs `body` with
+    /// it, and gives the budget back when `body` is done (its records are then published).
+    private func withBody<T>(_ request: Request, _ body: (ByteBuffer) async throws -> T) async throws -> T {
+        let capacity = state.capacity
+        let limit = state.configuration.maxBodyBytes
+        var reserved = 0
+        defer { capacity.releaseBody(reserved) }
+        if let declared = request.headers[.contentLength].flatMap({ Int($0) }) {
+            guard declared <= limit else { throw pipeline.bodyTooLarge }
+            guard capacity.reserveBody(declared) else { throw IngressCapacity.bodiesFull }
+            reserved = declared
         }
+        var collected = ByteBuffer()
+        for try await chunk in request.body {
+            guard collected.readableBytes + chunk.readableBytes <= limit else { throw pipeline.bodyTooLarge }
+            let more = collected.readableBytes + chunk.readableBytes - reserved
+            if more > 0 {
+                guard capacity.reserveBody(more) else { throw IngressCapacity.bodiesFull }
+                reserved += more
+            }
+            if collected.readableBytes == 0 { collected = chunk } else { collected.writeImmutableBuffer(chunk) }
+        }
+        return try await body(collected)
     }
 
     private static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
@@ -204,27 +236,31 @@ struct IngressResponder: HTTPResponder {
 
     /// The record API through ``RecordIngest``, for requests the event-loop path leaves to
     /// Hummingbird: any body size, and API keys whose tenant is not cached yet.
-    private func ingest(_ target: RecordIngest.Target, request: Request) async throws -> Response {
+    private func ingest(_ target: RecordIngest.Target, request: Request, address: SocketAddress?) async throws -> Response {
         let pipeline = self.pipeline
         let outcome: Result<RecordIngest.Accepted, RouteError>
         do {
             let authorization = request.headers[values: .authorization]
             let tenant = try await pipeline.tenant(authorization: authorization, named: target.tenant)
             let key = try pipeline.accept(table: target.table, idempotencyKey: request.headers[values: Self.idempotencyKeyField])
-            let body = try await collectBody(request)
             let caller = RecordIngest.callerID(authorization: authorization)
-            let batch = try pipeline.prepare(
-                table: target.table,
-                tenant: tenant,
-                contentType: request.headers[.contentType],
-                key: key.map { RecordIDGenerator.scopedKey($0, tenant: tenant, caller: caller, path: "") },
-                body: body
+            outcome = .success(
+                try await withBody(request) { body in
+                    let batch = try pipeline.prepare(
+                        table: target.table,
+                        tenant: tenant,
+                        contentType: request.headers[.contentType],
+                        key: key.map { RecordIDGenerator.scopedKey($0, tenant: tenant, caller: caller, path: "") },
+                        body: body
+                    )
+                    let duplicates = try await pipeline.publish(batch, tenant: tenant)
+                    return RecordIngest.Accepted(ids: batch.ids, duplicates: duplicates)
+                }
             )
-            let duplicates = try await pipeline.publish(batch, tenant: tenant)
-            outcome = .success(RecordIngest.Accepted(ids: batch.ids, duplicates: duplicates))
         } catch let error as RouteError {
             outcome = .failure(error)
         }
+        if case .failure(let error) = outcome, error.status == 401 { state.addresses.charge(AddressLimiter.key(address)) }
         let answer = pipeline.answer(outcome)
         var response = Response(
             status: .init(code: answer.status),
@@ -266,37 +302,38 @@ struct IngressResponder: HTTPResponder {
             // Before the body is read: a caller without a key reads nothing.
             _ = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
         }
-        let body = try await collectBody(request)
-        let routeRequest = routeRequest(request, body: body)
-        let tenant = try await caller(of: request, routeRequest: routeRequest, verification: route.verification)
-        let ctx = RouteContext(
-            tenant: tenant,
-            publisher: GuardedPublisher(state: state, tenant: tenant),
-            ids: state.ids,
-            idempotencyKey: try route.verification.deliveryID(of: routeRequest).map {
-                RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
-            } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
-            logger: state.logger
-        )
-        let response: RouteResponse
-        do {
-            response = try await route.handler(routeRequest, ctx)
-        } catch let error as RouteError {
-            throw error
-        } catch let error as ConfigurationError {
-            throw RouteError(status: 422, code: "invalid_record", message: error.message)
-        } catch let error as RecordValidationError {
-            // A record the route appends breaks a rule of its type.
-            throw RouteError(status: 422, code: "invalid_record", message: error.description, field: error.field)
-        } catch {
-            state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
-            throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")
+        return try await withBody(request) { body in
+            let routeRequest = routeRequest(request, body: body)
+            let tenant = try await caller(of: request, routeRequest: routeRequest, verification: route.verification)
+            let ctx = RouteContext(
+                tenant: tenant,
+                publisher: GuardedPublisher(state: state, tenant: tenant),
+                ids: state.ids,
+                idempotencyKey: try route.verification.deliveryID(of: routeRequest).map {
+                    RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
+                } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
+                logger: state.logger
+            )
+            let response: RouteResponse
+            do {
+                response = try await route.handler(routeRequest, ctx)
+            } catch let error as RouteError {
+                throw error
+            } catch let error as ConfigurationError {
+                throw RouteError(status: 422, code: "invalid_record", message: error.message)
+            } catch let error as RecordValidationError {
+                // A record the route appends breaks a rule of its type.
+                throw RouteError(status: 422, code: "invalid_record", message: error.description, field: error.field)
+            } catch {
+                state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
+                throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")
+            }
+            var answer = response.body.map { JSONResponse.make(response.status, $0) } ?? Response(status: .init(code: response.status))
+            for (name, value) in response.headers {
+                if let field = HTTPField.Name(name) { answer.headers[field] = value }
+            }
+            return answer
         }
-        var answer = response.body.map { JSONResponse.make(response.status, $0) } ?? Response(status: .init(code: response.status))
-        for (name, value) in response.headers {
-            if let field = HTTPField.Name(name) { answer.headers[field] = value }
-        }
-        return answer
     }
 
     private func receiveWebhook(_ webhook: WebhookDefinition, request: Request) async throws -> Response {
@@ -305,37 +342,38 @@ struct IngressResponder: HTTPResponder {
         if webhook.verification.usesAPIKey {
             _ = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
         }
-        let body = try await collectBody(request)
-        let routeRequest = routeRequest(request, body: body)
-        let tenant = try await caller(of: request, routeRequest: routeRequest, verification: webhook.verification)
-        let payloads = try IngressState.splitJSON(body)
-        guard payloads.count == 1, !IngressState.isArray(body) else {
-            throw RouteError(status: 422, code: "not_an_object", message: "a webhook body must be one JSON object", field: "body")
+        return try await withBody(request) { body in
+            let routeRequest = routeRequest(request, body: body)
+            let tenant = try await caller(of: request, routeRequest: routeRequest, verification: webhook.verification)
+            let payloads = try IngressState.splitJSON(body)
+            guard payloads.count == 1, !IngressState.isArray(body) else {
+                throw RouteError(status: 422, code: "not_an_object", message: "a webhook body must be one JSON object", field: "body")
+            }
+            // Slack's Events API checks a new endpoint with a challenge it expects echoed back
+            // (signed, like every Slack request).
+            if webhook.verification.isSlack, let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
+                let challenge = value["challenge"].stringValue
+            {
+                return JSONResponse.make(200, ["challenge": .string(challenge)])
+            }
+            guard let table = state.graph.table(webhook.table) else {
+                throw RouteError(status: 500, code: "internal_error", message: "webhook table is missing")
+            }
+            if let (field, problem) = table.validate(routeRequest.body) {
+                throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
+            }
+            let scope = "webhook \(webhook.path)"
+            let id =
+                try webhook.verification.deliveryID(of: routeRequest).map {
+                    RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: scope)
+                } ?? scopedIdempotencyKey(request, tenant: tenant, path: scope) ?? state.ids.next()
+            let acks = try await GuardedPublisher(state: state, tenant: tenant).publish(
+                [Wire.message(payload: payloads[0], id: id, table: table, tenant: tenant, cause: nil)]
+            )
+            var answer: JSONObject = ["status": "accepted", "id": .string(id)]
+            if acks.first?.duplicate == true { answer["duplicate"] = true }
+            return JSONResponse.make(200, .object(answer))
         }
-        // Slack's Events API checks a new endpoint with a challenge it expects echoed back
-        // (signed, like every Slack request).
-        if webhook.verification.isSlack, let value = try? JSONParser.parse(routeRequest.body), value["type"] == "url_verification",
-            let challenge = value["challenge"].stringValue
-        {
-            return JSONResponse.make(200, ["challenge": .string(challenge)])
-        }
-        guard let table = state.graph.table(webhook.table) else {
-            throw RouteError(status: 500, code: "internal_error", message: "webhook table is missing")
-        }
-        if let (field, problem) = table.validate(routeRequest.body) {
-            throw RouteError(status: 422, code: "invalid_record", message: problem, field: field)
-        }
-        let scope = "webhook \(webhook.path)"
-        let id =
-            try webhook.verification.deliveryID(of: routeRequest).map {
-                RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: scope)
-            } ?? scopedIdempotencyKey(request, tenant: tenant, path: scope) ?? state.ids.next()
-        let acks = try await GuardedPublisher(state: state, tenant: tenant).publish(
-            [Wire.message(payload: payloads[0], id: id, table: table, tenant: tenant, cause: nil)]
-        )
-        var answer: JSONObject = ["status": "accepted", "id": .string(id)]
-        if acks.first?.duplicate == true { answer["duplicate"] = true }
-        return JSONResponse.make(200, .object(answer))
     }
 
 }

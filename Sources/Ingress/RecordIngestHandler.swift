@@ -30,11 +30,20 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
     let state: IngressState
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture {
+        let capacity = state.capacity
+        let admitted = capacity.openConnection()
+        if admitted { channel.closeFuture.whenComplete { _ in capacity.closeConnection() } }
+        return channel.eventLoop.makeCompletedFuture {
+            // Over the cap: a 503 the client can read, then the connection closes; nothing it
+            // sends reaches the HTTP handlers.
+            if !admitted { try channel.pipeline.syncOperations.addHandler(RefuseConnection()) }
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true,
                 withErrorHandling: false,  // parse errors reach Hummingbird's loop, which answers 400
                 withOutboundHeaderValidation: false  // HTTPTypes validates fields already
+            )
+            try channel.pipeline.syncOperations.addHandler(
+                ConnectionGuard(idleTimeout: state.configuration.idleTimeout, bodyTimeout: state.configuration.bodyTimeout)
             )
             // Before the HTTPTypes conversion: the requests it answers skip it.
             try channel.pipeline.syncOperations.addHandler(RecordIngestHandler(state: state))
@@ -89,6 +98,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var callerRefusal: RouteError?
         /// Set when the body grew past the limit; the rest is read and dropped.
         var bodyRefusal: RouteError?
+        /// Bytes of the ingress's body budget this request holds until it is answered.
+        var reserved = 0
     }
 
     /// The largest body answered on the event loop (about a hundred typical records).
@@ -111,11 +122,22 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         isActive = false
+        releaseCollecting()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         isActive = false
+        releaseCollecting()
+    }
+
+    /// A request whose body was still arriving holds no budget once its connection is gone
+    /// (one that is being answered releases it when answered).
+    private func releaseCollecting() {
+        guard case .collecting(var request) = mode else { return }
+        state.capacity.releaseBody(request.reserved)
+        request.reserved = 0
+        mode = .collecting(request)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -130,7 +152,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             continueIfExpected(head, context: context)
-            if case .idle = mode, let request = take(head) {
+            if case .idle = mode, let request = take(head, remoteAddress: context.remoteAddress) {
                 body = ByteBuffer()
                 mode = .collecting(request)
             } else {
@@ -181,7 +203,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The record-API request `head` starts, if this handler answers it: a small body, and a
     /// caller known without waiting (no API key, a malformed one, or one whose tenant is cached).
-    private func take(_ head: HTTPRequestHead) -> Request? {
+    private func take(_ head: HTTPRequestHead, remoteAddress: SocketAddress?) -> Request? {
         // Large batches (and bodies of unknown length) go to Hummingbird's responder: splitting
         // and publishing thousands of records here would hold up every other connection of
         // this event loop for milliseconds.
@@ -192,7 +214,9 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let target = try? RecordIngest.target(method: "POST", path: path) else { return nil }
         var tenant = ""
         var refusal: RouteError?
+        let address = AddressLimiter.key(remoteAddress)
         do throws(RouteError) {
+            if state.addresses.isExhausted(address) { throw state.addresses.refusal }
             switch try pipeline.caller(authorization: head.headers["authorization"]) {
             case .tenant(let known):
                 tenant = known
@@ -201,9 +225,10 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return nil  // Hummingbird's path asks the coordinators
             }
         } catch {
+            if error.status == 401 { state.addresses.charge(address) }
             refusal = error
         }
-        return Request(
+        var request = Request(
             table: target.table,
             tenant: tenant,
             contentType: head.headers.first(name: "content-type"),
@@ -213,6 +238,15 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             keepAlive: head.isKeepAlive,
             callerRefusal: refusal
         )
+        // The body's room in the ingress's memory budget, held until the request is answered.
+        if refusal == nil {
+            if state.capacity.reserveBody(length) {
+                request.reserved = length
+            } else {
+                request.bodyRefusal = IngressCapacity.bodiesFull
+            }
+        }
+        return request
     }
 
     private func ingest(_ request: Request, body: ByteBuffer, context: ChannelHandlerContext) {
@@ -250,6 +284,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func answer(_ response: RecordIngest.Answer, request: Request, context: ChannelHandlerContext) {
+        state.capacity.releaseBody(request.reserved)
         // Idle before the end is written: the pipelining handler may hand over the next
         // request from inside that write.
         mode = .idle
