@@ -244,6 +244,13 @@ package actor ProcessCluster {
 
     private func launch(role: String, slot: Int) throws -> Child {
         let port = port(role: role, slot: slot)
+        // Another process on the port would answer the readiness check in this one's place
+        // while this one exits at startup, again and again.
+        var ports = [port]
+        if role == "ingress" { ports.append(Self.ingressHealthPort(healthPort: specification.healthPort, slot: slot)) }
+        for taken in ports where !LoopbackPorts.isFree(taken) {
+            throw DeployError("port \(taken) of \(role) \(slot) is in use by another process; stop it or choose other ports (http_port)")
+        }
         let logPath = "\(specification.directory)/logs/\(role)-\(slot).log"
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -304,6 +311,13 @@ package actor ProcessCluster {
             if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1)),
                 response.status.code == 200
             {
+                // Ready, and still ours: the answer came from the process we started.
+                try await Task.sleep(for: .milliseconds(200))
+                guard child.process.isRunning else {
+                    throw DeployError(
+                        "\(role) \(child.slot) exited at startup; see \(specification.directory)/logs/\(role)-\(child.slot).log"
+                    )
+                }
                 return
             }
             try await Task.sleep(for: .milliseconds(100))

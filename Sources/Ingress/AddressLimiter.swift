@@ -22,6 +22,8 @@ final class AddressLimiter: Sendable {
     private let clock: @Sendable () -> ContinuousClock.Instant
     // Guarded by the mutex: each address's bucket.
     private let buckets = Mutex<[String: Bucket]>([:])
+    /// How many addresses have a bucket: while none has, the check costs one atomic load.
+    private let tracked = Atomic<Int>(0)
 
     init(rate: Int, capacity: Int = 100_000, clock: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
         self.rate = Double(max(1, rate))
@@ -30,7 +32,17 @@ final class AddressLimiter: Sendable {
         self.clock = clock
     }
 
-    /// Whether `address` has no token left (its requests get 429 until the bucket refills).
+    /// Whether the peer at `address` has no token left (its requests get 429 until the bucket
+    /// refills).
+    func isExhausted(_ address: SocketAddress?) -> Bool {
+        guard tracked.load(ordering: .relaxed) > 0 else { return false }
+        return isExhausted(Self.key(address))
+    }
+
+    /// Takes a token for the peer at `address`; false when it has none.
+    @discardableResult
+    func charge(_ address: SocketAddress?) -> Bool { charge(Self.key(address)) }
+
     func isExhausted(_ address: String) -> Bool {
         let now = clock()
         return buckets.withLock { buckets in
@@ -49,6 +61,7 @@ final class AddressLimiter: Sendable {
             if granted { bucket.tokens -= 1 }
             if buckets[address] == nil, buckets.count >= capacity { evict(&buckets, now) }
             buckets[address] = bucket
+            tracked.store(buckets.count, ordering: .relaxed)
             return granted
         }
     }

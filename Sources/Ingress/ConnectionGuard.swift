@@ -77,9 +77,23 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
+    private enum Phase {
+        /// Waiting for a request head: close at the deadline.
+        case awaitingHead(NIODeadline)
+        /// Receiving a body: 408 at the deadline.
+        case receiving(NIODeadline)
+        /// The server's turn: no deadline.
+        case answering
+    }
+
     private let idleTimeout: TimeAmount
     private let bodyTimeout: TimeAmount
+    private var phase = Phase.answering
+    /// One timer per connection, at or before the current deadline. A request only moves the
+    /// deadline (no timer is scheduled per request); the timer, when it fires early, moves
+    /// itself to the deadline.
     private var timer: Scheduled<Void>?
+    private var timerAt: NIODeadline?
     private var version = HTTPVersion.http1_1
 
     init(idleTimeout: Duration, bodyTimeout: Duration) {
@@ -88,11 +102,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { awaitHead(context) }
+        if context.channel.isActive { enter(.awaitingHead(.now() + idleTimeout), context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        awaitHead(context)
+        enter(.awaitingHead(.now() + idleTimeout), context)
         context.fireChannelActive()
     }
 
@@ -109,38 +123,62 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             version = head.version
-            arm(context, after: bodyTimeout) { [self] context in requestTimedOut(context) }
+            enter(.receiving(.now() + bodyTimeout), context)
         case .body:
             break
         case .end:
-            cancel()  // the server's turn
+            phase = .answering
         }
         context.fireChannelRead(data)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { awaitHead(context) }
+        if case .end = unwrapOutboundIn(data) { enter(.awaitingHead(.now() + idleTimeout), context) }
         context.write(data, promise: promise)
     }
 
-    private func awaitHead(_ context: ChannelHandlerContext) {
-        arm(context, after: idleTimeout) { context in context.close(promise: nil) }
+    private func enter(_ next: Phase, _ context: ChannelHandlerContext) {
+        phase = next
+        let deadline: NIODeadline
+        switch next {
+        case .awaitingHead(let at), .receiving(let at): deadline = at
+        case .answering: return
+        }
+        // A timer already due at or before the deadline checks again when it fires.
+        if let timerAt, timerAt <= deadline { return }
+        schedule(at: deadline, context)
     }
 
-    private func arm(_ context: ChannelHandlerContext, after delay: TimeAmount, _ fire: @escaping (ChannelHandlerContext) -> Void) {
-        cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+    private func schedule(at deadline: NIODeadline, _ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timerAt = deadline
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
             timer = nil
+            timerAt = nil
             fire(context)
+        }
+    }
+
+    private func fire(_ context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        switch phase {
+        case .answering:
+            return  // the next request moves the deadline and schedules again
+        case .awaitingHead(let deadline):
+            if now >= deadline { context.close(promise: nil) } else { schedule(at: deadline, context) }
+        case .receiving(let deadline):
+            if now >= deadline { requestTimedOut(context) } else { schedule(at: deadline, context) }
         }
     }
 
     private func cancel() {
         timer?.cancel()
         timer = nil
+        timerAt = nil
     }
 
     private func requestTimedOut(_ context: ChannelHandlerContext) {
+        phase = .answering
         let body = #"{"error":{"code":"request_timeout","message":"the request body did not arrive in time","field":"body"}}"#
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")

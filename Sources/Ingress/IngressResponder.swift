@@ -165,7 +165,7 @@ struct IngressResponder: HTTPResponder {
     func respond(to request: Request, context: Context) async throws -> Response {
         let path = request.uri.path
         let method = request.method.rawValue
-        let address = AddressLimiter.key(context.remoteAddress)
+        let address = context.remoteAddress
         do {
             if let response = await health.respond(to: path) { return response }
             // An address that keeps sending refused credentials waits before anything is read.
@@ -260,7 +260,7 @@ struct IngressResponder: HTTPResponder {
         } catch let error as RouteError {
             outcome = .failure(error)
         }
-        if case .failure(let error) = outcome, error.status == 401 { state.addresses.charge(AddressLimiter.key(address)) }
+        if case .failure(let error) = outcome, error.status == 401 { state.addresses.charge(address) }
         let answer = pipeline.answer(outcome)
         var response = Response(
             status: .init(code: answer.status),

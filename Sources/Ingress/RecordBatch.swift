@@ -50,7 +50,7 @@ extension IngressState {
 
     /// Splits and validates a record-API body (one object, an array of objects, or NDJSON per
     /// `contentType`) and builds one message per record with its id: the scoped idempotency
-    /// key (suffixed `-<index>` for several records) or a new one.
+    /// key or a new server id, suffixed `-<index>` for several records.
     func prepareRecords(
         table name: String,
         tenant: String,
@@ -93,8 +93,10 @@ extension IngressState {
         var batch = RecordBatch(messages: [], ids: [])
         batch.ids.reserveCapacity(payloads.count)
         batch.messages.reserveCapacity(payloads.count)
+        // One id per request (the scoped key, or a new server id), suffixed per record.
+        let base = key ?? ids.next()
         for (i, payload) in payloads.enumerated() {
-            let id = key.map { payloads.count == 1 ? $0 : "\($0)-\(i)" } ?? ids.next()
+            let id = payloads.count == 1 ? base : "\(base)-\(i)"
             batch.ids.append(id)
             let message = Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil)
             if payload.readableBytes + 1024 > maxMessageBytes, Self.size(of: message) > maxMessageBytes {

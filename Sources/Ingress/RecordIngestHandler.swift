@@ -214,9 +214,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let target = try? RecordIngest.target(method: "POST", path: path) else { return nil }
         var tenant = ""
         var refusal: RouteError?
-        let address = AddressLimiter.key(remoteAddress)
         do throws(RouteError) {
-            if state.addresses.isExhausted(address) { throw state.addresses.refusal }
+            if state.addresses.isExhausted(remoteAddress) { throw state.addresses.refusal }
             switch try pipeline.caller(authorization: head.headers["authorization"]) {
             case .tenant(let known):
                 tenant = known
@@ -225,7 +224,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return nil  // Hummingbird's path asks the coordinators
             }
         } catch {
-            if error.status == 401 { state.addresses.charge(address) }
+            if error.status == 401 { state.addresses.charge(remoteAddress) }
             refusal = error
         }
         var request = Request(

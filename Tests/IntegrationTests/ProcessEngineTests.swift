@@ -163,6 +163,28 @@ struct ProcessEngineTests {
         #expect(again.output.contains("No 'local' cluster is running."))
     }
 
+    /// Before the fix the old process on the port answered the readiness check, the engine
+    /// said the cluster was up, and the new ingress crash-looped twice a second.
+    @Test("A port taken by another process fails the deploy naming the port, instead of reporting the cluster up")
+    func portInUse() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-port-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var specification = ProcessCluster.Specification(app: Self.orderFlow, directory: directory)
+        specification.useFreePorts()
+        specification.logLevel = "warning"
+        // Something else listens where ingress 0 would.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        try #require(LoopbackPorts.bindLoopback(fd, port: specification.httpPort) == 0 && listen(fd, 8) == 0)
+        do {
+            let cluster = try await ProcessCluster.up(specification, logger: TestNATSServer.logger)
+            await cluster.down()
+            Issue.record("the cluster came up with its ingress port taken")
+        } catch let error as DeployError {
+            #expect(error.message.contains("port \(specification.httpPort) of ingress 0 is in use"), "\(error)")
+        }
+    }
+
     @Test("A malformed autonomous.json fails with a message naming the file and path")
     func malformedConfiguration() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-config-\(UUID().uuidString)").path
