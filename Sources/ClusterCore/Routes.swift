@@ -125,6 +125,7 @@ public struct WebhookVerification: Sendable {
         case apiKey
         case unauthenticated
         case slack(signingSecret: Secret, tolerance: Duration)
+        case signed(ProviderSignature)
         case custom(@Sendable (RouteRequest, [String: String]) throws -> Void)
     }
 
@@ -143,6 +144,48 @@ public struct WebhookVerification: Sendable {
         WebhookVerification(kind: .slack(signingSecret: signingSecret, tolerance: tolerance))
     }
 
+    /// GitHub's `X-Hub-Signature-256` (`sha256=` and the hex HMAC-SHA256 of the body). The
+    /// delivery's `X-GitHub-Delivery` becomes the record id, so a redelivery is stored once.
+    /// GitHub signs no timestamp: a replay is caught only while the stream remembers the id.
+    public static func github(secret: Secret) -> WebhookVerification {
+        WebhookVerification(kind: .signed(ProviderSignature(scheme: .github, secret: secret, tolerance: nil)))
+    }
+
+    /// Stripe's `Stripe-Signature` (`t=<timestamp>,v1=<hex HMAC-SHA256 of "t.body">`, any of
+    /// several `v1`), refusing timestamps older than `tolerance`. The event's `id` becomes the
+    /// record id.
+    public static func stripe(signingSecret: Secret, tolerance: Duration = .seconds(300)) -> WebhookVerification {
+        WebhookVerification(kind: .signed(ProviderSignature(scheme: .stripe, secret: signingSecret, tolerance: tolerance)))
+    }
+
+    /// Standard Webhooks (and Svix, with `svix-` headers): `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, space separated),
+    /// with a `whsec_` base64 secret, refusing timestamps older than `tolerance`. The
+    /// `webhook-id` becomes the record id.
+    public static func standardWebhooks(secret: Secret, tolerance: Duration = .seconds(300)) -> WebhookVerification {
+        WebhookVerification(kind: .signed(ProviderSignature(scheme: .standard, secret: secret, tolerance: tolerance)))
+    }
+
+    /// Shopify's `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the body). The
+    /// `X-Shopify-Webhook-Id` becomes the record id.
+    public static func shopify(secret: Secret) -> WebhookVerification {
+        WebhookVerification(kind: .signed(ProviderSignature(scheme: .shopify, secret: secret, tolerance: nil)))
+    }
+
+    /// Any sender that puts an HMAC-SHA256 of the body in a header: its name, the encoding,
+    /// and a prefix before the digest (e.g. `sha256=`); `deliveryIDHeader` names a header whose
+    /// value becomes the record id.
+    public static func hmacSHA256(
+        secret: Secret,
+        header: String,
+        encoding: SignatureEncoding = .hex,
+        prefix: String = "",
+        deliveryIDHeader: String? = nil
+    ) -> WebhookVerification {
+        let scheme = ProviderSignature.Scheme.hmac(header: header, encoding: encoding, prefix: prefix, deliveryIDHeader: deliveryIDHeader)
+        return WebhookVerification(kind: .signed(ProviderSignature(scheme: scheme, secret: secret, tolerance: nil)))
+    }
+
     /// Your own check: throw a ``RouteError`` (401/403) to reject the request. The second
     /// argument is the process environment, for secrets.
     public static func custom(_ verify: @escaping @Sendable (RouteRequest, [String: String]) throws -> Void) -> WebhookVerification {
@@ -150,8 +193,11 @@ public struct WebhookVerification: Sendable {
     }
 
     package var secrets: [Secret] {
-        if case .slack(let secret, _) = kind { return [secret] }
-        return []
+        switch kind {
+        case .slack(let secret, _): return [secret]
+        case .signed(let signature): return [signature.secret]
+        default: return []
+        }
     }
 
     /// The caller proves itself with an API key (else with a signature, or not at all).
@@ -168,16 +214,24 @@ public struct WebhookVerification: Sendable {
     /// How long a captured request stays acceptable (its signed timestamp's tolerance plus
     /// the clock skew allowed ahead); `nil` when nothing bounds it.
     package var replayWindow: Duration? {
-        if case .slack(_, let tolerance) = kind { return tolerance + .seconds(Self.allowedClockSkew) }
-        return nil
+        switch kind {
+        case .slack(_, let tolerance): return tolerance + .seconds(Self.allowedClockSkew)
+        case .signed(let signature): return signature.tolerance.map { $0 + .seconds(Self.allowedClockSkew) }
+        default: return nil
+        }
     }
 
-    /// The provider's id of one delivery, which its retries repeat: Slack's `event_id`. It
-    /// becomes the record id, so a retried or replayed delivery is stored once.
+    /// The provider's id of one delivery, which its retries repeat (Slack's `event_id`,
+    /// GitHub's `X-GitHub-Delivery`, …). It becomes the record id, so a retried or replayed
+    /// delivery is stored once.
     package func deliveryID(of request: RouteRequest) -> String? {
-        guard case .slack = kind, let body = try? JSONParser.parse(request.body), let id = body["event_id"].stringValue,
-            Names.isValidRecordID(id)
-        else { return nil }
+        let id: String?
+        switch kind {
+        case .slack: id = (try? JSONParser.parse(request.body))?["event_id"].stringValue
+        case .signed(let signature): id = signature.deliveryID(of: request)
+        default: id = nil
+        }
+        guard let id, Names.isValidRecordID(id) else { return nil }
         return id
     }
 
@@ -191,6 +245,7 @@ public struct WebhookVerification: Sendable {
         case .apiKey: return "api-key"
         case .unauthenticated: return "unauthenticated"
         case .slack: return "slack"
+        case .signed(let signature): return signature.label
         case .custom: return "custom"
         }
     }
@@ -211,6 +266,8 @@ extension WebhookVerification {
             return
         case .custom(let check):
             try check(request, environment)
+        case .signed(let signature):
+            try signature.verify(request, key: try signature.secret.resolve(in: environment), now: now)
         case .slack(let secret, let tolerance):
             let key = try secret.resolve(in: environment)
             guard let timestamp = request.header("X-Slack-Request-Timestamp"), let seconds = Double(timestamp) else {
@@ -267,7 +324,7 @@ extension WebhookVerification {
     }
 }
 
-private func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     guard a.count == b.count else { return false }
     var difference: UInt8 = 0
     for i in a.indices { difference |= a[i] ^ b[i] }

@@ -1,6 +1,7 @@
 import Autonomous
 import AutonomousTesting
 import ClusterCore
+import Crypto
 import Foundation
 import NATS
 import Testing
@@ -12,11 +13,12 @@ struct BadInputTests {
         let readings = app.table("readings", of: Reading.self)
         _ = app.table("events")
         app.webhook("/signed", into: readings, verify: .slack(signingSecret: .secret("SIGNING_SECRET")))
+        app.webhook("/github", into: app.table("pushes"), verify: .github(secret: .secret("GITHUB_SECRET")))
         app.post("/echo") { request, _ in .json(try request.json()) }
         return try app.build()
     }
 
-    static let environment = ["SIGNING_SECRET": "s3cr3t"]
+    static let environment = ["SIGNING_SECRET": "s3cr3t", "GITHUB_SECRET": "It's a Secret to Everybody"]
 
     func expectError(
         _ response: (status: Int, body: JSONValue),
@@ -337,6 +339,25 @@ struct BadInputTests {
             // The table's stream remembers ids as long as a signed timestamp is accepted.
             let window = try await app.connection.streamState("AUT_DEFAULT_tbl_readings")?.duplicateWindow
             #expect(window == .seconds(360))
+        }
+    }
+
+    @Test("A GitHub delivery is verified by its signature and stored once however often it is redelivered")
+    func githubRedelivery() async throws {
+        try await withRunningApp(try Self.graph(), environment: Self.environment) { app in
+            let body = #"{"ref":"refs/heads/main","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"}"#
+            var hmac = HMAC<SHA256>(key: SymmetricKey(data: Array("It's a Secret to Everybody".utf8)))
+            hmac.update(data: Array(body.utf8))
+            let signature = "sha256=" + hmac.finalize().map { String(format: "%02x", $0) }.joined()
+            let headers = [("X-Hub-Signature-256", signature), ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")]
+            let first = try await app.post("/github", body: body, headers: headers)
+            let again = try await app.post("/github", body: body, headers: headers)
+            #expect(first.status == 200 && again.status == 200)
+            #expect(first.body["id"] == again.body["id"] && again.body["duplicate"] == true, "\(again)")
+            let forged = try await app.post("/github", body: body.replacingOccurrences(of: "main", with: "evil"), headers: headers)
+            #expect(forged.status == 401 && forged.body["error"]["field"] == "X-Hub-Signature-256")
+            let stored = try await app.records(in: "pushes", atLeast: 1, timeout: .seconds(3))
+            #expect(stored.count == 1)
         }
     }
 
