@@ -132,10 +132,39 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    /// Set when the bytes were not HTTP: the 400 Hummingbird then answers (after the answers
+    /// already owed) gets a JSON error body, as every other refusal has.
+    private var parseFailed = false
+    private var rewritingParseError = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError { parseFailed = true }
+        context.fireErrorCaught(error)
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { enter(.awaitingHead(.now() + idleTimeout), context) }
+        switch unwrapOutboundIn(data) {
+        case .head(var head) where parseFailed && head.status == .badRequest:
+            rewritingParseError = true
+            head.headers.replaceOrAdd(name: "content-type", value: "application/json")
+            head.headers.replaceOrAdd(name: "content-length", value: String(Self.notHTTP.readableBytes))
+            context.write(wrapOutboundOut(.head(head)), promise: promise)
+            return
+        case .end where rewritingParseError:
+            rewritingParseError = false
+            context.write(wrapOutboundOut(.body(.byteBuffer(Self.notHTTP))), promise: nil)
+            enter(.awaitingHead(.now() + idleTimeout), context)
+        case .end:
+            enter(.awaitingHead(.now() + idleTimeout), context)
+        default:
+            break
+        }
         context.write(data, promise: promise)
     }
+
+    private static let notHTTP = ByteBuffer(
+        string: #"{"error":{"code":"malformed_request","message":"the request is not valid HTTP/1.1; the connection is closed"}}"#
+    )
 
     private func enter(_ next: Phase, _ context: ChannelHandlerContext) {
         phase = next

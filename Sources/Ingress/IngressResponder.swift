@@ -293,6 +293,8 @@ struct IngressResponder: HTTPResponder {
         if verification.usesAPIKey {
             return try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
         }
+        // Not read here, but never ambiguous: a repeated header is refused everywhere (400).
+        _ = try RecordIngest.single(request.headers[values: .authorization], header: "Authorization")
         try verification.verify(routeRequest, environment: state.configuration.environment)
         return try pipeline.ownTenant()
     }
