@@ -619,16 +619,7 @@ package final class NATSConnection: Sendable {
             var errCode = jsErrCode(rawValue: 0)
             let status = js_GetMsg(&msg, js.pointer, stream, sequence, nil, &errCode)
             defer { natsMsg_Destroy(msg) }
-            if status == NATS_NOT_FOUND || errCode.rawValue == 10037 { return nil }
-            guard status == NATS_OK, let msg else {
-                throw NATSError.from(status: status, jsError: errCode, context: "reading message \(sequence)")
-            }
-            return StoredMessage(
-                subject: String(cString: natsMsg_GetSubject(msg)),
-                sequence: sequence,
-                payload: copyPayload(msg),
-                headers: allHeaders(msg)
-            )
+            return try Self.storedMessage(msg, sequence: sequence, status: status, errCode: errCode, context: "reading message \(sequence)")
         }
     }
 
@@ -640,17 +631,26 @@ package final class NATSConnection: Sendable {
             var errCode = jsErrCode(rawValue: 0)
             let status = js_GetLastMsg(&msg, js.pointer, stream, subject, nil, &errCode)
             defer { natsMsg_Destroy(msg) }
-            if status == NATS_NOT_FOUND || errCode.rawValue == 10037 { return nil }
-            guard status == NATS_OK, let msg else {
-                throw NATSError.from(status: status, jsError: errCode, context: "reading the last message on \(subject)")
-            }
-            return StoredMessage(
-                subject: String(cString: natsMsg_GetSubject(msg)),
-                sequence: natsMsg_GetSequence(msg),
-                payload: copyPayload(msg),
-                headers: allHeaders(msg)
-            )
+            return try Self.storedMessage(msg, status: status, errCode: errCode, context: "reading the last message on \(subject)")
         }
+    }
+
+    /// A message got by `js_GetMsg` or `js_GetLastMsg`: `nil` when there was none.
+    private static func storedMessage(
+        _ msg: OpaquePointer?,
+        sequence: UInt64? = nil,
+        status: natsStatus,
+        errCode: jsErrCode,
+        context: String
+    ) throws -> StoredMessage? {
+        if status == NATS_NOT_FOUND || errCode.rawValue == 10037 { return nil }
+        guard status == NATS_OK, let msg else { throw NATSError.from(status: status, jsError: errCode, context: context) }
+        return StoredMessage(
+            subject: String(cString: natsMsg_GetSubject(msg)),
+            sequence: sequence ?? natsMsg_GetSequence(msg),
+            payload: copyPayload(msg),
+            headers: allHeaders(msg)
+        )
     }
 
     /// Binds a pull subscription to an existing durable consumer.

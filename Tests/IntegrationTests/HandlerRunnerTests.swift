@@ -38,6 +38,25 @@ struct HandlerRunnerTests {
         )
     }
 
+    /// The ordered runner of the graph's only handler, reading table `in`.
+    static func orderedRunner(_ graph: AppGraph, _ server: TestNATSServer) throws -> OrderedHandlerRunner {
+        let handler = try #require(graph.handlers.first)
+        let tables = Dictionary(uniqueKeysWithValues: graph.tables.map { ($0.name, $0) })
+        return OrderedHandlerRunner(
+            handler: handler,
+            ordering: try #require(handler.options.ordering),
+            source: try #require(tables["in"]),
+            invoker: try handler.prepare(ComponentEnvironment(environment: [:], logger: TestNATSServer.logger)),
+            tenant: "default",
+            tables: tables,
+            workerID: "test-worker",
+            ackWait: .seconds(30),
+            connection: server.connection,
+            logger: TestNATSServer.logger,
+            assign: { _ in PartitionAssignment(granted: [:], revoke: [], ttlMilliseconds: 1000) }
+        )
+    }
+
     /// The dead letters of handler `copy`: record id → the error they carry.
     static func deadLetters(_ server: TestNATSServer, atLeast: Int) async throws -> [String: String] {
         let letters = try await server.connection.readAll(
@@ -110,21 +129,7 @@ struct HandlerRunnerTests {
             let seen = Collected()
             let graph = try Self.copyApp(options: HandlerOptions(maxAttempts: 3).ordered(by: "key", partitions: 2), seen: seen)
             try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
-            let handler = try #require(graph.handlers.first)
-            let tables = Dictionary(uniqueKeysWithValues: graph.tables.map { ($0.name, $0) })
-            let runner = OrderedHandlerRunner(
-                handler: handler,
-                ordering: try #require(handler.options.ordering),
-                source: try #require(tables["in"]),
-                invoker: try handler.prepare(ComponentEnvironment(environment: [:], logger: TestNATSServer.logger)),
-                tenant: "default",
-                tables: tables,
-                workerID: "test-worker",
-                ackWait: .seconds(30),
-                connection: server.connection,
-                logger: TestNATSServer.logger,
-                assign: { _ in PartitionAssignment(granted: [:], revoke: [], ttlMilliseconds: 1000) }
-            )
+            let runner = try Self.orderedRunner(graph, server)
             func delivery(_ id: String, sequence: UInt64, count: UInt64) -> DeliveredMessage {
                 Self.delivery(id, sequence: sequence, count: count, subject: "aut.default.tbl.in.p0", payload: #"{"key":"k"}"#)
             }
@@ -227,21 +232,7 @@ struct HandlerRunnerTests {
             let seen = Collected()
             let graph = try Self.copyApp(options: HandlerOptions().ordered(by: "key", partitions: 2), seen: seen)
             try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
-            let handler = try #require(graph.handlers.first)
-            let tables = Dictionary(uniqueKeysWithValues: graph.tables.map { ($0.name, $0) })
-            let runner = OrderedHandlerRunner(
-                handler: handler,
-                ordering: try #require(handler.options.ordering),
-                source: try #require(tables["in"]),
-                invoker: try handler.prepare(ComponentEnvironment(environment: [:], logger: TestNATSServer.logger)),
-                tenant: "default",
-                tables: tables,
-                workerID: "test-worker",
-                ackWait: .seconds(30),
-                connection: server.connection,
-                logger: TestNATSServer.logger,
-                assign: { _ in PartitionAssignment(granted: [:], revoke: [], ttlMilliseconds: 1000) }
-            )
+            let runner = try Self.orderedRunner(graph, server)
             func delivery(_ id: String, sequence: UInt64, count: UInt64) -> DeliveredMessage {
                 Self.delivery(id, sequence: sequence, count: count, subject: "aut.default.tbl.in.p0", payload: #"{"key":"k"}"#)
             }
