@@ -22,17 +22,23 @@ struct TenantKeyCacheTests {
 
     static func key(_ n: Int) -> String { "aut_\(String(format: "%012d", n))_" + String(repeating: "x", count: 32) }
 
-    @Test("A flood of unknown keys does not evict the known ones")
-    func floodKeepsKnownKeys() async throws {
+    /// A cache over a resolver that knows one valid key (of tenant `acme`), on a hand-moved clock.
+    static func cache(lookupsPerSecond: Int) -> (valid: String, resolver: Resolver, clock: ManualClock, cache: TenantKeyCache) {
         let valid = APIKeys.generate().key
         let resolver = Resolver(valid: valid)
         let clock = ManualClock()
         let cache = TenantKeyCache(
             resolve: { try await resolver.resolve($0) },
             ttl: .seconds(60),
-            lookupsPerSecond: 1_000_000,
+            lookupsPerSecond: lookupsPerSecond,
             clock: { clock.now }
         )
+        return (valid, resolver, clock, cache)
+    }
+
+    @Test("A flood of unknown keys does not evict the known ones")
+    func floodKeepsKnownKeys() async throws {
+        let (valid, resolver, _, cache) = Self.cache(lookupsPerSecond: 1_000_000)
         #expect(try await cache.tenant(forKey: valid) == "acme")
         for n in 0..<25_000 {
             #expect(try await cache.tenant(forKey: Self.key(n)) == nil)
@@ -43,15 +49,7 @@ struct TenantKeyCacheTests {
 
     @Test("Lookups of keys not cached are throttled; cached keys never are")
     func throttle() async throws {
-        let valid = APIKeys.generate().key
-        let resolver = Resolver(valid: valid)
-        let clock = ManualClock()
-        let cache = TenantKeyCache(
-            resolve: { try await resolver.resolve($0) },
-            ttl: .seconds(60),
-            lookupsPerSecond: 10,
-            clock: { clock.now }
-        )
+        let (valid, resolver, clock, cache) = Self.cache(lookupsPerSecond: 10)
         #expect(try await cache.tenant(forKey: valid) == "acme")
         for n in 0..<9 { _ = try await cache.tenant(forKey: Self.key(n)) }
         await #expect(throws: TenantKeyCache.Throttled.self) { _ = try await cache.tenant(forKey: Self.key(100)) }
