@@ -4,6 +4,9 @@
 #  - validates the rendered manifests with kubernetes-validate (strict) for each Kubernetes
 #    version we claim;
 #  - scans them with checkov (in its own virtualenv: it installs a conflicting `hcl2`);
+#  - lints the Helm chart (a real helm v4, scripts/install-helm.sh), renders it with its
+#    defaults and with worker groups and a digest, and validates and scans the output as the
+#    overlays; values that open the cluster without saying so must be refused;
 #  - parses the Nomad job with python-hcl2 and checks its groups, checks and scaling blocks.
 # Each validator is also run on a deliberately broken copy, which must fail, so a validator
 # that silently checks nothing fails the script.
@@ -65,6 +68,56 @@ for overlay in deploy/k8s/overlays/*/; do
     cat "$out/$name.checkov"; echo "FAIL checkov $name"; failures=$((failures + 1))
   fi
 done
+
+# The Helm chart: the same hardened defaults as the production overlay.
+helm=$(bash scripts/install-helm.sh "$venvs/bin")
+chart=deploy/helm/autonomous
+if ! "$helm" lint --strict "$chart" > "$out/helm-lint.txt" 2>&1; then
+  cat "$out/helm-lint.txt"; echo "FAIL helm lint"; failures=$((failures + 1))
+fi
+cat > "$out/groups.values.yaml" <<'VALUES'
+image: {repository: registry.example.com/autonomous/app, digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+workerGroups:
+  - {name: slow_llm, handlers: [enrich_order], replicas: 2}
+coordinator: {replicas: 1}
+VALUES
+for variant in default groups; do
+  args=(template autonomous "$chart" --namespace autonomous)
+  [ "$variant" = groups ] && args+=(-f "$out/groups.values.yaml")
+  if ! "$helm" "${args[@]}" > "$out/helm-$variant.yaml" 2> "$out/helm-$variant.err"; then
+    cat "$out/helm-$variant.err"; echo "FAIL helm template ($variant)"; failures=$((failures + 1)); continue
+  fi
+  hardened "$out/helm-$variant.yaml" tls || failures=$((failures + 1))
+  count=$(grep -c '^kind:' "$out/helm-$variant.yaml")
+  for version in "${K8S_VERSIONS[@]}"; do
+    if ! "$validate" --strict --quiet -k "$version" "$out/helm-$variant.yaml"; then
+      echo "FAIL kubernetes-validate helm $variant (Kubernetes $version)"; failures=$((failures + 1))
+    fi
+  done
+  if "$checkov" -f "$out/helm-$variant.yaml" --framework kubernetes --compact --quiet --skip-download \
+      --skip-check "$CHECKOV_SKIPS" > "$out/helm-$variant.checkov" 2>&1; then
+    echo "ok   helm chart ($variant values): $count resources valid for Kubernetes ${K8S_VERSIONS[*]}; checkov: $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*' "$out/helm-$variant.checkov")"
+  else
+    cat "$out/helm-$variant.checkov"; echo "FAIL checkov helm $variant"; failures=$((failures + 1))
+  fi
+done
+grep -q 'args: \["worker","--handlers","enrich_order"\]' "$out/helm-groups.yaml" \
+  && grep -q 'args: \["worker","--except-handlers","enrich_order"\]' "$out/helm-groups.yaml" \
+  && grep -q 'name: autonomous-worker-slow-llm' "$out/helm-groups.yaml" \
+  && grep -q 'app@sha256:0123' "$out/helm-groups.yaml" \
+  || { echo "FAIL helm chart: worker groups or the image digest are not rendered"; failures=$((failures + 1)); }
+for unsafe in "--set requireAPIKey=false" "--set httpIngress.tls.enabled=false" "--set tenant=../x" "--set-string worker.replicas=two"; do
+  # shellcheck disable=SC2086
+  if "$helm" template autonomous "$chart" $unsafe > /dev/null 2>&1; then
+    echo "FAIL helm chart accepted $unsafe"; failures=$((failures + 1))
+  fi
+done
+if ! "$helm" template autonomous "$chart" --set requireAPIKey=false --set allowOpen=true \
+    --set httpIngress.tls.enabled=false --set allowPlainHTTP=true > "$out/helm-open.yaml" 2>&1; then
+  echo "FAIL helm chart refused an explicitly open install"; failures=$((failures + 1))
+elif hardened "$out/helm-open.yaml" keys > /dev/null; then
+  echo "FAIL the hardening check accepted a chart rendered without API keys"; failures=$((failures + 1))
+fi
 
 if "$python" scripts/check-nomad-job.py deploy/nomad/autonomous.nomad.hcl; then :; else
   echo "FAIL nomad job"; failures=$((failures + 1))

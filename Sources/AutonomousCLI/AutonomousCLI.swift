@@ -56,6 +56,10 @@ struct DeployCommand: AsyncParsableCommand {
             kubernetes: writes a kustomize overlay for the app on top of deploy/k8s/overlays/<target> \
             and runs `kubectl apply -k` when kubectl reaches a cluster (otherwise prints the command).
 
+            helm: writes a values file for the chart deploy/helm/autonomous and runs \
+            `helm upgrade --install` when helm reaches a cluster (otherwise prints the command); \
+            the target is the release name, deployment.namespace its namespace (default autonomous).
+
             nomad: writes the variables file for deploy/nomad/autonomous.nomad.hcl and runs \
             `nomad job run` when nomad is installed (otherwise prints the command).
 
@@ -68,10 +72,10 @@ struct DeployCommand: AsyncParsableCommand {
     @Argument(help: "The app binary or product name, e.g. OrderFlow.")
     var app: String
 
-    @Option(help: "kubernetes, nomad or process (default: autonomous.json's deployment.engine).")
+    @Option(help: "kubernetes, helm, nomad or process (default: autonomous.json's deployment.engine).")
     var engine: String?
 
-    @Option(help: "Overlay (kubernetes), datacenter (nomad) or cluster name (process).")
+    @Option(help: "Overlay (kubernetes), release (helm), datacenter (nomad) or cluster name (process).")
     var target: String?
 
     @Option(name: .customLong("config"), help: "Path of autonomous.json (missing file: process engine defaults).")
@@ -86,11 +90,14 @@ struct DeployCommand: AsyncParsableCommand {
     @Option(help: "Replicas, e.g. --scale worker=4 (repeatable).")
     var scale: [String] = []
 
-    @Option(help: "App image for kubernetes/nomad (name:tag or name@sha256:…).")
+    @Option(help: "App image for kubernetes/helm/nomad (name:tag or name@sha256:…).")
     var image: String?
 
     @Option(help: "Directory with the project's kustomize base and overlays.")
     var manifests: String = "deploy/k8s"
+
+    @Option(help: "The Helm chart (helm engine).")
+    var chart: String = "deploy/helm/autonomous"
 
     @Option(name: .customLong("nomad-job"), help: "The Nomad job file.")
     var nomadJob: String = "deploy/nomad/autonomous.nomad.hcl"
@@ -108,7 +115,7 @@ struct DeployCommand: AsyncParsableCommand {
         var deployment = configuration.deployment
         if let engine {
             guard let value = DeploymentConfiguration.Engine(engine) else {
-                throw ValidationError("--engine: unknown engine '\(engine)'; expected kubernetes, nomad or process")
+                throw ValidationError("--engine: unknown engine '\(engine)'; expected kubernetes, helm, nomad or process")
             }
             deployment.engine = value
         }
@@ -138,6 +145,19 @@ struct DeployCommand: AsyncParsableCommand {
                 probe: ["cluster-info", "--request-timeout=5s"],
                 command: ["apply", "-k", out],
                 render: ["kustomize", out],
+                renderedFile: out + "/rendered.yaml"
+            )
+        case .helm:
+            let files = try HelmRenderer.render(app: description, deployment: deployment)
+            try write(files, to: out)
+            let release = HelmRenderer.release(deployment)
+            let namespace = HelmRenderer.namespace(deployment)
+            let chartArguments = [release, chart, "--namespace", namespace, "-f", "\(out)/values.yaml"]
+            result = try await apply(
+                tool: "helm",
+                probe: ["list", "--namespace", namespace],
+                command: ["upgrade", "--install"] + chartArguments + ["--create-namespace", "--wait"],
+                render: ["template"] + chartArguments,
                 renderedFile: out + "/rendered.yaml"
             )
         case .nomad:
@@ -187,6 +207,8 @@ struct DeployCommand: AsyncParsableCommand {
         case .kubernetes:
             return value(in: out + "/rendered.yaml", after: "AUTONOMOUS_NATS_URL:")
                 ?? "AUTONOMOUS_NATS_URL as deploy/k8s/overlays/\(deployment.target) sets it"
+        case .helm:
+            return value(in: out + "/rendered.yaml", after: "AUTONOMOUS_NATS_URL:") ?? "the chart's natsURL value"
         case .nomad:
             // The `default` of the job's `variable "nats_url" { … }` block.
             if let text = try? String(contentsOfFile: nomadJob, encoding: .utf8), let block = text.range(of: "variable \"nats_url\"") {
@@ -221,7 +243,8 @@ struct DeployCommand: AsyncParsableCommand {
     private func apply(tool: String, probe: [String], command: [String], render: [String]?, renderedFile: String?) async throws -> String {
         let shown = ([tool] + command).joined(separator: " ")
         guard let path = toolPath(tool) else {
-            print("\(tool) is not installed; to deploy, run: \(shown)")
+            let hint = tool == "helm" ? " (scripts/install-helm.sh installs it)" : ""
+            print("\(tool) is not installed\(hint); to deploy, run: \(shown)")
             return "RENDERED"
         }
         if let render, let renderedFile {

@@ -35,9 +35,10 @@ package struct DeploymentConfiguration: Sendable, Equatable {
     package struct Engine: Sendable, Hashable, CustomStringConvertible {
         package let name: String
         package static let kubernetes = Engine(name: "kubernetes")
+        package static let helm = Engine(name: "helm")
         package static let nomad = Engine(name: "nomad")
         package static let process = Engine(name: "process")
-        package static let all: [Engine] = [.kubernetes, .nomad, .process]
+        package static let all: [Engine] = [.kubernetes, .helm, .nomad, .process]
         package var description: String { name }
 
         package init?(_ name: String) {
@@ -265,7 +266,7 @@ private struct Reader {
                 if let value = DeploymentConfiguration.Engine(engine) {
                     d.engine = value
                 } else {
-                    fail("deployment.engine", "unknown engine '\(engine)'; expected kubernetes, nomad or process")
+                    fail("deployment.engine", "unknown engine '\(engine)'; expected kubernetes, helm, nomad or process")
                 }
             }
             if let target = string(fields, "target", "deployment", required: false) { d.target = target }

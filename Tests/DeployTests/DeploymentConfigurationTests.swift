@@ -53,7 +53,10 @@ struct DeploymentConfigurationTests {
     @Test(
         "Malformed files name the path and the problem",
         arguments: [
-            (#"{"deployment": {"engine": "docker"}}"#, "deployment.engine: unknown engine 'docker'; expected kubernetes, nomad or process"),
+            (
+                #"{"deployment": {"engine": "docker"}}"#,
+                "deployment.engine: unknown engine 'docker'; expected kubernetes, helm, nomad or process"
+            ),
             (#"{"storages": [{"type": "database", "name": "pg"}]}"#, "storages[0].url: missing"),
             (#"{"storages": {"type": "database"}}"#, "storages: expected an array, got an object"),
             (#"{"storages": [{"type": 5, "url": "postgres://h/db", "name": "pg"}]}"#, "storages[0].type: expected a string, got a number"),

@@ -193,7 +193,7 @@ struct ProcessEngineTests {
         let cases = [
             (
                 #"{"deployment": {"engine": "swarm"}}"#,
-                "autonomous.json: deployment.engine: unknown engine 'swarm'; expected kubernetes, nomad or process"
+                "autonomous.json: deployment.engine: unknown engine 'swarm'; expected kubernetes, helm, nomad or process"
             ),
             (
                 #"{"storages": [{"type": "database", "name": "pg"}], "deployment": {"engine": "process"}}"#,
@@ -267,6 +267,76 @@ struct ProcessEngineTests {
         #expect(nomad.output.contains("NATS JetStream: nats://nats.service.consul:4222"), "the job's default, as rendered: \(nomad.output)")
         let vars = try String(contentsOfFile: directory + "/.autonomous/deploy/nomad-dc1/autonomous.vars.hcl", encoding: .utf8)
         #expect(vars.contains(#"image = "registry.example.com/shop/orderflow:1.2.3""#))
+    }
+}
+
+extension ProcessEngineTests {
+    /// The Helm binary `scripts/install-helm.sh` installs (it installs it when missing).
+    static func helmDirectory() throws -> String {
+        let directory = root.appendingPathComponent(".build-venv/bin").path
+        if !FileManager.default.isExecutableFile(atPath: directory + "/helm") {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = [root.appendingPathComponent("scripts/install-helm.sh").path, directory]
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw ConfigurationError("scripts/install-helm.sh failed") }
+        }
+        return directory
+    }
+
+    @Test("Helm deploys write a values file from autonomous.json and render the chart with it")
+    func helmDryRun() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-helm-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try """
+        {"storages": [{"type": "database", "url": {"secret": "DATABASE_URL"}, "name": "pg"}],
+         "deployment": {"engine": "helm", "target": "shop", "namespace": "orders", "image": "registry.example.com/shop/orderflow:1.2.3",
+          "nats_url": "nats://nats.messaging:4222", "tenant": "acme", "replicas": {"ingress": 4, "worker": 5, "coordinator": 2},
+          "worker_groups": [{"name": "slow_llm", "handlers": ["enrich-orders"], "replicas": 0}]}}
+        """.write(toFile: directory + "/autonomous.json", atomically: true, encoding: .utf8)
+        let chart = Self.root.appendingPathComponent("deploy/helm/autonomous").path
+        let path = try Self.helmDirectory() + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let result = try runAutonomousCLI(
+            ["deploy", Self.orderFlow, "--dry-run", "--chart", chart],
+            in: directory,
+            environment: ["PATH": path]
+        )
+        #expect(result.status == 0, "\(result.output)")
+        let out = directory + "/.autonomous/deploy/helm-shop"
+        #expect(
+            result.output.contains(
+                "would run: helm upgrade --install shop \(chart) --namespace orders -f \(".autonomous/deploy/helm-shop")/values.yaml --create-namespace --wait"
+            ),
+            "\(result.output)"
+        )
+        #expect(result.output.contains("NATS JetStream: nats://nats.messaging:4222"), "\(result.output)")
+        let rendered = try String(contentsOfFile: out + "/rendered.yaml", encoding: .utf8)
+        let images = Set(rendered.split(separator: "\n").filter { $0.contains("image:") }.map { $0.trimmingCharacters(in: .whitespaces) })
+        #expect(images == [#"image: "registry.example.com/shop/orderflow:1.2.3""#], "\(images)")
+        #expect(rendered.contains("namespace: orders"))
+        #expect(rendered.contains(#"AUTONOMOUS_TENANT: "acme""#))
+        #expect(rendered.contains(#"AUTONOMOUS_REQUIRE_API_KEY: "true""#))
+        #expect(rendered.contains("secretName: autonomous-tls"))
+        #expect(rendered.contains(#"args: ["worker","--handlers","enrich-orders"]"#))
+        #expect(rendered.contains(#"args: ["worker","--except-handlers","enrich-orders"]"#))
+        #expect(rendered.contains("name: shop-autonomous-worker-slow-llm"))
+        // Counts from autonomous.json, 0 included (a group switched off).
+        #expect(rendered.contains("replicas: 4"))
+        #expect(rendered.contains("minReplicas: 5"))
+        #expect(rendered.contains("replicas: 0"))
+        #expect(rendered.contains("type: RollingUpdate"))
+
+        // A target that cannot be a release name is refused before helm runs.
+        let bad = try runAutonomousCLI(
+            ["deploy", Self.orderFlow, "--dry-run", "--chart", chart, "--target", "Shop!"],
+            in: directory,
+            environment: ["PATH": path]
+        )
+        #expect(bad.status != 0)
+        #expect(bad.output.contains("target 'Shop!' is the Helm release name"), "\(bad.output)")
     }
 }
 
