@@ -153,7 +153,7 @@ struct Bench: Sendable {
             let input = chain ? "chain_in" : "events"
             let output = chain ? "chain_out" : "events_out"
             let start = ContinuousClock.now
-            let producer = try await produce(records, table: input, tenant: "default", natsURL: cluster.natsURL, connection: connection)
+            let producer = try await produce(records, table: input, tenant: "default", natsURL: cluster.operatorURL, connection: connection)
             let elapsed = try await Self.waitForMessages(
                 records,
                 stream: Self.stream("default", output),
@@ -586,7 +586,7 @@ struct Bench: Sendable {
             specification.environment[name] = value
         }
         let cluster = try await ProcessCluster.up(specification, logger: logger)
-        var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+        var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
         configuration.publishTimeout = .seconds(30)
         let connection: NATSConnection
         do {

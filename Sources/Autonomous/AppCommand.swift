@@ -45,7 +45,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 AUTONOMOUS_NATS_CA, AUTONOMOUS_NATS_CERT and AUTONOMOUS_NATS_KEY (PEM files: the \
                 CA the NATS servers' certificates chain to, and a client certificate and key for \
                 servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a \
-                NATS credentials file), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
+                NATS credentials file), AUTONOMOUS_NATS_USER and AUTONOMOUS_NATS_PASSWORD (a user \
+                of the NATS server's authorization block), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
                 nested: AUTONOMOUS_INGRESS_LANES is {"ingress": {"lanes": 4}}). Flags win over the \
                 environment, the environment over the file.
                 """,
@@ -187,6 +188,8 @@ struct CommonOptions: ParsableArguments {
         }
         configuration.natsTLS = nats.tls
         configuration.natsCredentialsFile = nats.credentialsFile
+        configuration.natsUser = nats.user
+        configuration.natsPassword = nats.password
         configuration.postgresURL = settings.string(Setting("postgres.url", flag: "--postgres-url"))
         if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {
             throw ValidationError("the Postgres URL contains a password; pass it in AUTONOMOUS_POSTGRES_PASSWORD instead")

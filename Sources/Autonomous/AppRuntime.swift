@@ -32,6 +32,9 @@ package struct RuntimeConfiguration: Sendable {
     package var natsTLS: NATSConnection.Configuration.TLS?
     /// A NATS credentials file (``NATS/NATSConnection/Configuration/credentialsFile``).
     package var natsCredentialsFile: String?
+    /// A NATS user and password (AUTONOMOUS_NATS_USER / AUTONOMOUS_NATS_PASSWORD); never logged.
+    package var natsUser: String?
+    package var natsPassword: String?
     /// The tenant this process serves.
     package var tenant: String = "default"
     package var httpHost: String = "127.0.0.1"
@@ -140,6 +143,8 @@ package struct AppRuntime: Sendable {
         natsConfiguration.publishTimeout = configuration.publishTimeout
         natsConfiguration.tls = configuration.natsTLS
         natsConfiguration.credentialsFile = configuration.natsCredentialsFile
+        natsConfiguration.user = configuration.natsUser
+        natsConfiguration.password = configuration.natsPassword
         natsConfiguration.blockingThreads = max(8, graph.handlers.reduce(0) { $0 + $1.options.concurrency } + 4)
         let connection = try await NATSConnection.connect(configuration: natsConfiguration, logger: logger)
         let actorSystem = ClusterActorSystem(connection: connection, callTimeout: configuration.coordinatorCallTimeout, logger: logger)

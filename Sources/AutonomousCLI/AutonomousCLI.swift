@@ -188,6 +188,11 @@ struct DeployCommand: AsyncParsableCommand {
         print(
             "  NATS JetStream: \(shownNATSURL(deployment: deployment, out: out)) (streams \(Wire.tableStreamName(tenant: deployment.tenant, table: "<table>")) and \(Wire.streamName(tenant: deployment.tenant)))"
         )
+        if deployment.engine == .process && deployment.natsURL == nil {
+            print(
+                "  NATS users: .autonomous/process/\(deployment.target)/nats-auth/passwords.json (one per role; operator for `autonomous dlq`; producer-\(deployment.tenant) publishes only aut.\(deployment.tenant).tbl.> with inbox prefix _INBOX_\(deployment.tenant))"
+            )
+        }
         for storage in configuration.storages { print("  \(storage.url) (\(storage.name))") }
     }
 

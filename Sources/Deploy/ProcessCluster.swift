@@ -42,6 +42,11 @@ package actor ProcessCluster {
         package var natsNodes: Int = 1
         /// A local PostgreSQL to run for the app (`autonomous.json` storage on 127.0.0.1).
         package var postgres: Postgres?
+        /// When the engine runs nats-server itself: run it with ``NATSAuthorization`` (one user
+        /// per role, a producer user per tenant; passwords in `directory/nats-auth`).
+        package var natsAuthorization = true
+        /// Tenants besides `tenant` that get a producer user.
+        package var producerTenants: [String] = []
 
         package struct Postgres: Sendable, Codable, Equatable {
             package var port: Int
@@ -65,10 +70,16 @@ package actor ProcessCluster {
         let started = ContinuousClock.now
         /// Set once the child is seen exited: when its replacement starts.
         var restartAt: ContinuousClock.Instant?
+        /// Sent a signal through ``ProcessCluster/signal(_:role:slot:)``: an exit someone asked
+        /// for, restarted at once and not counted as a crash loop.
+        var signalled = false
     }
 
     package nonisolated let specification: Specification
+    /// The NATS servers, without credentials (what the children and status.json get).
     package nonisolated let natsURL: String
+    /// NATS users and their passwords when the cluster runs with ``NATSAuthorization``.
+    package nonisolated let natsPasswords: [String: String]
     private let logger: Logger
     private var natsNodes: [NATSServerProcess] = []
     private var nats: NATSServerProcess? { natsNodes.first }
@@ -81,9 +92,17 @@ package actor ProcessCluster {
     /// Per role and slot: how soon a child that keeps exiting is started again.
     private var backoffs: [String: RestartBackoff] = [:]
 
-    private init(specification: Specification, natsURL: String, nats: [NATSServerProcess], postgres: LocalPostgres?, logger: Logger) {
+    private init(
+        specification: Specification,
+        natsURL: String,
+        natsPasswords: [String: String],
+        nats: [NATSServerProcess],
+        postgres: LocalPostgres?,
+        logger: Logger
+    ) {
         self.specification = specification
         self.natsURL = natsURL
+        self.natsPasswords = natsPasswords
         self.natsNodes = nats
         self.postgres = postgres
         self.logger = logger
@@ -97,6 +116,17 @@ package actor ProcessCluster {
         try FileManager.default.createDirectory(atPath: specification.directory + "/logs", withIntermediateDirectories: true)
         var nats: [NATSServerProcess] = []
         let url: String
+        var passwords: [String: String] = [:]
+        var authorization: [String] = []
+        if specification.natsURL == nil && specification.natsAuthorization {
+            let directory = specification.directory + "/nats-auth"
+            let users = NATSAuthorization.users(producerTenants: [specification.tenant] + specification.producerTenants)
+            passwords = try NATSAuthorization.passwords(for: users, in: directory)
+            let file = directory + "/authorization.conf"
+            let text = NATSAuthorization.render(users: users) { "\"\(passwords[$0] ?? "")\"" }
+            try NATSAuthorization.writePrivate(Data(text.utf8), to: file)
+            authorization = ["-c", file]
+        }
         if let external = specification.natsURL {
             url = external
         } else if specification.natsNodes > 1 {
@@ -111,7 +141,7 @@ package actor ProcessCluster {
                             extraArguments: [
                                 "-n", "node\(node)", "--cluster_name", "autonomous",
                                 "--cluster", "nats://127.0.0.1:\(routeBase + node)", "--routes", routes,
-                            ],
+                            ] + authorization,
                             logger: logger
                         )
                     )
@@ -122,7 +152,11 @@ package actor ProcessCluster {
             }
             url = nats.map(\.url).joined(separator: ",")
         } else {
-            let server = try await NATSServerProcess.start(directory: specification.directory + "/nats", logger: logger)
+            let server = try await NATSServerProcess.start(
+                directory: specification.directory + "/nats",
+                extraArguments: authorization,
+                logger: logger
+            )
             nats = [server]
             url = server.url
         }
@@ -140,7 +174,14 @@ package actor ProcessCluster {
                 throw error
             }
         }
-        let cluster = ProcessCluster(specification: specification, natsURL: url, nats: nats, postgres: postgres, logger: logger)
+        let cluster = ProcessCluster(
+            specification: specification,
+            natsURL: url,
+            natsPasswords: passwords,
+            nats: nats,
+            postgres: postgres,
+            logger: logger
+        )
         do {
             try await cluster.start()
         } catch {
@@ -174,6 +215,19 @@ package actor ProcessCluster {
     package func allProcessIDs() -> [Int32] {
         children.values.flatMap { $0.values.map(\.process.processIdentifier) } + natsNodes.map(\.processIdentifier)
             + (postgres?.processIdentifier.map { [$0] } ?? [])
+    }
+
+    /// The NATS servers with the `operator` user's credentials in each URL (for tools and
+    /// tests; never given to the children), or ``natsURL`` when the cluster runs NATS open.
+    package nonisolated var operatorURL: String { url(for: "operator") }
+
+    /// The NATS servers with `user`'s credentials (``natsURL`` when that user has none).
+    package nonisolated func url(for user: String) -> String {
+        guard let password = natsPasswords[user] else { return natsURL }
+        return natsURL.split(separator: ",").map { server in
+            guard let scheme = server.range(of: "://") else { return "nats://\(user):\(password)@\(server)" }
+            return "\(server[..<scheme.upperBound])\(user):\(password)@\(server[scheme.upperBound...])"
+        }.joined(separator: ",")
     }
 
     /// The local PostgreSQL's URL, when the cluster runs one.
@@ -282,6 +336,12 @@ package actor ProcessCluster {
             environment["AUTONOMOUS_STREAM_REPLICAS"] = String(min(3, specification.natsNodes))
         }
         if let postgres { environment["AUTONOMOUS_POSTGRES_URL"] = postgres.url }
+        // The role's own NATS user, in the environment (never in arguments `ps` shows).
+        let user = role.hasPrefix("worker") ? "worker" : role
+        if let password = natsPasswords[user] {
+            environment["AUTONOMOUS_NATS_USER"] = user
+            environment["AUTONOMOUS_NATS_PASSWORD"] = password
+        }
         if environment["LD_PRELOAD"] == nil, environment["AUTONOMOUS_ALLOCATOR"] != "system", let jemalloc = Self.jemalloc {
             // glibc's malloc is the largest single cost of the record hot path (issue 6):
             // jemalloc, where installed, made scenario a about 15 % faster.
@@ -336,7 +396,8 @@ package actor ProcessCluster {
             for (slot, child) in slots where !child.process.isRunning {
                 let key = "\(role)-\(slot)"
                 guard let restartAt = child.restartAt else {
-                    let delay = backoffs[key, default: RestartBackoff()].delay(afterRunning: now - child.started)
+                    let delay =
+                        child.signalled ? .zero : backoffs[key, default: RestartBackoff()].delay(afterRunning: now - child.started)
                     children[role]?[slot]?.restartAt = now + delay
                     logger.warning(
                         "Process exited; restarting",
@@ -375,7 +436,9 @@ package actor ProcessCluster {
 
     /// Sends `signal` to one replica (fault tests); the supervisor restarts it if it dies.
     package func signal(_ signal: Int32, role: String, slot: Int) {
-        if let child = children[role]?[slot] { kill(child.process.processIdentifier, signal) }
+        guard let child = children[role]?[slot] else { return }
+        children[role]?[slot]?.signalled = true
+        kill(child.process.processIdentifier, signal)
     }
 
     /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.

@@ -275,6 +275,8 @@ package struct Ingress: Service {
                     settings.maxPendingPublishes = connection.configuration.maxPendingPublishes
                     settings.pingInterval = connection.configuration.pingInterval
                     settings.tls = connection.configuration.tls
+                    settings.user = connection.configuration.user
+                    settings.password = connection.configuration.password
                     onLoop.append(try await EventLoopPublisher.connect(configuration: settings, eventLoop: eventLoop, logger: logger))
                 }
                 publishers[ObjectIdentifier(eventLoop)] = onLoop

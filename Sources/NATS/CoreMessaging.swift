@@ -217,7 +217,7 @@ extension NATSConnection {
 
     private func requestInbox() throws -> RequestMux.Inbox {
         try requests.inbox {
-            let prefix = "_INBOX.\(RequestMux.randomToken())."
+            let prefix = "\(self.configuration.inboxPrefix).\(RequestMux.randomToken())."
             let subscription = try self.subscribeCore(subject: prefix + "*")
             let mux = self.requests
             Task {

@@ -49,6 +49,9 @@ package final class EventLoopPublisher: @unchecked Sendable {
         package var maxPingsOut = 3
         /// TLS to the servers, as ``NATSConnection/Configuration/tls``.
         package var tls: NATSConnection.Configuration.TLS?
+        /// A user and password, as ``NATSConnection/Configuration/user``; they win over a URL's.
+        package var user: String?
+        package var password: String?
 
         package init(servers: [String], name: String) {
             self.servers = servers
@@ -358,9 +361,14 @@ package final class EventLoopPublisher: @unchecked Sendable {
     }
 
     private func connect(to server: String) -> EventLoopFuture<Void> {
-        let endpoint: ServerEndpoint
+        var endpoint: ServerEndpoint
         do {
             endpoint = try ServerEndpoint(server)
+            if let user = configuration.user {
+                endpoint.user = user
+                endpoint.password = configuration.password
+                endpoint.token = nil
+            }
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
@@ -501,7 +509,7 @@ struct ServerEndpoint: Sendable {
             port = 4222
         }
         guard !host.isEmpty, (1...65535).contains(port) else {
-            throw NATSError(code: .invalidArgument, message: "cannot read a host and port from NATS URL '\(url)'")
+            throw NATSError(code: .invalidArgument, message: "cannot read a host and port from NATS URL '\(NATSConnection.redacted(url))'")
         }
     }
 }

@@ -15,6 +15,25 @@ import Synchronization
 ///
 /// The connection reconnects by itself for as long as it is open. Call ``close()`` when done.
 package final class NATSConnection: Sendable {
+    /// `inbox` (as `natsInbox_Create` makes it, `_INBOX.<id>`) under `prefix` instead.
+    static func withInboxPrefix(_ prefix: String, _ inbox: String) -> String {
+        guard prefix != "_INBOX", inbox.hasPrefix("_INBOX.") else { return inbox }
+        return prefix + inbox.dropFirst("_INBOX".count)
+    }
+
+    /// `url` with any user, password or token replaced by `***`, for logs and errors.
+    package static func redacted(_ url: String) -> String {
+        let authorityStart: String.Index
+        if let colon = url.firstIndex(of: ":"), url[colon...].hasPrefix("://") {
+            authorityStart = url.index(colon, offsetBy: 3)
+        } else {
+            authorityStart = url.startIndex
+        }
+        let authority = url[authorityStart...].prefix { $0 != "/" }
+        guard let at = authority.lastIndex(of: "@") else { return url }
+        return String(url[..<authorityStart]) + "***" + String(url[at...])
+    }
+
     package struct Configuration: Sendable {
         /// Server URLs, e.g. `nats://127.0.0.1:4222`. Several URLs form one cluster.
         package var servers: [String]
@@ -38,8 +57,16 @@ package final class NATSConnection: Sendable {
         /// against the system's CAs.
         package var tls: TLS?
         /// A NATS credentials file (a user JWT and its NKey seed, as `nsc` writes it) to
-        /// authenticate with. Users and passwords or tokens go in the URL instead.
+        /// authenticate with.
         package var credentialsFile: String?
+        /// A user and password to authenticate with (a URL's own `user:password@` works too).
+        /// Kept out of every log and error: messages show servers through
+        /// ``NATSConnection/redacted(_:)``.
+        package var user: String?
+        package var password: String?
+        /// The first token of reply subjects (PubAcks, request replies). A producer user that
+        /// may read only its own inbox (`_INBOX_<tenant>.>`) sets `_INBOX_<tenant>`.
+        package var inboxPrefix: String = "_INBOX"
 
         /// Certificates for a TLS connection, as PEM files.
         package struct TLS: Sendable, Equatable {
@@ -221,13 +248,19 @@ package final class NATSConnection: Sendable {
         if let file = configuration.credentialsFile {
             try checkDetailed(natsOptions_SetUserCredentialsFromFiles(options, file, nil), "loading the NATS credentials in \(file)")
         }
+        if configuration.inboxPrefix != "_INBOX" {
+            try check(natsOptions_SetCustomInboxPrefix(options, configuration.inboxPrefix), "setting the inbox prefix")
+        }
+        if let user = configuration.user {
+            try check(natsOptions_SetUserInfo(options, user, configuration.password ?? ""), "setting the NATS user")
+        }
 
         var connection: OpaquePointer?
         let status = natsConnection_Connect(&connection, options)
         guard status == NATS_OK, let connection else {
             throw NATSError.from(
                 status: status,
-                context: "connecting to \(configuration.servers.joined(separator: ","))",
+                context: "connecting to \(configuration.servers.map(Self.redacted).joined(separator: ","))",
                 detail: lastErrorText()
             )
         }
@@ -246,7 +279,7 @@ package final class NATSConnection: Sendable {
         var inbox: UnsafeMutablePointer<CChar>?
         var sub: OpaquePointer?
         var subscribeStatus = natsInbox_Create(&inbox)
-        let prefix = inbox.map { String(cString: $0) } ?? ""
+        let prefix = Self.withInboxPrefix(configuration.inboxPrefix, inbox.map { String(cString: $0) } ?? "")
         natsInbox_Destroy(inbox)
         if subscribeStatus == NATS_OK {
             subscribeStatus = natsConnection_Subscribe(&sub, connection, prefix + ".*", onPublishAck, trackerContext.toOpaque())

@@ -65,7 +65,10 @@ package final class PullSubscription: Sendable {
         self.ephemeral = ephemeral ? (stream, consumer) : nil
         var inboxPointer: UnsafeMutablePointer<CChar>?
         try check(natsInbox_Create(&inboxPointer), "creating an inbox")
-        self.inbox = inboxPointer.map { String(cString: $0) } ?? "_INBOX.pull"
+        self.inbox = NATSConnection.withInboxPrefix(
+            connection.configuration.inboxPrefix,
+            inboxPointer.map { String(cString: $0) } ?? "_INBOX.pull"
+        )
         natsInbox_Destroy(inboxPointer)
         let box = PullBox(headerNames: headerNames)
         self.box = box

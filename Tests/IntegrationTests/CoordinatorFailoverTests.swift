@@ -66,7 +66,7 @@ struct CoordinatorFailoverTests {
                 let end = Date()
                 print("failover: takeovers after \(takeovers.map { String(format: "%.2f s", $0) }) (lease TTL \(ttl) s), tokens \(tokens)")
 
-                var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+                var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
                 configuration.connectTimeout = .seconds(10)
                 let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
                 let first = Int(start.timeIntervalSince1970.rounded(.up)) + 1

@@ -159,7 +159,7 @@ struct FaultTests {
                 try await postBatches(ingress, batches: batches, senders: 4, key: { "b\($0)" }) { b in
                     (0..<perBatch).map { Self.order(b, $0) }.joined(separator: "\n")
                 }
-                return try await audit(cluster.natsURL, expected: expected)
+                return try await audit(cluster.operatorURL, expected: expected)
             }
             let elapsed = ContinuousClock.now - start
             let restarts = await cluster.restarts
@@ -188,7 +188,7 @@ struct FaultTests {
                 }
                 var counts: [String: (outputs: Int, unique: Int)] = [:]
                 for table in ["loop_for", "loop_foreach", "loop_pair_a", "loop_pair_b"] {
-                    let (outputs, unique) = try await audit(cluster.natsURL, table: table, field: "id", expected: expected)
+                    let (outputs, unique) = try await audit(cluster.operatorURL, table: table, field: "id", expected: expected)
                     counts[table] = (outputs, unique.intersection(expected).count)
                 }
                 return counts
@@ -252,7 +252,7 @@ struct FaultTests {
                     return (0..<20).map { "o-\(n)-\($0)" }
                 }
             )
-            let (_, unique) = try await audit(cluster.natsURL, expected: expected)
+            let (_, unique) = try await audit(cluster.operatorURL, expected: expected)
             #expect(expected.isSubset(of: unique), "missing: \(expected.subtracting(unique).prefix(5))")
         }
     }
@@ -338,7 +338,7 @@ struct FaultTests {
             }
             try await post("default", 0..<100, poison: 50)
             try await post("acme", 0..<100)
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
             configuration.connectTimeout = .seconds(10)
             let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
             defer { Task { await connection.close() } }
@@ -394,8 +394,8 @@ struct FaultTests {
             try await cluster.scale("worker", to: 1)
             await load.value
             let expected = Set((0..<batches).flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
-            let (outputs, unique) = try await audit(cluster.natsURL, expected: expected)
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            let (outputs, unique) = try await audit(cluster.operatorURL, expected: expected)
+            var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
             configuration.connectTimeout = .seconds(5)
             let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
             let state = try await connection.consumerState(stream: "AUT_DEFAULT_tbl_orders", consumer: "h_enrich-orders")
@@ -421,7 +421,7 @@ struct FaultTests {
                     let (status, _) = await post(ingress, key: "s\(b)", body: body)
                     #expect(status == 202)
                 }
-                var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+                var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
                 configuration.connectTimeout = .seconds(5)
                 let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
                 let start = ContinuousClock.now
@@ -480,7 +480,7 @@ struct FaultTests {
             await load.value
             let batchesAccepted = accepted.withLock { $0 }
             let expected = Set(batchesAccepted.flatMap { b in (0..<500).map { "o-\(b)-\($0)" } })
-            let survivors = cluster.natsURL.split(separator: ",").dropFirst().joined(separator: ",")
+            let survivors = cluster.operatorURL.split(separator: ",").dropFirst().joined(separator: ",")
             let (outputs, unique) = try await audit(survivors, expected: expected)
             var configuration = NATSConnection.Configuration(url: survivors)
             configuration.connectTimeout = .seconds(5)

@@ -124,7 +124,7 @@ struct OrderedHandlerTests {
 
     /// A worker process that has written outputs (waits up to 10 s for one).
     func activeWorker(_ cluster: ProcessCluster) async throws -> Int32? {
-        let connection = try await NATSConnection.connect(configuration: .init(url: cluster.natsURL), logger: TestNATSServer.logger)
+        let connection = try await NATSConnection.connect(configuration: .init(url: cluster.operatorURL), logger: TestNATSServer.logger)
         defer { Task { await connection.close() } }
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
@@ -181,7 +181,7 @@ struct OrderedHandlerTests {
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            var configuration = NATSConnection.Configuration(url: cluster.natsURL)
+            var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
             configuration.connectTimeout = .seconds(10)
             let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
             let outputs: [AuditedRecord]

@@ -126,6 +126,12 @@ struct ProcessEngineTests {
         // Audit: every accepted order enriched exactly once.
         let total = batches * perBatch
         var configuration = NATSConnection.Configuration(url: natsURL)
+        // The cluster's NATS runs with a user per role; tools use `operator`.
+        let passwords = try JSONParser.parse(
+            Array(FileManager.default.contents(atPath: directory + "/.autonomous/process/local/nats-auth/passwords.json") ?? Data())
+        )
+        configuration.user = "operator"
+        configuration.password = try #require(passwords["operator"].stringValue)
         configuration.connectTimeout = .seconds(5)
         let connection = try await NATSConnection.connect(configuration: configuration, logger: TestNATSServer.logger)
         let enriched = try await StreamAudit.read(
