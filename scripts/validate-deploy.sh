@@ -123,6 +123,23 @@ if "$python" scripts/check-nomad-job.py deploy/nomad/autonomous.nomad.hcl; then 
   echo "FAIL nomad job"; failures=$((failures + 1))
 fi
 
+# NATS users: every role of every overlay and of the chart connects as its own user, and the
+# local overlay's NATS runs with the users `autonomous nats-auth` prints.
+for file in "$out"/local.yaml "$out"/production.yaml "$out"/helm-default.yaml; do
+  for role in coordinator ingress worker; do
+    grep -q "value: $role\$" "$file" && grep -q "key: $role\$" "$file" \
+      || { echo "FAIL $file: the $role role has no NATS user of its own"; failures=$((failures + 1)); }
+  done
+done
+grep -q 'authorization.conf' "$out/local.yaml" || { echo "FAIL local overlay: NATS runs without users"; failures=$((failures + 1)); }
+if [ -x .build/debug/autonomous ]; then
+  .build/debug/autonomous nats-auth | diff -q - deploy/k8s/overlays/local/nats-authorization.conf > /dev/null \
+    || { echo "FAIL deploy/k8s/overlays/local/nats-authorization.conf differs from \`autonomous nats-auth\`"; failures=$((failures + 1)); }
+fi
+for role in coordinator ingress worker; do
+  grep -q "nats_password_$role" deploy/nomad/autonomous.nomad.hcl || { echo "FAIL nomad job: no NATS user for $role"; failures=$((failures + 1)); }
+done
+
 for setting in 'AUTONOMOUS_REQUIRE_API_KEY = "true"' 'AUTONOMOUS_ADMIN_HOST  = "127.0.0.1"' 'traefik.http.routers.autonomous.tls=true'; do
   grep -qF "$setting" deploy/nomad/autonomous.nomad.hcl || { echo "FAIL nomad job: no $setting"; failures=$((failures + 1)); }
 done

@@ -12,7 +12,7 @@ struct AutonomousCLI: AsyncParsableCommand {
         abstract: "Operate Autonomous apps.",
         subcommands: [
             InitCommand.self, DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
-            TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, SuperviseCommand.self,
+            TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, NATSAuthorizationCommand.self, SuperviseCommand.self,
         ]
     )
 }
@@ -45,6 +45,31 @@ struct DescribeCommand: AsyncParsableCommand {
         let binary = try resolveApp(app)
         let status = try await Command.passthrough(binary, ["describe"])
         if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct NATSAuthorizationCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nats-auth",
+        abstract: "Print the NATS authorization block: a user per role and a producer user per tenant.",
+        discussion: """
+            Include it in your nats-server configuration. Passwords are read from the server's \
+            environment (NATS_PASSWORD_COORDINATOR, NATS_PASSWORD_INGRESS, NATS_PASSWORD_WORKER, \
+            NATS_PASSWORD_OPERATOR, NATS_PASSWORD_PRODUCER_<TENANT>); each role gets its own as \
+            AUTONOMOUS_NATS_USER and AUTONOMOUS_NATS_PASSWORD. See docs/deploy.md.
+            """
+    )
+
+    @Option(name: .customLong("tenant"), help: "A tenant whose external producers get a user (repeatable; default: default).")
+    var tenants: [String] = []
+
+    func run() throws {
+        let tenants = self.tenants.isEmpty ? ["default"] : self.tenants
+        for tenant in tenants {
+            if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError("--tenant: \(problem)") }
+        }
+        let users = NATSAuthorization.users(producerTenants: tenants)
+        print(NATSAuthorization.render(users: users) { "$" + NATSAuthorization.passwordVariable(of: $0) }, terminator: "")
     }
 }
 
@@ -255,7 +280,10 @@ struct DeployCommand: AsyncParsableCommand {
         if let render, let renderedFile {
             let (status, output) = try await Command.captured(path, render)
             guard status == 0 else { throw ValidationError("\(tool) \(render.joined(separator: " ")) failed:\n\(output)") }
-            try output.write(toFile: renderedFile, atomically: true, encoding: .utf8)
+            // It may hold Secrets (the NATS users' passwords): readable by its owner only.
+            try? FileManager.default.removeItem(atPath: renderedFile)
+            guard FileManager.default.createFile(atPath: renderedFile, contents: Data(output.utf8), attributes: [.posixPermissions: 0o600])
+            else { throw ValidationError("cannot write \(renderedFile)") }
             print("wrote \(renderedFile)")
         }
         if dryRun {

@@ -95,6 +95,12 @@ package enum NATSAuthorization {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// The environment variable a nats-server reads `user`'s password from in the rendered
+    /// Kubernetes and Nomad files: `NATS_PASSWORD_<USER>`, upper case, `-` as `_`.
+    package static func passwordVariable(of user: String) -> String {
+        "NATS_PASSWORD_" + user.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
     /// A random password: 32 hex digits (no character a URL or the config file must escape).
     package static func makePassword() -> String {
         var generator = SystemRandomNumberGenerator()

@@ -157,6 +157,44 @@ package enum KubernetesRenderer {
                 operations: [("/spec/triggers", "[" + triggers.joined(separator: ", ") + "]")]
             )
         }
+        if FileManager.default.fileExists(atPath: overlay + "/nats-authorization.conf") {
+            // The overlay runs its own NATS with a user per role: the users for this tenant, and
+            // their passwords (random, kept in the output directory between deploys, 0600).
+            let users = NATSAuthorization.users(producerTenants: [deployment.tenant])
+            let passwords = try NATSAuthorization.passwords(for: users, in: outputDirectory)
+            try NATSAuthorization.writePrivate(
+                Data(users.map { "\($0.name)=\(passwords[$0.name] ?? "")\n" }.joined().utf8),
+                to: outputDirectory + "/nats-users.env"
+            )
+            files["nats-authorization.conf"] = NATSAuthorization.render(users: users) { "$" + NATSAuthorization.passwordVariable(of: $0) }
+            if deployment.tenant != "default" {
+                // The overlay's NATS reads the default tenant's producer password; this tenant's instead.
+                let producer = NATSAuthorization.producerName(tenant: deployment.tenant)
+                lines += patch(
+                    kind: "StatefulSet",
+                    name: "nats",
+                    operations: [
+                        (
+                            "/spec/template/spec/containers/0/env/4",
+                            "{\"name\": \"\(NATSAuthorization.passwordVariable(of: producer))\", \"valueFrom\": {\"secretKeyRef\": {\"name\": \"autonomous-nats-users\", \"key\": \"\(producer)\"}}}"
+                        )
+                    ]
+                )
+            }
+            lines += [
+                "configMapGenerator:",
+                "  - name: nats-authorization",
+                "    behavior: replace",
+                "    files:",
+                "      - authorization.conf=nats-authorization.conf",
+                "secretGenerator:",
+                "  - name: autonomous-nats-users",
+                "    envs:",
+                "      - nats-users.env",
+                "    options:",
+                "      disableNameSuffixHash: true",
+            ]
+        }
         files["kustomization.yaml"] = lines.joined(separator: "\n") + "\n"
         return files
     }

@@ -194,3 +194,56 @@ struct LoopbackPortsTests {
         #expect(backoff.delay(afterRunning: quick) == .seconds(1))
     }
 }
+
+@Suite("NATS users")
+struct NATSUsersTests {
+    @Test("Producers may publish only their tenant's records and read only their own inbox; roles never get the whole server")
+    func users() {
+        let users = NATSAuthorization.users(producerTenants: ["acme", "BAD NAME"])
+        let producer = users.first { $0.name == "producer-acme" }
+        #expect(producer?.publish == ["aut.acme.tbl.>"])
+        #expect(producer?.subscribe == ["_INBOX_acme.>"])
+        #expect(!users.contains { $0.name.contains("BAD") }, "an invalid tenant name never reaches the configuration")
+        for role in ["coordinator", "ingress", "worker"] {
+            let user = users.first { $0.name == role }
+            #expect(user != nil)
+            #expect(!(user?.publish.contains(">") ?? true) && !(user?.subscribe.contains(">") ?? true), "\(role)")
+        }
+        #expect(
+            !(users.first { $0.name == "ingress" }?.publish.contains { $0.hasPrefix("$JS.API.CONSUMER") || $0.contains("DELETE") } ?? true)
+        )
+        let text = NATSAuthorization.render(users: users) { "$" + NATSAuthorization.passwordVariable(of: $0) }
+        #expect(text.contains("password: $NATS_PASSWORD_PRODUCER_ACME"))
+        #expect(text.contains(#"subscribe: {allow: ["_INBOX_acme.>"]}"#))
+    }
+
+    @Test("The local overlay's deploy makes the users' Secret once, owner-readable, and keeps its passwords on the next deploy")
+    func kubernetesSecret() throws {
+        var app = AppBuilder(name: "Users")
+        _ = app.table("orders")
+        let description = try AppDescription.decode(try app.build().description(tenant: "default").encoded())
+        let manifests = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/k8s").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("aut-users-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var deployment = DeploymentConfiguration().deployment
+        deployment.target = "local"
+        deployment.tenant = "acme"
+        let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
+        let kustomization = try #require(files["kustomization.yaml"])
+        #expect(kustomization.contains("secretGenerator:\n  - name: autonomous-nats-users"))
+        #expect(kustomization.contains("NATS_PASSWORD_PRODUCER_ACME"))
+        #expect(files["nats-authorization.conf"]?.contains(#"publish: {allow: ["aut.acme.tbl.>"]}"#) == true)
+        let first = try String(contentsOfFile: out + "/nats-users.env", encoding: .utf8)
+        #expect(first.split(separator: "\n").count == 5 && first.contains("producer-acme="))
+        let mode = try FileManager.default.attributesOfItem(atPath: out + "/nats-users.env")[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        _ = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
+        #expect(try String(contentsOfFile: out + "/nats-users.env", encoding: .utf8) == first, "passwords survive a redeploy")
+        // The production overlay's NATS is external: no users are made for it.
+        deployment.target = "production"
+        let production = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
+        #expect(!(production["kustomization.yaml"]?.contains("secretGenerator") ?? true))
+    }
+}

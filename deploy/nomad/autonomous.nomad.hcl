@@ -1,7 +1,9 @@
 # Autonomous app on Nomad: ingress, worker and coordinator groups from one app image.
 #   nomad job run -var image=registry.example.com/autonomous/orderflow:0.1.0 deploy/nomad/autonomous.nomad.hcl
 # Secrets (API keys, signing secrets, the Postgres URL) come from Nomad Variables at
-# nomad/jobs/autonomous; nothing secret is written in this file.
+# nomad/jobs/autonomous; nothing secret is written in this file. NATS users: each group
+# connects as its own user (coordinator, ingress, worker) when the variable holds
+# nats_password_<role>; configure the NATS servers with `autonomous nats-auth` (docs/deploy.md).
 
 variable "coordinator_count" {
   type        = number
@@ -137,9 +139,12 @@ job "autonomous" {
         env         = true
         change_mode = "restart"
         data        = <<-EOT
-        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}{{ if not (.K | regexMatch "^nats_password_") }}
         {{ .K }}={{ .V | toJSON }}
-        {{- end }}{{ end }}
+        {{- end }}{{ end }}{{ range .Tuples }}{{ if eq .K "nats_password_ingress" }}
+        AUTONOMOUS_NATS_USER=ingress
+        AUTONOMOUS_NATS_PASSWORD={{ .V | toJSON }}
+        {{- end }}{{ end }}{{ end }}
         EOT
       }
 
@@ -219,9 +224,12 @@ job "autonomous" {
         env         = true
         change_mode = "restart"
         data        = <<-EOT
-        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}{{ if not (.K | regexMatch "^nats_password_") }}
         {{ .K }}={{ .V | toJSON }}
-        {{- end }}{{ end }}
+        {{- end }}{{ end }}{{ range .Tuples }}{{ if eq .K "nats_password_worker" }}
+        AUTONOMOUS_NATS_USER=worker
+        AUTONOMOUS_NATS_PASSWORD={{ .V | toJSON }}
+        {{- end }}{{ end }}{{ end }}
         EOT
       }
 
@@ -291,9 +299,12 @@ job "autonomous" {
         env         = true
         change_mode = "restart"
         data        = <<-EOT
-        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}{{ if not (.K | regexMatch "^nats_password_") }}
         {{ .K }}={{ .V | toJSON }}
-        {{- end }}{{ end }}
+        {{- end }}{{ end }}{{ range .Tuples }}{{ if eq .K "nats_password_coordinator" }}
+        AUTONOMOUS_NATS_USER=coordinator
+        AUTONOMOUS_NATS_PASSWORD={{ .V | toJSON }}
+        {{- end }}{{ end }}{{ end }}
         EOT
       }
 

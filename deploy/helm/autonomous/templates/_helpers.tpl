@@ -64,6 +64,17 @@ containers:
     image: {{ include "autonomous.image" $root | quote }}
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
     args: {{ toJson .args }}
+    {{- if $root.Values.natsUsers.existingSecret }}
+    env:
+      # This role's own NATS user: only the subjects it needs (`autonomous nats-auth`).
+      - name: AUTONOMOUS_NATS_USER
+        value: {{ .container }}
+      - name: AUTONOMOUS_NATS_PASSWORD
+        valueFrom:
+          secretKeyRef:
+            name: {{ $root.Values.natsUsers.existingSecret }}
+            key: {{ .container }}
+    {{- end }}
     envFrom:
       - configMapRef:
           name: {{ include "autonomous.fullname" $root }}-config
