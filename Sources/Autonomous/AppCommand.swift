@@ -3,6 +3,7 @@ import ClusterCore
 import Configuration
 import Coordinator
 import Foundation
+import HTTPEndpoints
 import Logging
 import NATS
 import ServiceLifecycle
@@ -46,7 +47,9 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 CA the NATS servers' certificates chain to, and a client certificate and key for \
                 servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a \
                 NATS credentials file), AUTONOMOUS_NATS_USER and AUTONOMOUS_NATS_PASSWORD (a user \
-                of the NATS server's authorization block), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
+                of the NATS server's authorization block), AUTONOMOUS_TLS_CERT and AUTONOMOUS_TLS_KEY \
+                (PEM files: the ingress serves HTTPS only), AUTONOMOUS_ADMIN_TLS_CERT and \
+                AUTONOMOUS_ADMIN_TLS_KEY (the same for the admin API, on a port of its own), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
                 nested: AUTONOMOUS_INGRESS_LANES is {"ingress": {"lanes": 4}}). Flags win over the \
                 environment, the environment over the file.
                 """,
@@ -190,6 +193,12 @@ struct CommonOptions: ParsableArguments {
         configuration.natsCredentialsFile = nats.credentialsFile
         configuration.natsUser = nats.user
         configuration.natsPassword = nats.password
+        do {
+            configuration.httpTLS = try ServerTLS.fromEnvironment(environment, prefix: "AUTONOMOUS_TLS")
+            configuration.adminTLS = try ServerTLS.fromEnvironment(environment, prefix: "AUTONOMOUS_ADMIN_TLS")
+        } catch {
+            throw ValidationError(error.message)
+        }
         configuration.postgresURL = settings.string(Setting("postgres.url", flag: "--postgres-url"))
         if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {
             throw ValidationError("the Postgres URL contains a password; pass it in AUTONOMOUS_POSTGRES_PASSWORD instead")
@@ -438,15 +447,16 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
             generatedToken = token
         }
         let shownToken = generatedToken
+        let adminScheme = configuration.adminTLS == nil ? "http" : "https"
         configuration.onAdminListening = { port in
             let shownHost = adminHost == "127.0.0.1" || adminHost == "0.0.0.0" ? "localhost" : adminHost
             // The base URL, as `autonomous tenants|keys|dlq` take it in AUTONOMOUS_ADMIN_URL.
-            var line = "Admin API: http://\(shownHost):\(port)"
+            var line = "Admin API: \(adminScheme)://\(shownHost):\(port)"
             if let shownToken {
-                line += "\n  export AUTONOMOUS_ADMIN_URL=http://\(shownHost):\(port) AUTONOMOUS_ADMIN_TOKEN=\(shownToken)"
+                line += "\n  export AUTONOMOUS_ADMIN_URL=\(adminScheme)://\(shownHost):\(port) AUTONOMOUS_ADMIN_TOKEN=\(shownToken)"
                 line += "\n  (a token for this run; set AUTONOMOUS_ADMIN_TOKEN before starting to choose one)"
             } else {
-                line += "\n  export AUTONOMOUS_ADMIN_URL=http://\(shownHost):\(port)"
+                line += "\n  export AUTONOMOUS_ADMIN_URL=\(adminScheme)://\(shownHost):\(port)"
             }
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }

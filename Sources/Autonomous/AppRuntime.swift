@@ -1,7 +1,7 @@
 import ClusterCore
 package import Coordinator
 import Foundation
-import HTTPEndpoints
+package import HTTPEndpoints
 import Ingress
 package import Logging
 package import NATS
@@ -35,6 +35,11 @@ package struct RuntimeConfiguration: Sendable {
     /// A NATS user and password (AUTONOMOUS_NATS_USER / AUTONOMOUS_NATS_PASSWORD); never logged.
     package var natsUser: String?
     package var natsPassword: String?
+    /// HTTPS for the ingress (AUTONOMOUS_TLS_CERT / AUTONOMOUS_TLS_KEY).
+    package var httpTLS: ServerTLS?
+    /// HTTPS for the admin API (AUTONOMOUS_ADMIN_TLS_CERT / AUTONOMOUS_ADMIN_TLS_KEY); needs a
+    /// port of its own, since the health port stays plain HTTP for probes.
+    package var adminTLS: ServerTLS?
     /// The tenant this process serves.
     package var tenant: String = "default"
     package var httpHost: String = "127.0.0.1"
@@ -258,6 +263,12 @@ package struct AppRuntime: Sendable {
             )
             let adminPort = configuration.adminPort ?? (role == .coordinator ? configuration.healthPort : nil)
             if let adminPort {
+                if configuration.adminPort == nil, configuration.adminTLS != nil {
+                    throw ConfigurationError(
+                        "AUTONOMOUS_ADMIN_TLS_CERT is set but the admin API shares the plain-HTTP health port (no --admin-port): "
+                            + "give the admin API a port of its own"
+                    )
+                }
                 if configuration.adminPort == nil, configuration.adminHost != configuration.healthHost {
                     throw ConfigurationError(
                         "the admin API shares the health port (no --admin-port), but AUTONOMOUS_ADMIN_HOST (\(configuration.adminHost)) "
@@ -278,6 +289,7 @@ package struct AppRuntime: Sendable {
                         ),
                         connection: connection,
                         logger: logger,
+                        tls: configuration.adminTLS,
                         onListening: configuration.onAdminListening
                     )
                 )
@@ -316,6 +328,7 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
             ingressConfiguration.onListening = configuration.onListening
             ingressConfiguration.requireAPIKey = configuration.requireAPIKey
+            ingressConfiguration.tls = configuration.httpTLS
             ingressConfiguration.accessForKeyHash = { hash in
                 do {
                     return try await coordinatorEndpoint.access(forKeyHash: hash)

@@ -4,6 +4,7 @@ import ClusterCore
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// Where the coordinator's admin API is and how to authenticate.
 struct AdminOptions: ParsableArguments {
@@ -36,13 +37,26 @@ struct AdminOptions: ParsableArguments {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: JSONWriter.encode(body)))
         }
+        // An admin API with a certificate of a private CA: AUTONOMOUS_ADMIN_CA names the CA.
+        var client = HTTPClient.shared
+        var ownClient = false
+        if let ca = ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_CA"], !ca.isEmpty {
+            guard FileManager.default.isReadableFile(atPath: ca) else { throw ValidationError("AUTONOMOUS_ADMIN_CA: cannot read '\(ca)'") }
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .file(ca)
+            client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+            ownClient = true
+        }
         let response: HTTPClientResponse
+        let bytes: ByteBuffer
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            response = try await client.execute(request, timeout: .seconds(30))
+            bytes = try await response.body.collect(upTo: 16 * 1024 * 1024)
         } catch {
+            if ownClient { try? await client.shutdown() }
             throw CLIError("cannot reach the admin API at \(baseURL): \(error)")
         }
-        let bytes = try await response.body.collect(upTo: 16 * 1024 * 1024)
+        if ownClient { try? await client.shutdown() }
         let value = (try? JSONParser.parse(Array(bytes.readableBytesView))) ?? .null
         guard (200..<300).contains(Int(response.status.code)) else {
             let message = value["error"]["message"].stringValue ?? "HTTP \(response.status.code)"

@@ -1,8 +1,10 @@
 import ClusterCore
 import Crypto
 import Foundation
-import HTTPEndpoints
+package import HTTPEndpoints
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 package import Logging
 package import NATS
 import NIOCore
@@ -21,6 +23,8 @@ package struct AdminServer: Service {
     let connection: NATSConnection
     let logger: Logger
     let onListening: (@Sendable (Int) async -> Void)?
+    /// Serve HTTPS only (`AUTONOMOUS_ADMIN_TLS_CERT` / `_KEY`); `nil`: plain HTTP.
+    let tls: ServerTLS?
 
     package init(
         host: String,
@@ -29,8 +33,10 @@ package struct AdminServer: Service {
         administration: Administration,
         connection: NATSConnection,
         logger: Logger,
+        tls: ServerTLS? = nil,
         onListening: (@Sendable (Int) async -> Void)? = nil
     ) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.adminToken = adminToken.flatMap { $0.isEmpty ? nil : $0 }
@@ -49,8 +55,10 @@ package struct AdminServer: Service {
         HealthEndpoints(connection: connection).add(to: router)
         AdminRoutes(administration: administration).add(to: router.group("/v1/admin"))
         let onListening = self.onListening
+        let server: HTTPServerBuilder = try tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()
         let app = Application(
             router: router,
+            server: server,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "autonomous-coordinator"),
             onServerRunning: { channel in
                 if let onListening, let port = channel.localAddress?.port { await onListening(port) }

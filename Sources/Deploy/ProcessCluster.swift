@@ -238,7 +238,8 @@ package actor ProcessCluster {
 
     /// The ingress base URLs, by slot.
     package func ingressURLs() -> [String] {
-        (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map { "http://127.0.0.1:\($0.port)" }
+        let scheme = (specification.environment["AUTONOMOUS_TLS_CERT"] ?? "").isEmpty ? "http" : "https"
+        return (children["ingress"] ?? [:]).values.sorted { $0.slot < $1.slot }.map { "\(scheme)://127.0.0.1:\($0.port)" }
     }
 
     /// Where each ingress serves `/metrics` (its health port, on loopback).
@@ -363,7 +364,10 @@ package actor ProcessCluster {
     private func waitUntilReady(role: String, child: Child, timeout: Duration = .seconds(60)) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
-        let url = "http://127.0.0.1:\(child.port)/readyz"
+        // An ingress is asked on its health port, which stays plain HTTP when the ingress
+        // serves HTTPS (AUTONOMOUS_TLS_CERT).
+        let port = role == "ingress" ? Self.ingressHealthPort(healthPort: specification.healthPort, slot: child.slot) : child.port
+        let url = "http://127.0.0.1:\(port)/readyz"
         while clock.now < deadline {
             guard child.process.isRunning else {
                 throw DeployError("\(role) \(child.slot) exited at startup; see \(specification.directory)/logs/\(role)-\(child.slot).log")

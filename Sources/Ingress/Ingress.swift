@@ -1,11 +1,13 @@
 package import ClusterCore
 import Foundation
+package import HTTPEndpoints
 import Hummingbird
 import HummingbirdCore
 package import Logging
 package import NATS
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
@@ -30,6 +32,8 @@ package struct Ingress: Service {
         package var limitsForTenant: (@Sendable (String) async throws -> TenantLimits?)?
         /// Refuse record API calls and routes without an API key (401).
         package var requireAPIKey = false
+        /// Serve HTTPS only (`AUTONOMOUS_TLS_CERT` / `AUTONOMOUS_TLS_KEY`); `nil`: plain HTTP.
+        package var tls: ServerTLS?
         /// How long a key's tenant (or its absence) is remembered: revocation takes effect
         /// within this time.
         package var keyCacheTTL: Duration = .seconds(2)
@@ -95,6 +99,8 @@ package struct Ingress: Service {
 
     let graph: AppGraph
     let configuration: Configuration
+    /// Made once from ``Configuration/tls``; every connection's TLS handler shares it.
+    let sslContext: NIOSSLContext?
     let connection: NATSConnection
     let logger: Logger
 
@@ -112,6 +118,11 @@ package struct Ingress: Service {
         self.configuration = configuration
         self.connection = connection
         self.logger = logger
+        do {
+            self.sslContext = try configuration.tls?.makeContext()
+        } catch {
+            throw ConfigurationError("AUTONOMOUS_TLS_CERT/AUTONOMOUS_TLS_KEY: \(error)")
+        }
     }
 
     package func run() async throws {
@@ -153,7 +164,8 @@ package struct Ingress: Service {
         let onListening = configuration.onListening
         let app = Application(
             responder: responder,
-            server: HTTPServerBuilder { responder in IngressChannel(responder: responder, state: state) },
+            server: HTTPServerBuilder { [sslContext] responder in IngressChannel(responder: responder, state: state, sslContext: sslContext)
+            },
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port),
                 serverName: "autonomous"

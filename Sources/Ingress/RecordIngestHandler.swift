@@ -8,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import NIOSSL
 import Synchronization
 
 /// The ingress's HTTP/1 connection: Hummingbird's pipeline plus `RecordIngestHandler`, which
@@ -28,6 +29,8 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let state: IngressState
+    /// TLS first when the ingress serves HTTPS.
+    let sslContext: NIOSSLContext?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let capacity = state.capacity
@@ -36,6 +39,10 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
         return channel.eventLoop.makeCompletedFuture {
             // Over the cap: a 503 the client can read, then the connection closes; nothing it
             // sends reaches the HTTP handlers.
+            if let sslContext {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                try channel.pipeline.syncOperations.addHandler(CloseOnTLSError())
+            }
             if !admitted { try channel.pipeline.syncOperations.addHandler(RefuseConnection()) }
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true,
@@ -47,7 +54,7 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
             )
             // Before the HTTPTypes conversion: the requests it answers skip it.
             try channel.pipeline.syncOperations.addHandler(RecordIngestHandler(state: state))
-            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: sslContext != nil))
             return try NIOAsyncChannel(
                 wrappingChannelSynchronously: channel,
                 configuration: .init(isOutboundHalfClosureEnabled: true)
@@ -57,6 +64,22 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
 
     func handle(value: Value, logger: Logger) async {
         await handleHTTP(asyncChannel: value, logger: logger)
+    }
+}
+
+/// Closes a connection whose TLS failed (plain HTTP to the HTTPS port, a client that refused the
+/// certificate) at once, instead of leaving it open until the idle timeout.
+///
+/// Not `Sendable`: used only on its channel's event loop.
+final class CloseOnTLSError: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is NIOSSLError || error is BoringSSLError {
+            context.close(promise: nil)
+            return
+        }
+        context.fireErrorCaught(error)
     }
 }
 
