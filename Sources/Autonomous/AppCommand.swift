@@ -47,7 +47,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 CA the NATS servers' certificates chain to, and a client certificate and key for \
                 servers that verify clients; any of them turns TLS on), AUTONOMOUS_NATS_CREDS (a \
                 NATS credentials file), AUTONOMOUS_NATS_USER and AUTONOMOUS_NATS_PASSWORD (a user \
-                of the NATS server's authorization block), AUTONOMOUS_TLS_CERT and AUTONOMOUS_TLS_KEY \
+                of the NATS server's authorization block), AUTONOMOUS_ACCESS_LOG (one log line per \
+                ingress request), AUTONOMOUS_TLS_CERT and AUTONOMOUS_TLS_KEY \
                 (PEM files: the ingress serves HTTPS only), AUTONOMOUS_ADMIN_TLS_CERT and \
                 AUTONOMOUS_ADMIN_TLS_KEY (the same for the admin API, on a port of its own), AUTONOMOUS_CONFIG (a JSON settings file, the same keys \
                 nested: AUTONOMOUS_INGRESS_LANES is {"ingress": {"lanes": 4}}). Flags win over the \
@@ -280,6 +281,9 @@ struct CommonOptions: ParsableArguments {
         }
         if let perNode = try settings.bool(Setting("rateLimit.perNode")) {
             configuration.shareRateLimitsAcrossNodes = !perNode
+        }
+        if let accessLog = try settings.bool(Setting("accessLog")) {
+            configuration.accessLog = accessLog
         }
         if let eventLoop = try settings.bool(Setting("ingress.eventLoopPublish")) {
             configuration.ingressEventLoopPublishing = eventLoop

@@ -83,6 +83,8 @@ package struct RuntimeConfiguration: Sendable {
     /// Small record-API requests publish through the event loops' own NATS connections
     /// (``Ingress/Configuration/eventLoopPublishing``).
     package var ingressEventLoopPublishing = true
+    /// The ingress logs one `notice` line per request (AUTONOMOUS_ACCESS_LOG).
+    package var accessLog = false
     /// How long the ingress holds a request of a tenant over its limit
     /// (``Ingress/Configuration/rateLimitMaxDelay``).
     package var rateLimitMaxDelay: Duration = .seconds(1)
@@ -326,6 +328,7 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.rateLimitClock = configuration.rateLimitClock
             ingressConfiguration.shareLimitsAcrossNodes = configuration.shareRateLimitsAcrossNodes
             ingressConfiguration.eventLoopPublishing = configuration.ingressEventLoopPublishing
+            ingressConfiguration.accessLog = configuration.accessLog
             ingressConfiguration.onListening = configuration.onListening
             ingressConfiguration.requireAPIKey = configuration.requireAPIKey
             ingressConfiguration.tls = configuration.httpTLS

@@ -221,6 +221,7 @@ struct IngressResponder: HTTPResponder {
     }
 
     private static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
+    private static let traceparentField = HTTPField.Name("traceparent")!
 
     /// The request's `Idempotency-Key` as a record id scoped to the tenant, the caller's API
     /// key and `path` (see ``RecordIDGenerator/scopedKey(_:tenant:caller:path:)``).
@@ -251,6 +252,7 @@ struct IngressResponder: HTTPResponder {
                         tenant: tenant,
                         contentType: request.headers[.contentType],
                         key: key.map { RecordIDGenerator.scopedKey($0, tenant: tenant, caller: caller, path: "") },
+                        traceparent: RecordIngest.traceparent(request.headers[values: Self.traceparentField]),
                         body: body
                     )
                     let duplicates = try await pipeline.publish(batch, tenant: tenant)

@@ -56,6 +56,7 @@ extension IngressState {
         tenant: String,
         contentType: String?,
         idempotencyKey key: String?,
+        traceparent: String? = nil,
         body: ByteBuffer
     ) throws(RouteError) -> RecordBatch {
         let table = try self.table(named: name)
@@ -98,7 +99,8 @@ extension IngressState {
         for (i, payload) in payloads.enumerated() {
             let id = payloads.count == 1 ? base : "\(base)-\(i)"
             batch.ids.append(id)
-            let message = Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil)
+            var message = Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: nil)
+            if let traceparent { message.headers.append((Wire.Header.traceparent, traceparent)) }
             if payload.readableBytes + 1024 > maxMessageBytes, Self.size(of: message) > maxMessageBytes {
                 let many = isNDJSON || Self.isArray(body)
                 let location = isNDJSON ? "line \(i + 1)" : (many ? "records[\(i)]" : "body")

@@ -210,8 +210,47 @@ struct RecordIngest: Sendable {
 
     /// Parses and validates the body (content type, the records' shape and fields) into
     /// messages with their ids.
-    func prepare(table: String, tenant: String, contentType: String?, key: String?, body: ByteBuffer) throws(RouteError) -> RecordBatch {
-        try state.prepareRecords(table: table, tenant: tenant, contentType: contentType, idempotencyKey: key, body: body)
+    func prepare(
+        table: String,
+        tenant: String,
+        contentType: String?,
+        key: String?,
+        traceparent: String? = nil,
+        body: ByteBuffer
+    ) throws(RouteError) -> RecordBatch {
+        try state.prepareRecords(
+            table: table,
+            tenant: tenant,
+            contentType: contentType,
+            idempotencyKey: key,
+            traceparent: traceparent,
+            body: body
+        )
+    }
+
+    /// A W3C `traceparent` (version 00: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+    /// lower case, ids not all zero) from the request's headers; anything else is ignored, as
+    /// the Trace Context specification asks, and never stored.
+    static func traceparent(_ values: [String]) -> String? {
+        guard values.count == 1 else { return nil }
+        let value = values[0].utf8
+        guard value.count == 55 else { return nil }
+        var allZero = (trace: true, parent: true)
+        for (i, byte) in value.enumerated() {
+            switch i {
+            case 2, 35, 52:
+                guard byte == UInt8(ascii: "-") else { return nil }
+            default:
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+                else { return nil }
+                if byte != UInt8(ascii: "0") {
+                    if (3..<35).contains(i) { allZero.trace = false }
+                    if (36..<52).contains(i) { allZero.parent = false }
+                }
+            }
+        }
+        guard values[0].hasPrefix("00-"), !allZero.trace, !allZero.parent else { return nil }
+        return values[0]
     }
 
     /// Records a request got stored: their ids, and how many JetStream had already (a retry

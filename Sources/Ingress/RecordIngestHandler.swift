@@ -52,6 +52,7 @@ struct IngressChannel: ServerChildChannel, HTTPChannelHandler {
             try channel.pipeline.syncOperations.addHandler(
                 ConnectionGuard(idleTimeout: state.configuration.idleTimeout, bodyTimeout: state.configuration.bodyTimeout)
             )
+            try channel.pipeline.syncOperations.addHandler(AccessLog(logger: state.configuration.accessLog ? state.logger : nil))
             // Before the HTTPTypes conversion: the requests it answers skip it.
             try channel.pipeline.syncOperations.addHandler(RecordIngestHandler(state: state))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: sslContext != nil))
@@ -113,6 +114,8 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var tenant: String
         var contentType: String?
         var idempotencyKey: [String]
+        /// The request's valid W3C `traceparent`, carried into the records' headers.
+        var traceparent: String?
         /// The API key's id (empty without a key): client keys are scoped to it.
         var caller: String
         var version: HTTPVersion
@@ -255,6 +258,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             tenant: tenant,
             contentType: head.headers.first(name: "content-type"),
             idempotencyKey: head.headers["idempotency-key"],
+            traceparent: head.headers.contains(name: "traceparent") ? RecordIngest.traceparent(head.headers["traceparent"]) : nil,
             caller: RecordIngest.callerID(authorization: head.headers["authorization"]),
             version: head.version,
             keepAlive: head.isKeepAlive,
@@ -282,6 +286,7 @@ final class RecordIngestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 tenant: request.tenant,
                 contentType: request.contentType,
                 key: key.map { RecordIDGenerator.scopedKey($0, tenant: request.tenant, caller: request.caller, path: "") },
+                traceparent: request.traceparent,
                 body: body
             )
         } catch {

@@ -129,6 +129,7 @@ job "autonomous" {
         AUTONOMOUS_TENANT      = var.tenant
         AUTONOMOUS_HTTP_HOST   = "0.0.0.0"
         AUTONOMOUS_HTTP_PORT   = "3000"
+        AUTONOMOUS_ACCESS_LOG  = "true"
         # Every request needs a tenant's API key (or a provider's signature for webhooks).
         AUTONOMOUS_REQUIRE_API_KEY = "true"
         AUTONOMOUS_LOG_LEVEL   = "info"
