@@ -50,23 +50,31 @@ hardened() { # file, whether TLS is required
   fi
 }
 
+# Validates and scans one rendered file: hardened defaults, kubernetes-validate for every
+# version, checkov.
+check_rendered() { # file, name, whether TLS is required
+  local file=$1 name=$2 need=$3
+  hardened "$file" "$need" || failures=$((failures + 1))
+  local count
+  count=$(grep -c '^kind:' "$file")
+  for version in "${K8S_VERSIONS[@]}"; do
+    if ! "$validate" --strict --quiet -k "$version" "$file"; then
+      echo "FAIL kubernetes-validate $name (Kubernetes $version)"; failures=$((failures + 1))
+    fi
+  done
+  if "$checkov" -f "$file" --framework kubernetes --compact --quiet --skip-download \
+      --skip-check "$CHECKOV_SKIPS" > "$file.checkov" 2>&1; then
+    echo "ok   $name: $count resources valid for Kubernetes ${K8S_VERSIONS[*]}; checkov: $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*' "$file.checkov")"
+  else
+    cat "$file.checkov"; echo "FAIL checkov $name"; failures=$((failures + 1))
+  fi
+}
+
 for overlay in deploy/k8s/overlays/*/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" > "$out/$name.yaml"
   case "$name" in production*) need=tls ;; *) need=keys ;; esac
-  hardened "$out/$name.yaml" "$need" || failures=$((failures + 1))
-  count=$(grep -c '^kind:' "$out/$name.yaml")
-  for version in "${K8S_VERSIONS[@]}"; do
-    if ! "$validate" --strict --quiet -k "$version" "$out/$name.yaml"; then
-      echo "FAIL kubernetes-validate $name (Kubernetes $version)"; failures=$((failures + 1))
-    fi
-  done
-  if "$checkov" -f "$out/$name.yaml" --framework kubernetes --compact --quiet --skip-download \
-      --skip-check "$CHECKOV_SKIPS" > "$out/$name.checkov" 2>&1; then
-    echo "ok   $name: $count resources valid for Kubernetes ${K8S_VERSIONS[*]}; checkov: $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*' "$out/$name.checkov")"
-  else
-    cat "$out/$name.checkov"; echo "FAIL checkov $name"; failures=$((failures + 1))
-  fi
+  check_rendered "$out/$name.yaml" "$name" "$need"
 done
 
 # The Helm chart: the same hardened defaults as the production overlay.
@@ -87,19 +95,7 @@ for variant in default groups; do
   if ! "$helm" "${args[@]}" > "$out/helm-$variant.yaml" 2> "$out/helm-$variant.err"; then
     cat "$out/helm-$variant.err"; echo "FAIL helm template ($variant)"; failures=$((failures + 1)); continue
   fi
-  hardened "$out/helm-$variant.yaml" tls || failures=$((failures + 1))
-  count=$(grep -c '^kind:' "$out/helm-$variant.yaml")
-  for version in "${K8S_VERSIONS[@]}"; do
-    if ! "$validate" --strict --quiet -k "$version" "$out/helm-$variant.yaml"; then
-      echo "FAIL kubernetes-validate helm $variant (Kubernetes $version)"; failures=$((failures + 1))
-    fi
-  done
-  if "$checkov" -f "$out/helm-$variant.yaml" --framework kubernetes --compact --quiet --skip-download \
-      --skip-check "$CHECKOV_SKIPS" > "$out/helm-$variant.checkov" 2>&1; then
-    echo "ok   helm chart ($variant values): $count resources valid for Kubernetes ${K8S_VERSIONS[*]}; checkov: $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*' "$out/helm-$variant.checkov")"
-  else
-    cat "$out/helm-$variant.checkov"; echo "FAIL checkov helm $variant"; failures=$((failures + 1))
-  fi
+  check_rendered "$out/helm-$variant.yaml" "helm chart ($variant values)" tls
 done
 grep -q 'args: \["worker","--handlers","enrich_order"\]' "$out/helm-groups.yaml" \
   && grep -q 'args: \["worker","--except-handlers","enrich_order"\]' "$out/helm-groups.yaml" \

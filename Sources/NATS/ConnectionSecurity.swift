@@ -6,8 +6,9 @@ extension NATSConnection.Configuration {
     /// chain to), `AUTONOMOUS_NATS_CERT` and `AUTONOMOUS_NATS_KEY` (PEM, a client certificate
     /// and its key), any of which turns TLS on, and `AUTONOMOUS_NATS_CREDS` (a credentials file
     /// as `nsc` writes it), and `AUTONOMOUS_NATS_USER` with `AUTONOMOUS_NATS_PASSWORD` (a user of
-    /// the server's `authorization` block; see docs/deploy.md). Each file must exist and be readable now, so a wrong path fails at
-    /// startup with the variable's name, not at the first reconnect. Empty values count as unset.
+    /// the server's `authorization` block; see docs/deploy.md). Each file must exist and be
+    /// readable now, so a wrong path fails at startup with the variable's name, not at the first
+    /// reconnect. Empty values count as unset.
     package mutating func readSecurity(from environment: [String: String]) throws(NATSError) {
         func file(_ name: String) throws(NATSError) -> String? {
             guard let path = environment[name], !path.isEmpty else { return nil }
