@@ -32,7 +32,8 @@ package struct Ingress: Service {
         package var limitsForTenant: (@Sendable (String) async throws -> TenantLimits?)?
         /// Refuse record API calls and routes without an API key (401).
         package var requireAPIKey = false
-        /// One `notice` line per answered request (``AccessLog``; `AUTONOMOUS_ACCESS_LOG`).
+        /// Request ids on every answer and one `notice` line per answered request
+        /// (``AccessLog``; `AUTONOMOUS_ACCESS_LOG`).
         package var accessLog = false
         /// Serve HTTPS only (`AUTONOMOUS_TLS_CERT` / `AUTONOMOUS_TLS_KEY`); `nil`: plain HTTP.
         package var tls: ServerTLS?

@@ -34,7 +34,7 @@ struct RequestTracingTests {
 
     @Test("A request's traceparent reaches its records and their handlers' outputs, on both ingress paths; ids are echoed or made")
     func traceparent() async throws {
-        try await withRunningApp(try Self.graph()) { app in
+        try await withRunningApp(try Self.graph(), configure: { $0.accessLog = true }) { app in
             // Small body: answered on the event loop. Big body (over the inline limit): Hummingbird's path.
             let big =
                 "[" + (0..<2_000).map { #"{"n":\#($0),"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"# }.joined(separator: ",")
