@@ -45,6 +45,26 @@ extension AppDescription {
     }
 }
 
+/// An image as `deploy --image` and autonomous.json give it: `name`, `name:tag` or
+/// `name@sha256:…` (a registry's `host:port/` is part of the name).
+struct ImageReference {
+    var repository: String
+    var tag: String?
+    var digest: String?
+
+    init(_ image: String) {
+        if let at = image.firstIndex(of: "@") {
+            repository = String(image[..<at])
+            digest = String(image[image.index(after: at)...])
+        } else if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {
+            repository = String(image[..<colon])
+            tag = String(image[image.index(after: colon)...])
+        } else {
+            repository = image
+        }
+    }
+}
+
 /// Writes a kustomize overlay for one app on top of `deploy/k8s/overlays/<target>`.
 package enum KubernetesRenderer {
     /// Returns the files to write (name → contents).
@@ -106,17 +126,12 @@ package enum KubernetesRenderer {
             // The base already renames `autonomous-app` (to its release image), and kustomize
             // applies that first: match both names, or the base's image would stay.
             lines.append("images:")
+            let reference = ImageReference(image)
             for name in ["autonomous-app"] + Self.baseImageNames(manifests: manifests) {
                 lines.append("  - name: \(name)")
-                if let at = image.firstIndex(of: "@") {
-                    lines.append("    newName: \(image[..<at])")
-                    lines.append("    digest: \(image[image.index(after: at)...])")
-                } else if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {
-                    lines.append("    newName: \(image[..<colon])")
-                    lines.append("    newTag: \"\(image[image.index(after: colon)...])\"")
-                } else {
-                    lines.append("    newName: \(image)")
-                }
+                lines.append("    newName: \(reference.repository)")
+                if let digest = reference.digest { lines.append("    digest: \(digest)") }
+                if let tag = reference.tag { lines.append("    newTag: \"\(tag)\"") }
             }
         }
         lines.append("patches:")
@@ -255,13 +270,11 @@ package enum HelmRenderer {
         var values: [String: Any] = ["tenant": deployment.tenant]
         if let url = deployment.natsURL { values["natsURL"] = url }
         if let image = deployment.image {
-            if let at = image.firstIndex(of: "@") {
-                values["image"] = ["repository": String(image[..<at]), "digest": String(image[image.index(after: at)...])]
-            } else if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {
-                values["image"] = ["repository": String(image[..<colon]), "tag": String(image[image.index(after: colon)...])]
-            } else {
-                values["image"] = ["repository": image]
-            }
+            let reference = ImageReference(image)
+            var fields = ["repository": reference.repository]
+            fields["tag"] = reference.tag
+            fields["digest"] = reference.digest
+            values["image"] = fields
         }
         if let ingress = deployment.replicas["ingress"] { values["ingress"] = ["replicas": ingress] }
         if let workers = deployment.replicas["worker"] {
