@@ -7,6 +7,7 @@ import HTTPEndpoints
 import Logging
 import NATS
 import ServiceLifecycle
+import Telemetry
 
 /// The command line of every app binary.
 struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
@@ -199,6 +200,11 @@ struct CommonOptions: ParsableArguments {
             configuration.adminTLS = try ServerTLS.fromEnvironment(environment, prefix: "AUTONOMOUS_ADMIN_TLS")
         } catch {
             throw ValidationError(error.message)
+        }
+        do {
+            configuration.tracing = try OTLPConfiguration.fromEnvironment(environment)
+        } catch {
+            throw ValidationError(error.description)
         }
         configuration.postgresURL = settings.string(Setting("postgres.url", flag: "--postgres-url"))
         if let url = configuration.postgresURL, let components = URLComponents(string: url), components.password != nil {

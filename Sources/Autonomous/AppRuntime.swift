@@ -6,6 +6,9 @@ import Ingress
 package import Logging
 package import NATS
 package import ServiceLifecycle
+import Synchronization
+package import Telemetry
+import Tracing
 package import UnixSignals
 import Worker
 
@@ -83,6 +86,8 @@ package struct RuntimeConfiguration: Sendable {
     /// Small record-API requests publish through the event loops' own NATS connections
     /// (``Ingress/Configuration/eventLoopPublishing``).
     package var ingressEventLoopPublishing = true
+    /// Where handler spans are exported (OpenTelemetry's `OTEL_*` variables); `nil`: nowhere.
+    package var tracing: OTLPConfiguration?
     /// The ingress logs one `notice` line per request (AUTONOMOUS_ACCESS_LOG).
     package var accessLog = false
     /// How long the ingress holds a request of a tenant over its limit
@@ -161,6 +166,9 @@ package struct AppRuntime: Sendable {
         // after the store is migrated and JetStream provisioned, so their first publish or
         // bind succeeds; a graceful shutdown of the outer group reaches them first.
         var services: [any Service] = [ConnectionService(connection: connection, actorSystem: actorSystem)]
+        // The span exporter starts first and stops last, so the spans of the last batches
+        // handled during a graceful shutdown are still sent.
+        if let exporter = makeSpanExporter(role: role, logger: logger) { services.insert(exporter, at: 0) }
         var store: (any CoordinatorStore)?
         do {
             if role.runsCoordinator {
@@ -212,6 +220,26 @@ package struct AppRuntime: Sendable {
         }
         try? await store?.close()
         await connection.close()
+    }
+
+    /// The OTLP exporter of `configuration.tracing`, its tracer bootstrapped for the process
+    /// (the handlers' spans and any an app starts with `withSpan`). `nil` when tracing is not
+    /// configured, or when the process bootstrapped a tracer of its own before (that one is kept).
+    private func makeSpanExporter(role: Role, logger: Logger) -> OTLPExporter? {
+        guard let tracing = configuration.tracing else { return nil }
+        let exporter = OTLPExporter(
+            configuration: tracing,
+            service: "\(graph.name)-\(role)",
+            attributes: [
+                ("autonomous.app", graph.name), ("autonomous.role", role.description), ("autonomous.tenant", configuration.tenant),
+            ],
+            logger: logger
+        )
+        guard TracerBootstrap.install(exporter.tracer) else {
+            logger.warning("A tracer was bootstrapped before the app started; OTEL_EXPORTER_OTLP_* settings are not used")
+            return nil
+        }
+        return exporter
     }
 
     /// The role's services, once the store is migrated and the topology provisioned.
@@ -402,5 +430,22 @@ extension RuntimeConfiguration: CustomStringConvertible {
     /// Never the environment or the admin token: they hold the process's secrets.
     package var description: String {
         "RuntimeConfiguration(tenant: \(tenant), http: \(httpHost):\(httpPort), health: \(healthHost):\(healthPort.map(String.init) ?? "none"), admin: \(adminHost):\(adminPort.map(String.init) ?? "default"), dataDirectory: \(dataDirectory), postgres: \(postgresURL == nil ? "no" : "yes"), adminToken: \(adminToken == nil ? "none" : "set, not shown"), environment: \(environment.count) variables, not shown)"
+    }
+}
+
+/// `InstrumentationSystem.bootstrap` may run once per process; an app run twice in one
+/// process (tests) keeps the first tracer.
+enum TracerBootstrap {
+    // Guarded by the mutex: whether this process bootstrapped a tracer.
+    private static let done = Mutex(false)
+
+    /// Bootstraps `tracer` unless a tracer is already in place; returns whether it did.
+    static func install(_ tracer: some Tracer) -> Bool {
+        done.withLock { done in
+            guard !done, InstrumentationSystem.tracer is NoOpTracer else { return false }
+            InstrumentationSystem.bootstrap(tracer)
+            done = true
+            return true
+        }
     }
 }

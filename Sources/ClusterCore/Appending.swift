@@ -41,9 +41,10 @@ extension Wire {
         id: String,
         table: TableDefinition,
         tenant: String,
-        cause: RecordMetadata?
+        cause: RecordMetadata?,
+        traceparent: String? = nil
     ) -> OutgoingMessage {
-        message(payload: ByteBuffer(bytes: payload), id: id, table: table, tenant: tenant, cause: cause)
+        message(payload: ByteBuffer(bytes: payload), id: id, table: table, tenant: tenant, cause: cause, traceparent: traceparent)
     }
 
     /// Builds the message for one record with every header of the wire contract.
@@ -52,7 +53,8 @@ extension Wire {
         id: String,
         table: TableDefinition,
         tenant: String,
-        cause: RecordMetadata?
+        cause: RecordMetadata?,
+        traceparent: String? = nil
     ) -> OutgoingMessage {
         message(
             payload: payload,
@@ -61,7 +63,8 @@ extension Wire {
             tenant: tenant,
             cause: cause,
             subject: table.subject(tenant: tenant, payload: payload),
-            type: table.semanticType.description
+            type: table.semanticType.description,
+            traceparent: traceparent
         )
     }
 
@@ -73,7 +76,8 @@ extension Wire {
         tenant: String,
         cause: RecordMetadata?,
         subject: String,
-        type: String
+        type: String,
+        traceparent: String? = nil
     ) -> OutgoingMessage {
         var headers: [(String, String)] = []
         headers.reserveCapacity(6)
@@ -81,10 +85,8 @@ extension Wire {
         headers.append((Header.table, table.name))
         headers.append((Header.tenant, tenant))
         headers.append((Header.type, type))
-        if let cause {
-            headers.append((Header.causedBy, cause.id))
-            if let trace = cause.traceparent { headers.append((Header.traceparent, trace)) }
-        }
+        if let cause { headers.append((Header.causedBy, cause.id)) }
+        if let trace = traceparent ?? cause?.traceparent { headers.append((Header.traceparent, trace)) }
         return OutgoingMessage(subject: subject, payload: payload, headers: headers)
     }
 }
@@ -113,6 +115,9 @@ public final class HandlerContext: AppendContext {
     private let flushThreshold: Int
     /// Which record of the batch each task is working on.
     package let lineage = LineageCursor()
+    /// The trace context outputs carry instead of their source's: the handler run's span,
+    /// when spans are recorded.
+    private let outputTraceparent: String?
 
     private struct State {
         var outputs: [OutgoingMessage] = []
@@ -130,8 +135,10 @@ public final class HandlerContext: AppendContext {
         logger: Logger,
         tables: [String: TableDefinition] = [:],
         declaredOutputs: [String] = [],
-        flushThreshold: Int = 4096
+        flushThreshold: Int = 4096,
+        outputTraceparent: String? = nil
     ) {
+        self.outputTraceparent = outputTraceparent
         self.tables = tables
         self.declaredOutputs = Set(declaredOutputs)
         self.handler = handler
@@ -183,7 +190,16 @@ public final class HandlerContext: AppendContext {
                 let payload = ByteBuffer(bytes: record.payload)
                 let subject = fixedSubject ?? table.subject(tenant: tenant, payload: payload)
                 state.outputs.append(
-                    Wire.message(payload: payload, id: id, table: table, tenant: tenant, cause: cause, subject: subject, type: type)
+                    Wire.message(
+                        payload: payload,
+                        id: id,
+                        table: table,
+                        tenant: tenant,
+                        cause: cause,
+                        subject: subject,
+                        type: type,
+                        traceparent: outputTraceparent
+                    )
                 )
             }
             return state.outputs.count >= flushThreshold
@@ -225,6 +241,8 @@ public final class RouteContext: AppendContext {
     private let publisher: any MessagePublisher
     private let ids: RecordIDGenerator
     private let idempotencyKey: String?
+    /// The request's W3C trace context, carried by the records the route appends.
+    private let traceparent: String?
     private let counter = Mutex(0)
 
     package init(
@@ -232,8 +250,10 @@ public final class RouteContext: AppendContext {
         publisher: any MessagePublisher,
         ids: RecordIDGenerator,
         idempotencyKey: String?,
+        traceparent: String? = nil,
         logger: Logger
     ) {
+        self.traceparent = traceparent
         self.tenant = tenant
         self.publisher = publisher
         self.ids = ids
@@ -253,7 +273,14 @@ public final class RouteContext: AppendContext {
             } else {
                 id = ids.next()
             }
-            return Wire.message(payload: record.payload, id: id, table: table, tenant: tenant, cause: record.cause)
+            return Wire.message(
+                payload: record.payload,
+                id: id,
+                table: table,
+                tenant: tenant,
+                cause: record.cause,
+                traceparent: record.cause == nil ? traceparent : nil
+            )
         }
         _ = try await publisher.publish(messages)
     }

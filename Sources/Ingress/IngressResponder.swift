@@ -316,6 +316,7 @@ struct IngressResponder: HTTPResponder {
                 idempotencyKey: try route.verification.deliveryID(of: routeRequest).map {
                     RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
                 } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
+                traceparent: RecordIngest.traceparent(request.headers[values: Self.traceparentField]),
                 logger: state.logger
             )
             let response: RouteResponse
@@ -372,7 +373,16 @@ struct IngressResponder: HTTPResponder {
                     RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: scope)
                 } ?? scopedIdempotencyKey(request, tenant: tenant, path: scope) ?? state.ids.next()
             let acks = try await GuardedPublisher(state: state, tenant: tenant).publish(
-                [Wire.message(payload: payloads[0], id: id, table: table, tenant: tenant, cause: nil)]
+                [
+                    Wire.message(
+                        payload: payloads[0],
+                        id: id,
+                        table: table,
+                        tenant: tenant,
+                        cause: nil,
+                        traceparent: RecordIngest.traceparent(request.headers[values: Self.traceparentField])
+                    )
+                ]
             )
             var answer: JSONObject = ["status": "accepted", "id": .string(id)]
             if acks.first?.duplicate == true { answer["duplicate"] = true }

@@ -15,6 +15,7 @@ struct HandlerExecution: Sendable {
     let tables: [String: TableDefinition]
     let connection: NATSConnection
     let logger: Logger
+    let tracing = HandlerTracing()
 
     /// `logger` gets the handler's and tenant's names as metadata.
     init(
@@ -67,7 +68,16 @@ struct HandlerExecution: Sendable {
     }
 
     /// Runs the handler and publishes its outputs; returns how many outputs it published.
+    /// With a tracer bootstrapped, the run is a span (``HandlerTracing``) and its outputs
+    /// carry the span's trace context.
     func run(_ records: [IncomingRecord]) async -> Result<Int, any Error> {
+        guard tracing.isEnabled else { return await run(records, outputTraceparent: nil) }
+        return await tracing.run(handler: handler, tenant: tenant, records: records) { outputTraceparent in
+            await run(records, outputTraceparent: outputTraceparent)
+        }
+    }
+
+    private func run(_ records: [IncomingRecord], outputTraceparent: String?) async -> Result<Int, any Error> {
         let ctx = HandlerContext(
             handler: handler.name,
             tenant: tenant,
@@ -75,7 +85,8 @@ struct HandlerExecution: Sendable {
             publisher: connection,
             logger: logger,
             tables: tables,
-            declaredOutputs: handler.outputs
+            declaredOutputs: handler.outputs,
+            outputTraceparent: outputTraceparent
         )
         do {
             try await invoker(records, ctx)

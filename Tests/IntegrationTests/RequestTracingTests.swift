@@ -16,13 +16,26 @@ struct RequestTracingTests {
         events.onNewRecords("copy", writes: [copies]) { records, ctx in
             try await copies.append(records.map { $0 }, ctx)
         }
+        app.post("/events") { request, ctx in
+            try await events.append(try request.json(), ctx)
+            return .accepted
+        }
+        app.webhook("/hooks/events", into: events)
         return try app.build()
     }
 
     static let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-    func post(_ app: RunningApp, body: String, headers: [(String, String)]) async throws -> (status: Int, requestID: String?) {
-        var request = HTTPClientRequest(url: app.baseURL + "/v1/tables/events/records")
+    static let routeTrace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    static let webhookTrace = "00-0af7651916cd43dd8448eb211c80319c-00000000000000a1-00"
+
+    func post(
+        _ app: RunningApp,
+        path: String = "/v1/tables/events/records",
+        body: String,
+        headers: [(String, String)]
+    ) async throws -> (status: Int, requestID: String?) {
+        var request = HTTPClientRequest(url: app.baseURL + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
         for (name, value) in headers { request.headers.add(name: name, value: value) }
@@ -62,12 +75,27 @@ struct RequestTracingTests {
             let plain = try await post(app, body: #"{"n":-4}"#, headers: [])
             #expect(plain.requestID != nil && plain.requestID != large.requestID)
 
-            let events = try await app.records(in: "events", atLeast: 2_004)
+            // A route's appends and a webhook's record carry their request's trace too.
+            #expect(try await post(app, path: "/events", body: #"{"n":-5}"#, headers: [("traceparent", Self.routeTrace)]).status == 202)
+            #expect(
+                try await post(app, path: "/hooks/events", body: #"{"n":-6}"#, headers: [("traceparent", Self.webhookTrace)]).status == 200
+            )
+
+            let events = try await app.records(in: "events", atLeast: 2_006)
             let traced = events.filter { $0.headers["traceparent"] == Self.trace }
             #expect(traced.count == 2_001, "the small and the big request's records carry the trace")
-            #expect(events.filter { $0.headers["traceparent"] != nil }.count == 2_001, "invalid trace contexts were not stored")
-            let copies = try await app.records(in: "copies", atLeast: 2_004)
+            #expect(
+                events.filter { $0.headers["traceparent"] == Self.routeTrace }.count == 1,
+                "the route's append carries its request's trace"
+            )
+            #expect(
+                events.filter { $0.headers["traceparent"] == Self.webhookTrace }.count == 1,
+                "the webhook's record carries its request's trace"
+            )
+            #expect(events.filter { $0.headers["traceparent"] != nil }.count == 2_003, "invalid trace contexts were not stored")
+            let copies = try await app.records(in: "copies", atLeast: 2_006)
             #expect(copies.filter { $0.headers["traceparent"] == Self.trace }.count == 2_001, "handlers' outputs keep the trace")
+            #expect(copies.filter { $0.headers["traceparent"] == Self.routeTrace }.count == 1)
         }
     }
 }
