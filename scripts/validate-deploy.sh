@@ -88,6 +88,7 @@ image: {repository: registry.example.com/autonomous/app, digest: "sha256:0123456
 workerGroups:
   - {name: slow_llm, handlers: [enrich_order], replicas: 2}
 coordinator: {replicas: 1}
+tracing: {otlpEndpoint: "http://otel-collector.observability:4318", sampler: parentbased_traceidratio, ratio: "0.25"}
 VALUES
 for variant in default groups; do
   args=(template autonomous "$chart" --namespace autonomous)
@@ -102,7 +103,12 @@ grep -q 'args: \["worker","--handlers","enrich_order"\]' "$out/helm-groups.yaml"
   && grep -q 'name: autonomous-worker-slow-llm' "$out/helm-groups.yaml" \
   && grep -q 'app@sha256:0123' "$out/helm-groups.yaml" \
   || { echo "FAIL helm chart: worker groups or the image digest are not rendered"; failures=$((failures + 1)); }
-for unsafe in "--set requireAPIKey=false" "--set httpIngress.tls.enabled=false" "--set tenant=../x" "--set-string worker.replicas=two"; do
+grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.observability:4318"' "$out/helm-groups.yaml" \
+  && grep -q 'OTEL_TRACES_SAMPLER_ARG: "0.25"' "$out/helm-groups.yaml" \
+  && ! grep -q 'OTEL_' "$out/helm-default.yaml" \
+  || { echo "FAIL helm chart: tracing values are not rendered as asked"; failures=$((failures + 1)); }
+for unsafe in "--set requireAPIKey=false" "--set httpIngress.tls.enabled=false" "--set tenant=../x" "--set-string worker.replicas=two" \
+    "--set tracing.otlpEndpoint=otel:4318" "--set tracing.sampler=sometimes"; do
   # shellcheck disable=SC2086
   if "$helm" template autonomous "$chart" $unsafe > /dev/null 2>&1; then
     echo "FAIL helm chart accepted $unsafe"; failures=$((failures + 1))

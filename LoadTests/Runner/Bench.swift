@@ -580,6 +580,8 @@ struct Bench: Sendable {
         specification.logLevel = "warning"
         specification.replicas = ["ingress": ingress, "worker": workers]
         specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]
+        // LOAD_NATS_AUTHORIZATION=false runs NATS without users, to measure what they cost.
+        specification.natsAuthorization = ProcessInfo.processInfo.environment["LOAD_NATS_AUTHORIZATION"] != "false"
         // Knobs of the app under load, passed through from the runner's environment.
         for (name, value) in ProcessInfo.processInfo.environment
         where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {

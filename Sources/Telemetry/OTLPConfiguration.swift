@@ -92,7 +92,14 @@ package struct OTLPConfiguration: Sendable, CustomStringConvertible {
                 configuration.headers.append((key, value))
             }
         }
-        configuration.certificateFile = value("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") ?? value("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        for name in ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"] {
+            guard let path = value(name) else { continue }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw OTLPConfigurationError(variable: name, problem: "names '\(path)', which cannot be read")
+            }
+            configuration.certificateFile = path
+            break
+        }
         for name in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"] {
             if let ms = try wholeNumber(value(name), variable: name, range: 1...600_000) { configuration.timeout = .milliseconds(ms) }
         }

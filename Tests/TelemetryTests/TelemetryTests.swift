@@ -185,6 +185,10 @@ struct TelemetryTests {
         #expect(
             refusal(["OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_BSP_SCHEDULE_DELAY": "soon"]).hasPrefix("OTEL_BSP_SCHEDULE_DELAY")
         )
+        #expect(
+            refusal(["OTEL_EXPORTER_OTLP_ENDPOINT": "https://c", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"])
+                .hasPrefix("OTEL_EXPORTER_OTLP_CERTIFICATE names '/nonexistent/ca.pem', which cannot be read")
+        )
     }
 }
 
