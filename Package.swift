@@ -51,11 +51,21 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        // Long-lived child processes through swift-subprocess, each owned by one task.
+        .target(
+            name: "ChildProcess",
+            dependencies: [
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The only Swift target that imports CNATS: connection, JetStream publish/pull, admin.
         .target(
             name: "NATS",
             dependencies: [
                 "CNATS",
+                "ChildProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -198,6 +208,7 @@ let package = Package(
         .target(
             name: "Deploy",
             dependencies: [
+                "ChildProcess",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -327,6 +338,11 @@ let package = Package(
         .testTarget(
             name: "WorkerTests",
             dependencies: ["Worker", "ClusterCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ChildProcessTests",
+            dependencies: ["ChildProcess"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

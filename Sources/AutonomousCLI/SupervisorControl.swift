@@ -54,21 +54,12 @@ struct SupervisorControl {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(DesiredState(generation: generation, specification: specification)).write(to: URL(fileURLWithPath: specPath))
-        var spawned: Process?
+        var spawnedAt: Date?
         if let pid = runningPID() {
             kill(pid, SIGHUP)
         } else {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-            process.arguments = [try selfPath(), "supervise", "--state", directory]
-            let log = directory + "/supervisor.log"
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = handle
-            process.standardError = handle
-            try process.run()
-            spawned = process
+            try await Command.detach(try selfPath(), ["supervise", "--state", directory], log: directory + "/supervisor.log")
+            spawnedAt = Date()
         }
         let deadline = Date().addingTimeInterval(180)
         while Date() < deadline {
@@ -79,8 +70,8 @@ struct SupervisorControl {
                 for url in status.ingress { print("ingress \(url)") }
                 return
             }
-            // setsid execs the supervisor in place, so `spawned` is the supervisor itself.
-            let alive = spawned.map(\.isRunning) ?? (runningPID() != nil)
+            // A supervisor just started may not have written its pid file yet.
+            let alive = runningPID() != nil || spawnedAt.map { Date().timeIntervalSince($0) < 15 } ?? false
             guard alive || readStatus()?.generation == generation else {
                 throw ValidationError("the supervisor exited; see \(directory)/supervisor.log")
             }

@@ -5,9 +5,9 @@ import SystemPackage
 /// Runs short commands to completion through swift-subprocess: every command the tools run
 /// and wait for (`pg_ctl`, `initdb`, `<app> describe`, `kubectl`, `nomad`) starts here.
 ///
-/// Long-lived children are not commands: nats-server, the process engine's cluster members
-/// and its detached supervisor outlive any one call (they are started, watched and stopped by
-/// their owners), which swift-subprocess's scoped `run` does not model.
+/// Long-lived children are not commands: nats-server and the process engine's cluster members
+/// are each owned by a task of their own (`ChildProcess.OwnedProcess`), and the process
+/// engine's supervisor is started detached (``detach(_:_:log:)``).
 package enum Command {
     package struct Failure: Error, CustomStringConvertible {
         package var description: String
@@ -104,5 +104,30 @@ package enum Command {
             error: .combinedWithOutput
         )
         return (status(result.terminationStatus), result.standardOutput ?? "")
+    }
+
+    /// Starts `executable` in a session of its own (`setsid --fork`), detached from this
+    /// process, in this process's working directory, with its output and error appended to
+    /// `log`; returns once it is started. The
+    /// child is not this process's: it outlives it and is found again through its own pid file.
+    package static func detach(_ executable: String, _ arguments: [String], log: String) async throws {
+        let file = try FileDescriptor.open(
+            FilePath(log),
+            .writeOnly,
+            options: [.create, .append],
+            permissions: [.ownerReadWrite, .groupRead, .otherRead]
+        )
+        let result = try await Subprocess.run(
+            .path("/usr/bin/setsid"),
+            arguments: Arguments(["--fork", executable] + arguments),
+            input: .none,
+            output: .fileDescriptor(file, closeAfterSpawningProcess: true),
+            error: .combinedWithOutput
+        )
+        guard status(result.terminationStatus) == 0 else {
+            throw Failure(
+                description: "cannot start \(executable) detached (setsid exited \(status(result.terminationStatus))); see \(log)"
+            )
+        }
     }
 }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import ChildProcess
 import Foundation
 package import Logging
 import NATS
@@ -65,7 +66,7 @@ package actor ProcessCluster {
 
     struct Child {
         let slot: Int
-        let process: Process
+        let process: OwnedProcess
         let port: Int
         let started = ContinuousClock.now
         /// Set once the child is seen exited: when its replacement starts.
@@ -277,7 +278,7 @@ package actor ProcessCluster {
         var started: [Child] = []
         while current.count < count {
             let slot = (0...).first { current[$0] == nil }!
-            let child = try launch(role: role, slot: slot)
+            let child = try await launch(role: role, slot: slot)
             current[slot] = child
             children[role] = current
             started.append(child)
@@ -297,7 +298,7 @@ package actor ProcessCluster {
         }
     }
 
-    private func launch(role: String, slot: Int) throws -> Child {
+    private func launch(role: String, slot: Int) async throws -> Child {
         let port = port(role: role, slot: slot)
         // Another process on the port would answer the readiness check in this one's place
         // while this one exits at startup, again and again.
@@ -307,11 +308,6 @@ package actor ProcessCluster {
             throw DeployError("port \(taken) of \(role) \(slot) is in use by another process; stop it or choose other ports (http_port)")
         }
         let logPath = "\(specification.directory)/logs/\(role)-\(slot).log"
-        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        log.seekToEndOfFile()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: specification.app)
         var arguments = [
             role.hasPrefix("worker") ? "worker" : role,
             "--nats-url", natsURL,
@@ -331,7 +327,6 @@ package actor ProcessCluster {
         } else if role == "worker", !specification.workerGroups.isEmpty {
             arguments += ["--except-handlers", specification.workerGroups.values.flatMap { $0 }.sorted().joined(separator: ",")]
         }
-        process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
         if specification.natsNodes > 1 && specification.natsURL == nil {
             environment["AUTONOMOUS_STREAM_REPLICAS"] = String(min(3, specification.natsNodes))
@@ -348,12 +343,12 @@ package actor ProcessCluster {
             // jemalloc, where installed, made scenario a about 15 % faster.
             environment["LD_PRELOAD"] = jemalloc
         }
-        process.environment = environment
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
-        try? log.close()
+        let process = try await OwnedProcess.start(
+            specification.app,
+            arguments: arguments,
+            environment: environment,
+            output: .file(logPath)
+        )
         logger.info(
             "Started",
             metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"]
@@ -406,7 +401,8 @@ package actor ProcessCluster {
                     logger.warning(
                         "Process exited; restarting",
                         metadata: [
-                            "deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.status": "\(child.process.terminationStatus)",
+                            "deploy.role": "\(role)", "deploy.slot": "\(slot)",
+                            "deploy.status": "\(child.process.terminationStatus.map(String.init) ?? "exited")",
                             "deploy.restart_in": "\(delay)",
                         ]
                     )
@@ -414,7 +410,12 @@ package actor ProcessCluster {
                 }
                 guard now >= restartAt else { continue }
                 restarts += 1
-                if let replacement = try? launch(role: role, slot: slot) {
+                if let replacement = try? await launch(role: role, slot: slot) {
+                    // The cluster may have been stopped or scaled down while it started.
+                    guard !stopping, children[role]?[slot] != nil else {
+                        await Self.terminate(replacement.process, timeout: .seconds(60))
+                        continue
+                    }
                     children[role]?[slot] = replacement
                 } else {
                     children[role]?[slot]?.restartAt = nil
@@ -427,7 +428,7 @@ package actor ProcessCluster {
     /// reconnect once ``restartNATS()`` brings it back.
     package func stopNATS(kill: Bool = false) async throws {
         guard let nats else { throw DeployError("the cluster uses an external NATS") }
-        if kill { nats.kill9() } else { await nats.stop() }
+        if kill { await nats.kill9() } else { await nats.stop() }
     }
 
     /// Starts the embedded nats-server again on the same port and data directory.
@@ -442,7 +443,7 @@ package actor ProcessCluster {
     package func signal(_ signal: Int32, role: String, slot: Int) {
         guard let child = children[role]?[slot] else { return }
         children[role]?[slot]?.signalled = true
-        kill(child.process.processIdentifier, signal)
+        child.process.send(signal)
     }
 
     /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.
@@ -464,21 +465,14 @@ package actor ProcessCluster {
     }
 
     /// Kills one node of the NATS cluster with SIGKILL (fault tests).
-    package func killNATSNode(_ node: Int) {
+    package func killNATSNode(_ node: Int) async {
         guard natsNodes.indices.contains(node) else { return }
-        natsNodes[node].kill9()
+        await natsNodes[node].kill9()
     }
 
-    static func terminate(_ process: Process, timeout: Duration) async {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
-        while process.isRunning && clock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-        }
+    /// SIGTERM, then SIGKILL after `timeout`; returns once the process is reaped.
+    static func terminate(_ process: OwnedProcess, timeout: Duration) async {
+        await process.stop(timeout: timeout)
     }
 }
 

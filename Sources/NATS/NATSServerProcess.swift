@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 package import Logging
 
@@ -10,7 +11,7 @@ package final class NATSServerProcess: Sendable {
     package let url: String
     package let directory: String
     package let logFile: String
-    private let process: Process  // Process is thread safe for terminate/isRunning/processIdentifier.
+    private let process: OwnedProcess
 
     /// Finds `nats-server` in `PATH` or the Debian location.
     package static func executablePath() -> String? {
@@ -22,7 +23,7 @@ package final class NATSServerProcess: Sendable {
         return nil
     }
 
-    private init(url: String, directory: String, logFile: String, process: Process) {
+    private init(url: String, directory: String, logFile: String, process: OwnedProcess) {
         self.url = url
         self.directory = directory
         self.logFile = logFile
@@ -54,10 +55,9 @@ package final class NATSServerProcess: Sendable {
             try? fm.removeItem(atPath: directory + "/" + file)
         }
         let logFile = directory + "/nats-server.log"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments =
-            [
+        let process = try await OwnedProcess.start(
+            executable,
+            arguments: [
                 "-js", "-sd", directory + "/jetstream",
                 "-a", "127.0.0.1",
                 "-p", port == 0 ? "-1" : String(port),
@@ -65,10 +65,7 @@ package final class NATSServerProcess: Sendable {
                 "-P", pidFile,
                 "-l", logFile,
             ] + extraArguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        )
         let portsFile = "\(directory)/nats-server_\(process.processIdentifier).ports"
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
@@ -86,7 +83,7 @@ package final class NATSServerProcess: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        process.terminate()
+        await process.stop()
         throw NATSError(code: .timeout, message: "nats-server did not start within \(timeout); see \(logFile)")
     }
 
@@ -108,21 +105,12 @@ package final class NATSServerProcess: Sendable {
 
     /// Stops the server (SIGTERM, then SIGKILL after `timeout`) and waits for it to exit.
     package func stop(timeout: Duration = .seconds(10)) async {
-        guard process.isRunning else { return }
-        process.terminate()
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
-        while process.isRunning && clock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-        }
+        await process.stop(timeout: timeout)
     }
 
-    /// Kills the server at once (fault tests).
-    package func kill9() {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    /// Kills the server at once (fault tests) and waits until it is gone.
+    package func kill9() async {
+        process.send(SIGKILL)
+        await process.waitForExit()
     }
 }
