@@ -13,7 +13,7 @@ import Darwin
 /// through swift-subprocess by one task that owns it from spawn to reaping.
 ///
 /// swift-subprocess ties a child to one `run` call. A long-lived child is started by one call
-/// and stopped by another, so that call runs in the child's owner task: ``start(_:arguments:environment:output:)``
+/// and stopped by another, so that call runs in the child's owner task: ``start(_:arguments:environment:workingDirectory:output:)``
 /// returns once the child is spawned, ``stop(timeout:)`` asks the owner to tear it down
 /// (SIGTERM, then SIGKILL after the timeout) and waits until the child is reaped, and
 /// ``waitForExit()`` waits for a child that ends by itself. Signals for fault tests go
@@ -75,9 +75,12 @@ package final class OwnedProcess: Sendable {
         }
         var environmentSetting = Environment.inherit
         if let environment {
-            environmentSetting = .custom(
-                Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(rawValue: $0.key)!, $0.value) })
-            )
+            // A name the platform cannot take (empty, or with `=`) is left out, not a crash.
+            var values: [Environment.Key: String] = [:]
+            for (name, value) in environment {
+                if let key = Environment.Key(rawValue: name) { values[key] = value }
+            }
+            environmentSetting = .custom(values)
         }
         let configuration = Configuration(
             executable: executable.contains("/") ? .path(FilePath(executable)) : .name(executable),
