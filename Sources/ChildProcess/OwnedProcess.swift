@@ -75,7 +75,7 @@ package final class OwnedProcess: Sendable {
         }
         var environmentSetting = Environment.inherit
         if let environment {
-            // A name the platform cannot take (empty, or with `=`) is left out, not a crash.
+            // `Environment.Key(rawValue:)` is failable; a name it refused would be left out.
             var values: [Environment.Key: String] = [:]
             for (name, value) in environment {
                 if let key = Environment.Key(rawValue: name) { values[key] = value }
@@ -174,27 +174,36 @@ package final class OwnedProcess: Sendable {
         return info.si_signo != 0
     }
 
+    /// Returns after `limit`, or at once when a stop is asked for.
     private func waitForRequest(upTo limit: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await Task.sleep(for: limit) }
             group.addTask {
-                await withCheckedContinuation { continuation in
-                    let ready = self.shared.state.withLock { state -> Bool in
-                        if state.request != nil { return true }
-                        state.waiter = continuation
-                        return false
+                // Cancelled (the sleeper ended first), it returns whether or not it had stored
+                // its continuation yet: the check and the store are under the same lock as
+                // the cancellation handler's resume.
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let ready = self.shared.state.withLock { state -> Bool in
+                            if state.request != nil || Task.isCancelled { return true }
+                            state.waiter = continuation
+                            return false
+                        }
+                        if ready { continuation.resume() }
                     }
-                    if ready { continuation.resume() }
+                } onCancel: {
+                    self.takeWaiter()?.resume()
                 }
             }
             await group.next()
-            // The sleeper is cancelled; the waiter is resumed so that the group can end.
             group.cancelAll()
-            let waiter = shared.state.withLock { state -> CheckedContinuation<Void, Never>? in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
+        }
+    }
+
+    private func takeWaiter() -> CheckedContinuation<Void, Never>? {
+        shared.state.withLock { state in
+            defer { state.waiter = nil }
+            return state.waiter
         }
     }
 
@@ -218,12 +227,10 @@ package final class OwnedProcess: Sendable {
 
     /// Stops the child (SIGTERM, then SIGKILL after `timeout`) and returns once it is reaped.
     package func stop(timeout: Duration = .seconds(10)) async {
-        let waiter = shared.state.withLock { state -> CheckedContinuation<Void, Never>? in
+        shared.state.withLock { state in
             if state.request == nil { state.request = .stop(timeout: timeout) }
-            defer { state.waiter = nil }
-            return state.waiter
         }
-        waiter?.resume()
+        takeWaiter()?.resume()
         await waitForExit()
     }
 

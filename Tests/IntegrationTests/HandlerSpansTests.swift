@@ -88,6 +88,34 @@ struct HandlerSpansTests {
     static let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
     static let secondTraceID = "0af7651916cd43dd8448eb211c80319c"
 
+    /// Runs `body` with `router` served on a loopback port (fake collector and APIs) and a data
+    /// directory for a `dev` process, removed afterwards.
+    func withFakeServer(
+        _ router: Router<BasicRequestContext>,
+        _ body: (_ port: Int, _ dataDirectory: String) async throws -> Void
+    ) async throws {
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let server = Application(
+            router: router,
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
+            logger: TestNATSServer.logger
+        )
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-spans-\(UUID().uuidString)").path
+        defer {
+            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            var ports = portStream.makeAsyncIterator()
+            let port = try #require(await ports.next())
+            try await body(port, dataDirectory)
+            group.cancelAll()
+        }
+    }
+
     func post(_ url: String, _ body: String, traceparent: String) async throws -> Int {
         var request = HTTPClientRequest(url: url)
         request.method = .POST
@@ -102,23 +130,7 @@ struct HandlerSpansTests {
     )
     func handlerSpans() async throws {
         let collector = FakeCollector(refuseFirst: 1)
-        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
-        let server = Application(
-            router: collector.router(),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
-            logger: TestNATSServer.logger
-        )
-        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-spans-\(UUID().uuidString)").path
-        defer {
-            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] {
-                try? FileManager.default.removeItem(atPath: path)
-            }
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await server.run() }
-            var ports = portStream.makeAsyncIterator()
-            let collectorPort = try #require(await ports.next())
+        try await withFakeServer(collector.router()) { collectorPort, dataDirectory in
             let apiKey = "otlp-key-6f0e2d4c9b"
             let dev = try DevModeTests.DevProcess(
                 dataDirectory: dataDirectory,
@@ -176,7 +188,6 @@ struct HandlerSpansTests {
                 ((try? String(contentsOfFile: dev.output, encoding: .utf8)) ?? "")
                 + ((try? String(contentsOfFile: dev.errors, encoding: .utf8)) ?? "")
             #expect(!logs.contains(apiKey), "the exporter's header is never logged")
-            group.cancelAll()
         }
     }
 
@@ -186,23 +197,7 @@ struct HandlerSpansTests {
         let collector = FakeCollector(refuseFirst: 0)
         let router = fakes.router()
         collector.add(to: router)
-        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
-        let server = Application(
-            router: router,
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
-            logger: TestNATSServer.logger
-        )
-        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-spans-\(UUID().uuidString)").path
-        defer {
-            for path in [dataDirectory, dataDirectory + ".stdout", dataDirectory + ".stderr"] {
-                try? FileManager.default.removeItem(atPath: path)
-            }
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await server.run() }
-            var ports = portStream.makeAsyncIterator()
-            let fakePort = try #require(await ports.next())
+        try await withFakeServer(router) { fakePort, dataDirectory in
             let dev = try DevModeTests.DevProcess(
                 dataDirectory: dataDirectory,
                 app: "SlackBot",
@@ -247,7 +242,6 @@ struct HandlerSpansTests {
                 "the OpenAI call is a child of the completion handler's span"
             )
             #expect(clientSpans.contains { $0.parentSpanID == completions.spanID }, "the Slack call is a child of the Slack handler's span")
-            group.cancelAll()
         }
     }
 
