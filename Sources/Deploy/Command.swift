@@ -103,7 +103,7 @@ package enum Command {
             output: .string(limit: limit),
             error: .combinedWithOutput
         )
-        return (status(result.terminationStatus), result.standardOutput ?? "")
+        return (status(result.terminationStatus), result.standardOutput)
     }
 
     /// Starts `executable` in a session of its own (`setsid --fork`), detached from this

@@ -7,6 +7,7 @@ import Logging
 import Metrics
 import NATS
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Shared, immutable-after-init state of the ingress plus its in-flight counter.
@@ -472,10 +473,8 @@ struct GuardedPublisher: MessagePublisher {
             connection.publish(messages) { outcome in completion(settle(outcome, count: count)) }
         }
         guard let delay else { return send() }
-        Task {
-            try? await Task.sleep(for: delay)
-            send()
-        }
+        // A timer, not a task: nothing outlives the request but the timer's closure.
+        MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .nanoseconds(max(1, delay.nanoseconds))) { send() }
     }
 
     /// The same, through the publisher of the caller's event loop: call it on that loop;
@@ -502,9 +501,7 @@ struct GuardedPublisher: MessagePublisher {
             publisher.publish(messages) { outcome in completion(settle(outcome, count: count)) }
         }
         guard let delay else { return send() }
-        let (seconds, attoseconds) = delay.components
-        let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-        publisher.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(max(1, nanoseconds))) { send() }
+        publisher.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(max(1, delay.nanoseconds))) { send() }
     }
 
     /// The tenant's rate limit: nil to go ahead now, how long to hold the request (and how

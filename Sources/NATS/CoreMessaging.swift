@@ -60,22 +60,28 @@ private final class SubscriptionHandle: @unchecked Sendable {
 }
 
 /// What a subscription's C callbacks reach through their `closure` pointer.
+/// `deliver` runs on nats.c's delivery thread for each message, `finish` once after the last.
 private final class DeliveryBox: Sendable {
-    let continuation: AsyncStream<CoreMessage>.Continuation
-    init(continuation: AsyncStream<CoreMessage>.Continuation) { self.continuation = continuation }
+    let deliver: @Sendable (CoreMessage) -> Void
+    let finish: @Sendable () -> Void
+
+    init(deliver: @escaping @Sendable (CoreMessage) -> Void, finish: @escaping @Sendable () -> Void) {
+        self.deliver = deliver
+        self.finish = finish
+    }
 }
 
 private let onCoreMessage: natsMsgHandler = { _, _, msg, closure in
     guard let msg, let closure else { return }
     let box = Unmanaged<DeliveryBox>.fromOpaque(closure).takeUnretainedValue()
-    box.continuation.yield(CoreMessage(msg))
+    box.deliver(CoreMessage(msg))
     MessageEncoding.release(msg)
 }
 
 private let onSubscriptionComplete: natsOnCompleteCB = { closure in
     guard let closure else { return }
     let box = Unmanaged<DeliveryBox>.fromOpaque(closure).takeRetainedValue()
-    box.continuation.finish()
+    box.finish()
 }
 
 extension CoreMessage {
@@ -157,7 +163,7 @@ extension NATSConnection {
                 queue: queue,
                 handler: onCoreMessage,
                 onComplete: onSubscriptionComplete,
-                context: DeliveryBox(continuation: continuation)
+                context: DeliveryBox(deliver: { continuation.yield($0) }, finish: { continuation.finish() })
             )
         } catch {
             continuation.finish()
@@ -166,6 +172,25 @@ extension NATSConnection {
         let handle = SubscriptionHandle()
         handle.pointer = sub
         return CoreSubscription(handle: handle, stream: stream)
+    }
+
+    /// Subscribes `deliver` to `subject`, called on nats.c's delivery thread for each message
+    /// (keep it short and non-blocking); `finish` runs once when no message can come any more
+    /// (unsubscribed, or the connection closed). For readers that only hand each message on,
+    /// without a task of their own. Delivery lasts as long as the returned handle.
+    fileprivate func subscribeCore(
+        subject: String,
+        deliver: @escaping @Sendable (CoreMessage) -> Void,
+        finish: @escaping @Sendable () -> Void
+    ) throws -> SubscriptionHandle {
+        let handle = SubscriptionHandle()
+        handle.pointer = try subscribe(
+            subject: subject,
+            handler: onCoreMessage,
+            onComplete: onSubscriptionComplete,
+            context: DeliveryBox(deliver: deliver, finish: finish)
+        )
+        return handle
     }
 
     /// Sends a request and waits for the first reply.
@@ -218,15 +243,14 @@ extension NATSConnection {
     private func requestInbox() throws -> RequestMux.Inbox {
         try requests.inbox {
             let prefix = "\(self.configuration.inboxPrefix).\(RequestMux.randomToken())."
-            let subscription = try self.subscribeCore(subject: prefix + "*")
             let mux = self.requests
-            Task {
-                for await reply in subscription {
-                    let token = reply.subject.dropFirst(prefix.count)
-                    mux.complete(String(token), with: reply)
-                }
-                mux.failAll(NATSError(code: .connectionClosed, message: "connection closed"))
-            }
+            // Replies are matched to their requests on nats.c's delivery thread (a dictionary
+            // lookup under a lock), so no task of its own outlives the caller.
+            let subscription = try self.subscribeCore(
+                subject: prefix + "*",
+                deliver: { reply in mux.complete(String(reply.subject.dropFirst(prefix.count)), with: reply) },
+                finish: { mux.failAll(NATSError(code: .connectionClosed, message: "connection closed")) }
+            )
             return RequestMux.Inbox(prefix: prefix, subscription: subscription)
         }
     }
@@ -236,7 +260,7 @@ extension NATSConnection {
 final class RequestMux: Sendable {
     struct Inbox: Sendable {
         let prefix: String
-        let subscription: CoreSubscription
+        fileprivate let subscription: SubscriptionHandle
     }
 
     private struct State {

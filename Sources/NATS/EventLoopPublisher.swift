@@ -361,14 +361,15 @@ package final class EventLoopPublisher: @unchecked Sendable {
     }
 
     private func connect(to server: String) -> EventLoopFuture<Void> {
-        var endpoint: ServerEndpoint
+        let endpoint: ServerEndpoint
         do {
-            endpoint = try ServerEndpoint(server)
+            var parsed = try ServerEndpoint(server)
             if let user = configuration.user {
-                endpoint.user = user
-                endpoint.password = configuration.password
-                endpoint.token = nil
+                parsed.user = user
+                parsed.password = configuration.password
+                parsed.token = nil
             }
+            endpoint = parsed
         } catch {
             return eventLoop.makeFailedFuture(error)
         }

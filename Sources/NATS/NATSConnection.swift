@@ -847,9 +847,8 @@ extension NATSConnection {
                 try await Task.sleep(for: .milliseconds(500))
             }
         }
+        guard let subscription else { return [] }
         do {
-            let subscription = subscription!
-            defer { subscription.close() }
             var messages: [JetStreamMessage] = []
             while clock.now < deadline {
                 let batch = try await subscription.fetch(maxMessages: 1024, timeout: .milliseconds(200))
@@ -857,7 +856,11 @@ extension NATSConnection {
                 for i in 0..<batch.count { batch.ack(i) }
                 if batch.isEmpty && messages.count >= atLeast { break }
             }
+            await subscription.closeAndRemove()
             return messages
+        } catch {
+            await subscription.closeAndRemove()
+            throw error
         }
     }
 }

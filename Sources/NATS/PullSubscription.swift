@@ -50,7 +50,6 @@ package final class PullSubscription: Sendable {
     // under `closed`, and never used after that.
     private nonisolated(unsafe) let subscription: OpaquePointer
     private let closed = Mutex(false)
-    private let keepAlive = Mutex<Task<Void, Never>?>(nil)
 
     init(
         connection: NATSConnection,
@@ -107,14 +106,17 @@ package final class PullSubscription: Sendable {
         // deadline is the open request's own expiry plus a short grace, not the fetch's.
         while true {
             let (token, expiry) = box.newWaitToken()
-            let deadline = Task { [box] in
-                if let expiry { try? await Task.sleep(until: expiry, clock: .continuous) }
-                if !Task.isCancelled { box.expire(token) }
+            let ended = await withTaskGroup(of: Void.self) { [box] group in
+                group.addTask {
+                    if let expiry { try? await Task.sleep(until: expiry, clock: .continuous) }
+                    if !Task.isCancelled { box.expire(token) }
+                }
+                let ended = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                    box.wait(token, continuation)
+                }
+                group.cancelAll()
+                return ended
             }
-            let ended = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                box.wait(token, continuation)
-            }
-            deadline.cancel()
             let (after, next) = box.takeOrRequest(limit: limit, timeoutMs: timeoutMs, requestIfEmpty: false)
             if let next { try? sendPullRequest(next) }
             // Another loop took what woke this one while the request is still open: wait on.
@@ -151,43 +153,53 @@ package final class PullSubscription: Sendable {
     /// each. A few under heavy load are harmless; a steady rise means the server is starved.
     package var presumedLostRequests: Int { box.lostRequests }
 
-    /// Sends an in-progress ack (`+WPI`) every `interval` for each message received but not
-    /// fetched yet, so records waiting behind a slow batch are not redelivered. Use a third of
-    /// the consumer's ack wait.
-    package func keepUnfetchedAlive(every interval: Duration) {
-        let task = Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                guard let self, !Task.isCancelled else { return }
-                for reply in self.box.unfetchedReplies() {
-                    _ = natsConnection_PublishString(self.connection.rawConnection, reply, "+WPI")
+    /// Runs `body` while, in a child task, an in-progress ack (`+WPI`) goes every `interval` to
+    /// each message received but not fetched yet, so records waiting behind a slow batch are
+    /// not redelivered. Use a third of the consumer's ack wait. The acks stop when `body`
+    /// returns.
+    package func keepingUnfetchedAlive(
+        every interval: Duration,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: () async -> Void
+    ) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self, !Task.isCancelled, !self.closed.withLock({ $0 }) else { return }
+                    for reply in self.box.unfetchedReplies() {
+                        _ = natsConnection_PublishString(self.connection.rawConnection, reply, "+WPI")
+                    }
                 }
             }
-        }
-        keepAlive.withLock { current in
-            current?.cancel()
-            current = task
+            await body()
+            group.cancelAll()
         }
     }
 
     /// Stops the subscription. Messages received but not fetched are handed back to the
     /// server at once (nak); unacknowledged fetched ones are redelivered after the ack wait.
+    /// An ephemeral consumer is left to the server, which removes it 30 s after its last pull
+    /// request; ``closeAndRemove()`` removes it at once.
     package func close() {
         let first = closed.withLock { closed -> Bool in
             defer { closed = true }
             return !closed
         }
         guard first else { return }
-        keepAlive.withLock { $0?.cancel() }
         _ = natsSubscription_Unsubscribe(subscription)
         natsSubscription_Destroy(subscription)
         let unfetched = box.close()
         for message in unfetched {
             _ = natsConnection_PublishString(connection.rawConnection, message.reply, "-NAK")
         }
+    }
+
+    /// ``close()``, then deletes the consumer if this subscription created it (ephemeral).
+    package func closeAndRemove() async {
+        close()
         if let ephemeral {
-            let connection = self.connection
-            Task { try? await connection.deleteConsumer(stream: ephemeral.stream, consumer: ephemeral.consumer) }
+            try? await connection.deleteConsumer(stream: ephemeral.stream, consumer: ephemeral.consumer)
         }
     }
 }

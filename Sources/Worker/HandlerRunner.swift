@@ -98,9 +98,12 @@ package actor HandlerRunner {
         // of waiting in the buffer of a loop busy with its batch.
         subscription.concurrentFetchers = handler.options.concurrency
         logger.info("Handler started", metadata: ["worker.concurrency": "\(handler.options.concurrency)"])
-        await withDiscardingTaskGroup { group in
-            for lane in 0..<handler.options.concurrency {
-                group.addTask { await self.loop(subscription, reportsLostRequests: lane == 0) }
+        // Records that arrived while a batch runs wait in the subscription; keep them.
+        await subscription.keepingUnfetchedAlive(every: ackWait / 3) {
+            await withDiscardingTaskGroup { group in
+                for lane in 0..<handler.options.concurrency {
+                    group.addTask { await self.loop(subscription, reportsLostRequests: lane == 0) }
+                }
             }
         }
         logger.info("Handler stopped")
@@ -117,8 +120,6 @@ package actor HandlerRunner {
                     filterSubject: filterSubject,
                     headers: Wire.consumedHeaders
                 )
-                // Records that arrived while a batch runs wait in the subscription; keep them.
-                subscription.keepUnfetchedAlive(every: ackWait / 3)
                 return subscription
             } catch let error as NATSError {
                 if !warned {

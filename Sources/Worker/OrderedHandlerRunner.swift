@@ -157,25 +157,26 @@ package final class OrderedHandlerRunner: Sendable {
         }
         guard let subscription else { return }
         defer { subscription.close() }
-        subscription.keepUnfetchedAlive(every: ackWait / 3)
         logger.debug("Partition taken", metadata: ["worker.lease_token": "\(lease.token)"])
-        var failures = 0
-        var lost = LostPullRequests(handler: handler.name)
-        while lease.mayWork && shouldRun {
-            do {
-                let wait = min(handler.options.maxWait, max(.milliseconds(50), lease.remaining))
-                let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: wait)
-                failures = 0
-                lost.update(from: subscription, logger: logger)
-                if batch.isEmpty { continue }
-                // A batch fetched as the lease ran out stays unacknowledged: the next holder
-                // starts from the ack floor.
-                guard lease.isValid else { break }
-                await process(batch, lease: lease, logger: logger)
-            } catch {
-                failures += 1
-                if failures == 1 || failures % 50 == 0 { logger.warning("Fetch failed", metadata: ["error": "\(error)"]) }
-                try? await Task.sleep(for: .milliseconds(min(2000, 100 * failures)))
+        await subscription.keepingUnfetchedAlive(every: ackWait / 3) {
+            var failures = 0
+            var lost = LostPullRequests(handler: handler.name)
+            while lease.mayWork && shouldRun {
+                do {
+                    let wait = min(handler.options.maxWait, max(.milliseconds(50), lease.remaining))
+                    let batch = try await subscription.fetch(maxMessages: handler.options.batchSize, timeout: wait)
+                    failures = 0
+                    lost.update(from: subscription, logger: logger)
+                    if batch.isEmpty { continue }
+                    // A batch fetched as the lease ran out stays unacknowledged: the next holder
+                    // starts from the ack floor.
+                    guard lease.isValid else { break }
+                    await process(batch, lease: lease, logger: logger)
+                } catch {
+                    failures += 1
+                    if failures == 1 || failures % 50 == 0 { logger.warning("Fetch failed", metadata: ["error": "\(error)"]) }
+                    try? await Task.sleep(for: .milliseconds(min(2000, 100 * failures)))
+                }
             }
         }
     }

@@ -287,16 +287,21 @@ struct PullSubscriptionTests {
             try await Self.publish(connection, 5)
             let subscription = try await Self.subscribe(connection)
             defer { subscription.close() }
-            // Without this, message 2 came back a second time (delivery count 2) in this test.
-            subscription.keepUnfetchedAlive(every: .milliseconds(600))
-            var first = try await subscription.fetch(maxMessages: 2, timeout: .seconds(2))
-            while first.isEmpty { first = try await subscription.fetch(maxMessages: 2, timeout: .seconds(2)) }
-            // The next batch is requested (and arrives) while this one is "handled" for longer
-            // than the ack wait, with in-progress acks as the worker sends them.
-            for _ in 0..<6 {
-                try await Task.sleep(for: .milliseconds(600))
-                for i in 0..<first.count { first.inProgress(i) }
+            // Without the in-progress acks, message 2 came back a second time (delivery count 2)
+            // in this test.
+            let handled = Mutex<FetchedBatch?>(nil)
+            await subscription.keepingUnfetchedAlive(every: .milliseconds(600)) {
+                var first = try? await subscription.fetch(maxMessages: 2, timeout: .seconds(2))
+                while first?.isEmpty ?? true { first = try? await subscription.fetch(maxMessages: 2, timeout: .seconds(2)) }
+                // The next batch is requested (and arrives) while this one is "handled" for
+                // longer than the ack wait, with in-progress acks as the worker sends them.
+                for _ in 0..<6 {
+                    try? await Task.sleep(for: .milliseconds(600))
+                    for i in 0..<(first?.count ?? 0) { first?.inProgress(i) }
+                }
+                handled.withLock { $0 = first }
             }
+            let first = try #require(handled.withLock { $0 })
             for i in 0..<first.count { first.ack(i) }
             let all =
                 try await first.messages
