@@ -26,15 +26,25 @@ struct Bench: Sendable {
 
     // MARK: Baselines
 
+    /// Whether the clusters' nats-server runs with its users (`LOAD_NATS_AUTHORIZATION=false`
+    /// runs it open). The raw pipeline's nats-server then runs with a user of the same kind, so
+    /// both sides of a ratio pay nats-server's permission checks alike.
+    static var natsAuthorization: Bool { ProcessInfo.processInfo.environment["LOAD_NATS_AUTHORIZATION"] != "false" }
+
     /// The nats.c pipeline (LoadTests/raw/pipeline.c) against its own fresh nats-server;
-    /// `again` for its runs after the first.
-    func raw(again: Bool = false) async throws -> RawResult {
-        let (value, output) = try await runPipeline(name: "raw", [String(records), "2", "1024"])
+    /// `again` for its runs after the first. `authorized: false` runs its nats-server open
+    /// whatever ``natsAuthorization`` says (what NATS users cost the raw pipeline).
+    func raw(again: Bool = false, authorized: Bool = Bench.natsAuthorization) async throws -> RawResult {
+        let (value, output) = try await runPipeline(name: "raw", [String(records), "2", "1024"], authorized: authorized)
         guard let rate = value["events_per_second"].doubleValue, value["outputs"].intValue == records else {
             throw RunnerError("raw pipeline failed: \(output)")
         }
         let result = RawResult(eventsPerSecond: rate, publishPerSecond: value["publish_per_second"].doubleValue ?? 0, events: records)
-        print(String(format: again ? "  raw nats.c pipeline again: %.0f events/s" : "raw nats.c pipeline: %.0f events/s", rate))
+        let label =
+            again
+            ? "  raw nats.c pipeline again"
+            : authorized == Self.natsAuthorization ? "raw nats.c pipeline" : "raw nats.c pipeline, NATS open"
+        print(String(format: "%@: %.0f events/s", label, rate))
         return result
     }
 
@@ -79,13 +89,38 @@ struct Bench: Sendable {
 
     /// Runs the nats.c pipeline with `arguments` (after the URL) against a fresh nats-server of
     /// its own; its JSON answer, parsed, and as printed.
-    private func runPipeline(name: String, _ arguments: [String], mode: String? = nil) async throws -> (JSONValue, String) {
+    ///
+    /// `authorized` runs that nats-server with one user, `raw`, allowed only the subjects the
+    /// pipeline uses, as the cluster's roles are: nats-server then checks every publish against
+    /// the user's permissions. Subjects it has seen are cached (128 per connection), but every
+    /// ack goes to a subject of its own (`$JS.ACK.<stream>.<consumer>.<sequences>…`), so each
+    /// ack costs the check; without this the raw side would skip a cost the cluster pays.
+    private func runPipeline(
+        name: String,
+        _ arguments: [String],
+        mode: String? = nil,
+        authorized: Bool = Bench.natsAuthorization
+    ) async throws -> (JSONValue, String) {
         let directory = Self.scratch(name)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let server = try await NATSServerProcess.start(directory: directory, logger: logger)
+        var extraArguments: [String] = []
+        let password = "raw-pipeline-password"
+        if authorized {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let user = NATSAuthorization.User(
+                name: "raw",
+                publish: ["raw.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
+                subscribe: ["_INBOX.>"]
+            )
+            let file = directory + "/authorization.conf"
+            try NATSAuthorization.render(users: [user]) { _ in "\"\(password)\"" }.write(toFile: file, atomically: true, encoding: .utf8)
+            extraArguments = ["-c", file]
+        }
+        let server = try await NATSServerProcess.start(directory: directory, extraArguments: extraArguments, logger: logger)
+        let url = authorized ? server.url.replacingOccurrences(of: "nats://", with: "nats://raw:\(password)@") : server.url
         let output: String
         do {
-            output = try await Self.run(rawPipeline, (mode.map { [$0] } ?? []) + [server.url] + arguments)
+            output = try await Self.run(rawPipeline, (mode.map { [$0] } ?? []) + [url] + arguments)
         } catch {
             await server.stop()
             throw error
@@ -581,7 +616,7 @@ struct Bench: Sendable {
         specification.replicas = ["ingress": ingress, "worker": workers]
         specification.environment = ["AUTONOMOUS_ADMIN_TOKEN": Self.adminToken]
         // LOAD_NATS_AUTHORIZATION=false runs NATS without users, to measure what they cost.
-        specification.natsAuthorization = ProcessInfo.processInfo.environment["LOAD_NATS_AUTHORIZATION"] != "false"
+        specification.natsAuthorization = Self.natsAuthorization
         // Knobs of the app under load, passed through from the runner's environment.
         for (name, value) in ProcessInfo.processInfo.environment
         where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {

@@ -69,7 +69,11 @@ struct LoadRunner: AsyncParsableCommand {
             logger: logger
         )
         var result = RunResult(date: ISO8601.format(Date()), smoke: smoke, machine: Machine.describe())
-        if selected.contains("raw") { result.raw = try await bench.raw() }
+        if selected.contains("raw") {
+            result.raw = try await bench.raw()
+            // What NATS users cost with no framework: the same pipeline on an open nats-server.
+            if Bench.natsAuthorization && !smoke { result.rawWithoutUsers = try await bench.raw(authorized: false) }
+        }
         if selected.contains("nginx") { result.nginx = try await bench.nginx() }
         let rawRate = result.raw?.eventsPerSecond
         let nginxRate = result.nginx?.requestsPerSecond
@@ -222,6 +226,9 @@ struct RunResult: Codable {
     var raw: RawResult?
     /// Its later runs (events/s), one after each scenario compared with it, in order.
     var rawAgain: [Double] = []
+    /// With NATS users (the default), the raw pipeline once more right after its first run on
+    /// an open nats-server: what nats-server's permission checks cost with no framework.
+    var rawWithoutUsers: RawResult?
     var nginx: NginxResult?
     /// nginx's requests/s measured again after c.
     var nginxAgain: Double?
@@ -241,6 +248,15 @@ struct RunResult: Codable {
                 line += "; again after each scenario: " + rawAgain.map { String(format: "%.0f", $0) }.joined(separator: ", ")
             }
             lines.append(line)
+        }
+        if let raw, let rawWithoutUsers {
+            lines.append(
+                String(
+                    format: "  raw nats.c pipeline on an open nats-server: %.0f events/s (with users %.2f × that)",
+                    rawWithoutUsers.eventsPerSecond,
+                    raw.eventsPerSecond / rawWithoutUsers.eventsPerSecond
+                )
+            )
         }
         if let nginx {
             var line = String(
@@ -376,6 +392,7 @@ enum Machine {
             info["loadavgAtStart"] = String(load.split(separator: " ").prefix(3).joined(separator: " "))
         }
         let environment = ProcessInfo.processInfo.environment
+        info["natsAuthorization"] = Bench.natsAuthorization ? "users per role (raw pipeline: one user)" : "none"
         info["allocator"] =
             environment["LD_PRELOAD"] ?? (environment["AUTONOMOUS_ALLOCATOR"] == "system" ? nil : ProcessCluster.jemalloc) ?? "glibc malloc"
         return info

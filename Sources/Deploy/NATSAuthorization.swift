@@ -25,6 +25,12 @@ package enum NATSAuthorization {
         package var name: String
         package var publish: [String]
         package var subscribe: [String]
+
+        package init(name: String, publish: [String], subscribe: [String]) {
+            self.name = name
+            self.publish = publish
+            self.subscribe = subscribe
+        }
     }
 
     /// The roles' users and one producer per tenant.
