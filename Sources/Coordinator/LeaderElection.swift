@@ -36,63 +36,142 @@ struct LeadershipLost: Error, CustomStringConvertible {
 /// Leader election by a lease in the coordinator store.
 ///
 /// Every coordinator runs one; the timing and states are ``LeaderLease``'s. A leader's duties
-/// run in their own task, cancelled as soon as the tenure ends (lost to another holder, or its
-/// deadline passed without a successful renewal).
+/// run in a child task for as long as the tenure lasts, cancelled and awaited as soon as it
+/// ends (lost to another holder, or its deadline passed without a successful renewal), while a
+/// sibling task keeps renewing the lease.
 struct LeaderElection: Sendable {
     static let leaseName = "leader"
+    typealias Lease = LeaderLease<ContinuousClock.Instant>
 
     let store: any CoordinatorStore
     let holder: String
     let ttl: Duration
     let logger: Logger
 
+    /// How a tenure ended.
+    private enum TenureEnd: Sendable {
+        /// Lost or expired; campaign again.
+        case stopped(reason: String)
+        /// The fencing token changed under this holder: lead again at once with the new one.
+        case restart(token: Int64, deadline: ContinuousClock.Instant)
+        /// This coordinator is shutting down.
+        case shutdown
+    }
+
+    /// What a tenure's child tasks report.
+    private enum TenureEvent: Sendable {
+        case dutiesReturned
+        case ended(Lease, TenureEnd)
+    }
+
     /// Acts as candidate until cancelled; runs `duties` during each tenure.
     func run(duties: @escaping @Sendable (Leadership) async -> Void) async {
-        var lease = LeaderLease<ContinuousClock.Instant>(ttl: ttl)
-        var current: (leadership: Leadership, task: Task<Void, Never>)?
+        var lease = Lease(ttl: ttl)
+        var next: (token: Int64, deadline: ContinuousClock.Instant)?
         while !Task.isCancelled {
-            let attempt = ContinuousClock.now
-            var action = LeaderLease<ContinuousClock.Instant>.Action.none
-            do {
-                let store = self.store
-                let holder = self.holder
-                let length = lease.leaseLength
-                let token = try await withDeadline(ttl / 5) {
-                    try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: length)
+            guard let start = next else {
+                switch await attempt(&lease) {
+                case .startLeading(let token, let deadline), .restartLeading(let token, let deadline):
+                    next = (token, deadline)
+                case .none, .extend, .stopLeading:
+                    try? await Task.sleep(for: lease.pause(now: .now))
                 }
-                action = lease.acquired(token, sentAt: attempt)
-            } catch {
-                if Task.isCancelled { break }  // shutting down, not a failure
-                logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"])
+                continue
             }
-            if case .none = action { action = lease.check(now: .now) }
-            switch action {
-            case .none:
-                break
-            case .extend(let deadline):
-                current?.leadership.extend(to: deadline)
-            case .startLeading(let token, let deadline), .restartLeading(let token, let deadline):
-                if let existing = current { await stop(existing, reason: "the fencing token changed") }
-                let leadership = Leadership(fence: LeaseFence(name: Self.leaseName, holder: holder, token: token), deadline: deadline)
-                logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
-                current = (leadership, Task { await duties(leadership) })
-            case .stopLeading(let reason):
-                if let existing = current { await stop(existing, reason: reason) }
-                current = nil
+            next = nil
+            let (after, end) = await lead(token: start.token, deadline: start.deadline, lease: lease, duties: duties)
+            lease = after
+            switch end {
+            case .restart(let token, let deadline):
+                next = (token, deadline)
+            case .stopped:
+                try? await Task.sleep(for: lease.pause(now: .now))
+            case .shutdown:
+                // Hand over at once instead of making a standby wait for the TTL.
+                try? await store.releaseLease(name: Self.leaseName, holder: holder)
+                return
             }
-            try? await Task.sleep(for: lease.pause(now: .now))
         }
-        if let existing = current {
-            await stop(existing, reason: "shutting down")
-            // Hand over at once instead of making a standby wait for the TTL.
-            try? await store.releaseLease(name: Self.leaseName, holder: holder)
+        // Cancelled right after winning the lease: hand it back rather than hold it unused.
+        if next != nil { try? await store.releaseLease(name: Self.leaseName, holder: holder) }
+    }
+
+    /// One tenure: `duties` in one child task, the lease's renewals in another. Returns when
+    /// the renewals end the tenure (or on cancellation), after the duties have stopped.
+    private func lead(
+        token: Int64,
+        deadline: ContinuousClock.Instant,
+        lease: Lease,
+        duties: @escaping @Sendable (Leadership) async -> Void
+    ) async -> (Lease, TenureEnd) {
+        let leadership = Leadership(fence: LeaseFence(name: Self.leaseName, holder: holder, token: token), deadline: deadline)
+        logger.notice("This coordinator leads", metadata: ["coordinator.id": "\(holder)", "coordinator.token": "\(token)"])
+        return await withTaskGroup(of: TenureEvent.self) { group in
+            group.addTask {
+                await duties(leadership)
+                return .dutiesReturned
+            }
+            group.addTask {
+                var lease = lease
+                let end = await self.hold(leadership, lease: &lease)
+                return .ended(lease, end)
+            }
+            var outcome = (lease, TenureEnd.shutdown)
+            // The duties may return early; the tenure (and the lease) lasts until the renewals
+            // end it.
+            while let event = await group.next() {
+                guard case .ended(let after, let end) = event else { continue }
+                let reason: String
+                switch end {
+                case .stopped(let why): reason = why
+                case .restart: reason = "the fencing token changed"
+                case .shutdown: reason = "shutting down"
+                }
+                logger.notice("This coordinator stops leading", metadata: ["coordinator.id": "\(holder)", "reason": "\(reason)"])
+                outcome = (after, end)
+                group.cancelAll()
+            }
+            return outcome
         }
     }
 
-    private func stop(_ tenure: (leadership: Leadership, task: Task<Void, Never>), reason: String) async {
-        logger.notice("This coordinator stops leading", metadata: ["coordinator.id": "\(holder)", "reason": "\(reason)"])
-        tenure.task.cancel()
-        await tenure.task.value
+    /// Renews the lease during a tenure, extending `leadership`, until the tenure ends.
+    private func hold(_ leadership: Leadership, lease: inout Lease) async -> TenureEnd {
+        while true {
+            try? await Task.sleep(for: lease.pause(now: .now))
+            if Task.isCancelled { return .shutdown }
+            switch await attempt(&lease) {
+            case .none:
+                if Task.isCancelled { return .shutdown }
+            case .extend(let deadline):
+                leadership.extend(to: deadline)
+            case .startLeading(let token, let deadline), .restartLeading(let token, let deadline):
+                return .restart(token: token, deadline: deadline)
+            case .stopLeading(let reason):
+                return .stopped(reason: reason)
+            }
+        }
+    }
+
+    /// One attempt to acquire or renew the lease (bounded by a fifth of the TTL), and what the
+    /// lease says to do about it.
+    private func attempt(_ lease: inout Lease) async -> Lease.Action {
+        let sent = ContinuousClock.now
+        var action = Lease.Action.none
+        do {
+            let store = self.store
+            let holder = self.holder
+            let length = lease.leaseLength
+            let token = try await withDeadline(ttl / 5) {
+                try await store.acquireLease(name: Self.leaseName, holder: holder, ttl: length)
+            }
+            action = lease.acquired(token, sentAt: sent)
+        } catch {
+            // Shutting down is not a failure.
+            if !Task.isCancelled { logger.warning("Cannot renew the leader lease", metadata: ["error": "\(error)"]) }
+        }
+        if case .none = action { action = lease.check(now: .now) }
+        return action
     }
 }
 

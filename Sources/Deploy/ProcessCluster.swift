@@ -87,6 +87,7 @@ package actor ProcessCluster {
     private let postgres: LocalPostgres?
     private var children: [String: [Int: Child]] = [:]
     private var desired: [String: Int] = [:]
+    /// Restarts children that exit (every 250 ms); started by `up`, ended by `down`.
     private var monitor: Task<Void, Never>?
     private var stopping = false
     package private(set) var restarts = 0
@@ -449,8 +450,13 @@ package actor ProcessCluster {
     /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.
     package func down() async {
         stopping = true
-        monitor?.cancel()
-        monitor = nil
+        // The monitor is owned by the cluster: cancelled and awaited here, so nothing of the
+        // cluster runs after `down` returns.
+        if let monitor {
+            monitor.cancel()
+            await monitor.value
+            self.monitor = nil
+        }
         let order = ["ingress"] + children.keys.filter { $0.hasPrefix("worker") }.sorted() + ["coordinator"]
         for role in order {
             let stopping = (children.removeValue(forKey: role) ?? [:]).values.map(\.process)

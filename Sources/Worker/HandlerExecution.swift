@@ -188,35 +188,40 @@ struct HandlerExecution: Sendable {
     ) async -> T {
         let interval = ackWait / 3
         let outcome = FirstOutcome<T>()
+        // Deliberately not a child task: a body that ignores cancellation must not hold up
+        // the caller past its timeout, and a task group would wait for it.
         let work = Task { outcome.finish(await body()) }
-        let watcher = Task {
-            let start = ContinuousClock.now
-            let deadline = timeout.map { start + $0 }
-            var beat = start + interval
-            while true {
-                do {
-                    try await Task.sleep(until: deadline.map { min($0, beat) } ?? beat, clock: .continuous)
-                } catch {
-                    return
-                }
-                if let deadline, let onTimeout, ContinuousClock.now >= deadline {
-                    work.cancel()
-                    outcome.finish(onTimeout)
-                    return
-                }
-                if ContinuousClock.now >= beat {
-                    for i in 0..<batch.count { batch.inProgress(i) }
-                    beat += interval
+        return await withTaskGroup(of: Void.self) { group in
+            // The heartbeat and the timeout.
+            group.addTask {
+                let start = ContinuousClock.now
+                let deadline = timeout.map { start + $0 }
+                var beat = start + interval
+                while true {
+                    do {
+                        try await Task.sleep(until: deadline.map { min($0, beat) } ?? beat, clock: .continuous)
+                    } catch {
+                        return
+                    }
+                    if let deadline, let onTimeout, ContinuousClock.now >= deadline {
+                        work.cancel()
+                        outcome.finish(onTimeout)
+                        return
+                    }
+                    if ContinuousClock.now >= beat {
+                        for i in 0..<batch.count { batch.inProgress(i) }
+                        beat += interval
+                    }
                 }
             }
+            let value = await withTaskCancellationHandler {
+                await outcome.value()
+            } onCancel: {
+                work.cancel()
+            }
+            group.cancelAll()
+            return value
         }
-        let value = await withTaskCancellationHandler {
-            await outcome.value()
-        } onCancel: {
-            work.cancel()
-        }
-        watcher.cancel()
-        return value
     }
 }
 
