@@ -253,6 +253,7 @@ let package = Package(
         .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 "ClusterCore",

@@ -18,7 +18,7 @@ struct AdminOptions: ParsableArguments {
     var json = false
 
     var baseURL: String {
-        var url = adminURL ?? ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_URL"] ?? "http://127.0.0.1:7070"
+        var url = adminURL ?? CLIEnvironment().adminURL ?? "http://127.0.0.1:7070"
         while url.hasSuffix("/") { url.removeLast() }
         // The API's own prefix is added to every call; a URL that already ends with it works too.
         if url.hasSuffix("/v1/admin") { url.removeLast("/v1/admin".count) }
@@ -27,7 +27,8 @@ struct AdminOptions: ParsableArguments {
 
     /// Calls the admin API; throws a message naming the problem for any non-2xx answer.
     func call(_ method: String, _ path: String, body: JSONValue? = nil) async throws -> JSONValue {
-        guard let token = ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_TOKEN"], !token.isEmpty else {
+        let environment = CLIEnvironment()
+        guard let token = environment.adminToken else {
             throw ValidationError("set AUTONOMOUS_ADMIN_TOKEN to the coordinator's admin token")
         }
         var request = HTTPClientRequest(url: baseURL + path)
@@ -40,7 +41,7 @@ struct AdminOptions: ParsableArguments {
         // An admin API with a certificate of a private CA: AUTONOMOUS_ADMIN_CA names the CA.
         var client = HTTPClient.shared
         var ownClient = false
-        if let ca = ProcessInfo.processInfo.environment["AUTONOMOUS_ADMIN_CA"], !ca.isEmpty {
+        if let ca = environment.adminCA {
             guard FileManager.default.isReadableFile(atPath: ca) else { throw ValidationError("AUTONOMOUS_ADMIN_CA: cannot read '\(ca)'") }
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.trustRoots = .file(ca)

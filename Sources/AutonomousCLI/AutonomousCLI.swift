@@ -367,7 +367,7 @@ struct SuperviseCommand: AsyncParsableCommand {
     var state: String
 
     func run() async throws {
-        let logger = makeLogger(ProcessInfo.processInfo.environment["AUTONOMOUS_LOG_LEVEL"] ?? "info")
+        let logger = makeLogger(CLIEnvironment().logLevel ?? "info")
         try await SupervisorControl(directory: state).runSupervisor(logger: logger)
     }
 }

@@ -42,10 +42,11 @@ struct DeadLetterCommand: AsyncParsableCommand {
 
         func connect() async throws -> (NATSConnection, String) {
             let environment = ProcessInfo.processInfo.environment
-            guard let url = natsURL ?? environment["AUTONOMOUS_NATS_URL"] else {
+            let settings = CLIEnvironment(environment)
+            guard let url = natsURL ?? settings.natsURL else {
                 throw ValidationError("pass --nats-url or set AUTONOMOUS_NATS_URL")
             }
-            let tenant = tenant ?? environment["AUTONOMOUS_TENANT"] ?? "default"
+            let tenant = tenant ?? settings.tenant ?? "default"
             if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
             if let handler, let problem = Names.problem(with: handler, kind: "handler") { throw ValidationError(problem) }
             var configuration = NATSConnection.Configuration(url: url)
