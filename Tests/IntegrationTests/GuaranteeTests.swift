@@ -19,17 +19,19 @@ struct GuaranteeTests {
         let outputs = app.table("outputs")
         inputs.onNewRecords("slow", options: HandlerOptions(batchSize: 5, concurrency: 1)) { records, ctx in
             for entry in records.entries { invocations.withLock { $0[entry.id, default: 0] += 1 } }
-            try await Task.sleep(for: .seconds(4))  // twice the ack wait below
+            try await Task.sleep(for: .seconds(12))  // twice the ack wait below
             try await outputs.append(records.map { ["n": $0["n"]] as JSONValue }, ctx)
         }
         let graph = try app.build()
-        try await withRunningApp(graph, configure: { $0.topology.ackWait = .seconds(2) }) { app in
+        // An ack wait of 6 s (a heartbeat every 2 s): a run of the whole suite on two busy cores
+        // stalled a 2 s ack wait's heartbeats long enough for a redelivery.
+        try await withRunningApp(graph, configure: { $0.topology.ackWait = .seconds(6) }) { app in
             let response = try await app.post("/v1/tables/inputs/records", body: #"[{"n":1},{"n":2},{"n":3}]"#)
             #expect(response.status == 202)
-            let out = try await app.records(in: "outputs", atLeast: 3, timeout: .seconds(20))
+            let out = try await app.records(in: "outputs", atLeast: 3, timeout: .seconds(40))
             #expect(out.count == 3)
             // Wait past another ack-wait period: a missed heartbeat would show up as a redelivery.
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(7))
             let counts = invocations.withLock { $0 }
             #expect(counts.count == 3)
             #expect(counts.values.allSatisfy { $0 == 1 }, "each record handled once: \(counts)")

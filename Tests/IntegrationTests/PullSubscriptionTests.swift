@@ -283,20 +283,22 @@ struct PullSubscriptionTests {
 
     @Test("Messages waiting in the subscription behind a slow batch are kept alive, not redelivered")
     func unfetchedKeptAlive() async throws {
-        try await Self.withStream(ackWait: .seconds(2)) { connection in
+        // An ack wait of 6 s with in-progress acks every 1.5 s: with 2 s and 0.6 s, a run of the
+        // whole suite on two busy cores stalled them long enough for a redelivery.
+        try await Self.withStream(ackWait: .seconds(6)) { connection in
             try await Self.publish(connection, 5)
             let subscription = try await Self.subscribe(connection)
             defer { subscription.close() }
             // Without the in-progress acks, message 2 came back a second time (delivery count 2)
             // in this test.
             let handled = Mutex<FetchedBatch?>(nil)
-            await subscription.keepingUnfetchedAlive(every: .milliseconds(600)) {
+            await subscription.keepingUnfetchedAlive(every: .milliseconds(1500)) {
                 var first = try? await subscription.fetch(maxMessages: 2, timeout: .seconds(2))
                 while first?.isEmpty ?? true { first = try? await subscription.fetch(maxMessages: 2, timeout: .seconds(2)) }
                 // The next batch is requested (and arrives) while this one is "handled" for
                 // longer than the ack wait, with in-progress acks as the worker sends them.
                 for _ in 0..<6 {
-                    try? await Task.sleep(for: .milliseconds(600))
+                    try? await Task.sleep(for: .milliseconds(1500))
                     for i in 0..<(first?.count ?? 0) { first?.inProgress(i) }
                 }
                 handled.withLock { $0 = first }
