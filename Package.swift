@@ -121,6 +121,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Storages that keep tables: PostgreSQL (COPY), SQLite (dev's default), S3.
+        .target(
+            name: "Storages",
+            dependencies: [
+                "ClusterCore",
+                "Coordinator",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Spans: W3C trace context, samplers, and an OTLP/HTTP (JSON) exporter as a Service.
         .target(
             name: "Telemetry",
@@ -193,6 +210,7 @@ let package = Package(
                 "Coordinator",
                 "Worker",
                 "Ingress",
+                "Storages",
                 "Telemetry",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -374,6 +392,7 @@ let package = Package(
                 "Deploy",
                 "NATS",
                 "Ingress",
+                "Storages",
                 "OrderFlow",
                 "Worker",
                 "SlackBot",

@@ -19,7 +19,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 Environment: AUTONOMOUS_NATS_URL, AUTONOMOUS_TENANT, AUTONOMOUS_HTTP_HOST, \
                 AUTONOMOUS_HTTP_PORT, AUTONOMOUS_HEALTH_PORT, AUTONOMOUS_HEALTH_HOST (default 127.0.0.1), \
                 AUTONOMOUS_DATA_DIR, \
-                AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may \
+                AUTONOMOUS_DEPLOYMENT_FILE (the app's autonomous.json: storages and the tables they keep; \
+                default ./autonomous.json when there is one), AUTONOMOUS_LOG_LEVEL (trace…critical), AUTONOMOUS_ACK_WAIT (seconds a record may \
                 stay unacknowledged before redelivery; default 30), AUTONOMOUS_STREAM_REPLICAS \
                 (1 for one server, 3 for a NATS cluster; default 1), AUTONOMOUS_POSTGRES_URL, \
                 AUTONOMOUS_POSTGRES_PASSWORD, AUTONOMOUS_ADMIN_PORT, AUTONOMOUS_ADMIN_HOST (default \
@@ -139,6 +140,13 @@ struct CommonOptions: ParsableArguments {
     var requireAPIKey = false
 
     @Option(
+        name: .customLong("deployment-file"),
+        help:
+            "The app's autonomous.json, for its storages and the tables they keep. [env: AUTONOMOUS_DEPLOYMENT_FILE, default: ./autonomous.json when there is one]"
+    )
+    var deploymentFile: String?
+
+    @Option(
         name: .customLong("config"),
         help:
             "A JSON settings file: keys as in the environment, nested (AUTONOMOUS_HTTP_PORT is {\"http\": {\"port\": 3000}}); flags, then the environment, win over it. [env: AUTONOMOUS_CONFIG]"
@@ -158,6 +166,7 @@ struct CommonOptions: ParsableArguments {
         if let postgresURL { flags["postgres.url"] = .string(postgresURL) }
         if let handlers { flags["handlers"] = .string(handlers) }
         if let dataDirectory { flags["dataDir"] = .string(dataDirectory) }
+        if let deploymentFile { flags["deploymentFile"] = .string(deploymentFile) }
         if let logLevel { flags["logLevel"] = .string(logLevel) }
         if let adminPort { flags["admin.port"] = .int(adminPort) }
         if requireAPIKey { flags["requireApiKey"] = .bool(true) }
@@ -322,6 +331,19 @@ struct CommonOptions: ParsableArguments {
             configuration.shutdownTimeout = timeout
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ValidationError(problem) }
+        let deploymentFile =
+            settings.string(Setting("deploymentFile", flag: "--deployment-file"))
+            ?? (FileManager.default.fileExists(atPath: "autonomous.json") ? "autonomous.json" : nil)
+        if let deploymentFile {
+            do {
+                let deployment = try DeploymentConfiguration.load(path: deploymentFile)
+                configuration.storages = deployment.storages
+                configuration.tableSettings = deployment.tables
+                configuration.deploymentFile = deploymentFile
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
         return configuration
     }
 
@@ -428,8 +450,11 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         let settings = try await options.settings()
         let logger = try options.makeLogger(label: "autonomous.dev", settings: settings)
         var configuration = try options.runtimeConfiguration(from: settings)
+        configuration.keepUnboundTablesInSQLite = true
         let graph: AppGraph
         do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        let plan: StoragePlan
+        do { plan = try StoragePlan.make(graph: graph, configuration: configuration) } catch { throw ValidationError(error.message) }
         var embedded: NATSServerProcess?
         if configuration.natsURL == nil {
             let server = try await NATSServerProcess.start(directory: configuration.dataDirectory + "/nats", logger: logger)
@@ -446,6 +471,7 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
                 return components?.string ?? "postgres"
             } ?? "sqlite://" + configuration.sqlitePath
         let host = configuration.httpHost
+        let tablesPath = configuration.tablesSQLitePath
         let adminHost = configuration.adminHost
         let requireAPIKey = configuration.requireAPIKey
         let isEmbedded = embedded != nil
@@ -472,7 +498,9 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
         }
         configuration.onListening = { port in
             let banner = DevBanner.render(
-                graph: graph,
+                graph: plan.graph(graph, opened: nil),
+                storages: plan,
+                tablesPath: tablesPath,
                 tenant: tenant,
                 host: host,
                 port: port,
@@ -499,6 +527,8 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
 enum DevBanner {
     static func render(
         graph: AppGraph,
+        storages plan: StoragePlan? = nil,
+        tablesPath: String = "",
         tenant: String,
         host: String,
         port: Int,
@@ -549,6 +579,15 @@ enum DevBanner {
             "  \(natsURL) (JetStream\(embedded ? ", embedded, data in \(dataDirectory)/nats" : ""), streams \(Wire.tableStreamName(tenant: tenant, table: "<table>")) and \(Wire.streamName(tenant: tenant)))"
         )
         lines.append("  \(sqlitePath) (coordinator state)")
+        if let plan {
+            var kept: [String: [String]] = [:]
+            for (table, storage) in plan.bindings { kept[storage, default: []].append(table) }
+            for (storage, tables) in kept.sorted(by: { $0.key < $1.key }) {
+                let place = storage == StoragePlan.devSQLite ? "sqlite://\(tablesPath)" : storage
+                lines.append("  \(place) (keeps \(tables.sorted().joined(separator: ", ")); read them at /v1/tables/{table}/records GET)")
+            }
+            for note in plan.notes { lines.append("  note: \(note)") }
+        }
         lines.append("")
         return lines.joined(separator: "\n")
     }

@@ -64,6 +64,14 @@ package struct RuntimeConfiguration: Sendable {
     package var postgresURL: String?
     /// Where `dev` keeps NATS data and the coordinator's SQLite file.
     package var dataDirectory: String = ".autonomous"
+    /// The storages of `autonomous.json` and the tables it binds to them.
+    package var storages: [DeploymentConfiguration.Storage] = []
+    package var tableSettings: [String: DeploymentConfiguration.TableSettings] = [:]
+    /// The `autonomous.json` they were read from (`nil`: none was read), for messages.
+    package var deploymentFile: String?
+    /// `dev`: keep every table no storage keeps in SQLite (``tablesSQLitePath``), so that
+    /// reads work with no configuration.
+    package var keepUnboundTablesInSQLite = false
     /// Process environment, for secrets and component settings.
     package var environment: [String: String] = [:]
     package var topology = Topology.Configuration()
@@ -123,6 +131,8 @@ package struct RuntimeConfiguration: Sendable {
     package init() {}
 
     package var sqlitePath: String { dataDirectory + "/coordinator.sqlite" }
+    /// Where `dev` keeps tables.
+    package var tablesSQLitePath: String { dataDirectory + "/tables.sqlite" }
 }
 
 /// Runs an app graph in one of its roles.
@@ -148,6 +158,7 @@ package struct AppRuntime: Sendable {
             throw ConfigurationError("no NATS URL configured (--nats-url or AUTONOMOUS_NATS_URL)")
         }
         if let problem = Names.problem(with: configuration.tenant, kind: "tenant") { throw ConfigurationError(problem) }
+        let plan = try StoragePlan.make(graph: graph, configuration: configuration)
         ProcessMetrics.install()
         var natsConfiguration = NATSConnection.Configuration(url: url)
         natsConfiguration.name = "\(graph.name)-\(role)"
@@ -170,7 +181,15 @@ package struct AppRuntime: Sendable {
         // handled during a graceful shutdown are still sent.
         if let exporter = makeSpanExporter(role: role, logger: logger) { services.insert(exporter, at: 0) }
         var store: (any CoordinatorStore)?
+        // Storages are opened by the processes that write (workers) or read (ingress, and
+        // handlers in workers) kept tables; their pools run in the outer group.
+        var storages: OpenedStorages?
         do {
+            if role.runsWorker || role.runsIngress {
+                let opened = try await plan.open(configuration: configuration, logger: logger)
+                storages = opened
+                services += opened.services
+            }
             if role.runsCoordinator {
                 if let url = configuration.postgresURL {
                     let postgres = try await PostgresStore.open(
@@ -185,14 +204,19 @@ package struct AppRuntime: Sendable {
                 }
             }
         } catch {
+            await storages?.close()
             await connection.close()
             throw error
         }
+        let graph = plan.graph(self.graph, opened: storages)
         services.append(
-            RoleServices(logger: logger) { [store] in
-                try await makeServices(
+            RoleServices(logger: logger) { [store, storages] in
+                try await storages?.prepare(graph)
+                return try await makeServices(
+                    graph: graph,
                     role: role,
                     store: store,
+                    storages: storages,
                     connection: connection,
                     actorSystem: actorSystem,
                     coordinatorEndpoint: coordinatorEndpoint,
@@ -215,10 +239,12 @@ package struct AppRuntime: Sendable {
             try await group.run()
         } catch {
             try? await store?.close()
+            await storages?.close()
             await connection.close()
             throw error
         }
         try? await store?.close()
+        await storages?.close()
         await connection.close()
     }
 
@@ -244,8 +270,10 @@ package struct AppRuntime: Sendable {
 
     /// The role's services, once the store is migrated and the topology provisioned.
     private func makeServices(
+        graph: AppGraph,
         role: Role,
         store: (any CoordinatorStore)?,
+        storages: OpenedStorages?,
         connection: NATSConnection,
         actorSystem: ClusterActorSystem,
         coordinatorEndpoint: CoordinatorEndpoint,
@@ -337,6 +365,7 @@ package struct AppRuntime: Sendable {
             workerConfiguration.ackWait = configuration.topology.ackWait
             workerConfiguration.tenantDirectory = { try await coordinatorEndpoint.activeTenants() }
             workerConfiguration.partitionAssigner = { request in try await coordinatorEndpoint.assignPartitions(request) }
+            workerConfiguration.tableReader = storages?.reader
             services.append(try Worker(graph: graph, configuration: workerConfiguration, connection: connection, logger: logger))
         }
         if role.runsIngress {
@@ -360,6 +389,7 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.onListening = configuration.onListening
             ingressConfiguration.requireAPIKey = configuration.requireAPIKey
             ingressConfiguration.tls = configuration.httpTLS
+            ingressConfiguration.tableReader = storages?.reader
             ingressConfiguration.accessForKeyHash = { hash in
                 do {
                     return try await coordinatorEndpoint.access(forKeyHash: hash)

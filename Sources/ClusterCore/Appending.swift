@@ -103,7 +103,7 @@ extension Wire {
 /// `causedBy:`), else the record the current task's loop over the batch is on (see
 /// ``Records``). An append with neither fails with a ``LineageError`` rather than getting an
 /// id that another delivery would not reproduce.
-public final class HandlerContext: AppendContext {
+public final class HandlerContext: AppendContext, TableReading {
     public let handler: String
     public let tenant: String
     /// Log through this, not `print`: its lines carry the handler's and tenant's names, and
@@ -136,8 +136,10 @@ public final class HandlerContext: AppendContext {
         tables: [String: TableDefinition] = [:],
         declaredOutputs: [String] = [],
         flushThreshold: Int = 4096,
-        outputTraceparent: String? = nil
+        outputTraceparent: String? = nil,
+        tableReader: TableReader? = nil
     ) {
+        self.tableReader = tableReader
         self.outputTraceparent = outputTraceparent
         self.tables = tables
         self.declaredOutputs = Set(declaredOutputs)
@@ -207,6 +209,8 @@ public final class HandlerContext: AppendContext {
         if shouldFlush { try await flush() }
     }
 
+    /// Reads kept tables (``Table/records(since:until:where:order:limit:cursor:_:)``).
+    package let tableReader: TableReader?
     /// Tables this context may append to by name (components address outputs by name).
     let tables: [String: TableDefinition]
     /// The tables the handler declared it writes (`writes:`); empty when it declared none.
@@ -235,9 +239,11 @@ public final class HandlerContext: AppendContext {
 
 /// The context of an HTTP route: appends are published at once and `append` returns after
 /// the PubAck, so a route that answers 2xx after appending has made its records durable.
-public final class RouteContext: AppendContext {
+public final class RouteContext: AppendContext, TableReading {
     public let tenant: String
     public let logger: Logger
+    /// Reads kept tables (``Table/records(since:until:where:order:limit:cursor:_:)``).
+    package let tableReader: TableReader?
     private let publisher: any MessagePublisher
     private let ids: RecordIDGenerator
     private let idempotencyKey: String?
@@ -251,8 +257,10 @@ public final class RouteContext: AppendContext {
         ids: RecordIDGenerator,
         idempotencyKey: String?,
         traceparent: String? = nil,
-        logger: Logger
+        logger: Logger,
+        tableReader: TableReader? = nil
     ) {
+        self.tableReader = tableReader
         self.traceparent = traceparent
         self.tenant = tenant
         self.publisher = publisher

@@ -22,6 +22,8 @@ public struct TableDefinition: Sendable {
     package let requiredFields: [String]?
     /// All top-level fields a record may have, when known.
     package let knownFields: [String]?
+    /// What each known field holds (a typed table's columns in a storage).
+    package let fieldKinds: [String: FieldKind]
     /// Checks one record body against the table's type: `nil` when it fits, else (field, problem).
     let check: @Sendable ([UInt8]) -> (field: String?, problem: String)?
     /// Set when an ordered handler reads the table: its records go to partition subjects
@@ -29,6 +31,9 @@ public struct TableDefinition: Sendable {
     public internal(set) var partitioning: HandlerOrdering? = nil
     /// Whether the record API takes records for the table (see ``RecordAPIAccess``).
     public internal(set) var recordAPI: RecordAPIAccess = .automatic
+    /// The storage that keeps the table's records as well (a name from `autonomous.json`),
+    /// if any. See ``AppBuilder/table(_:of:recordAPI:storage:)``.
+    public internal(set) var storage: String? = nil
 
     /// The table's subject (without a partition).
     package func subject(tenant: String) -> String {
@@ -70,10 +75,11 @@ public struct TableDefinition: Sendable {
                 typeName: nil,
                 requiredFields: nil,
                 knownFields: nil,
+                fieldKinds: [:],
                 check: { _ in nil }
             )
         }
-        let probe = SchemaProbe.fields(of: Row.self)
+        let probe = SchemaProbe.columns(of: Row.self)
         let required = probe?.required ?? []
         return TableDefinition(
             name: name,
@@ -82,6 +88,7 @@ public struct TableDefinition: Sendable {
             typeName: String(describing: Row.self),
             requiredFields: probe?.required,
             knownFields: probe?.all,
+            fieldKinds: probe?.kinds ?? [:],
             check: { body in
                 do {
                     try JSONDecoder().decode(Row.self, from: Data(body)).validate()
@@ -544,15 +551,26 @@ public struct AppBuilder {
     }
 
     /// A dynamic table of JSON objects.
-    public mutating func table(_ name: String, recordAPI: RecordAPIAccess = .automatic) -> Table<JSONValue> {
-        table(name, of: JSONValue.self, recordAPI: recordAPI)
+    public mutating func table(_ name: String, recordAPI: RecordAPIAccess = .automatic, storage: String? = nil) -> Table<JSONValue> {
+        table(name, of: JSONValue.self, recordAPI: recordAPI, storage: storage)
     }
 
     /// A typed table of `Row` records. `recordAPI` says whether clients may append to it
     /// through the record API (by default: unless a handler declares it writes it).
-    public mutating func table<Row: Record>(_ name: String, of type: Row.Type, recordAPI: RecordAPIAccess = .automatic) -> Table<Row> {
+    ///
+    /// `storage` names a storage of `autonomous.json` that keeps the table's records as well,
+    /// for ``Table/records(since:until:where:order:limit:cursor:_:)`` and history beyond the
+    /// stream's retention. `autonomous.json` can bind (or rebind) it per deployment instead;
+    /// `dev` keeps every table in SQLite when nothing else is configured.
+    public mutating func table<Row: Record>(
+        _ name: String,
+        of type: Row.Type,
+        recordAPI: RecordAPIAccess = .automatic,
+        storage: String? = nil
+    ) -> Table<Row> {
         var definition = TableDefinition.make(name, kind: .table, of: Row.self)
         definition.recordAPI = recordAPI
+        definition.storage = storage
         let binding = registry.addTable(definition)!
         return Table(name: name, registry: registry, binding: binding)
     }

@@ -6,13 +6,19 @@
 /// fields are then unknown and only the runtime decode checks them.
 package enum SchemaProbe {
     package static func fields<T: Decodable>(of type: T.Type) -> (required: [String], all: [String])? {
+        columns(of: type).map { ($0.required, $0.all) }
+    }
+
+    /// The top-level fields with the kind of value each holds, for the typed columns of a
+    /// storage (``FieldKind``).
+    package static func columns<T: Decodable>(of type: T.Type) -> (required: [String], all: [String], kinds: [String: FieldKind])? {
         let recorder = KeyRecorder()
         do {
             _ = try T(from: ProbeDecoder(recorder: recorder, codingPath: []))
         } catch {
             return nil
         }
-        return (recorder.required, recorder.required + recorder.optional.filter { !recorder.required.contains($0) })
+        return (recorder.required, recorder.required + recorder.optional.filter { !recorder.required.contains($0) }, recorder.kinds)
     }
 
     /// The field path and a user-facing sentence for a decoding failure.
@@ -78,6 +84,30 @@ package enum SchemaProbe {
 private final class KeyRecorder {
     var required: [String] = []
     var optional: [String] = []
+    var kinds: [String: FieldKind] = [:]
+
+    func note<T>(_ key: String, _ type: T.Type) {
+        if kinds[key] == nil { kinds[key] = FieldKind(type) }
+    }
+}
+
+/// What a typed field holds, as a storage keeps it in a column of its own.
+package enum FieldKind: String, Sendable, Hashable, Codable {
+    case text, integer, unsignedInteger, number, boolean
+    /// Anything else (nested objects, arrays, dates): kept as JSON.
+    case json
+
+    init<T>(_ type: T.Type) {
+        switch type {
+        case is String.Type: self = .text
+        case is Bool.Type: self = .boolean
+        case is Int.Type, is Int64.Type, is Int32.Type, is Int16.Type, is Int8.Type, is UInt32.Type, is UInt16.Type, is UInt8.Type:
+            self = .integer
+        case is UInt.Type, is UInt64.Type: self = .unsignedInteger
+        case is Double.Type, is Float.Type: self = .number
+        default: self = .json
+        }
+    }
 }
 
 private struct ProbeDecoder: Decoder {
@@ -131,11 +161,13 @@ private struct ProbeKeyed<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         recorder?.required.append(key.stringValue)
+        recorder?.note(key.stringValue, T.self)
         return try placeholder(T.self, codingPath: codingPath + [key])
     }
 
     func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
         recorder?.optional.append(key.stringValue)
+        recorder?.note(key.stringValue, T.self)
         return nil
     }
 

@@ -82,7 +82,7 @@ extension PostgresStore {
 extension PostgresStore {
     /// What went wrong with a connection, without the query text or parameters PostgresNIO's
     /// full description may hold: the server's message, or the transport's error.
-    static func describe(_ error: any Error) -> String {
+    package static func describe(_ error: any Error) -> String {
         guard let error = error as? PSQLError else { return "\(error)" }
         if let message = error.serverInfo?[.message] { return message }
         if let underlying = error.underlying { return "\(underlying)" }

@@ -23,50 +23,13 @@ package final class PostgresStore: CoordinatorStore, Service {
     /// password may also come from `password` (e.g. a secret in the environment). TLS follows
     /// libpq's `sslmode` and `sslrootcert` (``tls(from:)``).
     package static func open(url: String, password: String? = nil, logger: Logger) async throws -> PostgresStore {
-        guard let components = URLComponents(string: url), components.scheme == "postgres" || components.scheme == "postgresql",
-            let host = components.host, !host.isEmpty
-        else {
-            throw ConfigurationError("Postgres URL must look like postgres://user@host:5432/database")
-        }
-        let database = components.path.split(separator: "/").first.map(String.init)
-        let port = components.port ?? 5432
-        let tls = try tls(from: components)
-        // Connect once before handing out the pool: a wrong password, a refused certificate or a
-        // server that does not answer is reported now, naming the server, instead of every query
-        // waiting on a pool that keeps retrying. (A supervisor restarts the coordinator.)
-        do {
-            let probe = try await PostgresConnection.connect(
-                on: MultiThreadedEventLoopGroup.singleton.next(),
-                configuration: PostgresConnection.Configuration(
-                    host: host,
-                    port: port,
-                    username: components.user ?? "postgres",
-                    password: password ?? components.password,
-                    database: database,
-                    tls: try tls.connection()
-                ),
-                id: 0,
-                logger: logger
-            ).get()
-            try await probe.close()
-        } catch let error as ConfigurationError {
-            throw error
-        } catch {
-            throw ConfigurationError("cannot connect to PostgreSQL at \(host):\(port): \(Self.describe(error))")
-        }
-        var configuration = PostgresClient.Configuration(
-            host: host,
-            port: port,
-            username: components.user ?? "postgres",
-            password: password ?? components.password,
-            database: database,
-            tls: tls.client
-        )
+        let settings = try await PostgresSettings.connect(url: url, password: password, logger: logger)
+        var configuration = settings.client
         configuration.options.maximumConnections = 4
         return PostgresStore(
             client: PostgresClient(configuration: configuration, backgroundLogger: logger),
             logger: logger,
-            displayName: "postgres://\(host):\(components.port ?? 5432)/\(database ?? "")"
+            displayName: settings.displayName
         )
     }
 

@@ -91,6 +91,9 @@ package struct Ingress: Service {
         package var peerInterval: Duration = .seconds(1)
         /// Process environment, for webhook secrets.
         package var environment: [String: String]
+        /// Answers `GET /v1/tables/{table}/records` from the storages that keep tables
+        /// (`nil`: no storage in this process; such reads get 409).
+        package var tableReader: TableReader?
         /// Called with the bound port once the server listens.
         package var onListening: (@Sendable (Int) async -> Void)?
 

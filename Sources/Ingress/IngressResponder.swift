@@ -171,6 +171,9 @@ struct IngressResponder: HTTPResponder {
             if let response = await health.respond(to: path) { return response }
             // An address that keeps sending refused credentials waits before anything is read.
             if state.addresses.isExhausted(address) { throw state.addresses.refusal }
+            if method == "GET", let target = RecordIngest.readTarget(path: path[...]) {
+                return try await readRecords(target, request: request)
+            }
             if let target = try RecordIngest.target(method: method, path: path[...]) {
                 return try await ingest(target, request: request, address: context.remoteAddress)
             }
@@ -274,6 +277,44 @@ struct IngressResponder: HTTPResponder {
         return response
     }
 
+    // MARK: - Reading kept tables
+
+    /// `GET /v1/tables/{table}/records?since=&until=&where=&order=&limit=&cursor=`: a page of
+    /// the caller's tenant's records from the storage that keeps the table.
+    private func readRecords(_ target: RecordIngest.Target, request: Request) async throws -> Response {
+        let tenant = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: target.tenant)
+        guard let table = state.graph.table(target.table) else {
+            throw RouteError(status: 404, code: "unknown_table", message: "no table named '\(target.table.prefix(64))'", field: "table")
+        }
+        var parameters: [String: String] = [:]
+        for (key, value) in request.uri.queryParameters {
+            let name = String(key)
+            guard parameters[name] == nil else {
+                throw RouteError(status: 400, code: "repeated_parameter", message: "give \(name.prefix(40)) once", field: name)
+            }
+            parameters[name] = String(value)
+        }
+        let query = try RecordReadQuery.parse(parameters)
+        guard let reader = state.configuration.tableReader, reader.storage(of: table.name) != nil else {
+            throw RouteError(
+                status: 409,
+                code: "not_kept",
+                message: "table '\(table.name)' is not kept in a storage; bind it to one to read it back",
+                field: "table"
+            )
+        }
+        let page: StoredPage
+        do {
+            page = try await reader.read(query, table: table, tenant: tenant)
+        } catch let error as TableReadError {
+            throw RouteError(status: 400, code: "invalid_query", message: error.message, field: error.field)
+        } catch {
+            state.logger.warning("Reading a kept table failed", metadata: ["ingress.table": "\(table.name)", "error": "\(error)"])
+            throw RouteError(status: 503, code: "storage_unavailable", message: "the table's storage did not answer; try again")
+        }
+        return JSONResponse.make(200, RecordReadQuery.answer(page))
+    }
+
     // MARK: - Routes and webhooks
 
     private func routeRequest(_ request: Request, body: ByteBuffer) -> RouteRequest {
@@ -318,7 +359,8 @@ struct IngressResponder: HTTPResponder {
                     RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
                 } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
                 traceparent: RecordIngest.traceparent(request.headers[values: Self.traceparentField]),
-                logger: state.logger
+                logger: state.logger,
+                tableReader: state.configuration.tableReader
             )
             let response: RouteResponse
             do {

@@ -45,6 +45,20 @@ struct RecordIngest: Sendable {
         return target
     }
 
+    /// The table (and tenant) a `GET …/records` path names; `nil` for any other path.
+    static func readTarget(path: Substring) -> Target? {
+        let utf8 = path.utf8
+        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed()) {
+            return Target(table: String(decoding: utf8.dropFirst(tablesPrefix.count).dropLast(suffix.count), as: UTF8.self))
+        }
+        if utf8.starts(with: tenantsPrefix) {
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 7, parts[4] == "tables", parts[6] == "records" else { return nil }
+            return Target(table: String(parts[5]), tenant: String(parts[3]))
+        }
+        return nil
+    }
+
     /// Who a request acts for, as far as is known without waiting.
     enum Caller: Equatable {
         case tenant(String)

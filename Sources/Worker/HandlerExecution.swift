@@ -15,6 +15,7 @@ struct HandlerExecution: Sendable {
     let tables: [String: TableDefinition]
     let connection: NATSConnection
     let logger: Logger
+    let tableReader: TableReader?
     let tracing = HandlerTracing()
 
     /// `logger` gets the handler's and tenant's names as metadata.
@@ -24,8 +25,10 @@ struct HandlerExecution: Sendable {
         tenant: String,
         tables: [String: TableDefinition],
         connection: NATSConnection,
-        logger: Logger
+        logger: Logger,
+        tableReader: TableReader?
     ) {
+        self.tableReader = tableReader
         self.handler = handler
         self.invoker = invoker
         self.tenant = tenant
@@ -86,7 +89,8 @@ struct HandlerExecution: Sendable {
             logger: logger,
             tables: tables,
             declaredOutputs: handler.outputs,
-            outputTraceparent: outputTraceparent
+            outputTraceparent: outputTraceparent,
+            tableReader: tableReader
         )
         do {
             try await invoker(records, ctx)

@@ -52,7 +52,8 @@ package actor HandlerRunner {
         tables: [String: TableDefinition],
         ackWait: Duration,
         connection: NATSConnection,
-        logger: Logger
+        logger: Logger,
+        tableReader: TableReader? = nil
     ) {
         self.handler = handler
         self.tenant = tenant
@@ -64,7 +65,8 @@ package actor HandlerRunner {
             tenant: tenant,
             tables: tables,
             connection: connection,
-            logger: logger
+            logger: logger,
+            tableReader: tableReader
         )
         self.execution = execution
         self.logger = execution.logger
@@ -263,6 +265,7 @@ package actor HandlerRunner {
 
     static func isTransient(_ error: any Error) -> Bool {
         if let error = error as? NATSError { return error.isTransient }
+        if let error = error as? StorageError { return error.isTransient }
         return false
     }
 

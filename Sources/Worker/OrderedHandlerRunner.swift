@@ -48,6 +48,7 @@ package final class OrderedHandlerRunner: Sendable {
         ackWait: Duration,
         connection: NATSConnection,
         logger: Logger,
+        tableReader: TableReader? = nil,
         assign: @escaping @Sendable (PartitionRequest) async throws -> PartitionAssignment
     ) {
         self.handler = handler
@@ -63,7 +64,8 @@ package final class OrderedHandlerRunner: Sendable {
             tenant: tenant,
             tables: tables,
             connection: connection,
-            logger: logger
+            logger: logger,
+            tableReader: tableReader
         )
         self.execution = execution
         self.logger = execution.logger

@@ -26,6 +26,8 @@ package struct Worker: Service {
         /// Grants partition leases for ordered handlers (the coordinator). Ordered handlers
         /// do not run without it.
         package var partitionAssigner: (@Sendable (PartitionRequest) async throws -> PartitionAssignment)?
+        /// Reads kept tables for handlers and schedules (`nil`: no storage in this process).
+        package var tableReader: TableReader?
         /// This process's name in partition leases (unique per process start).
         package var workerID: String = {
             let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
@@ -110,6 +112,7 @@ package struct Worker: Service {
                         ackWait: configuration.ackWait,
                         connection: connection,
                         logger: logger,
+                        tableReader: configuration.tableReader,
                         assign: assign
                     )
                 )
@@ -122,7 +125,8 @@ package struct Worker: Service {
                     tables: tables,
                     ackWait: configuration.ackWait,
                     connection: connection,
-                    logger: logger
+                    logger: logger,
+                    tableReader: configuration.tableReader
                 )
             )
         }

@@ -1,7 +1,8 @@
-import ClusterCore
 import Foundation
 
-/// `autonomous.json`: storages, runtimes and the deployment (engine, target, replicas).
+/// `autonomous.json`: storages, the tables they keep, runtimes and the deployment (engine,
+/// target, replicas). `autonomous deploy` reads it, and so does every app process (storages
+/// and tables; see `--deployment-file`).
 ///
 /// Secrets are referenced, never inlined: a URL with a password is refused; use
 /// `{"secret": "ENV_NAME"}` instead of a string where a value is secret.
@@ -12,6 +13,14 @@ package struct DeploymentConfiguration: Sendable, Equatable {
         package var name: String
         package var kind: Kind
         package var url: Value
+        /// The database password, when the URL has none (always a secret reference).
+        package var password: Value? = nil
+    }
+
+    /// How one table is kept (`"tables": {"orders": {"storage": "warehouse"}}`).
+    package struct TableSettings: Sendable, Equatable {
+        /// The storage that keeps the table, a name from `storages`.
+        package var storage: String?
     }
 
     /// A plain value or a reference to a secret in the environment.
@@ -70,6 +79,8 @@ package struct DeploymentConfiguration: Sendable, Equatable {
     }
 
     package var storages: [Storage] = []
+    /// Per table, by table name.
+    package var tables: [String: TableSettings] = [:]
     package var runtimes: [Runtime] = []
     package var deployment = Deployment()
 
@@ -210,13 +221,15 @@ private struct Reader {
 
     mutating func configuration(_ root: JSONValue) -> DeploymentConfiguration {
         var configuration = DeploymentConfiguration()
-        guard let object = object(root, "$", allowed: ["$schema", "storages", "runtimes", "deployment"]) else { return configuration }
+        guard let object = object(root, "$", allowed: ["$schema", "storages", "tables", "runtimes", "deployment"]) else {
+            return configuration
+        }
         if let storages = object["storages"] {
             if case .array(let items) = storages {
                 var names = Set<String>()
                 for (i, item) in items.enumerated() {
                     let path = "storages[\(i)]"
-                    guard let storage = self.object(item, path, allowed: ["type", "url", "name"]) else { continue }
+                    guard let storage = self.object(item, path, allowed: ["type", "url", "name", "password"]) else { continue }
                     let name = string(storage, "name", path, required: true)
                     if let name, !names.insert(name).inserted { fail("\(path).name", "duplicate storage name '\(name)'") }
                     var kind: DeploymentConfiguration.Storage.Kind?
@@ -235,10 +248,45 @@ private struct Reader {
                             )
                         }
                     }
-                    if let name, let kind, let url { configuration.storages.append(.init(name: name, kind: kind, url: url)) }
+                    var password: DeploymentConfiguration.Value?
+                    if storage["password"] != nil {
+                        password = secretOrPlain(storage, "password", path)
+                        if case .plain? = password {
+                            fail("\(path).password", "must be a secret reference: {\"secret\": \"ENV_NAME\"}")
+                        }
+                    }
+                    if let name, let kind, let url {
+                        configuration.storages.append(.init(name: name, kind: kind, url: url, password: password))
+                    }
                 }
             } else {
                 fail("storages", "expected an array, got \(kind(storages))")
+            }
+        }
+        if let tables = object["tables"] {
+            if case .object(let entries) = tables {
+                let storageNames = configuration.storages.map(\.name)
+                for (table, value) in entries {
+                    let path = "tables.\(table.prefix(64))"
+                    if let problem = Names.problem(with: table, kind: "table") { fail(path, problem) }
+                    guard let settings = self.object(value, path, allowed: ["storage"]) else { continue }
+                    var entry = DeploymentConfiguration.TableSettings()
+                    if let storage = string(settings, "storage", path, required: false) {
+                        if storageNames.contains(storage) {
+                            entry.storage = storage
+                        } else {
+                            fail(
+                                "\(path).storage",
+                                "unknown storage '\(storage.prefix(64))'; "
+                                    + (storageNames.isEmpty
+                                        ? "\"storages\" names none" : "\"storages\" names \(storageNames.joined(separator: ", "))")
+                            )
+                        }
+                    }
+                    configuration.tables[table] = entry
+                }
+            } else {
+                fail("tables", "expected an object of table names, got \(kind(tables))")
             }
         }
         if let runtimes = object["runtimes"] {

@@ -1,0 +1,148 @@
+import ClusterCore
+import Foundation
+import Logging
+import ServiceLifecycle
+import Storages
+
+/// Which storage keeps which table in this process, from the app (`table(_:of:storage:)`),
+/// `autonomous.json` (`storages` and `tables`) and, in `dev`, SQLite for every other table.
+struct StoragePlan: Sendable {
+    /// Storage name → what `autonomous.json` says of it.
+    var storages: [String: DeploymentConfiguration.Storage]
+    /// Table name → storage name.
+    var bindings: [String: String]
+    /// What `dev` chose on its own, for its banner.
+    var notes: [String]
+
+    /// The name of `dev`'s SQLite storage (not a name `autonomous.json` can give: it has a space).
+    static let devSQLite = "dev sqlite"
+
+    /// Checks the bindings against the configured storages. A table bound to a storage that
+    /// is not configured stops startup (in `dev`, the table is kept in SQLite instead).
+    static func make(graph: AppGraph, configuration: RuntimeConfiguration) throws(ConfigurationError) -> StoragePlan {
+        let file = configuration.deploymentFile ?? "autonomous.json"
+        var storages: [String: DeploymentConfiguration.Storage] = [:]
+        for storage in configuration.storages { storages[storage.name] = storage }
+        var bindings = graph.storageBindings
+        var notes: [String] = []
+        var problems: [String] = []
+        for (table, settings) in configuration.tableSettings.sorted(by: { $0.key < $1.key }) {
+            guard graph.table(table) != nil else {
+                problems.append(
+                    "\(file): tables.\(table): the app has no table '\(table)' (it has \(graph.tables.filter { $0.kind == .table }.map(\.name).sorted().joined(separator: ", ")))"
+                )
+                continue
+            }
+            if let storage = settings.storage { bindings[table] = storage }
+        }
+        for (table, storage) in bindings.sorted(by: { $0.key < $1.key }) where storages[storage] == nil {
+            if configuration.keepUnboundTablesInSQLite {
+                notes.append("table '\(table)' names storage '\(storage)', which \(file) does not configure: kept in SQLite")
+                bindings[table] = devSQLite
+            } else {
+                problems.append(
+                    "table '\(table)' is kept in storage '\(storage)', but "
+                        + (configuration.deploymentFile == nil
+                            ? "no autonomous.json was read (pass --deployment-file or set AUTONOMOUS_DEPLOYMENT_FILE)"
+                            : "\(file) names \(storages.isEmpty ? "no storages" : "only " + storages.keys.sorted().joined(separator: ", "))")
+                )
+            }
+        }
+        if configuration.keepUnboundTablesInSQLite {
+            for table in graph.tables where table.kind == .table && bindings[table.name] == nil {
+                bindings[table.name] = devSQLite
+            }
+        }
+        for handler in graph.handlers where !handler.isSink {
+            if let table = bindings.keys.first(where: { HandlerDefinition.sinkName(table: $0) == handler.name }) {
+                problems.append(
+                    "handler '\(handler.name)' has the name of the storage sink of table '\(table)'; rename the handler"
+                )
+            }
+        }
+        if !problems.isEmpty { throw ConfigurationError(problems.joined(separator: "\n")) }
+        return StoragePlan(storages: storages, bindings: bindings, notes: notes)
+    }
+
+    /// The graph with a sink handler for every kept table; `opened` resolves storages by name.
+    func graph(_ graph: AppGraph, opened: OpenedStorages?) -> AppGraph {
+        graph.keeping(bindings) { name in opened?.byName[name] }
+    }
+
+    /// Opens every storage that keeps a table. Secrets come from `environment`; a missing one,
+    /// an unreachable server or a malformed URL stops startup naming the file and the storage.
+    func open(configuration: RuntimeConfiguration, logger: Logger) async throws -> OpenedStorages {
+        let file = configuration.deploymentFile ?? "autonomous.json"
+        var byName: [String: any TableStorage] = [:]
+        var services: [any Service] = []
+        do {
+            for name in Set(bindings.values).sorted() {
+                if name == Self.devSQLite {
+                    byName[name] = try await SQLiteTableStorage.open(name: name, path: configuration.tablesSQLitePath, logger: logger)
+                    continue
+                }
+                guard let storage = storages[name] else { continue }
+                let index = configuration.storages.firstIndex { $0.name == name } ?? 0
+                let path = "\(file): storages[\(index)]"
+                func resolve(_ value: DeploymentConfiguration.Value, _ key: String) throws -> String {
+                    switch value {
+                    case .plain(let text): return text
+                    case .secret(let variable):
+                        guard let text = configuration.environment[variable], !text.isEmpty else {
+                            throw ConfigurationError("\(path).\(key): the secret \(variable) is not set in the environment")
+                        }
+                        return text
+                    }
+                }
+                let url = try resolve(storage.url, "url")
+                let password = try storage.password.map { try resolve($0, "password") }
+                let scheme = URLComponents(string: url)?.scheme ?? ""
+                do {
+                    switch (storage.kind, scheme) {
+                    case (.database, "postgres"), (.database, "postgresql"):
+                        let opened = try await PostgresTableStorage.open(name: name, url: url, password: password, logger: logger)
+                        byName[name] = opened
+                        services.append(opened)
+                    case (.database, "sqlite"):
+                        let location = String(url.dropFirst("sqlite://".count))
+                        guard !location.isEmpty else { throw ConfigurationError("a sqlite URL needs a path: sqlite://data/tables.sqlite") }
+                        byName[name] = try await SQLiteTableStorage.open(name: name, path: location, logger: logger)
+                    case (.file, _):
+                        throw ConfigurationError("file storages (S3) cannot keep tables in this version yet")
+                    default:
+                        throw ConfigurationError("a \(storage.kind.rawValue) URL must start with postgres://, postgresql:// or sqlite://")
+                    }
+                } catch let error as ConfigurationError {
+                    throw ConfigurationError("\(path) (\(name)): \(error.message)")
+                }
+            }
+        } catch {
+            for storage in byName.values { try? await storage.close() }
+            throw error
+        }
+        var tables: [String: any TableStorage] = [:]
+        for (table, name) in bindings { tables[table] = byName[name] }
+        return OpenedStorages(byName: byName, reader: TableReader(storages: tables), services: services)
+    }
+}
+
+/// The storages a process opened: by name, as a reader of the tables they keep, and the
+/// services (connection pools) to run while the process runs.
+struct OpenedStorages: Sendable {
+    let byName: [String: any TableStorage]
+    let reader: TableReader
+    let services: [any Service]
+
+    /// Creates or migrates every kept table; a type change a storage cannot follow stops
+    /// startup with the storage's message.
+    func prepare(_ graph: AppGraph) async throws {
+        for table in graph.tables where table.kind == .table {
+            guard let storage = reader.storage(of: table.name) else { continue }
+            try await storage.prepare(table)
+        }
+    }
+
+    func close() async {
+        for storage in byName.values { try? await storage.close() }
+    }
+}

@@ -1,0 +1,83 @@
+/// Storage sinks: a kept table's records are written to its storage by a system handler,
+/// `store-<table>`, that runs in the workers like any handler (its own durable consumer,
+/// retries, dead letters, metrics, scale-out). Writes are idempotent by record id, so a
+/// redelivered batch is kept once.
+extension HandlerDefinition {
+    /// The component kind of storage sinks, as `describe` shows it.
+    package static let sinkComponent = "storage-sink"
+
+    /// The name of the sink handler of `table`.
+    package static func sinkName(table: String) -> String { "store-" + table }
+
+    /// How a sink consumes: large batches (one COPY or one object each), a short wait so a
+    /// trickle is kept promptly, and many attempts, since a storage that refuses a record
+    /// (not one that is down: that is retried without counting) rarely changes its mind.
+    package static let sinkOptions = HandlerOptions(
+        batchSize: 1_000,
+        maxWait: .milliseconds(200),
+        concurrency: 2,
+        maxAttempts: 10,
+        retryBackoff: [.seconds(1), .seconds(5), .seconds(30), .seconds(120)]
+    )
+
+    /// The sink that keeps `table` in `storage`. `resolve` returns the opened storage in the
+    /// processes that run handlers; the coordinator only provisions the sink's consumer.
+    package static func sink(
+        table: TableDefinition,
+        storage: String,
+        resolve: @escaping @Sendable (String) -> (any TableStorage)?
+    ) -> HandlerDefinition {
+        HandlerDefinition(
+            name: sinkName(table: table.name),
+            source: table.name,
+            sourceKind: .table,
+            options: sinkOptions,
+            component: sinkComponent,
+            requiredFields: [],
+            outputs: [],
+            producedFields: [:],
+            secrets: [],
+            prepare: { _ in
+                guard let opened = resolve(storage) else {
+                    throw ConfigurationError("storage '\(storage)' of table '\(table.name)' is not open in this process")
+                }
+                // A storage that cannot be reached throws a transient StorageError (retried
+                // without counting attempts); one that refuses the batch, any other error: the
+                // records are then tried one by one, and the one at fault is dead-lettered.
+                return { records, ctx in try await opened.write(records, table: table, tenant: ctx.tenant) }
+            }
+        )
+    }
+
+    /// Whether this handler is a storage sink.
+    package var isSink: Bool { component == Self.sinkComponent }
+}
+
+extension AppGraph {
+    /// The graph with every table in `bindings` (table name → storage name) kept: its
+    /// definition names the storage, and a sink handler writes its records there. A table
+    /// the app already binds keeps the app's binding unless `bindings` names another.
+    package func keeping(
+        _ bindings: [String: String],
+        resolve: @escaping @Sendable (String) -> (any TableStorage)?
+    ) -> AppGraph {
+        var tables = self.tables
+        var handlers = self.handlers.filter { !$0.isSink }
+        for index in tables.indices where tables[index].kind == .table {
+            if let storage = bindings[tables[index].name] { tables[index].storage = storage }
+            if let storage = tables[index].storage {
+                handlers.append(.sink(table: tables[index], storage: storage, resolve: resolve))
+            }
+        }
+        return AppGraph(name: name, tables: tables, handlers: handlers, routes: routes, webhooks: webhooks, schedules: schedules)
+    }
+
+    /// The tables kept in a storage, by table name → storage name.
+    package var storageBindings: [String: String] {
+        var bindings: [String: String] = [:]
+        for table in tables where table.kind == .table {
+            if let storage = table.storage { bindings[table.name] = storage }
+        }
+        return bindings
+    }
+}

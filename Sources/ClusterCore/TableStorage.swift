@@ -1,0 +1,264 @@
+public import Foundation
+
+/// Which records of a kept table to read: a time range, field filters, an order and a page.
+///
+/// ```swift
+/// let page = try await orders.records(since: .now.addingTimeInterval(-86_400), where: ["status": "paid"], limit: 50, ctx)
+/// for entry in page.entries { … }
+/// let next = try await orders.records(since: …, cursor: page.nextCursor, ctx)
+/// ```
+public struct RecordQuery: Sendable, Hashable {
+    /// Records stored at or after this time.
+    public var since: Date?
+    /// Records stored before this time.
+    public var until: Date?
+    /// Top-level fields and the value each must equal (strings, numbers, booleans or null).
+    public var filters: [String: JSONValue]
+    public var order: RecordOrder
+    /// Most records per page, 1…``RecordQuery/maximumLimit``.
+    public var limit: Int
+    /// Where the previous page ended (its ``RecordPage/nextCursor``); `nil` for the first page.
+    public var cursor: String?
+
+    public static let maximumLimit = 10_000
+
+    public init(
+        since: Date? = nil,
+        until: Date? = nil,
+        filters: [String: JSONValue] = [:],
+        order: RecordOrder = .newestFirst,
+        limit: Int = 100,
+        cursor: String? = nil
+    ) {
+        self.since = since
+        self.until = until
+        self.filters = filters
+        self.order = order
+        self.limit = limit
+        self.cursor = cursor
+    }
+
+    /// Why the query cannot run, naming the parameter; `nil` when it can.
+    package var problem: (field: String, message: String)? {
+        if !(1...Self.maximumLimit).contains(limit) {
+            return ("limit", "must be between 1 and \(Self.maximumLimit)")
+        }
+        if let since, let until, until < since { return ("until", "is before since") }
+        for (field, value) in filters.sorted(by: { $0.key < $1.key }) {
+            if !Self.isFilterField(field) {
+                return ("where", "field '\(field.prefix(80))' must be 1-63 letters, digits or '_' (a top-level field)")
+            }
+            switch value {
+            case .string, .int, .double, .bool, .null: continue
+            default: return ("where", "field '\(field)': only strings, numbers, booleans and null can be compared")
+            }
+        }
+        if let cursor, RecordCursor(cursor) == nil { return ("cursor", "is not a cursor this API returned") }
+        return nil
+    }
+
+    /// Filter fields reach SQL as bound parameters, and JSON paths in SQLite; they are
+    /// restricted to plain top-level names all the same.
+    package static func isFilterField(_ field: String) -> Bool {
+        !field.isEmpty && field.utf8.count <= 63
+            && field.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                    UInt8(ascii: "_"):
+                    return true
+                default: return false
+                }
+            }
+    }
+}
+
+public enum RecordOrder: String, Sendable, Hashable, CaseIterable {
+    case newestFirst = "newest"
+    case oldestFirst = "oldest"
+}
+
+/// One page of records read back from a table.
+public struct RecordPage<Row: Sendable>: Sendable {
+    public var entries: [Entry<Row>]
+    /// Pass as `cursor` to read the next page; `nil` when this page is the last.
+    public var nextCursor: String?
+
+    package init(entries: [Entry<Row>], nextCursor: String?) {
+        self.entries = entries
+        self.nextCursor = nextCursor
+    }
+}
+
+/// Where a page ended: the last record's storage time (microseconds since 1970) and id.
+/// Opaque to callers (`<micros>.<id>` in base64url); pages are keyset-paged on the two.
+package struct RecordCursor: Sendable, Hashable {
+    package var micros: Int64
+    package var id: String
+
+    package init(micros: Int64, id: String) {
+        self.micros = micros
+        self.id = id
+    }
+
+    package init?(_ text: String) {
+        guard text.utf8.count <= 300 else { return nil }
+        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.utf8.count % 4 != 0 { base64.append("=") }
+        guard let data = Data(base64Encoded: base64), let decoded = String(data: data, encoding: .utf8),
+            let dot = decoded.firstIndex(of: "."), let micros = Int64(decoded[..<dot])
+        else { return nil }
+        let id = String(decoded[decoded.index(after: dot)...])
+        guard Names.isValidRecordID(id) || id.hasPrefix("seq-") else { return nil }
+        self.init(micros: micros, id: id)
+    }
+
+    package var text: String {
+        Data("\(micros).\(id)".utf8).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    package static func micros(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1_000_000).rounded()) }
+}
+
+/// Raw records read from a storage, before decoding.
+package struct StoredPage: Sendable {
+    package var records: [IncomingRecord]
+    package var nextCursor: String?
+
+    package init(records: [IncomingRecord], nextCursor: String?) {
+        self.records = records
+        self.nextCursor = nextCursor
+    }
+}
+
+/// A place that keeps tables' records and answers queries on them: PostgreSQL, SQLite, S3.
+///
+/// Writes are idempotent by record id: writing a record again (a redelivered batch) leaves
+/// one copy. Every read is scoped to one tenant.
+package protocol TableStorage: Sendable {
+    /// The storage's name in `autonomous.json` (`sqlite` for dev's default).
+    var name: String { get }
+    /// What startup output shows: kind and address, never credentials.
+    var displayName: String { get }
+    /// Creates or migrates what keeps `table` (idempotent). Throws ``StorageError`` naming the
+    /// table and field when the record type changed in a way the storage cannot follow.
+    func prepare(_ table: TableDefinition) async throws
+    /// Keeps `records` of `table` for `tenant`, once each by record id.
+    func write(_ records: [IncomingRecord], table: TableDefinition, tenant: String) async throws
+    /// The query's page of `tenant`'s records of `table`. The query was checked.
+    func read(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> StoredPage
+    /// How many of `tenant`'s records of `table` match the query (limit and cursor ignored).
+    func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int
+    /// Whether the storage can read back (an S3 storage only writes).
+    var isReadable: Bool { get }
+    func close() async throws
+}
+
+/// A storage failed, or refused what it was asked.
+package struct StorageError: Error, Sendable, CustomStringConvertible {
+    package var message: String
+    /// The storage cannot be reached right now: the worker retries without counting attempts.
+    package var isTransient: Bool
+
+    package init(_ message: String, transient: Bool = false) {
+        self.message = message
+        self.isTransient = transient
+    }
+
+    package var description: String { message }
+}
+
+/// A read that cannot be answered: no storage keeps the table, or the query is malformed.
+public struct TableReadError: Error, Sendable, CustomStringConvertible {
+    public var table: String
+    /// The parameter at fault (`limit`, `cursor`, `where`…), if any.
+    public var field: String?
+    public var message: String
+
+    package init(table: String, field: String? = nil, message: String) {
+        self.table = table
+        self.field = field
+        self.message = message
+    }
+
+    public var description: String { "reading table '\(table)': " + (field.map { "\($0) " } ?? "") + message }
+}
+
+/// Answers reads of the app's tables for one process: each kept table from its storage.
+package final class TableReader: Sendable {
+    /// The storage of each kept table, by table name.
+    package let storages: [String: any TableStorage]
+
+    package init(storages: [String: any TableStorage]) {
+        self.storages = storages
+    }
+
+    package func storage(of table: String) -> (any TableStorage)? { storages[table] }
+
+    package func read(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> StoredPage {
+        try await readable(table, query).read(query, table: table, tenant: tenant)
+    }
+
+    package func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int {
+        try await readable(table, query).count(query, table: table, tenant: tenant)
+    }
+
+    private func readable(_ table: TableDefinition, _ query: RecordQuery) throws(TableReadError) -> any TableStorage {
+        if let (field, message) = query.problem { throw TableReadError(table: table.name, field: field, message: message) }
+        guard let storage = storages[table.name] else {
+            throw TableReadError(
+                table: table.name,
+                message: "is not kept in a storage; bind it to one (table(_:of:storage:) or \"tables\" in autonomous.json)"
+            )
+        }
+        guard storage.isReadable else {
+            throw TableReadError(table: table.name, message: "is kept in storage '\(storage.name)', which cannot be read back here")
+        }
+        return storage
+    }
+}
+
+/// A context that can read kept tables: a handler's, a schedule's and a route's.
+package protocol TableReading {
+    var tableReader: TableReader? { get }
+}
+
+extension Table {
+    /// A page of the table's records, newest first unless `order` says otherwise, from the
+    /// storage that keeps it. Only the context's tenant's records are read.
+    ///
+    /// `where` compares top-level fields for equality. Pass the page's ``RecordPage/nextCursor``
+    /// as `cursor` (with the same other arguments) for the next page.
+    public func records(
+        since: Date? = nil,
+        until: Date? = nil,
+        where filters: [String: JSONValue] = [:],
+        order: RecordOrder = .newestFirst,
+        limit: Int = 100,
+        cursor: String? = nil,
+        _ ctx: some AppendContext
+    ) async throws -> RecordPage<Row> {
+        let query = RecordQuery(since: since, until: until, filters: filters, order: order, limit: limit, cursor: cursor)
+        let page = try await reader(ctx).read(query, table: definition, tenant: ctx.tenant)
+        return RecordPage(entries: try Records<Row>.decoding(page.records).entries, nextCursor: page.nextCursor)
+    }
+
+    /// How many of the table's records match (the context's tenant's only).
+    public func count(
+        since: Date? = nil,
+        until: Date? = nil,
+        where filters: [String: JSONValue] = [:],
+        _ ctx: some AppendContext
+    ) async throws -> Int {
+        let query = RecordQuery(since: since, until: until, filters: filters)
+        return try await reader(ctx).count(query, table: definition, tenant: ctx.tenant)
+    }
+
+    private func reader(_ ctx: some AppendContext) throws(TableReadError) -> TableReader {
+        guard let reader = (ctx as? any TableReading)?.tableReader else {
+            throw TableReadError(table: name, message: "cannot be read from this context (no storage is configured in this process)")
+        }
+        return reader
+    }
+}

@@ -1,0 +1,363 @@
+package import ClusterCore
+import Coordinator
+import Foundation
+package import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+
+/// Keeps tables in PostgreSQL: one SQL table per app table, shared by the tenants, with the
+/// tenant in a column that every query the framework makes binds.
+///
+/// Why one table with a tenant column, not one per tenant: tenants are created at run time
+/// (the admin API), and a table per tenant would mean DDL on the write path and a catalog that
+/// grows with tenants × tables; one table is migrated once, at startup, and an operator can
+/// query across tenants. Isolation is in the reads: each one filters on the caller's tenant,
+/// taken from its API key, as a bound parameter.
+///
+/// Columns: `_tenant`, `_id` (the record id; with the tenant, the primary key), `_ingested_at`
+/// (when JetStream stored the record), `_caused_by`, `_type` (semantic type), `_record` (the
+/// whole record, `jsonb`), and one generated column per typed field. A batch is copied
+/// (`COPY FROM STDIN`) into a temporary table and inserted with `ON CONFLICT DO NOTHING`, so
+/// a redelivered batch leaves one row per record id.
+package final class PostgresTableStorage: TableStorage, Service {
+    package let name: String
+    package let displayName: String
+    package var isReadable: Bool { true }
+    let client: PostgresClient
+    let logger: Logger
+    /// Finished when ``run()`` starts the pool; the first query waits for it.
+    private let started: AsyncStream<Never>
+    private let startedContinuation: AsyncStream<Never>.Continuation
+
+    /// Connects to `url` (checked once now; see ``PostgresSettings``).
+    package static func open(name: String, url: String, password: String?, logger: Logger) async throws -> PostgresTableStorage {
+        let settings = try await PostgresSettings.connect(url: url, password: password, logger: logger)
+        var configuration = settings.client
+        configuration.options.maximumConnections = 8
+        return PostgresTableStorage(
+            name: name,
+            client: PostgresClient(configuration: configuration, backgroundLogger: logger),
+            displayName: settings.displayName,
+            logger: logger
+        )
+    }
+
+    private init(name: String, client: PostgresClient, displayName: String, logger: Logger) {
+        self.name = name
+        self.client = client
+        self.displayName = displayName
+        self.logger = logger
+        (started, startedContinuation) = AsyncStream.makeStream(of: Never.self)
+    }
+
+    /// Runs the connection pool until a graceful shutdown or cancellation.
+    package func run() async {
+        startedContinuation.finish()
+        await cancelWhenGracefulShutdown { await self.client.run() }
+    }
+
+    /// Opens a storage and runs its pool while `body` runs (tools and tests).
+    package static func withStorage<T: Sendable>(
+        name: String = "postgres",
+        url: String,
+        password: String? = nil,
+        logger: Logger,
+        _ body: (PostgresTableStorage) async throws -> T
+    ) async throws -> T {
+        let storage = try await open(name: name, url: url, password: password, logger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await storage.run() }
+            defer { group.cancelAll() }
+            return try await body(storage)
+        }
+    }
+
+    package func close() async throws {}
+
+    private func waitUntilStarted() async {
+        for await _ in started {}
+    }
+
+    // MARK: Schema
+
+    package func prepare(_ table: TableDefinition) async throws {
+        await waitUntilStarted()
+        let sqlTable = SQL.identifier(table.name)
+        let columns = TypedColumn.of(table)
+        try await run(table: table.name) {
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                // One process migrates a table at a time; the others then find it done.
+                try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\("autonomous-storage:" + table.name)))", logger: self.logger)
+                try await connection.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            CREATE TABLE IF NOT EXISTS \(sqlTable) (
+                                _tenant TEXT NOT NULL,
+                                _id TEXT NOT NULL,
+                                _ingested_at TIMESTAMPTZ NOT NULL,
+                                _caused_by TEXT,
+                                _type TEXT,
+                                _record JSONB NOT NULL,
+                                PRIMARY KEY (_tenant, _id)
+                            )
+                            """
+                    ),
+                    logger: self.logger
+                )
+                try await connection.query(
+                    PostgresQuery(
+                        unsafeSQL: "CREATE INDEX IF NOT EXISTS \(SQL.identifier(table.name + "_by_time")) ON \(sqlTable) (_tenant, _ingested_at, _id)"
+                    ),
+                    logger: self.logger
+                )
+                var existing: [String: (type: String, generated: Bool)] = [:]
+                let rows = try await connection.query(
+                    """
+                    SELECT column_name, data_type, is_generated FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = \(table.name)
+                    """,
+                    logger: self.logger
+                )
+                for try await (column, type, generated) in rows.decode((String, String, String).self) {
+                    existing[column] = (type, generated == "ALWAYS")
+                }
+                for column in columns {
+                    let wanted = Self.sqlType(column.kind)
+                    if let found = existing[column.field] {
+                        guard found.generated, found.type == wanted else {
+                            throw StorageError(
+                                "table '\(table.name)' in storage '\(self.name)' (\(self.displayName)): column '\(column.field)' is "
+                                    + (found.generated ? found.type : "a column Autonomous did not make (\(found.type))")
+                                    + ", but field '\(column.field)' of \(table.typeName ?? "the record type") is now \(wanted). "
+                                    + "Rename the field, or drop the column (ALTER TABLE \(sqlTable) DROP COLUMN \(SQL.identifier(column.field))) "
+                                    + "and start again: it is then made anew from the kept records."
+                            )
+                        }
+                        continue
+                    }
+                    try await connection.query(
+                        PostgresQuery(
+                            unsafeSQL: "ALTER TABLE \(sqlTable) ADD COLUMN \(SQL.identifier(column.field)) \(wanted) "
+                                + "GENERATED ALWAYS AS (\(Self.expression(column))) STORED"
+                        ),
+                        logger: self.logger
+                    )
+                    self.logger.info(
+                        "Storage table gained a column for a new field",
+                        metadata: ["storage": "\(self.name)", "storage.table": "\(table.name)", "storage.column": "\(column.field)"]
+                    )
+                }
+            }
+        }
+    }
+
+    static func sqlType(_ kind: FieldKind) -> String {
+        switch kind {
+        case .text: return "text"
+        case .integer: return "bigint"
+        case .unsignedInteger: return "numeric"
+        case .number: return "double precision"
+        case .boolean: return "boolean"
+        case .json: return "jsonb"
+        }
+    }
+
+    /// The generated column's value: the field when it holds the kind of value the type says,
+    /// else NULL (a generated column must never fail a write).
+    static func expression(_ column: TypedColumn) -> String {
+        let key = SQL.literal(column.field)
+        let value = "_record -> \(key)"
+        let text = "_record ->> \(key)"
+        switch column.kind {
+        case .text: return "CASE WHEN jsonb_typeof(\(value)) = 'string' THEN \(text) END"
+        case .integer:
+            return "CASE WHEN jsonb_typeof(\(value)) = 'number' AND (\(text)) ~ '^-?[0-9]{1,18}$' THEN (\(text))::bigint END"
+        case .unsignedInteger: return "CASE WHEN jsonb_typeof(\(value)) = 'number' THEN (\(text))::numeric END"
+        case .number:
+            return "CASE WHEN jsonb_typeof(\(value)) = 'number' AND abs((\(text))::numeric) < 1e300 THEN (\(text))::double precision END"
+        case .boolean: return "CASE WHEN jsonb_typeof(\(value)) = 'boolean' THEN (\(text))::boolean END"
+        case .json: return value
+        }
+    }
+
+    // MARK: Writing
+
+    package func write(_ records: [IncomingRecord], table: TableDefinition, tenant: String) async throws {
+        guard !records.isEmpty else { return }
+        await waitUntilStarted()
+        var data = ByteBuffer()
+        data.reserveCapacity(records.reduce(0) { $0 + $1.payload.count + 96 })
+        for record in records { Self.appendCopyRow(record, to: &data) }
+        try await run(table: table.name) {
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                try await connection.query(
+                    """
+                    CREATE TEMP TABLE IF NOT EXISTS autonomous_staging (
+                        _id TEXT, _ingested_us BIGINT, _caused_by TEXT, _type TEXT, _record TEXT
+                    ) ON COMMIT DELETE ROWS
+                    """,
+                    logger: self.logger
+                )
+                try await connection.copyFrom(table: "autonomous_staging", logger: self.logger) { writer in
+                    try await writer.write(data)
+                }
+                try await connection.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            INSERT INTO \(SQL.identifier(table.name)) (_tenant, _id, _ingested_at, _caused_by, _type, _record)
+                            SELECT $1, _id, timestamptz 'epoch' + _ingested_us * interval '1 microsecond', _caused_by, _type, _record::jsonb
+                            FROM autonomous_staging
+                            ON CONFLICT (_tenant, _id) DO NOTHING
+                            """,
+                        binds: Self.binds(tenant)
+                    ),
+                    logger: self.logger
+                )
+            }
+        }
+    }
+
+    static func binds(_ values: String...) -> PostgresBindings {
+        var binds = PostgresBindings()
+        for value in values { binds.append(value) }
+        return binds
+    }
+
+    /// One row of `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, and the
+    /// backslash, tab, newline and carriage return escaped in values.
+    static func appendCopyRow(_ record: IncomingRecord, to buffer: inout ByteBuffer) {
+        func value(_ bytes: some Sequence<UInt8>) {
+            for byte in bytes {
+                switch byte {
+                case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
+                case UInt8(ascii: "\t"): buffer.writeStaticString("\\t")
+                case UInt8(ascii: "\n"): buffer.writeStaticString("\\n")
+                case UInt8(ascii: "\r"): buffer.writeStaticString("\\r")
+                default: buffer.writeInteger(byte)
+                }
+            }
+        }
+        func optional(_ text: String?) {
+            if let text { value(text.utf8) } else { buffer.writeStaticString("\\N") }
+        }
+        value(record.metadata.id.utf8)
+        buffer.writeInteger(UInt8(ascii: "\t"))
+        buffer.writeString(String(RecordCursor.micros(record.metadata.ingestTime)))
+        buffer.writeInteger(UInt8(ascii: "\t"))
+        optional(record.metadata.causedBy)
+        buffer.writeInteger(UInt8(ascii: "\t"))
+        optional(record.metadata.semanticType)
+        buffer.writeInteger(UInt8(ascii: "\t"))
+        value(record.payload)
+        buffer.writeInteger(UInt8(ascii: "\n"))
+    }
+
+    // MARK: Reading
+
+    package func read(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> StoredPage {
+        await waitUntilStarted()
+        var binds = PostgresBindings()
+        let conditions = Self.conditions(query, tenant: tenant, cursor: true, binds: &binds)
+        let direction = query.order == .newestFirst ? "DESC" : "ASC"
+        binds.append(query.limit + 1)
+        let sql = """
+            SELECT _id, (extract(epoch FROM _ingested_at) * 1000000)::bigint, _caused_by, _type, _record::text
+            FROM \(SQL.identifier(table.name)) WHERE \(conditions)
+            ORDER BY _ingested_at \(direction), _id \(direction) LIMIT $\(binds.count)
+            """
+        var records: [IncomingRecord] = []
+        var micros: [Int64] = []
+        try await run(table: table.name) {
+            let rows = try await self.client.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: self.logger)
+            for try await (id, time, cause, type, body) in rows.decode((String, Int64, String?, String?, String).self) {
+                micros.append(time)
+                records.append(
+                    IncomingRecord(
+                        metadata: RecordMetadata(
+                            id: id,
+                            table: table.name,
+                            tenant: tenant,
+                            ingestTime: Date(timeIntervalSince1970: Double(time) / 1_000_000),
+                            causedBy: cause,
+                            semanticType: type
+                        ),
+                        payload: Array(body.utf8)
+                    )
+                )
+            }
+        }
+        return Self.page(records, micros: micros, limit: query.limit)
+    }
+
+    package func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int {
+        await waitUntilStarted()
+        var binds = PostgresBindings()
+        let conditions = Self.conditions(query, tenant: tenant, cursor: false, binds: &binds)
+        var total = 0
+        try await run(table: table.name) {
+            let rows = try await self.client.query(
+                PostgresQuery(unsafeSQL: "SELECT count(*) FROM \(SQL.identifier(table.name)) WHERE \(conditions)", binds: binds),
+                logger: self.logger
+            )
+            for try await n in rows.decode(Int.self) { total = n }
+        }
+        return total
+    }
+
+    /// The WHERE clause of a query; every value is a bound parameter.
+    static func conditions(_ query: RecordQuery, tenant: String, cursor useCursor: Bool, binds: inout PostgresBindings) -> String {
+        var conditions: [String] = []
+        func bind(_ value: some PostgresNonThrowingEncodable & Sendable) -> String {
+            binds.append(value)
+            return "$\(binds.count)"
+        }
+        func micros(_ value: Int64) -> String { "timestamptz 'epoch' + \(bind(value))::bigint * interval '1 microsecond'" }
+        conditions.append("_tenant = \(bind(tenant))")
+        if let since = query.since { conditions.append("_ingested_at >= \(micros(RecordCursor.micros(since)))") }
+        if let until = query.until { conditions.append("_ingested_at < \(micros(RecordCursor.micros(until)))") }
+        if !query.filters.isEmpty {
+            // Containment of a JSON object of scalars: each field equals its value.
+            let object = JSONValue.object(JSONObject(query.filters))
+            conditions.append("_record @> \(bind(String(decoding: JSONWriter.encode(object), as: UTF8.self)))::jsonb")
+        }
+        if useCursor, let text = query.cursor, let cursor = RecordCursor(text) {
+            let comparison = query.order == .newestFirst ? "<" : ">"
+            conditions.append("(_ingested_at, _id) \(comparison) (\(micros(cursor.micros)), \(bind(cursor.id)))")
+        }
+        return conditions.joined(separator: " AND ")
+    }
+
+    /// The page of `limit` records from `limit + 1` read, with the cursor after its last.
+    static func page(_ records: [IncomingRecord], micros: [Int64], limit: Int) -> StoredPage {
+        guard records.count > limit else { return StoredPage(records: records, nextCursor: nil) }
+        let last = limit - 1
+        return StoredPage(
+            records: Array(records.prefix(limit)),
+            nextCursor: RecordCursor(micros: micros[last], id: records[last].metadata.id).text
+        )
+    }
+
+    /// Runs `body`, turning PostgreSQL's errors into ``StorageError``s: transient when the
+    /// server cannot be reached or is shutting down, so the sink retries without end.
+    private func run(table: String, _ body: () async throws -> Void) async throws {
+        do {
+            do {
+                try await body()
+            } catch let error as PostgresTransactionError {
+                throw error.beginError ?? error.closureError ?? error.commitError ?? error.rollbackError ?? error
+            }
+        } catch let error as StorageError {
+            throw error
+        } catch let error as PSQLError {
+            let state = error.serverInfo?[.sqlState] ?? ""
+            let transient =
+                error.serverInfo == nil
+                || state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57") || state == "40001" || state == "40P01"
+            throw StorageError(
+                "storage '\(name)' (\(displayName)), table '\(table)': \(PostgresStore.describe(error))",
+                transient: transient
+            )
+        }
+    }
+}

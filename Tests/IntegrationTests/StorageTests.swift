@@ -1,0 +1,232 @@
+import Autonomous
+import AutonomousTesting
+import ClusterCore
+import Deploy
+import Foundation
+import Storages
+import Testing
+
+/// One contract, run against every storage that keeps tables: idempotent writes, pages,
+/// filters, tenants, hostile names, and migrations from the record type.
+@Suite("Table storage contract", .serialized)
+struct StorageTests {
+    enum Kind: String, CaseIterable, Sendable { case sqlite, postgres }
+
+    struct Order: Record {
+        static let semanticType: SemanticType = "shop.order@1"
+        var order_id: String
+        var amount: Int
+        var paid: Bool
+        var note: String?
+    }
+
+    /// The same table a release later: one more field.
+    struct OrderV2: Record {
+        static let semanticType: SemanticType = "shop.order@1"
+        var order_id: String
+        var amount: Int
+        var paid: Bool
+        var note: String?
+        var currency: String?
+    }
+
+    /// A release that changed a field's type.
+    struct OrderAmountText: Record {
+        static let semanticType: SemanticType = "shop.order@1"
+        var order_id: String
+        var amount: String
+    }
+
+    /// Field names an attacker or a careless type could choose.
+    struct Hostile: Record {
+        static let semanticType: SemanticType = "test.hostile@1"
+        enum CodingKeys: String, CodingKey {
+            case quote = "x\"; DROP TABLE orders; --"
+            case apostrophe = "it's"
+            case system = "_tenant"
+        }
+        var quote: String
+        var apostrophe: String
+        var system: String
+    }
+
+    static func table<Row: Record>(_ name: String, _ type: Row.Type) -> TableDefinition {
+        var builder = AppBuilder(name: "storage-test")
+        let handle = builder.table(name, of: Row.self)
+        return handle.definition
+    }
+
+    static func record(_ id: String, _ body: String, micros: Int64, tenant: String = "acme", table: String = "orders") -> IncomingRecord {
+        IncomingRecord(
+            metadata: RecordMetadata(
+                id: id,
+                table: table,
+                tenant: tenant,
+                ingestTime: Date(timeIntervalSince1970: Double(micros) / 1_000_000),
+                causedBy: "cause-\(id)",
+                semanticType: "shop.order@1"
+            ),
+            payload: Array(body.utf8)
+        )
+    }
+
+    func withStorage(_ kind: Kind, _ body: (any TableStorage) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-storage-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        switch kind {
+        case .sqlite:
+            let storage = try await SQLiteTableStorage.open(path: directory + "/tables.sqlite", logger: TestNATSServer.logger)
+            do {
+                try await body(storage)
+                try await storage.close()
+            } catch {
+                try? await storage.close()
+                throw error
+            }
+        case .postgres:
+            let server = try await LocalPostgres.start(
+                directory: directory + "/pg",
+                port: LoopbackPorts.freeBase(spans: [0..<1]),
+                database: "tables",
+                logger: TestNATSServer.logger
+            )
+            do {
+                try await PostgresTableStorage.withStorage(url: server.url, logger: TestNATSServer.logger) { storage in
+                    try await body(storage)
+                }
+                await server.stop()
+            } catch {
+                await server.stop()
+                throw error
+            }
+        }
+    }
+
+    @Test("A batch written twice is kept once; pages, order, filters and counts", arguments: Kind.allCases)
+    func writesAndReads(kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let table = Self.table("orders", Order.self)
+            try await storage.prepare(table)
+            try await storage.prepare(table)  // idempotent
+            let base: Int64 = 1_800_000_000_000_000
+            var batch: [IncomingRecord] = []
+            for i in 0..<25 {
+                let body = #"{"amount":\#(i * 10),"note":"line\tbreak\n\\ \#(i)","order_id":"o-\#(i)","paid":\#(i % 2 == 0)}"#
+                batch.append(Self.record("r-\(i)", body, micros: base + Int64(i)))
+            }
+            try await storage.write(batch, table: table, tenant: "acme")
+            // A redelivered batch, overlapping and with a repeat inside it.
+            try await storage.write(Array(batch[10..<25]) + [batch[12]], table: table, tenant: "acme")
+            #expect(try await storage.count(RecordQuery(), table: table, tenant: "acme") == 25)
+
+            // Newest first, in pages of 10 that meet without gaps or repeats.
+            var seen: [String] = []
+            var cursor: String?
+            repeat {
+                let page = try await storage.read(RecordQuery(limit: 10, cursor: cursor), table: table, tenant: "acme")
+                seen += page.records.map(\.metadata.id)
+                cursor = page.nextCursor
+            } while cursor != nil
+            #expect(seen == (0..<25).reversed().map { "r-\($0)" })
+
+            let oldest = try await storage.read(RecordQuery(order: .oldestFirst, limit: 3), table: table, tenant: "acme")
+            #expect(oldest.records.map(\.metadata.id) == ["r-0", "r-1", "r-2"])
+            let first = try #require(oldest.records.first)
+            #expect(first.metadata.causedBy == "cause-r-0")
+            #expect(first.metadata.semanticType == "shop.order@1")
+            #expect(RecordCursor.micros(first.metadata.ingestTime) == base)
+            // The body comes back as the same JSON (tabs, newlines and backslashes included).
+            let decoded = try JSONDecoder().decode(Order.self, from: Data(first.payload))
+            #expect(decoded.note == "line\tbreak\n\\ 0")
+
+            // Time range: [since, until).
+            let window = RecordQuery(
+                since: Date(timeIntervalSince1970: Double(base + 5) / 1_000_000),
+                until: Date(timeIntervalSince1970: Double(base + 8) / 1_000_000),
+                order: .oldestFirst
+            )
+            #expect(try await storage.read(window, table: table, tenant: "acme").records.map(\.metadata.id) == ["r-5", "r-6", "r-7"])
+            #expect(try await storage.count(window, table: table, tenant: "acme") == 3)
+
+            // Field filters compare values and types: "10" the string is not 10 the number.
+            let filtered = try await storage.read(RecordQuery(filters: ["amount": 10]), table: table, tenant: "acme")
+            #expect(filtered.records.map(\.metadata.id) == ["r-1"])
+            #expect(try await storage.count(RecordQuery(filters: ["amount": "10"]), table: table, tenant: "acme") == 0)
+            #expect(try await storage.count(RecordQuery(filters: ["paid": true]), table: table, tenant: "acme") == 13)
+            #expect(try await storage.count(RecordQuery(filters: ["paid": false, "order_id": "o-3"]), table: table, tenant: "acme") == 1)
+            #expect(try await storage.count(RecordQuery(filters: ["note": .null]), table: table, tenant: "acme") == 0)
+        }
+    }
+
+    @Test("Tenants see only their own records, and hostile names are data", arguments: Kind.allCases)
+    func tenantsAndHostileNames(kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let table = Self.table("orders", Order.self)
+            try await storage.prepare(table)
+            let base: Int64 = 1_800_000_000_000_000
+            try await storage.write(
+                [Self.record("same-id", #"{"order_id":"a","amount":1,"paid":true}"#, micros: base)],
+                table: table,
+                tenant: "tenant-a"
+            )
+            try await storage.write(
+                [Self.record("same-id", #"{"order_id":"b","amount":2,"paid":true}"#, micros: base + 1)],
+                table: table,
+                tenant: "tenant-b"
+            )
+            let a = try await storage.read(RecordQuery(), table: table, tenant: "tenant-a")
+            #expect(a.records.count == 1)
+            #expect(String(decoding: a.records[0].payload, as: UTF8.self).contains("\"a\""))
+            #expect(try await storage.count(RecordQuery(), table: table, tenant: "tenant-b") == 1)
+            #expect(try await storage.count(RecordQuery(), table: table, tenant: "x' OR '1'='1") == 0)
+
+            // A table whose name needs quoting, with fields named to break SQL and JSON paths.
+            let hostile = Self.table("drop-table_x", Hostile.self)
+            try await storage.prepare(hostile)
+            let body = #"{"x\"; DROP TABLE orders; --":"q","it's":"a","_tenant":"tenant-b"}"#
+            try await storage.write([Self.record("h-1", body, micros: base, table: "drop-table_x")], table: hostile, tenant: "tenant-a")
+            let read = try await storage.read(RecordQuery(), table: hostile, tenant: "tenant-a")
+            #expect(read.records.count == 1)
+            let value = try JSONParser.parse(read.records[0].payload)
+            #expect(value["x\"; DROP TABLE orders; --"] == "q")
+            #expect(value["_tenant"] == "tenant-b", "a field named like a system column stays in the record")
+            #expect(try await storage.count(RecordQuery(), table: hostile, tenant: "tenant-b") == 0)
+            // The orders table is still there.
+            #expect(try await storage.count(RecordQuery(), table: table, tenant: "tenant-a") == 1)
+        }
+    }
+
+    @Test("A new field migrates the table; a changed type stops with a message naming the field", arguments: Kind.allCases)
+    func migrations(kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let v1 = Self.table("orders", Order.self)
+            try await storage.prepare(v1)
+            let base: Int64 = 1_800_000_000_000_000
+            try await storage.write(
+                [Self.record("old", #"{"order_id":"o","amount":5,"paid":false,"currency":"EUR"}"#, micros: base)],
+                table: v1,
+                tenant: "acme"
+            )
+            let v2 = Self.table("orders", OrderV2.self)
+            try await storage.prepare(v2)
+            try await storage.write(
+                [Self.record("new", #"{"order_id":"p","amount":6,"paid":true,"currency":"USD"}"#, micros: base + 1)],
+                table: v2,
+                tenant: "acme"
+            )
+            #expect(try await storage.count(RecordQuery(), table: v2, tenant: "acme") == 2, "no record lost")
+            #expect(try await storage.count(RecordQuery(filters: ["currency": "EUR"]), table: v2, tenant: "acme") == 1)
+
+            let changed = Self.table("orders", OrderAmountText.self)
+            do {
+                try await storage.prepare(changed)
+                Issue.record("a changed field type must stop startup")
+            } catch let error as StorageError {
+                #expect(error.message.contains("'amount'"))
+                #expect(error.message.contains("orders"))
+                #expect(!error.isTransient)
+            }
+        }
+    }
+}
