@@ -48,7 +48,8 @@ struct RecordIngest: Sendable {
     /// The table (and tenant) a `GET …/records` path names; `nil` for any other path.
     static func readTarget(path: Substring) -> Target? {
         let utf8 = path.utf8
-        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed()) {
+        if utf8.count > tablesPrefix.count + suffix.count, utf8.starts(with: tablesPrefix), utf8.reversed().starts(with: suffix.reversed())
+        {
             return Target(table: String(decoding: utf8.dropFirst(tablesPrefix.count).dropLast(suffix.count), as: UTF8.self))
         }
         if utf8.starts(with: tenantsPrefix) {

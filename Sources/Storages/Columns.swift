@@ -1,5 +1,5 @@
-import Foundation
 import ClusterCore
+import Foundation
 
 /// The columns a storage keeps for every table: the record's metadata and the whole record.
 /// Their names start with `_`, so that no typed field of a record collides with them unless

@@ -88,7 +88,10 @@ package final class PostgresTableStorage: TableStorage, Service {
         try await run(table: table.name) {
             try await self.client.withTransaction(logger: self.logger) { connection in
                 // One process migrates a table at a time; the others then find it done.
-                try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\("autonomous-storage:" + table.name)))", logger: self.logger)
+                try await connection.query(
+                    "SELECT pg_advisory_xact_lock(hashtext(\("autonomous-storage:" + table.name)))",
+                    logger: self.logger
+                )
                 try await connection.query(
                     PostgresQuery(
                         unsafeSQL: """
@@ -107,7 +110,8 @@ package final class PostgresTableStorage: TableStorage, Service {
                 )
                 try await connection.query(
                     PostgresQuery(
-                        unsafeSQL: "CREATE INDEX IF NOT EXISTS \(SQL.identifier(table.name + "_by_time")) ON \(sqlTable) (_tenant, _ingested_at, _id)"
+                        unsafeSQL:
+                            "CREATE INDEX IF NOT EXISTS \(SQL.identifier(table.name + "_by_time")) ON \(sqlTable) (_tenant, _ingested_at, _id)"
                     ),
                     logger: self.logger
                 )
