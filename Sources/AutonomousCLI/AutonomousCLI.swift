@@ -312,6 +312,10 @@ struct DeployCommand: AsyncParsableCommand {
         specification.httpPort = deployment.httpPort
         specification.healthPort = deployment.httpPort + 100
         specification.logLevel = logLevel
+        // The app's processes read their storages and the tables they keep from the same file.
+        if FileManager.default.fileExists(atPath: configPath) {
+            specification.environment["AUTONOMOUS_DEPLOYMENT_FILE"] = URL(fileURLWithPath: configPath).standardizedFileURL.path
+        }
         specification.replicas = ["ingress": deployment.replicas["ingress"] ?? 1, "worker": deployment.replicas["worker"] ?? 1]
         if let coordinators = deployment.replicas["coordinator"] { specification.replicas["coordinator"] = coordinators }
         // A database storage on this machine is run by the engine as well.

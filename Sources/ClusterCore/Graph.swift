@@ -259,6 +259,10 @@ public struct HandlerDefinition: Sendable {
     public let secrets: [Secret]
     /// Resolves secrets and settings and returns the function that runs batches.
     package let prepare: @Sendable (ComponentEnvironment) throws -> HandlerInvoker
+    /// Whether a redelivered record runs alone, with run notes that catch a record that stops
+    /// the process (docs/wire.md, "Poison records"). Storage sinks run no app code and write
+    /// redeliveries in batches like first deliveries.
+    package var isolatesRedeliveries = true
 
     package var consumerName: String { Wire.consumerName(handler: name) }
 

@@ -27,7 +27,7 @@ extension HandlerDefinition {
         storage: String,
         resolve: @escaping @Sendable (String) -> (any TableStorage)?
     ) -> HandlerDefinition {
-        HandlerDefinition(
+        var sink = HandlerDefinition(
             name: sinkName(table: table.name),
             source: table.name,
             sourceKind: .table,
@@ -47,6 +47,10 @@ extension HandlerDefinition {
                 return { records, ctx in try await opened.write(records, table: table, tenant: ctx.tenant) }
             }
         )
+        // No app code runs in a sink, so no record can stop the process: a batch that comes
+        // back after a worker died is written as a batch again (idempotent by record id).
+        sink.isolatesRedeliveries = false
+        return sink
     }
 
     /// Whether this handler is a storage sink.

@@ -197,7 +197,7 @@ package actor HandlerRunner {
         var fresh: [Int] = []
         var again: [Int] = []
         for index in indices {
-            if batch.messages[index].deliveryCount > 1 { again.append(index) } else { fresh.append(index) }
+            if batch.messages[index].deliveryCount > 1 && handler.isolatesRedeliveries { again.append(index) } else { fresh.append(index) }
         }
         for index in again {
             let record = execution.incoming(batch.messages[index])
