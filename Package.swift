@@ -51,6 +51,12 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        // zlib (Debian's zlib1g-dev) for the gzip objects of S3 storages.
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // Long-lived child processes through swift-subprocess, each owned by one task.
         .target(
             name: "ChildProcess",
@@ -126,6 +132,7 @@ let package = Package(
             name: "Storages",
             dependencies: [
                 "ClusterCore",
+                "CZlib",
                 "Coordinator",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -357,6 +364,11 @@ let package = Package(
         .testTarget(
             name: "WorkerTests",
             dependencies: ["Worker", "ClusterCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StoragesTests",
+            dependencies: ["Storages", "ClusterCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -39,7 +39,9 @@ struct StorageConfigurationTests {
         #expect(scheme.status != 0)
         #expect(scheme.output.contains("\(scheme.file): storages[0].url: a database URL must start with"))
 
-        let password = try await startWorker(#"{"storages": [{"name": "db", "type": "database", "url": "postgres://u:hunter2@127.0.0.1/x"}]}"#)
+        let password = try await startWorker(
+            #"{"storages": [{"name": "db", "type": "database", "url": "postgres://u:hunter2@127.0.0.1/x"}]}"#
+        )
         #expect(password.status != 0)
         #expect(password.output.contains("storages[0].url: contains a password"))
         #expect(!password.output.contains("hunter2"), "a password never reaches the output")
@@ -57,7 +59,9 @@ struct StorageConfigurationTests {
             #"{"storages": [{"name": "db", "type": "database", "url": {"secret": "AUT_TEST_UNSET_STORAGE_URL"}}], "tables": {"orders": {"storage": "db"}}}"#
         )
         #expect(secret.status != 0)
-        #expect(secret.output.contains("\(secret.file): storages[0].url: the secret AUT_TEST_UNSET_STORAGE_URL is not set in the environment"))
+        #expect(
+            secret.output.contains("\(secret.file): storages[0].url: the secret AUT_TEST_UNSET_STORAGE_URL is not set in the environment")
+        )
 
         let port = LoopbackPorts.freeBase(spans: [0..<1])
         let unreachable = try await startWorker(
