@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# moto, boto3 and DuckDB for the S3 storage tests (a virtualenv under .build-venv/).
+bash scripts/install-python-tools.sh > /dev/null
 swift build --build-tests
 # The public API must match api/ (a changed surface is a reviewed diff, not an accident).
 bash scripts/public-api.sh --check

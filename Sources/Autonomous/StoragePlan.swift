@@ -66,7 +66,8 @@ struct StoragePlan: Sendable {
 
     /// The graph with a sink handler for every kept table; `opened` resolves storages by name.
     func graph(_ graph: AppGraph, opened: OpenedStorages?) -> AppGraph {
-        graph.keeping(bindings) { name in opened?.byName[name] }
+        let objectStores = Set(storages.values.filter { $0.kind == .file }.map(\.name))
+        return graph.keeping(bindings, inOrder: objectStores) { name in opened?.byName[name] }
     }
 
     /// Opens every storage that keeps a table. Secrets come from `environment`; a missing one,
@@ -107,10 +108,43 @@ struct StoragePlan: Sendable {
                         let location = String(url.dropFirst("sqlite://".count))
                         guard !location.isEmpty else { throw ConfigurationError("a sqlite URL needs a path: sqlite://data/tables.sqlite") }
                         byName[name] = try await SQLiteTableStorage.open(name: name, path: location, logger: logger)
-                    case (.file, _):
-                        throw ConfigurationError("file storages (S3) cannot keep tables in this version yet")
+                    case (.file, "s3"):
+                        let location = URLComponents(string: url)
+                        let bucket = location?.host ?? ""
+                        let environment = configuration.environment
+                        let accessKey = try storage.accessKeyID.map { try resolve($0, "access_key_id") } ?? environment["AWS_ACCESS_KEY_ID"]
+                        let secretKey =
+                            try storage.secretAccessKey.map { try resolve($0, "secret_access_key") } ?? environment["AWS_SECRET_ACCESS_KEY"]
+                        guard let accessKey, !accessKey.isEmpty, let secretKey, !secretKey.isEmpty else {
+                            throw ConfigurationError(
+                                "no S3 credentials: give access_key_id and secret_access_key as {\"secret\": \"ENV_NAME\"}, "
+                                    + "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                            )
+                        }
+                        let credentials = AWSCredentials(
+                            accessKeyID: accessKey,
+                            secretAccessKey: secretKey,
+                            sessionToken: storage.accessKeyID == nil ? environment["AWS_SESSION_TOKEN"] : nil
+                        )
+                        let objects = try S3ObjectStore(
+                            bucket: bucket,
+                            region: storage.region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1",
+                            endpoint: storage.endpoint ?? environment["AWS_ENDPOINT_URL_S3"],
+                            credentials: credentials
+                        )
+                        byName[name] = ObjectTableStorage(name: name, store: objects, prefix: location?.path ?? "")
+                    case (.file, "file"):
+                        let directory = String(url.dropFirst("file://".count))
+                        guard directory.hasPrefix("/") else {
+                            throw ConfigurationError("a file URL needs an absolute path: file:///var/lib/lake")
+                        }
+                        byName[name] = ObjectTableStorage(name: name, store: DirectoryObjectStore(root: directory), prefix: "")
                     default:
-                        throw ConfigurationError("a \(storage.kind.rawValue) URL must start with postgres://, postgresql:// or sqlite://")
+                        throw ConfigurationError(
+                            storage.kind == .database
+                                ? "a database URL must start with postgres://, postgresql:// or sqlite://"
+                                : "a file URL must start with s3:// or file://"
+                        )
                     }
                 } catch let error as ConfigurationError {
                     throw ConfigurationError("\(path) (\(name)): \(error.message)")

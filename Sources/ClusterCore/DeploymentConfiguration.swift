@@ -15,6 +15,14 @@ package struct DeploymentConfiguration: Sendable, Equatable {
         package var url: Value
         /// The database password, when the URL has none (always a secret reference).
         package var password: Value? = nil
+        /// S3: the endpoint of an S3-compatible server (`https://host:port`); AWS's when unset.
+        package var endpoint: String? = nil
+        /// S3: the bucket's region (default `AWS_REGION`, else us-east-1).
+        package var region: String? = nil
+        /// S3: the access key (secret references; default `AWS_ACCESS_KEY_ID` and
+        /// `AWS_SECRET_ACCESS_KEY` from the environment).
+        package var accessKeyID: Value? = nil
+        package var secretAccessKey: Value? = nil
     }
 
     /// How one table is kept (`"tables": {"orders": {"storage": "warehouse"}}`).
@@ -229,7 +237,13 @@ private struct Reader {
                 var names = Set<String>()
                 for (i, item) in items.enumerated() {
                     let path = "storages[\(i)]"
-                    guard let storage = self.object(item, path, allowed: ["type", "url", "name", "password"]) else { continue }
+                    guard
+                        let storage = self.object(
+                            item,
+                            path,
+                            allowed: ["type", "url", "name", "password", "endpoint", "region", "access_key_id", "secret_access_key"]
+                        )
+                    else { continue }
                     let name = string(storage, "name", path, required: true)
                     if let name, !names.insert(name).inserted { fail("\(path).name", "duplicate storage name '\(name)'") }
                     var kind: DeploymentConfiguration.Storage.Kind?
@@ -255,9 +269,33 @@ private struct Reader {
                             fail("\(path).password", "must be a secret reference: {\"secret\": \"ENV_NAME\"}")
                         }
                     }
-                    if let name, let kind, let url {
-                        configuration.storages.append(.init(name: name, kind: kind, url: url, password: password))
+                    var entry = name.flatMap { name in
+                        kind.flatMap { kind in url.map { DeploymentConfiguration.Storage(name: name, kind: kind, url: $0) } }
                     }
+                    entry?.password = password
+                    let s3Keys = ["endpoint", "region", "access_key_id", "secret_access_key"]
+                    if kind == .database {
+                        for key in s3Keys where storage[key] != nil { fail("\(path).\(key)", "applies to file (S3) storages only") }
+                    } else {
+                        if storage["password"] != nil { fail("\(path).password", "applies to database storages only") }
+                        if let endpoint = string(storage, "endpoint", path, required: false) {
+                            let components = URLComponents(string: endpoint)
+                            if components?.scheme != "http" && components?.scheme != "https" || (components?.host ?? "").isEmpty {
+                                fail("\(path).endpoint", "must look like https://host[:port]")
+                            } else if components?.password != nil || components?.user != nil {
+                                fail("\(path).endpoint", "contains credentials; use access_key_id and secret_access_key")
+                            } else {
+                                entry?.endpoint = endpoint
+                            }
+                        }
+                        entry?.region = string(storage, "region", path, required: false)
+                        for key in ["access_key_id", "secret_access_key"] where storage[key] != nil {
+                            let value = secretOrPlain(storage, key, path)
+                            if case .plain? = value { fail("\(path).\(key)", "must be a secret reference: {\"secret\": \"ENV_NAME\"}") }
+                            if key == "access_key_id" { entry?.accessKeyID = value } else { entry?.secretAccessKey = value }
+                        }
+                    }
+                    if let entry { configuration.storages.append(entry) }
                 }
             } else {
                 fail("storages", "expected an array, got \(kind(storages))")

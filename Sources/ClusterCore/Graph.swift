@@ -263,8 +263,18 @@ public struct HandlerDefinition: Sendable {
     /// the process (docs/wire.md, "Poison records"). Storage sinks run no app code and write
     /// redeliveries in batches like first deliveries.
     package var isolatesRedeliveries = true
+    /// For an ordered handler with one partition: its consumer reads every record of the
+    /// table, whatever the table's partitioning, one batch at a time across the cluster (an
+    /// S3 sink, whose object names follow the stream's order).
+    package var consumesWholeTable = false
 
     package var consumerName: String { Wire.consumerName(handler: name) }
+
+    /// What the consumer of one partition reads: the partition's subject, or the whole table
+    /// (``consumesWholeTable``).
+    package func partitionFilter(source: TableDefinition, tenant: String, partition: Int) -> String {
+        consumesWholeTable ? source.filterSubject(tenant: tenant) : source.subject(tenant: tenant) + ".\(partition)"
+    }
 
     /// The durable consumer of one partition of an ordered handler. At most `batchSize`
     /// records are unacknowledged, so a partition moves forward one batch at a time.
@@ -276,7 +286,7 @@ public struct HandlerDefinition: Sendable {
         startSequence: UInt64? = nil
     ) -> ConsumerConfiguration {
         var consumer = ConsumerConfiguration(durableName: HandlerOrdering.consumerName(handler: name, partition: partition))
-        consumer.filterSubject = source.subject(tenant: tenant) + ".\(partition)"
+        consumer.filterSubject = partitionFilter(source: source, tenant: tenant, partition: partition)
         consumer.ackWait = ackWait
         consumer.maxAckPending = options.batchSize
         consumer.startSequence = startSequence

@@ -105,11 +105,14 @@ package struct IncomingRecord: Sendable {
     package var payload: [UInt8]
     /// The subject the record was stored under (its partition's, for partitioned tables).
     package var subject: String
+    /// The record's sequence in its stream (0 when not read from a stream).
+    package var streamSequence: UInt64
 
-    package init(metadata: RecordMetadata, payload: [UInt8], subject: String = "") {
+    package init(metadata: RecordMetadata, payload: [UInt8], subject: String = "", streamSequence: UInt64 = 0) {
         self.metadata = metadata
         self.payload = payload
         self.subject = subject
+        self.streamSequence = streamSequence
     }
 }
 

@@ -22,16 +22,22 @@ extension HandlerDefinition {
 
     /// The sink that keeps `table` in `storage`. `resolve` returns the opened storage in the
     /// processes that run handlers; the coordinator only provisions the sink's consumer.
+    ///
+    /// A sink `inOrder` (object stores, whose object names follow the stream's order) reads
+    /// the table one batch at a time across the cluster, as an ordered handler with one
+    /// partition that covers the whole table; a redelivered batch then starts where it
+    /// started before.
     package static func sink(
         table: TableDefinition,
         storage: String,
+        inOrder: Bool = false,
         resolve: @escaping @Sendable (String) -> (any TableStorage)?
     ) -> HandlerDefinition {
         var sink = HandlerDefinition(
             name: sinkName(table: table.name),
             source: table.name,
             sourceKind: .table,
-            options: sinkOptions,
+            options: inOrder ? sinkOptions.ordered(by: "", partitions: 1) : sinkOptions,
             component: sinkComponent,
             requiredFields: [],
             outputs: [],
@@ -50,6 +56,7 @@ extension HandlerDefinition {
         // No app code runs in a sink, so no record can stop the process: a batch that comes
         // back after a worker died is written as a batch again (idempotent by record id).
         sink.isolatesRedeliveries = false
+        sink.consumesWholeTable = inOrder
         return sink
     }
 
@@ -59,10 +66,12 @@ extension HandlerDefinition {
 
 extension AppGraph {
     /// The graph with every table in `bindings` (table name → storage name) kept: its
-    /// definition names the storage, and a sink handler writes its records there. A table
-    /// the app already binds keeps the app's binding unless `bindings` names another.
+    /// definition names the storage, and a sink handler writes its records there (in stream
+    /// order for the storages in `inOrder`). A table the app already binds keeps the app's
+    /// binding unless `bindings` names another.
     package func keeping(
         _ bindings: [String: String],
+        inOrder: Set<String> = [],
         resolve: @escaping @Sendable (String) -> (any TableStorage)?
     ) -> AppGraph {
         var tables = self.tables
@@ -70,7 +79,7 @@ extension AppGraph {
         for index in tables.indices where tables[index].kind == .table {
             if let storage = bindings[tables[index].name] { tables[index].storage = storage }
             if let storage = tables[index].storage {
-                handlers.append(.sink(table: tables[index], storage: storage, resolve: resolve))
+                handlers.append(.sink(table: tables[index], storage: storage, inOrder: inOrder.contains(storage), resolve: resolve))
             }
         }
         return AppGraph(name: name, tables: tables, handlers: handlers, routes: routes, webhooks: webhooks, schedules: schedules)

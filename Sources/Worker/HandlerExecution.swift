@@ -66,7 +66,8 @@ struct HandlerExecution: Sendable {
                 deliveryCount: Int(message.deliveryCount)
             ),
             payload: message.payload,
-            subject: message.subject
+            subject: message.subject,
+            streamSequence: message.streamSequence
         )
     }
 

@@ -149,7 +149,7 @@ package final class OrderedHandlerRunner: Sendable {
                 subscription = try await connection.pullSubscription(
                     stream: stream,
                     consumer: consumer,
-                    filterSubject: source.subject(tenant: tenant) + ".\(partition)",
+                    filterSubject: handler.partitionFilter(source: source, tenant: tenant, partition: partition),
                     headers: Wire.consumedHeaders
                 )
             } catch {
@@ -224,7 +224,7 @@ package final class OrderedHandlerRunner: Sendable {
         let records = indices.map { execution.incoming(batch.messages[$0]) }
         // A batch delivered before may hold the record that stopped the process last time:
         // it goes record by record, so that record is found and the ones before it are acked.
-        if !records.contains(where: { $0.metadata.deliveryCount > 1 }) {
+        if !handler.isolatesRedeliveries || !records.contains(where: { $0.metadata.deliveryCount > 1 }) {
             if case .success = await execution.runGuarded(records, of: batch, ackWait: ackWait) {
                 for i in indices { batch.ack(i) }
                 processed.increment(by: records.count)
@@ -236,7 +236,7 @@ package final class OrderedHandlerRunner: Sendable {
             // runs that never ended, and one that used up its attempts is not run again.
             var stopped: ProcessStoppedError?
             let sequence = batch.messages[index].streamSequence
-            let noted = records[position].metadata.deliveryCount > 1
+            let noted = records[position].metadata.deliveryCount > 1 && handler.isolatesRedeliveries
             if noted {
                 guard let stops = try? await execution.noteRunStarts(sequence: sequence) else {
                     // NATS is not answering: the batch comes back after the ack wait.

@@ -1,0 +1,127 @@
+package import ClusterCore
+import Foundation
+
+/// Keeps tables as gzip JSON Lines objects in an object store (S3, an S3-compatible server, a
+/// local directory), partitioned Hive-style so warehouses read them as external tables:
+///
+///     <prefix>/table=<table>/tenant=<tenant>/date=<YYYY-MM-DD>/hour=<HH>/<sequence>-<micros>.jsonl.gz
+///
+/// Each line is the record with its metadata in front: `_id`, `_ingested_at` (RFC 3339, UTC),
+/// `_caused_by` and `_type`. (A record's own fields of those names give way to them here; the
+/// record is otherwise kept as sent.)
+///
+/// Exactly once by name: the sink of an object store reads its table in stream order, one
+/// batch at a time across the cluster (``HandlerDefinition/sink(table:storage:inOrder:resolve:)``),
+/// and names each object after its first record (stream sequence and storage time). A batch
+/// delivered again after a crash starts with the same record, so it replaces the object it
+/// wrote before instead of adding one; a record later in that batch that comes in a batch of
+/// its own starts an object of its own, which the replaced one no longer holds.
+package struct ObjectTableStorage: TableStorage {
+    package let name: String
+    package let store: any ObjectStore
+    /// Key prefix inside the bucket or directory (no leading or trailing `/`).
+    package let prefix: String
+    package var displayName: String { store.displayName + (prefix.isEmpty ? "" : "/" + prefix) }
+    /// Objects are for warehouses and tools; the framework's reads need a database storage.
+    package var isReadable: Bool { false }
+
+    package init(name: String, store: any ObjectStore, prefix: String) {
+        self.name = name
+        self.store = store
+        self.prefix = prefix.split(separator: "/").joined(separator: "/")
+    }
+
+    package func prepare(_ table: TableDefinition) async throws {
+        try await store.check()
+    }
+
+    package func close() async throws {
+        try await store.close()
+    }
+
+    package func read(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> StoredPage {
+        throw StorageError("storage '\(name)' keeps objects for warehouses; read table '\(table.name)' from a database storage")
+    }
+
+    package func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int {
+        throw StorageError("storage '\(name)' keeps objects for warehouses; count table '\(table.name)' in a database storage")
+    }
+
+    package func write(_ records: [IncomingRecord], table: TableDefinition, tenant: String) async throws {
+        guard !records.isEmpty else { return }
+        let ordered = records.sorted { $0.streamSequence < $1.streamSequence }
+        // One object per hour the batch spans, each named after its first record.
+        var groups: [(hour: String, records: [IncomingRecord])] = []
+        for record in ordered {
+            let hour = Self.partition(record.metadata.ingestTime)
+            if groups.last?.hour == hour { groups[groups.count - 1].records.append(record) } else { groups.append((hour, [record])) }
+        }
+        for group in groups {
+            var body: [UInt8] = []
+            body.reserveCapacity(group.records.reduce(0) { $0 + $1.payload.count + 160 })
+            for record in group.records { Self.appendLine(record, to: &body) }
+            let first = group.records[0]
+            let key = objectKey(table: table.name, tenant: tenant, hour: group.hour, first: first)
+            try await store.put(key: key, body: try Gzip.compress(body), contentType: "application/x-ndjson", contentEncoding: nil)
+        }
+    }
+
+    /// `<prefix>/table=<t>/tenant=<tenant>/`: where a table's objects for one tenant go.
+    package func tablePrefix(table: String, tenant: String) -> String {
+        (prefix.isEmpty ? "" : prefix + "/") + "table=\(table)/tenant=\(tenant)/"
+    }
+
+    func objectKey(table: String, tenant: String, hour: String, first: IncomingRecord) -> String {
+        let sequence = String(first.streamSequence)
+        let padded = String(repeating: "0", count: max(0, 20 - sequence.count)) + sequence
+        return tablePrefix(table: table, tenant: tenant) + hour + "/\(padded)-\(RecordCursor.micros(first.metadata.ingestTime)).jsonl.gz"
+    }
+
+    /// `date=YYYY-MM-DD/hour=HH` of a storage time, in UTC.
+    static func partition(_ date: Date) -> String {
+        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "date=\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))/hour=\(pad(parts.tm_hour, 2))"
+    }
+
+    static let metadataKeys: Set<String> = ["_id", "_ingested_at", "_caused_by", "_type"]
+
+    /// One JSON line: the metadata, then the record's own members.
+    static func appendLine(_ record: IncomingRecord, to body: inout [UInt8]) {
+        var metadata: JSONObject = [
+            "_id": .string(record.metadata.id),
+            "_ingested_at": .string(ISO8601.format(record.metadata.ingestTime)),
+        ]
+        if let cause = record.metadata.causedBy { metadata["_caused_by"] = .string(cause) }
+        if let type = record.metadata.semanticType { metadata["_type"] = .string(type) }
+        let head = JSONWriter.encode(.object(metadata))
+        var payload = record.payload[...]
+        // A record with a member named like the metadata (rare: only then is it parsed).
+        if payload.count > 2, payload.firstRange(of: Array("\"_".utf8)) != nil,
+            case .object(var object)? = try? JSONParser.parse(record.payload),
+            object.keys.contains(where: metadataKeys.contains)
+        {
+            for key in metadataKeys { object.removeValue(forKey: key) }
+            payload = JSONWriter.encode(.object(object))[...]
+        }
+        // `{"_id":…}` and `{…record…}` become `{"_id":…,…record…}`.
+        let inner = payload.drop { $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }.dropFirst()  // after '{'
+        let isEmpty = inner.first { !($0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09) } == UInt8(ascii: "}")
+        body += head.dropLast()
+        if !isEmpty { body.append(UInt8(ascii: ",")) }
+        if isEmpty {
+            body.append(UInt8(ascii: "}"))
+        } else {
+            // JSON strings hold no raw line break, so one in a (pretty-printed) record is
+            // whitespace between tokens: a space keeps each record on one line.
+            for byte in inner { body.append(byte == 0x0A || byte == 0x0D ? 0x20 : byte) }
+        }
+        while let last = body.last, last == 0x20 || last == 0x09 { body.removeLast() }
+        body.append(0x0A)
+    }
+}
