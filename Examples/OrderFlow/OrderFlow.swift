@@ -111,6 +111,26 @@ struct OrderFlowApp: AutonomousApp {
             return .json(["status": "accepted", "order_id": .string(order.order_id), "total": .double(total)], status: 202)
         }
 
+        // An order and where it stands, from the storages that keep the tables (SQLite in
+        // dev; what autonomous.json names elsewhere): 404 until its enriched record is kept.
+        app.get("/orders/{id}") { request, ctx in
+            let id = request.parameters["id"] ?? ""
+            guard let found = try await enriched.records(where: ["order_id": .string(id)], limit: 1, ctx).entries.first else {
+                throw RouteError(status: 404, code: "not_found", message: "no order '\(id.prefix(64))' yet", field: "id")
+            }
+            let review = try await reviews.records(where: ["order_id": .string(id)], limit: 1, ctx).entries.first
+            let order = found.value
+            return .json([
+                "order_id": .string(order.order_id),
+                "customer": .string(order.customer),
+                "currency": .string(order.currency),
+                "item_count": .int(Int64(order.item_count)),
+                "total": .double(order.total),
+                "status": .string(review == nil ? "accepted" : "in review"),
+                "received": JSONValue(found.metadata.ingestTime),
+            ])
+        }
+
         orders.onNewRecords("enrich-orders", options: HandlerOptions(batchSize: 512), writes: [enriched]) { records, ctx in
             let out = records.map { order -> EnrichedOrder in
                 let total = order.items.reduce(0) { $0 + Double($1.quantity) * $1.unit_price }

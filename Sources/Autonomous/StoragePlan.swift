@@ -95,6 +95,12 @@ struct StoragePlan: Sendable {
                         return text
                     }
                 }
+                // A relative path in a sqlite:// or file:// URL is relative to autonomous.json.
+                func local(_ path: String) -> String {
+                    guard !path.hasPrefix("/"), let deploymentFile = configuration.deploymentFile else { return path }
+                    return URL(fileURLWithPath: deploymentFile).deletingLastPathComponent().appendingPathComponent(path).standardizedFileURL
+                        .path
+                }
                 let url = try resolve(storage.url, "url")
                 let password = try storage.password.map { try resolve($0, "password") }
                 let scheme = URLComponents(string: url)?.scheme ?? ""
@@ -107,7 +113,7 @@ struct StoragePlan: Sendable {
                     case (.database, "sqlite"):
                         let location = String(url.dropFirst("sqlite://".count))
                         guard !location.isEmpty else { throw ConfigurationError("a sqlite URL needs a path: sqlite://data/tables.sqlite") }
-                        byName[name] = try await SQLiteTableStorage.open(name: name, path: location, logger: logger)
+                        byName[name] = try await SQLiteTableStorage.open(name: name, path: local(location), logger: logger)
                     case (.file, "s3"):
                         let location = URLComponents(string: url)
                         let bucket = location?.host ?? ""
@@ -135,10 +141,8 @@ struct StoragePlan: Sendable {
                         byName[name] = ObjectTableStorage(name: name, store: objects, prefix: location?.path ?? "")
                     case (.file, "file"):
                         let directory = String(url.dropFirst("file://".count))
-                        guard directory.hasPrefix("/") else {
-                            throw ConfigurationError("a file URL needs an absolute path: file:///var/lib/lake")
-                        }
-                        byName[name] = ObjectTableStorage(name: name, store: DirectoryObjectStore(root: directory), prefix: "")
+                        guard !directory.isEmpty else { throw ConfigurationError("a file URL needs a path: file:///var/lib/lake") }
+                        byName[name] = ObjectTableStorage(name: name, store: DirectoryObjectStore(root: local(directory)), prefix: "")
                     default:
                         throw ConfigurationError(
                             storage.kind == .database

@@ -134,7 +134,10 @@ public struct AppGraph: Sendable {
                 problems.append("route \(method) \(path) is registered twice")
             }
         }
-        for route in routes { checkPath(route.method, route.path, "route") }
+        for route in routes {
+            checkPath(route.method, route.path, "route")
+            if let problem = route.pattern?.problem { problems.append("route \(route.method) \(route.path): \(problem)") }
+        }
         for webhook in webhooks {
             checkPath("POST", webhook.path, "webhook")
             if !tableNames.contains(webhook.table) {

@@ -10,13 +10,24 @@ public struct RouteRequest: Sendable {
     /// Header values by lower-cased name.
     public var headers: [String: String]
     public var body: [UInt8]
+    /// The values of the route's path parameters: `/orders/{id}` called as `/orders/A-1`
+    /// has `parameters["id"] == "A-1"` (percent-decoded).
+    public var parameters: [String: String]
 
-    package init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8]) {
+    package init(
+        method: String,
+        path: String,
+        query: [String: String] = [:],
+        headers: [String: String] = [:],
+        body: [UInt8],
+        parameters: [String: String] = [:]
+    ) {
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
+        self.parameters = parameters
     }
 
     /// The body parsed as JSON. A malformed body makes the route answer 400.
@@ -107,10 +118,71 @@ public typealias RouteHandler = @Sendable (RouteRequest, RouteContext) async thr
 
 public struct RouteDefinition: Sendable {
     public var method: String
+    /// The path, with `{name}` for a whole segment that is a parameter (`/orders/{id}`).
     public var path: String
     /// Who may call the route (an API key unless said otherwise).
     public var verification: WebhookVerification
     package var handler: RouteHandler
+
+    /// The path's segments when it has parameters; `nil` for a fixed path.
+    package var pattern: RoutePattern? { RoutePattern(path) }
+}
+
+/// A route path with parameters: `/orders/{id}/items/{sku}`. Each `{name}` is one whole
+/// segment; a request path matches when it has as many segments and the fixed ones are equal.
+package struct RoutePattern: Sendable, Hashable {
+    package enum Segment: Sendable, Hashable {
+        case fixed(String)
+        case parameter(String)
+    }
+
+    package let segments: [Segment]
+
+    /// `nil` when `path` has no `{`.
+    package init?(_ path: String) {
+        guard path.contains("{") else { return nil }
+        segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map { part in
+            if part.hasPrefix("{"), part.hasSuffix("}"), part.count > 2 { return .parameter(String(part.dropFirst().dropLast())) }
+            return .fixed(String(part))
+        }
+    }
+
+    /// What is wrong with the pattern, if anything.
+    package var problem: String? {
+        var names = Set<String>()
+        for segment in segments {
+            switch segment {
+            case .parameter(let name):
+                let valid =
+                    name.first.map { $0.isLetter || $0 == "_" } == true
+                    && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }
+                if !valid { return "path parameter '{\(name)}' must be a name of letters, digits and '_'" }
+                if !names.insert(name).inserted { return "path parameter '{\(name)}' appears twice" }
+            case .fixed(let text):
+                if text.contains("{") || text.contains("}") {
+                    return "'\(text)': a path parameter must be a whole segment, as in /orders/{id}"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// The parameters' values when `path` matches (percent-decoded, non-empty), else `nil`.
+    package func match(_ path: Substring) -> [String: String]? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        guard parts.count == segments.count else { return nil }
+        var values: [String: String] = [:]
+        for (segment, part) in zip(segments, parts) {
+            switch segment {
+            case .fixed(let text):
+                guard part == text else { return nil }
+            case .parameter(let name):
+                guard !part.isEmpty, part.utf8.count <= 1024, let decoded = String(part).removingPercentEncoding else { return nil }
+                values[name] = decoded
+            }
+        }
+        return values
+    }
 }
 
 /// How a webhook or a route checks who sends a request.

@@ -18,6 +18,8 @@ final class IngressState: Sendable {
     let logger: Logger
     let ids = RecordIDGenerator()
     let routes: [String: RouteDefinition]
+    /// Routes with path parameters, tried in declaration order after the fixed paths.
+    let patternRoutes: [(route: RouteDefinition, pattern: RoutePattern)]
     let webhooks: [String: WebhookDefinition]
     let paths: Set<String>
     let inFlight = Atomic<Int>(0)
@@ -87,11 +89,17 @@ final class IngressState: Sendable {
             onAccess: { access in limiter.update(access.tenant, limits: access.limits) }
         )
         var routes: [String: RouteDefinition] = [:]
+        var patterns: [(route: RouteDefinition, pattern: RoutePattern)] = []
         var paths = Set<String>()
         for route in graph.routes {
-            routes["\(route.method) \(route.path)"] = route
-            paths.insert(route.path)
+            if let pattern = route.pattern {
+                patterns.append((route, pattern))
+            } else {
+                routes["\(route.method) \(route.path)"] = route
+                paths.insert(route.path)
+            }
         }
+        self.patternRoutes = patterns
         var webhooks: [String: WebhookDefinition] = [:]
         for webhook in graph.webhooks {
             webhooks[webhook.path] = webhook
@@ -180,6 +188,17 @@ struct IngressResponder: HTTPResponder {
             if let route = state.routes["\(method) \(path)"] {
                 if route.verification.isUnauthenticated, !state.addresses.charge(address) { throw state.addresses.refusal }
                 return try await runRoute(route, request: request)
+            }
+            var pathMatched = false
+            for (route, pattern) in state.patternRoutes {
+                guard let parameters = pattern.match(path[...]) else { continue }
+                pathMatched = true
+                guard route.method == method else { continue }
+                if route.verification.isUnauthenticated, !state.addresses.charge(address) { throw state.addresses.refusal }
+                return try await runRoute(route, request: request, parameters: parameters)
+            }
+            if pathMatched {
+                throw RouteError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on this path")
             }
             if let webhook = state.webhooks[path] {
                 guard method == "POST" else { throw RouteError(status: 405, code: "method_not_allowed", message: "use POST") }
@@ -299,7 +318,7 @@ struct IngressResponder: HTTPResponder {
             throw RouteError(
                 status: 409,
                 code: "not_kept",
-                message: "table '\(table.name)' is not kept in a storage; bind it to one to read it back",
+                message: "table '\(table.name)' is not kept in a database storage; bind it to one to read it back",
                 field: "table"
             )
         }
@@ -307,7 +326,9 @@ struct IngressResponder: HTTPResponder {
         do {
             page = try await reader.read(query, table: table, tenant: tenant)
         } catch let error as TableReadError {
-            throw RouteError(status: 400, code: "invalid_query", message: error.message, field: error.field)
+            throw error.field == nil
+                ? RouteError(status: 409, code: "not_kept", message: error.description, field: "table")
+                : RouteError(status: 400, code: "invalid_query", message: error.message, field: error.field)
         } catch {
             state.logger.warning("Reading a kept table failed", metadata: ["ingress.table": "\(table.name)", "error": "\(error)"])
             throw RouteError(status: 503, code: "storage_unavailable", message: "the table's storage did not answer; try again")
@@ -317,7 +338,7 @@ struct IngressResponder: HTTPResponder {
 
     // MARK: - Routes and webhooks
 
-    private func routeRequest(_ request: Request, body: ByteBuffer) -> RouteRequest {
+    private func routeRequest(_ request: Request, body: ByteBuffer, parameters: [String: String] = [:]) -> RouteRequest {
         var headers: [String: String] = [:]
         for field in request.headers { headers[field.name.canonicalName] = field.value }
         var query: [String: String] = [:]
@@ -327,7 +348,8 @@ struct IngressResponder: HTTPResponder {
             path: request.uri.path,
             query: query,
             headers: headers,
-            body: Array(body.readableBytesView)
+            body: Array(body.readableBytesView),
+            parameters: parameters
         )
     }
 
@@ -343,13 +365,13 @@ struct IngressResponder: HTTPResponder {
         return try pipeline.ownTenant()
     }
 
-    private func runRoute(_ route: RouteDefinition, request: Request) async throws -> Response {
+    private func runRoute(_ route: RouteDefinition, request: Request, parameters: [String: String] = [:]) async throws -> Response {
         if route.verification.usesAPIKey {
             // Before the body is read: a caller without a key reads nothing.
             _ = try await pipeline.tenant(authorization: request.headers[values: .authorization], named: nil)
         }
         return try await withBody(request) { body in
-            let routeRequest = routeRequest(request, body: body)
+            let routeRequest = routeRequest(request, body: body, parameters: parameters)
             let tenant = try await caller(of: request, routeRequest: routeRequest, verification: route.verification)
             let ctx = RouteContext(
                 tenant: tenant,
@@ -372,6 +394,17 @@ struct IngressResponder: HTTPResponder {
             } catch let error as RecordValidationError {
                 // A record the route appends breaks a rule of its type.
                 throw RouteError(status: 422, code: "invalid_record", message: error.description, field: error.field)
+            } catch let error as TableReadError {
+                // A read the route makes: a table no storage keeps, or a malformed query.
+                throw error.field == nil
+                    ? RouteError(status: 409, code: "not_kept", message: error.description)
+                    : RouteError(status: 400, code: "invalid_query", message: error.description, field: error.field)
+            } catch let error as StorageError {
+                state.logger.warning(
+                    "A route's read failed",
+                    metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"]
+                )
+                throw RouteError(status: 503, code: "storage_unavailable", message: "a storage the route reads did not answer; try again")
             } catch {
                 state.logger.error("Route failed", metadata: ["ingress.route": "\(route.method) \(route.path)", "error": "\(error)"])
                 throw RouteError(status: 500, code: "internal_error", message: "the route failed; see the ingress log")

@@ -80,3 +80,57 @@ struct OrderFlowIngressTests {
         }
     }
 }
+
+@Suite("OrderFlow answers from its kept tables")
+struct OrderFlowStorageTests {
+    @Test("GET /orders/{id} answers from storage: 404 before, the order and its review after; wrong methods and bad paths are refused")
+    func orderByID() async throws {
+        var builder = AppBuilder(name: "OrderFlow")
+        OrderFlowApp().build(&builder)
+        try await withRunningApp(try builder.build(), configure: { $0.keepUnboundTablesInSQLite = true }) { app in
+            #expect(try await app.get("/orders/A-2").status == 404)
+            let posted = try await app.post(
+                "/orders",
+                body: #"{"order_id":"A-2","customer":"bob","items":[{"sku":"tv","quantity":1,"unit_price":1499}]}"#
+            )
+            #expect(posted.status == 202)
+            #expect(
+                try await app.post(
+                    "/v1/tables/orders/records",
+                    body: #"{"order_id":"A b/1","customer":"cy","items":[{"sku":"pen","quantity":2,"unit_price":2}]}"#
+                ).status == 202
+            )
+            let reviewed = try await eventually(timeout: .seconds(30)) {
+                try await app.get("/orders/A-2").body["status"] == "in review"
+            }
+            #expect(reviewed)
+            let order = try await app.get("/orders/A-2")
+            #expect(order.body["total"] == 1499.0)
+            #expect(order.body["customer"] == "bob")
+            #expect(order.body["received"].stringValue?.hasSuffix("Z") == true)
+            // A percent-encoded id is decoded; a slash inside it stays inside it.
+            let small = try await eventually { try await app.get("/orders/A%20b%2F1").status == 200 }
+            #expect(small)
+            #expect(try await app.get("/orders/A%20b%2F1").body["status"] == "accepted")
+            let wrongMethod = try await app.post("/orders/A-2", body: "{}")
+            #expect(wrongMethod.status == 405)
+            #expect(try await app.get("/orders/A-2/extra").status == 404)
+            #expect(try await app.get("/orders/").status == 404)
+        }
+    }
+
+    @Test("A route path parameter must be a whole, named segment")
+    func patternProblems() {
+        var app = AppBuilder(name: "Bad")
+        app.get("/a/{id}x") { _, _ in .ok }
+        app.get("/b/{1st}") { _, _ in .ok }
+        app.get("/c/{id}/{id}") { _, _ in .ok }
+        #expect {
+            try app.build()
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("a path parameter must be a whole segment") && text.contains("'{1st}' must be a name")
+                && text.contains("'{id}' appears twice")
+        }
+    }
+}
