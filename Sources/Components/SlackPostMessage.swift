@@ -9,6 +9,10 @@ import NIOHTTP1
 /// `text` and `channel` are templates over the record's fields. The API base URL comes from
 /// `apiURL`, else `SLACK_API_URL`, else `https://slack.com/api`. Slack answers HTTP 200 with
 /// `{"ok": false, "error": …}` on failure; that is raised as an error (and retried).
+///
+/// With `into`, each message posted is recorded there as `{"channel", "ts", "source_id"}`
+/// (Slack's channel and timestamp of the message, and the id of the record it was posted
+/// for), so reactions to the message (which name its channel and `ts`) can be traced back.
 public struct SlackPostMessage: Component {
     public let kind = "slack-post-message"
     public var token: Secret
@@ -16,23 +20,27 @@ public struct SlackPostMessage: Component {
     public var text: Template
     public var threadTS: Template?
     public var apiURL: String?
+    /// Where the messages posted are recorded, if anywhere.
+    public var into: String?
 
     public init(
         token: Secret = .secret("SLACK_BOT_TOKEN"),
         channel: Template = "{channel}",
         text: Template,
         threadTS: Template? = nil,
-        apiURL: String? = nil
+        apiURL: String? = nil,
+        into messages: (any TableReference)? = nil
     ) {
         self.token = token
         self.channel = channel
         self.text = text
         self.threadTS = threadTS
         self.apiURL = apiURL
+        self.into = messages?.name
     }
 
     public var requiredFields: [String] { channel.fields + text.fields }
-    public var produces: [String: [String]] { [:] }
+    public var produces: [String: [String]] { into.map { [$0: ["channel", "ts", "source_id"]] } ?? [:] }
     public var secrets: [Secret] { [token] }
 
     public func makeHandler(
@@ -51,12 +59,21 @@ public struct SlackPostMessage: Component {
                 if let threadTS = component.threadTS, let ts = try? threadTS.render(entry.value) {
                     body["thread_ts"] = .string(ts)
                 }
-                try await component.post(body, token: bearer, base: base)
+                let answer = try await component.post(body, token: bearer, base: base)
+                if let into = component.into {
+                    let posted: JSONValue = [
+                        "channel": answer["channel"].stringValue.map(JSONValue.string) ?? body["channel"] ?? .null,
+                        "ts": answer["ts"],
+                        "source_id": .string(entry.metadata.id),
+                    ]
+                    try await ctx.append(name: into, [PendingRecord(payload: JSONWriter.encode(posted), cause: entry.metadata)])
+                }
             }
         }
     }
 
-    func post(_ body: JSONObject, token: String, base: String) async throws {
+    @discardableResult
+    func post(_ body: JSONObject, token: String, base: String) async throws -> JSONValue {
         var request = HTTPClientRequest(url: base + "/chat.postMessage")
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(token)")
@@ -72,5 +89,6 @@ public struct SlackPostMessage: Component {
                 message: answer["error"].stringValue ?? "chat.postMessage failed"
             )
         }
+        return answer
     }
 }

@@ -129,6 +129,80 @@ struct SlackBotTests {
         }
     }
 
+    @Test("The daily model build reads the day's completions, posts and reactions, and scores each prompt")
+    func dailyFeedback() async throws {
+        let fakes = FakeAPIs(answer: "Use autonomous deploy.")
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let fakeServer = Application(
+            router: fakes.router(),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
+            logger: TestNATSServer.logger
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await fakeServer.run() }
+            var ports = portStream.makeAsyncIterator()
+            let fakePort = try #require(await ports.next())
+            let environment = [
+                "OPENAI_API_KEY": "sk-test-key",
+                "OPENAI_BASE_URL": "http://127.0.0.1:\(fakePort)/v1",
+                "SLACK_BOT_TOKEN": "xoxb-test-token",
+                "SLACK_API_URL": "http://127.0.0.1:\(fakePort)/api",
+                "SLACK_SIGNING_SECRET": "signing-secret",
+            ]
+            let adminToken = "test-admin-token-0123456789"
+            let configure: (inout RuntimeConfiguration) -> Void = {
+                $0.keepUnboundTablesInSQLite = true
+                $0.adminPort = 0
+                $0.adminToken = adminToken
+            }
+            try await withRunningApp(try SlackBotApp.graph(), environment: environment, configure: configure) { app in
+                let mention =
+                    #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
+                #expect(try await app.post("/slack-mentions", body: mention, headers: Self.slackHeaders(mention)).status == 200)
+                // The bot's answer is posted and recorded with Slack's ts for it.
+                let posted = try await app.records(in: "slack_posts", atLeast: 1)
+                let post = try JSONParser.parse(posted[0].payload)
+                #expect(post["ts"] == "1700000000.000100")
+                #expect(post["channel"] == "C123")
+                // People react to it: two likes and a dislike, and one reaction elsewhere.
+                for (n, (reaction, ts)) in [
+                    ("thumbsup", "1700000000.000100"), ("heart", "1700000000.000100"), ("thumbsdown", "1700000000.000100"),
+                    ("thumbsup", "1699999999.000001"),
+                ].enumerated() {
+                    let event =
+                        #"{"type":"event_callback","event_id":"Ev\#(n)","event":{"type":"reaction_added","reaction":"\#(reaction)","item":{"type":"message","channel":"C123","ts":"\#(ts)"}}}"#
+                    #expect(try await app.post("/slack-reactions", body: event, headers: Self.slackHeaders(event)).status == 200)
+                }
+                // Once the tables are kept, an operator runs the daily build now.
+                let kept = try await eventually(timeout: .seconds(30)) {
+                    let reactions = try await app.get("/v1/tables/slack_reactions/records").body["records"].arrayValue?.count
+                    let posts = try await app.get("/v1/tables/slack_posts/records").body["records"].arrayValue?.count
+                    let completions = try await app.get("/v1/tables/completions/records").body["records"].arrayValue?.count
+                    return reactions == 4 && posts == 1 && completions == 1
+                }
+                #expect(kept)
+                let trigger = try await app.http(
+                    "POST",
+                    app.adminURL + "/v1/admin/tenants/default/schedules/rebuild-model/trigger",
+                    headers: [("Authorization", "Bearer \(adminToken)")]
+                )
+                #expect((200..<300).contains(trigger.status), "\(trigger.body)")
+                let feedback = try await app.records(in: "prompt_feedback", atLeast: 1)
+                #expect(feedback.count == 1)
+                let summary = try JSONDecoder().decode(PromptFeedback.self, from: Data(feedback[0].payload))
+                #expect(summary.prompt.contains("how do I deploy?"))
+                #expect(summary.completions == 1)
+                #expect(summary.positive == 2)
+                #expect(summary.negative == 1)
+                #expect(abs(summary.score - 1.0 / 3.0) < 1e-9)
+                let builds = try await app.records(in: "model_builds", atLeast: 1)
+                #expect(try JSONParser.parse(builds[0].payload)["prompts"] == 1)
+            }
+            group.cancelAll()
+        }
+    }
+
     @Test("A missing secret fails at startup and names the variable")
     func missingSecret() async throws {
         let error = await #expect(throws: ConfigurationError.self) {
