@@ -70,9 +70,10 @@ struct StoragePlan: Sendable {
         return graph.keeping(bindings, inOrder: objectStores) { name in opened?.byName[name] }
     }
 
-    /// Opens every storage that keeps a table. Secrets come from `environment`; a missing one,
+    /// Opens every storage that keeps a table (`graph`'s tables are what SQL queries can name).
+    /// Secrets come from `environment`; a missing one,
     /// an unreachable server or a malformed URL stops startup naming the file and the storage.
-    func open(configuration: RuntimeConfiguration, logger: Logger) async throws -> OpenedStorages {
+    func open(graph: AppGraph, configuration: RuntimeConfiguration, logger: Logger) async throws -> OpenedStorages {
         let file = configuration.deploymentFile ?? "autonomous.json"
         var byName: [String: any TableStorage] = [:]
         var services: [any Service] = []
@@ -160,7 +161,9 @@ struct StoragePlan: Sendable {
         }
         var tables: [String: any TableStorage] = [:]
         for (table, name) in bindings { tables[table] = byName[name] }
-        return OpenedStorages(byName: byName, reader: TableReader(storages: tables), services: services)
+        var definitions: [String: TableDefinition] = [:]
+        for table in graph.tables where table.kind == .table { definitions[table.name] = table }
+        return OpenedStorages(byName: byName, reader: TableReader(storages: tables, tables: definitions), services: services)
     }
 }
 

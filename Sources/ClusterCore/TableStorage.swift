@@ -152,7 +152,57 @@ package protocol TableStorage: Sendable {
     func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int
     /// Whether the storage can read back (an S3 storage only writes).
     var isReadable: Bool { get }
+    /// Runs a read-only SQL query with bound parameters (`$1`…) in which `{table}` stands for
+    /// that table's rows of `tenant` (``SQLQuery``). Only PostgreSQL storages run SQL.
+    func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject]
     func close() async throws
+}
+
+extension TableStorage {
+    package func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject] {
+        throw TableReadError(
+            table: tables.first?.name ?? "",
+            message: "is kept in storage '\(name)', which runs no SQL; SQL queries need a PostgreSQL storage"
+        )
+    }
+}
+
+/// A read-only SQL query on the PostgreSQL storage that keeps a table, for what
+/// ``Table/records(since:until:where:order:limit:cursor:_:)`` does not cover (aggregates,
+/// joins). Values are bound (`$1`, `$2`… in `bindings` order), never spliced. `{orders}`
+/// stands for the rows of table `orders` that belong to the context's tenant, so a query
+/// that names its tables that way reads nothing of another tenant's:
+///
+/// ```swift
+/// let rows = try await orders.query(
+///     "SELECT customer, sum(total) AS spent FROM {enriched_orders} WHERE _ingested_at > $1 GROUP BY customer",
+///     bindings: [.string("2026-12-01T00:00:00Z")],
+///     ctx
+/// )
+/// ```
+///
+/// The query runs in a read-only transaction with a 30 s statement timeout; each row comes
+/// back as a JSON object of its columns. The tables it names must be kept in the same storage.
+public struct SQLQuery: Sendable, Hashable {
+    public var text: String
+    public var bindings: [JSONValue]
+
+    public init(_ text: String, bindings: [JSONValue] = []) {
+        self.text = text
+        self.bindings = bindings
+    }
+
+    /// The table names in `{…}` placeholders, in order of first appearance.
+    package var tableNames: [String] {
+        var names: [String] = []
+        var rest = text[...]
+        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
+            let name = String(rest[rest.index(after: open)..<close])
+            if !names.contains(name) { names.append(name) }
+            rest = rest[rest.index(after: close)...]
+        }
+        return names
+    }
 }
 
 /// A storage failed, or refused what it was asked.
@@ -189,9 +239,12 @@ public struct TableReadError: Error, Sendable, CustomStringConvertible {
 package final class TableReader: Sendable {
     /// The storage of each kept table, by table name.
     package let storages: [String: any TableStorage]
+    /// Every table of the app, by name (SQL queries name them).
+    package let tables: [String: TableDefinition]
 
-    package init(storages: [String: any TableStorage]) {
+    package init(storages: [String: any TableStorage], tables: [String: TableDefinition] = [:]) {
         self.storages = storages
+        self.tables = tables
     }
 
     package func storage(of table: String) -> (any TableStorage)? { storages[table] }
@@ -202,6 +255,33 @@ package final class TableReader: Sendable {
 
     package func count(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> Int {
         try await readable(table, query).count(query, table: table, tenant: tenant)
+    }
+
+    /// Runs `query` on the storage of `table`; every `{name}` must be a table kept there.
+    package func query(
+        _ query: SQLQuery,
+        table: TableDefinition,
+        tables: [String: TableDefinition],
+        tenant: String
+    ) async throws -> [JSONObject] {
+        guard let storage = storages[table.name] else {
+            throw TableReadError(table: table.name, message: "is not kept in a storage; bind it to a PostgreSQL storage to query it")
+        }
+        var named: [TableDefinition] = []
+        for name in query.tableNames {
+            guard let other = tables[name] else {
+                throw TableReadError(table: table.name, field: "sql", message: "{\(name.prefix(64))} is not a table of the app")
+            }
+            guard storages[name]?.name == storage.name else {
+                throw TableReadError(
+                    table: table.name,
+                    field: "sql",
+                    message: "{\(name)} is not kept in storage '\(storage.name)', where the query runs"
+                )
+            }
+            named.append(other)
+        }
+        return try await storage.query(query, tables: named, tenant: tenant)
     }
 
     private func readable(_ table: TableDefinition, _ query: RecordQuery) throws(TableReadError) -> any TableStorage {
@@ -222,6 +302,11 @@ package final class TableReader: Sendable {
 /// A context that can read kept tables: a handler's, a schedule's and a route's.
 package protocol TableReading {
     var tableReader: TableReader? { get }
+}
+
+extension TableReading {
+    /// The app's tables by name, for SQL placeholders.
+    var readableTables: [String: TableDefinition]? { tableReader?.tables }
 }
 
 extension Table {
@@ -253,6 +338,15 @@ extension Table {
     ) async throws -> Int {
         let query = RecordQuery(since: since, until: until, filters: filters)
         return try await reader(ctx).count(query, table: definition, tenant: ctx.tenant)
+    }
+
+    /// Runs a read-only SQL query on the PostgreSQL storage that keeps this table (see
+    /// ``SQLQuery``): `{name}` stands for the context's tenant's rows of table `name`.
+    public func query(_ sql: String, bindings: [JSONValue] = [], _ ctx: some AppendContext) async throws -> [JSONObject] {
+        guard let tables = (ctx as? any TableReading)?.readableTables else {
+            throw TableReadError(table: name, message: "cannot be queried from this context (no storage is configured in this process)")
+        }
+        return try await reader(ctx).query(SQLQuery(sql, bindings: bindings), table: definition, tables: tables, tenant: ctx.tenant)
     }
 
     private func reader(_ ctx: some AppendContext) throws(TableReadError) -> TableReader {

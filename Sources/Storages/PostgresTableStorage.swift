@@ -309,6 +309,72 @@ package final class PostgresTableStorage: TableStorage, Service {
         return total
     }
 
+    // MARK: SQL
+
+    package func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject] {
+        await waitUntilStarted()
+        var binds = PostgresBindings()
+        for value in query.bindings {
+            switch value {
+            case .null: binds.appendNull()
+            case .bool(let flag): binds.append(flag)
+            case .int(let number): binds.append(Int(number))
+            case .double(let number): binds.append(number)
+            case .string(let text): binds.append(text)
+            case .array, .object: binds.append(String(decoding: JSONWriter.encode(value), as: UTF8.self))
+            }
+        }
+        var text = query.text
+        if !tables.isEmpty {
+            binds.append(tenant)
+            let tenantParameter = "$\(binds.count)"
+            for table in tables {
+                let name = SQL.identifier(table.name)
+                text = text.replacingOccurrences(
+                    of: "{\(table.name)}",
+                    with: "(SELECT * FROM \(name) WHERE _tenant = \(tenantParameter)) AS \(name)"
+                )
+            }
+        }
+        let statement = PostgresQuery(unsafeSQL: text, binds: binds)
+        var rows: [JSONObject] = []
+        try await run(table: tables.first?.name ?? "") {
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                try await connection.query("SET TRANSACTION READ ONLY", logger: self.logger)
+                try await connection.query("SET LOCAL statement_timeout = '30s'", logger: self.logger)
+                for try await row in try await connection.query(statement, logger: self.logger) {
+                    var object = JSONObject()
+                    for cell in row { object[cell.columnName] = Self.value(cell) }
+                    rows.append(object)
+                }
+            }
+        }
+        return rows
+    }
+
+    /// A column's value as JSON: numbers, booleans, JSON as parsed, times as RFC 3339, the
+    /// rest as text.
+    static func value(_ cell: PostgresCell) -> JSONValue {
+        guard cell.bytes != nil else { return .null }
+        switch cell.dataType {
+        case .bool: return (try? cell.decode(Bool.self)).map(JSONValue.bool) ?? .null
+        case .int2, .int4, .int8: return (try? cell.decode(Int64.self)).map(JSONValue.int) ?? .null
+        case .float4, .float8: return (try? cell.decode(Double.self)).map(JSONValue.double) ?? .null
+        case .numeric:
+            guard let decimal = try? cell.decode(Decimal.self) else { return .null }
+            let text = "\(decimal)"
+            if let whole = Int64(text) { return .int(whole) }
+            return Double(text).map(JSONValue.double) ?? .string(text)
+        case .json, .jsonb:
+            guard let text = try? cell.decode(String.self) else { return .null }
+            return (try? JSONParser.parse(Array(text.utf8))) ?? .string(text)
+        case .timestamptz, .timestamp:
+            return (try? cell.decode(Date.self)).map { .string(ISO8601.format($0)) } ?? .null
+        default:
+            return (try? cell.decode(String.self)).map(JSONValue.string) ?? .null
+        }
+    }
+
     /// The WHERE clause of a query; every value is a bound parameter.
     static func conditions(_ query: RecordQuery, tenant: String, cursor useCursor: Bool, binds: inout PostgresBindings) -> String {
         var conditions: [String] = []

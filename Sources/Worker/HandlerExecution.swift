@@ -75,7 +75,10 @@ struct HandlerExecution: Sendable {
     /// With a tracer bootstrapped, the run is a span (``HandlerTracing``) and its outputs
     /// carry the span's trace context.
     func run(_ records: [IncomingRecord]) async -> Result<Int, any Error> {
-        guard tracing.isEnabled else { return await run(records, outputTraceparent: nil) }
+        // Storage sinks record no spans: every table is kept in dev, and a span per sink batch
+        // would double what is exported without saying anything about the app's own logic
+        // (their metrics show their work).
+        guard tracing.isEnabled, !handler.isSink else { return await run(records, outputTraceparent: nil) }
         return await tracing.run(handler: handler, tenant: tenant, records: records) { outputTraceparent in
             await run(records, outputTraceparent: outputTraceparent)
         }

@@ -197,6 +197,69 @@ struct StorageTests {
         }
     }
 
+    @Test(
+        "PostgreSQL: SQL with bound values over the tenant's rows; typed columns; read only; SQLite refuses SQL",
+        arguments: Kind.allCases
+    )
+    func sql(kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let table = Self.table("orders", OrderV2.self)
+            try await storage.prepare(table)
+            let base: Int64 = 1_800_000_000_000_000
+            var batch: [IncomingRecord] = []
+            for i in 0..<10 {
+                batch.append(
+                    Self.record(
+                        "r-\(i)",
+                        #"{"order_id":"o-\#(i)","amount":\#(i * 10),"paid":\#(i < 4),"currency":"\#(i % 2 == 0 ? "EUR" : "USD")"}"#,
+                        micros: base + Int64(i)
+                    )
+                )
+            }
+            try await storage.write(batch, table: table, tenant: "acme")
+            try await storage.write(
+                [Self.record("x-1", #"{"order_id":"x","amount":1000,"paid":true,"currency":"EUR"}"#, micros: base)],
+                table: table,
+                tenant: "globex"
+            )
+            let reader = TableReader(storages: ["orders": storage], tables: ["orders": table])
+            let query = SQLQuery(
+                "SELECT currency, sum(amount) AS total, count(*) AS n, bool_and(paid) AS all_paid FROM {orders} WHERE amount >= $1 GROUP BY currency ORDER BY currency",
+                bindings: [20]
+            )
+            guard kind == .postgres else {
+                await #expect(throws: TableReadError.self) {
+                    try await reader.query(query, table: table, tables: reader.tables, tenant: "acme")
+                }
+                return
+            }
+            let rows = try await reader.query(query, table: table, tables: reader.tables, tenant: "acme")
+            // acme: amounts 20…90; EUR 20+40+60+80, USD 30+50+70+90; globex's 1000 is not there.
+            #expect(rows.count == 2)
+            #expect(rows[0]["currency"] == "EUR" && rows[0]["total"] == 200 && rows[0]["n"] == 4 && rows[0]["all_paid"] == false)
+            #expect(rows[1]["currency"] == "USD" && rows[1]["total"] == 240)
+            // The record's metadata columns and the whole record are there too.
+            let newest = try await reader.query(
+                SQLQuery("SELECT _id, _ingested_at, _record FROM {orders} ORDER BY _ingested_at DESC LIMIT 1"),
+                table: table,
+                tables: reader.tables,
+                tenant: "acme"
+            )
+            #expect(newest.first?["_id"] == "r-9")
+            #expect(newest.first?["_record"]?["order_id"] == "o-9")
+            #expect(newest.first?["_ingested_at"]?.stringValue?.hasSuffix("Z") == true)
+            // Read only: a write is refused by the database.
+            await #expect(throws: StorageError.self) {
+                try await reader.query(SQLQuery("DELETE FROM {orders} RETURNING _id"), table: table, tables: reader.tables, tenant: "acme")
+            }
+            #expect(try await storage.count(RecordQuery(), table: table, tenant: "acme") == 10)
+            // A placeholder must name a table kept in the same storage.
+            await #expect(throws: TableReadError.self) {
+                try await reader.query(SQLQuery("SELECT * FROM {invoices}"), table: table, tables: reader.tables, tenant: "acme")
+            }
+        }
+    }
+
     @Test("A new field migrates the table; a changed type stops with a message naming the field", arguments: Kind.allCases)
     func migrations(kind: Kind) async throws {
         try await withStorage(kind) { storage in
