@@ -43,3 +43,49 @@ enum SQL {
         "'" + text.replacingOccurrences(of: "'", with: "''") + "'"
     }
 }
+
+extension IncomingRecord {
+    /// A record read back from a row of a database storage.
+    static func kept(
+        id: String,
+        micros: Int64,
+        causedBy: String?,
+        type: String?,
+        body: String,
+        table: String,
+        tenant: String
+    ) -> IncomingRecord {
+        IncomingRecord(
+            metadata: RecordMetadata(
+                id: id,
+                table: table,
+                tenant: tenant,
+                ingestTime: Date(timeIntervalSince1970: Double(micros) / 1_000_000),
+                causedBy: causedBy,
+                semanticType: type
+            ),
+            payload: Array(body.utf8)
+        )
+    }
+}
+
+/// A UTC calendar time's parts, zero-padded: object partitions and SigV4 timestamps.
+struct UTCParts {
+    let year, month, day, hour, minute, second: String
+
+    init(_ date: Date) {
+        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        year = pad(parts.tm_year + 1900, 4)
+        month = pad(parts.tm_mon + 1, 2)
+        day = pad(parts.tm_mday, 2)
+        hour = pad(parts.tm_hour, 2)
+        minute = pad(parts.tm_min, 2)
+        second = pad(parts.tm_sec, 2)
+    }
+}

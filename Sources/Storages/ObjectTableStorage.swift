@@ -79,14 +79,8 @@ package struct ObjectTableStorage: TableStorage {
 
     /// `date=YYYY-MM-DD/hour=HH` of a storage time, in UTC.
     static func partition(_ date: Date) -> String {
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "date=\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))/hour=\(pad(parts.tm_hour, 2))"
+        let utc = UTCParts(date)
+        return "date=\(utc.year)-\(utc.month)-\(utc.day)/hour=\(utc.hour)"
     }
 
     static let metadataKeys: Set<String> = ["_id", "_ingested_at", "_caused_by", "_type"]

@@ -276,19 +276,7 @@ package final class PostgresTableStorage: TableStorage, Service {
             let rows = try await self.client.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: self.logger)
             for try await (id, time, cause, type, body) in rows.decode((String, Int64, String?, String?, String).self) {
                 micros.append(time)
-                records.append(
-                    IncomingRecord(
-                        metadata: RecordMetadata(
-                            id: id,
-                            table: table.name,
-                            tenant: tenant,
-                            ingestTime: Date(timeIntervalSince1970: Double(time) / 1_000_000),
-                            causedBy: cause,
-                            semanticType: type
-                        ),
-                        payload: Array(body.utf8)
-                    )
-                )
+                records.append(.kept(id: id, micros: time, causedBy: cause, type: type, body: body, table: table.name, tenant: tenant))
             }
         }
         return Self.page(records, micros: micros, limit: query.limit)

@@ -171,16 +171,14 @@ package actor SQLiteTableStorage: TableStorage {
                 else { continue }
                 micros.append(Int64(time))
                 records.append(
-                    IncomingRecord(
-                        metadata: RecordMetadata(
-                            id: id,
-                            table: table.name,
-                            tenant: tenant,
-                            ingestTime: Date(timeIntervalSince1970: Double(time) / 1_000_000),
-                            causedBy: row.column("_caused_by")?.string,
-                            semanticType: row.column("_type")?.string
-                        ),
-                        payload: Array(body.utf8)
+                    .kept(
+                        id: id,
+                        micros: Int64(time),
+                        causedBy: row.column("_caused_by")?.string,
+                        type: row.column("_type")?.string,
+                        body: body,
+                        table: table.name,
+                        tenant: tenant
                     )
                 )
             }

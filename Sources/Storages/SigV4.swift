@@ -107,15 +107,9 @@ package struct SigV4Signer: Sendable {
 
     /// `20150830T123600Z` and `20150830`, in UTC.
     static func timestamps(_ date: Date) -> (String, String) {
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        let day = pad(parts.tm_year + 1900, 4) + pad(parts.tm_mon + 1, 2) + pad(parts.tm_mday, 2)
-        return (day + "T" + pad(parts.tm_hour, 2) + pad(parts.tm_min, 2) + pad(parts.tm_sec, 2) + "Z", day)
+        let utc = UTCParts(date)
+        let day = utc.year + utc.month + utc.day
+        return (day + "T" + utc.hour + utc.minute + utc.second + "Z", day)
     }
 
     /// RFC 3986 percent-encoding of everything but the unreserved characters (and `/` in paths).

@@ -63,9 +63,10 @@ struct SlackBotTests {
         ]
     }
 
-    @Test("A Slack mention becomes a prompt, a completion and a Slack message with the completion text")
-    func mentionToSlackMessage() async throws {
-        let fakes = FakeAPIs(answer: "Happy to help, friend!")
+    /// Runs `body` with the fakes serving on a loopback port, and the environment that points
+    /// SlackBot at them.
+    static func withFakes(answer: String, _ body: (FakeAPIs, [String: String]) async throws -> Void) async throws {
+        let fakes = FakeAPIs(answer: answer)
         let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
         let fakeServer = Application(
             router: fakes.router(),
@@ -84,6 +85,14 @@ struct SlackBotTests {
                 "SLACK_API_URL": "http://127.0.0.1:\(fakePort)/api",
                 "SLACK_SIGNING_SECRET": "signing-secret",
             ]
+            try await body(fakes, environment)
+            group.cancelAll()
+        }
+    }
+
+    @Test("A Slack mention becomes a prompt, a completion and a Slack message with the completion text")
+    func mentionToSlackMessage() async throws {
+        try await Self.withFakes(answer: "Happy to help, friend!") { fakes, environment in
             try await withRunningApp(try SlackBotApp.graph(), environment: environment) { app in
                 let mention =
                     #"{"type":"event_callback","event":{"type":"app_mention","text":"<@U1> how do I deploy?","channel":"C123","ts":"1700000000.000001"}}"#
@@ -125,31 +134,12 @@ struct SlackBotTests {
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(fakes.slackMessages.withLock { $0.count } == 1)
             }
-            group.cancelAll()
         }
     }
 
     @Test("The daily model build reads the day's completions, posts and reactions, and scores each prompt")
     func dailyFeedback() async throws {
-        let fakes = FakeAPIs(answer: "Use autonomous deploy.")
-        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
-        let fakeServer = Application(
-            router: fakes.router(),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in portContinuation.yield(channel.localAddress!.port!) },
-            logger: TestNATSServer.logger
-        )
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await fakeServer.run() }
-            var ports = portStream.makeAsyncIterator()
-            let fakePort = try #require(await ports.next())
-            let environment = [
-                "OPENAI_API_KEY": "sk-test-key",
-                "OPENAI_BASE_URL": "http://127.0.0.1:\(fakePort)/v1",
-                "SLACK_BOT_TOKEN": "xoxb-test-token",
-                "SLACK_API_URL": "http://127.0.0.1:\(fakePort)/api",
-                "SLACK_SIGNING_SECRET": "signing-secret",
-            ]
+        try await Self.withFakes(answer: "Use autonomous deploy.") { fakes, environment in
             let adminToken = "test-admin-token-0123456789"
             let configure: (inout RuntimeConfiguration) -> Void = {
                 $0.keepUnboundTablesInSQLite = true
@@ -199,7 +189,6 @@ struct SlackBotTests {
                 let builds = try await app.records(in: "model_builds", atLeast: 1)
                 #expect(try JSONParser.parse(builds[0].payload)["prompts"] == 1)
             }
-            group.cancelAll()
         }
     }
 
