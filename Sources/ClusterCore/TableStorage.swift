@@ -210,10 +210,14 @@ package struct StorageError: Error, Sendable, CustomStringConvertible {
     package var message: String
     /// The storage cannot be reached right now: the worker retries without counting attempts.
     package var isTransient: Bool
+    /// The storage refuses the record itself (a value its database cannot hold): another
+    /// attempt cannot help, so the record goes to the dead-letter subject at once.
+    package var isRefusal: Bool
 
-    package init(_ message: String, transient: Bool = false) {
+    package init(_ message: String, transient: Bool = false, refusal: Bool = false) {
         self.message = message
         self.isTransient = transient
+        self.isRefusal = refusal
     }
 
     package var description: String { message }

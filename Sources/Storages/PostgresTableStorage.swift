@@ -412,9 +412,12 @@ package final class PostgresTableStorage: TableStorage, Service {
             let transient =
                 error.serverInfo == nil
                 || state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57") || state == "40001" || state == "40P01"
+            // Classes 22 (data exception: a value jsonb or a column cannot hold, such as
+            // \u0000) and 23 (integrity): the records are refused, not the storage down.
             throw StorageError(
                 "storage '\(name)' (\(displayName)), table '\(table)': \(PostgresStore.describe(error))",
-                transient: transient
+                transient: transient,
+                refusal: !transient && (state.hasPrefix("22") || state.hasPrefix("23"))
             )
         }
     }

@@ -278,7 +278,7 @@ package actor HandlerRunner {
             failures[record.metadata.id] = now
             return now
         }
-        let permanent = error is UndecodableRecordError || error is ProcessStoppedError
+        let permanent = error is UndecodableRecordError || error is ProcessStoppedError || (error as? StorageError)?.isRefusal == true
         if Self.isTransient(error) || (!permanent && attempt < handler.options.maxAttempts) {
             let delay = handler.options.backoff(afterAttempt: attempt)
             logger.info(

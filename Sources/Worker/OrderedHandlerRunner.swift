@@ -286,7 +286,8 @@ package final class OrderedHandlerRunner: Sendable {
                 try? await Task.sleep(for: .milliseconds(500))
                 continue
             }
-            if error is UndecodableRecordError || error is ProcessStoppedError || attempt >= handler.options.maxAttempts {
+            let refused = (error as? StorageError)?.isRefusal == true
+            if error is UndecodableRecordError || error is ProcessStoppedError || refused || attempt >= handler.options.maxAttempts {
                 do {
                     try await execution.deadLetter(record, error: error, attempts: attempt, firstFailure: firstFailure)
                 } catch {

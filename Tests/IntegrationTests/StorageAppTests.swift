@@ -1,6 +1,7 @@
 import Autonomous
 import AutonomousTesting
 import ClusterCore
+import Deploy
 import Foundation
 import Testing
 
@@ -109,6 +110,60 @@ struct StorageAppTests {
                 #expect(answer.body["error"]["field"] == .string(field), "\(query)")
             }
             #expect(try await app.get("/v1/tables/nope/records").status == 404)
+        }
+    }
+
+    @Test("A record PostgreSQL refuses (\\u0000 in jsonb) is dead-lettered at once; the rest of its batch is kept")
+    func refusedRecord() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aut-refused-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try await LocalPostgres.start(
+            directory: directory + "/pg",
+            port: LoopbackPorts.freeBase(spans: [0..<1]),
+            database: "kept",
+            logger: TestNATSServer.logger
+        )
+        do {
+            let file = directory + "/autonomous.json"
+            try Data(
+                #"{"storages": [{"name": "pg", "type": "database", "url": "\#(server.url)"}], "tables": {"notes": {"storage": "pg"}}}"#.utf8
+            ).write(to: URL(fileURLWithPath: file))
+            let deployment = try DeploymentConfiguration.load(path: file)
+            var builder = AppBuilder(name: "Refused")
+            _ = builder.table("notes")
+            let configure: (inout RuntimeConfiguration) -> Void = {
+                $0.storages = deployment.storages
+                $0.tableSettings = deployment.tables
+                $0.deploymentFile = file
+            }
+            try await withRunningApp(try builder.build(), configure: configure) { app in
+                let lines = (0..<5).map { i in i == 2 ? #"{"n":2,"text":"nul \u0000 here"}"# : #"{"n":\#(i)}"# }
+                let posted = try await app.post(
+                    "/v1/tables/notes/records",
+                    body: lines.joined(separator: "\n"),
+                    contentType: "application/x-ndjson"
+                )
+                #expect(posted.status == 202)
+                let dead = try await StreamAudit.read(
+                    connection: app.connection,
+                    stream: app.stream,
+                    subject: Wire.deadLetterSubject(tenant: "default", handler: "store-notes"),
+                    atLeast: 1
+                )
+                #expect(dead.count == 1)
+                #expect(dead.first?.headers["Aut-Attempts"] == "1", "refused at once, not after ten attempts")
+                let kept = try await eventually { try await app.get("/v1/tables/notes/records").body["records"].arrayValue?.count == 4 }
+                #expect(kept)
+                let numbers = try await app.get("/v1/tables/notes/records?order=oldest").body["records"].arrayValue?.compactMap {
+                    $0["record"]["n"].intValue
+                }
+                #expect(numbers == [0, 1, 3, 4])
+            }
+            await server.stop()
+        } catch {
+            await server.stop()
+            throw error
         }
     }
 
