@@ -10,8 +10,8 @@ extension HandlerDefinition {
     package static func sinkName(table: String) -> String { "store-" + table }
 
     /// How a sink consumes: large batches (one COPY or one object each), a short wait so a
-    /// trickle is kept promptly, and many attempts, since a storage that refuses a record
-    /// (not one that is down: that is retried without counting) rarely changes its mind.
+    /// trickle is kept promptly, and 10 attempts for failures that are neither an outage
+    /// (retried without counting) nor a record the database refuses (dead-lettered at once).
     package static let sinkOptions = HandlerOptions(
         batchSize: 1_000,
         maxWait: .milliseconds(200),
@@ -48,8 +48,9 @@ extension HandlerDefinition {
                     throw ConfigurationError("storage '\(storage)' of table '\(table.name)' is not open in this process")
                 }
                 // A storage that cannot be reached throws a transient StorageError (retried
-                // without counting attempts); one that refuses the batch, any other error: the
-                // records are then tried one by one, and the one at fault is dead-lettered.
+                // without counting attempts); on any other error the records are tried one by
+                // one, and the one at fault is dead-lettered (at once when the database refuses
+                // it, else after its attempts).
                 return { records, ctx in try await opened.write(records, table: table, tenant: ctx.tenant) }
             }
         )
