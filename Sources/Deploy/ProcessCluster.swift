@@ -133,7 +133,14 @@ package actor ProcessCluster {
             url = external
         } else if specification.natsNodes > 1 {
             // A JetStream cluster on loopback: fixed route ports, client ports picked by each node.
-            let routeBase = LoopbackPorts.freeBase(spans: [0..<specification.natsNodes])
+            // The app's own ports are not bound yet, so a free base could still be one of
+            // them: keep the routes clear of the HTTP and health ranges.
+            let reserved =
+                min(specification.httpPort, specification.healthPort)..<(max(specification.httpPort, specification.healthPort) + 300)
+            var routeBase = LoopbackPorts.freeBase(spans: [0..<specification.natsNodes])
+            for _ in 0..<100 where (routeBase..<(routeBase + specification.natsNodes)).overlaps(reserved) {
+                routeBase = LoopbackPorts.freeBase(spans: [0..<specification.natsNodes])
+            }
             let routes = (0..<specification.natsNodes).map { "nats://127.0.0.1:\(routeBase + $0)" }.joined(separator: ",")
             do {
                 for node in 0..<specification.natsNodes {
