@@ -201,9 +201,12 @@ struct StorageAppTests {
                 }
             }
             let kept = try await eventually(timeout: .seconds(30)) {
+                // Both tables' sinks: the shouts and the notes they came from.
                 let acme = try await app.http("GET", app.baseURL + "/shouts", headers: auth("acme")).body["total"]
                 let globex = try await app.http("GET", app.baseURL + "/shouts", headers: auth("globex")).body["total"]
-                return acme == 3 && globex == 2
+                let notesA = try await app.http("GET", app.baseURL + "/v1/tables/notes/records", headers: auth("acme")).body["records"]
+                let notesB = try await app.http("GET", app.baseURL + "/v1/tables/notes/records", headers: auth("globex")).body["records"]
+                return acme == 3 && globex == 2 && notesA.arrayValue?.count == 3 && notesB.arrayValue?.count == 2
             }
             #expect(kept)
             let acme = try await app.http("GET", app.baseURL + "/v1/tables/notes/records", headers: auth("acme"))
