@@ -234,6 +234,115 @@ struct Bench: Sendable {
         return "nats.c"
     }
 
+    // MARK: Scenario g: a table kept in PostgreSQL
+
+    /// Records published to `kept_events`, which autonomous.json keeps in the cluster's
+    /// PostgreSQL: from the first publish until the sink has acknowledged the last record
+    /// (it acknowledges only after the batch's transaction committed). Compared with a raw
+    /// `COPY FROM STDIN` (psql's `\copy`) of the very rows kept, into a table of the same
+    /// shape (`LIKE … INCLUDING ALL`: the same key and columns) in the same server, twice
+    /// right after; the ratio is to their mean. Every record must be kept exactly once.
+    func storageScenario() async throws -> ScenarioResult {
+        let count = smoke ? records : records / 2
+        let port = LoopbackPorts.freeBase(spans: [0..<1])
+        return try await withCluster(
+            "g",
+            workers: 1,
+            ingress: 0,
+            configure: { specification in
+                specification.postgres = .init(port: port, database: "kept")
+                try FileManager.default.createDirectory(atPath: specification.directory, withIntermediateDirectories: true)
+                let file = specification.directory + "/autonomous.json"
+                let json = """
+                    {"storages": [{"name": "load-db", "type": "database", "url": "postgres://postgres@127.0.0.1:\(port)/kept"}],
+                     "tables": {"kept_events": {"storage": "load-db"}}}
+                    """
+                try Data(json.utf8).write(to: URL(fileURLWithPath: file))
+                specification.environment["AUTONOMOUS_DEPLOYMENT_FILE"] = file
+            }
+        ) { cluster, connection in
+            let url = "postgresql://postgres@127.0.0.1:\(port)/kept"
+            let stream = Self.stream("default", "kept_events")
+            let consumer = Wire.consumerName(handler: "store-kept_events")
+            let start = ContinuousClock.now
+            let producer = try await produce(
+                count,
+                table: "kept_events",
+                tenant: "default",
+                natsURL: cluster.operatorURL,
+                connection: connection
+            )
+            // Kept once the sink's ack floor passes the last record: it acknowledges a batch
+            // only after its transaction committed.
+            let deadline = start + .seconds(600)
+            while true {
+                if let state = try await connection.consumerState(stream: stream, consumer: consumer),
+                    state.ackFloorStreamSequence >= UInt64(count)
+                {
+                    break
+                }
+                guard ContinuousClock.now < deadline else { throw RunnerError("the sink did not keep \(count) records in 600 s") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let elapsed = ContinuousClock.now - start
+            let counts = try await Self.psql(
+                url,
+                "SELECT count(*), count(DISTINCT _id), count(DISTINCT (_record->>'seq')::int) FROM kept_events "
+                    + "WHERE (_record->>'seq')::int BETWEEN 0 AND \(count - 1)"
+            ).split(separator: "|").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            let total =
+                Int(try await Self.psql(url, "SELECT count(*) FROM kept_events").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            guard counts.count == 3 else { throw RunnerError("cannot read the kept rows back") }
+            let audit = Audit(
+                expected: count,
+                found: total,
+                unique: min(counts[1], counts[2]),
+                ok: total == count && counts[0] == count && counts[1] == count && counts[2] == count
+            )
+            // The raw side: the same rows, out of the kept table into a file, then COPY'd in.
+            let rows = Self.scratch("g-rows") + ".tsv"
+            defer { try? FileManager.default.removeItem(atPath: rows) }
+            let columns = "_tenant, _id, _ingested_at, _caused_by, _type, _record"
+            _ = try await Self.psql(url, "\\copy (SELECT \(columns) FROM kept_events) TO '\(rows)'")
+            _ = try await Self.psql(url, "CREATE TABLE raw_copy (LIKE kept_events INCLUDING ALL)")
+            var copyRates: [Double] = []
+            for _ in 0..<2 {
+                _ = try await Self.psql(url, "TRUNCATE raw_copy")
+                let copyStart = ContinuousClock.now
+                _ = try await Self.psql(url, "\\copy raw_copy (\(columns)) FROM '\(rows)'")
+                copyRates.append(Double(total) / (ContinuousClock.now - copyStart).inSeconds)
+            }
+            let copyRate = copyRates.reduce(0, +) / Double(copyRates.count)
+            let rate = Double(count) / elapsed.inSeconds
+            var result = ScenarioResult(
+                name: "g",
+                title: "producer → JetStream → sink → PostgreSQL table",
+                baseline: "copy",
+                unit: "records/s",
+                rate: rate,
+                seconds: elapsed.inSeconds,
+                audit: audit,
+                toHandlerStart: nil,
+                toOutput: nil,
+                notes: [
+                    "producer": producer,
+                    "raw COPY FROM STDIN of the same rows (records/s)": copyRates.map { String(format: "%.0f", $0) }.joined(
+                        separator: ", "
+                    ),
+                ]
+            )
+            result.ratio = rate / copyRate
+            return result
+        }
+    }
+
+    /// Runs one SQL command with psql and returns its unaligned, tuples-only output.
+    static func psql(_ url: String, _ command: String) async throws -> String {
+        let psql = ["/usr/bin/psql", "/usr/lib/postgresql/15/bin/psql"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let psql else { throw RunnerError("psql is not installed (apt-get install postgresql-client)") }
+        return try await run(psql, [url, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", command])
+    }
+
     // MARK: Scenario b: NDJSON batches through the ingress
 
     func ndjsonScenario(name: String, paceRecordsPerSecond: Double?) async throws -> ScenarioResult {
@@ -597,9 +706,12 @@ struct Bench: Sendable {
         _ name: String,
         workers: Int,
         ingress: Int,
+        configure: (inout ProcessCluster.Specification) throws -> Void = { _ in },
         _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> ScenarioResult
     ) async throws -> ScenarioResult {
-        try await withCluster(name, workers: workers, ingress: ingress) { cluster, connection in [try await body(cluster, connection)] }[0]
+        try await withCluster(name, workers: workers, ingress: ingress, configure: configure) { cluster, connection in
+            [try await body(cluster, connection)]
+        }[0]
     }
 
     /// The same, for a scenario that reports several results from one cluster.
@@ -607,6 +719,7 @@ struct Bench: Sendable {
         _ name: String,
         workers: Int,
         ingress: Int,
+        configure: (inout ProcessCluster.Specification) throws -> Void = { _ in },
         _ body: @Sendable (ProcessCluster, NATSConnection) async throws -> [ScenarioResult]
     ) async throws -> [ScenarioResult] {
         let directory = Self.scratch("cluster-\(name)")
@@ -622,6 +735,7 @@ struct Bench: Sendable {
         where name.hasPrefix("LOAD_") || name.hasPrefix("AUTONOMOUS_") || name == "SWIFT_BACKTRACE" {
             specification.environment[name] = value
         }
+        try configure(&specification)
         let cluster = try await ProcessCluster.up(specification, logger: logger)
         var configuration = NATSConnection.Configuration(url: cluster.operatorURL)
         configuration.publishTimeout = .seconds(30)

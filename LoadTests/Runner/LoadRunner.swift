@@ -21,8 +21,8 @@ struct LoadRunner: AsyncParsableCommand {
         abstract: "Measure Autonomous against raw NATS and nginx on this machine, in one run."
     )
 
-    @Option(help: "Comma-separated: raw, nginx, a, b, c, d, e, f.")
-    var scenarios = "raw,nginx,a,b,c,d,e,f"
+    @Option(help: "Comma-separated: raw, nginx, a, b, c, d, e, f, g.")
+    var scenarios = "raw,nginx,a,b,c,d,e,f,g"
 
     @Option(help: "Records per run for the publish scenarios (raw, a, d, e).")
     var records = 400_000
@@ -195,6 +195,9 @@ struct LoadRunner: AsyncParsableCommand {
             }
             for scenario in results { add(scenario) }
         }
+        if selected.contains("g") {
+            add(try await bench.storageScenario())
+        }
 
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -337,7 +340,8 @@ struct Latency: Codable {
 struct ScenarioResult: Codable {
     var name: String
     var title: String
-    /// What `rate` is compared with: "raw" (events/s) or "nginx" (requests/s).
+    /// What `rate` is compared with: "raw" (events/s), "nginx" (requests/s) or "copy" (g: a
+    /// raw `COPY FROM STDIN` of the same rows into PostgreSQL, records/s).
     var baseline: String
     var unit: String
     var rate: Double

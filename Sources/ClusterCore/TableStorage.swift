@@ -213,12 +213,18 @@ package struct StorageError: Error, Sendable, CustomStringConvertible {
     /// The storage refuses the record itself (a value its database cannot hold): another
     /// attempt cannot help, so the record goes to the dead-letter subject at once.
     package var isRefusal: Bool
+    /// The database's own error code (PostgreSQL's SQLSTATE), when it gave one.
+    package var code: String?
 
-    package init(_ message: String, transient: Bool = false, refusal: Bool = false) {
+    package init(_ message: String, transient: Bool = false, refusal: Bool = false, code: String? = nil) {
         self.message = message
         self.isTransient = transient
         self.isRefusal = refusal
+        self.code = code
     }
+
+    /// A row with the same key is there already (SQLSTATE 23505).
+    package var isUniqueViolation: Bool { code == "23505" }
 
     package var description: String { message }
 }

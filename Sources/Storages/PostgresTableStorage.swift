@@ -190,6 +190,31 @@ package final class PostgresTableStorage: TableStorage, Service {
     package func write(_ records: [IncomingRecord], table: TableDefinition, tenant: String) async throws {
         guard !records.isEmpty else { return }
         await waitUntilStarted()
+        // First straight into the table, as fast as PostgreSQL takes rows. A record kept
+        // before (a redelivered batch, or an id published twice after the stream's duplicate
+        // window) fails the whole COPY with unique_violation and nothing of it is kept; the
+        // batch then goes through the staging table, which skips the rows already there.
+        precondition(Names.isValid(table.name), "table names are validated when the graph is built")
+        var direct = ByteBuffer()
+        direct.reserveCapacity(records.reduce(0) { $0 + $1.payload.count + 128 })
+        for record in records { Self.appendCopyRow(record, tenant: tenant, to: &direct) }
+        do {
+            try await run(table: table.name) {
+                try await self.client.withConnection { connection in
+                    // PostgresNIO quotes the name itself; table names are [a-z0-9_-] (Names).
+                    try await connection.copyFrom(
+                        table: table.name,
+                        columns: ["_tenant", "_id", "_ingested_at", "_caused_by", "_type", "_record"],
+                        logger: self.logger
+                    ) { writer in
+                        try await writer.write(direct)
+                    }
+                }
+            }
+            return
+        } catch let error as StorageError where error.isUniqueViolation {
+            // Some of the batch is kept already: below, idempotently.
+        }
         var data = ByteBuffer()
         data.reserveCapacity(records.reduce(0) { $0 + $1.payload.count + 96 })
         for record in records { Self.appendCopyRow(record, to: &data) }
@@ -228,9 +253,25 @@ package final class PostgresTableStorage: TableStorage, Service {
         return binds
     }
 
+    /// One row of the kept table's own columns in `COPY … FROM STDIN` text format:
+    /// `_tenant, _id, _ingested_at, _caused_by, _type, _record`.
+    static func appendCopyRow(_ record: IncomingRecord, tenant: String, to buffer: inout ByteBuffer) {
+        buffer.writeString(tenant)  // a valid tenant name: nothing to escape
+        buffer.writeInteger(UInt8(ascii: "\t"))
+        let micros = RecordCursor.micros(record.metadata.ingestTime)
+        let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
+        let parts = UTCParts(Date(timeIntervalSince1970: Double(seconds)))
+        let fraction = String(micros - seconds * 1_000_000)
+        let time =
+            "\(parts.year)-\(parts.month)-\(parts.day) \(parts.hour):\(parts.minute):\(parts.second)."
+            + String(repeating: "0", count: 6 - fraction.utf8.count) + fraction + "+00"
+        appendCopyRow(record, to: &buffer, time: time)
+    }
+
     /// One row of `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, and the
     /// backslash, tab, newline and carriage return escaped in values.
-    static func appendCopyRow(_ record: IncomingRecord, to buffer: inout ByteBuffer) {
+    /// `time` is the ingest time as the row gives it (microseconds since 1970 by default).
+    static func appendCopyRow(_ record: IncomingRecord, to buffer: inout ByteBuffer, time: String? = nil) {
         func value(_ bytes: some Sequence<UInt8>) {
             for byte in bytes {
                 switch byte {
@@ -247,7 +288,7 @@ package final class PostgresTableStorage: TableStorage, Service {
         }
         value(record.metadata.id.utf8)
         buffer.writeInteger(UInt8(ascii: "\t"))
-        buffer.writeString(String(RecordCursor.micros(record.metadata.ingestTime)))
+        buffer.writeString(time ?? String(RecordCursor.micros(record.metadata.ingestTime)))
         buffer.writeInteger(UInt8(ascii: "\t"))
         optional(record.metadata.causedBy)
         buffer.writeInteger(UInt8(ascii: "\t"))
@@ -417,7 +458,8 @@ package final class PostgresTableStorage: TableStorage, Service {
             throw StorageError(
                 "storage '\(name)' (\(displayName)), table '\(table)': \(PostgresStore.describe(error))",
                 transient: transient,
-                refusal: !transient && (state.hasPrefix("22") || state.hasPrefix("23"))
+                refusal: !transient && (state.hasPrefix("22") || state.hasPrefix("23")),
+                code: state.isEmpty ? nil : state
             )
         }
     }
