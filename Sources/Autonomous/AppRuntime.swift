@@ -186,7 +186,7 @@ package struct AppRuntime: Sendable {
         var storages: OpenedStorages?
         do {
             if role.runsWorker || role.runsIngress {
-                let opened = try await plan.open(graph: graph, configuration: configuration, logger: logger)
+                let opened = try await plan.open(graph: graph, configuration: configuration, connection: connection, logger: logger)
                 storages = opened
                 services += opened.services
             }

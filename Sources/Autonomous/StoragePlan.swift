@@ -1,6 +1,7 @@
 import ClusterCore
 import Foundation
 import Logging
+import NATS
 import ServiceLifecycle
 import Storages
 
@@ -13,6 +14,9 @@ struct StoragePlan: Sendable {
     var bindings: [String: String]
     /// What `dev` chose on its own, for its banner.
     var notes: [String]
+    /// Per table: autonomous.json's stream retention, and where a sink starts (`backfill`).
+    var retention: [String: StreamRetention] = [:]
+    var backfill: [String: Date] = [:]
 
     /// The name of `dev`'s SQLite storage (not a name `autonomous.json` can give: it has a space).
     static let devSQLite = "dev sqlite"
@@ -26,6 +30,8 @@ struct StoragePlan: Sendable {
         var bindings = graph.storageBindings
         var notes: [String] = []
         var problems: [String] = []
+        var retention: [String: StreamRetention] = [:]
+        var backfill: [String: Date] = [:]
         for (table, settings) in configuration.tableSettings.sorted(by: { $0.key < $1.key }) {
             guard graph.table(table) != nil else {
                 problems.append(
@@ -34,6 +40,8 @@ struct StoragePlan: Sendable {
                 continue
             }
             if let storage = settings.storage { bindings[table] = storage }
+            retention[table] = settings.retention
+            if let time = settings.backfillFrom { backfill[table] = time }
         }
         for (table, storage) in bindings.sorted(by: { $0.key < $1.key }) where storages[storage] == nil {
             if configuration.keepUnboundTablesInSQLite {
@@ -60,20 +68,31 @@ struct StoragePlan: Sendable {
                 )
             }
         }
+        for table in backfill.keys.sorted() where bindings[table] == nil {
+            problems.append("\(file): tables.\(table).backfill: the table is not kept in a storage, so it has no sink to backfill")
+        }
         if !problems.isEmpty { throw ConfigurationError(problems.joined(separator: "\n")) }
-        return StoragePlan(storages: storages, bindings: bindings, notes: notes)
+        return StoragePlan(storages: storages, bindings: bindings, notes: notes, retention: retention, backfill: backfill)
     }
 
     /// The graph with a sink handler for every kept table; `opened` resolves storages by name.
     func graph(_ graph: AppGraph, opened: OpenedStorages?) -> AppGraph {
         let objectStores = Set(storages.values.filter { $0.kind == .file }.map(\.name))
         return graph.keeping(bindings, inOrder: objectStores) { name in opened?.byName[name] }
+            .applying(retention: retention, backfill: backfill)
     }
 
     /// Opens every storage that keeps a table (`graph`'s tables are what SQL queries can name).
     /// Secrets come from `environment`; a missing one,
     /// an unreachable server or a malformed URL stops startup naming the file and the storage.
-    func open(graph: AppGraph, configuration: RuntimeConfiguration, logger: Logger) async throws -> OpenedStorages {
+    ///
+    /// With `connection`, tables no readable storage keeps are read from their streams.
+    func open(
+        graph: AppGraph,
+        configuration: RuntimeConfiguration,
+        connection: NATSConnection?,
+        logger: Logger
+    ) async throws -> OpenedStorages {
         let file = configuration.deploymentFile ?? "autonomous.json"
         var byName: [String: any TableStorage] = [:]
         var services: [any Service] = []
@@ -163,7 +182,15 @@ struct StoragePlan: Sendable {
         for (table, name) in bindings { tables[table] = byName[name] }
         var definitions: [String: TableDefinition] = [:]
         for table in graph.tables where table.kind == .table { definitions[table.name] = table }
-        return OpenedStorages(byName: byName, reader: TableReader(storages: tables, tables: definitions), services: services)
+        return OpenedStorages(
+            byName: byName,
+            reader: TableReader(
+                storages: tables,
+                tables: definitions,
+                streams: connection.map { StreamTableStorage(connection: $0) }
+            ),
+            services: services
+        )
     }
 }
 

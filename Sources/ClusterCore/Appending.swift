@@ -209,7 +209,7 @@ public final class HandlerContext: AppendContext, TableReading {
         if shouldFlush { try await flush() }
     }
 
-    /// Reads kept tables (``Table/records(since:until:where:order:limit:cursor:_:)``).
+    /// Reads kept tables (``Table/records(since:until:sinceSequence:where:order:limit:cursor:_:)``).
     package let tableReader: TableReader?
     /// Tables this context may append to by name (components address outputs by name).
     let tables: [String: TableDefinition]
@@ -242,7 +242,7 @@ public final class HandlerContext: AppendContext, TableReading {
 public final class RouteContext: AppendContext, TableReading {
     public let tenant: String
     public let logger: Logger
-    /// Reads kept tables (``Table/records(since:until:where:order:limit:cursor:_:)``).
+    /// Reads kept tables (``Table/records(since:until:sinceSequence:where:order:limit:cursor:_:)``).
     package let tableReader: TableReader?
     private let publisher: any MessagePublisher
     private let ids: RecordIDGenerator

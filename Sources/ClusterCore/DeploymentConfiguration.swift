@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 
 /// `autonomous.json`: storages, the tables they keep, runtimes and the deployment (engine,
 /// target, replicas). `autonomous deploy` reads it, and so does every app process (storages
@@ -29,6 +29,12 @@ package struct DeploymentConfiguration: Sendable, Equatable {
     package struct TableSettings: Sendable, Equatable {
         /// The storage that keeps the table, a name from `storages`.
         package var storage: String?
+        /// The stream's retention (`"retention": {"max_age": "30d", "max_bytes": 1073741824}`),
+        /// over the app's.
+        package var retention = StreamRetention()
+        /// Where the storage's sink starts when it is first created (`"backfill"`: `"all"`, the
+        /// default, or an RFC 3339 time); `nil` for the stream's first record.
+        package var backfillFrom: Date?
     }
 
     /// A plain value or a reference to a secret in the environment.
@@ -307,8 +313,35 @@ private struct Reader {
                 for (table, value) in entries {
                     let path = "tables.\(table.prefix(64))"
                     if let problem = Names.problem(with: table, kind: "table") { fail(path, problem) }
-                    guard let settings = self.object(value, path, allowed: ["storage"]) else { continue }
+                    guard let settings = self.object(value, path, allowed: ["storage", "retention", "backfill"]) else { continue }
                     var entry = DeploymentConfiguration.TableSettings()
+                    if let retention = settings["retention"],
+                        let limits = self.object(retention, "\(path).retention", allowed: ["max_age", "max_bytes"])
+                    {
+                        if let text = string(limits, "max_age", "\(path).retention", required: false) {
+                            if let age = StreamRetention.duration(text) {
+                                entry.retention.maxAge = age
+                            } else {
+                                fail("\(path).retention.max_age", "'\(text.prefix(40))' is not a duration such as 90s, 15m, 12h, 30d or 2w")
+                            }
+                        }
+                        if let bytes = limits["max_bytes"] {
+                            if let value = integer(bytes, "\(path).retention.max_bytes", range: 1_024...Int.max) {
+                                entry.retention.maxBytes = Int64(value)
+                            }
+                        }
+                    }
+                    if let text = string(settings, "backfill", path, required: false), text != "all" {
+                        if let time = ISO8601.parse(text) {
+                            entry.backfillFrom = time
+                        } else {
+                            fail(
+                                "\(path).backfill",
+                                "'\(text.prefix(40))' is neither \"all\" nor an RFC 3339 time such as 2026-12-01T00:00:00Z"
+                            )
+                        }
+                    }
+
                     if let storage = string(settings, "storage", path, required: false) {
                         if storageNames.contains(storage) {
                             entry.storage = storage

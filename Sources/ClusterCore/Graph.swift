@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 public import Logging
 package import NATS
 package import NIOCore
@@ -32,8 +32,11 @@ public struct TableDefinition: Sendable {
     /// Whether the record API takes records for the table (see ``RecordAPIAccess``).
     public internal(set) var recordAPI: RecordAPIAccess = .automatic
     /// The storage that keeps the table's records as well (a name from `autonomous.json`),
-    /// if any. See ``AppBuilder/table(_:of:recordAPI:storage:)``.
+    /// if any. See ``AppBuilder/table(_:of:recordAPI:storage:retention:)``.
     public internal(set) var storage: String? = nil
+    /// How long each tenant's stream of the table keeps records; `nil` fields take the
+    /// cluster's defaults. `autonomous.json` can override it per deployment.
+    public internal(set) var retention = StreamRetention()
 
     /// The table's subject (without a partition).
     package func subject(tenant: String) -> String {
@@ -267,6 +270,10 @@ public struct HandlerDefinition: Sendable {
     /// table, whatever the table's partitioning, one batch at a time across the cluster (an
     /// S3 sink, whose object names follow the stream's order).
     package var consumesWholeTable = false
+    /// Where the handler's consumer starts when it is first created: the first record stored
+    /// at or after this time (a storage sink's `backfill` in autonomous.json); `nil` for the
+    /// stream's first record.
+    package var startTime: Date? = nil
 
     package var consumerName: String { Wire.consumerName(handler: name) }
 
@@ -290,6 +297,7 @@ public struct HandlerDefinition: Sendable {
         consumer.ackWait = ackWait
         consumer.maxAckPending = options.batchSize
         consumer.startSequence = startSequence
+        consumer.startTime = startTime
         consumer.description = "Autonomous ordered handler \(name), partition \(partition)"
         return consumer
     }
@@ -565,26 +573,37 @@ public struct AppBuilder {
     }
 
     /// A dynamic table of JSON objects.
-    public mutating func table(_ name: String, recordAPI: RecordAPIAccess = .automatic, storage: String? = nil) -> Table<JSONValue> {
-        table(name, of: JSONValue.self, recordAPI: recordAPI, storage: storage)
+    public mutating func table(
+        _ name: String,
+        recordAPI: RecordAPIAccess = .automatic,
+        storage: String? = nil,
+        retention: StreamRetention = StreamRetention()
+    ) -> Table<JSONValue> {
+        table(name, of: JSONValue.self, recordAPI: recordAPI, storage: storage, retention: retention)
     }
 
     /// A typed table of `Row` records. `recordAPI` says whether clients may append to it
     /// through the record API (by default: unless a handler declares it writes it).
     ///
     /// `storage` names a storage of `autonomous.json` that keeps the table's records as well,
-    /// for ``Table/records(since:until:where:order:limit:cursor:_:)`` and history beyond the
+    /// for ``Table/records(since:until:sinceSequence:where:order:limit:cursor:_:)`` and history beyond the
     /// stream's retention. `autonomous.json` can bind (or rebind) it per deployment instead;
     /// `dev` keeps every table in SQLite when nothing else is configured.
+    ///
+    /// `retention` bounds how long (or how many bytes of) the table's records its stream keeps
+    /// per tenant, e.g. `StreamRetention(maxAge: .seconds(7 * 86_400))`; handlers that fall
+    /// further behind lose the records dropped. Unset, the cluster's defaults apply (forever).
     public mutating func table<Row: Record>(
         _ name: String,
         of type: Row.Type,
         recordAPI: RecordAPIAccess = .automatic,
-        storage: String? = nil
+        storage: String? = nil,
+        retention: StreamRetention = StreamRetention()
     ) -> Table<Row> {
         var definition = TableDefinition.make(name, kind: .table, of: Row.self)
         definition.recordAPI = recordAPI
         definition.storage = storage
+        definition.retention = retention
         let binding = registry.addTable(definition)!
         return Table(name: name, registry: registry, binding: binding)
     }

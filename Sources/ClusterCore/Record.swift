@@ -1,4 +1,5 @@
 public import Foundation
+package import NATS
 
 /// A named, versioned meaning of a record, e.g. `llm.prompt@1`.
 public struct SemanticType: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral, Codable {
@@ -113,6 +114,28 @@ package struct IncomingRecord: Sendable {
         self.payload = payload
         self.subject = subject
         self.streamSequence = streamSequence
+    }
+}
+
+extension IncomingRecord {
+    /// A record fetched from its table's stream with ``Wire/consumedHeaders``.
+    package init(_ message: JetStreamMessage, table: String, tenant: String) {
+        let values = message.headerValues
+        self.init(
+            metadata: RecordMetadata(
+                id: values[0] ?? "seq-\(message.streamSequence)",
+                table: table,
+                tenant: tenant,
+                ingestTime: Date(timeIntervalSince1970: Double(message.timestamp) / 1e9),
+                causedBy: values[1],
+                traceparent: values[3],
+                semanticType: values[2],
+                deliveryCount: Int(message.deliveryCount)
+            ),
+            payload: message.payload,
+            subject: message.subject,
+            streamSequence: message.streamSequence
+        )
     }
 }
 

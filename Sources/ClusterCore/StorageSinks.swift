@@ -1,3 +1,5 @@
+package import Foundation
+
 /// Storage sinks: a kept table's records are written to its storage by a system handler,
 /// `store-<table>`, that runs in the workers like any handler (its own durable consumer,
 /// retries, dead letters, metrics, scale-out). Writes are idempotent by record id, so a
@@ -82,6 +84,21 @@ extension AppGraph {
             if let storage = tables[index].storage {
                 handlers.append(.sink(table: tables[index], storage: storage, inOrder: inOrder.contains(storage), resolve: resolve))
             }
+        }
+        return AppGraph(name: name, tables: tables, handlers: handlers, routes: routes, webhooks: webhooks, schedules: schedules)
+    }
+
+    /// The graph with `retention` (table name → limits) over the tables' own, and the sinks
+    /// of the tables in `backfill` (table name → time) starting at that time when their
+    /// consumers are first created.
+    package func applying(retention: [String: StreamRetention], backfill: [String: Date]) -> AppGraph {
+        var tables = self.tables
+        for index in tables.indices {
+            if let override = retention[tables[index].name] { tables[index].retention = tables[index].retention.overridden(by: override) }
+        }
+        var handlers = self.handlers
+        for index in handlers.indices where handlers[index].isSink {
+            handlers[index].startTime = backfill[handlers[index].source]
         }
         return AppGraph(name: name, tables: tables, handlers: handlers, routes: routes, webhooks: webhooks, schedules: schedules)
     }

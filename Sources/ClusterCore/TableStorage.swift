@@ -19,6 +19,9 @@ public struct RecordQuery: Sendable, Hashable {
     public var limit: Int
     /// Where the previous page ended (its ``RecordPage/nextCursor``); `nil` for the first page.
     public var cursor: String?
+    /// Records at or after this sequence of the table's stream. A read by sequence always
+    /// reads the stream (within its retention), even when a storage keeps the table.
+    public var sinceSequence: UInt64?
 
     public static let maximumLimit = 10_000
 
@@ -28,7 +31,8 @@ public struct RecordQuery: Sendable, Hashable {
         filters: [String: JSONValue] = [:],
         order: RecordOrder = .newestFirst,
         limit: Int = 100,
-        cursor: String? = nil
+        cursor: String? = nil,
+        sinceSequence: UInt64? = nil
     ) {
         self.since = since
         self.until = until
@@ -36,6 +40,7 @@ public struct RecordQuery: Sendable, Hashable {
         self.order = order
         self.limit = limit
         self.cursor = cursor
+        self.sinceSequence = sinceSequence
     }
 
     /// Why the query cannot run, naming the parameter; `nil` when it can.
@@ -44,6 +49,7 @@ public struct RecordQuery: Sendable, Hashable {
             return ("limit", "must be between 1 and \(Self.maximumLimit)")
         }
         if let since, let until, until < since { return ("until", "is before since") }
+        if sinceSequence == 0 { return ("since_sequence", "must be 1 or more (stream sequences start at 1)") }
         for (field, value) in filters.sorted(by: { $0.key < $1.key }) {
             if !Self.isFilterField(field) {
                 return ("where", "field '\(field.prefix(80))' must be 1-63 letters, digits or '_' (a top-level field)")
@@ -168,7 +174,7 @@ extension TableStorage {
 }
 
 /// A read-only SQL query on the PostgreSQL storage that keeps a table, for what
-/// ``Table/records(since:until:where:order:limit:cursor:_:)`` does not cover (aggregates,
+/// ``Table/records(since:until:sinceSequence:where:order:limit:cursor:_:)`` does not cover (aggregates,
 /// joins). Values are bound (`$1`, `$2`… in `bindings` order), never spliced. `{orders}`
 /// stands for the rows of table `orders` that belong to the context's tenant, so a query
 /// that names its tables that way reads nothing of another tenant's:
@@ -245,19 +251,26 @@ public struct TableReadError: Error, Sendable, CustomStringConvertible {
     public var description: String { "reading table '\(table)': " + (field.map { "\($0) " } ?? "") + message }
 }
 
-/// Answers reads of the app's tables for one process: each kept table from its storage.
+/// Answers reads of the app's tables for one process: each kept table from its storage, and
+/// the others (and reads by stream sequence) from their streams, when `streams` is given.
 package final class TableReader: Sendable {
     /// The storage of each kept table, by table name.
     package let storages: [String: any TableStorage]
     /// Every table of the app, by name (SQL queries name them).
     package let tables: [String: TableDefinition]
+    /// Reads tables from their streams.
+    package let streams: (any TableStorage)?
 
-    package init(storages: [String: any TableStorage], tables: [String: TableDefinition] = [:]) {
+    package init(storages: [String: any TableStorage], tables: [String: TableDefinition] = [:], streams: (any TableStorage)? = nil) {
         self.storages = storages
         self.tables = tables
+        self.streams = streams
     }
 
     package func storage(of table: String) -> (any TableStorage)? { storages[table] }
+
+    /// Whether reads of `table` can be answered here (from a storage or the stream).
+    package func canRead(_ table: String) -> Bool { streams != nil || storages[table] != nil }
 
     package func read(_ query: RecordQuery, table: TableDefinition, tenant: String) async throws -> StoredPage {
         try await readable(table, query).read(query, table: table, tenant: tenant)
@@ -296,6 +309,7 @@ package final class TableReader: Sendable {
 
     private func readable(_ table: TableDefinition, _ query: RecordQuery) throws(TableReadError) -> any TableStorage {
         if let (field, message) = query.problem { throw TableReadError(table: table.name, field: field, message: message) }
+        if query.sinceSequence != nil || !(storages[table.name]?.isReadable ?? false), let streams { return streams }
         guard let storage = storages[table.name] else {
             throw TableReadError(
                 table: table.name,
@@ -325,16 +339,29 @@ extension Table {
     ///
     /// `where` compares top-level fields for equality. Pass the page's ``RecordPage/nextCursor``
     /// as `cursor` (with the same other arguments) for the next page.
+    ///
+    /// A table no readable storage keeps is read from its stream, within the stream's
+    /// retention; so is any read with `sinceSequence` (records at or after that sequence of
+    /// the table's stream).
     public func records(
         since: Date? = nil,
         until: Date? = nil,
+        sinceSequence: UInt64? = nil,
         where filters: [String: JSONValue] = [:],
         order: RecordOrder = .newestFirst,
         limit: Int = 100,
         cursor: String? = nil,
         _ ctx: some AppendContext
     ) async throws -> RecordPage<Row> {
-        let query = RecordQuery(since: since, until: until, filters: filters, order: order, limit: limit, cursor: cursor)
+        let query = RecordQuery(
+            since: since,
+            until: until,
+            filters: filters,
+            order: order,
+            limit: limit,
+            cursor: cursor,
+            sinceSequence: sinceSequence
+        )
         let page = try await reader(ctx).read(query, table: definition, tenant: ctx.tenant)
         return RecordPage(entries: try Records<Row>.decoding(page.records).entries, nextCursor: page.nextCursor)
     }

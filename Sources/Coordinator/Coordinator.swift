@@ -276,6 +276,8 @@ package enum Topology {
             }
             for table in graph.tables where table.kind == .table {
                 var stream = streamConfiguration(tenant: tenant, table: table.name, configuration: configuration)
+                if let maxAge = table.retention.maxAge { stream.maxAge = maxAge }
+                if let maxBytes = table.retention.maxBytes { stream.maxBytes = maxBytes }
                 // A signed webhook's delivery id is its record id: JetStream must remember it as
                 // long as the signature's timestamp is accepted, or a replay (or the provider's
                 // own late retry) would be stored again.
@@ -308,6 +310,7 @@ package enum Topology {
                 consumer.filterSubject = source.filterSubject(tenant: tenant)
                 consumer.ackWait = configuration.ackWait
                 consumer.maxAckPending = maxAckPending
+                consumer.startTime = handler.startTime
                 consumer.description = "Autonomous handler \(handler.name)"
                 try await connection.createOrUpdateConsumer(stream: stream, consumer)
             }

@@ -314,7 +314,7 @@ struct IngressResponder: HTTPResponder {
             parameters[name] = String(value)
         }
         let query = try RecordReadQuery.parse(parameters)
-        guard let reader = state.configuration.tableReader, reader.storage(of: table.name) != nil else {
+        guard let reader = state.configuration.tableReader, reader.canRead(table.name), table.kind == .table else {
             throw RouteError(
                 status: 409,
                 code: "not_kept",
@@ -331,7 +331,7 @@ struct IngressResponder: HTTPResponder {
                 : RouteError(status: 400, code: "invalid_query", message: error.message, field: error.field)
         } catch {
             state.logger.warning("Reading a kept table failed", metadata: ["ingress.table": "\(table.name)", "error": "\(error)"])
-            throw RouteError(status: 503, code: "storage_unavailable", message: "the table's storage did not answer; try again")
+            throw RouteError(status: 503, code: "storage_unavailable", message: "the table's storage (or stream) did not answer; try again")
         }
         return JSONResponse.make(200, RecordReadQuery.answer(page))
     }

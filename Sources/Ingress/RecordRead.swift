@@ -3,7 +3,7 @@ import Foundation
 
 /// The query string of `GET /v1/tables/{table}/records` and the page it answers with.
 enum RecordReadQuery {
-    static let parameters: Set<String> = ["since", "until", "where", "order", "limit", "cursor"]
+    static let parameters: Set<String> = ["since", "until", "since_sequence", "where", "order", "limit", "cursor"]
 
     /// The query from the request's parameters; a malformed one is refused (400) naming the
     /// parameter.
@@ -33,6 +33,12 @@ enum RecordReadQuery {
             }
             query.filters = object.dictionary
         }
+        if let text = parameters["since_sequence"] {
+            guard let sequence = UInt64(text), sequence > 0 else {
+                throw invalid("since_sequence", "must be a stream sequence: a whole number from 1")
+            }
+            query.sinceSequence = sequence
+        }
         query.cursor = parameters["cursor"]
         if let (field, message) = query.problem { throw invalid(field, message) }
         return query
@@ -49,7 +55,8 @@ enum RecordReadQuery {
         RouteError(status: 400, code: "invalid_query", message: "\(field) \(message)", field: field)
     }
 
-    /// `{"records": [{"id", "ingest_time", "caused_by", "type", "record"}], "next_cursor"}`.
+    /// `{"records": [{"id", "ingest_time", "caused_by", "type", "sequence", "record"}], "next_cursor"}`
+    /// (`sequence` when the page was read from the table's stream).
     static func answer(_ page: StoredPage) -> JSONValue {
         let records: [JSONValue] = page.records.map { stored in
             var entry: JSONObject = [
@@ -59,6 +66,8 @@ enum RecordReadQuery {
             ]
             if let cause = stored.metadata.causedBy { entry["caused_by"] = .string(cause) }
             if let type = stored.metadata.semanticType { entry["type"] = .string(type) }
+            // Read from the table's stream: where the record is in it.
+            if stored.streamSequence > 0 { entry["sequence"] = .int(Int64(stored.streamSequence)) }
             return .object(entry)
         }
         return ["records": .array(records), "next_cursor": page.nextCursor.map(JSONValue.string) ?? .null]

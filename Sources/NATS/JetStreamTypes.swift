@@ -1,3 +1,4 @@
+package import Foundation
 package import NIOCore
 
 /// Where a stream keeps its messages.
@@ -46,6 +47,10 @@ package struct ConsumerConfiguration: Sendable, Hashable {
     package var memoryStorage = false
     /// Start delivering at this stream sequence instead of the first message.
     package var startSequence: UInt64?
+    /// Start delivering at the first message stored at or after this time (when
+    /// `startSequence` is nil). Only a new consumer takes it: JetStream cannot change where an
+    /// existing one starts, so an update keeps the existing consumer's start.
+    package var startTime: Date?
     package var description: String?
 
     package init(durableName: String, filterSubject: String? = nil) {
@@ -66,6 +71,10 @@ package struct StreamState: Sendable, Hashable {
     package var lastSequence: UInt64
     /// How long the stream remembers message ids to drop repeats.
     package var duplicateWindow: Duration = .zero
+    /// Configured retention: 0 keeps records forever.
+    package var maxAge: Duration = .zero
+    /// Configured size limit: -1 is unlimited.
+    package var maxBytes: Int64 = -1
 }
 
 /// What `ConsumerInfo` reports.
@@ -74,6 +83,18 @@ package struct ConsumerState: Sendable, Hashable {
     package var numAckPending: Int64
     package var numRedelivered: Int64
     package var ackFloorStreamSequence: UInt64
+    /// The last stream sequence delivered to a client.
+    package var deliveredStreamSequence: UInt64 = 0
+    /// Pull requests waiting at the server (0 when no client is fetching).
+    package var numWaiting: Int64 = 0
+}
+
+/// Where an ephemeral reader starts in its stream.
+package enum ReadStart: Sendable, Hashable {
+    case first
+    case sequence(UInt64)
+    /// The first message stored at or after the time.
+    case time(Date)
 }
 
 /// A message to publish to JetStream.

@@ -1,4 +1,5 @@
 import CNATS
+import Foundation
 package import Logging
 import NIOCore
 import NIOPosix
@@ -527,6 +528,9 @@ package final class NATSConnection: Sendable {
             if let start = config.startSequence {
                 cfg.DeliverPolicy = js_DeliverByStartSequence
                 cfg.OptStartSeq = start
+            } else if let time = config.startTime {
+                cfg.DeliverPolicy = js_DeliverByStartTime
+                cfg.OptStartTime = Int64((time.timeIntervalSince1970 * 1e9).rounded())
             } else {
                 cfg.DeliverPolicy = js_DeliverAll
             }
@@ -551,6 +555,19 @@ package final class NATSConnection: Sendable {
                     return
                 }
                 if status != NATS_OK && exists {
+                    // Where a consumer starts cannot change: an update keeps the existing one's.
+                    var existing: UnsafeMutablePointer<jsConsumerInfo>?
+                    var infoError = jsErrCode(rawValue: 0)
+                    if js_GetConsumerInfo(&existing, js.pointer, stream, config.durableName, nil, &infoError) == NATS_OK,
+                        let current = existing?.pointee.Config?.pointee
+                    {
+                        cfg.DeliverPolicy = current.DeliverPolicy
+                        cfg.OptStartSeq = current.OptStartSeq
+                        cfg.OptStartTime = current.OptStartTime
+                    }
+                    jsConsumerInfo_Destroy(existing)
+                    jsConsumerInfo_Destroy(info)
+                    info = nil
                     errCode = jsErrCode(rawValue: 0)
                     status = js_UpdateConsumer(&info, js.pointer, stream, &cfg, nil, &errCode)
                 }
@@ -594,7 +611,9 @@ package final class NATSConnection: Sendable {
                 bytes: s.Bytes,
                 firstSequence: s.FirstSeq,
                 lastSequence: s.LastSeq,
-                duplicateWindow: .nanoseconds(config?.Duplicates ?? 0)
+                duplicateWindow: .nanoseconds(config?.Duplicates ?? 0),
+                maxAge: .nanoseconds(config?.MaxAge ?? 0),
+                maxBytes: config?.MaxBytes ?? -1
             )
         }
     }
@@ -617,7 +636,9 @@ package final class NATSConnection: Sendable {
                 numPending: info.pointee.NumPending,
                 numAckPending: info.pointee.NumAckPending,
                 numRedelivered: info.pointee.NumRedelivered,
-                ackFloorStreamSequence: info.pointee.AckFloor.Stream
+                ackFloorStreamSequence: info.pointee.AckFloor.Stream,
+                deliveredStreamSequence: info.pointee.Delivered.Stream,
+                numWaiting: info.pointee.NumWaiting
             )
         }
     }
@@ -700,16 +721,22 @@ package final class NATSConnection: Sendable {
 
     /// Creates an ephemeral pull consumer on `stream` (one replica, in memory, removed by the
     /// server shortly after the subscription goes away) and binds to it.
-    package func ephemeralPullSubscription(stream: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
-        try await subscribe(stream: stream, consumer: nil, filterSubject: filterSubject, headers: headers)
+    ///
+    /// - Parameter start: where it starts; `acknowledged: false` makes a reader that needs no
+    ///   acks (messages are delivered once and never redelivered to it).
+    package func ephemeralPullSubscription(
+        stream: String,
+        filterSubject: String,
+        headers: [String],
+        start: ReadStart = .first,
+        acknowledged: Bool = true
+    ) async throws -> PullSubscription {
+        let name = try await createEphemeralConsumer(stream: stream, filterSubject: filterSubject, start: start, acknowledged: acknowledged)
+        return try PullSubscription(connection: self, stream: stream, consumer: name, headerNames: headers, ephemeral: true)
     }
 
-    /// Binds to `consumer`, or creates an ephemeral consumer when it is nil.
-    private func subscribe(stream: String, consumer: String?, filterSubject: String, headers: [String]) async throws -> PullSubscription {
-        guard let consumer else {
-            let name = try await createEphemeralConsumer(stream: stream, filterSubject: filterSubject)
-            return try PullSubscription(connection: self, stream: stream, consumer: name, headerNames: headers, ephemeral: true)
-        }
+    /// Binds to the existing durable `consumer`.
+    private func subscribe(stream: String, consumer: String, filterSubject: String, headers: [String]) async throws -> PullSubscription {
         guard try await consumerState(stream: stream, consumer: consumer) != nil else {
             throw NATSError(code: .notFound, message: "consumer \(consumer) on \(stream) does not exist")
         }
@@ -718,13 +745,23 @@ package final class NATSConnection: Sendable {
 
     /// Creates a consumer without a durable name (one replica, in memory, removed by the server
     /// 30 s after its last pull request) and returns the name the server gave it.
-    private func createEphemeralConsumer(stream: String, filterSubject: String) async throws -> String {
+    private func createEphemeralConsumer(stream: String, filterSubject: String, start: ReadStart, acknowledged: Bool) async throws -> String
+    {
         let js = UnsafeHandle(jetStream)
         return try await threadPool.runIfActive {
             var cfg = jsConsumerConfig()
             jsConsumerConfig_Init(&cfg)
-            cfg.AckPolicy = js_AckExplicit
-            cfg.DeliverPolicy = js_DeliverAll
+            cfg.AckPolicy = acknowledged ? js_AckExplicit : js_AckNone
+            switch start {
+            case .first:
+                cfg.DeliverPolicy = js_DeliverAll
+            case .sequence(let sequence):
+                cfg.DeliverPolicy = js_DeliverByStartSequence
+                cfg.OptStartSeq = max(1, sequence)
+            case .time(let time):
+                cfg.DeliverPolicy = js_DeliverByStartTime
+                cfg.OptStartTime = Int64((time.timeIntervalSince1970 * 1e9).rounded())
+            }
             cfg.AckWait = Duration.seconds(300).nanoseconds
             cfg.MemoryStorage = true
             cfg.Replicas = 1

@@ -53,22 +53,7 @@ struct HandlerExecution: Sendable {
     }
 
     func incoming(_ message: JetStreamMessage) -> IncomingRecord {
-        let values = message.headerValues
-        return IncomingRecord(
-            metadata: RecordMetadata(
-                id: values[0] ?? "seq-\(message.streamSequence)",
-                table: handler.source,
-                tenant: tenant,
-                ingestTime: Date(timeIntervalSince1970: Double(message.timestamp) / 1e9),
-                causedBy: values[1],
-                traceparent: values[3],
-                semanticType: values[2],
-                deliveryCount: Int(message.deliveryCount)
-            ),
-            payload: message.payload,
-            subject: message.subject,
-            streamSequence: message.streamSequence
-        )
+        IncomingRecord(message, table: handler.source, tenant: tenant)
     }
 
     /// Runs the handler and publishes its outputs; returns how many outputs it published.

@@ -100,6 +100,20 @@ func withRunningApp<T: Sendable>(
     _ body: @Sendable (RunningApp) async throws -> T
 ) async throws -> T {
     try await withTestNATSServer(serverArguments: natsServerArguments, tls: natsTLS) { server in
+        try await withRunningApp(graph, on: server, environment: environment, natsTLS: natsTLS, configure: configure, body)
+    }
+}
+
+/// The same, on a NATS server that outlives the app (to start an app again on the same streams).
+func withRunningApp<T: Sendable>(
+    _ graph: AppGraph,
+    on server: TestNATSServer,
+    environment: [String: String] = [:],
+    natsTLS: NATSConnection.Configuration.TLS? = nil,
+    configure: (inout RuntimeConfiguration) -> Void = { _ in },
+    _ body: @Sendable (RunningApp) async throws -> T
+) async throws -> T {
+    do {
         var configuration = RuntimeConfiguration()
         configuration.natsURL = server.url
         configuration.natsTLS = natsTLS

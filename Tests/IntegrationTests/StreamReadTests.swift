@@ -1,0 +1,100 @@
+import Autonomous
+import AutonomousTesting
+import ClusterCore
+import Foundation
+import Testing
+
+/// Tables no storage keeps are read from their streams: by time, by sequence, either order,
+/// paged, filtered, from outside and from a route.
+@Suite("Reading a table from its stream", .serialized)
+struct StreamReadTests {
+    static func graph() throws -> AppGraph {
+        var app = AppBuilder(name: "Streamed")
+        let events = app.table("events")
+        // A route reading the table, which no storage keeps, through the Swift API.
+        app.get("/latest") { _, ctx in
+            let page = try await events.records(limit: 1, ctx)
+            return .json([
+                "latest": page.entries.first.map { $0.value["n"] } ?? .null,
+                "odd": .int(Int64(try await events.count(where: ["kind": "odd"], ctx))),
+                "all": .int(Int64(try await events.count(ctx))),
+            ])
+        }
+        return try app.build()
+    }
+
+    /// Every page of a read, following cursors.
+    static func pages(_ app: RunningApp, _ query: String) async throws -> [JSONValue] {
+        var records: [JSONValue] = []
+        var cursor: String?
+        var pages = 0
+        repeat {
+            let path = "/v1/tables/events/records?" + query + (cursor.map { "&cursor=\($0)" } ?? "")
+            let answer = try await app.get(path)
+            #expect(answer.status == 200, "\(path): \(answer.body)")
+            records += answer.body["records"].arrayValue ?? []
+            cursor = answer.body["next_cursor"].stringValue
+            pages += 1
+        } while cursor != nil && pages < 100
+        return records
+    }
+
+    @Test("Oldest and newest first, pages, filters, since and until, since_sequence, counts; bad cursors are refused")
+    func streamReads() async throws {
+        try await withRunningApp(try Self.graph()) { app in
+            // Five requests of 50, a little apart, so the time window below has edges.
+            for first in stride(from: 0, to: 250, by: 50) {
+                let lines = (first..<first + 50).map { #"{"n":\#($0),"kind":"\#($0 % 2 == 0 ? "even" : "odd")"}"# }
+                let posted = try await app.post(
+                    "/v1/tables/events/records",
+                    body: lines.joined(separator: "\n"),
+                    contentType: "application/x-ndjson"
+                )
+                #expect(posted.status == 202)
+                try await Task.sleep(for: .milliseconds(20))
+            }
+
+            let oldest = try await Self.pages(app, "order=oldest&limit=100")
+            #expect(oldest.count == 250)
+            #expect(Set(oldest.compactMap { $0["record"]["n"].intValue }) == Set(0..<250))
+            let sequences = oldest.compactMap { $0["sequence"].intValue }
+            #expect(sequences.count == 250 && sequences == sequences.sorted() && Set(sequences).count == 250)
+
+            let newest = try await Self.pages(app, "limit=60")
+            #expect(newest.compactMap { $0["sequence"].intValue } == Array(sequences.reversed()))
+
+            let odd = try await Self.pages(app, "order=oldest&limit=40&where=%7B%22kind%22%3A%22odd%22%7D")
+            #expect(odd.count == 125)
+            #expect(odd.allSatisfy { ($0["record"]["n"].intValue ?? 0) % 2 == 1 })
+
+            // By sequence: the 200th record on.
+            let fromSequence = try await Self.pages(app, "order=oldest&since_sequence=\(sequences[199])")
+            #expect(fromSequence.compactMap { $0["sequence"].intValue } == Array(sequences[199...]))
+
+            // By time: since the 100th record's time, until the 200th's.
+            let times = oldest.compactMap { $0["ingest_time"].stringValue }
+            let since = try #require(times[100].addingPercentEncoding(withAllowedCharacters: .alphanumerics))
+            let until = try #require(times[200].addingPercentEncoding(withAllowedCharacters: .alphanumerics))
+            let window = try await Self.pages(app, "order=oldest&since=\(since)&until=\(until)")
+            let expected = oldest.filter {
+                ($0["ingest_time"].stringValue ?? "") >= times[100] && ($0["ingest_time"].stringValue ?? "") < times[200]
+            }
+            #expect(!window.isEmpty)
+            #expect(window.compactMap { $0["sequence"].intValue } == expected.compactMap { $0["sequence"].intValue })
+
+            // The Swift API in a route.
+            let latest = try await app.get("/latest")
+            #expect(latest.status == 200)
+            #expect(latest.body["latest"].intValue == newest.first?["record"]["n"].intValue)
+            #expect(latest.body["odd"] == 125)
+            #expect(latest.body["all"] == 250)
+
+            // A storage's cursor, or none at all, is not a stream cursor.
+            let storageCursor = RecordCursor(micros: 1, id: "order-1").text
+            let bad = try await app.get("/v1/tables/events/records?cursor=\(storageCursor)")
+            #expect(bad.status == 400 && bad.body["error"]["field"] == "cursor")
+            let zero = try await app.get("/v1/tables/events/records?since_sequence=0")
+            #expect(zero.status == 400 && zero.body["error"]["field"] == "since_sequence")
+        }
+    }
+}
