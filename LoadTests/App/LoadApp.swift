@@ -7,7 +7,7 @@ import Foundation
 //
 //   events → transform → events_out                       scenarios a, b, c, e, f
 //   chain_in → step-1 → chain_1 → step-2 → chain_2 → step-3 → chain_out     scenario d
-//   kept_events (kept in PostgreSQL by the runner's autonomous.json)        scenario g
+//   kept_events, kept_live (kept in PostgreSQL by the runner's autonomous.json)  scenario g
 
 @main
 struct LoadApp: AutonomousApp {
@@ -47,9 +47,10 @@ struct LoadApp: AutonomousApp {
         let chainOut = app.table("chain_out")
         chainIn.onNewRecords("step-1", options: options) { records, ctx in try await chain1.append(Self.transform(records, step: 1), ctx) }
         chain1.onNewRecords("step-2", options: options) { records, ctx in try await chain2.append(Self.transform(records, step: 2), ctx) }
-        // No handler: scenario g's autonomous.json keeps it in PostgreSQL, and its sink is
-        // the only consumer.
+        // No handlers: scenario g's autonomous.json keeps them in PostgreSQL, and their sinks
+        // are their only consumers.
         _ = app.table("kept_events")
+        _ = app.table("kept_live")
         chain2.onNewRecords("step-3", options: options) { records, ctx in try await chainOut.append(Self.transform(records, step: 3), ctx) }
     }
 }

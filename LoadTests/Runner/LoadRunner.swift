@@ -196,7 +196,7 @@ struct LoadRunner: AsyncParsableCommand {
             for scenario in results { add(scenario) }
         }
         if selected.contains("g") {
-            add(try await bench.storageScenario())
+            for scenario in try await bench.storageScenario() { add(scenario) }
         }
 
         let encoder = JSONEncoder()

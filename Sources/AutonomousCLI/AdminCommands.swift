@@ -245,6 +245,30 @@ struct KeysCommand: AsyncParsableCommand {
     }
 }
 
+struct StoragesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storages",
+        abstract: "Show how far each storage sink is behind its table (through a coordinator's admin API).",
+        subcommands: [Status.self],
+        defaultSubcommand: Status.self
+    )
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Each kept table's sink for a tenant: its lag (records not kept yet), what is pending and being written, "
+                + "and the stream sequence kept through."
+        )
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "The tenant.") var tenant: String = "default"
+        func run() async throws {
+            admin.output(
+                try await admin.call("GET", "/v1/admin/tenants/\(segment(tenant))/storages"),
+                columns: ["table", "storage", "state", "lag", "pending", "unacknowledged", "redelivered", "keptThrough", "lastSequence"]
+            )
+        }
+    }
+}
+
 struct SchedulesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "schedules",

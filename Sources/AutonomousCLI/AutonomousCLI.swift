@@ -12,7 +12,8 @@ struct AutonomousCLI: AsyncParsableCommand {
         abstract: "Operate Autonomous apps.",
         subcommands: [
             InitCommand.self, DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
-            TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, NATSAuthorizationCommand.self, SuperviseCommand.self,
+            TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, StoragesCommand.self, NATSAuthorizationCommand.self,
+            SuperviseCommand.self,
         ]
     )
 }

@@ -181,6 +181,9 @@ struct AdminRoutes: Sendable {
                 try await a.revokeKey(tenant: try context.parameters.require("tenant"), id: try context.parameters.require("id"))
             )
         }
+        tenant.get("storages") { _, context in
+            try Self.encode(200, try await a.storages(tenant: try context.parameters.require("tenant")))
+        }
         tenant.get("schedules") { _, context in
             try Self.encode(200, try await a.schedules(tenant: try context.parameters.require("tenant")))
         }

@@ -181,6 +181,86 @@ package struct Administration: Sendable {
 
     // MARK: Schedules
 
+    // MARK: Storages
+
+    /// How far one storage sink of one tenant is behind its table's stream.
+    package struct SinkStatus: Codable, Sendable {
+        package var table: String
+        package var storage: String
+        package var tenant: String
+        package var handler: String
+        /// Records the sink has not kept yet: not delivered, or delivered and being written.
+        package var lag: UInt64
+        /// Records in the stream not yet delivered to the sink.
+        package var pending: UInt64
+        /// Records delivered to the sink and not yet acknowledged (being written).
+        package var unacknowledged: Int64
+        /// Records delivered more than once (a worker died, or a write failed and was retried).
+        package var redelivered: Int64
+        /// The stream sequence up to which every record is kept.
+        package var keptThrough: UInt64
+        /// The stream's last sequence, and how many records it holds (within its retention).
+        package var lastSequence: UInt64
+        package var streamRecords: UInt64
+        /// Where the sink started when it was created (`backfill` in autonomous.json).
+        package var backfillFrom: String?
+        /// `caught up`, `behind`, or `not provisioned` (the tenant's consumer does not exist yet).
+        package var state: String
+    }
+
+    /// Each storage sink's lag for the tenant, from its consumers on the table's stream.
+    package func storages(tenant name: String) async throws -> [SinkStatus] {
+        _ = try await tenant(name)
+        var result: [SinkStatus] = []
+        for handler in graph.handlers where handler.isSink {
+            guard let table = graph.table(handler.source), let storage = table.storage else { continue }
+            let stream = Wire.tableStreamName(tenant: name, table: table.name)
+            let consumers =
+                handler.options.ordering.map { ordering in
+                    (0..<ordering.partitions).map { HandlerOrdering.consumerName(handler: handler.name, partition: $0) }
+                } ?? [handler.consumerName]
+            var status = SinkStatus(
+                table: table.name,
+                storage: storage,
+                tenant: name,
+                handler: handler.name,
+                lag: 0,
+                pending: 0,
+                unacknowledged: 0,
+                redelivered: 0,
+                keptThrough: 0,
+                lastSequence: 0,
+                streamRecords: 0,
+                backfillFrom: handler.startTime.map(ISO8601.format),
+                state: "caught up"
+            )
+            do {
+                if let state = try await connection.streamState(stream) {
+                    status.lastSequence = state.lastSequence
+                    status.streamRecords = state.messages
+                }
+                var floors: [UInt64] = []
+                for consumer in consumers {
+                    guard let state = try await connection.consumerState(stream: stream, consumer: consumer) else {
+                        status.state = "not provisioned"
+                        continue
+                    }
+                    status.pending += state.numPending
+                    status.unacknowledged += state.numAckPending
+                    status.redelivered += state.numRedelivered
+                    floors.append(state.ackFloorStreamSequence)
+                }
+                status.keptThrough = floors.min() ?? 0
+            } catch let error as NATSError {
+                throw ClusterCallError(.unavailable, "cannot read the sink of table '\(table.name)': \(error.message)")
+            }
+            status.lag = status.pending + UInt64(max(0, status.unacknowledged))
+            if status.state != "not provisioned" && status.lag > 0 { status.state = "behind" }
+            result.append(status)
+        }
+        return result.sorted { $0.table < $1.table }
+    }
+
     package struct ScheduleInfo: Codable, Sendable {
         package var name: String
         package var tenant: String

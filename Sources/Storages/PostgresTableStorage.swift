@@ -195,9 +195,9 @@ package final class PostgresTableStorage: TableStorage, Service {
         // window) fails the whole COPY with unique_violation and nothing of it is kept; the
         // batch then goes through the staging table, which skips the rows already there.
         precondition(Names.isValid(table.name), "table names are validated when the graph is built")
-        var direct = ByteBuffer()
-        direct.reserveCapacity(records.reduce(0) { $0 + $1.payload.count + 128 })
-        for record in records { Self.appendCopyRow(record, tenant: tenant, to: &direct) }
+        var rows = CopyRows(tenant: tenant, capacity: records.reduce(0) { $0 + $1.payload.count + 128 })
+        for record in records { rows.append(record) }
+        let direct = rows.buffer
         do {
             try await run(table: table.name) {
                 try await self.client.withConnection { connection in
@@ -215,9 +215,9 @@ package final class PostgresTableStorage: TableStorage, Service {
         } catch let error as StorageError where error.isUniqueViolation {
             // Some of the batch is kept already: below, idempotently.
         }
-        var data = ByteBuffer()
-        data.reserveCapacity(records.reduce(0) { $0 + $1.payload.count + 96 })
-        for record in records { Self.appendCopyRow(record, to: &data) }
+        var staged = CopyRows(tenant: nil, capacity: records.reduce(0) { $0 + $1.payload.count + 96 })
+        for record in records { staged.append(record) }
+        let data = staged.buffer
         try await run(table: table.name) {
             try await self.client.withTransaction(logger: self.logger) { connection in
                 try await connection.query(
@@ -253,49 +253,87 @@ package final class PostgresTableStorage: TableStorage, Service {
         return binds
     }
 
-    /// One row of the kept table's own columns in `COPY … FROM STDIN` text format:
-    /// `_tenant, _id, _ingested_at, _caused_by, _type, _record`.
-    static func appendCopyRow(_ record: IncomingRecord, tenant: String, to buffer: inout ByteBuffer) {
-        buffer.writeString(tenant)  // a valid tenant name: nothing to escape
-        buffer.writeInteger(UInt8(ascii: "\t"))
-        let micros = RecordCursor.micros(record.metadata.ingestTime)
-        let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
-        let parts = UTCParts(Date(timeIntervalSince1970: Double(seconds)))
-        let fraction = String(micros - seconds * 1_000_000)
-        let time =
-            "\(parts.year)-\(parts.month)-\(parts.day) \(parts.hour):\(parts.minute):\(parts.second)."
-            + String(repeating: "0", count: 6 - fraction.utf8.count) + fraction + "+00"
-        appendCopyRow(record, to: &buffer, time: time)
-    }
-
-    /// One row of `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, and the
+    /// Rows of `COPY … FROM STDIN` text format: tab-separated, `\\N` for NULL, and the
     /// backslash, tab, newline and carriage return escaped in values.
-    /// `time` is the ingest time as the row gives it (microseconds since 1970 by default).
-    static func appendCopyRow(_ record: IncomingRecord, to buffer: inout ByteBuffer, time: String? = nil) {
-        func value(_ bytes: some Sequence<UInt8>) {
-            for byte in bytes {
-                switch byte {
-                case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
-                case UInt8(ascii: "\t"): buffer.writeStaticString("\\t")
-                case UInt8(ascii: "\n"): buffer.writeStaticString("\\n")
-                case UInt8(ascii: "\r"): buffer.writeStaticString("\\r")
-                default: buffer.writeInteger(byte)
-                }
+    struct CopyRows {
+        /// The kept table's own columns (`_tenant, _id, _ingested_at, _caused_by, _type,
+        /// _record`) when set; else the staging table's (`_id, _ingested_us, …`).
+        let tenant: String?
+        var buffer = ByteBuffer()
+        /// The last second formatted, and its text (`2026-12-07 10:00:00.`): a batch's
+        /// records mostly share their seconds.
+        private var second: Int64 = .min
+        private var secondText = ""
+
+        init(tenant: String?, capacity: Int) {
+            self.tenant = tenant
+            buffer.reserveCapacity(capacity)
+        }
+
+        mutating func append(_ record: IncomingRecord) {
+            if let tenant {
+                buffer.writeString(tenant)  // a valid tenant name: nothing to escape
+                tab()
             }
+            value(record.metadata.id)
+            tab()
+            let micros = RecordCursor.micros(record.metadata.ingestTime)
+            if tenant != nil {
+                let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
+                if seconds != second {
+                    let parts = UTCParts(Date(timeIntervalSince1970: Double(seconds)))
+                    second = seconds
+                    secondText = "\(parts.year)-\(parts.month)-\(parts.day) \(parts.hour):\(parts.minute):\(parts.second)."
+                }
+                buffer.writeString(secondText)
+                let fraction = micros - seconds * 1_000_000
+                var divisor: Int64 = 100_000
+                while divisor > 0 {
+                    buffer.writeInteger(UInt8(ascii: "0") + UInt8((fraction / divisor) % 10))
+                    divisor /= 10
+                }
+                buffer.writeStaticString("+00")
+            } else {
+                buffer.writeString(String(micros))
+            }
+            tab()
+            optional(record.metadata.causedBy)
+            tab()
+            optional(record.metadata.semanticType)
+            tab()
+            record.payload.withUnsafeBytes { value($0) }
+            buffer.writeInteger(UInt8(ascii: "\n"))
         }
-        func optional(_ text: String?) {
-            if let text { value(text.utf8) } else { buffer.writeStaticString("\\N") }
+
+        private mutating func tab() { buffer.writeInteger(UInt8(ascii: "\t")) }
+
+        private mutating func optional(_ text: String?) {
+            if let text { value(text) } else { buffer.writeStaticString("\\N") }
         }
-        value(record.metadata.id.utf8)
-        buffer.writeInteger(UInt8(ascii: "\t"))
-        buffer.writeString(time ?? String(RecordCursor.micros(record.metadata.ingestTime)))
-        buffer.writeInteger(UInt8(ascii: "\t"))
-        optional(record.metadata.causedBy)
-        buffer.writeInteger(UInt8(ascii: "\t"))
-        optional(record.metadata.semanticType)
-        buffer.writeInteger(UInt8(ascii: "\t"))
-        value(record.payload)
-        buffer.writeInteger(UInt8(ascii: "\n"))
+
+        private mutating func value(_ text: String) {
+            var text = text
+            text.withUTF8 { value(UnsafeRawBufferPointer($0)) }
+        }
+
+        /// Writes the runs that need no escaping whole.
+        private mutating func value(_ bytes: UnsafeRawBufferPointer) {
+            var start = 0
+            for index in 0..<bytes.count {
+                let escaped: StaticString
+                switch bytes[index] {
+                case UInt8(ascii: "\\"): escaped = "\\\\"
+                case UInt8(ascii: "\t"): escaped = "\\t"
+                case UInt8(ascii: "\n"): escaped = "\\n"
+                case UInt8(ascii: "\r"): escaped = "\\r"
+                default: continue
+                }
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<index]))
+                buffer.writeStaticString(escaped)
+                start = index + 1
+            }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start...]))
+        }
     }
 
     // MARK: Reading

@@ -1,8 +1,10 @@
 import Autonomous
 import AutonomousTesting
 import ClusterCore
+import Coordinator
 import Foundation
 import NATS
+import NIOCore
 import Testing
 
 /// Per-table stream retention, and storages bound to tables that already have records.
@@ -127,6 +129,86 @@ struct RetentionBackfillTests {
                 let journalKept = try await kept("journal")
                 #expect(journal, "journal kept \(journalKept)")
             }
+        }
+    }
+
+    @Test("autonomous storages status: a sink behind its stream shows its lag; a caught-up one, none")
+    func status() async throws {
+        var builder = AppBuilder(name: "Lagging")
+        _ = builder.table("ledger", storage: "db")
+        _ = builder.table("loose")
+        let graph = try builder.build().keeping([:]) { _ in nil }
+        // No worker runs: the sink's consumer holds every record as pending.
+        try await withTestNATSServer { server in
+            try await Topology.provision(graph: graph, tenants: ["default"], configuration: .init(), connection: server.connection)
+            for n in 0..<7 {
+                _ = try await server.connection.publish(
+                    OutgoingMessage(
+                        subject: Wire.tableSubject(tenant: "default", table: "ledger"),
+                        payload: ByteBuffer(string: #"{"n":\#(n)}"#)
+                    )
+                )
+            }
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("aut-status-\(UUID().uuidString).sqlite").path
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let store = try await SQLiteStore.open(path: path, logger: TestNATSServer.logger)
+            try await store.migrate()
+            try await store.createTenant("default")
+            let administration = Administration(
+                graph: graph,
+                store: store,
+                connection: server.connection,
+                topology: .init(),
+                logger: TestNATSServer.logger
+            )
+            let sinks = try await administration.storages(tenant: "default")
+            try await store.close()
+            #expect(sinks.map(\.table) == ["ledger"])
+            let ledger = try #require(sinks.first)
+            #expect(ledger.storage == "db" && ledger.state == "behind")
+            #expect(ledger.lag == 7 && ledger.pending == 7 && ledger.keptThrough == 0 && ledger.lastSequence == 7)
+        }
+
+        // Through the CLI, against a running app whose sink has kept everything.
+        let (_, configure) = try Self.deployment(
+            #"{"storages": [{"name": "db", "type": "database", "url": "sqlite://kept.sqlite"}], "tables": {"ledger": {"storage": "db"}}}"#
+        )
+        let token = "status-admin-token-0123456789"
+        try await withRunningApp(
+            graph,
+            configure: {
+                configure(&$0)
+                $0.adminPort = 0
+                $0.adminToken = token
+            }
+        ) { app in
+            #expect(
+                try await app.post("/v1/tables/ledger/records", body: #"{"n":1}\#n{"n":2}"#, contentType: "application/x-ndjson").status
+                    == 202
+            )
+            let caughtUp = try await eventually {
+                let page = try await app.get("/v1/tables/ledger/records")
+                return page.body["records"].arrayValue?.count == 2
+            }
+            #expect(caughtUp)
+            let environment = ["AUTONOMOUS_ADMIN_TOKEN": token]
+            let shown = try await eventuallyValue { () -> String? in
+                let answer = try runAutonomousCLI(["storages", "status", "--admin-url", app.adminURL], environment: environment)
+                return answer.status == 0 && answer.output.contains("caught up") ? answer.output : nil
+            }
+            let line = try #require(shown.split(separator: "\n").first { $0.hasPrefix("ledger") })
+            #expect(
+                line.split(separator: " ", omittingEmptySubsequences: true).map(String.init) == [
+                    "ledger", "db", "caught", "up", "0", "0", "0", "0", "2", "2",
+                ]
+            )
+            let json = try runAutonomousCLI(["storages", "--json", "--admin-url", app.adminURL], environment: environment)
+            #expect(json.status == 0 && json.output.contains(#""keptThrough":2"#), "\(json.output)")
+            let unknown = try runAutonomousCLI(
+                ["storages", "status", "--tenant", "nobody", "--admin-url", app.adminURL],
+                environment: environment
+            )
+            #expect(unknown.status != 0 && unknown.output.contains("no tenant 'nobody'"), "\(unknown.output)")
         }
     }
 }
