@@ -127,6 +127,105 @@ package struct RecordCursor: Sendable, Hashable {
     package static func micros(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1_000_000).rounded()) }
 }
 
+/// A nearest-neighbour search: the records whose `field` (a top-level array of numbers, such
+/// as an embedding) is most similar to `vector` by cosine similarity, exactly (every record
+/// of the tenant's table is compared). Records whose field is missing, not an array of
+/// numbers, of another length, or all zeros are left out.
+public struct NearestQuery: Sendable, Hashable {
+    public var vector: [Double]
+    public var field: String
+    public var limit: Int
+    /// Top-level fields and the values they must equal, as in ``RecordQuery``.
+    public var filters: [String: JSONValue]
+
+    /// The longest vector compared (OpenAI's text-embedding-3-large has 3,072 dimensions).
+    public static let maximumDimensions = 4_096
+    public static let maximumLimit = 1_000
+    /// Most records compared when the storage cannot compute similarity itself (SQLite, a
+    /// stream): they are read into the process, page by page.
+    public static let maximumRecordsInProcess = 100_000
+
+    public init(vector: [Double], field: String, limit: Int = 10, filters: [String: JSONValue] = [:]) {
+        self.vector = vector
+        self.field = field
+        self.limit = limit
+        self.filters = filters
+    }
+
+    /// Why the query cannot run, naming the parameter; `nil` when it can.
+    package var problem: (field: String, message: String)? {
+        if !RecordQuery.isFilterField(field) { return ("field", "must be 1-63 letters, digits or '_' (a top-level field)") }
+        if vector.isEmpty || vector.count > Self.maximumDimensions {
+            return ("vector", "must have 1 to \(Self.maximumDimensions) numbers, has \(vector.count)")
+        }
+        if !vector.allSatisfy(\.isFinite) { return ("vector", "must hold finite numbers") }
+        if norm == 0 { return ("vector", "must not be all zeros (it has no direction)") }
+        if !(1...Self.maximumLimit).contains(limit) { return ("limit", "must be between 1 and \(Self.maximumLimit)") }
+        return RecordQuery(filters: filters).problem
+    }
+
+    /// The vector's Euclidean length.
+    package var norm: Double { vector.reduce(0) { $0 + $1 * $1 }.squareRoot() }
+
+    /// The cosine similarity of `value` (a record's field) with the vector, or `nil` when it
+    /// is not an array of as many numbers, or all zeros.
+    package func similarity(_ value: JSONValue, norm: Double) -> Double? {
+        guard case .array(let items) = value, items.count == vector.count else { return nil }
+        var dot = 0.0
+        var squares = 0.0
+        for (index, item) in items.enumerated() {
+            let number: Double
+            switch item {
+            case .int(let n): number = Double(n)
+            case .double(let d): number = d
+            default: return nil
+            }
+            dot += number * vector[index]
+            squares += number * number
+        }
+        guard squares > 0 else { return nil }
+        return dot / (squares.squareRoot() * norm)
+    }
+}
+
+/// A record found by a nearest-neighbour search, and its cosine similarity (-1…1, higher is
+/// nearer).
+public struct Scored<Row: Sendable>: Sendable {
+    public var entry: Entry<Row>
+    public var score: Double
+
+    package init(entry: Entry<Row>, score: Double) {
+        self.entry = entry
+        self.score = score
+    }
+
+    public var value: Row { entry.value }
+}
+
+/// A raw record found by a nearest-neighbour search.
+package struct ScoredRecord: Sendable {
+    package var record: IncomingRecord
+    package var score: Double
+
+    package init(record: IncomingRecord, score: Double) {
+        self.record = record
+        self.score = score
+    }
+
+    /// Whether `self` ranks before `other`: higher score, then lower id.
+    package func ranks(before other: ScoredRecord) -> Bool {
+        score != other.score ? score > other.score : record.metadata.id < other.record.metadata.id
+    }
+
+    /// Inserts `candidate` into `best` (ranked), keeping at most `limit`.
+    package static func insert(_ candidate: ScoredRecord, into best: inout [ScoredRecord], keeping limit: Int) {
+        if best.count == limit, let last = best.last, !candidate.ranks(before: last) { return }
+        let index = best.firstIndex { candidate.ranks(before: $0) } ?? best.endIndex
+        best.insert(candidate, at: index)
+        if best.count > limit { best.removeLast() }
+    }
+}
+
 /// Raw records read from a storage, before decoding.
 package struct StoredPage: Sendable {
     package var records: [IncomingRecord]
@@ -161,10 +260,39 @@ package protocol TableStorage: Sendable {
     /// Runs a read-only SQL query with bound parameters (`$1`…) in which `{table}` stands for
     /// that table's rows of `tenant` (``SQLQuery``). Only PostgreSQL storages run SQL.
     func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject]
+    /// The query's nearest records of `tenant`'s `table`, most similar first (ties by id).
+    /// The query was checked. By default, computed in process over pages of ``read(_:table:tenant:)``.
+    func nearest(_ query: NearestQuery, table: TableDefinition, tenant: String) async throws -> [ScoredRecord]
     func close() async throws
 }
 
 extension TableStorage {
+    package func nearest(_ query: NearestQuery, table: TableDefinition, tenant: String) async throws -> [ScoredRecord] {
+        let norm = query.norm
+        var best: [ScoredRecord] = []
+        var seen = 0
+        var page = RecordQuery(filters: query.filters, order: .oldestFirst, limit: RecordQuery.maximumLimit)
+        repeat {
+            let stored = try await read(page, table: table, tenant: tenant)
+            seen += stored.records.count
+            if seen > NearestQuery.maximumRecordsInProcess {
+                throw TableReadError(
+                    table: table.name,
+                    message: "has more than \(NearestQuery.maximumRecordsInProcess) records to compare; a search over more needs "
+                        + "a PostgreSQL storage, which computes similarity itself (or narrow it with where)"
+                )
+            }
+            for record in stored.records {
+                guard case .object(let object)? = try? JSONParser.parse(record.payload),
+                    let value = object[query.field], let score = query.similarity(value, norm: norm)
+                else { continue }
+                ScoredRecord.insert(ScoredRecord(record: record, score: score), into: &best, keeping: query.limit)
+            }
+            page.cursor = stored.nextCursor
+        } while page.cursor != nil
+        return best
+    }
+
     package func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject] {
         throw TableReadError(
             table: tables.first?.name ?? "",
@@ -280,6 +408,11 @@ package final class TableReader: Sendable {
         try await readable(table, query).count(query, table: table, tenant: tenant)
     }
 
+    package func nearest(_ query: NearestQuery, table: TableDefinition, tenant: String) async throws -> [ScoredRecord] {
+        if let (field, message) = query.problem { throw TableReadError(table: table.name, field: field, message: message) }
+        return try await readable(table, RecordQuery(filters: query.filters)).nearest(query, table: table, tenant: tenant)
+    }
+
     /// Runs `query` on the storage of `table`; every `{name}` must be a table kept there.
     package func query(
         _ query: SQLQuery,
@@ -375,6 +508,29 @@ extension Table {
     ) async throws -> Int {
         let query = RecordQuery(since: since, until: until, filters: filters)
         return try await reader(ctx).count(query, table: definition, tenant: ctx.tenant)
+    }
+
+    /// The `limit` records whose `field`, an array of numbers such as an embedding, is most
+    /// similar to `vector` by cosine similarity, most similar first (the context's tenant's
+    /// only). Exact: a PostgreSQL storage compares every record itself; other storages, and a
+    /// table read from its stream, compare at most ``NearestQuery/maximumRecordsInProcess``
+    /// records in the process. Vectors have at most ``NearestQuery/maximumDimensions`` numbers.
+    ///
+    /// ```swift
+    /// let hits = try await chunks.nearest(to: question.embedding, field: "embedding", limit: 5, ctx)
+    /// for hit in hits { print(hit.score, hit.value.text) }
+    /// ```
+    public func nearest(
+        to vector: [Double],
+        field: String,
+        limit: Int = 10,
+        where filters: [String: JSONValue] = [:],
+        _ ctx: some AppendContext
+    ) async throws -> [Scored<Row>] {
+        let query = NearestQuery(vector: vector, field: field, limit: limit, filters: filters)
+        let found = try await reader(ctx).nearest(query, table: definition, tenant: ctx.tenant)
+        let entries = try Records<Row>.decoding(found.map(\.record)).entries
+        return zip(entries, found).map { Scored(entry: $0, score: $1.score) }
     }
 
     /// Runs a read-only SQL query on the PostgreSQL storage that keeps this table (see

@@ -376,6 +376,50 @@ package final class PostgresTableStorage: TableStorage, Service {
         return total
     }
 
+    /// Computed in PostgreSQL over every record of the tenant's table (a scan: no vector
+    /// index), from the field's JSON array; elements that are not numbers, or an array of
+    /// another length, leave the record out.
+    package func nearest(_ query: NearestQuery, table: TableDefinition, tenant: String) async throws -> [ScoredRecord] {
+        await waitUntilStarted()
+        var binds = PostgresBindings()
+        let conditions = Self.conditions(RecordQuery(filters: query.filters), tenant: tenant, cursor: false, binds: &binds)
+        func bind(_ value: some PostgresNonThrowingEncodable & Sendable) -> String {
+            binds.append(value)
+            return "$\(binds.count)"
+        }
+        let field = bind(query.field)
+        let vector = bind(query.vector)
+        let dimensions = bind(query.vector.count)
+        let norm = bind(query.norm)
+        let limit = bind(query.limit)
+        let number = "CASE WHEN jsonb_typeof(e.x) = 'number' THEN (e.x)::text::float8 END"
+        let sql = """
+            SELECT _id, micros, _caused_by, _type, body, score FROM (
+                SELECT t._id, (extract(epoch FROM t._ingested_at) * 1000000)::bigint AS micros, t._caused_by, t._type,
+                    t._record::text AS body,
+                    (SELECT CASE WHEN count(*) = \(dimensions) AND bool_and(jsonb_typeof(e.x) = 'number')
+                        THEN sum((\(number)) * (\(vector)::float8[])[e.i]) / NULLIF(sqrt(sum((\(number)) ^ 2)) * \(norm), 0) END
+                     FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t._record -> \(field)) = 'array'
+                         THEN t._record -> \(field) ELSE '[]'::jsonb END) WITH ORDINALITY AS e(x, i)) AS score
+                FROM \(SQL.identifier(table.name)) t WHERE \(conditions)
+            ) scored
+            WHERE score IS NOT NULL ORDER BY score DESC, _id COLLATE "C" LIMIT \(limit)
+            """
+        var found: [ScoredRecord] = []
+        try await run(table: table.name) {
+            let rows = try await self.client.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: self.logger)
+            for try await (id, time, cause, type, body, score) in rows.decode((String, Int64, String?, String?, String, Double).self) {
+                found.append(
+                    ScoredRecord(
+                        record: .kept(id: id, micros: time, causedBy: cause, type: type, body: body, table: table.name, tenant: tenant),
+                        score: score
+                    )
+                )
+            }
+        }
+        return found
+    }
+
     // MARK: SQL
 
     package func query(_ query: SQLQuery, tables: [TableDefinition], tenant: String) async throws -> [JSONObject] {

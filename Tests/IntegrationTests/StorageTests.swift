@@ -292,4 +292,77 @@ struct StorageTests {
             }
         }
     }
+
+    @Test("Nearest neighbours: exact cosine, ranked, ties by id; odd vectors left out; filters and tenants apply", arguments: Kind.allCases)
+    func nearest(_ kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let table = Self.table("chunks", JSONValue.self)
+            try await storage.prepare(table)
+            // Deterministic vectors in 8 dimensions, and some that must be left out.
+            var bodies: [(String, String)] = []
+            var vectors: [String: [Double]] = [:]
+            for n in 0..<300 {
+                let vector = (0..<8).map { Double((n * 7 + $0 * 13) % 17) - 8 + ($0 == n % 8 ? 0.5 : 0) }
+                vectors["c-\(n)"] = vector
+                let numbers = vector.map { $0 == $0.rounded() ? String(Int($0)) : String($0) }.joined(separator: ",")
+                bodies.append(("c-\(n)", #"{"embedding":[\#(numbers)],"kind":"\#(n % 3 == 0 ? "faq" : "doc")"}"#))
+            }
+            bodies.append(("odd-short", #"{"embedding":[1,2,3],"kind":"doc"}"#))
+            bodies.append(("odd-text", #"{"embedding":[1,2,3,4,5,6,7,"x"],"kind":"doc"}"#))
+            bodies.append(("odd-zero", #"{"embedding":[0,0,0,0,0,0,0,0],"kind":"doc"}"#))
+            bodies.append(("odd-none", #"{"kind":"doc"}"#))
+            bodies.append(("odd-object", #"{"embedding":{"a":1},"kind":"doc"}"#))
+            let records = bodies.enumerated().map { Self.record($1.0, $1.1, micros: 1_000_000 + Int64($0), table: "chunks") }
+            try await storage.write(records, table: table, tenant: "acme")
+            // Another tenant's exact match must not be found.
+            let probe = [1.0, -2, 3, -4, 5, -6, 7, -8]
+            let theirs = #"{"embedding":[1,-2,3,-4,5,-6,7,-8],"kind":"doc"}"#
+            try await storage.write(
+                [Self.record("theirs", theirs, micros: 1, tenant: "globex", table: "chunks")],
+                table: table,
+                tenant: "globex"
+            )
+
+            func cosine(_ a: [Double], _ b: [Double]) -> Double {
+                zip(a, b).reduce(0) { $0 + $1.0 * $1.1 }
+                    / (a.reduce(0) { $0 + $1 * $1 }.squareRoot() * b.reduce(0) { $0 + $1 * $1 }.squareRoot())
+            }
+            let expected = vectors.map { (id: $0.key, score: cosine(probe, $0.value)) }
+                .sorted { $0.score != $1.score ? $0.score > $1.score : $0.id < $1.id }
+            let found = try await storage.nearest(NearestQuery(vector: probe, field: "embedding", limit: 10), table: table, tenant: "acme")
+            #expect(found.map(\.record.metadata.id) == expected.prefix(10).map(\.id))
+            for (hit, want) in zip(found, expected) { #expect(abs(hit.score - want.score) < 1e-9) }
+            #expect(found.allSatisfy { !$0.record.metadata.id.hasPrefix("odd") && $0.record.metadata.id != "theirs" })
+
+            // Filters narrow what is compared.
+            let faqs = try await storage.nearest(
+                NearestQuery(vector: probe, field: "embedding", limit: 5, filters: ["kind": "faq"]),
+                table: table,
+                tenant: "acme"
+            )
+            let expectedFAQs = expected.filter { (Int($0.id.dropFirst(2)) ?? 1) % 3 == 0 }.prefix(5).map(\.id)
+            #expect(faqs.map(\.record.metadata.id) == expectedFAQs)
+            // The other tenant finds its own.
+            let theirsFound = try await storage.nearest(
+                NearestQuery(vector: probe, field: "embedding", limit: 3),
+                table: table,
+                tenant: "globex"
+            )
+            #expect(theirsFound.map(\.record.metadata.id) == ["theirs"] && abs((theirsFound.first?.score ?? 0) - 1) < 1e-9)
+            // A field no record has finds nothing.
+            #expect(try await storage.nearest(NearestQuery(vector: probe, field: "missing"), table: table, tenant: "acme").isEmpty)
+        }
+    }
+
+    @Test("A nearest-neighbour query that cannot run is refused naming the parameter")
+    func nearestProblems() {
+        #expect(NearestQuery(vector: [], field: "e").problem?.field == "vector")
+        #expect(NearestQuery(vector: [0, 0], field: "e").problem?.field == "vector")
+        #expect(NearestQuery(vector: [.nan], field: "e").problem?.field == "vector")
+        #expect(NearestQuery(vector: Array(repeating: 1, count: 4_097), field: "e").problem?.field == "vector")
+        #expect(NearestQuery(vector: [1], field: "a.b").problem?.field == "field")
+        #expect(NearestQuery(vector: [1], field: "e", limit: 0).problem?.field == "limit")
+        #expect(NearestQuery(vector: [1], field: "e", filters: ["a": [1]]).problem?.field == "where")
+        #expect(NearestQuery(vector: [1], field: "e").problem == nil)
+    }
 }

@@ -20,6 +20,11 @@ struct StreamReadTests {
                 "all": .int(Int64(try await events.count(ctx))),
             ])
         }
+        // Nearest neighbours of a table read from its stream (in process).
+        app.get("/similar") { _, ctx in
+            let hits = try await events.nearest(to: [4, 1], field: "v", limit: 3, ctx)
+            return .json(["n": .array(hits.map { $0.value["n"] }), "scores": .array(hits.map { .double($0.score) })])
+        }
         return try app.build()
     }
 
@@ -44,7 +49,7 @@ struct StreamReadTests {
         try await withRunningApp(try Self.graph()) { app in
             // Five requests of 50, a little apart, so the time window below has edges.
             for first in stride(from: 0, to: 250, by: 50) {
-                let lines = (first..<first + 50).map { #"{"n":\#($0),"kind":"\#($0 % 2 == 0 ? "even" : "odd")"}"# }
+                let lines = (first..<first + 50).map { #"{"n":\#($0),"kind":"\#($0 % 2 == 0 ? "even" : "odd")","v":[\#($0 % 5),1]}"# }
                 let posted = try await app.post(
                     "/v1/tables/events/records",
                     body: lines.joined(separator: "\n"),
@@ -88,6 +93,13 @@ struct StreamReadTests {
             #expect(latest.body["latest"].intValue == newest.first?["record"]["n"].intValue)
             #expect(latest.body["odd"] == 125)
             #expect(latest.body["all"] == 250)
+
+            let similar = try await app.get("/similar")
+            #expect(similar.status == 200)
+            #expect(similar.body["n"].arrayValue?.compactMap(\.intValue).allSatisfy { $0 % 5 == 4 } == true)
+            #expect(similar.body["n"].arrayValue?.count == 3)
+            let scores = similar.body["scores"].arrayValue?.compactMap(\.doubleValue) ?? []
+            #expect(scores.count == 3 && scores.allSatisfy { abs($0 - 1) < 1e-12 })
 
             // A storage's cursor, or none at all, is not a stream cursor.
             let storageCursor = RecordCursor(micros: 1, id: "order-1").text
