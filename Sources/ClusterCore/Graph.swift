@@ -297,7 +297,6 @@ public struct HandlerDefinition: Sendable {
         consumer.ackWait = ackWait
         consumer.maxAckPending = options.batchSize
         consumer.startSequence = startSequence
-        consumer.startTime = startTime
         consumer.description = "Autonomous ordered handler \(name), partition \(partition)"
         return consumer
     }

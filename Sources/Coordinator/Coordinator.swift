@@ -292,6 +292,17 @@ package enum Topology {
                 guard let source = graph.source(of: handler) else { continue }
                 let stream = source.streamName(tenant: tenant)
                 let maxAckPending = handler.options.maxAckPending ?? configuration.maxAckPending
+                // A sink that backfills from a time starts at that time's sequence when its
+                // consumer is created (an existing consumer keeps where it started).
+                var startSequence: UInt64?
+                if let time = handler.startTime {
+                    let nanoseconds = Int64((time.timeIntervalSince1970 * 1e9).rounded(.up))
+                    if let found = try await connection.firstSequence(stream: stream, atOrAfter: nanoseconds) {
+                        startSequence = found
+                    } else {
+                        startSequence = (try await connection.streamState(stream)?.lastSequence ?? 0) + 1
+                    }
+                }
                 if let ordering = handler.options.ordering {
                     // One consumer per partition. A worker that takes over a partition after
                     // a crash may re-create it at its ack floor, so existing ones are kept.
@@ -300,7 +311,8 @@ package enum Topology {
                             source: source,
                             tenant: tenant,
                             partition: partition,
-                            ackWait: configuration.ackWait
+                            ackWait: configuration.ackWait,
+                            startSequence: startSequence
                         )
                         try await connection.createOrUpdateConsumer(stream: stream, consumer, updateExisting: false)
                     }
@@ -310,7 +322,7 @@ package enum Topology {
                 consumer.filterSubject = source.filterSubject(tenant: tenant)
                 consumer.ackWait = configuration.ackWait
                 consumer.maxAckPending = maxAckPending
-                consumer.startTime = handler.startTime
+                consumer.startSequence = startSequence
                 consumer.description = "Autonomous handler \(handler.name)"
                 try await connection.createOrUpdateConsumer(stream: stream, consumer)
             }

@@ -1,4 +1,3 @@
-package import Foundation
 package import NIOCore
 
 /// Where a stream keeps its messages.
@@ -45,12 +44,10 @@ package struct ConsumerConfiguration: Sendable, Hashable {
     package var replicas: Int = 0
     /// Keep the consumer's state in memory (for short-lived readers).
     package var memoryStorage = false
-    /// Start delivering at this stream sequence instead of the first message.
+    /// Start delivering at this stream sequence instead of the first message. Only a new
+    /// consumer takes it: JetStream cannot change where an existing one starts, so an update
+    /// keeps the existing consumer's start.
     package var startSequence: UInt64?
-    /// Start delivering at the first message stored at or after this time (when
-    /// `startSequence` is nil). Only a new consumer takes it: JetStream cannot change where an
-    /// existing one starts, so an update keeps the existing consumer's start.
-    package var startTime: Date?
     package var description: String?
 
     package init(durableName: String, filterSubject: String? = nil) {
@@ -89,12 +86,12 @@ package struct ConsumerState: Sendable, Hashable {
     package var numWaiting: Int64 = 0
 }
 
-/// Where an ephemeral reader starts in its stream.
+/// Where an ephemeral reader starts in its stream. (Not by time: nats-server 2.9's start-time
+/// lookup was seen to start after every message now and then; ``NATSConnection/firstSequence(stream:atOrAfter:)``
+/// finds a time's sequence instead.)
 package enum ReadStart: Sendable, Hashable {
     case first
     case sequence(UInt64)
-    /// The first message stored at or after the time.
-    case time(Date)
 }
 
 /// A message to publish to JetStream.
@@ -129,6 +126,8 @@ package struct StoredMessage: Sendable {
     package var sequence: UInt64
     package var payload: [UInt8]
     package var headers: [String: String]
+    /// When the stream stored it, in nanoseconds since 1970.
+    package var timestamp: Int64 = 0
 }
 
 extension Duration {

@@ -1,5 +1,4 @@
 import CNATS
-import Foundation
 package import Logging
 import NIOCore
 import NIOPosix
@@ -528,9 +527,6 @@ package final class NATSConnection: Sendable {
             if let start = config.startSequence {
                 cfg.DeliverPolicy = js_DeliverByStartSequence
                 cfg.OptStartSeq = start
-            } else if let time = config.startTime {
-                cfg.DeliverPolicy = js_DeliverByStartTime
-                cfg.OptStartTime = Int64((time.timeIntervalSince1970 * 1e9).rounded())
             } else {
                 cfg.DeliverPolicy = js_DeliverAll
             }
@@ -677,6 +673,41 @@ package final class NATSConnection: Sendable {
         }
     }
 
+    /// The sequence of the first message `stream` stored at or after `time` (nanoseconds since
+    /// 1970), or `nil` when every message is older (or there is none): a binary search over
+    /// the stream's sequences by their stored times, about 2 × log2(messages) reads.
+    package func firstSequence(stream: String, atOrAfter time: Int64) async throws -> UInt64? {
+        // The first message at or after `sequence` (a deleted one is skipped), up to `last`.
+        func existing(from sequence: UInt64, through last: UInt64) async throws -> StoredMessage? {
+            var sequence = sequence
+            while sequence <= last {
+                if let message = try await message(stream: stream, sequence: sequence) { return message }
+                sequence += 1
+            }
+            return nil
+        }
+        // The newest message (the stream's last, unless it was just removed: then look again).
+        var newest: StoredMessage?
+        var first: UInt64 = 0
+        for _ in 0..<3 where newest == nil {
+            guard let state = try await streamState(stream), state.messages > 0 else { return nil }
+            newest = try await message(stream: stream, sequence: state.lastSequence)
+            first = state.firstSequence
+        }
+        guard let newest, newest.timestamp >= time else { return nil }
+        var low = first
+        var high = newest.sequence
+        while low < high {
+            let middle = low + (high - low) / 2
+            if let found = try await existing(from: middle, through: high), found.timestamp < time {
+                low = found.sequence + 1
+            } else {
+                high = middle
+            }
+        }
+        return try await existing(from: low, through: newest.sequence)?.sequence
+    }
+
     /// Reads the last message stored on `subject`, or `nil` when there is none.
     package func lastMessage(stream: String, subject: String) async throws -> StoredMessage? {
         let js = UnsafeHandle(jetStream)
@@ -703,7 +734,8 @@ package final class NATSConnection: Sendable {
             subject: String(cString: natsMsg_GetSubject(msg)),
             sequence: sequence ?? natsMsg_GetSequence(msg),
             payload: copyPayload(msg),
-            headers: allHeaders(msg)
+            headers: allHeaders(msg),
+            timestamp: natsMsg_GetTime(msg)
         )
     }
 
@@ -758,9 +790,6 @@ package final class NATSConnection: Sendable {
             case .sequence(let sequence):
                 cfg.DeliverPolicy = js_DeliverByStartSequence
                 cfg.OptStartSeq = max(1, sequence)
-            case .time(let time):
-                cfg.DeliverPolicy = js_DeliverByStartTime
-                cfg.OptStartTime = Int64((time.timeIntervalSince1970 * 1e9).rounded())
             }
             cfg.AckWait = Duration.seconds(300).nanoseconds
             cfg.MemoryStorage = true

@@ -46,6 +46,8 @@ package final class PullSubscription: Sendable {
     private let inbox: String
     /// An ephemeral consumer this subscription created and deletes when closed.
     private let ephemeral: (stream: String, consumer: String)?
+    /// The name the server gave the ephemeral consumer this subscription created.
+    package var ephemeralConsumer: String? { ephemeral?.consumer }
     // nats.c subscriptions are thread safe; the pointer is unsubscribed and destroyed once,
     // under `closed`, and never used after that.
     private nonisolated(unsafe) let subscription: OpaquePointer

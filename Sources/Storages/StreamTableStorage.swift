@@ -54,9 +54,25 @@ package struct StreamTableStorage: TableStorage {
 
     /// The sequence of the first record stored at or after `time`, or `nil` when none is.
     private func firstSequence(at time: Date, stream: String, subject: String) async throws -> UInt64? {
-        try await withReader(stream: stream, subject: subject, headers: [], start: .time(time)) { reader in
-            try await reader.fetch(maxMessages: 1, timeout: .milliseconds(500)).messages.first?.streamSequence
+        try await connection.firstSequence(stream: stream, atOrAfter: Int64((time.timeIntervalSince1970 * 1e9).rounded(.up)))
+    }
+
+    /// How many records the reader has still to deliver, as the server counts them.
+    private func pending(_ reader: PullSubscription, stream: String) async throws -> UInt64 {
+        guard let consumer = reader.ephemeralConsumer, let state = try await connection.consumerState(stream: stream, consumer: consumer)
+        else { throw StorageError("the reader of \(stream) disappeared; try again", transient: true) }
+        return state.numPending
+    }
+
+    /// The reader's next messages; empty only when the server has none left for it. A busy
+    /// server may take long to deliver: an empty fetch is not the end while records are pending.
+    private func next(_ reader: PullSubscription, stream: String, maxMessages: Int) async throws -> [JetStreamMessage] {
+        for _ in 0..<15 {
+            let batch = try await reader.fetch(maxMessages: maxMessages, timeout: .seconds(2))
+            if !batch.isEmpty { return batch.messages }
+            if try await pending(reader, stream: stream) == 0 { return [] }
         }
+        throw StorageError("the stream \(stream) did not deliver its records within 30 s; try again", transient: true)
     }
 
     /// Runs `body` with an ephemeral reader that needs no acks, and removes the reader after.
@@ -102,10 +118,10 @@ package struct StreamTableStorage: TableStorage {
             var last = range.lowerBound - 1
             while last < range.upperBound {
                 let wanted = Int(min(1_024, range.upperBound - last))
-                let batch = try await reader.fetch(maxMessages: wanted, timeout: .seconds(2))
+                let messages = try await next(reader, stream: stream, maxMessages: wanted)
                 // Nothing more: the rest of the range was deleted (retention) meanwhile.
-                if batch.isEmpty { return range.upperBound }
-                for message in batch.messages {
+                if messages.isEmpty { return range.upperBound }
+                for message in messages {
                     guard message.streamSequence <= range.upperBound else { return range.upperBound }
                     last = message.streamSequence
                     if !take(IncomingRecord(message, table: table.name, tenant: tenant)) { return last }
