@@ -17,6 +17,10 @@ struct HandlerExecution: Sendable {
     let logger: Logger
     let tableReader: TableReader?
     let tracing = HandlerTracing()
+    /// One noted run at a time: a run note blames its record for a process that stops during
+    /// the run, so a record run alone in another fetch loop at that moment would be blamed too
+    /// (and dead-lettered, innocent, after its attempts). Noted runs are redeliveries only.
+    let notedRuns = RunGate()
 
     /// `logger` gets the handler's and tenant's names as metadata.
     init(
@@ -126,13 +130,23 @@ struct HandlerExecution: Sendable {
 
     /// Notes that a run of the redelivered record at `sequence` starts; returns how many runs
     /// of it started before and never ended (the process stopped during them).
+    ///
+    /// Waits until no other noted run of this handler and tenant is under way in the process;
+    /// every call that returns must be followed by ``noteRunEnded(sequence:)``, which lets the
+    /// next one start.
     func noteRunStarts(sequence: UInt64) async throws -> Int {
-        let subject = Wire.runSubject(tenant: tenant, handler: handler.name, sequence: sequence)
-        let stream = Wire.streamName(tenant: tenant)
-        let previous = try await connection.lastMessage(stream: stream, subject: subject)
-        let stops = previous.flatMap { Int(String(decoding: $0.payload, as: UTF8.self)) } ?? 0
-        _ = try await connection.publish(OutgoingMessage(subject: subject, payload: ByteBuffer(string: String(stops + 1))))
-        return stops
+        await notedRuns.enter()
+        do {
+            let subject = Wire.runSubject(tenant: tenant, handler: handler.name, sequence: sequence)
+            let stream = Wire.streamName(tenant: tenant)
+            let previous = try await connection.lastMessage(stream: stream, subject: subject)
+            let stops = previous.flatMap { Int(String(decoding: $0.payload, as: UTF8.self)) } ?? 0
+            _ = try await connection.publish(OutgoingMessage(subject: subject, payload: ByteBuffer(string: String(stops + 1))))
+            return stops
+        } catch {
+            notedRuns.leave()
+            throw error
+        }
     }
 
     /// Removes the note of a run that ended (in any way). Best effort: a note left behind by a
@@ -144,6 +158,7 @@ struct HandlerExecution: Sendable {
         } catch {
             logger.warning("Could not remove a run note", metadata: ["worker.run_note": "\(subject)", "error": "\(error)"])
         }
+        notedRuns.leave()
     }
 
     /// Whether a redelivered record whose runs stopped the process `stops` times (besides the
@@ -265,5 +280,41 @@ private final class FirstOutcome<T: Sendable>: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+    }
+}
+
+/// Lets one task at a time through, in the order they came.
+final class RunGate: Sendable {
+    private struct State {
+        var busy = false
+        var waiting: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    init() {}
+
+    func enter() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let admitted = state.withLock { state -> Bool in
+                if state.busy {
+                    state.waiting.append(continuation)
+                    return false
+                }
+                state.busy = true
+                return true
+            }
+            if admitted { continuation.resume() }
+        }
+    }
+
+    func leave() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.waiting.isEmpty else {
+                state.busy = false
+                return nil
+            }
+            return state.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }
