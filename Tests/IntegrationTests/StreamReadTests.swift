@@ -109,4 +109,63 @@ struct StreamReadTests {
             #expect(zero.status == 400 && zero.body["error"]["field"] == "since_sequence")
         }
     }
+
+    @Test("A tenant's key reads only its own tenant's stream, by time, sequence and cursor")
+    func tenants() async throws {
+        let token = "stream-admin-token-0123456789"
+        let configure: (inout RuntimeConfiguration) -> Void = {
+            $0.adminPort = 0
+            $0.adminToken = token
+            $0.requireAPIKey = true
+        }
+        try await withRunningApp(try Self.graph(), configure: configure) { app in
+            let admin = [("Authorization", "Bearer \(token)")]
+            var keys: [String: String] = [:]
+            for tenant in ["acme", "globex"] {
+                #expect(
+                    try await app.http("POST", app.adminURL + "/v1/admin/tenants", body: #"{"name":"\#(tenant)"}"#, headers: admin).status
+                        == 201
+                )
+                keys[tenant] = try #require(
+                    try await app.http("POST", app.adminURL + "/v1/admin/tenants/\(tenant)/keys", headers: admin).body["key"].stringValue
+                )
+            }
+            let allKeys = keys
+            @Sendable func auth(_ tenant: String) -> [(String, String)] { [("Authorization", "Bearer \(allKeys[tenant]!)")] }
+            for (tenant, count) in [("acme", 3), ("globex", 5)] {
+                let lines = (0..<count).map { #"{"n":\#($0),"owner":"\#(tenant)"}"# }.joined(separator: "\n")
+                let posted = try await eventuallyValue { () -> Int? in
+                    let answer = try await app.http(
+                        "POST",
+                        app.baseURL + "/v1/tables/events/records",
+                        body: lines,
+                        headers: auth(tenant) + [("Content-Type", "application/x-ndjson"), ("Idempotency-Key", "load-\(tenant)")]
+                    )
+                    return answer.status == 202 ? answer.status : nil
+                }
+                #expect(posted == 202)
+            }
+            for (tenant, count) in [("acme", 3), ("globex", 5)] {
+                for query in ["", "?order=oldest&limit=2", "?since_sequence=1", "?since=2020-01-01T00:00:00Z"] {
+                    var owners: [String] = []
+                    var cursor: String?
+                    repeat {
+                        let separator = query.isEmpty ? "?" : "&"
+                        let path = "/v1/tables/events/records" + query + (cursor.map { separator + "cursor=\($0)" } ?? "")
+                        let page = try await app.http("GET", app.baseURL + path, headers: auth(tenant))
+                        #expect(page.status == 200, "\(page.body)")
+                        owners += page.body["records"].arrayValue?.compactMap { $0["record"]["owner"].stringValue } ?? []
+                        cursor = page.body["next_cursor"].stringValue
+                    } while cursor != nil
+                    #expect(owners == Array(repeating: tenant, count: count), "\(tenant) \(query): \(owners)")
+                }
+                // The other tenant's path with this key is refused.
+                let other = tenant == "acme" ? "globex" : "acme"
+                let refused = try await app.http("GET", app.baseURL + "/v1/tenants/\(other)/tables/events/records", headers: auth(tenant))
+                #expect(refused.status == 403)
+                // No key at all.
+                #expect(try await app.http("GET", app.baseURL + "/v1/tables/events/records").status == 401)
+            }
+        }
+    }
 }

@@ -32,7 +32,10 @@ struct RunningApp: Sendable {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         if let body {
-            request.headers.add(name: "Content-Type", value: "application/json")
+            // JSON unless the caller names the content type.
+            if !headers.contains(where: { $0.0.lowercased() == "content-type" }) {
+                request.headers.add(name: "Content-Type", value: "application/json")
+            }
             request.body = .bytes(ByteBuffer(string: body))
         }
         for (name, value) in headers { request.headers.add(name: name, value: value) }
