@@ -14,6 +14,10 @@ package actor SQLiteTableStorage: TableStorage {
     package nonisolated var isReadable: Bool { true }
     private let connection: SQLiteConnection
     private let logger: Logger
+    /// One operation at a time on the connection. The actor alone does not do it: at every
+    /// `await` another call may start, and one write's `BEGIN IMMEDIATE` (or `ROLLBACK`) landed
+    /// inside another write's transaction, failing it (a sink then waited out its backoff).
+    private let exclusive = SerialGate()
 
     /// Opens (creating if needed) the database at `path`.
     package static func open(name: String = "sqlite", path: String, logger: Logger) async throws -> SQLiteTableStorage {
@@ -240,6 +244,8 @@ package actor SQLiteTableStorage: TableStorage {
     }
 
     private func run(table: String, _ body: () async throws -> Void) async throws {
+        await exclusive.enter()
+        defer { exclusive.leave() }
         do {
             try await body()
         } catch let error as StorageError {

@@ -20,7 +20,7 @@ struct HandlerExecution: Sendable {
     /// One noted run at a time: a run note blames its record for a process that stops during
     /// the run, so a record run alone in another fetch loop at that moment would be blamed too
     /// (and dead-lettered, innocent, after its attempts). Noted runs are redeliveries only.
-    let notedRuns = RunGate()
+    let notedRuns = SerialGate()
 
     /// `logger` gets the handler's and tenant's names as metadata.
     init(
@@ -280,41 +280,5 @@ private final class FirstOutcome<T: Sendable>: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
-    }
-}
-
-/// Lets one task at a time through, in the order they came.
-final class RunGate: Sendable {
-    private struct State {
-        var busy = false
-        var waiting: [CheckedContinuation<Void, Never>] = []
-    }
-    private let state = Mutex(State())
-
-    init() {}
-
-    func enter() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let admitted = state.withLock { state -> Bool in
-                if state.busy {
-                    state.waiting.append(continuation)
-                    return false
-                }
-                state.busy = true
-                return true
-            }
-            if admitted { continuation.resume() }
-        }
-    }
-
-    func leave() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard !state.waiting.isEmpty else {
-                state.busy = false
-                return nil
-            }
-            return state.waiting.removeFirst()
-        }
-        next?.resume()
     }
 }

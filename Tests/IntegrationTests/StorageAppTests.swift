@@ -176,19 +176,8 @@ struct StorageAppTests {
             $0.requireAPIKey = true
         }
         try await withRunningApp(try Self.graph(), configure: configure) { app in
-            let admin = [("Authorization", "Bearer \(Self.adminToken)")]
-            var keys: [String: String] = [:]
-            for tenant in ["acme", "globex"] {
-                #expect(
-                    try await app.http("POST", app.adminURL + "/v1/admin/tenants", body: #"{"name":"\#(tenant)"}"#, headers: admin).status
-                        == 201
-                )
-                keys[tenant] = try #require(
-                    try await app.http("POST", app.adminURL + "/v1/admin/tenants/\(tenant)/keys", headers: admin).body["key"].stringValue
-                )
-            }
-            let allKeys = keys
-            @Sendable func auth(_ tenant: String) -> [(String, String)] { [("Authorization", "Bearer \(allKeys[tenant]!)")] }
+            let keys = try await app.tenantsWithKeys(["acme", "globex"], adminToken: Self.adminToken)
+            @Sendable func auth(_ tenant: String) -> [(String, String)] { keys[tenant] ?? [] }
             for (tenant, count) in [("acme", 3), ("globex", 2)] {
                 for i in 0..<count {
                     let answer = try await app.http(

@@ -365,4 +365,27 @@ struct StorageTests {
         #expect(NearestQuery(vector: [1], field: "e", filters: ["a": [1]]).problem?.field == "where")
         #expect(NearestQuery(vector: [1], field: "e").problem == nil)
     }
+
+    @Test("Concurrent writes (two sinks, two fetch loops) each keep their whole batch", arguments: Kind.allCases)
+    func concurrentWrites(_ kind: Kind) async throws {
+        try await withStorage(kind) { storage in
+            let tables = [Self.table("notes", JSONValue.self), Self.table("shouts", JSONValue.self)]
+            for table in tables { try await storage.prepare(table) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for batch in 0..<16 {
+                    let table = tables[batch % 2]
+                    let records = (0..<40).map { n in
+                        Self.record("b\(batch)-\(n)", #"{"n":\#(n)}"#, micros: Int64(batch * 100 + n), table: table.name)
+                    }
+                    group.addTask { try await storage.write(records, table: table, tenant: "acme") }
+                    // Reads meanwhile, as a route or the record API would.
+                    group.addTask { _ = try await storage.count(RecordQuery(), table: table, tenant: "acme") }
+                }
+                try await group.waitForAll()
+            }
+            for table in tables {
+                #expect(try await storage.count(RecordQuery(), table: table, tenant: "acme") == 8 * 40)
+            }
+        }
+    }
 }

@@ -119,19 +119,8 @@ struct StreamReadTests {
             $0.requireAPIKey = true
         }
         try await withRunningApp(try Self.graph(), configure: configure) { app in
-            let admin = [("Authorization", "Bearer \(token)")]
-            var keys: [String: String] = [:]
-            for tenant in ["acme", "globex"] {
-                #expect(
-                    try await app.http("POST", app.adminURL + "/v1/admin/tenants", body: #"{"name":"\#(tenant)"}"#, headers: admin).status
-                        == 201
-                )
-                keys[tenant] = try #require(
-                    try await app.http("POST", app.adminURL + "/v1/admin/tenants/\(tenant)/keys", headers: admin).body["key"].stringValue
-                )
-            }
-            let allKeys = keys
-            @Sendable func auth(_ tenant: String) -> [(String, String)] { [("Authorization", "Bearer \(allKeys[tenant]!)")] }
+            let keys = try await app.tenantsWithKeys(["acme", "globex"], adminToken: token)
+            @Sendable func auth(_ tenant: String) -> [(String, String)] { keys[tenant] ?? [] }
             for (tenant, count) in [("acme", 3), ("globex", 5)] {
                 let lines = (0..<count).map { #"{"n":\#($0),"owner":"\#(tenant)"}"# }.joined(separator: "\n")
                 let posted = try await eventuallyValue { () -> Int? in

@@ -22,6 +22,21 @@ struct RunningApp: Sendable {
     var baseURL: String { "http://127.0.0.1:\(port)" }
     var adminURL: String { "http://127.0.0.1:\(adminPort ?? 0)" }
 
+    /// Creates `tenants` through the admin API (authorized by `adminToken`) with a key each;
+    /// returns each tenant's `Authorization` header.
+    func tenantsWithKeys(_ tenants: [String], adminToken: String) async throws -> [String: [(String, String)]] {
+        let admin = [("Authorization", "Bearer \(adminToken)")]
+        var headers: [String: [(String, String)]] = [:]
+        for tenant in tenants {
+            let created = try await http("POST", adminURL + "/v1/admin/tenants", body: #"{"name":"\#(tenant)"}"#, headers: admin)
+            guard created.status == 201 else { throw ConfigurationError("creating tenant \(tenant): \(created.status) \(created.body)") }
+            let key = try await http("POST", adminURL + "/v1/admin/tenants/\(tenant)/keys", headers: admin).body["key"].stringValue
+            guard let key else { throw ConfigurationError("no key was created for tenant \(tenant)") }
+            headers[tenant] = [("Authorization", "Bearer \(key)")]
+        }
+        return headers
+    }
+
     /// Any request; the body of the answer parsed as JSON (`.null` when it is not JSON).
     func http(
         _ method: String,

@@ -1,10 +1,9 @@
+import ClusterCore
 import Synchronization
 import Testing
 
-@testable import Worker
-
 @Suite("One noted run at a time")
-struct RunGateTests {
+struct SerialGateTests {
     final class Probe: Sendable {
         let inside = Atomic<Int>(0)
         let most = Atomic<Int>(0)
@@ -13,7 +12,7 @@ struct RunGateTests {
 
     @Test("Tasks pass one at a time, and every one passes")
     func oneAtATime() async {
-        let gate = RunGate()
+        let gate = SerialGate()
         let probe = Probe()
         // The first holds the gate while the others queue up behind it.
         await gate.enter()
