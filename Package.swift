@@ -278,6 +278,8 @@ let package = Package(
         .executableTarget(
             name: "AutonomousCLI",
             dependencies: [
+                "Autonomous",
+                "ChildProcess",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -27,6 +27,8 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
                 127.0.0.1), AUTONOMOUS_ADMIN_TOKEN (the coordinator's admin API token, at least 24 \
                 characters), AUTONOMOUS_REQUIRE_API_KEY, \
                 AUTONOMOUS_LEASE_TTL (seconds of the coordinators' leader lease; default 10), \
+                AUTONOMOUS_ROUTE_TIMEOUT (seconds a route of another runtime, such as Python, may \
+                take to answer before the ingress gives up with 504; default 30), \
                 AUTONOMOUS_SHUTDOWN_TIMEOUT (seconds a graceful shutdown may take before what still \
                 runs is cancelled; default 30), \
                 AUTONOMOUS_INGRESS_LANES (NATS connections an ingress spreads tenants over; default 4), \
@@ -68,13 +70,18 @@ struct AppCommand<App: AutonomousApp>: AsyncParsableCommand {
     }
 }
 
-/// Options every role shares.
-struct CommonOptions: ParsableArguments {
+/// Options every role shares (the `autonomous` command's `dev` and `serve` take them too).
+package struct CommonOptions: ParsableArguments {
+    package init() {}
+
     @Option(name: .customLong("nats-url"), help: "NATS server URL(s), comma separated. [env: AUTONOMOUS_NATS_URL]")
     var natsURL: String?
 
     @Option(help: "Tenant to serve. [env: AUTONOMOUS_TENANT, default: default]")
     var tenant: String?
+
+    /// The `--tenant` flag, if given.
+    package var tenantFlag: String? { tenant }
 
     @Option(help: "HTTP listen address. [env: AUTONOMOUS_HTTP_HOST, default: 127.0.0.1]")
     var host: String?
@@ -303,6 +310,9 @@ struct CommonOptions: ParsableArguments {
         if let eventLoop = try settings.bool(Setting("ingress.eventLoopPublish")) {
             configuration.ingressEventLoopPublishing = eventLoop
         }
+        if let timeout = try settings.seconds(Setting("routeTimeout"), in: 1...3600) {
+            configuration.routeTimeout = timeout
+        }
         if let ackWait = try settings.seconds(Setting("ackWait"), in: 1...3600) {
             configuration.topology.ackWait = ackWait
         }
@@ -401,58 +411,56 @@ struct RoleCommand<App: AutonomousApp, R: RoleName>: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
+        try await GraphRoles.run(R.role, name: R.name, options: options) { try App.graph() }
+    }
+}
+
+/// The roles and `dev` for any graph: an app binary's own, or one the `autonomous` command
+/// read from an app in another language (docs/python.md).
+package enum GraphRoles {
+    /// Runs `role` of `graph` until SIGTERM or SIGINT.
+    package static func run(
+        _ role: Role,
+        name: String,
+        options: CommonOptions,
+        graph makeGraph: () throws -> AppGraph
+    ) async throws {
         let settings = try await options.settings()
-        let logger = try options.makeLogger(label: "autonomous.\(R.name)", settings: settings)
+        let logger = try options.makeLogger(label: "autonomous.\(name)", settings: settings)
         let configuration = try options.runtimeConfiguration(from: settings)
         guard configuration.natsURL != nil else {
-            throw ValidationError("\(R.name) needs a NATS server: pass --nats-url or set AUTONOMOUS_NATS_URL")
+            throw ValidationError("\(name) needs a NATS server: pass --nats-url or set AUTONOMOUS_NATS_URL")
         }
         let graph: AppGraph
-        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        do { graph = try makeGraph() } catch { throw ValidationError("\(error)") }
         let runtime = AppRuntime(graph: graph, configuration: configuration)
-        try await runtime.run(role: R.role, logger: logger)
-    }
-}
-
-struct DescribeCommand<App: AutonomousApp>: AsyncParsableCommand {
-    static var configuration: CommandConfiguration {
-        CommandConfiguration(commandName: "describe", abstract: "Print the app graph as JSON: tables, handlers, routes, schedules.")
+        try await runtime.run(role: role, logger: logger)
     }
 
-    @Option(help: "Tenant whose subjects to show. [default: default]")
-    var tenant: String = "default"
-
-    func run() async throws {
-        let graph: AppGraph
-        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
-        if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
-        FileHandle.standardOutput.write(graph.description(tenant: tenant).encoded() + Data("\n".utf8))
-    }
-}
-
-struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
-    static var configuration: CommandConfiguration {
-        CommandConfiguration(
-            commandName: "dev",
-            abstract: "Run everything in one process with embedded defaults.",
-            discussion: """
-                Starts nats-server -js as a child process on a free loopback port with its data in \
-                <data-dir>/nats (unless --nats-url is given), keeps coordinator state in \
-                <data-dir>/coordinator.sqlite, and serves HTTP on port 3000. Ctrl-C stops it all; \
-                the next run reuses the stored data.
-                """
-        )
+    /// Where `dev` runs, handed to `onReady` once the ingress listens (for processes of
+    /// another runtime that serve the app's handlers and routes).
+    package struct DevEnvironment: Sendable {
+        package var natsURL: String
+        package var tenant: String
+        package var httpPort: Int
+        package var dataDirectory: String
+        package var logger: Logger
     }
 
-    @OptionGroup var options: CommonOptions
-
-    func run() async throws {
+    /// `dev`: every role in one process, with an embedded nats-server unless one is given.
+    /// `onReady` runs once the ingress listens; `onStop` after the runtime has stopped.
+    package static func dev(
+        options: CommonOptions,
+        graph makeGraph: () throws -> AppGraph,
+        onReady: (@Sendable (DevEnvironment) async -> Void)? = nil,
+        onStop: (@Sendable () async -> Void)? = nil
+    ) async throws {
         let settings = try await options.settings()
         let logger = try options.makeLogger(label: "autonomous.dev", settings: settings)
         var configuration = try options.runtimeConfiguration(from: settings)
         configuration.keepUnboundTablesInSQLite = true
         let graph: AppGraph
-        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        do { graph = try makeGraph() } catch { throw ValidationError("\(error)") }
         let plan: StoragePlan
         do { plan = try StoragePlan.make(graph: graph, configuration: configuration) } catch { throw ValidationError(error.message) }
         var embedded: NATSServerProcess?
@@ -511,15 +519,55 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
                 requireAPIKey: requireAPIKey
             )
             FileHandle.standardOutput.write(Data((banner + "\n").utf8))
+            await onReady?(DevEnvironment(natsURL: natsURL, tenant: tenant, httpPort: port, dataDirectory: dataDirectory, logger: logger))
         }
         let runtime = AppRuntime(graph: graph, configuration: configuration)
         do {
             try await runtime.run(role: .all, logger: logger)
         } catch {
+            await onStop?()
             await embedded?.stop()
             throw error
         }
+        await onStop?()
         await embedded?.stop()
+    }
+}
+
+struct DescribeCommand<App: AutonomousApp>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "describe", abstract: "Print the app graph as JSON: tables, handlers, routes, schedules.")
+    }
+
+    @Option(help: "Tenant whose subjects to show. [default: default]")
+    var tenant: String = "default"
+
+    func run() async throws {
+        let graph: AppGraph
+        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        if let problem = Names.problem(with: tenant, kind: "tenant") { throw ValidationError(problem) }
+        FileHandle.standardOutput.write(graph.description(tenant: tenant).encoded() + Data("\n".utf8))
+    }
+}
+
+struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "dev",
+            abstract: "Run everything in one process with embedded defaults.",
+            discussion: """
+                Starts nats-server -js as a child process on a free loopback port with its data in \
+                <data-dir>/nats (unless --nats-url is given), keeps coordinator state in \
+                <data-dir>/coordinator.sqlite, and serves HTTP on port 3000. Ctrl-C stops it all; \
+                the next run reuses the stored data.
+                """
+        )
+    }
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        try await GraphRoles.dev(options: options) { try App.graph() }
     }
 }
 

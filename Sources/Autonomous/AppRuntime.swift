@@ -125,6 +125,8 @@ package struct RuntimeConfiguration: Sendable {
     package var partitionLeaseTTL: Duration = .seconds(6)
     /// How long a call to the coordinators waits for an answer.
     package var coordinatorCallTimeout: Duration = .seconds(5)
+    /// Ingress: how long a route of another runtime may take to answer (AUTONOMOUS_ROUTE_TIMEOUT).
+    package var routeTimeout: Duration = .seconds(30)
     /// Coordinator: this process's name in leases (`nil`: host, pid and a random suffix).
     package var coordinatorID: String?
 
@@ -355,9 +357,12 @@ package struct AppRuntime: Sendable {
         }
         if role.runsWorker {
             var workerConfiguration = Worker.Configuration(tenants: [configuration.tenant], environment: configuration.environment)
-            let known = Set(graph.handlers.map(\.name))
+            let known = Set(graph.handlers.filter { $0.runtime == nil }.map(\.name))
             for name in configuration.handlers.map({ $0.union(configuration.excludedHandlers) }) ?? configuration.excludedHandlers
             where !known.contains(name) {
+                if let external = graph.handlers.first(where: { $0.name == name })?.runtime {
+                    throw ConfigurationError("handler '\(name)' runs in \(external); start that runtime's workers for it (docs/python.md)")
+                }
                 throw ConfigurationError("unknown handler '\(name)'; the app has \(known.sorted().joined(separator: ", "))")
             }
             let selected = (configuration.handlers ?? known).subtracting(configuration.excludedHandlers)
@@ -390,6 +395,7 @@ package struct AppRuntime: Sendable {
             ingressConfiguration.requireAPIKey = configuration.requireAPIKey
             ingressConfiguration.tls = configuration.httpTLS
             ingressConfiguration.tableReader = storages?.reader
+            ingressConfiguration.routeTimeout = configuration.routeTimeout
             ingressConfiguration.accessForKeyHash = { hash in
                 do {
                     return try await coordinatorEndpoint.access(forKeyHash: hash)

@@ -13,7 +13,7 @@ struct AutonomousCLI: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
             TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, StoragesCommand.self, NATSAuthorizationCommand.self,
-            SuperviseCommand.self,
+            SuperviseCommand.self, PythonDevCommand.self, ServeCommand.self,
         ]
     )
 }
@@ -39,10 +39,20 @@ func makeLogger(_ level: String) -> Logger {
 struct DescribeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "describe", abstract: "Print an app's graph (runs `<app> describe`).")
 
-    @Argument(help: "The app binary or product name, e.g. OrderFlow.")
+    @Argument(help: "The app binary or product name, e.g. OrderFlow; or a Python app, e.g. main.py.")
     var app: String
 
+    @Option(help: "The Python interpreter for a .py app. [env: AUTONOMOUS_PYTHON, default: python3]")
+    var python: String?
+
     func run() async throws {
+        if PythonApp.isPython(app) {
+            let description = try await PythonApp.describe(app, python: PythonApp.interpreter(python), tenant: "default")
+            // Checked as the runtime will read it: a graph it cannot serve fails here.
+            do { _ = try AppGraph(description: description) } catch { throw ValidationError("\(app): \(error)") }
+            FileHandle.standardOutput.write(description.encoded() + Data("\n".utf8))
+            return
+        }
         let binary = try resolveApp(app)
         let status = try await Command.passthrough(binary, ["describe"])
         if status != 0 { throw ExitCode(status) }

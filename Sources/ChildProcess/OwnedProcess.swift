@@ -51,6 +51,8 @@ package final class OwnedProcess: Sendable {
         case discarded
         /// Appended to this file (created 0644 if missing).
         case file(String)
+        /// This process's own standard output and error (a dev command's children).
+        case inherited
     }
 
     /// Spawns `executable` and returns once it runs; throws when it cannot be started.
@@ -63,7 +65,7 @@ package final class OwnedProcess: Sendable {
     ) async throws -> OwnedProcess {
         let descriptor: FileDescriptor?
         switch output {
-        case .discarded:
+        case .discarded, .inherited:
             descriptor = nil
         case .file(let path):
             descriptor = try FileDescriptor.open(
@@ -103,6 +105,14 @@ package final class OwnedProcess: Sendable {
                         configuration,
                         output: FileDescriptorOutput.fileDescriptor(descriptor, closeAfterSpawningProcess: true),
                         error: CombinedErrorOutput.combinedWithOutput,
+                        shared: shared,
+                        onSpawn: onSpawn
+                    )
+                } else if case .inherited = output {
+                    status = try await run(
+                        configuration,
+                        output: FileDescriptorOutput.fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
+                        error: FileDescriptorOutput.fileDescriptor(.standardError, closeAfterSpawningProcess: false),
                         shared: shared,
                         onSpawn: onSpawn
                     )

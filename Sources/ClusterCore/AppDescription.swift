@@ -37,13 +37,27 @@ package struct AppDescription: Codable, Sendable, Hashable {
         /// `open` or `closed`: whether the record API takes records for it (absent for a
         /// schedule's ticks, and in descriptions from before it existed).
         package var recordAPI: String?
+        /// The storage of `autonomous.json` the app binds the table to, if any.
+        package var storage: String?
+        /// The app's retention for the table's streams, when it sets one.
+        package var retention: Retention?
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, subject, stream, fields, partitioning
+            case name, kind, subject, stream, fields, partitioning, storage, retention
             case semanticType = "semantic_type"
             case recordType = "record_type"
             case requiredFields = "required_fields"
             case recordAPI = "record_api"
+        }
+    }
+
+    package struct Retention: Codable, Sendable, Hashable {
+        package var maxAgeSeconds: Int64?
+        package var maxBytes: Int64?
+
+        enum CodingKeys: String, CodingKey {
+            case maxAgeSeconds = "max_age_seconds"
+            case maxBytes = "max_bytes"
         }
     }
 
@@ -70,9 +84,23 @@ package struct AppDescription: Codable, Sendable, Hashable {
         package var secrets: [String]?
         /// The key an ordered handler keeps each record's order by.
         package var orderedBy: String?
+        /// The ordered handler's partition count.
+        package var partitions: Int?
+        /// The runtime that runs the handler when it is not the app's own Swift code
+        /// (``ExternalRuntime``, e.g. `python`); absent for Swift handlers.
+        package var runtime: String?
+        /// How long a batch may wait to fill once its first record is there, in seconds.
+        package var maxWaitSeconds: Double?
+        /// Seconds before each redelivery after a failure, by attempt (the last repeats).
+        package var retryBackoffSeconds: [Double]?
+        /// Records delivered but not yet acknowledged, across all workers, when the handler sets it.
+        package var maxAckPending: Int?
 
         enum CodingKeys: String, CodingKey {
-            case name, source, consumer, concurrency, component, outputs, secrets
+            case name, source, consumer, concurrency, component, outputs, secrets, partitions, runtime
+            case maxWaitSeconds = "max_wait_seconds"
+            case retryBackoffSeconds = "retry_backoff_seconds"
+            case maxAckPending = "max_ack_pending"
             case sourceKind = "source_kind"
             case batchSize = "batch_size"
             case maxAttempts = "max_attempts"
@@ -88,8 +116,20 @@ package struct AppDescription: Codable, Sendable, Hashable {
         /// `route` (runs app code) or `webhook` (appends the verified body to `table`).
         package var kind: String
         package var table: String?
-        /// How the sender is verified: `api-key`, `slack`, `custom` or `unauthenticated`.
+        /// How the sender is verified: `api-key`, `unauthenticated`, `slack`, `github`,
+        /// `stripe`, `standard-webhooks`, `shopify`, `hmac-sha256` or `custom`.
         package var verification: String?
+        /// The environment variable that holds the verification's secret (never its value).
+        package var secret: String?
+        /// How old a signed timestamp may be, in seconds (Slack, Stripe, Standard Webhooks).
+        package var toleranceSeconds: Double?
+        /// The runtime whose processes answer the route when it is not the app's own Swift code.
+        package var runtime: String?
+
+        enum CodingKeys: String, CodingKey {
+            case method, path, kind, table, verification, secret, runtime
+            case toleranceSeconds = "tolerance_seconds"
+        }
     }
 
     package struct Schedule: Codable, Sendable, Hashable {
@@ -97,10 +137,20 @@ package struct AppDescription: Codable, Sendable, Hashable {
         package var schedule: String
         package var timeZone: String
         package var subject: String
+        /// The cron expression, or
+        package var cron: String?
+        /// the interval in seconds: what the schedule is, for a runtime that serves it.
+        package var everySeconds: Int64?
+        /// `skip`, `fire-once` or `fire-all(N)`: what happens to ticks missed while no coordinator led.
+        package var catchUp: String?
+        package var jitterSeconds: Double?
 
         enum CodingKeys: String, CodingKey {
-            case name, schedule, subject
+            case name, schedule, subject, cron
             case timeZone = "time_zone"
+            case everySeconds = "every_seconds"
+            case catchUp = "catch_up"
+            case jitterSeconds = "jitter_seconds"
         }
     }
 
@@ -155,7 +205,14 @@ extension AppGraph {
                     fields: table.knownFields,
                     requiredFields: table.requiredFields,
                     partitioning: table.partitioning.map { AppDescription.Partitioning(field: $0.field, partitions: $0.partitions) },
-                    recordAPI: table.kind == .table ? (acceptsRecordAPI(table) ? "open" : "closed") : nil
+                    recordAPI: table.kind == .table ? (acceptsRecordAPI(table) ? "open" : "closed") : nil,
+                    storage: table.kind == .table ? table.storage : nil,
+                    retention: table.retention == StreamRetention()
+                        ? nil
+                        : AppDescription.Retention(
+                            maxAgeSeconds: table.retention.maxAge?.components.seconds,
+                            maxBytes: table.retention.maxBytes
+                        )
                 )
             },
             handlers: handlers.map { handler in
@@ -172,11 +229,24 @@ extension AppGraph {
                     component: handler.component,
                     outputs: handler.outputs.isEmpty ? nil : handler.outputs,
                     secrets: handler.secrets.isEmpty ? nil : handler.secrets.map(\.name),
-                    orderedBy: handler.options.ordering?.field
+                    orderedBy: handler.options.ordering?.field,
+                    partitions: handler.options.ordering?.partitions,
+                    runtime: handler.runtime,
+                    maxWaitSeconds: handler.options.maxWait.inSeconds,
+                    retryBackoffSeconds: handler.options.retryBackoff.map(\.inSeconds),
+                    maxAckPending: handler.options.maxAckPending
                 )
             },
             routes: routes.map {
-                AppDescription.Route(method: $0.method, path: $0.path, kind: "route", verification: $0.verification.label)
+                AppDescription.Route(
+                    method: $0.method,
+                    path: $0.path,
+                    kind: "route",
+                    verification: $0.verification.label,
+                    secret: $0.verification.secrets.first?.name,
+                    toleranceSeconds: $0.verification.tolerance?.inSeconds,
+                    runtime: $0.runtime
+                )
             }
                 + webhooks.map {
                     AppDescription.Route(
@@ -184,7 +254,9 @@ extension AppGraph {
                         path: $0.path,
                         kind: "webhook",
                         table: $0.table,
-                        verification: $0.verification.label
+                        verification: $0.verification.label,
+                        secret: $0.verification.secrets.first?.name,
+                        toleranceSeconds: $0.verification.tolerance?.inSeconds
                     )
                 },
             schedules: schedules.map {
@@ -192,7 +264,11 @@ extension AppGraph {
                     name: $0.name,
                     schedule: $0.schedule.description,
                     timeZone: $0.schedule.timeZoneIdentifier,
-                    subject: Wire.scheduleSubject(tenant: tenant, schedule: $0.name)
+                    subject: Wire.scheduleSubject(tenant: tenant, schedule: $0.name),
+                    cron: $0.schedule.cronExpression,
+                    everySeconds: $0.schedule.intervalSeconds,
+                    catchUp: $0.schedule.catchUpPolicy.description,
+                    jitterSeconds: $0.schedule.maximumJitter == .zero ? nil : $0.schedule.maximumJitter.inSeconds
                 )
             }
         )

@@ -62,6 +62,9 @@ public struct AppGraph: Sendable {
         var handlerNames = Set<String>()
         for handler in handlers {
             if let problem = Names.problem(with: handler.name, kind: "handler") { problems.append(problem) }
+            if let runtime = handler.runtime, let problem = Names.problem(with: runtime, kind: "runtime") {
+                problems.append("handler '\(handler.name)': \(problem)")
+            }
             if !handlerNames.insert(handler.name).inserted {
                 problems.append("two handlers are named '\(handler.name)'; handler names must be unique (they name durable consumers)")
             }
@@ -136,6 +139,9 @@ public struct AppGraph: Sendable {
         }
         for route in routes {
             checkPath(route.method, route.path, "route")
+            if let runtime = route.runtime, let problem = Names.problem(with: runtime, kind: "runtime") {
+                problems.append("route \(route.method) \(route.path): \(problem)")
+            }
             if let problem = route.pattern?.problem { problems.append("route \(route.method) \(route.path): \(problem)") }
         }
         for webhook in webhooks {

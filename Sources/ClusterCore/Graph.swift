@@ -274,6 +274,9 @@ public struct HandlerDefinition: Sendable {
     /// at or after this time (a storage sink's `backfill` in autonomous.json); `nil` for the
     /// stream's first record.
     package var startTime: Date? = nil
+    /// The runtime that runs the handler when it is not Swift code in this app (``ExternalRuntime``):
+    /// Swift workers leave it to that runtime's workers.
+    package var runtime: String? = nil
 
     package var consumerName: String { Wire.consumerName(handler: name) }
 
@@ -701,11 +704,36 @@ public struct AppBuilder {
     /// Checks the graph and freezes it.
     public func build() throws(AppGraphError) -> AppGraph {
         let state = registry.state.withLock { $0 }
-        var tables = state.tables
-        var problems = state.problems
+        let graph = try AppGraph.checked(
+            name: name,
+            tables: state.tables,
+            handlers: state.handlers,
+            routes: state.routes,
+            webhooks: state.webhooks,
+            schedules: state.schedules,
+            problems: state.problems
+        )
+        registry.bind(graph.tables)
+        return graph
+    }
+}
+
+extension AppGraph {
+    /// Partitions the tables that ordered handlers read, then checks the graph.
+    static func checked(
+        name: String,
+        tables declared: [TableDefinition],
+        handlers: [HandlerDefinition],
+        routes: [RouteDefinition],
+        webhooks: [WebhookDefinition],
+        schedules: [ScheduleDefinition],
+        problems earlier: [String] = []
+    ) throws(AppGraphError) -> AppGraph {
+        var tables = declared
+        var problems = earlier
         for index in tables.indices where tables[index].kind == .table {
             let orderings = Set(
-                state.handlers.filter { $0.source == tables[index].name && $0.sourceKind == .table }.compactMap(\.options.ordering)
+                handlers.filter { $0.source == tables[index].name && $0.sourceKind == .table }.compactMap(\.options.ordering)
             )
             if orderings.count > 1 {
                 problems.append(
@@ -715,17 +743,9 @@ public struct AppBuilder {
             }
             tables[index].partitioning = orderings.count == 1 ? orderings.first : nil
         }
-        let graph = AppGraph(
-            name: name,
-            tables: tables,
-            handlers: state.handlers,
-            routes: state.routes,
-            webhooks: state.webhooks,
-            schedules: state.schedules
-        )
+        let graph = AppGraph(name: name, tables: tables, handlers: handlers, routes: routes, webhooks: webhooks, schedules: schedules)
         problems += graph.problems()
         if !problems.isEmpty { throw AppGraphError(problems: problems) }
-        registry.bind(tables)
         return graph
     }
 }

@@ -123,6 +123,9 @@ public struct RouteDefinition: Sendable {
     /// Who may call the route (an API key unless said otherwise).
     public var verification: WebhookVerification
     package var handler: RouteHandler
+    /// The runtime whose processes answer the route when it is not Swift code in this app
+    /// (``ExternalRuntime``): the ingress forwards its requests there.
+    package var runtime: String? = nil
 
     /// The path's segments when it has parameters; `nil` for a fixed path.
     package var pattern: RoutePattern? { RoutePattern(path) }
@@ -269,6 +272,15 @@ public struct WebhookVerification: Sendable {
         case .slack(let secret, _): return [secret]
         case .signed(let signature): return [signature.secret]
         default: return []
+        }
+    }
+
+    /// How old a signed timestamp may be, for the schemes that sign one.
+    package var tolerance: Duration? {
+        switch kind {
+        case .slack(_, let tolerance): return tolerance
+        case .signed(let signature): return signature.tolerance
+        default: return nil
         }
     }
 

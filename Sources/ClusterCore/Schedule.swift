@@ -43,6 +43,8 @@ public struct Schedule: Sendable, CustomStringConvertible {
     let kind: Kind
     public let timeZoneIdentifier: String
     let source: String
+    /// The cron expression a cron schedule (or ``daily(at:timeZone:)``) evaluates.
+    package private(set) var cronExpression: String? = nil
     /// Missed ticks after downtime; `.fireOnce` unless set with ``catchUp(_:)``.
     public private(set) var catchUpPolicy: CatchUpPolicy = .fireOnce
     /// Each tick is published up to this much after its fire time (see ``jitter(_:)``).
@@ -51,7 +53,9 @@ public struct Schedule: Sendable, CustomStringConvertible {
     /// A cron expression, evaluated in `timeZone` (an IANA name such as `Europe/Berlin`).
     public static func cron(_ expression: String, timeZone: String = "UTC") -> Schedule {
         do {
-            return Schedule(kind: .cron(try CronExpression(expression)), timeZoneIdentifier: timeZone, source: expression)
+            var schedule = Schedule(kind: .cron(try CronExpression(expression)), timeZoneIdentifier: timeZone, source: expression)
+            schedule.cronExpression = expression
+            return schedule
         } catch {
             return Schedule(
                 kind: .invalid("invalid cron expression '\(expression)': \(error.message)"),
@@ -77,12 +81,20 @@ public struct Schedule: Sendable, CustomStringConvertible {
             return Schedule(kind: .invalid("daily time '\(time)' must be HH:mm"), timeZoneIdentifier: timeZone, source: "daily at \(time)")
         }
         let schedule = cron("\(minute) \(hour) * * *", timeZone: timeZone)
-        return Schedule(kind: schedule.kind, timeZoneIdentifier: timeZone, source: "daily at \(time)")
+        var daily = Schedule(kind: schedule.kind, timeZoneIdentifier: timeZone, source: "daily at \(time)")
+        daily.cronExpression = schedule.cronExpression
+        return daily
     }
 
     /// Fires once an hour at `minute`.
     public static func hourly(atMinute minute: Int = 0) -> Schedule {
         cron("\(minute) * * * *")
+    }
+
+    /// The interval of an ``every(_:)`` schedule, in whole seconds.
+    package var intervalSeconds: Int64? {
+        if case .every(let interval) = kind { return interval.components.seconds }
+        return nil
     }
 
     /// Sets what happens to ticks missed while no coordinator led.

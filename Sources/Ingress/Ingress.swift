@@ -91,6 +91,9 @@ package struct Ingress: Service {
         package var peerInterval: Duration = .seconds(1)
         /// Process environment, for webhook secrets.
         package var environment: [String: String]
+        /// How long a route implemented in another runtime may take to answer before the
+        /// ingress gives up with 504 (AUTONOMOUS_ROUTE_TIMEOUT).
+        package var routeTimeout: Duration = .seconds(30)
         /// Answers `GET /v1/tables/{table}/records` from the storages that keep tables
         /// (`nil`: no storage in this process; such reads get 409).
         package var tableReader: TableReader?

@@ -373,14 +373,28 @@ struct IngressResponder: HTTPResponder {
         return try await withBody(request) { body in
             let routeRequest = routeRequest(request, body: body, parameters: parameters)
             let tenant = try await caller(of: request, routeRequest: routeRequest, verification: route.verification)
+            let idempotencyKey =
+                try route.verification.deliveryID(of: routeRequest).map {
+                    RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
+                } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)")
+            let traceparent = RecordIngest.traceparent(request.headers[values: Self.traceparentField])
+            if let runtime = route.runtime {
+                return try await RouteForwarding.forward(
+                    route: route,
+                    runtime: runtime,
+                    request: routeRequest,
+                    tenant: tenant,
+                    idempotencyKey: idempotencyKey,
+                    traceparent: traceparent,
+                    state: state
+                )
+            }
             let ctx = RouteContext(
                 tenant: tenant,
                 publisher: GuardedPublisher(state: state, tenant: tenant),
                 ids: state.ids,
-                idempotencyKey: try route.verification.deliveryID(of: routeRequest).map {
-                    RecordIDGenerator.scopedKey($0, tenant: tenant, caller: "", path: "route \(route.method) \(route.path)")
-                } ?? scopedIdempotencyKey(request, tenant: tenant, path: "route \(route.method) \(route.path)"),
-                traceparent: RecordIngest.traceparent(request.headers[values: Self.traceparentField]),
+                idempotencyKey: idempotencyKey,
+                traceparent: traceparent,
                 logger: state.logger,
                 tableReader: state.configuration.tableReader
             )

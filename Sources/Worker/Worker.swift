@@ -56,7 +56,8 @@ package struct Worker: Service {
         var tables: [String: TableDefinition] = [:]
         for table in graph.tables where table.kind == .table { tables[table.name] = table }
         let environment = ComponentEnvironment(environment: configuration.environment, logger: logger)
-        for handler in graph.handlers where configuration.handlers?.contains(handler.name) ?? true {
+        // Handlers of another runtime (Python) are that runtime's workers' to run.
+        for handler in graph.handlers where handler.runtime == nil && configuration.handlers?.contains(handler.name) ?? true {
             do {
                 prepared.append(Prepared(handler: handler, invoker: try handler.prepare(environment)))
             } catch {
