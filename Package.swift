@@ -279,6 +279,7 @@ let package = Package(
             name: "AutonomousCLI",
             dependencies: [
                 "Autonomous",
+                "Components",
                 "ChildProcess",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Subprocess", package: "swift-subprocess"),

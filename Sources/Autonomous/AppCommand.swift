@@ -596,7 +596,9 @@ enum DevBanner {
         }
         lines += ["", "Live endpoints:"]
         for route in graph.routes {
-            lines.append("  \(shownHost):\(port)\(route.path) \(route.method)  (\(route.verification.label))")
+            lines.append(
+                "  \(shownHost):\(port)\(route.path) \(route.method)  (\(route.verification.label)\(route.runtime.map { ", \($0)" } ?? ""))"
+            )
         }
         for webhook in graph.webhooks {
             lines.append("  \(shownHost):\(port)\(webhook.path) POST  (webhook → \(webhook.table), \(webhook.verification.label))")
@@ -619,7 +621,9 @@ enum DevBanner {
         lines.append("")
         lines.append("Handlers:")
         for handler in graph.handlers {
-            lines.append("  \(handler.name) ← \(handler.source)\(handler.component.map { "  [\($0)]" } ?? "")")
+            lines.append(
+                "  \(handler.name) ← \(handler.source)\(handler.component.map { "  [\($0)]" } ?? "")\(handler.runtime.map { "  (\($0))" } ?? "")"
+            )
         }
         lines.append("")
         lines.append("Storages online:")

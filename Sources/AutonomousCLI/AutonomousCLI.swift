@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterCore
+import Components
 import Deploy
 import Foundation
 import Logging
@@ -49,7 +50,11 @@ struct DescribeCommand: AsyncParsableCommand {
         if PythonApp.isPython(app) {
             let description = try await PythonApp.describe(app, python: PythonApp.interpreter(python), tenant: "default")
             // Checked as the runtime will read it: a graph it cannot serve fails here.
-            do { _ = try AppGraph(description: description) } catch { throw ValidationError("\(app): \(error)") }
+            do {
+                _ = try AppGraph(description: description) { try ComponentCatalog.make(kind: $0, configuration: $1) }
+            } catch {
+                throw ValidationError("\(app): \(error)")
+            }
             FileHandle.standardOutput.write(description.encoded() + Data("\n".utf8))
             return
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Autonomous
 import ChildProcess
 import ClusterCore
+import Components
 import Deploy
 import Foundation
 import Logging
@@ -55,7 +56,9 @@ enum PythonApp {
             }
         }
         do {
-            return try AppGraph(description: description)
+            return try AppGraph(description: description) { kind, configuration in
+                try ComponentCatalog.make(kind: kind, configuration: configuration)
+            }
         } catch {
             throw ValidationError("\(source): \(error)")
         }

@@ -95,12 +95,16 @@ package struct AppDescription: Codable, Sendable, Hashable {
         package var retryBackoffSeconds: [Double]?
         /// Records delivered but not yet acknowledged, across all workers, when the handler sets it.
         package var maxAckPending: Int?
+        /// A component's settings, for a graph written in another language whose handler is a
+        /// component the Swift runtime builds by `component` kind (docs/python.md).
+        package var componentConfig: JSONValue?
 
         enum CodingKeys: String, CodingKey {
             case name, source, consumer, concurrency, component, outputs, secrets, partitions, runtime
             case maxWaitSeconds = "max_wait_seconds"
             case retryBackoffSeconds = "retry_backoff_seconds"
             case maxAckPending = "max_ack_pending"
+            case componentConfig = "component_config"
             case sourceKind = "source_kind"
             case batchSize = "batch_size"
             case maxAttempts = "max_attempts"

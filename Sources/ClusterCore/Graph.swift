@@ -280,6 +280,25 @@ public struct HandlerDefinition: Sendable {
 
     package var consumerName: String { Wire.consumerName(handler: name) }
 
+    /// The handler that runs `component` on the new records of `source`.
+    package static func component(_ component: any Component, name: String?, source: String, options: HandlerOptions) -> HandlerDefinition {
+        HandlerDefinition(
+            name: name ?? "\(component.kind)-\(source)",
+            source: source,
+            sourceKind: .table,
+            options: options,
+            component: component.kind,
+            requiredFields: component.requiredFields,
+            outputs: component.produces.keys.sorted(),
+            producedFields: component.produces,
+            secrets: component.secrets,
+            prepare: { environment in
+                let run = try component.makeHandler(environment)
+                return { raw, ctx in try await run(Records<JSONValue>.decoding(raw, lineage: ctx.lineage), ctx) }
+            }
+        )
+    }
+
     /// What the consumer of one partition reads: the partition's subject, or the whole table
     /// (``consumesWholeTable``).
     package func partitionFilter(source: TableDefinition, tenant: String, partition: Int) -> String {
@@ -434,24 +453,7 @@ public struct Table<Row: Record>: TableReference {
 
     /// Binds a component to this table's new records.
     public func onNewRecords<C: Component>(_ component: C, name: String? = nil, options: HandlerOptions = HandlerOptions()) {
-        let table = self.name
-        registry.addHandler(
-            HandlerDefinition(
-                name: name ?? "\(component.kind)-\(table)",
-                source: table,
-                sourceKind: .table,
-                options: options,
-                component: component.kind,
-                requiredFields: component.requiredFields,
-                outputs: component.produces.keys.sorted(),
-                producedFields: component.produces,
-                secrets: component.secrets,
-                prepare: { environment in
-                    let run = try component.makeHandler(environment)
-                    return { raw, ctx in try await run(Records<JSONValue>.decoding(raw, lineage: ctx.lineage), ctx) }
-                }
-            )
-        )
+        registry.addHandler(.component(component, name: name, source: self.name, options: options))
     }
 }
 

@@ -5,7 +5,12 @@ package import Foundation
 /// routes run in that language's processes (``ExternalRuntime``); Swift processes only
 /// provision their consumers, forward their routes, fire their schedules and keep their tables.
 extension AppGraph {
-    package init(description: AppDescription) throws(AppGraphError) {
+    /// `components` builds a handler's component from its kind and `component_config` (the
+    /// Swift component catalog); without it a graph naming components is refused.
+    package init(
+        description: AppDescription,
+        components: ((String, JSONValue) throws -> any Component)? = nil
+    ) throws(AppGraphError) {
         var problems: [String] = []
         var tables: [TableDefinition] = []
         for table in description.tables {
@@ -36,6 +41,21 @@ extension AppGraph {
         }
         var handlers: [HandlerDefinition] = []
         for handler in description.handlers {
+            if handler.runtime == nil || handler.runtime == "swift", let kind = handler.component, let configuration = handler.componentConfig {
+                guard let components else {
+                    problems.append("handler '\(handler.name)': component '\(kind)' cannot be built here")
+                    continue
+                }
+                do {
+                    let component = try components(kind, configuration)
+                    handlers.append(
+                        .component(component, name: handler.name, source: handler.source, options: Self.options(of: handler, problems: &problems))
+                    )
+                } catch {
+                    problems.append("handler '\(handler.name)': \(error)")
+                }
+                continue
+            }
             guard let runtime = handler.runtime, runtime != "swift" else {
                 problems.append(
                     "handler '\(handler.name)' names no runtime other than Swift; a graph the autonomous command serves "
@@ -47,22 +67,7 @@ extension AppGraph {
                 problems.append("handler '\(handler.name)': source_kind '\(handler.sourceKind)' is neither 'table' nor 'schedule'")
                 continue
             }
-            var options = HandlerOptions(
-                batchSize: handler.batchSize,
-                concurrency: handler.concurrency,
-                maxAttempts: handler.maxAttempts,
-                maxAckPending: handler.maxAckPending
-            )
-            if let seconds = handler.maxWaitSeconds { options.maxWait = .seconds(seconds) }
-            if let seconds = handler.timeoutSeconds { options.timeout = .seconds(seconds) }
-            if let backoff = handler.retryBackoffSeconds {
-                if backoff.contains(where: { !($0 >= 0 && $0 <= 86_400) }) {
-                    problems.append("handler '\(handler.name)': retry_backoff_seconds must be between 0 and 86400")
-                } else {
-                    options.retryBackoff = backoff.map { .seconds($0) }
-                }
-            }
-            if let field = handler.orderedBy { options = options.ordered(by: field, partitions: handler.partitions ?? 16) }
+            let options = Self.options(of: handler, problems: &problems)
             let name = handler.name
             var definition = HandlerDefinition(
                 name: name,
@@ -150,6 +155,27 @@ extension AppGraph {
             webhooks: webhooks,
             schedules: schedules
         )
+    }
+
+    /// A described handler's options; a value out of range is a problem.
+    static func options(of handler: AppDescription.Handler, problems: inout [String]) -> HandlerOptions {
+        var options = HandlerOptions(
+            batchSize: handler.batchSize,
+            concurrency: handler.concurrency,
+            maxAttempts: handler.maxAttempts,
+            maxAckPending: handler.maxAckPending
+        )
+        if let seconds = handler.maxWaitSeconds { options.maxWait = .seconds(seconds) }
+        if let seconds = handler.timeoutSeconds { options.timeout = .seconds(seconds) }
+        if let backoff = handler.retryBackoffSeconds {
+            if backoff.contains(where: { !($0 >= 0 && $0 <= 86_400) }) {
+                problems.append("handler '\(handler.name)': retry_backoff_seconds must be between 0 and 86400")
+            } else {
+                options.retryBackoff = backoff.map { .seconds($0) }
+            }
+        }
+        if let field = handler.orderedBy { options = options.ordered(by: field, partitions: handler.partitions ?? 16) }
+        return options
     }
 }
 
