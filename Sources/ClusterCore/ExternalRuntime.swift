@@ -25,6 +25,8 @@ extension Wire {
     /// request/reply; the runtime's processes subscribe in the queue group ``routeQueue``).
     package static func routeSubject(runtime: String) -> String { "aut._route.\(runtime)" }
     package static let routeQueue = "routes"
+    /// Where processes of another runtime read kept tables (queue group `readers` of the ingress nodes).
+    package static let tableReadSubject = "aut._tables.read"
 }
 
 /// A handler or route that runs in another runtime was asked to run in this process.

@@ -125,7 +125,7 @@ struct LineageWalk: Sendable {
 extension RecordMetadata {
     /// The source of an output that sums up `records`: the record itself when there is one,
     /// else a composite whose id depends on the set of ids (not their order).
-    static func summary(of records: [RecordMetadata]) -> RecordMetadata? {
+    package static func summary(of records: [RecordMetadata]) -> RecordMetadata? {
         guard var cause = records.first else { return nil }
         if records.count == 1 { return cause }
         let joined = records.map(\.id).sorted().joined(separator: ",")

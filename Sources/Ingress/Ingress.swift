@@ -198,6 +198,13 @@ package struct Ingress: Service {
                     }
                 }
             }
+            // Python handlers and routes read kept tables through the ingress nodes.
+            let servesOtherRuntimes = graph.handlers.contains { $0.runtime != nil } || graph.routes.contains { $0.runtime != nil }
+            if servesOtherRuntimes, let reader = configuration.tableReader {
+                background.addTask { [connection, graph, logger] in
+                    await TableReadService.run(connection: connection, graph: graph, reader: reader, logger: logger)
+                }
+            }
             if let resolve = configuration.limitsForTenant {
                 background.addTask { [tenant = configuration.tenant, interval = configuration.keyCacheTTL, logger] in
                     await Self.followLimits(of: tenant, every: interval, resolve: resolve, state: state, logger: logger)

@@ -194,6 +194,65 @@ class Records(Generic[T]):
         return [e.metadata.id for e in self.entries]
 
 
+@dataclass
+class Page(Generic[T]):
+    """One page of a read: entries (value and metadata) and the cursor of the next page."""
+
+    entries: list[Entry[T]]
+    next_cursor: Optional[str]
+
+    def __iter__(self) -> Iterator[T]:
+        return (e.value for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _time_text(value: Any) -> Optional[str]:
+    import datetime as _datetime
+
+    if value is None:
+        return None
+    if isinstance(value, _datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_datetime.timezone.utc)
+        return value.astimezone(_datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, (int, float)):
+        return repr(float(value))
+    return str(value)
+
+
+def _read_query(
+    since: Any, until: Any, since_sequence: Optional[int], where: Optional[dict[str, Any]], order: Optional[str], limit: Optional[int], cursor: Optional[str]
+) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if since is not None:
+        query["since"] = _time_text(since)
+    if until is not None:
+        query["until"] = _time_text(until)
+    if since_sequence is not None:
+        query["since_sequence"] = str(since_sequence)
+    if where is not None:
+        query["where"] = _json.dumps(where).decode()
+    if order is not None:
+        query["order"] = order
+    if limit is not None:
+        query["limit"] = str(limit)
+    if cursor is not None:
+        query["cursor"] = cursor
+    return query
+
+
+class ReadError(Exception):
+    """A read the runtime refused or could not answer (`status`, `code`, `field` as the HTTP API's)."""
+
+    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.field = field
+
+
 class Derived:
     """Records derived from a batch (`records.map(...)`): values with their sources."""
 
@@ -221,6 +280,12 @@ class _Context:
             f"append to table '{table.name}' outside a handler, route or schedule: appends are published by the "
             "function that makes them (run the app with `autonomous dev main.py`)"
         )
+
+    def read(self, table: "Table[Any]", query: dict[str, Any], count: bool) -> Any:
+        raise ConfigurationError(f"read of table '{table.name}' outside a handler, route or schedule")
+
+    async def aread(self, table: "Table[Any]", query: dict[str, Any], count: bool) -> Any:
+        raise ConfigurationError(f"read of table '{table.name}' outside a handler, route or schedule")
 
 
 _current_context: contextvars.ContextVar[_Context] = contextvars.ContextVar("autonomous_context", default=_Context())
@@ -625,6 +690,62 @@ class Table(Generic[T]):
         else:
             cause = dataclasses.replace(first, id=_wire.batch_id(records.ids))
         current_context().append(self, [(self.encode(record), cause)])
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def records(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        since_sequence: Optional[int] = None,
+        where: Optional[dict[str, Any]] = None,
+        order: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> "Page[T]":
+        """A page of this tenant's records of the table, from the storage that keeps it (or its
+        stream): newest first unless `order="oldest"`; `where` keeps records whose top-level
+        fields equal the values given; `next_cursor` continues. In a plain (sync) function; an
+        `async def` awaits `arecords` instead."""
+        query = _read_query(since, until, since_sequence, where, order, limit, cursor)
+        return self._page(current_context().read(self, query, False))
+
+    async def arecords(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        since_sequence: Optional[int] = None,
+        where: Optional[dict[str, Any]] = None,
+        order: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> "Page[T]":
+        query = _read_query(since, until, since_sequence, where, order, limit, cursor)
+        return self._page(await current_context().aread(self, query, False))
+
+    def count(self, *, since: Any = None, until: Any = None, where: Optional[dict[str, Any]] = None) -> int:
+        """How many of this tenant's records match (as `records` selects them)."""
+        return int(current_context().read(self, _read_query(since, until, None, where, None, None, None), True)["count"])
+
+    async def acount(self, *, since: Any = None, until: Any = None, where: Optional[dict[str, Any]] = None) -> int:
+        return int((await current_context().aread(self, _read_query(since, until, None, where, None, None, None), True))["count"])
+
+    def _page(self, answer: dict[str, Any]) -> "Page[T]":
+        entries = []
+        for item in answer.get("records", []):
+            metadata = RecordMetadata(
+                id=item["id"],
+                table=self.name,
+                tenant="",
+                sequence=int(item.get("sequence") or 0),
+                caused_by=item.get("caused_by"),
+                semantic_type=item.get("type"),
+                timestamp=item.get("ingest_time"),
+            )
+            entries.append(Entry(self.decode_value(item["record"]), metadata))
+        return Page(entries, answer.get("next_cursor"))
 
     # -- handlers -----------------------------------------------------------------------------
 

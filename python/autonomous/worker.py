@@ -46,6 +46,7 @@ from .model import (
     Entry,
     HandlerDefinition,
     LineageError,
+    ReadError,
     RecordMetadata,
     Records,
     Request,
@@ -84,7 +85,9 @@ def _now() -> str:
 
 
 def _is_transient(error: BaseException) -> bool:
-    """NATS outages: retried with backoff, never dead-lettered."""
+    """NATS and storage outages: retried with backoff, never dead-lettered."""
+    if isinstance(error, ReadError):
+        return error.status >= 500
     return isinstance(
         error,
         (
@@ -115,7 +118,30 @@ class TableInfo:
         return f"{base}.{_wire.partition(_wire.partition_key(record, self.partition_field), self.partitions)}"
 
 
-class HandlerContext(_Context):
+class _Reading:
+    """Reads of kept tables through the ingress nodes (`aut._tables.read`)."""
+
+    worker: "Worker"
+    tenant: str
+
+    async def aread(self, table: Table[Any], query: dict[str, Any], count: bool) -> Any:
+        return await self.worker.read(self.tenant, table.name, query, count)
+
+    def read(self, table: Table[Any], query: dict[str, Any], count: bool) -> Any:
+        loop = self.worker.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise ConfigurationError(
+                f"table.records()/count() would block the event loop in an async function: use await {table.name}.arecords(...) "
+                "or acount(...)"
+            )
+        return asyncio.run_coroutine_threadsafe(self.aread(table, query, count), loop).result()
+
+
+class HandlerContext(_Reading, _Context):
     """A handler run's context: appends are buffered with their ids and published (and their
     PubAcks awaited) when the handler returns, before its records are acknowledged."""
 
@@ -172,7 +198,7 @@ class HandlerContext(_Context):
                 self.outputs.append((info.subject(self.tenant, body), body, headers))
 
 
-class RouteContext(_Context):
+class RouteContext(_Reading, _Context):
     """A route's context: appends are buffered and published, PubAcks awaited, before the route
     answers; ids follow the request's idempotency key (`<key>`, `<key>-1`, …) or are new."""
 
@@ -261,6 +287,7 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self.nc: Any = None
+        self.loop: Any = None
         self.js: Any = None
         self.processed = 0
         self.dead_lettered = 0
@@ -278,6 +305,20 @@ class Worker:
                 )
 
     # -- tables -------------------------------------------------------------------------------
+
+    async def read(self, tenant: str, table: str, query: dict[str, Any], count: bool) -> Any:
+        request = json.dumps({"v": 1, "tenant": tenant, "table": table, "query": query, "count": count}).encode()
+        try:
+            reply = await self.nc.request(_wire.TABLE_READ_SUBJECT, request, timeout=30)
+        except nats.errors.NoRespondersError:
+            raise ReadError(503, "unavailable", "no ingress serves table reads right now; try again") from None
+        except nats.errors.TimeoutError:
+            raise ReadError(504, "timeout", f"reading table '{table}' did not answer within 30 s") from None
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error:
+            raise ReadError(error.get("status", 500), error.get("code", "error"), error.get("message", "read failed"), error.get("field"))
+        return answer
 
     def table_info(self, name: str, table: Optional[Table[Any]] = None) -> TableInfo:
         info = self._tables.get(name)
@@ -354,6 +395,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         handlers = self.python_handlers()
+        self.loop = asyncio.get_running_loop()
         await self.connect()
         log.info(
             "Python worker started (tenant %s): handlers %s; routes %s",
@@ -711,6 +753,11 @@ class Worker:
                 result = await _in_thread(ctx, lambda: function(request))
         except RouteError as error:
             return {"error": _route_error(error)}
+        except ReadError as error:
+            body = {"status": error.status, "code": error.code, "message": str(error)}
+            if error.field:
+                body["field"] = error.field
+            return {"error": body}
         except (ConfigurationError, ValueError, TypeError) as error:
             if ctx.outputs or "record" in str(error) or "JSON" in str(error):
                 return {"error": {"status": 422, "code": "invalid_record", "message": str(error)}}
