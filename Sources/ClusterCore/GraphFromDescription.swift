@@ -31,7 +31,10 @@ extension AppGraph {
                     } else if let bytes = retention.maxBytes, bytes <= 0 {
                         problems.append("table '\(table.name)': retention max_bytes must be positive")
                     } else {
-                        definition.retention = StreamRetention(maxAge: retention.maxAgeSeconds.map { .seconds($0) }, maxBytes: retention.maxBytes)
+                        definition.retention = StreamRetention(
+                            maxAge: retention.maxAgeSeconds.map { .seconds($0) },
+                            maxBytes: retention.maxBytes
+                        )
                     }
                 }
                 tables.append(definition)
@@ -41,7 +44,9 @@ extension AppGraph {
         }
         var handlers: [HandlerDefinition] = []
         for handler in description.handlers {
-            if handler.runtime == nil || handler.runtime == "swift", let kind = handler.component, let configuration = handler.componentConfig {
+            if handler.runtime == nil || handler.runtime == "swift", let kind = handler.component,
+                let configuration = handler.componentConfig
+            {
                 guard let components else {
                     problems.append("handler '\(handler.name)': component '\(kind)' cannot be built here")
                     continue
@@ -49,7 +54,12 @@ extension AppGraph {
                 do {
                     let component = try components(kind, configuration)
                     handlers.append(
-                        .component(component, name: handler.name, source: handler.source, options: Self.options(of: handler, problems: &problems))
+                        .component(
+                            component,
+                            name: handler.name,
+                            source: handler.source,
+                            options: Self.options(of: handler, problems: &problems)
+                        )
                     )
                 } catch {
                     problems.append("handler '\(handler.name)': \(error)")
@@ -213,7 +223,9 @@ extension WebhookVerification {
         let label = route.verification ?? "api-key"
         func secret() throws(ConfigurationError) -> Secret {
             guard let name = route.secret, !name.isEmpty else {
-                throw ConfigurationError("\(route.kind) \(route.method) \(route.path): verification '\(label)' needs a secret (the variable that holds it)")
+                throw ConfigurationError(
+                    "\(route.kind) \(route.method) \(route.path): verification '\(label)' needs a secret (the variable that holds it)"
+                )
             }
             return .secret(name)
         }

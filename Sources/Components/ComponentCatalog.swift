@@ -45,7 +45,9 @@ package enum ComponentCatalog {
         var values: JSONObject
 
         func string(_ key: String) throws(ConfigurationError) -> String {
-            guard let value = try optionalString(key) else { throw ConfigurationError("component \(kind): component_config.\(key) is required") }
+            guard let value = try optionalString(key) else {
+                throw ConfigurationError("component \(kind): component_config.\(key) is required")
+            }
             return value
         }
 
@@ -61,7 +63,9 @@ package enum ComponentCatalog {
             switch values[key] {
             case nil, .null?: return nil
             case let value?:
-                guard let number = value.doubleValue else { throw ConfigurationError("component \(kind): component_config.\(key) must be a number") }
+                guard let number = value.doubleValue else {
+                    throw ConfigurationError("component \(kind): component_config.\(key) must be a number")
+                }
                 return number
             }
         }
@@ -71,7 +75,9 @@ package enum ComponentCatalog {
             case nil, .null?: return nil
             case .array(let items)?:
                 return try items.map { item throws(ConfigurationError) in
-                    guard let text = item.stringValue else { throw ConfigurationError("component \(kind): component_config.\(key) must be strings") }
+                    guard let text = item.stringValue else {
+                        throw ConfigurationError("component \(kind): component_config.\(key) must be strings")
+                    }
                     return text
                 }
             default: throw ConfigurationError("component \(kind): component_config.\(key) must be a list of strings")

@@ -85,7 +85,11 @@ enum RouteForwarding {
                 "A forwarded route's reply is malformed",
                 metadata: ["ingress.route": "\(route.method) \(route.path)", "runtime": "\(runtime)", "problem": "\(problem)"]
             )
-            return RouteError(status: 502, code: "bad_route_reply", message: "the \(runtime) route's reply was malformed; see the ingress log")
+            return RouteError(
+                status: 502,
+                code: "bad_route_reply",
+                message: "the \(runtime) route's reply was malformed; see the ingress log"
+            )
         }
         guard case .object(let reply)? = try? JSONParser.parse(payload) else { throw malformed("not a JSON object") }
         if case .object(let error)? = reply["error"] {
@@ -116,7 +120,9 @@ enum RouteForwarding {
         }
         if case .object(let headers)? = reply["headers"] {
             for (name, value) in headers {
-                guard let text = value.stringValue, !ownHeaders.contains(name.lowercased()), let field = HTTPField.Name(name) else { continue }
+                guard let text = value.stringValue, !ownHeaders.contains(name.lowercased()), let field = HTTPField.Name(name) else {
+                    continue
+                }
                 response.headers[field] = text
             }
         }

@@ -48,7 +48,9 @@ enum TableReadService {
             return refusal(400, "bad_request", "a table read is {\"v\": 1, \"tenant\", \"table\", \"query\"}")
         }
         if let problem = Names.problem(with: tenant, kind: "tenant") { return refusal(400, "invalid_tenant", problem, field: "tenant") }
-        guard let table = graph.table(name) else { return refusal(404, "unknown_table", "no table named '\(name.prefix(64))'", field: "table") }
+        guard let table = graph.table(name) else {
+            return refusal(404, "unknown_table", "no table named '\(name.prefix(64))'", field: "table")
+        }
         var parameters: [String: String] = [:]
         if case .object(let query)? = request["query"] {
             for (key, value) in query {
@@ -66,7 +68,12 @@ enum TableReadService {
             return refusal(error.status, error.code, error.message, field: error.field)
         }
         guard reader.canRead(table.name) else {
-            return refusal(409, "not_kept", "table '\(table.name)' is not kept in a database storage; bind it to one to read it back", field: "table")
+            return refusal(
+                409,
+                "not_kept",
+                "table '\(table.name)' is not kept in a database storage; bind it to one to read it back",
+                field: "table"
+            )
         }
         do {
             if request["count"]?.boolValue == true {

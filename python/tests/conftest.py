@@ -48,7 +48,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 
             last = check()
             if last:
                 return last
-        except AssertionError as error:
+        except (AssertionError, OSError) as error:  # not yet: a refused connection, a check not met
             last = error
         time.sleep(interval)
     pytest.fail(f"timed out waiting for {what} (last: {last!r})")
@@ -165,6 +165,27 @@ def run_app(tmp_path):
     yield start
     for started in apps:
         started.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A real nats-server -js on a free loopback port."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "nats")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"nats://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually(listening, timeout=30, what="nats-server")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
 
 
 class FakeServer:
