@@ -209,6 +209,7 @@ let package = Package(
         .target(
             name: "Autonomous",
             dependencies: [
+                "ChildProcess",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 "HTTPEndpoints",

@@ -566,8 +566,61 @@ struct DevCommand<App: AutonomousApp>: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Option(
+        name: .customLong("python-app"),
+        help:
+            "A Python module (handlers.py) with the functions of the handlers this app declares as Python (runsIn: .python): dev runs its workers too. [env: AUTONOMOUS_PYTHON_APP]"
+    )
+    var pythonApp: String?
+
+    @Option(name: .customLong("python-workers"), help: "Python worker processes for --python-app. [default: 1]")
+    var pythonWorkers: Int = 1
+
     func run() async throws {
-        try await GraphRoles.dev(options: options) { try App.graph() }
+        let graph: AppGraph
+        do { graph = try App.graph() } catch { throw ValidationError(error.description) }
+        let module = pythonApp ?? ProcessInfo.processInfo.environment["AUTONOMOUS_PYTHON_APP"].flatMap { $0.isEmpty ? nil : $0 }
+        let external = graph.handlers.filter { $0.runtime == ExternalRuntime.python.name }.map(\.name)
+        guard let module else {
+            if !external.isEmpty {
+                FileHandle.standardError.write(
+                    Data(
+                        "note: handlers \(external.joined(separator: ", ")) run in Python; pass --python-app handlers.py to run them too\n"
+                            .utf8
+                    )
+                )
+            }
+            try await GraphRoles.dev(options: options) { graph }
+            return
+        }
+        guard FileManager.default.fileExists(atPath: module) else { throw ValidationError("--python-app \(module): no such file") }
+        guard (1...64).contains(pythonWorkers) else { throw ValidationError("--python-workers must be 1 to 64") }
+        let workers = PythonWorkers()
+        let path = URL(fileURLWithPath: module).standardizedFileURL.path
+        let count = pythonWorkers
+        try await GraphRoles.dev(
+            options: options,
+            graph: { graph },
+            onReady: { environment in
+                // The Python workers read the app's graph: its tables' types and partitioning,
+                // and the settings of the handlers they run.
+                let file = URL(fileURLWithPath: environment.dataDirectory).standardizedFileURL.appendingPathComponent("python-graph.json")
+                    .path
+                FileManager.default.createFile(atPath: file, contents: graph.description(tenant: environment.tenant).encoded())
+                var variables = ProcessInfo.processInfo.environment
+                variables["AUTONOMOUS_NATS_URL"] = environment.natsURL
+                variables["AUTONOMOUS_TENANT"] = environment.tenant
+                workers.start(
+                    count: count,
+                    python: pythonInterpreter(nil),
+                    app: path,
+                    graph: file,
+                    environment: variables,
+                    logger: environment.logger
+                )
+            },
+            onStop: { await workers.stop() }
+        )
     }
 }
 

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Autonomous
-import ChildProcess
 import ClusterCore
 import Components
 import Deploy
@@ -13,9 +12,7 @@ import Synchronization
 /// runs their handlers and routes in Python worker processes.
 enum PythonApp {
     /// The interpreter: `--python`, else AUTONOMOUS_PYTHON, else `python3`.
-    static func interpreter(_ flag: String?) -> String {
-        flag ?? ProcessInfo.processInfo.environment["AUTONOMOUS_PYTHON"].flatMap { $0.isEmpty ? nil : $0 } ?? "python3"
-    }
+    static func interpreter(_ flag: String?) -> String { pythonInterpreter(flag) }
 
     /// Whether `path` names a Python app rather than a graph file or an app binary.
     static func isPython(_ path: String) -> Bool { path.hasSuffix(".py") }
@@ -62,68 +59,6 @@ enum PythonApp {
         } catch {
             throw ValidationError("\(source): \(error)")
         }
-    }
-}
-
-/// Python worker processes a `dev` run keeps running: restarted after an unexpected exit
-/// (with a growing pause), stopped with SIGTERM (they drain: finish their batches, ack, exit).
-final class PythonWorkers: Sendable {
-    private struct State {
-        var stopping = false
-        var processes: [Int: OwnedProcess] = [:]
-    }
-
-    // Guarded by the mutex: whether a stop began, and the children alive.
-    private let state = Mutex(State())
-    private let supervisors = Mutex<[Task<Void, Never>]>([])
-
-    func start(count: Int, python: String, app: String, environment: [String: String], logger: Logger) {
-        let tasks = (0..<count).map { index in
-            Task {
-                var pause = Duration.seconds(1)
-                while !state.withLock({ $0.stopping }) {
-                    let child: OwnedProcess
-                    do {
-                        child = try await OwnedProcess.start(
-                            python,
-                            arguments: ["-m", "autonomous", "worker", app],
-                            environment: environment,
-                            output: .inherited
-                        )
-                    } catch {
-                        logger.error("Cannot start the Python worker", metadata: ["python": "\(python)", "error": "\(error)"])
-                        return
-                    }
-                    let stopNow = state.withLock { state -> Bool in
-                        state.processes[index] = child
-                        return state.stopping
-                    }
-                    if stopNow { await child.stop(timeout: .seconds(30)) }
-                    let status = await child.waitForExit()
-                    state.withLock { _ = $0.processes.removeValue(forKey: index) }
-                    if state.withLock({ $0.stopping }) { return }
-                    logger.warning(
-                        "The Python worker stopped; starting it again",
-                        metadata: ["worker.index": "\(index)", "status": "\(status)", "pause": "\(pause)"]
-                    )
-                    try? await Task.sleep(for: pause)
-                    pause = min(pause * 2, .seconds(15))
-                }
-            }
-        }
-        supervisors.withLock { $0 += tasks }
-    }
-
-    /// SIGTERM to every worker; returns once each has drained and exited (SIGKILL after 30 s).
-    func stop() async {
-        let children = state.withLock { state -> [OwnedProcess] in
-            state.stopping = true
-            return Array(state.processes.values)
-        }
-        await withTaskGroup(of: Void.self) { group in
-            for child in children { group.addTask { await child.stop(timeout: .seconds(30)) } }
-        }
-        for task in supervisors.withLock({ $0 }) { await task.value }
     }
 }
 

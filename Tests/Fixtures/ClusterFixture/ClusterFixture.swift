@@ -65,5 +65,21 @@ struct ClusterFixtureApp: AutonomousApp {
                 try await pairsB.append(["id": records[i]["id"], "side": "b"], ctx)
             }
         }
+
+        // One app in two languages: Swift → Python → Swift (python/tests/test_mixed.py runs the
+        // Python handler from python/tests/apps/mixed_handlers.py).
+        let mixedOrders = app.table("mixed_orders")
+        let mixedEnriched = app.table("mixed_enriched")
+        let mixedScored = app.table("mixed_scored")
+        let mixedFinal = app.table("mixed_final")
+        mixedOrders.onNewRecords("mixed-enrich", options: HandlerOptions(maxAttempts: 1_000), writes: [mixedEnriched]) { records, ctx in
+            try await mixedEnriched.append(records.map { ["n": $0["n"], "stage": "swift"] }, ctx)
+        }
+        mixedEnriched.onNewRecords("mixed-score", runsIn: .python, options: HandlerOptions(maxAttempts: 1_000), writes: [mixedScored])
+        mixedScored.onNewRecords("mixed-finalize", options: HandlerOptions(maxAttempts: 1_000), writes: [mixedFinal]) { records, ctx in
+            for record in records {
+                try await mixedFinal.append(["n": record["n"], "score": record["score"], "done": true], ctx)
+            }
+        }
     }
 }
