@@ -103,3 +103,29 @@ def test_serve_roles_and_a_separate_python_worker(nats_server, tmp_path):
                 except subprocess.TimeoutExpired:
                     process.kill()
         log.close()
+
+
+def test_poison_record_is_dead_lettered_and_the_rest_pass(run_app):
+    """A record that kills the Python process: run alone under run notes after its first
+    crash, dead-lettered once the process stopped on it max_attempts times; its batch-mates
+    are handled."""
+    app = run_app(APPS / "crashy.py", env={"AUTONOMOUS_ACK_WAIT": "2"})
+    status, _ = app.http("POST", "/v1/tables/poison_in/records", [{"n": n, "poison": n == 4} for n in range(10)])
+    assert status == 202
+    listing = eventually(
+        lambda: (out := app.cli("dlq", "list")) and "1 dead letter(s)." in out and out, timeout=120, what="the poison record's dead letter"
+    )
+    assert "poison" in listing and "the process stopped while handling this record 3 times" in listing
+    eventually(lambda: sorted(r["record"]["n"] for r in app.records("poison_out")) == [0, 1, 2, 3, 5, 6, 7, 8, 9], timeout=60, what="the others")
+
+
+def test_long_handler_keeps_its_records_with_heartbeats(run_app):
+    """A batch that runs longer than the ack wait is not redelivered meanwhile: the worker
+    sends in-progress acks, so it runs once."""
+    app = run_app(APPS / "crashy.py", env={"AUTONOMOUS_ACK_WAIT": "2", "SLOW_SECONDS": "7"})
+    status, _ = app.http("POST", "/v1/tables/slow_in/records", [{"n": n} for n in range(5)])
+    assert status == 202
+    eventually(lambda: len(app.records("slow_out")) == 5, timeout=60, what="the slow batch's outputs")
+    time.sleep(4)  # a redelivery after the 2 s ack wait would have started by now
+    runs = (app.directory / "slow-runs.txt").read_text().splitlines()
+    assert runs == ["0,1,2,3,4"], runs
