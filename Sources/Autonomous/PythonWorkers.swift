@@ -26,6 +26,8 @@ package final class PythonWorkers: Sendable {
     /// `--graph graph` for a Swift app that names Python handlers).
     package func start(count: Int, python: String, app: String, graph: String? = nil, environment: [String: String], logger: Logger) {
         let arguments = ["-m", "autonomous", "worker", app] + (graph.map { ["--graph", $0] } ?? [])
+        // dev's own health port is not theirs.
+        let environment = environment.filter { $0.key != "AUTONOMOUS_HEALTH_PORT" }
         let tasks = (0..<count).map { index in
             Task {
                 var pause = Duration.seconds(1)

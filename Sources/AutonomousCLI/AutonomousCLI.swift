@@ -110,7 +110,7 @@ struct DeployCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "The app binary or product name, e.g. OrderFlow.")
+    @Argument(help: "The app binary or product name, e.g. OrderFlow; or a Python app, e.g. main.py.")
     var app: String
 
     @Option(help: "kubernetes, helm, nomad or process (default: autonomous.json's deployment.engine).")
@@ -133,6 +133,9 @@ struct DeployCommand: AsyncParsableCommand {
 
     @Option(help: "App image for kubernetes/helm/nomad (name:tag or name@sha256:…).")
     var image: String?
+
+    @Option(help: "The Python interpreter of a Python app's workers (process engine). [env: AUTONOMOUS_PYTHON, default: python3]")
+    var python: String?
 
     @Option(help: "Directory with the project's kustomize base and overlays.")
     var manifests: String = "deploy/k8s"
@@ -172,10 +175,37 @@ struct DeployCommand: AsyncParsableCommand {
         guard Names.isValid(deployment.target) || deployment.engine != .process else {
             throw ValidationError("target '\(deployment.target)' must be [a-z0-9_-]")
         }
-        let binary = try resolveApp(app)
-        let description = try await AppDescription.of(binary: binary)
+        let isPython = PythonApp.isPython(app)
+        let binary = isPython ? try ownBinary() : try resolveApp(app)
+        let description =
+            isPython
+            ? try await PythonApp.describe(app, python: PythonApp.interpreter(python), tenant: deployment.tenant)
+            : try await AppDescription.of(binary: binary)
         do { try description.check(deployment) } catch let error as DeployError { throw ValidationError(error.message) }
+        let pythonHandlers = description.handlers.filter { $0.runtime == "python" }.map(\.name)
+        let pythonModule = isPython ? app : deployment.pythonApp
+        if !isPython, !pythonHandlers.isEmpty, deployment.pythonApp == nil {
+            throw ValidationError(
+                "handlers \(pythonHandlers.joined(separator: ", ")) run in Python: set deployment.python_app in \(configPath) to the module that defines them"
+            )
+        }
+        if isPython {
+            do {
+                _ = try AppGraph(description: description) { try ComponentCatalog.make(kind: $0, configuration: $1) }
+            } catch {
+                throw ValidationError("\(app): \(error)")
+            }
+        }
         let out = outputDirectory ?? ".autonomous/deploy/\(deployment.engine)-\(deployment.target)"
+        // The graph the Swift roles of a Python app serve, and a Swift app's Python workers read.
+        let graphFile = URL(fileURLWithPath: out).standardizedFileURL.appendingPathComponent("graph.json").path
+        if pythonModule != nil {
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            guard FileManager.default.createFile(atPath: graphFile, contents: description.encoded()) else {
+                throw ValidationError("cannot write \(graphFile)")
+            }
+            print("wrote \(graphFile)")
+        }
         let result: String
         switch deployment.engine {
         case .kubernetes:
@@ -212,7 +242,12 @@ struct DeployCommand: AsyncParsableCommand {
                 renderedFile: nil
             )
         default:
-            result = try await deployProcesses(binary: binary, deployment: deployment, configuration: configuration)
+            result = try await deployProcesses(
+                binary: binary,
+                deployment: deployment,
+                configuration: configuration,
+                python: pythonModule.map { (module: $0, graph: graphFile, isApp: isPython) }
+            )
         }
         print("Deploying '\(description.app)' to '\(deployment.target)' with \(deployment.engine)... \(result)")
         print("")
@@ -316,10 +351,22 @@ struct DeployCommand: AsyncParsableCommand {
         return "DONE"
     }
 
+    /// This `autonomous` binary: the Swift roles of a Python app are `autonomous serve`.
+    private func ownBinary() throws -> String {
+        let path = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let candidate = "\(directory)/\(CommandLine.arguments[0])"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw ValidationError("cannot find the autonomous binary itself (\(CommandLine.arguments[0]))")
+    }
+
     private func deployProcesses(
         binary: String,
         deployment: DeploymentConfiguration.Deployment,
-        configuration: DeploymentConfiguration
+        configuration: DeploymentConfiguration,
+        python: (module: String, graph: String, isApp: Bool)?
     ) async throws -> String {
         let directory = URL(fileURLWithPath: ".autonomous/process/\(deployment.target)").standardizedFileURL.path
         var specification = ProcessCluster.Specification(app: binary, directory: directory)
@@ -347,6 +394,16 @@ struct DeployCommand: AsyncParsableCommand {
         for group in deployment.workerGroups {
             specification.workerGroups[group.name] = group.handlers
             specification.replicas["worker-\(group.name)"] = group.replicas
+        }
+        if let python {
+            specification.pythonApp = URL(fileURLWithPath: python.module).standardizedFileURL.path
+            specification.python = PythonApp.interpreter(self.python)
+            if python.isApp {
+                specification.serveGraph = python.graph
+            } else {
+                specification.pythonGraph = python.graph
+            }
+            specification.replicas[ProcessCluster.pythonRole] = deployment.replicas[ProcessCluster.pythonRole] ?? 1
         }
         if dryRun {
             print(

@@ -90,6 +90,12 @@ package struct DeploymentConfiguration: Sendable, Equatable {
         package var replicas: [String: Int] = [:]
         package var workerGroups: [WorkerGroup] = []
         package var httpPort: Int = 3000
+        /// The Python module with the functions of a Swift app's Python handlers (role
+        /// `python-worker`); a Python app is its own module.
+        package var pythonApp: String?
+        /// The image of the `python-worker` role (kubernetes, helm, nomad): Python with the
+        /// `autonomous` package and the app's module.
+        package var pythonImage: String?
     }
 
     package var storages: [Storage] = []
@@ -377,7 +383,10 @@ private struct Reader {
             let fields = self.object(
                 deployment,
                 "deployment",
-                allowed: ["engine", "target", "image", "namespace", "tenant", "nats_url", "replicas", "worker_groups", "http_port"]
+                allowed: [
+                    "engine", "target", "image", "namespace", "tenant", "nats_url", "replicas", "worker_groups", "http_port",
+                    "python_app", "python_image",
+                ]
             )
         {
             var d = DeploymentConfiguration.Deployment()
@@ -390,6 +399,14 @@ private struct Reader {
             }
             if let target = string(fields, "target", "deployment", required: false) { d.target = target }
             d.image = string(fields, "image", "deployment", required: false)
+            d.pythonImage = string(fields, "python_image", "deployment", required: false)
+            if let module = string(fields, "python_app", "deployment", required: false) {
+                if module.hasSuffix(".py") {
+                    d.pythonApp = module
+                } else {
+                    fail("deployment.python_app", "must name a Python module file (handlers.py)")
+                }
+            }
             d.namespace = string(fields, "namespace", "deployment", required: false)
             if let tenant = string(fields, "tenant", "deployment", required: false) {
                 if let problem = Names.problem(with: tenant, kind: "tenant") {
@@ -407,7 +424,7 @@ private struct Reader {
             }
             if let port = fields["http_port"], let value = integer(port, "deployment.http_port", range: 1...65535) { d.httpPort = value }
             if let replicas = fields["replicas"],
-                let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator"])
+                let map = self.object(replicas, "deployment.replicas", allowed: ["ingress", "worker", "coordinator", "python-worker"])
             {
                 for (role, value) in map {
                     let range = role == "coordinator" ? 1...5 : 0...1000

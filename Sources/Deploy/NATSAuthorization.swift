@@ -10,10 +10,13 @@ import Foundation
 ///
 /// What each role needs (docs/wire.md has the subjects):
 /// - **ingress** publishes records (`aut.*.tbl.>`), asks the coordinator (`aut._coord.rpc`),
-///   and announces itself to the other ingress nodes (`aut._ingress.alive`).
+///   announces itself to the other ingress nodes (`aut._ingress.alive`), forwards routes of
+///   other runtimes (`aut._route.>`) and answers their table reads (`aut._tables.read`), and
+///   reads tables from their streams through ephemeral consumers (``ephemeralReaders``).
 /// - **worker** reads its consumers (`$JS.API.CONSUMER.MSG.NEXT`, acks on `$JS.ACK`), makes and
 ///   removes the per-partition consumers of ordered handlers (`$JS.API.CONSUMER.>`), publishes
-///   outputs, dead letters and run notes, and reads and purges run notes.
+///   outputs, dead letters and run notes, and reads and purges run notes; a Python worker also
+///   answers forwarded routes (`aut._route.>`) and reads tables (`aut._tables.read`).
 /// - **coordinator** provisions streams and consumers (the whole `$JS.API`), publishes
 ///   schedule ticks, and answers `aut._coord.rpc`.
 /// - **operator** is for people and tools (`autonomous dlq`): everything.
@@ -33,6 +36,15 @@ package enum NATSAuthorization {
         }
     }
 
+    /// Reading a table from its stream (a table no storage keeps, `since_sequence`): an
+    /// ephemeral consumer without acks, created (`CREATE.<stream>`, one token: never a durable
+    /// one), pulled from and removed after the read. NATS subjects cannot tell an ephemeral
+    /// consumer's name from a durable one's, so pulling and removing reach any consumer of the
+    /// stream; without `$JS.ACK` nothing pulled is acknowledged (it comes back after the ack wait).
+    static let ephemeralReaders = [
+        "$JS.API.CONSUMER.CREATE.*", "$JS.API.CONSUMER.INFO.*.*", "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.API.CONSUMER.DELETE.*.*",
+    ]
+
     /// The roles' users and one producer per tenant.
     package static func users(producerTenants: [String]) -> [User] {
         let inbox = "_INBOX.>"
@@ -48,19 +60,19 @@ package enum NATSAuthorization {
             User(
                 name: "ingress",
                 publish: [
-                    "aut.*.tbl.>", "aut._coord.rpc", "aut._ingress.alive",
+                    "aut.*.tbl.>", "aut._coord.rpc", "aut._ingress.alive", "aut._route.>", inbox,
                     "$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>",
-                ],
-                subscribe: [inbox, "aut._ingress.alive", "aut._actor.>"]
+                ] + ephemeralReaders,
+                subscribe: [inbox, "aut._ingress.alive", "aut._actor.>", "aut._tables.read"]
             ),
             User(
                 name: "worker",
                 publish: [
                     "aut.*.tbl.>", "aut.*.dlq.>", "aut.*.run.>", "aut._coord.rpc",
                     "$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>",
-                    "$JS.API.STREAM.PURGE.*", "$JS.API.CONSUMER.>", "$JS.ACK.>",
+                    "$JS.API.STREAM.PURGE.*", "$JS.API.CONSUMER.>", "$JS.ACK.>", "aut._tables.read", inbox,
                 ],
-                subscribe: [inbox, "aut._actor.>"]
+                subscribe: [inbox, "aut._actor.>", "aut._route.>"]
             ),
             // Not `allow_responses` (it may publish anywhere anyway): with it the server tracks
             // the reply subject of every message delivered to the user, which made reading a

@@ -48,6 +48,18 @@ package actor ProcessCluster {
         package var natsAuthorization = true
         /// Tenants besides `tenant` that get a producer user.
         package var producerTenants: [String] = []
+        /// An app written in Python: its Swift roles run `serve <role> <graph>` of this
+        /// `autonomous` binary (``app`` is then that binary), from the graph file `graph`.
+        package var serveGraph: String?
+        /// The Python module whose workers run the app's Python handlers and routes (role
+        /// `python-worker`: `python -m autonomous worker <module>`): the app itself, or, for a
+        /// Swift app that names Python handlers, the module with their functions.
+        package var pythonApp: String?
+        /// The Python interpreter of the `python-worker` role (with the package installed;
+        /// `nil`: `python3`).
+        package var python: String?
+        /// For a Swift app's Python handlers: the app's graph (`describe`), passed as `--graph`.
+        package var pythonGraph: String?
 
         package struct Postgres: Sendable, Codable, Equatable {
             package var port: Int
@@ -267,9 +279,13 @@ package actor ProcessCluster {
     /// Changes the number of replicas of `role`, waiting until new ones are ready and removed
     /// ones have drained and exited.
     package func scale(_ role: String, to count: Int) async throws {
-        guard role == "ingress" || role == "worker" || role == "coordinator" || role.hasPrefix("worker-") else {
-            throw DeployError("unknown role '\(role)'; expected ingress, worker, worker-<group> or coordinator")
+        guard role == "ingress" || role == "worker" || role == "coordinator" || role.hasPrefix("worker-") || role == Self.pythonRole else {
+            throw DeployError("unknown role '\(role)'; expected ingress, worker, worker-<group>, python-worker or coordinator")
         }
+        if role == Self.pythonRole, specification.pythonApp == nil, count > 0 {
+            throw DeployError("python-worker: the app has no Python module to run (a Python app, or deployment.python_app)")
+        }
+        if role == Self.pythonRole, count > 29 { throw DeployError("invalid replica count \(count) for python-worker (up to 29)") }
         if role.hasPrefix("worker-") && specification.workerGroups[String(role.dropFirst("worker-".count))] == nil {
             throw DeployError("unknown worker group '\(role.dropFirst("worker-".count))'")
         }
@@ -299,6 +315,7 @@ package actor ProcessCluster {
         case "ingress": return specification.httpPort + slot
         case "coordinator": return slot == 0 ? specification.healthPort : specification.healthPort + 50 + slot
         case "worker": return specification.healthPort + 1 + slot
+        case Self.pythonRole: return specification.healthPort + 60 + slot
         default:
             let groups = specification.workerGroups.keys.sorted()
             let index = groups.firstIndex(of: String(role.dropFirst("worker-".count))) ?? 0
@@ -316,6 +333,7 @@ package actor ProcessCluster {
             throw DeployError("port \(taken) of \(role) \(slot) is in use by another process; stop it or choose other ports (http_port)")
         }
         let logPath = "\(specification.directory)/logs/\(role)-\(slot).log"
+        if role == Self.pythonRole { return try await launchPython(slot: slot, port: port, logPath: logPath) }
         var arguments = [
             role.hasPrefix("worker") ? "worker" : role,
             "--nats-url", natsURL,
@@ -351,6 +369,7 @@ package actor ProcessCluster {
             // jemalloc, where installed, made scenario a about 15 % faster.
             environment["LD_PRELOAD"] = jemalloc
         }
+        if let graph = specification.serveGraph { arguments = ["serve"] + [arguments[0], graph] + arguments.dropFirst() }
         let process = try await OwnedProcess.start(
             specification.app,
             arguments: arguments,
@@ -360,6 +379,37 @@ package actor ProcessCluster {
         logger.info(
             "Started",
             metadata: ["deploy.role": "\(role)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"]
+        )
+        return Child(slot: slot, process: process, port: port)
+    }
+
+    /// The role of the Python worker processes.
+    package static let pythonRole = "python-worker"
+
+    /// A Python worker: `python -m autonomous worker <module>`, configured through its
+    /// environment, with its health port (`/readyz` once its consumers are bound).
+    private func launchPython(slot: Int, port: Int, logPath: String) async throws -> Child {
+        guard let module = specification.pythonApp else { throw DeployError("python-worker: no Python module") }
+        var environment = ProcessInfo.processInfo.environment.merging(specification.environment) { _, new in new }
+        environment["AUTONOMOUS_NATS_URL"] = natsURL
+        environment["AUTONOMOUS_TENANT"] = specification.tenant
+        environment["AUTONOMOUS_HEALTH_PORT"] = String(port)
+        environment["AUTONOMOUS_HEALTH_HOST"] = "127.0.0.1"
+        environment["AUTONOMOUS_LOG_LEVEL"] = specification.logLevel
+        if let password = natsPasswords["worker"] {
+            environment["AUTONOMOUS_NATS_USER"] = "worker"
+            environment["AUTONOMOUS_NATS_PASSWORD"] = password
+        }
+        let arguments = ["-m", "autonomous", "worker", module] + (specification.pythonGraph.map { ["--graph", $0] } ?? [])
+        let process = try await OwnedProcess.start(
+            specification.python ?? "python3",
+            arguments: arguments,
+            environment: environment,
+            output: .file(logPath)
+        )
+        logger.info(
+            "Started",
+            metadata: ["deploy.role": "\(Self.pythonRole)", "deploy.slot": "\(slot)", "deploy.pid": "\(process.processIdentifier)"]
         )
         return Child(slot: slot, process: process, port: port)
     }
@@ -454,7 +504,7 @@ package actor ProcessCluster {
         child.process.send(signal)
     }
 
-    /// Stops everything: ingress first, then workers, then the coordinator, then nats-server.
+    /// Stops everything: ingress first, then Python and Swift workers, then the coordinator, then nats-server.
     package func down() async {
         stopping = true
         // The monitor is owned by the cluster: cancelled and awaited here, so nothing of the
@@ -464,7 +514,8 @@ package actor ProcessCluster {
             await monitor.value
             self.monitor = nil
         }
-        let order = ["ingress"] + children.keys.filter { $0.hasPrefix("worker") }.sorted() + ["coordinator"]
+        // Python workers before Swift workers: both drain; the storages' sinks run in the latter.
+        let order = ["ingress", Self.pythonRole] + children.keys.filter { $0.hasPrefix("worker") }.sorted() + ["coordinator"]
         for role in order {
             let stopping = (children.removeValue(forKey: role) ?? [:]).values.map(\.process)
             await withTaskGroup(of: Void.self) { group in

@@ -209,9 +209,15 @@ struct NATSUsersTests {
             #expect(user != nil)
             #expect(!(user?.publish.contains(">") ?? true) && !(user?.subscribe.contains(">") ?? true), "\(role)")
         }
+        // The ingress makes only ephemeral readers: no durable consumer, no stream change.
+        let ingressPublish = users.first { $0.name == "ingress" }?.publish ?? []
         #expect(
-            !(users.first { $0.name == "ingress" }?.publish.contains { $0.hasPrefix("$JS.API.CONSUMER") || $0.contains("DELETE") } ?? true)
+            !ingressPublish.contains {
+                $0.contains("DURABLE") || $0.hasPrefix("$JS.API.STREAM.DELETE") || $0.hasPrefix("$JS.API.STREAM.UPDATE")
+            }
         )
+        #expect(!ingressPublish.contains { $0.hasPrefix("$JS.API.CONSUMER.CREATE") && $0 != "$JS.API.CONSUMER.CREATE.*" })
+        #expect(!ingressPublish.contains("$JS.ACK.>") && !ingressPublish.contains("$JS.API.>"))
         let text = NATSAuthorization.render(users: users) { "$" + NATSAuthorization.passwordVariable(of: $0) }
         #expect(text.contains("password: $NATS_PASSWORD_PRODUCER_ACME"))
         #expect(text.contains(#"subscribe: {allow: ["_INBOX_acme.>"]}"#))

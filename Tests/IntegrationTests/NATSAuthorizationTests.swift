@@ -4,6 +4,7 @@ import Deploy
 import Foundation
 import NATS
 import NIOCore
+import Storages
 import Testing
 
 /// The NATS users the deploy engines render, against a real nats-server run with them.
@@ -131,10 +132,17 @@ struct NATSAuthorizationTests {
                 await #expect(throws: (any Error).self) { try await ingress.deleteStream("AUT_ACME_tbl_orders") }
                 await #expect(throws: (any Error).self) { try await worker.deleteStream("AUT_ACME_tbl_orders") }
                 #expect(try await logged(#"User "worker", Subject "$JS.API.STREAM.DELETE.AUT_ACME_tbl_orders""#, in: log))
-                // The ingress may not read a stream's messages through a consumer.
+                // The ingress may not make a durable consumer.
                 await #expect(throws: (any Error).self) {
                     try await ingress.createOrUpdateConsumer(stream: "AUT_ACME_tbl_orders", ConsumerConfiguration(durableName: "snoop"))
                 }
+                // It reads a table no storage keeps from its stream, through an ephemeral reader
+                // (GET /v1/tables/{table}/records, and Python handlers' reads).
+                var app = AppBuilder(name: "Reads")
+                _ = app.table("orders")
+                let table = try #require(try app.build().table("orders"))
+                let page = try await StreamTableStorage(connection: ingress).read(RecordQuery(), table: table, tenant: "acme")
+                #expect(page.records.count == 1)
             } catch {
                 await ingress.close()
                 await worker.close()

@@ -44,6 +44,15 @@ def _seconds(name: str, default: float) -> float:
     return value
 
 
+def _port(name: str) -> Optional[int]:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise SystemExit(f"{name}='{text}' is not a port number (0-65535)")
+    return int(text)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autonomous", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,7 +63,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "worker",
         help="run the app's Python handlers and routes",
         description="Environment: AUTONOMOUS_NATS_URL (required), AUTONOMOUS_TENANT (default: default), "
-        "AUTONOMOUS_ACK_WAIT (seconds, default 30; as the coordinator's), AUTONOMOUS_SHUTDOWN_TIMEOUT "
+        "AUTONOMOUS_ACK_WAIT (seconds, default 30; as the coordinator's), AUTONOMOUS_HEALTH_PORT and "
+        "AUTONOMOUS_HEALTH_HOST (/healthz, /readyz and /metrics; default none, 127.0.0.1), AUTONOMOUS_SHUTDOWN_TIMEOUT "
         "(default 30), AUTONOMOUS_HANDLERS (only these, comma separated), AUTONOMOUS_LOG_LEVEL, "
         "AUTONOMOUS_NATS_USER/PASSWORD, AUTONOMOUS_NATS_CREDS, AUTONOMOUS_NATS_CA/CERT/KEY.",
     )
@@ -98,6 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutdown_timeout=_seconds("AUTONOMOUS_SHUTDOWN_TIMEOUT", 30),
             graph=graph,
             handlers={h.strip() for h in selected.split(",") if h.strip()} if selected else None,
+            health_port=_port("AUTONOMOUS_HEALTH_PORT"),
+            health_host=os.environ.get("AUTONOMOUS_HEALTH_HOST") or "127.0.0.1",
         )
         asyncio.run(runner.run())
         return 0

@@ -270,7 +270,11 @@ class Worker:
         shutdown_timeout: float = 30.0,
         graph: Optional[dict[str, Any]] = None,
         handlers: Optional[set[str]] = None,
+        health_port: Optional[int] = None,
+        health_host: str = "127.0.0.1",
     ) -> None:
+        self.health_port = health_port
+        self.health_host = health_host
         self.app = app
         self.nats_url = nats_url
         self.tenant = tenant
@@ -292,6 +296,11 @@ class Worker:
         self.processed = 0
         self.dead_lettered = 0
         self.retried = 0
+        # Per handler, for /metrics: processed, retried, dead-lettered.
+        self.counts: dict[str, list[int]] = {}
+        self._bound: set[str] = set()
+        self._expected_loops = 0
+        self._routes_live = False
         self._route_tasks: set[asyncio.Task[Any]] = set()
         for table in app.tables.values():
             self._tables[table.name] = TableInfo(table.name, table.semantic_type)
@@ -403,16 +412,21 @@ class Worker:
             ", ".join(h.name for h in handlers) or "none",
             ", ".join(f"{r.method} {r.path}" for r in self.app.routes) or "none",
         )
+        health = None
+        if self.health_port is not None:
+            health = await self._serve_health(self.health_host, self.health_port)
         route_subscription = None
         if self.app.routes:
             route_subscription = await self.nc.subscribe(
                 _wire.route_subject("python"), queue=_wire.ROUTE_QUEUE, cb=self._on_route_request
             )
+            self._routes_live = True
         loops = [
             asyncio.create_task(self._fetch_loop(handler, slot), name=f"{handler.name}-{slot}")
             for handler in handlers
             for slot in range(handler.options.concurrency)
         ]
+        self._expected_loops = len(loops)
         await self._stopping.wait()
         log.info("Stopping: finishing the batches under way")
         if route_subscription is not None:
@@ -426,6 +440,8 @@ class Worker:
             await self.nc.drain()
         except Exception:  # a connection already closed has nothing to drain
             pass
+        if health is not None:
+            health.close()
         log.info("Python worker stopped: %d processed, %d retried, %d dead-lettered", self.processed, self.retried, self.dead_lettered)
 
     async def _wait_for_consumer(self, stream: str, consumer: str) -> None:
@@ -455,6 +471,7 @@ class Worker:
         consumer = _wire.consumer_name(handler.name)
         await self._wait_for_consumer(stream, consumer)
         subscription = await self.js.pull_subscribe_bind(consumer=consumer, stream=stream)
+        self._bound.add(f"{handler.name}-{slot}")
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -485,6 +502,65 @@ class Worker:
             await subscription.unsubscribe()
         except Exception:
             pass
+
+    def _count(self, handler: HandlerDefinition, which: int, n: int) -> None:
+        self.counts.setdefault(handler.name, [0, 0, 0])[which] += n
+
+    # -- health -------------------------------------------------------------------------------
+
+    def ready(self) -> Optional[str]:
+        """Why the worker is not ready, or None."""
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        if len(self._bound) < self._expected_loops:
+            return f"{self._expected_loops - len(self._bound)} fetch loop(s) not bound to their consumers yet"
+        if self.app.routes and not self._routes_live:
+            return "not serving routes yet"
+        return None
+
+    def metrics(self) -> str:
+        lines = []
+        for name, index in (
+            ("autonomous_worker_records_processed_total", 0),
+            ("autonomous_worker_records_retried_total", 1),
+            ("autonomous_worker_records_dead_lettered_total", 2),
+        ):
+            lines.append(f"# TYPE {name} counter")
+            for handler, counts in sorted(self.counts.items()):
+                lines.append(f'{name}{{handler="{handler}",runtime="python"}} {counts[index]}')
+        return "\n".join(lines) + "\n"
+
+    async def _serve_health(self, host: str, port: int) -> Any:
+        async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=5)
+                parts = line.decode("latin-1").split()
+                path = parts[1] if len(parts) > 1 else "/"
+                while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                    pass
+                if path == "/healthz":
+                    status, body, kind = 200, b'{"status":"ok"}', "application/json"
+                elif path == "/readyz":
+                    problem = self.ready()
+                    status = 200 if problem is None else 503
+                    body = json.dumps({"status": "ready"} if problem is None else {"status": "not ready", "reason": problem}).encode()
+                    kind = "application/json"
+                elif path == "/metrics":
+                    status, body, kind = 200, self.metrics().encode(), "text/plain; version=0.0.4"
+                else:
+                    status, body, kind = 404, b'{"error":{"code":"not_found","message":"no such path"}}', "application/json"
+                reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+                writer.write(
+                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+            except Exception:
+                pass
+            finally:
+                writer.close()
+
+        return await asyncio.start_server(respond, host, port)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -522,6 +598,7 @@ class Worker:
             if error is None:
                 await asyncio.gather(*(msg.ack() for msg in fresh))
                 self.processed += len(fresh)
+                self._count(handler, 0, len(fresh))
             elif len(fresh) > 1 and not _is_transient(error):
                 for msg in fresh:
                     await self._run_alone(handler, msg)
@@ -535,6 +612,7 @@ class Worker:
             await msg.ack()
             self._first_failures.pop(_metadata(msg, handler.source, self.tenant).id, None)
             self.processed += 1
+            self._count(handler, 0, 1)
         else:
             await self._fail(handler, msg, error)
 
@@ -635,6 +713,7 @@ class Worker:
             except Exception:
                 pass
             self.retried += 1
+            self._count(handler, 1, 1)
             return
         try:
             await self._dead_letter(handler, msg, metadata, error, attempt, first)
@@ -648,6 +727,7 @@ class Worker:
         self._first_failures.pop(metadata.id, None)
         await msg.term()
         self.dead_lettered += 1
+        self._count(handler, 2, 1)
         log.warning("Record %s moved to dead-letter subject of %s after %d attempts: %s", metadata.id, handler.name, attempt, error)
 
     async def _dead_letter(
