@@ -7,7 +7,7 @@ import sys
 import hcl2
 from hcl2.utils import SerializationOptions
 
-REQUIRED_GROUPS = {"ingress": "ingress", "worker": "worker", "coordinator": "coordinator"}
+REQUIRED_GROUPS = {"ingress": "ingress", "worker": "worker", "coordinator": "coordinator", "python-worker": "-m"}
 
 
 def blocks(value):
@@ -36,7 +36,7 @@ def main(path):
                 continue
             where = f"group {group_name}"
             count = group.get("count")
-            if not ((isinstance(count, int) and count >= 1) or (isinstance(count, str) and count.startswith("${var."))):
+            if not ((isinstance(count, int) and count >= 0) or (isinstance(count, str) and count.startswith("${var."))):
                 problems.append(f"{where}: count must be a positive integer or a variable")
             scaling = blocks(group.get("scaling"))
             if not scaling:
@@ -58,6 +58,8 @@ def main(path):
             for task_name, task in tasks.items():
                 config = blocks(task.get("config"))
                 args = config[0].get("args", []) if config else []
+                if isinstance(args, str) and role == "-m":  # concat(["-m", "autonomous", "worker", …], …)
+                    args = ["-m"] if args.startswith('${concat(["-m", "autonomous", "worker"') else [args]
                 if not args or args[0] != role:
                     problems.append(f"{where} task {task_name}: args must start with '{role}', got {args}")
                 if task.get("kill_signal") != "SIGTERM":

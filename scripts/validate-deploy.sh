@@ -90,9 +90,20 @@ workerGroups:
 coordinator: {replicas: 1}
 tracing: {otlpEndpoint: "http://otel-collector.observability:4318", sampler: parentbased_traceidratio, ratio: "0.25"}
 VALUES
-for variant in default groups; do
+cat > "$out/python.values.yaml" <<'VALUES'
+image: {repository: registry.example.com/autonomous/runtime, tag: "0.1.0"}
+python:
+  enabled: true
+  servesGraph: true
+  image: {repository: registry.example.com/shop/slackbot-py, tag: "1.0"}
+  module: /app/main.py
+  replicas: 3
+graph: '{"format_version": 1, "app": "slackbot", "tenant": "default", "stream": "AUT_DEFAULT", "tables": [], "handlers": [], "routes": [], "schedules": []}'
+VALUES
+for variant in default groups python; do
   args=(template autonomous "$chart" --namespace autonomous)
   [ "$variant" = groups ] && args+=(-f "$out/groups.values.yaml")
+  [ "$variant" = python ] && args+=(-f "$out/python.values.yaml")
   if ! "$helm" "${args[@]}" > "$out/helm-$variant.yaml" 2> "$out/helm-$variant.err"; then
     cat "$out/helm-$variant.err"; echo "FAIL helm template ($variant)"; failures=$((failures + 1)); continue
   fi
@@ -107,6 +118,18 @@ grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.observability:4318"
   && grep -q 'OTEL_TRACES_SAMPLER_ARG: "0.25"' "$out/helm-groups.yaml" \
   && ! grep -q 'OTEL_' "$out/helm-default.yaml" \
   || { echo "FAIL helm chart: tracing values are not rendered as asked"; failures=$((failures + 1)); }
+# A Python app: Python workers with their own image and the worker's NATS user; the Swift roles
+# serve the mounted graph.
+grep -q 'name: autonomous-python-worker' "$out/helm-python.yaml" \
+  && grep -q 'image: "registry.example.com/shop/slackbot-py:1.0"' "$out/helm-python.yaml" \
+  && grep -q 'args: \["-m","autonomous","worker","/app/main.py"\]' "$out/helm-python.yaml" \
+  && grep -q 'args: \["serve","ingress","/etc/autonomous/graph/graph.json"\]' "$out/helm-python.yaml" \
+  && grep -q 'name: autonomous-graph' "$out/helm-python.yaml" \
+  || { echo "FAIL helm chart: the Python values are not rendered as asked"; failures=$((failures + 1)); }
+if "$helm" template autonomous "$chart" --set python.enabled=true > /dev/null 2>&1; then
+  echo "FAIL helm chart accepted python.enabled without a graph and an image"; failures=$((failures + 1))
+fi
+
 for unsafe in "--set requireAPIKey=false" "--set httpIngress.tls.enabled=false" "--set tenant=../x" "--set-string worker.replicas=two" \
     "--set tracing.otlpEndpoint=otel:4318" "--set tracing.sampler=sometimes"; do
   # shellcheck disable=SC2086
@@ -119,6 +142,31 @@ if ! "$helm" template autonomous "$chart" --set requireAPIKey=false --set allowO
   echo "FAIL helm chart refused an explicitly open install"; failures=$((failures + 1))
 elif hardened "$out/helm-open.yaml" keys > /dev/null; then
   echo "FAIL the hardening check accepted a chart rendered without API keys"; failures=$((failures + 1))
+fi
+
+# `autonomous deploy main.py` of the Python SlackBot onto the production overlay (dry run):
+# every object in the overlay's namespace, and valid and hardened as the overlay itself.
+if [ -x .build/debug/autonomous ] && [ -x "$venvs/python/bin/python" ]; then
+  work="$out/python-app"; mkdir -p "$work"
+  cp Examples/python/slackbot/main.py "$work/main.py"
+  printf '%s' '{"deployment": {"engine": "kubernetes", "target": "production", "image": "registry.example.com/autonomous/runtime:0.1.0", "python_image": "registry.example.com/shop/slackbot-py:1.0"}}' > "$work/autonomous.json"
+  if (cd "$work" && AUTONOMOUS_PYTHON="$OLDPWD/$venvs/python/bin/python" "$OLDPWD/.build/debug/autonomous" deploy main.py \
+        --manifests "$OLDPWD/deploy/k8s" --dry-run > deploy.log 2>&1); then
+    rendered="$work/.autonomous/deploy/kubernetes-production/rendered.yaml"
+    check_rendered "$rendered" "kubernetes production overlay with a Python app" tls
+    grep -q 'name: python-worker' "$rendered" && grep -q -- '- serve' "$rendered" \
+      || { echo "FAIL python app on kubernetes: no python-worker or no serve"; failures=$((failures + 1)); }
+    if "$python" - "$rendered" <<'PY'
+import sys, yaml
+missing = [d["kind"] + "/" + d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1]))
+           if d and d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding") and d["metadata"].get("namespace") != "autonomous"]
+print("objects outside the namespace:", missing) if missing else None
+sys.exit(1 if missing else 0)
+PY
+    then :; else echo "FAIL python app on kubernetes: objects outside the overlay's namespace"; failures=$((failures + 1)); fi
+  else
+    cat "$work/deploy.log"; echo "FAIL autonomous deploy main.py (kubernetes, dry run)"; failures=$((failures + 1))
+  fi
 fi
 
 if "$python" scripts/check-nomad-job.py deploy/nomad/autonomous.nomad.hcl; then :; else

@@ -8,6 +8,7 @@ import Foundation
 //   events → transform → events_out                       scenarios a, b, c, e, f
 //   chain_in → step-1 → chain_1 → step-2 → chain_2 → step-3 → chain_out     scenario d
 //   kept_events, kept_live (kept in PostgreSQL by the runner's autonomous.json)  scenario g
+//   py_events → py-transform (Python, LoadTests/App/python_handlers.py) → py_events_out   scenario h
 
 @main
 struct LoadApp: AutonomousApp {
@@ -52,5 +53,8 @@ struct LoadApp: AutonomousApp {
         _ = app.table("kept_events")
         _ = app.table("kept_live")
         chain2.onNewRecords("step-3", options: options) { records, ctx in try await chainOut.append(Self.transform(records, step: 3), ctx) }
+
+        let pyEventsOut = app.table("py_events_out")
+        app.table("py_events").onNewRecords("py-transform", runsIn: .python, options: options, writes: [pyEventsOut])
     }
 }

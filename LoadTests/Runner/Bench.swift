@@ -13,6 +13,11 @@ import Synchronization
 struct Bench: Sendable {
     let app: String
     let rawPipeline: String
+    /// Scenario h: the Python interpreter (with the `autonomous` package and nats-py), the
+    /// hand-written nats-py pipeline, and LoadApp's Python handler module.
+    var python = ".build-venv/python/bin/python"
+    var pythonPipeline = "LoadTests/raw/pipeline.py"
+    var pythonModule = "LoadTests/App/python_handlers.py"
     let records: Int
     let httpRecords: Int
     let recordsPerRequest: Int
@@ -232,6 +237,106 @@ struct Bench: Sendable {
             throw RunnerError("the producer failed: \(output)")
         }
         return "nats.c"
+    }
+
+    // MARK: Scenario h: the handler in Python
+
+    /// Records of scenario h and its baseline: a quarter of the publish scenarios' (Python
+    /// moves 10,000–16,000 events/s here).
+    var pythonRecords: Int { smoke ? records : records / 4 }
+
+    /// The nats-py pipeline (LoadTests/raw/pipeline.py) against a fresh nats-server of its own,
+    /// fed by the nats.c producer as h is; its events/s. The nats-server runs with one user
+    /// allowed only its subjects, as for the nats.c pipeline.
+    func rawPython(again: Bool = false) async throws -> Double {
+        let directory = Self.scratch("raw-python")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var extraArguments: [String] = []
+        let password = "raw-pipeline-password"
+        if Self.natsAuthorization {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let user = NATSAuthorization.User(
+                name: "raw",
+                publish: ["raw.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
+                subscribe: ["_INBOX.>"]
+            )
+            let file = directory + "/authorization.conf"
+            try NATSAuthorization.render(users: [user]) { _ in "\"\(password)\"" }.write(toFile: file, atomically: true, encoding: .utf8)
+            extraArguments = ["-c", file]
+        }
+        let server = try await NATSServerProcess.start(directory: directory, extraArguments: extraArguments, logger: logger)
+        let url = Self.natsAuthorization ? server.url.replacingOccurrences(of: "nats://", with: "nats://raw:\(password)@") : server.url
+        let output: String
+        do {
+            output = try await Self.run(python, [pythonPipeline, url, String(pythonRecords), "2", "1024", rawPipeline])
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+        let value = try JSONParser.parse(Array(output.utf8))
+        guard let rate = value["events_per_second"].doubleValue, value["outputs"].intValue == pythonRecords else {
+            throw RunnerError("raw nats-py pipeline failed: \(output)")
+        }
+        print(String(format: "%@: %.0f events/s", again ? "  raw nats-py pipeline again" : "raw nats-py pipeline", rate))
+        return rate
+    }
+
+    /// h: LoadApp's `py-transform`, a handler written in Python (python_handlers.py), run by one
+    /// Python worker process (role python-worker) with LoadApp's batch size and concurrency;
+    /// the events come from the nats.c producer, as in a. From the producer's start to the last
+    /// output, every output audited.
+    func pythonScenario() async throws -> ScenarioResult {
+        let graph = Self.scratch("h-graph") + ".json"
+        defer { try? FileManager.default.removeItem(atPath: graph) }
+        let described = try await Self.run(app, ["describe"])
+        try described.write(toFile: graph, atomically: true, encoding: .utf8)
+        let count = pythonRecords
+        return try await withCluster(
+            "h",
+            workers: 0,
+            ingress: 0,
+            configure: { specification in
+                specification.pythonApp = URL(fileURLWithPath: pythonModule).standardizedFileURL.path
+                specification.python = URL(fileURLWithPath: python).standardizedFileURL.path
+                specification.pythonGraph = graph
+                specification.replicas[ProcessCluster.pythonRole] = 1
+            }
+        ) { cluster, connection in
+            let start = ContinuousClock.now
+            let producer = try await produce(
+                count,
+                table: "py_events",
+                tenant: "default",
+                natsURL: cluster.operatorURL,
+                connection: connection
+            )
+            let elapsed = try await Self.waitForMessages(
+                count,
+                stream: Self.stream("default", "py_events_out"),
+                connection: connection,
+                since: start
+            )
+            let (audit, toHandler, toOutput) = try await Self.audit(
+                "py_events_out",
+                tenant: "default",
+                expected: count,
+                connection: connection,
+                sentTimes: nil
+            )
+            return ScenarioResult(
+                name: "h",
+                title: "producer → JetStream → Python handler → output",
+                baseline: "raw-py",
+                unit: "records/s",
+                rate: Double(count) / elapsed.inSeconds,
+                seconds: elapsed.inSeconds,
+                audit: audit,
+                toHandlerStart: toHandler,
+                toOutput: toOutput,
+                notes: ["producer": producer]
+            )
+        }
     }
 
     // MARK: Scenario g: tables kept in PostgreSQL

@@ -21,8 +21,11 @@ struct LoadRunner: AsyncParsableCommand {
         abstract: "Measure Autonomous against raw NATS and nginx on this machine, in one run."
     )
 
-    @Option(help: "Comma-separated: raw, nginx, a, b, c, d, e, f, g.")
-    var scenarios = "raw,nginx,a,b,c,d,e,f,g"
+    @Option(help: "Comma-separated: raw, nginx, a, b, c, d, e, f, g, h.")
+    var scenarios = "raw,nginx,a,b,c,d,e,f,g,h"
+
+    @Option(help: "Scenario h: the Python interpreter with the autonomous package (scripts/install-python-package.sh).")
+    var python = ".build-venv/python/bin/python"
 
     @Option(help: "Records per run for the publish scenarios (raw, a, d, e).")
     var records = 400_000
@@ -58,7 +61,7 @@ struct LoadRunner: AsyncParsableCommand {
             seconds = 2
         }
         let selected = Set(scenarios.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
-        let bench = Bench(
+        var bench = Bench(
             app: URL(fileURLWithPath: app).standardizedFileURL.path,
             rawPipeline: URL(fileURLWithPath: rawPipeline).standardizedFileURL.path,
             records: records,
@@ -68,6 +71,7 @@ struct LoadRunner: AsyncParsableCommand {
             smoke: smoke,
             logger: logger
         )
+        bench.python = python
         var result = RunResult(date: ISO8601.format(Date()), smoke: smoke, machine: Machine.describe())
         if selected.contains("raw") {
             result.raw = try await bench.raw()
@@ -197,6 +201,17 @@ struct LoadRunner: AsyncParsableCommand {
         }
         if selected.contains("g") {
             for scenario in try await bench.storageScenario() { add(scenario) }
+        }
+        if selected.contains("h") {
+            // The handler in Python against a hand-written nats-py pipeline doing the same hop,
+            // run just before and just after it; the ratio is to their mean.
+            let before = try await bench.rawPython()
+            var h = try await bench.pythonScenario()
+            let after = try await bench.rawPython(again: true)
+            h.rawBaseline = [before, after]
+            h.ratio = h.rate / ((before + after) / 2)
+            print(h.summary)
+            result.scenarios.append(h)
         }
 
         let encoder = JSONEncoder()

@@ -14,7 +14,8 @@ struct AutonomousCLI: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, DeployCommand.self, DownCommand.self, DeadLetterCommand.self, DescribeCommand.self,
             TenantsCommand.self, KeysCommand.self, SchedulesCommand.self, StoragesCommand.self, NATSAuthorizationCommand.self,
-            SuperviseCommand.self, PythonDevCommand.self, ServeCommand.self,
+            SuperviseCommand.self, PythonDevCommand.self, ServeCommand.self, IngressAlias.self, WorkerAlias.self,
+            CoordinatorAlias.self,
         ]
     )
 }
@@ -206,10 +207,24 @@ struct DeployCommand: AsyncParsableCommand {
             }
             print("wrote \(graphFile)")
         }
+        let pythonDeployment = pythonModule.map {
+            PythonDeployment(graph: description.encoded(), module: PythonDeployment.modulePath($0), isPythonApp: isPython)
+        }
         let result: String
         switch deployment.engine {
         case .kubernetes:
-            let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
+            let files: [String: String]
+            do {
+                files = try KubernetesRenderer.render(
+                    app: description,
+                    deployment: deployment,
+                    manifests: manifests,
+                    outputDirectory: out,
+                    python: pythonDeployment
+                )
+            } catch let error as DeployError {
+                throw ValidationError(error.message)
+            }
             try write(files, to: out)
             result = try await apply(
                 tool: "kubectl",
@@ -219,7 +234,12 @@ struct DeployCommand: AsyncParsableCommand {
                 renderedFile: out + "/rendered.yaml"
             )
         case .helm:
-            let files = try HelmRenderer.render(app: description, deployment: deployment)
+            let files: [String: String]
+            do {
+                files = try HelmRenderer.render(app: description, deployment: deployment, python: pythonDeployment)
+            } catch let error as DeployError {
+                throw ValidationError(error.message)
+            }
             try write(files, to: out)
             let release = HelmRenderer.release(deployment)
             let namespace = HelmRenderer.namespace(deployment)
@@ -232,7 +252,12 @@ struct DeployCommand: AsyncParsableCommand {
                 renderedFile: out + "/rendered.yaml"
             )
         case .nomad:
-            let files = try NomadRenderer.render(app: description, deployment: deployment)
+            let files: [String: String]
+            do {
+                files = try NomadRenderer.render(app: description, deployment: deployment, python: pythonDeployment)
+            } catch let error as DeployError {
+                throw ValidationError(error.message)
+            }
             try write(files, to: out)
             result = try await apply(
                 tool: "nomad",

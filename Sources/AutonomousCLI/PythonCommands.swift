@@ -142,3 +142,48 @@ struct ServeCommand: AsyncParsableCommand {
         try await GraphRoles.run(selected, name: role, options: options) { graph }
     }
 }
+
+/// `autonomous ingress|worker|coordinator` with the graph in AUTONOMOUS_GRAPH: the same as
+/// `autonomous serve <role> $AUTONOMOUS_GRAPH`, so that an image of the `autonomous` binary
+/// takes the role as its argument as an app binary's image does (the Nomad job, docs/deploy.md).
+protocol GraphRoleAlias: AsyncParsableCommand {
+    static var role: String { get }
+    var options: CommonOptions { get }
+}
+
+extension GraphRoleAlias {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: role,
+            abstract: "Serve the \(role) role of the app graph in AUTONOMOUS_GRAPH (a JSON file describe printed).",
+            shouldDisplay: false
+        )
+    }
+
+    func run() async throws {
+        guard let graph = ProcessInfo.processInfo.environment["AUTONOMOUS_GRAPH"], !graph.isEmpty else {
+            throw ValidationError(
+                "autonomous \(Self.role) serves an app graph: set AUTONOMOUS_GRAPH to the JSON file describe printed, or run `autonomous serve \(Self.role) <graph>`"
+            )
+        }
+        let roles: [String: Role] = ["ingress": .ingress, "coordinator": .coordinator, "worker": .worker, "all": .all]
+        let tenant = options.tenantFlag ?? ProcessInfo.processInfo.environment["AUTONOMOUS_TENANT"] ?? "default"
+        let loaded = try await PythonApp.graph(graph, python: nil, tenant: tenant)
+        try await GraphRoles.run(roles[Self.role]!, name: Self.role, options: options) { loaded }
+    }
+}
+
+struct IngressAlias: GraphRoleAlias {
+    static let role = "ingress"
+    @OptionGroup var options: CommonOptions
+}
+
+struct WorkerAlias: GraphRoleAlias {
+    static let role = "worker"
+    @OptionGroup var options: CommonOptions
+}
+
+struct CoordinatorAlias: GraphRoleAlias {
+    static let role = "coordinator"
+    @OptionGroup var options: CommonOptions
+}

@@ -223,6 +223,62 @@ struct NATSUsersTests {
         #expect(text.contains(#"subscribe: {allow: ["_INBOX_acme.>"]}"#))
     }
 
+    @Test("A Python app on Kubernetes: python-worker Deployment with its image, Swift roles serving the mounted graph")
+    func kubernetesPython() throws {
+        var app = AppBuilder(name: "Py")
+        let orders = app.table("orders")
+        orders.onNewRecords("score", runsIn: .python)
+        let description = try AppDescription.decode(try app.build().description(tenant: "default").encoded())
+        let manifests = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/k8s").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("aut-py-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var deployment = DeploymentConfiguration().deployment
+        deployment.target = "production"
+        deployment.replicas["python-worker"] = 3
+        let python = PythonDeployment(graph: description.encoded(), module: "/app/main.py", isPythonApp: true)
+        #expect(throws: DeployError.self) {
+            try KubernetesRenderer.render(
+                app: description,
+                deployment: deployment,
+                manifests: manifests,
+                outputDirectory: out,
+                python: python
+            )
+        }
+        deployment.pythonImage = "registry.example.com/py:1"
+        let files = try KubernetesRenderer.render(
+            app: description,
+            deployment: deployment,
+            manifests: manifests,
+            outputDirectory: out,
+            python: python
+        )
+        let worker = try #require(files["python-worker.yaml"])
+        #expect(worker.contains("name: python-worker\n"))
+        #expect(worker.contains("command: [\"python\"]\n          args: [\"-m\", \"autonomous\", \"worker\", \"/app/main.py\"]"))
+        #expect(worker.contains("replicas: 3\n"))
+        #expect(worker.contains("AUTONOMOUS_HEALTH_HOST"))
+        let kustomization = try #require(files["kustomization.yaml"])
+        #expect(kustomization.contains("  - name: autonomous-python\n    newName: registry.example.com/py\n    newTag: \"1\""))
+        #expect(kustomization.contains("value: [\"serve\", \"ingress\", \"/etc/autonomous/graph/graph.json\"]"))
+        #expect(kustomization.contains("  - name: autonomous-graph\n    files:\n      - graph.json"))
+        #expect(files["graph.json"] == String(decoding: description.encoded(), as: UTF8.self))
+        // A Swift app's Python workers get the graph mounted and passed as --graph.
+        let mixed = PythonDeployment(graph: description.encoded(), module: "/app/handlers.py", isPythonApp: false)
+        let mixedFiles = try KubernetesRenderer.render(
+            app: description,
+            deployment: deployment,
+            manifests: manifests,
+            outputDirectory: out,
+            python: mixed
+        )
+        #expect(try #require(mixedFiles["python-worker.yaml"]).contains("\"--graph\", \"/etc/autonomous/graph/graph.json\"]"))
+        #expect(try #require(mixedFiles["python-worker.yaml"]).contains("      volumes:\n        - name: graph\n"))
+        #expect(!(try #require(mixedFiles["kustomization.yaml"]).contains("\"serve\"")))
+    }
+
     @Test("The local overlay's deploy makes the users' Secret once, owner-readable, and keeps its passwords on the next deploy")
     func kubernetesSecret() throws {
         var app = AppBuilder(name: "Users")
@@ -239,6 +295,8 @@ struct NATSUsersTests {
         let files = try KubernetesRenderer.render(app: description, deployment: deployment, manifests: manifests, outputDirectory: out)
         let kustomization = try #require(files["kustomization.yaml"])
         #expect(kustomization.contains("secretGenerator:\n  - name: autonomous-nats-users"))
+        // The generated Secret lands in the overlay's namespace, where the pods that read it run.
+        #expect(kustomization.contains("\nnamespace: autonomous-local\n"))
         #expect(kustomization.contains("NATS_PASSWORD_PRODUCER_ACME"))
         #expect(files["nats-authorization.conf"]?.contains(#"publish: {allow: ["aut.acme.tbl.>"]}"#) == true)
         let first = try String(contentsOfFile: out + "/nats-users.env", encoding: .utf8)

@@ -37,6 +37,35 @@ variable "worker_count" {
   default = 2
 }
 
+variable "python_worker_count" {
+  type        = number
+  default     = 0
+  description = "Python workers (docs/python.md): the app's Python handlers and routes."
+}
+
+variable "python_image" {
+  type        = string
+  default     = "registry.example.com/autonomous/app-python:0.1.0"
+  description = "The Python workers' image: Python, the autonomous package and the app's module (Dockerfile.python)."
+}
+
+variable "python_module" {
+  type    = string
+  default = "/app/main.py"
+}
+
+variable "graph" {
+  type        = string
+  default     = ""
+  description = "The app graph (describe's JSON): for an app written in Python, which image (the autonomous runtime) serves; for a Swift app, what its Python workers read."
+}
+
+variable "serves_graph" {
+  type        = bool
+  default     = false
+  description = "An app written in Python: the ingress, worker and coordinator tasks serve var.graph."
+}
+
 variable "datacenters" {
   type    = list(string)
   default = ["dc1"]
@@ -133,6 +162,14 @@ job "autonomous" {
         # Every request needs a tenant's API key (or a provider's signature for webhooks).
         AUTONOMOUS_REQUIRE_API_KEY = "true"
         AUTONOMOUS_LOG_LEVEL   = "info"
+        # An app written in Python: the autonomous runtime image serves its graph.
+        AUTONOMOUS_GRAPH       = var.serves_graph ? "/local/graph.json" : ""
+      }
+
+      template {
+        destination = "local/graph.json"
+        data        = var.graph
+        change_mode = "restart"
       }
 
       template {
@@ -218,6 +255,14 @@ job "autonomous" {
         AUTONOMOUS_HEALTH_HOST = "0.0.0.0"
         AUTONOMOUS_HEALTH_PORT = "8081"
         AUTONOMOUS_LOG_LEVEL   = "info"
+        # An app written in Python: the autonomous runtime image serves its graph.
+        AUTONOMOUS_GRAPH       = var.serves_graph ? "/local/graph.json" : ""
+      }
+
+      template {
+        destination = "local/graph.json"
+        data        = var.graph
+        change_mode = "restart"
       }
 
       template {
@@ -293,6 +338,14 @@ job "autonomous" {
         AUTONOMOUS_ADMIN_HOST  = "127.0.0.1"
         AUTONOMOUS_ADMIN_PORT  = "8082"
         AUTONOMOUS_LOG_LEVEL   = "info"
+        # An app written in Python: the autonomous runtime image serves its graph.
+        AUTONOMOUS_GRAPH       = var.serves_graph ? "/local/graph.json" : ""
+      }
+
+      template {
+        destination = "local/graph.json"
+        data        = var.graph
+        change_mode = "restart"
       }
 
       template {
@@ -312,6 +365,99 @@ job "autonomous" {
       resources {
         cpu    = 200
         memory = 128
+      }
+    }
+  }
+
+  # The app's Python handlers and routes (docs/python.md), with the worker role's NATS user.
+  group "python-worker" {
+    count = var.python_worker_count
+
+    network {
+      port "health" {
+        to = 8081
+      }
+    }
+
+    scaling {
+      enabled = true
+      min     = 0
+      max     = 50
+
+      policy {
+        cooldown            = "1m"
+        evaluation_interval = "30s"
+
+        check "cpu" {
+          source = "nomad-apm"
+          query  = "avg_cpu"
+
+          strategy "target-value" {
+            target = 70
+          }
+        }
+      }
+    }
+
+    service {
+      name     = "autonomous-python-worker"
+      port     = "health"
+      provider = "nomad"
+
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "python-worker" {
+      driver       = "docker"
+      kill_timeout = "45s"
+      kill_signal  = "SIGTERM"
+
+      config {
+        image           = var.python_image
+        command         = "python"
+        args            = concat(["-m", "autonomous", "worker", var.python_module], var.serves_graph ? [] : ["--graph", "/local/graph.json"])
+        ports           = ["health"]
+        readonly_rootfs = true
+      }
+
+      env {
+        AUTONOMOUS_NATS_URL     = var.nats_url
+        AUTONOMOUS_TENANT       = var.tenant
+        AUTONOMOUS_HEALTH_HOST  = "0.0.0.0"
+        AUTONOMOUS_HEALTH_PORT  = "8081"
+        AUTONOMOUS_LOG_LEVEL    = "info"
+        PYTHONDONTWRITEBYTECODE = "1"
+      }
+
+      template {
+        destination = "local/graph.json"
+        data        = var.graph
+        change_mode = "restart"
+      }
+
+      template {
+        destination = "secrets/app.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar "nomad/jobs/autonomous" }}{{ range .Tuples }}{{ if not (.K | regexMatch "^nats_password_") }}
+        {{ .K }}={{ .V | toJSON }}
+        {{- end }}{{ end }}{{ range .Tuples }}{{ if eq .K "nats_password_worker" }}
+        AUTONOMOUS_NATS_USER=worker
+        AUTONOMOUS_NATS_PASSWORD={{ .V | toJSON }}
+        {{- end }}{{ end }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 512
       }
     }
   }

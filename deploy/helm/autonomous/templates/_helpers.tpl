@@ -27,6 +27,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{- define "autonomous.pythonImage" -}}
+{{- if .Values.python.image.digest -}}
+{{ .Values.python.image.repository }}@{{ .Values.python.image.digest }}
+{{- else -}}
+{{ .Values.python.image.repository }}:{{ .Values.python.image.tag }}
+{{- end -}}
+{{- end -}}
+
+{{/* A Swift role's arguments: the role, or `serve <role> <graph>` for an app written in Python. */}}
+{{- define "autonomous.roleArgs" -}}
+{{- $root := index . 0 -}}
+{{- if $root.Values.python.servesGraph -}}
+{{ toJson (list "serve" (index . 1) "/etc/autonomous/graph/graph.json") }}
+{{- else -}}
+{{ toJson (list (index . 1)) }}
+{{- end -}}
+{{- end -}}
+
 {{/* Refuses values that open the cluster without saying so. */}}
 {{- define "autonomous.validate" -}}
 {{- if and (not .Values.requireAPIKey) (not .Values.allowOpen) -}}
@@ -40,6 +58,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- if not (regexMatch "^[a-z0-9][a-z0-9_-]{0,63}$" (toString .Values.tenant)) -}}
 {{- fail (printf "tenant %q: expected 1-64 of [a-z0-9_-]" (toString .Values.tenant)) -}}
+{{- end -}}
+{{- if .Values.python.enabled -}}
+{{- if not .Values.graph -}}
+{{- fail "python.enabled: graph is empty; autonomous deploy fills it with the app graph (describe)" -}}
+{{- end -}}
+{{- if not .Values.python.image.repository -}}
+{{- fail "python.image.repository: the python-worker role needs an image with Python, the autonomous package and the app's module" -}}
+{{- end -}}
 {{- end -}}
 {{- range .Values.workerGroups -}}
 {{- if not (regexMatch "^[a-z0-9][a-z0-9_-]{0,39}$" (toString .name)) -}}
@@ -61,19 +87,22 @@ securityContext:
   {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
 containers:
   - name: {{ .container }}
-    image: {{ include "autonomous.image" $root | quote }}
+    image: {{ .image | default (include "autonomous.image" $root) | quote }}
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    {{- if .command }}
+    command: {{ toJson .command }}
+    {{- end }}
     args: {{ toJson .args }}
     {{- if $root.Values.natsUsers.existingSecret }}
     env:
       # This role's own NATS user: only the subjects it needs (`autonomous nats-auth`).
       - name: AUTONOMOUS_NATS_USER
-        value: {{ .container }}
+        value: {{ .natsUser | default .container }}
       - name: AUTONOMOUS_NATS_PASSWORD
         valueFrom:
           secretKeyRef:
             name: {{ $root.Values.natsUsers.existingSecret }}
-            key: {{ .container }}
+            key: {{ .natsUser | default .container }}
     {{- end }}
     envFrom:
       - configMapRef:
@@ -103,16 +132,32 @@ containers:
         drop: ["ALL"]
     resources:
       {{- toYaml .resources | nindent 6 }}
-    {{- if .state }}
+    {{- if or .state $root.Values.python.enabled }}
     volumeMounts:
+      {{- if .state }}
       - name: state
         mountPath: /var/lib/autonomous
+      {{- end }}
+      {{- if $root.Values.python.enabled }}
+      - name: graph
+        mountPath: /etc/autonomous/graph
+        readOnly: true
+      {{- end }}
     {{- end }}
-{{- if .state }}
+{{- if or .state $root.Values.python.enabled }}
 volumes:
+  {{- if .state }}
   # Embedded SQLite state for a coordinator without Postgres (tenants and keys made through
   # the admin API need AUTONOMOUS_POSTGRES_URL to survive a restart).
   - name: state
     emptyDir: {}
+  {{- end }}
+  {{- if $root.Values.python.enabled }}
+  # The app graph (autonomous deploy writes it): a Python app's Swift roles serve it, a Swift
+  # app's Python workers read it (--graph).
+  - name: graph
+    configMap:
+      name: {{ include "autonomous.fullname" $root }}-graph
+  {{- end }}
 {{- end }}
 {{- end -}}
