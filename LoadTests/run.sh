@@ -8,7 +8,8 @@
 #
 # Installs what it needs from Debian (nginx-light, wrk, matplotlib, nats-server, libnats-dev,
 # libjemalloc2),
-# builds LoadApp and the runner in release mode, compiles the nats.c pipeline, runs, and
+# builds LoadApp and the runner in release mode, compiles the nats.c pipeline, installs the
+# Python package (scenario h), runs, and
 # plots LoadTests/results/latest.png from LoadTests/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,10 @@ swift build -c "$configuration" --product LoadApp
 swift build -c "$configuration" --product LoadRunner
 mkdir -p .build/loadtests
 gcc -O2 -o .build/loadtests/pipeline LoadTests/raw/pipeline.c -lnats -lpthread
+# Scenario h: the Python package with nats-py, for the app's Python worker and the nats-py pipeline.
+python_venv=$(bash scripts/install-python-package.sh)
 
 out=LoadTests/results/latest.json
-".build/$configuration/LoadRunner" --app ".build/$configuration/LoadApp" --raw-pipeline .build/loadtests/pipeline --out "$out" "$@"
+".build/$configuration/LoadRunner" --app ".build/$configuration/LoadApp" --raw-pipeline .build/loadtests/pipeline \
+  --python "$python_venv/bin/python" --out "$out" "$@"
 /usr/bin/python3 LoadTests/plot.py "$out" LoadTests/results/latest.png
