@@ -17,12 +17,12 @@ def main(source, target):
         result = json.load(f)
     scenarios = [s for s in result["scenarios"] if s.get("ratio") is not None]
     timed = [s for s in result["scenarios"] if s.get("toHandlerStart")]
-    targets = {"a": 0.8, "b": 0.6, "c": 0.2}
+    targets = {"a": 0.8, "b": 0.6, "c": 0.2, "h": 0.8}
 
     fig, (left, right, tenants) = plt.subplots(1, 3, figsize=(20, 5.5), gridspec_kw={"width_ratios": [5, 5, 3]})
     names = [s["name"] for s in scenarios]
     ratios = [s["ratio"] for s in scenarios]
-    colors = ["#4c72b0" if s["baseline"] == "raw" else "#dd8452" for s in scenarios]
+    colors = [{"raw": "#4c72b0", "raw-py": "#55a868"}.get(s["baseline"], "#dd8452") for s in scenarios]
     bars = left.bar(names, ratios, color=colors)
     for bar, s in zip(bars, scenarios):
         left.annotate(f"{s['rate']:,.0f}\n{'req' if s['baseline'] == 'nginx' else 'rec'}/s",
@@ -37,7 +37,7 @@ def main(source, target):
     nginx = result.get("nginx") or {}
     left.set_title(f"Throughput as a share of the ceiling measured in the same run\n"
                    f"(blue: × raw nats.c pipeline {raw_text};\n"
-                   f"orange: × nginx {nginx.get('requestsPerSecond', 0):,.0f} req/s; red: target)", fontsize=9)
+                   f"orange: × nginx {nginx.get('requestsPerSecond', 0):,.0f} req/s; green: × raw nats-py pipeline; red: target)", fontsize=9)
     left.set_ylabel("ratio")
     left.set_ylim(0, max([1.0] + ratios) * 1.15)
 
