@@ -3,8 +3,8 @@ nats-py with no framework.
 
 Streams RAW_PY_IN and RAW_PY_OUT; W asyncio fetch loops share one durable pull consumer, fetch
 batches, parse each event and wrap it into the same derived JSON object the app's handler
-makes, publish it to RAW_PY_OUT (Nats-Msg-Id per output) and wait for every PubAck of the
-batch, then ack the inputs. The events come from the nats.c producer the cluster scenarios use
+makes, publish it to RAW_PY_OUT (pipelined with publish_async, Nats-Msg-Id per output) and wait
+for every PubAck of the batch, then ack the inputs. The events come from the nats.c producer the cluster scenarios use
 (`pipeline publish`), started after the consumer exists; the clock runs from its start to the
 N-th acknowledged input. Prints one JSON object.
 
@@ -37,13 +37,14 @@ async def main(url: str, total: int, workers: int, batch: int, producer: str) ->
             except nats.errors.TimeoutError:
                 continue
             started = time.time_ns()
-            publishes = []
+            pending = []
             for msg in messages:
                 event = json.loads(msg.data)
                 out = {"event": event, "handled": True, "step": 1, "handler_start_ns": started, "sent_ns": event.get("sent_ns")}
                 body = json.dumps(out, separators=(",", ":")).encode()
-                publishes.append(js.publish("raw.py.out", body, headers={"Nats-Msg-Id": "out-" + msg.headers["Nats-Msg-Id"]}))
-            await asyncio.gather(*publishes)  # outputs before acks
+                headers = {"Nats-Msg-Id": "out-" + msg.headers["Nats-Msg-Id"]}
+                pending.append(await js.publish_async("raw.py.out", body, headers=headers, wait_stall=30))
+            await asyncio.gather(*pending)  # outputs before acks
             await asyncio.gather(*(msg.ack() for msg in messages))
             acked += len(messages)
             if acked >= total:

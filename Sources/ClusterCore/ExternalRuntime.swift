@@ -27,6 +27,9 @@ extension Wire {
     package static let routeQueue = "routes"
     /// Where processes of another runtime read kept tables (queue group `readers` of the ingress nodes).
     package static let tableReadSubject = "aut._tables.read"
+    /// Where workers of another runtime lease the partitions of their ordered handlers (queue
+    /// group `coordinators`).
+    package static let partitionSubject = "aut._coord.partitions"
 }
 
 /// A handler or route that runs in another runtime was asked to run in this process.

@@ -78,8 +78,18 @@ package struct Coordinator: Service {
             store: store,
             logger: logger
         )
+        // Ordered handlers of another runtime lease their partitions over plain JSON.
+        let servesPartitions = graph.handlers.contains { $0.runtime != nil && $0.options.ordering != nil }
         await cancelWhenGracefulShutdown {
-            await election.run { leadership in await duties.run(leadership) }
+            await withDiscardingTaskGroup { group in
+                if servesPartitions {
+                    group.addTask { [connection, logger] in
+                        await PartitionService.run(connection: connection, backend: backend, logger: logger)
+                    }
+                }
+                await election.run { leadership in await duties.run(leadership) }
+                group.cancelAll()
+            }
         }
         actorSystem.resignID(endpoint.id)
     }

@@ -55,7 +55,7 @@ package enum NATSAuthorization {
                 // Replies to RPCs go to the callers' `_INBOX.` subjects, which it may publish
                 // to. Not `allow_responses`: the server would track the reply subject of every
                 // message the user receives.
-                subscribe: [inbox, "aut._coord.rpc", "aut._actor.>", "aut._ingress.alive"]
+                subscribe: [inbox, "aut._coord.rpc", "aut._coord.partitions", "aut._actor.>", "aut._ingress.alive"]
             ),
             User(
                 name: "ingress",
@@ -70,7 +70,7 @@ package enum NATSAuthorization {
                 publish: [
                     "aut.*.tbl.>", "aut.*.dlq.>", "aut.*.run.>", "aut._coord.rpc",
                     "$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>",
-                    "$JS.API.STREAM.PURGE.*", "$JS.API.CONSUMER.>", "$JS.ACK.>", "aut._tables.read", inbox,
+                    "$JS.API.STREAM.PURGE.*", "$JS.API.CONSUMER.>", "$JS.ACK.>", "aut._tables.read", "aut._coord.partitions", inbox,
                 ],
                 subscribe: [inbox, "aut._actor.>", "aut._route.>"]
             ),

@@ -85,6 +85,7 @@ def partition_consumer_name(handler: str, partition: int) -> str:
 
 ROUTE_QUEUE = "routes"
 TABLE_READ_SUBJECT = "aut._tables.read"
+PARTITION_SUBJECT = "aut._coord.partitions"
 
 
 def route_subject(runtime: str) -> str:

@@ -413,10 +413,22 @@ class App:
                             f"of table '{source.name}' ({source.record_type_name}) have no such field"
                         )
             if o.ordered_by is not None:
-                problems.append(
-                    f"handler '{handler.name}': ordered handlers are not supported in Python yet; write it in Swift "
-                    "or leave ordered_by out"
-                )
+                if handler.source_kind != "table":
+                    problems.append(f"handler '{handler.name}': only handlers of tables can be ordered")
+                if not 1 <= o.partitions <= 1024:
+                    problems.append(f"handler '{handler.name}': partitions must be between 1 and 1024")
+                if not o.ordered_by:
+                    problems.append(f"handler '{handler.name}': ordered_by needs a field name")
+                elif source is not None and source.fields is not None and o.ordered_by not in source.fields:
+                    problems.append(
+                        f"handler '{handler.name}' is ordered by '{o.ordered_by}', but records of table '{source.name}' "
+                        f"({source.record_type_name}) have no such field"
+                    )
+        for table in self.tables.values():
+            orderings = {(h.options.ordered_by, h.options.partitions) for h in self.handlers if h.source == table.name and h.options.ordered_by}
+            if len(orderings) > 1:
+                found = ", ".join(f"{f}/{n}" for f, n in sorted(orderings))
+                problems.append(f"table '{table.name}': its ordered handlers must use the same key and partition count (found {found})")
         seen: set[str] = set()
         for route in self.routes:
             key = f"{route.method} {route.path}"
@@ -442,6 +454,13 @@ class App:
     def writers(self, table: str) -> list[str]:
         return [h.name for h in self.handlers if table in h.outputs]
 
+    def partitioning(self, table: str) -> Optional[tuple[str, int]]:
+        """The key field and partition count of a table an ordered handler reads."""
+        for h in self.handlers:
+            if h.source == table and h.source_kind == "table" and h.options.ordered_by:
+                return h.options.ordered_by, h.options.partitions
+        return None
+
     def describe(self, tenant: str = "default") -> dict[str, Any]:
         """The app graph, as docs/wire.md ("The app graph") defines it."""
         self.check()
@@ -462,6 +481,8 @@ class App:
                 entry["record_api"] = "closed" if self.writers(table.name) else "open"
             else:
                 entry["record_api"] = table.record_api
+            if (partitioning := self.partitioning(table.name)) is not None:
+                entry["partitioning"] = {"field": partitioning[0], "partitions": partitioning[1]}
             if table.storage:
                 entry["storage"] = table.storage
             if table.retention:
@@ -508,6 +529,9 @@ class App:
                 entry["secrets"] = sorted(set(h.secrets))
             if o.max_ack_pending is not None:
                 entry["max_ack_pending"] = o.max_ack_pending
+            if o.ordered_by:
+                entry["ordered_by"] = o.ordered_by
+                entry["partitions"] = o.partitions
             handlers.append(entry)
         routes: list[dict[str, Any]] = []
         for r in self.routes:
@@ -770,6 +794,8 @@ class Table(Generic[T]):
         retry_backoff: Iterable[float] = (1, 5, 30, 120),
         max_ack_pending: Optional[int] = None,
         timeout: float = 300,
+        ordered_by: Optional[str] = None,
+        partitions: int = 16,
     ) -> Callable[[F], F]: ...
 
     def on_new_records(self, function: Any = None, **settings: Any) -> Any:

@@ -30,7 +30,9 @@ import os
 import signal
 import ssl
 import threading
+import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -63,6 +65,9 @@ from .model import (
 )
 
 log = logging.getLogger("autonomous.worker")
+
+# How long outputs may wait for their PubAcks before the batch counts as failed (retried).
+PUBLISH_TIMEOUT = 30.0
 
 
 class UndecodableRecordError(Exception):
@@ -139,6 +144,38 @@ class _Reading:
                 "or acount(...)"
             )
         return asyncio.run_coroutine_threadsafe(self.aread(table, query, count), loop).result()
+
+
+class _Lease:
+    """One partition lease as this process sees it (monotonic deadlines)."""
+
+    def __init__(self, partition: int, token: int, deadline: float) -> None:
+        self.partition = partition
+        self.token = token
+        self.deadline = deadline
+        self.draining = False
+        self.finished = False
+
+    @property
+    def valid(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    @property
+    def may_work(self) -> bool:
+        return not self.draining and self.valid
+
+    @property
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def extend(self, deadline: float) -> None:
+        self.deadline = max(self.deadline, deadline)
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def lose(self) -> None:
+        self.deadline = time.monotonic()
 
 
 class HandlerContext(_Reading, _Context):
@@ -303,7 +340,10 @@ class Worker:
         self._routes_live = False
         self._route_tasks: set[asyncio.Task[Any]] = set()
         for table in app.tables.values():
-            self._tables[table.name] = TableInfo(table.name, table.semantic_type)
+            partitioning = app.partitioning(table.name)
+            self._tables[table.name] = TableInfo(
+                table.name, table.semantic_type, partitioning[0] if partitioning else None, partitioning[1] if partitioning else 0
+            )
         if graph is not None:
             for entry in graph.get("tables", []):
                 if entry.get("kind") != "table":
@@ -357,6 +397,8 @@ class Worker:
                 handler.options.max_wait = entry.get("max_wait_seconds", handler.options.max_wait)
                 if entry.get("retry_backoff_seconds"):
                     handler.options.retry_backoff = tuple(entry["retry_backoff_seconds"])
+                handler.options.ordered_by = entry.get("ordered_by")
+                handler.options.partitions = entry.get("partitions", handler.options.partitions)
                 handler.outputs = entry.get("outputs", handler.outputs)
                 chosen.append(handler)
         if self.selected is not None:
@@ -424,9 +466,13 @@ class Worker:
         loops = [
             asyncio.create_task(self._fetch_loop(handler, slot), name=f"{handler.name}-{slot}")
             for handler in handlers
+            if not handler.options.ordered_by
             for slot in range(handler.options.concurrency)
         ]
         self._expected_loops = len(loops)
+        loops += [
+            asyncio.create_task(self._ordered(handler), name=f"{handler.name}-ordered") for handler in handlers if handler.options.ordered_by
+        ]
         await self._stopping.wait()
         log.info("Stopping: finishing the batches under way")
         if route_subscription is not None:
@@ -562,6 +608,232 @@ class Worker:
 
         return await asyncio.start_server(respond, host, port)
 
+    # -- ordered handlers (docs/wire.md, "Partitioned tables") --------------------------------
+
+    async def _ordered(self, handler: HandlerDefinition) -> None:
+        """Holds the partitions the coordinators lease this process (renewed every third of the
+        lease), runs each one's records in order, and hands them back when stopping."""
+        worker_id = f"python-{uuid.uuid4().hex}"
+        held: dict[int, int] = {}
+        released: list[int] = []
+        leases: dict[int, _Lease] = {}
+        tasks: set[asyncio.Task[Any]] = set()
+        ttl = 6.0
+        warned = False
+        log.info("Ordered handler %s started (%d partitions, worker %s)", handler.name, handler.options.partitions, worker_id)
+        while not self._stopping.is_set():
+            for partition, lease in list(leases.items()):
+                if lease.finished:
+                    del leases[partition]
+                    if held.pop(partition, None) is not None:
+                        released.append(partition)
+            sent = time.monotonic()
+            try:
+                answer = await self._assign(handler, worker_id, sorted(held), released)
+                warned = False
+                released = []
+                ttl = max(0.3, answer["ttl_ms"] / 1000)
+                deadline = sent + ttl - max(ttl / 10, 0.1)
+                granted = {int(p): int(t) for p, t in answer["granted"].items() if 0 <= int(p) < handler.options.partitions}
+                for partition, token in sorted(granted.items()):
+                    if held.get(partition) == token and partition in leases:
+                        leases[partition].extend(deadline)
+                        continue
+                    if partition in leases:
+                        leases.pop(partition).lose()
+                    held[partition] = token
+                    lease = _Lease(partition, token, deadline)
+                    leases[partition] = lease
+                    task = asyncio.create_task(self._run_partition(handler, lease))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                for partition in [p for p in held if p not in granted]:
+                    del held[partition]
+                    if partition in leases:
+                        leases.pop(partition).lose()
+                for partition in set(answer.get("revoke", [])):
+                    if partition in leases:
+                        leases[partition].drain()
+            except Exception as error:
+                if not warned:
+                    log.warning("Cannot renew the partition leases of %s; working on until they expire: %s", handler.name, error)
+                    warned = True
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=max(ttl / 3, 0.1))
+            except asyncio.TimeoutError:
+                pass
+        for lease in leases.values():
+            lease.drain()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        hand_back = sorted(set(held) | set(released))
+        if hand_back:
+            try:
+                await self._assign(handler, worker_id, [], hand_back)
+            except Exception:
+                pass  # the leases expire on their own
+        log.info("Ordered handler %s stopped", handler.name)
+
+    async def _assign(self, handler: HandlerDefinition, worker_id: str, held: list[int], released: list[int]) -> dict[str, Any]:
+        request = {"v": 1, "tenant": self.tenant, "handler": handler.name, "worker": worker_id, "held": held, "released": released}
+        reply = await self.nc.request(_wire.PARTITION_SUBJECT, json.dumps(request).encode(), timeout=5)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise RuntimeError(f"{answer['error'].get('code')}: {answer['error'].get('message')}")
+        return answer
+
+    async def _run_partition(self, handler: HandlerDefinition, lease: "_Lease") -> None:
+        stream = _wire.table_stream(self.tenant, handler.source)
+        consumer = _wire.partition_consumer_name(handler.name, lease.partition)
+        subscription = None
+        try:
+            while subscription is None and lease.may_work and not self._stopping.is_set():
+                try:
+                    await self._resume_at_ack_floor(handler, stream, consumer, lease.partition)
+                    subscription = await self.js.pull_subscribe_bind(consumer=consumer, stream=stream)
+                except Exception as error:
+                    log.info("Waiting for the consumer of partition %d of %s: %s", lease.partition, handler.name, error)
+                    await asyncio.sleep(0.25)
+            failures = 0
+            while subscription is not None and lease.may_work and not self._stopping.is_set():
+                try:
+                    wait = min(max(handler.options.max_wait, 0.05), max(0.05, lease.remaining))
+                    messages = await subscription.fetch(handler.options.batch_size, timeout=wait)
+                except nats.errors.TimeoutError:
+                    continue
+                except Exception as error:
+                    failures += 1
+                    if failures == 1 or failures % 50 == 0:
+                        log.warning("Fetching partition %d of %s failed: %s", lease.partition, handler.name, error)
+                    await asyncio.sleep(min(2.0, 0.1 * failures))
+                    continue
+                failures = 0
+                # A batch fetched as the lease ran out stays unacknowledged: the next holder
+                # starts from the ack floor.
+                if not lease.valid:
+                    break
+                await self._process_ordered(handler, messages, lease)
+        finally:
+            lease.finished = True
+            if subscription is not None:
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    pass
+
+    async def _resume_at_ack_floor(self, handler: HandlerDefinition, stream: str, consumer: str, partition: int) -> None:
+        """Re-creates the consumer at its ack floor when a previous holder left a batch
+        unacknowledged, so it is delivered again now and in order."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        info = await self.js.consumer_info(stream, consumer)
+        if not info.num_ack_pending:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        log.info("Partition %d of %s taken over with %d unacknowledged; resuming at %d", partition, handler.name, info.num_ack_pending, floor)
+        await self.js.delete_consumer(stream, consumer)
+        await self.js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=consumer,
+                filter_subject=f"{_wire.table_subject(self.tenant, handler.source)}.{partition}",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_ack_pending=handler.options.batch_size,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1,
+                description=f"Autonomous ordered handler {handler.name}, partition {partition}",
+            ),
+        )
+
+    async def _process_ordered(self, handler: HandlerDefinition, messages: list[Msg], lease: "_Lease") -> None:
+        """A batch in stream order: at once, else record by record, each failing record retried
+        in place before any later one."""
+        ordered: list[Msg] = []
+        for msg in sorted(messages, key=lambda m: m.metadata.sequence.stream):
+            replay_for = (msg.headers or {}).get(_wire.Header.REPLAY_FOR)
+            if replay_for is not None and replay_for != handler.name:
+                await msg.ack()
+            elif ordered and ordered[-1].metadata.sequence.stream == msg.metadata.sequence.stream:
+                if msg.metadata.num_delivered > ordered[-1].metadata.num_delivered:
+                    ordered[-1] = msg
+            else:
+                ordered.append(msg)
+        if not ordered:
+            return
+        if all(m.metadata.num_delivered == 1 for m in ordered):
+            if await self._attempt(handler, ordered) is None:
+                await asyncio.gather(*(m.ack() for m in ordered))
+                self.processed += len(ordered)
+                self._count(handler, 0, len(ordered))
+                return
+        gate = self._gates.setdefault(handler.name, asyncio.Lock())
+        for msg in ordered:
+            stopped = None
+            noted = msg.metadata.num_delivered > 1
+            sequence = msg.metadata.sequence.stream
+            if noted:
+                await gate.acquire()
+                try:
+                    stops = await self._note_run_starts(handler, sequence)
+                except Exception:
+                    gate.release()
+                    return  # NATS is not answering: the batch comes back after the ack wait
+                if stops >= 1 and stops + 1 >= handler.options.max_attempts:
+                    stopped = ProcessStoppedError(stops + 1)
+            try:
+                settled = await self._settle(handler, msg, lease, stopped)
+            finally:
+                if noted:
+                    await self._note_run_ended(handler, sequence)
+                    gate.release()
+            if not settled:
+                return
+
+    async def _settle(self, handler: HandlerDefinition, msg: Msg, lease: "_Lease", stopped: Optional[BaseException]) -> bool:
+        """Runs one record until it is acknowledged or dead-lettered, retrying in place; False
+        when the lease ran out first."""
+        attempt = msg.metadata.num_delivered
+        metadata = _metadata(msg, handler.source, self.tenant)
+        first = _now()
+        while True:
+            if not lease.valid:
+                return False
+            if stopped is not None:
+                error, stopped = stopped, None
+            else:
+                error = await self._attempt(handler, [msg])
+            if error is None:
+                await msg.ack()
+                self.processed += 1
+                self._count(handler, 0, 1)
+                return True
+            if _is_transient(error):
+                await asyncio.sleep(0.5)
+                continue
+            if isinstance(error, (UndecodableRecordError, ProcessStoppedError)) or attempt >= handler.options.max_attempts:
+                try:
+                    await self._dead_letter(handler, msg, metadata, error, attempt, first)
+                except Exception as publish_error:
+                    log.warning("Dead-letter publish failed, will retry: %s", publish_error)
+                    await asyncio.sleep(0.5)
+                    continue
+                await msg.term()
+                self.dead_lettered += 1
+                self._count(handler, 2, 1)
+                log.warning("Record %s moved to dead-letter subject of %s; its partition moves on: %s", metadata.id, handler.name, error)
+                return True
+            log.info("Ordered handler %s failed on record %s (attempt %d); retrying it before any later one: %s", handler.name, metadata.id, attempt, error)
+            self.retried += 1
+            self._count(handler, 1, 1)
+            delay = min(handler.options.backoff(attempt), max(0.0, lease.remaining))
+            beat = asyncio.create_task(self._heartbeat([msg]))
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                beat.cancel()
+            attempt += 1
+
     # -- batches ------------------------------------------------------------------------------
 
     async def _process(self, handler: HandlerDefinition, messages: list[Msg]) -> None:
@@ -680,11 +952,19 @@ class Worker:
             await _in_thread(ctx, lambda: function(records, ctx) if with_context else function(records))
 
     async def _publish(self, outputs: list[tuple[str, bytes, dict[str, str]]]) -> None:
-        """Publishes outputs and waits for every PubAck (concurrently, at most 1,024 at once)."""
-        window = 1024
-        for start in range(0, len(outputs), window):
-            chunk = outputs[start : start + window]
-            await asyncio.gather(*(self.js.publish(subject, body, headers=headers) for subject, body, headers in chunk))
+        """Publishes outputs in order, pipelined, and waits for every PubAck (a stream stores
+        one table's outputs in the order they were appended, which ordered handlers rely on)."""
+        if not outputs:
+            return
+        futures = []
+        try:
+            for subject, body, headers in outputs:
+                futures.append(await self.js.publish_async(subject, body, headers=headers, wait_stall=PUBLISH_TIMEOUT))
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=PUBLISH_TIMEOUT)
+        except BaseException:
+            for future in futures:
+                future.cancel()  # frees its slot; a late PubAck is ignored
+            raise
 
     async def _heartbeat(self, messages: list[Msg]) -> None:
         interval = max(self.ack_wait / 3, 0.1)

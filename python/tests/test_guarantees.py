@@ -129,3 +129,37 @@ def test_long_handler_keeps_its_records_with_heartbeats(run_app):
     time.sleep(4)  # a redelivery after the 2 s ack wait would have started by now
     runs = (app.directory / "slow-runs.txt").read_text().splitlines()
     assert runs == ["0,1,2,3,4"], runs
+
+
+def test_ordered_handler_keeps_each_keys_order(run_app):
+    """An ordered Python handler on leased partitions, two worker processes: every record once,
+    each account's records applied in the order they were stored, a failing record retried
+    before any later record of its account, and the partitions of a worker killed with kill -9
+    taken over by the other (at their ack floor) without breaking the order."""
+    import signal
+
+    app = run_app(APPS / "ordered.py", extra=["--python-workers", "2"])
+    accounts = [f"acct-{i}" for i in range(10)]
+
+    def send(round_):
+        batch = [{"account": accounts[(n * 7) % 10], "seq": round_ * 100 + n, "fail_once": round_ == 1 and n == 5} for n in range(100)]
+        status, _ = app.http("POST", "/v1/tables/moves/records", batch)
+        assert status == 202
+
+    send(0)
+    send(1)
+    first = eventually(lambda: (rows := app.records("applied")) and len(rows) >= 200 and rows, timeout=120, what="200 applied")
+    holder = first[-1]["record"]["pid"]
+    os.kill(holder, signal.SIGKILL)
+    for round_ in (2, 3, 4):
+        send(round_)
+    applied = eventually(lambda: (rows := app.records("applied")) and len(rows) >= 500 and rows, timeout=120, what="500 applied")
+    time.sleep(2)
+    applied = app.records("applied")
+    assert len(applied) == 500
+    assert len({(r["record"]["account"], r["record"]["seq"]) for r in applied}) == 500
+    for account in accounts:
+        seqs = [r["record"]["seq"] for r in applied if r["record"]["account"] == account]
+        assert seqs == sorted(seqs), (account, seqs)
+    # The records after the kill were applied by the surviving worker or the restarted one.
+    assert holder not in {r["record"]["pid"] for r in applied[200:]}
