@@ -106,6 +106,15 @@ struct Bench: Sendable {
         mode: String? = nil,
         authorized: Bool = Bench.natsAuthorization
     ) async throws -> (JSONValue, String) {
+        let output = try await withRawServer(name, authorized: authorized) { url in
+            try await Self.run(rawPipeline, (mode.map { [$0] } ?? []) + [url] + arguments)
+        }
+        return (try JSONParser.parse(Array(output.utf8)), output)
+    }
+
+    /// Runs `body` with the URL of a fresh nats-server of its own, with one user, `raw`, allowed
+    /// only the subjects a raw pipeline uses when `authorized` (see ``runPipeline``).
+    private func withRawServer<T>(_ name: String, authorized: Bool, _ body: (String) async throws -> T) async throws -> T {
         let directory = Self.scratch(name)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var extraArguments: [String] = []
@@ -123,15 +132,14 @@ struct Bench: Sendable {
         }
         let server = try await NATSServerProcess.start(directory: directory, extraArguments: extraArguments, logger: logger)
         let url = authorized ? server.url.replacingOccurrences(of: "nats://", with: "nats://raw:\(password)@") : server.url
-        let output: String
         do {
-            output = try await Self.run(rawPipeline, (mode.map { [$0] } ?? []) + [url] + arguments)
+            let result = try await body(url)
+            await server.stop()
+            return result
         } catch {
             await server.stop()
             throw error
         }
-        await server.stop()
-        return (try JSONParser.parse(Array(output.utf8)), output)
     }
 
     /// A static answer from nginx under the same wrk load as scenario c; `again` for its run
@@ -249,31 +257,9 @@ struct Bench: Sendable {
     /// fed by the nats.c producer as h is; its events/s. The nats-server runs with one user
     /// allowed only its subjects, as for the nats.c pipeline.
     func rawPython(again: Bool = false) async throws -> Double {
-        let directory = Self.scratch("raw-python")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var extraArguments: [String] = []
-        let password = "raw-pipeline-password"
-        if Self.natsAuthorization {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let user = NATSAuthorization.User(
-                name: "raw",
-                publish: ["raw.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
-                subscribe: ["_INBOX.>"]
-            )
-            let file = directory + "/authorization.conf"
-            try NATSAuthorization.render(users: [user]) { _ in "\"\(password)\"" }.write(toFile: file, atomically: true, encoding: .utf8)
-            extraArguments = ["-c", file]
+        let output = try await withRawServer("raw-python", authorized: Self.natsAuthorization) { url in
+            try await Self.run(python, [pythonPipeline, url, String(pythonRecords), "2", "1024", rawPipeline])
         }
-        let server = try await NATSServerProcess.start(directory: directory, extraArguments: extraArguments, logger: logger)
-        let url = Self.natsAuthorization ? server.url.replacingOccurrences(of: "nats://", with: "nats://raw:\(password)@") : server.url
-        let output: String
-        do {
-            output = try await Self.run(python, [pythonPipeline, url, String(pythonRecords), "2", "1024", rawPipeline])
-        } catch {
-            await server.stop()
-            throw error
-        }
-        await server.stop()
         let value = try JSONParser.parse(Array(output.utf8))
         guard let rate = value["events_per_second"].doubleValue, value["outputs"].intValue == pythonRecords else {
             throw RunnerError("raw nats-py pipeline failed: \(output)")

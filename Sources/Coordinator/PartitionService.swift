@@ -13,25 +13,9 @@ import NATS
 /// `{"error": {"code", "message"}}`.
 enum PartitionService {
     static func run(connection: NATSConnection, backend: any CoordinatorBackend, logger: Logger) async {
-        let subscription: CoreSubscription
-        do {
-            subscription = try connection.subscribeCore(subject: Wire.partitionSubject, queue: "coordinators")
-        } catch {
-            logger.error("Cannot serve partition leases for other runtimes", metadata: ["error": "\(error)"])
-            return
-        }
-        await withTaskCancellationHandler {
-            await withDiscardingTaskGroup { group in
-                for await request in subscription {
-                    guard let reply = request.reply else { continue }
-                    group.addTask {
-                        let answer = await answer(request.payload, backend: backend)
-                        try? connection.publishCore(CoreMessage(subject: reply, payload: JSONWriter.encode(answer)))
-                    }
-                }
-            }
-        } onCancel: {
-            subscription.unsubscribe()
+        await JSONRequestService.serve(subject: Wire.partitionSubject, queue: "coordinators", connection: connection, logger: logger) {
+            payload in
+            await answer(payload, backend: backend)
         }
     }
 

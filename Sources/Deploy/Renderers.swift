@@ -52,6 +52,14 @@ struct ImageReference {
     var tag: String?
     var digest: String?
 
+    /// As the Helm chart's `image` values: `repository`, and `tag` or `digest` when given.
+    var values: [String: String] {
+        var fields = ["repository": repository]
+        fields["tag"] = tag
+        fields["digest"] = digest
+        return fields
+    }
+
     init(_ image: String) {
         if let at = image.firstIndex(of: "@") {
             repository = String(image[..<at])
@@ -423,13 +431,7 @@ package enum HelmRenderer {
         }
         var values: [String: Any] = ["tenant": deployment.tenant]
         if let url = deployment.natsURL { values["natsURL"] = url }
-        if let image = deployment.image {
-            let reference = ImageReference(image)
-            var fields = ["repository": reference.repository]
-            fields["tag"] = reference.tag
-            fields["digest"] = reference.digest
-            values["image"] = fields
-        }
+        if let image = deployment.image { values["image"] = ImageReference(image).values }
         if let ingress = deployment.replicas["ingress"] { values["ingress"] = ["replicas": ingress] }
         if let workers = deployment.replicas["worker"] {
             // With autoscaling on (the chart's default), the count is the autoscaler's floor.
@@ -440,14 +442,10 @@ package enum HelmRenderer {
             values["workerGroups"] = deployment.workerGroups.map { ["name": $0.name, "handlers": $0.handlers, "replicas": $0.replicas] }
         }
         if let python, let image = deployment.pythonImage {
-            let reference = ImageReference(image)
-            var fields = ["repository": reference.repository]
-            fields["tag"] = reference.tag
-            fields["digest"] = reference.digest
             values["python"] = [
                 "enabled": true,
                 "servesGraph": python.isPythonApp,
-                "image": fields,
+                "image": ImageReference(image).values,
                 "module": python.module,
                 "replicas": deployment.replicas[ProcessCluster.pythonRole] ?? 2,
             ]

@@ -14,25 +14,9 @@ import NATS
 /// `{"error": {"status", "code", "message", "field"}}`.
 enum TableReadService {
     static func run(connection: NATSConnection, graph: AppGraph, reader: TableReader, logger: Logger) async {
-        let subscription: CoreSubscription
-        do {
-            subscription = try connection.subscribeCore(subject: Wire.tableReadSubject, queue: "readers")
-        } catch {
-            logger.error("Cannot serve table reads for other runtimes", metadata: ["error": "\(error)"])
-            return
-        }
-        await withTaskCancellationHandler {
-            await withDiscardingTaskGroup { group in
-                for await request in subscription {
-                    guard let reply = request.reply else { continue }
-                    group.addTask {
-                        let answer = await answer(request.payload, graph: graph, reader: reader, logger: logger)
-                        try? connection.publishCore(CoreMessage(subject: reply, payload: JSONWriter.encode(answer)))
-                    }
-                }
-            }
-        } onCancel: {
-            subscription.unsubscribe()
+        await JSONRequestService.serve(subject: Wire.tableReadSubject, queue: "readers", connection: connection, logger: logger) {
+            payload in
+            await answer(payload, graph: graph, reader: reader, logger: logger)
         }
     }
 
