@@ -250,6 +250,8 @@ let package = Package(
             name: "LoadApp",
             dependencies: ["Autonomous"],
             path: "LoadTests/App",
+            // Scenario h's Python handler, run by the Python worker.
+            exclude: ["python_handlers.py"],
             packageAccess: false,
             swiftSettings: swiftSettings
         ),

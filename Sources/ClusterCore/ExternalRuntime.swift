@@ -7,7 +7,7 @@ import Synchronization
 /// The cluster stays Swift: the coordinator provisions an external handler's durable consumer
 /// like any other, and the worker processes of that runtime consume it under the same rules
 /// (docs/wire.md). The ingress forwards an external route's requests over NATS request/reply
-/// to the runtime's processes (``Wire/routeSubject(runtime:)``).
+/// to the runtime's processes (subject `aut._route.<runtime>`).
 public struct ExternalRuntime: Sendable, Hashable, CustomStringConvertible {
     /// `[a-z0-9_-]`, as names on the wire are.
     public let name: String

@@ -111,7 +111,7 @@ def _as_secret(value: Union[str, Secret]) -> Secret:
 # Records
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordMetadata:
     """What the stream says about a record: its id, table, lineage and place."""
 
@@ -123,10 +123,25 @@ class RecordMetadata:
     caused_by: Optional[str] = None
     semantic_type: Optional[str] = None
     traceparent: Optional[str] = None
-    timestamp: Optional[str] = None
+    #: When the stream stored it, in nanoseconds since 1970 (0: not known).
+    timestamp_ns: int = 0
+    #: The same as an ISO 8601 text, when it came that way (a read).
+    stored_at: Optional[str] = None
+
+    @property
+    def timestamp(self) -> Optional[str]:
+        """When the stream stored the record, ISO 8601 UTC."""
+        if self.stored_at is not None:
+            return self.stored_at
+        if not self.timestamp_ns:
+            return None
+        import datetime as _datetime
+
+        moment = _datetime.datetime.fromtimestamp(self.timestamp_ns / 1e9, _datetime.timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry(Generic[T]):
     value: T
     metadata: RecordMetadata
@@ -766,7 +781,7 @@ class Table(Generic[T]):
                 sequence=int(item.get("sequence") or 0),
                 caused_by=item.get("caused_by"),
                 semantic_type=item.get("type"),
-                timestamp=item.get("ingest_time"),
+                stored_at=item.get("ingest_time"),
             )
             entries.append(Entry(self.decode_value(item["record"]), metadata))
         return Page(entries, answer.get("next_cursor"))

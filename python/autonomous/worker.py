@@ -217,22 +217,25 @@ class HandlerContext(_Reading, _Context):
             )
         info = self.worker.table_info(table.name, table)
         implicit = self._implicit_cause(table.name) if any(cause is None for _, cause in bodies) else None
+        fixed = None if info.partition_field else info.subject(self.tenant, b"")
+        name, tenant, kind, handler = table.name, self.tenant, info.semantic_type, self.handler
+        counters, outputs = self._counters, self.outputs
         with self._lock:
             for body, cause in bodies:
                 source = cause or implicit
                 assert source is not None
-                index = self._counters.get(source.id, 0)
-                self._counters[source.id] = index + 1
+                index = counters.get(source.id, 0)
+                counters[source.id] = index + 1
                 headers = {
-                    _wire.Header.MESSAGE_ID: _wire.output_id(source.id, self.handler, index),
-                    _wire.Header.TABLE: table.name,
-                    _wire.Header.TENANT: self.tenant,
-                    _wire.Header.TYPE: info.semantic_type,
-                    _wire.Header.CAUSED_BY: source.id,
+                    "Nats-Msg-Id": _wire.output_id(source.id, handler, index),
+                    "Aut-Table": name,
+                    "Aut-Tenant": tenant,
+                    "Aut-Type": kind,
+                    "Aut-Caused-By": source.id,
                 }
                 if source.traceparent:
-                    headers[_wire.Header.TRACEPARENT] = source.traceparent
-                self.outputs.append((info.subject(self.tenant, body), body, headers))
+                    headers["traceparent"] = source.traceparent
+                outputs.append((fixed or info.subject(tenant, body), body, headers))
 
 
 class RouteContext(_Reading, _Context):
@@ -273,24 +276,38 @@ class RouteContext(_Reading, _Context):
                 self.outputs.append((info.subject(self.tenant, body), body, headers))
 
 
+def _delivery(msg: Msg) -> tuple[int, int, int]:
+    """(stream sequence, delivery count, stored time in ns) from the message's ack subject,
+    parsed once: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`,
+    or with a domain and account hash after `$JS.ACK` (12 or more tokens)."""
+    cached = getattr(msg, "_aut_delivery", None)
+    if cached is not None:
+        return cached
+    tokens = (msg.reply or "").split(".")
+    try:
+        if len(tokens) == 9:
+            found = (int(tokens[5]), int(tokens[4]), int(tokens[7]))
+        else:
+            found = (int(tokens[7]), int(tokens[6]), int(tokens[9]))
+    except (IndexError, ValueError):
+        found = (0, 1, 0)
+    msg._aut_delivery = found  # type: ignore[attr-defined]
+    return found
+
+
 def _metadata(msg: Msg, table: str, tenant: str) -> RecordMetadata:
     headers = msg.headers or {}
-    meta = msg.metadata
-    sequence = meta.sequence.stream if meta and meta.sequence else 0
-    record_id = headers.get(_wire.Header.MESSAGE_ID) or f"seq-{sequence}"
-    timestamp = None
-    if meta is not None and meta.timestamp is not None:
-        timestamp = meta.timestamp.isoformat().replace("+00:00", "Z")
+    sequence, delivered, stored = _delivery(msg)
     return RecordMetadata(
-        id=record_id,
-        table=table,
-        tenant=tenant,
-        sequence=sequence,
-        delivery_count=meta.num_delivered if meta else 1,
-        caused_by=headers.get(_wire.Header.CAUSED_BY),
-        semantic_type=headers.get(_wire.Header.TYPE),
-        traceparent=headers.get(_wire.Header.TRACEPARENT),
-        timestamp=timestamp,
+        headers.get(_wire.Header.MESSAGE_ID) or f"seq-{sequence}",
+        table,
+        tenant,
+        sequence,
+        delivered,
+        headers.get(_wire.Header.CAUSED_BY),
+        headers.get(_wire.Header.TYPE),
+        headers.get(_wire.Header.TRACEPARENT),
+        stored,
     )
 
 
@@ -750,18 +767,18 @@ class Worker:
         """A batch in stream order: at once, else record by record, each failing record retried
         in place before any later one."""
         ordered: list[Msg] = []
-        for msg in sorted(messages, key=lambda m: m.metadata.sequence.stream):
+        for msg in sorted(messages, key=lambda m: _delivery(m)[0]):
             replay_for = (msg.headers or {}).get(_wire.Header.REPLAY_FOR)
             if replay_for is not None and replay_for != handler.name:
                 await msg.ack()
-            elif ordered and ordered[-1].metadata.sequence.stream == msg.metadata.sequence.stream:
-                if msg.metadata.num_delivered > ordered[-1].metadata.num_delivered:
+            elif ordered and _delivery(ordered[-1])[0] == _delivery(msg)[0]:
+                if _delivery(msg)[1] > _delivery(ordered[-1])[1]:
                     ordered[-1] = msg
             else:
                 ordered.append(msg)
         if not ordered:
             return
-        if all(m.metadata.num_delivered == 1 for m in ordered):
+        if all(_delivery(m)[1] == 1 for m in ordered):
             if await self._attempt(handler, ordered) is None:
                 await asyncio.gather(*(m.ack() for m in ordered))
                 self.processed += len(ordered)
@@ -770,8 +787,8 @@ class Worker:
         gate = self._gates.setdefault(handler.name, asyncio.Lock())
         for msg in ordered:
             stopped = None
-            noted = msg.metadata.num_delivered > 1
-            sequence = msg.metadata.sequence.stream
+            noted = _delivery(msg)[1] > 1
+            sequence = _delivery(msg)[0]
             if noted:
                 await gate.acquire()
                 try:
@@ -793,7 +810,7 @@ class Worker:
     async def _settle(self, handler: HandlerDefinition, msg: Msg, lease: "_Lease", stopped: Optional[BaseException]) -> bool:
         """Runs one record until it is acknowledged or dead-lettered, retrying in place; False
         when the lease ran out first."""
-        attempt = msg.metadata.num_delivered
+        attempt = _delivery(msg)[1]
         metadata = _metadata(msg, handler.source, self.tenant)
         first = _now()
         while True:
@@ -845,13 +862,13 @@ class Worker:
                 # A replayed dead letter for another handler of this table: not ours.
                 await msg.ack()
                 continue
-            if msg.metadata.num_delivered > 1:
+            if _delivery(msg)[1] > 1:
                 again.append(msg)
             else:
                 fresh.append(msg)
         gate = self._gates.setdefault(handler.name, asyncio.Lock())
         for msg in again:
-            sequence = msg.metadata.sequence.stream
+            sequence = _delivery(msg)[0]
             async with gate:
                 try:
                     stops = await self._note_run_starts(handler, sequence)
@@ -977,7 +994,7 @@ class Worker:
                     pass
 
     async def _fail(self, handler: HandlerDefinition, msg: Msg, error: BaseException) -> None:
-        attempt = msg.metadata.num_delivered
+        attempt = _delivery(msg)[1]
         metadata = _metadata(msg, handler.source, self.tenant)
         first = self._first_failures.get(metadata.id)
         if first is None:
