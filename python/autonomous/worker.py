@@ -341,9 +341,6 @@ class Worker:
         self._stopping = asyncio.Event()
         self._gates: dict[str, asyncio.Lock] = {}
         self._first_failures: dict[str, str] = {}
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.nc: Any = None
         self.loop: Any = None
         self.js: Any = None
@@ -407,6 +404,8 @@ class Worker:
                     raise ConfigurationError(
                         f"the graph names Python handler '{entry['name']}', which this module does not define"
                     )
+                handler.source = entry.get("source", handler.source)
+                handler.source_kind = entry.get("source_kind", handler.source_kind)
                 handler.options.batch_size = entry.get("batch_size", handler.options.batch_size)
                 handler.options.concurrency = entry.get("concurrency", handler.options.concurrency)
                 handler.options.max_attempts = entry.get("max_attempts", handler.options.max_attempts)
