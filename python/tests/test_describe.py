@@ -3,7 +3,7 @@
 import asyncio
 import dataclasses
 import json
-from typing import Optional
+from typing import ClassVar, Optional
 
 import pydantic
 import pytest
@@ -22,7 +22,7 @@ class Order:
 
 
 class Refund(pydantic.BaseModel):
-    semantic_type: str = "shop.refund@1"
+    semantic_type: ClassVar[str] = "shop.refund@1"  # a class variable, not a field
     order_id: str
     amount: float
     reason: str = "unknown"
@@ -49,6 +49,8 @@ def test_describe_typed_tables_handlers_and_schedules():
     assert tables["orders"]["required_fields"] == ["order_id", "total"]
     assert tables["orders"]["stream"] == "AUT_ACME_tbl_orders"
     assert tables["refunds"]["required_fields"] == ["amount", "order_id"]
+    assert tables["refunds"]["fields"] == ["amount", "order_id", "reason"]
+    assert tables["refunds"]["semantic_type"] == "shop.refund@1"
     assert tables["refunds"]["storage"] == "warehouse"
     assert tables["audit"]["record_api"] == "closed"
     assert tables["orders"]["record_api"] == "open"
