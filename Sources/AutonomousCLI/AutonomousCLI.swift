@@ -108,6 +108,11 @@ struct DeployCommand: AsyncParsableCommand {
             process: runs the cluster on this machine as supervised processes (nats-server, the \
             coordinator, ingress and worker processes), logs in .autonomous/process/<target>/logs. \
             Run it again with --scale to change replicas; `autonomous down` stops it.
+
+            A Python app (main.py): the Swift roles serve its graph (`autonomous serve`), and its \
+            handlers and routes run in the python-worker role (deployment.python_image on \
+            kubernetes, helm and nomad). A Swift app with Python handlers names their module in \
+            deployment.python_app. See docs/python.md.
             """
     )
 

@@ -12,10 +12,16 @@ import Foundation
 ///
 /// Exactly once by name: the sink of an object store reads its table in stream order, one
 /// batch at a time across the cluster (``HandlerDefinition/sink(table:storage:inOrder:resolve:)``),
-/// and names each object after its first record (stream sequence and storage time). A batch
-/// delivered again after a crash starts with the same record, so it replaces the object it
-/// wrote before instead of adding one; a record later in that batch that comes in a batch of
-/// its own starts an object of its own, which the replaced one no longer holds.
+/// and names each object after its first and last records' stream sequences (and the first's
+/// storage time): `<first>-<last>-<micros>.jsonl.gz`. A batch delivered again after a crash may
+/// start earlier or end elsewhere than the delivery that wrote objects before (a worker killed
+/// before all its acks reached the server resumes at the ack floor), so before writing a batch
+/// the sink lists the objects of its hour: records an earlier object already holds (one that
+/// starts before the batch and ends inside it) are left out, and objects that start inside the
+/// batch are removed once the new one is written. Their records after the batch are not lost:
+/// the consumer was re-created at the ack floor, so they come again. Objects named by an
+/// earlier release (`<first>-<micros>.jsonl.gz`) say no last sequence and are only replaced or
+/// removed, never used to leave records out.
 package struct ObjectTableStorage: TableStorage {
     package let name: String
     package let store: any ObjectStore
@@ -50,20 +56,38 @@ package struct ObjectTableStorage: TableStorage {
     package func write(_ records: [IncomingRecord], table: TableDefinition, tenant: String) async throws {
         guard !records.isEmpty else { return }
         let ordered = records.sorted { $0.streamSequence < $1.streamSequence }
-        // One object per hour the batch spans, each named after its first record.
+        // One object per hour the batch spans, each named after its first and last records.
         var groups: [(hour: String, records: [IncomingRecord])] = []
         for record in ordered {
             let hour = Self.partition(record.metadata.ingestTime)
             if groups.last?.hour == hour { groups[groups.count - 1].records.append(record) } else { groups.append((hour, [record])) }
         }
         for group in groups {
+            let directory = tablePrefix(table: table.name, tenant: tenant) + group.hour + "/"
+            let existing = try await store.list(prefix: directory).compactMap { key in Self.sequences(of: key).map { (key, $0) } }
+            // Records an earlier object holds already (it starts before them and ends after).
+            let held = existing.filter { $0.1.first < group.records[0].streamSequence }.compactMap(\.1.last).max() ?? 0
+            let fresh = group.records.filter { $0.streamSequence > held }
+            guard let first = fresh.first, let last = fresh.last else { continue }
             var body: [UInt8] = []
-            body.reserveCapacity(group.records.reduce(0) { $0 + $1.payload.count + 160 })
-            for record in group.records { Self.appendLine(record, to: &body) }
-            let first = group.records[0]
-            let key = objectKey(table: table.name, tenant: tenant, hour: group.hour, first: first)
+            body.reserveCapacity(fresh.reduce(0) { $0 + $1.payload.count + 160 })
+            for record in fresh { Self.appendLine(record, to: &body) }
+            let key = objectKey(table: table.name, tenant: tenant, hour: group.hour, first: first, last: last)
             try await store.put(key: key, body: try Gzip.compress(body), contentType: "application/x-ndjson", contentEncoding: nil)
+            // Objects an earlier delivery wrote from inside this batch: replaced by this one.
+            for (stale, range) in existing where stale != key && (first.streamSequence...last.streamSequence).contains(range.first) {
+                try await store.delete(key: stale)
+            }
         }
+    }
+
+    /// The first and (when the name says it) last stream sequence of an object the sink wrote.
+    static func sequences(of key: String) -> (first: UInt64, last: UInt64?)? {
+        let name = key.split(separator: "/").last.map(String.init) ?? key
+        guard name.hasSuffix(".jsonl.gz") else { return nil }
+        let parts = name.dropLast(".jsonl.gz".count).split(separator: "-")
+        guard let first = parts.first.flatMap({ UInt64($0) }) else { return nil }
+        return parts.count == 3 ? (first, UInt64(parts[1])) : (first, nil)
     }
 
     /// `<prefix>/table=<t>/tenant=<tenant>/`: where a table's objects for one tenant go.
@@ -71,10 +95,13 @@ package struct ObjectTableStorage: TableStorage {
         (prefix.isEmpty ? "" : prefix + "/") + "table=\(table)/tenant=\(tenant)/"
     }
 
-    func objectKey(table: String, tenant: String, hour: String, first: IncomingRecord) -> String {
-        let sequence = String(first.streamSequence)
-        let padded = String(repeating: "0", count: max(0, 20 - sequence.count)) + sequence
-        return tablePrefix(table: table, tenant: tenant) + hour + "/\(padded)-\(RecordCursor.micros(first.metadata.ingestTime)).jsonl.gz"
+    func objectKey(table: String, tenant: String, hour: String, first: IncomingRecord, last: IncomingRecord) -> String {
+        func padded(_ sequence: UInt64) -> String {
+            let text = String(sequence)
+            return String(repeating: "0", count: max(0, 20 - text.count)) + text
+        }
+        return tablePrefix(table: table, tenant: tenant) + hour
+            + "/\(padded(first.streamSequence))-\(padded(last.streamSequence))-\(RecordCursor.micros(first.metadata.ingestTime)).jsonl.gz"
     }
 
     /// `date=YYYY-MM-DD/hour=HH` of a storage time, in UTC.

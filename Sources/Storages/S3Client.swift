@@ -17,6 +17,8 @@ package protocol ObjectStore: Sendable {
     func get(key: String) async throws -> [UInt8]
     /// The keys under `prefix`, in key order.
     func list(prefix: String) async throws -> [String]
+    /// Removes the object `key` (no error when there is none).
+    func delete(key: String) async throws
     func close() async throws
 }
 
@@ -156,6 +158,11 @@ package final class S3ObjectStore: ObjectStore {
         guard (200..<300).contains(status) else { throw failure("writing \(key)", status: status, body: answer) }
     }
 
+    package func delete(key: String) async throws {
+        let (status, answer) = try await send(.DELETE, key: key)
+        guard (200..<300).contains(status) || status == 404 else { throw failure("removing \(key)", status: status, body: answer) }
+    }
+
     package func get(key: String) async throws -> [UInt8] {
         let (status, body) = try await send(.GET, key: key)
         guard (200..<300).contains(status) else { throw failure("reading \(key)", status: status, body: body) }
@@ -227,6 +234,12 @@ package struct DirectoryObjectStore: ObjectStore {
             if rename(temporary, path) != 0 { throw StorageError("rename failed (errno \(errno))") }
         } catch {
             throw StorageError("\(displayName): cannot write \(key): \(error)", transient: true)
+        }
+    }
+
+    package func delete(key: String) async throws {
+        if unlink(root + "/" + key) != 0 && errno != ENOENT {
+            throw StorageError("\(displayName): cannot remove \(key) (errno \(errno))", transient: true)
         }
     }
 

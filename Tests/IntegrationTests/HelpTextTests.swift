@@ -27,7 +27,7 @@ struct HelpTextTests {
         "Every command's discussion is wrapped by the terminal's width only",
         arguments: [
             [orderFlow, "--help"], [orderFlow, "dev", "--help"], [cli, "deploy", "--help"], [cli, "dlq", "--help"],
-            [cli, "tenants", "limit", "--help"],
+            [cli, "tenants", "limit", "--help"], [cli, "dev", "--help"], [cli, "serve", "--help"],
         ]
     )
     func wrapped(_ command: [String]) async throws {

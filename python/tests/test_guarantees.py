@@ -163,3 +163,22 @@ def test_ordered_handler_keeps_each_keys_order(run_app):
         assert seqs == sorted(seqs), (account, seqs)
     # The records after the kill were applied by the surviving worker or the restarted one.
     assert holder not in {r["record"]["pid"] for r in applied[200:]}
+
+
+def test_reads_from_python(run_app):
+    """table.records / count (sync) and arecords / acount (async) read the kept table through
+    the ingress, with its cursors and its errors."""
+    app = run_app(APPS / "flaky.py")
+    status, _ = app.http("POST", "/v1/tables/inbox/records", [{"n": n} for n in range(5)])
+    assert status == 202
+    eventually(lambda: len(app.records("inbox")) == 5, what="5 kept records")
+    status, first = app.http("GET", "/inbox?limit=2")
+    assert status == 200 and first["ns"] == [0, 1] and first["count"] == 5 and first["next"]
+    status, second = app.http("GET", f"/inbox?limit=10&cursor={first['next']}")
+    assert status == 200 and second["ns"] == [2, 3, 4] and second["next"] is None
+    assert set(first["ids"]).isdisjoint(second["ids"])
+    status, found = app.http("GET", "/inbox-async?n=3")
+    assert status == 200 and found == {"ns": [3], "count": 1}
+    # A read the runtime refuses is the route's error, naming the parameter.
+    status, body = app.http("GET", "/bad-read")
+    assert status == 400 and body["error"]["field"] == "limit", body

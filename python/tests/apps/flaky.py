@@ -2,7 +2,7 @@
 
 import os
 
-from autonomous import Table, post, verify, RouteError, Request
+from autonomous import Request, RouteError, Table, get, post, verify
 
 inbox = Table("inbox")
 outbox = Table("outbox")
@@ -39,3 +39,27 @@ def append(request: Request):
     body = request.json()
     inbox.append(body)
     return {"tenant": request.tenant}, 202
+
+
+@get("/inbox", verify=verify.unauthenticated)
+def inbox_page(request: Request):
+    """Reads a table back (through the ingress nodes): a page, its cursor, and a count."""
+    limit = int(request.query.get("limit", "2"))
+    page = inbox.records(order="oldest", limit=limit, cursor=request.query.get("cursor"))
+    return {
+        "ns": [value["n"] for value in page],
+        "ids": [entry.metadata.id for entry in page.entries],
+        "next": page.next_cursor,
+        "count": inbox.count(),
+    }
+
+
+@get("/inbox-async", verify=verify.unauthenticated)
+async def inbox_async(request: Request):
+    page = await inbox.arecords(where={"n": int(request.query["n"])})
+    return {"ns": [value["n"] for value in page], "count": await inbox.acount(where={"n": int(request.query["n"])})}
+
+
+@get("/bad-read", verify=verify.unauthenticated)
+def bad_read(request: Request):
+    return {"page": len(inbox.records(limit=0))}
